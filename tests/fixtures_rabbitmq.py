@@ -1,0 +1,1 @@
+"""RabbitMQ fixtures (filled in by the AMQP work)."""

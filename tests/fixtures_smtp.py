@@ -1,0 +1,1 @@
+"""SMTP server fixtures (filled in by the SMTP work)."""
