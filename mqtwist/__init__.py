@@ -1,0 +1,18 @@
+"""
+mqtwist: an outbound mail transfer agent on Twisted.
+
+Delivery jobs come as JSON from a RabbitMQ outbox queue, go out over ESMTP,
+and their results are published to result queues.  Data plugins
+(L{IDataPlugin}) may change each body just before it is sent; what they need
+is importable from here::
+
+    from mqtwist import COMPLETE, CONTINUE, IDataPlugin, PermanentFailure
+
+This module stays light (no reactor, no protocol code) because the
+C{twistd} drop-in in C{twisted/plugins/} imports it.
+"""
+
+from mqtwist.errors import PermanentFailure
+from mqtwist.interfaces import COMPLETE, CONTINUE, IDataPlugin
+
+__all__ = ["COMPLETE", "CONTINUE", "IDataPlugin", "PermanentFailure"]
