@@ -96,6 +96,11 @@ class Config:
     #: seconds after the first attempt when a message without
     #: C{maxdelivertime} expires
     maxDeliverTime: int = 86400
+    #: the delays, in seconds, that have a delay queue of their own; a retry
+    #: delay is rounded up to the next one
+    delayBuckets: list[int] = field(
+        default_factory=lambda: [1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200]
+    )
 
     #: seconds that stopping the service waits for deliveries in flight
     shutdownTimeout: float = 30.0

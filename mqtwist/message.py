@@ -1,0 +1,531 @@
+"""
+Outbox JSON to L{Message}, and L{Message} plus what happened to result JSON.
+
+The format is the one of C{spec/messages.md}: MailerQ's, so that existing
+publishers and result consumers work unchanged.  Parsing checks every
+property that mqtwist acts on and reports the first problem as an
+L{InvalidMessage} whose description names the property; everything else in
+the object is kept as it is and travels into every result.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mqtwist.errors import AttemptFailed, InvalidMessage
+from mqtwist.timeformat import formatTime, parseTime
+
+#: result queue kinds, in the order of the C{queues} property
+QUEUE_KINDS = ("results", "success", "failure", "retry")
+
+#: the TLS policies of the C{security} property
+SECURITY_POLICIES = ("optional", "opportunistic", "required", "verified")
+
+#: properties whose behaviour this version does not implement yet; a message
+#: that uses one is refused rather than sent without what it asked for
+_NOT_YET_SUPPORTED = {
+    "dkim": "DKIM signing",
+    "headers": "header edits",
+}
+
+# RFC 5321 section 4.5.3.1: local part 64 octets, domain 255, path 256.
+_MAX_LOCAL_PART = 64
+_MAX_DOMAIN = 255
+_MAX_ADDRESS = 254
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FORBIDDEN_IN_ADDRESS = re.compile(r"[\s<>()\[\],;:\\\"]")
+_DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
+_ADDRESS_LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]+\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$")
+
+
+def checkHeaderValue(name: str, value: str) -> str:
+    """
+    Refuse a value taken from JSON that would end up in an SMTP command or a
+    header when it holds CR, LF or another control character (header or
+    command injection).
+
+    @param name: what the value is, for the description (C{"recipient"}).
+    @return: C{value} unchanged.
+    @raise InvalidMessage: when it holds a control character.
+    """
+    match = _CONTROL.search(value)
+    if match is not None:
+        raise InvalidMessage(
+            f"{name} contains the control character {match.group()!r} at "
+            f"position {match.start()}; remove CR, LF and other control "
+            f"characters"
+        )
+    return value
+
+
+def checkAddress(name: str, address: str) -> str:
+    """
+    Check that C{address} is a usable C{local@domain} mailbox for an SMTP
+    envelope.  Non-ASCII is accepted (SMTPUTF8); quoted local parts are not.
+
+    @return: C{address} unchanged.
+    @raise InvalidMessage: naming C{name} and what is wrong.
+    """
+    checkHeaderValue(name, address)
+    if len(address.encode("utf-8")) > _MAX_ADDRESS:
+        raise InvalidMessage(
+            f"{name} {address!r} is longer than {_MAX_ADDRESS} bytes (RFC 5321)"
+        )
+    forbidden = _FORBIDDEN_IN_ADDRESS.search(address)
+    if forbidden is not None:
+        raise InvalidMessage(
+            f"{name} {address!r} contains {forbidden.group()!r}; give the bare "
+            f"address (local@domain) without brackets, quotes or spaces"
+        )
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidMessage(
+            f"{name} {address!r} is not an address of the form local@domain"
+        )
+    if len(local.encode("utf-8")) > _MAX_LOCAL_PART:
+        raise InvalidMessage(
+            f"{name} {address!r} has a local part longer than "
+            f"{_MAX_LOCAL_PART} bytes (RFC 5321)"
+        )
+    if "@" in local or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise InvalidMessage(
+            f"{name} {address!r} has a malformed local part {local!r}"
+        )
+    if _ADDRESS_LITERAL.match(domain):
+        return address
+    if len(domain) > _MAX_DOMAIN or not all(
+        _DOMAIN_LABEL.match(label) for label in domain.rstrip(".").split(".")
+    ):
+        raise InvalidMessage(f"{name} {address!r} has a malformed domain {domain!r}")
+    return address
+
+
+def _expect(obj: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
+    value = obj[key]
+    # bool is an int in Python, but never what a sender meant by a number
+    if isinstance(value, bool) and bool not in kinds:
+        raise InvalidMessage(f"property {key!r} must be {what}, not a boolean")
+    if not isinstance(value, kinds):
+        raise InvalidMessage(
+            f"property {key!r} must be {what}, not {type(value).__name__} "
+            f"{json.dumps(value)[:60]}"
+        )
+    return value
+
+
+@dataclass
+class Smarthost:
+    """
+    A relay that takes the message instead of the recipient's MX.
+    """
+
+    hostname: str
+    port: int = 25
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+
+    @classmethod
+    def fromJSON(cls, value: Any) -> "Smarthost":
+        """
+        Read the C{smarthost} property.
+
+        @raise InvalidMessage: when it is not C{{hostname, port?, username?,
+            password?}}.
+        """
+        if not isinstance(value, dict):
+            raise InvalidMessage(
+                "property 'smarthost' must be an object {hostname, port, "
+                "username, password}"
+            )
+        hostname = value.get("hostname")
+        if not isinstance(hostname, str) or not hostname:
+            raise InvalidMessage("property 'smarthost.hostname' must be a non-empty string")
+        checkHeaderValue("smarthost.hostname", hostname)
+        port = value.get("port", 25)
+        if isinstance(port, str) and port.isdigit():
+            port = int(port)
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise InvalidMessage("property 'smarthost.port' must be a port number 1-65535")
+        credentials = []
+        for key in ("username", "password"):
+            item = value.get(key)
+            if item is not None and not isinstance(item, str):
+                raise InvalidMessage(f"property 'smarthost.{key}' must be a string")
+            credentials.append(item or None)
+        return cls(hostname, port, *credentials)
+
+
+@dataclass
+class Message:
+    """
+    One delivery job from the outbox.
+
+    @ivar json: the outbox object as it arrived, with every property
+        (unknown ones included); results are built from it.
+    @ivar envelope: the MAIL FROM address, C{""} for the null sender.
+    @ivar recipient: the RCPT TO address.
+    @ivar mime: the message to send, as bytes (UTF-8 of the JSON string).
+    """
+
+    json: dict[str, Any]
+    envelope: str
+    recipient: str
+    mime: bytes
+    keepmime: bool = False
+    ips: list[str] = field(default_factory=list)
+    smarthost: Smarthost | None = None
+    security: str | None = None
+    priority: int | None = None
+    tags: list[str] = field(default_factory=list)
+    retries: list[int] | None = None
+    maxattempts: int | None = None
+    #: POSIX time after which the message expires, when absolute
+    maxdelivertime: float | None = None
+    #: seconds after the first attempt after which it expires, when relative
+    maxdeliverseconds: float | None = None
+    #: POSIX time before which no attempt may be made
+    nextattempt: float | None = None
+
+    @property
+    def results(self) -> list[dict[str, Any]]:
+        """
+        The result entries of earlier attempts (the C{results} property).
+        """
+        results = self.json.get("results")
+        return results if isinstance(results, list) else []
+
+    @property
+    def attempts(self) -> int:
+        """
+        How many delivery attempts were made so far (entries that record an
+        attempt; parking a message for later is not one).
+        """
+        return sum(1 for entry in self.results if entry.get("state") != "process")
+
+    @property
+    def firstAttemptTime(self) -> float | None:
+        """
+        POSIX time of the first recorded attempt, or C{None}.
+        """
+        for entry in self.results:
+            try:
+                return parseTime(entry["time"])
+            except (KeyError, TypeError, ValueError):
+                continue
+        return None
+
+    @property
+    def label(self) -> str:
+        """
+        A short way to name this message in logs and descriptions: its C{id}
+        when the sender gave one, else the recipient.
+        """
+        ident = self.json.get("id")
+        return str(ident) if ident is not None else f"to {self.recipient}"
+
+    @classmethod
+    def fromJSON(cls, data: bytes | str) -> "Message":
+        """
+        Parse and check one outbox message.
+
+        @raise InvalidMessage: naming what is wrong; the caller publishes it
+            as a C{process}/C{invalid} result.
+        """
+        try:
+            obj = json.loads(data)
+        except UnicodeDecodeError as e:
+            raise InvalidMessage(f"the message is not UTF-8 text: {e}") from None
+        except ValueError as e:
+            raise InvalidMessage(f"the message is not valid JSON: {e}") from None
+        if not isinstance(obj, dict):
+            raise InvalidMessage(
+                f"the message must be a JSON object, not a JSON {type(obj).__name__}"
+            )
+        return cls.fromObject(obj)
+
+    @classmethod
+    def fromObject(cls, obj: dict[str, Any]) -> "Message":
+        """
+        Check one outbox message that is already a parsed JSON object.
+
+        @raise InvalidMessage: naming what is wrong.
+        """
+        for key, feature in _NOT_YET_SUPPORTED.items():
+            if key in obj:
+                raise InvalidMessage(
+                    f"property {key!r} ({feature}) is not supported by this "
+                    f"version of mqtwist; remove it or upgrade"
+                )
+
+        if "recipient" not in obj:
+            raise InvalidMessage("property 'recipient' is missing; every message needs one")
+        recipient = checkAddress("recipient", _expect(obj, "recipient", (str,), "a string"))
+
+        envelope = ""
+        if obj.get("envelope") not in (None, ""):
+            envelope = checkAddress("envelope", _expect(obj, "envelope", (str,), "a string"))
+
+        if "mime" not in obj:
+            raise InvalidMessage("property 'mime' is missing; it holds the message to send")
+        mime = obj["mime"]
+        if isinstance(mime, dict):
+            raise InvalidMessage(
+                "property 'mime' as an object is not supported by this version "
+                "of mqtwist; send the full message as a string"
+            )
+        if not isinstance(mime, str):
+            raise InvalidMessage(f"property 'mime' must be a string, not {type(mime).__name__}")
+
+        message = cls(
+            json=obj,
+            envelope=envelope,
+            recipient=recipient,
+            mime=mime.encode("utf-8", "surrogateescape"),
+        )
+        if "keepmime" in obj:
+            message.keepmime = _expect(obj, "keepmime", (bool,), "true or false")
+        if "ips" in obj:
+            ips = _expect(obj, "ips", (list,), "a list of IP address strings")
+            if not all(isinstance(ip, str) for ip in ips):
+                raise InvalidMessage("property 'ips' must be a list of IP address strings")
+            message.ips = [checkHeaderValue("ips", ip) for ip in ips]
+        if obj.get("smarthost") is not None:
+            message.smarthost = Smarthost.fromJSON(obj["smarthost"])
+        if obj.get("security") is not None:
+            security = _expect(obj, "security", (str,), "a string")
+            if security not in SECURITY_POLICIES:
+                raise InvalidMessage(
+                    f"property 'security' is {security!r}; use one of "
+                    f"{', '.join(SECURITY_POLICIES)}"
+                )
+            message.security = security
+        if obj.get("priority") is not None:
+            message.priority = _expect(obj, "priority", (int,), "an integer 0-255")
+            if not 0 <= message.priority <= 255:
+                raise InvalidMessage("property 'priority' must be an integer 0-255")
+        if "tags" in obj:
+            tags = _expect(obj, "tags", (list,), "a list of strings")
+            if not all(isinstance(tag, str) for tag in tags):
+                raise InvalidMessage("property 'tags' must be a list of strings")
+            message.tags = tags
+        if obj.get("retries") is not None:
+            retries = _expect(obj, "retries", (list,), "a list of seconds")
+            if not retries or not all(
+                isinstance(r, int) and not isinstance(r, bool) and r >= 0 for r in retries
+            ):
+                raise InvalidMessage(
+                    "property 'retries' must be a non-empty list of whole seconds >= 0"
+                )
+            message.retries = retries
+        if obj.get("maxattempts") is not None:
+            message.maxattempts = _expect(obj, "maxattempts", (int,), "a whole number")
+            if message.maxattempts < 1:
+                raise InvalidMessage("property 'maxattempts' must be at least 1")
+        if obj.get("maxdelivertime") is not None:
+            _readMaxDeliverTime(message, obj["maxdelivertime"])
+        if obj.get("nextattempt") is not None:
+            message.nextattempt = _readNextAttempt(obj["nextattempt"])
+        if "queues" in obj:
+            _readQueues(obj["queues"])
+        if "results" in obj and not isinstance(obj["results"], list):
+            raise InvalidMessage("property 'results' must be a list of result entries")
+        return message
+
+    def queueFor(self, kind: str, default: str) -> str | None:
+        """
+        The queue to publish a result of C{kind} (C{"results"}, C{"success"},
+        C{"failure"}, C{"retry"}) to: the message's own C{queues} entry when
+        it has one (C{null} or C{""} switch it off), else C{default}.
+
+        @return: a queue name, or C{None} when this result is not published.
+        """
+        return queueFor(self.json, kind, default)
+
+    def resultJSON(self) -> bytes:
+        """
+        The object to publish as a result: the outbox object with C{mime}
+        left out unless C{keepmime} is set, and every result entry so far.
+        """
+        published = dict(self.json)
+        if not self.keepmime:
+            published.pop("mime", None)
+        if self.smarthost is not None and self.smarthost.password is not None:
+            published["smarthost"] = {
+                k: v for k, v in published["smarthost"].items() if k != "password"
+            }
+        return json.dumps(published, ensure_ascii=False).encode("utf-8")
+
+    def outboxJSON(self) -> bytes:
+        """
+        The object to put back on the outbox for another attempt: everything,
+        C{mime} and earlier results included.
+        """
+        return json.dumps(self.json, ensure_ascii=False).encode("utf-8")
+
+    def record(self, entry: "ResultEntry") -> None:
+        """
+        Append a result entry to the message's C{results}.
+        """
+        self.json.setdefault("results", [])
+        if not isinstance(self.json["results"], list):
+            self.json["results"] = []
+        self.json["results"].append(entry.toJSON())
+
+
+def queueFor(obj: Any, kind: str, default: str) -> str | None:
+    """
+    The result queue of C{kind} for the outbox object C{obj}, which need not
+    be a valid message: its C{queues} entry when that is a name or C{null},
+    else C{default}.
+
+    @return: a queue name, or C{None} when the result is switched off.
+    """
+    queues = obj.get("queues") if isinstance(obj, dict) else None
+    if isinstance(queues, dict) and kind in queues:
+        name = queues[kind]
+        if name is None or isinstance(name, str):
+            return name or None
+    return default or None
+
+
+def _readMaxDeliverTime(message: Message, value: Any) -> None:
+    if isinstance(value, bool):
+        raise InvalidMessage("property 'maxdelivertime' must be a time or seconds, not a boolean")
+    if isinstance(value, (int, float)):
+        if value <= 0:
+            raise InvalidMessage("property 'maxdelivertime' in seconds must be positive")
+        message.maxdeliverseconds = float(value)
+        return
+    if isinstance(value, str):
+        if value.isdigit():
+            message.maxdeliverseconds = float(value)
+            return
+        try:
+            message.maxdelivertime = parseTime(value)
+            return
+        except ValueError:
+            pass
+    raise InvalidMessage(
+        f"property 'maxdelivertime' is {json.dumps(value)[:60]}; give seconds or a "
+        f"UTC time 'YYYY-MM-DD HH:MM:SS'"
+    )
+
+
+def _readNextAttempt(value: Any) -> float:
+    text = value.get("time") if isinstance(value, dict) else None
+    if isinstance(text, str):
+        try:
+            return parseTime(text)
+        except ValueError:
+            pass
+    raise InvalidMessage(
+        f"property 'nextattempt' is {json.dumps(value)[:60]}; give "
+        f'{{"time": "YYYY-MM-DD HH:MM:SS"}} in UTC'
+    )
+
+
+def _readQueues(value: Any) -> None:
+    if not isinstance(value, dict):
+        raise InvalidMessage(
+            "property 'queues' must be an object {results, success, failure, retry}"
+        )
+    for kind, name in value.items():
+        if kind not in QUEUE_KINDS:
+            raise InvalidMessage(
+                f"property 'queues' has unknown key {kind!r}; use {', '.join(QUEUE_KINDS)}"
+            )
+        if name is not None and not isinstance(name, str):
+            raise InvalidMessage(f"property 'queues.{kind}' must be a queue name or null")
+        if name:
+            checkHeaderValue(f"queues.{kind}", name)
+
+
+@dataclass
+class ResultEntry:
+    """
+    What one attempt (or one decision about a message) came to: one entry of
+    the C{results} list of C{spec/messages.md}.
+
+    @ivar final: C{True} when the message is done (delivered, or failed for
+        good); C{False} when it is to be tried again.
+    """
+
+    state: str
+    result: str
+    time: float
+    final: bool
+    code: int | None = None
+    status: str | None = None
+    description: str | None = None
+    plugin: str | None = None
+    #: connection facts (C{mta}, C{from}, C{to}, C{messages}, C{sent}, ...)
+    connection: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def accepted(self) -> bool:
+        """
+        Whether the message was delivered.
+        """
+        return self.result == "accepted"
+
+    @classmethod
+    def fromFailure(
+        cls, failure: AttemptFailed, time: float, connection: dict[str, Any] | None = None
+    ) -> "ResultEntry":
+        """
+        The entry for an attempt that ended with C{failure}.
+        """
+        return cls(
+            state=failure.state,
+            result=failure.result,
+            time=time,
+            final=failure.permanent,
+            code=failure.code,
+            status=failure.status,
+            description=failure.description,
+            plugin=failure.plugin,
+            connection=connection or {},
+        )
+
+    def toJSON(self) -> dict[str, Any]:
+        """
+        The entry as it appears in result JSON (keys with no value left out).
+        """
+        entry: dict[str, Any] = {
+            "time": formatTime(self.time),
+            "state": self.state,
+            "result": self.result,
+        }
+        for key in ("code", "status", "description", "plugin"):
+            value = getattr(self, key)
+            if value is not None:
+                entry[key] = value
+        entry.update(self.connection)
+        return entry
+
+
+def invalidResultJSON(data: bytes, failure: InvalidMessage, now: float) -> bytes:
+    """
+    The result object for outbox data that is not a usable message at all
+    (not JSON, not an object): the text as it arrived under C{input}, and
+    one C{process}/C{invalid} entry.  When the data is a JSON object, its
+    properties are kept as for any result, so the sender's ids travel back.
+    """
+    entry = ResultEntry.fromFailure(failure, now).toJSON()
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        obj = None
+    if isinstance(obj, dict):
+        obj.pop("mime", None)
+        if isinstance(obj.get("smarthost"), dict):
+            obj["smarthost"].pop("password", None)
+        results = obj.get("results") if isinstance(obj.get("results"), list) else []
+        obj["results"] = results + [entry]
+    else:
+        obj = {"input": data.decode("utf-8", "replace"), "results": [entry]}
+    return json.dumps(obj, ensure_ascii=False).encode("utf-8")

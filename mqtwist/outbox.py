@@ -1,0 +1,218 @@
+"""
+From an outbox delivery to published results, then the acknowledgement.
+
+For each message taken from the outbox: parse it, decide whether it may be
+tried now, deliver it, publish what happened (results, success, failure,
+retry, and the message itself to a delay queue when it is to be tried again),
+and acknowledge it on the outbox only once the broker confirmed every one of
+those publishes.  A crash at any point therefore loses nothing: the broker
+hands the unacknowledged message out again, and at worst an attempt is
+repeated.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from twisted.internet.defer import (
+    Deferred,
+    DeferredList,
+    DeferredSemaphore,
+    ensureDeferred,
+    gatherResults,
+)
+from twisted.logger import Logger
+
+from mqtwist.amqp.client import Delivery
+from mqtwist.config import Config
+from mqtwist.errors import InvalidMessage
+from mqtwist.message import Message, ResultEntry, invalidResultJSON, queueFor
+from mqtwist.schedule import RetrySchedule
+from mqtwist.timeformat import formatTime
+
+
+class Publisher(Protocol):
+    """
+    What the processor needs of the broker: confirmed, persistent publishes.
+    """
+
+    def publish(
+        self, queue: str, body: bytes, *, priority: int | None = None
+    ) -> Deferred[None]:
+        """
+        @return: a Deferred firing once the broker confirmed the message.
+        """
+
+
+class OutboxProcessor:
+    """
+    Handles the deliveries of the outbox consumer.
+
+    @param deliver: the delivery core (L{DeliveryEngine.deliver}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        deliver: Callable[[Message], Deferred[ResultEntry]],
+        publisher: Publisher,
+        schedule: RetrySchedule,
+        reactor: Any,
+    ) -> None:
+        self.config = config
+        self.deliver = deliver
+        self.publisher = publisher
+        self.schedule = schedule
+        self.reactor = reactor
+        self.slots = DeferredSemaphore(config.concurrency)
+        self.inFlight: set[Deferred[None]] = set()
+
+    def handle(self, delivery: Delivery) -> None:
+        """
+        Take one outbox delivery; it is acknowledged when it is done.
+        """
+        done = ensureDeferred(self._handle(delivery))
+        self.inFlight.add(done)
+        done.addErrback(
+            lambda failure: self.log.failure(
+                "unexpected error handling an outbox message; it stays unacknowledged",
+                failure,
+            )
+        )
+        done.addBoth(lambda _: self.inFlight.discard(done))
+
+    def drain(self, timeout: float) -> Deferred[None]:
+        """
+        Wait for the deliveries in flight, at most C{timeout} seconds.
+
+        @return: a Deferred firing when they are done or the time is up;
+            what is left stays unacknowledged and the broker hands it out
+            again.
+        """
+        pending = DeferredList(list(self.inFlight), consumeErrors=True)
+        timer = self.reactor.callLater(timeout, pending.cancel)
+
+        def finished(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            else:
+                self.log.warn(
+                    "{count} deliveries were still in flight after {timeout}s; "
+                    "they stay unacknowledged and will be delivered again",
+                    count=len(self.inFlight),
+                    timeout=timeout,
+                )
+
+        return pending.addBoth(finished)
+
+    async def _handle(self, delivery: Delivery) -> None:
+        now = self.reactor.seconds()
+        try:
+            message = Message.fromJSON(delivery.body)
+        except InvalidMessage as failure:
+            await self._publishInvalid(delivery, failure, now)
+            return
+
+        expired = self.schedule.expiredBeforeAttempt(message, now)
+        if expired is not None:
+            message.record(ResultEntry("process", "timeout", now, True, description=expired))
+            await self._finish(delivery, message, success=False)
+        elif message.nextattempt is not None and message.nextattempt > now:
+            await self._park(delivery, message, message.nextattempt - now)
+        else:
+            entry = await self.slots.run(self.deliver, message)
+            await self._conclude(delivery, message, entry)
+
+    async def _conclude(self, delivery: Delivery, message: Message, entry: ResultEntry) -> None:
+        message.record(entry)
+        if entry.final:
+            await self._finish(delivery, message, success=entry.accepted)
+            return
+        now = self.reactor.seconds()
+        decision = self.schedule.afterSoftFailure(message, now)
+        if decision.expired:
+            message.record(ResultEntry("process", "timeout", now, True, description=decision.reason))
+            await self._finish(delivery, message, success=False)
+            return
+        message.json["nextattempt"] = {"time": formatTime(now + decision.delay)}
+        publications = [self._toDelayQueue(message, decision.delay)]
+        retry = message.queueFor("retry", self.config.retry)
+        if retry:
+            publications.append((retry, message.resultJSON()))
+        await self._publishThenAck(delivery, message.label, publications, message.priority)
+
+    async def _finish(self, delivery: Delivery, message: Message, *, success: bool) -> None:
+        body = message.resultJSON()
+        kinds = ("results", "success" if success else "failure")
+        publications = [
+            (queue, body)
+            for queue in (message.queueFor(kind, getattr(self.config, kind)) for kind in kinds)
+            if queue
+        ]
+        await self._publishThenAck(delivery, message.label, publications, message.priority)
+
+    async def _park(self, delivery: Delivery, message: Message, delay: float) -> None:
+        self.log.debug(
+            "{message} waits {delay:.0f}s for its next attempt",
+            message=message.label,
+            delay=delay,
+        )
+        publications = [self._toDelayQueue(message, delay)]
+        await self._publishThenAck(delivery, message.label, publications, message.priority)
+
+    def _toDelayQueue(self, message: Message, delay: float) -> tuple[str, bytes]:
+        bucket = self.schedule.bucketFor(delay)
+        return self.schedule.delayQueueName(bucket), message.outboxJSON()
+
+    async def _publishInvalid(self, delivery: Delivery, failure: InvalidMessage, now: float) -> None:
+        self.log.warn("refused an outbox message: {description}", description=failure.description)
+        try:
+            obj = json.loads(delivery.body)
+        except ValueError:
+            obj = None
+        body = invalidResultJSON(delivery.body, failure, now)
+        publications = [
+            (queue, body)
+            for queue in (
+                queueFor(obj, kind, getattr(self.config, kind)) for kind in ("results", "failure")
+            )
+            if queue
+        ]
+        await self._publishThenAck(delivery, "an invalid message", publications, None)
+
+    async def _publishThenAck(
+        self,
+        delivery: Delivery,
+        label: str,
+        publications: list[tuple[str, bytes]],
+        priority: int | None,
+    ) -> None:
+        if not delivery.current:
+            # the broker already took the message back and hands it out again
+            self.log.info(
+                "not publishing results of {message}: its outbox connection is gone",
+                message=label,
+            )
+            return
+        try:
+            await gatherResults(
+                [
+                    self.publisher.publish(queue, body, priority=priority)
+                    for queue, body in publications
+                ],
+                consumeErrors=True,
+            )
+        except Exception as e:
+            self.log.warn(
+                "results of {message} were not confirmed ({error}); "
+                "it goes back to the outbox and will be tried again",
+                message=label,
+                error=getattr(e, "subFailure", e),
+            )
+            delivery.release()
+            return
+        delivery.ack()

@@ -1,0 +1,139 @@
+"""
+When a message is tried again, and when it is given up.
+
+Waiting messages live in RabbitMQ, not in this process: a message to be tried
+later is published to a delay queue whose fixed TTL dead-letters it back into
+the outbox.  There is one delay queue per configured bucket, and a delay is
+rounded up to the next bucket, so a message is never tried early and the
+broker never holds a message behind a longer-waiting one.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mqtwist.amqp.client import QueueSpec
+from mqtwist.message import Message
+
+
+@dataclass(frozen=True)
+class RetryDecision:
+    """
+    What to do with a message whose attempt failed softly.
+
+    @ivar expired: C{True} when the message must be given up instead, with
+        C{reason} saying why.
+    @ivar delay: seconds until the next attempt (before bucket rounding).
+    """
+
+    expired: bool
+    delay: float = 0.0
+    reason: str = ""
+
+
+class RetrySchedule:
+    """
+    The retry policy of one service: default delays, default expiry and the
+    delay queues that carry waiting messages back into the outbox.
+
+    @param outbox: the outbox queue the delay queues dead-letter into.
+    @param buckets: the delays, in seconds, that have a queue of their own.
+    @param defaultRetries: delays between attempts for messages without
+        C{retries}; the last one repeats.
+    @param defaultMaxDeliverTime: seconds after the first attempt when a
+        message without C{maxdelivertime} expires.
+    """
+
+    def __init__(
+        self,
+        outbox: str,
+        buckets: Sequence[int],
+        defaultRetries: Sequence[int],
+        defaultMaxDeliverTime: float,
+    ) -> None:
+        if not buckets or any(b <= 0 for b in buckets):
+            raise ValueError(
+                "delay buckets must be a non-empty list of positive seconds"
+            )
+        self.outbox = outbox
+        self.buckets = sorted(set(buckets))
+        self.defaultRetries = list(defaultRetries)
+        self.defaultMaxDeliverTime = defaultMaxDeliverTime
+
+    def delayQueueName(self, seconds: int) -> str:
+        """
+        The name of the delay queue of one bucket.
+        """
+        return f"{self.outbox}.delay.{seconds}s"
+
+    def delayQueues(self) -> list[QueueSpec]:
+        """
+        The delay queues to declare: one a bucket, with the bucket as its
+        message TTL and the outbox as its dead-letter route.
+        """
+        return [
+            QueueSpec(
+                self.delayQueueName(seconds),
+                {
+                    "x-message-ttl": seconds * 1000,
+                    "x-dead-letter-exchange": "",
+                    "x-dead-letter-routing-key": self.outbox,
+                },
+            )
+            for seconds in self.buckets
+        ]
+
+    def bucketFor(self, delay: float) -> int:
+        """
+        The smallest bucket that is at least C{delay} seconds (the largest
+        bucket for longer delays: the message comes back, sees that its time
+        has not come and waits again).
+        """
+        index = bisect.bisect_left(self.buckets, delay)
+        return self.buckets[min(index, len(self.buckets) - 1)]
+
+    def expiryTime(self, message: Message, now: float) -> float:
+        """
+        The POSIX time after which C{message} is given up.
+        """
+        if message.maxdelivertime is not None:
+            return message.maxdelivertime
+        first = message.firstAttemptTime or now
+        seconds = message.maxdeliverseconds or self.defaultMaxDeliverTime
+        return first + seconds
+
+    def expiredBeforeAttempt(self, message: Message, now: float) -> str | None:
+        """
+        Why C{message} must not be tried at all any more, or C{None}.
+        """
+        if message.maxattempts is not None and message.attempts >= message.maxattempts:
+            return f"gave up after {message.attempts} attempts (maxattempts {message.maxattempts})"
+        if now >= self.expiryTime(message, now):
+            return "gave up: the message expired (maxdelivertime) before it could be delivered"
+        return None
+
+    def afterSoftFailure(self, message: Message, now: float) -> RetryDecision:
+        """
+        Decide what follows a soft failure that is already recorded in
+        C{message}'s results.
+        """
+        attempts = message.attempts
+        if message.maxattempts is not None and attempts >= message.maxattempts:
+            return RetryDecision(
+                True,
+                reason=f"gave up after {attempts} attempts (maxattempts {message.maxattempts})",
+            )
+        retries = message.retries or self.defaultRetries
+        delay = float(retries[min(attempts, len(retries)) - 1]) if attempts else 0.0
+        if now + delay >= self.expiryTime(message, now):
+            return RetryDecision(
+                True,
+                delay,
+                reason=(
+                    f"gave up after {attempts} attempts: the next one would "
+                    f"come after maxdelivertime"
+                ),
+            )
+        return RetryDecision(False, delay)

@@ -1,0 +1,169 @@
+"""
+L{MailerService}: the whole of mqtwist as one Twisted service.
+
+It is what C{twistd mqtwist} runs, and what an existing Twisted application
+adds to its own service tree.  Its children are, in start order: the private
+RabbitMQ node (only when no broker URL is configured) and the AMQP client
+that consumes the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtwist.amqp.client import BrokerClient, QueueSpec
+from mqtwist.amqp.localnode import LocalRabbitMQService
+from mqtwist.amqp.url import BrokerURL
+from mqtwist.config import Config
+from mqtwist.delivery import DeliveryEngine
+from mqtwist.discovery import selectPlugins
+from mqtwist.interfaces import IDataPlugin
+from mqtwist.message import Message, ResultEntry
+from mqtwist.outbox import OutboxProcessor
+from mqtwist.schedule import RetrySchedule
+
+
+class MailerService(MultiService):
+    """
+    Consumes the outbox, delivers, publishes results.
+
+    @param config: the settings; see L{Config}.
+    @param plugins: the data plugins to run, in order; by default those that
+        C{config.plugins} names, found with Twisted's plugin system.
+    @raise ValueError: for a configuration that cannot work (a bad broker
+        URL, an unknown plugin name), with a message that says which.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reactor: Any = None,
+        plugins: Sequence[IDataPlugin] | None = None,
+    ) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor
+        self.config = config
+        self.reactor = reactor
+        self.brokerURL = BrokerURL.parse(config.amqp) if config.amqp else None
+        self.plugins = list(plugins) if plugins is not None else selectPlugins(config.plugins)
+        self.engine = DeliveryEngine(config, self.plugins, reactor)
+        self.schedule = RetrySchedule(
+            config.outbox, config.delayBuckets, config.retries, config.maxDeliverTime
+        )
+        self.broker: BrokerClient | None = None
+        self.processor: OutboxProcessor | None = None
+        self.localNode: LocalRabbitMQService | None = None
+        if self.brokerURL is None:
+            self.localNode = LocalRabbitMQService(
+                config.brokerDir, port=config.brokerPort, reactor=reactor
+            )
+            self.localNode.setServiceParent(self)
+        self._brokerWaiters: list[Deferred[None]] = []
+
+    def deliver(self, message: Message) -> Deferred[ResultEntry]:
+        """
+        Deliver one message now, without the outbox: the delivery core for
+        programs that have their own queue.
+
+        @return: a Deferred firing with the attempt's L{ResultEntry}.
+        """
+        return self.engine.deliver(message)
+
+    def whenConnected(self) -> Deferred[None]:
+        """
+        @return: a Deferred firing once the service consumes the outbox
+            (broker connected, queues declared).
+        """
+        if self.broker is not None:
+            return self.broker.whenConnected()
+        waiter: Deferred[None] = Deferred()
+        self._brokerWaiters.append(waiter)
+        return waiter
+
+    def startService(self) -> None:
+        super().startService()
+        self.log.info(
+            "mqtwist starting: outbox {outbox}, plugins {plugins}",
+            outbox=self.config.outbox,
+            plugins=[plugin.name for plugin in self.plugins],
+        )
+        ensureDeferred(self._startBroker()).addErrback(self._brokerFailed)
+
+    def _brokerFailed(self, failure: Failure) -> None:
+        self.log.failure("could not start the AMQP client", failure)
+        waiters, self._brokerWaiters = self._brokerWaiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+
+    async def _startBroker(self) -> None:
+        if self.brokerURL is None:
+            assert self.localNode is not None
+            self.brokerURL = await self.localNode.whenReady()
+        config = self.config
+        queues = [QueueSpec(config.outbox)]
+        queues += [
+            QueueSpec(name)
+            for name in (config.results, config.success, config.failure, config.retry)
+            if name
+        ]
+        queues += self.schedule.delayQueues()
+        self.processor = OutboxProcessor(
+            config, self.engine.deliver, self, self.schedule, self.reactor
+        )
+        self.broker = BrokerClient(
+            self.brokerURL,
+            queues,
+            consumeFrom=config.outbox,
+            prefetch=config.prefetch,
+            onDelivery=self.processor.handle,
+            reactor=self.reactor,
+            reconnectMaxDelay=config.reconnectMaxDelay,
+        )
+        if self.running:
+            self.broker.setServiceParent(self)
+        waiters, self._brokerWaiters = self._brokerWaiters, []
+        for waiter in waiters:
+            self.broker.whenConnected().chainDeferred(waiter)
+
+    def publish(self, queue: str, body: bytes, *, priority: int | None = None) -> Deferred[None]:
+        """
+        Publish to the broker with confirms (the L{OutboxProcessor}'s
+        publisher).
+
+        @return: a Deferred firing once the broker confirmed the message.
+        """
+        assert self.broker is not None
+        return self.broker.publish(queue, body, priority=priority)
+
+    def stopService(self) -> Deferred[None]:
+        """
+        Stop consuming, let deliveries in flight finish (at most
+        C{config.shutdownTimeout} seconds) and publish their results, close
+        the SMTP connections, then the broker connection and the private
+        node.
+
+        @return: a Deferred firing when all of it is done.
+        """
+        return ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        if self.broker is not None and self.broker.running:
+            try:
+                await self.broker.stopConsuming()
+            except Exception as e:
+                self.log.info("outbox consumer already gone: {error}", error=e)
+        if self.processor is not None:
+            await self.processor.drain(self.config.shutdownTimeout)
+        await self.engine.close()
+        await super().stopService()
+        self.log.info("mqtwist stopped")
