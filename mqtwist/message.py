@@ -75,16 +75,16 @@ def checkAddress(name: str, address: str) -> str:
         raise InvalidMessage(
             f"{name} {address!r} is longer than {_MAX_ADDRESS} bytes (RFC 5321)"
         )
-    forbidden = _FORBIDDEN_IN_ADDRESS.search(address)
-    if forbidden is not None:
-        raise InvalidMessage(
-            f"{name} {address!r} contains {forbidden.group()!r}; give the bare "
-            f"address (local@domain) without brackets, quotes or spaces"
-        )
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise InvalidMessage(
             f"{name} {address!r} is not an address of the form local@domain"
+        )
+    forbidden = _FORBIDDEN_IN_ADDRESS.search(local)
+    if forbidden is not None:
+        raise InvalidMessage(
+            f"{name} {address!r} contains {forbidden.group()!r}; give the bare "
+            f"address (local@domain) without brackets, quotes or spaces"
         )
     if len(local.encode("utf-8")) > _MAX_LOCAL_PART:
         raise InvalidMessage(
@@ -236,7 +236,7 @@ class Message:
             as a C{process}/C{invalid} result.
         """
         try:
-            obj = json.loads(data)
+            obj = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
         except UnicodeDecodeError as e:
             raise InvalidMessage(f"the message is not UTF-8 text: {e}") from None
         except ValueError as e:

@@ -1,0 +1,188 @@
+"""
+Outbox JSON parsing and validation, result entries and result JSON.
+"""
+
+import json
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mqtwist.errors import AttemptFailed, InvalidMessage
+from mqtwist.message import Message, ResultEntry, invalidResultJSON, queueFor
+from mqtwist.timeformat import formatTime, parseTime
+
+GOOD = {"envelope": "sender@example.org", "recipient": "rcpt@example.com", "mime": "Subject: x\r\n\r\nhi\r\n"}
+
+
+def parse(**changes):
+    obj = dict(GOOD)
+    obj.update(changes)
+    return Message.fromJSON(json.dumps(obj))
+
+
+def refusal(data) -> str:
+    with pytest.raises(InvalidMessage) as caught:
+        Message.fromJSON(data if isinstance(data, (str, bytes)) else json.dumps(data))
+    assert caught.value.state == "process"
+    assert caught.value.result == "invalid"
+    assert caught.value.permanent
+    return caught.value.description
+
+
+def test_good_message():
+    message = parse(id="abc-1", campaign={"n": 3})
+    assert message.envelope == "sender@example.org"
+    assert message.recipient == "rcpt@example.com"
+    assert message.mime == b"Subject: x\r\n\r\nhi\r\n"
+    assert message.label == "abc-1"
+    assert message.attempts == 0
+
+
+def test_null_sender():
+    assert parse(envelope="").envelope == ""
+    obj = dict(GOOD)
+    del obj["envelope"]
+    assert Message.fromJSON(json.dumps(obj)).envelope == ""
+
+
+@pytest.mark.parametrize(
+    "data, words",
+    [
+        (b"{not json", "not valid JSON"),
+        (b"\xff\xfe{}", "not UTF-8"),
+        ("[1, 2]", "must be a JSON object, not a JSON list"),
+        ('"text"', "JSON object, not a JSON str"),
+        ({"mime": "x"}, "'recipient' is missing"),
+        ({"recipient": "a@b.c"}, "'mime' is missing"),
+        ({"recipient": 5, "mime": "x"}, "'recipient' must be a string, not int"),
+        ({"recipient": "nobody", "mime": "x"}, "not an address of the form local@domain"),
+        ({"recipient": "@example.com", "mime": "x"}, "local@domain"),
+        ({"recipient": "a@", "mime": "x"}, "local@domain"),
+        ({"recipient": "<a@b.c>", "mime": "x"}, "contains '<'"),
+        ({"recipient": "a b@c.d", "mime": "x"}, "contains ' '"),
+        ({"recipient": "a@b..c", "mime": "x"}, "malformed domain"),
+        ({"recipient": "a@-b.c", "mime": "x"}, "malformed domain"),
+        ({"recipient": "a..b@c.d", "mime": "x"}, "malformed local part"),
+        ({"recipient": "x" * 65 + "@c.d", "mime": "x"}, "longer than 64"),
+        ({"recipient": "a@b.c", "mime": 5}, "'mime' must be a string"),
+        ({"recipient": "a@b.c", "mime": "x", "envelope": ["x"]}, "'envelope' must be a string"),
+        ({"recipient": "a@b.c", "mime": "x", "keepmime": "yes"}, "'keepmime' must be true or false"),
+        ({"recipient": "a@b.c", "mime": "x", "ips": "1.2.3.4"}, "'ips' must be a list"),
+        ({"recipient": "a@b.c", "mime": "x", "ips": [1]}, "'ips' must be a list of IP address strings"),
+        ({"recipient": "a@b.c", "mime": "x", "retries": [10, -1]}, "'retries' must be a non-empty list"),
+        ({"recipient": "a@b.c", "mime": "x", "retries": []}, "'retries' must be a non-empty list"),
+        ({"recipient": "a@b.c", "mime": "x", "maxattempts": True}, "'maxattempts' must be a whole number, not a boolean"),
+        ({"recipient": "a@b.c", "mime": "x", "maxattempts": 0}, "at least 1"),
+        ({"recipient": "a@b.c", "mime": "x", "maxdelivertime": "tomorrow"}, "'maxdelivertime'"),
+        ({"recipient": "a@b.c", "mime": "x", "nextattempt": "2026-01-01"}, "'nextattempt'"),
+        ({"recipient": "a@b.c", "mime": "x", "queues": []}, "'queues' must be an object"),
+        ({"recipient": "a@b.c", "mime": "x", "queues": {"bogus": "q"}}, "unknown key 'bogus'"),
+        ({"recipient": "a@b.c", "mime": "x", "queues": {"success": 3}}, "'queues.success' must be a queue name"),
+        ({"recipient": "a@b.c", "mime": "x", "security": "maybe"}, "'security' is 'maybe'"),
+        ({"recipient": "a@b.c", "mime": "x", "priority": 300}, "'priority' must be an integer 0-255"),
+        ({"recipient": "a@b.c", "mime": "x", "tags": "t"}, "'tags' must be a list"),
+        ({"recipient": "a@b.c", "mime": "x", "smarthost": "relay"}, "'smarthost' must be an object"),
+        ({"recipient": "a@b.c", "mime": "x", "smarthost": {"hostname": "r", "port": 0}}, "'smarthost.port'"),
+        ({"recipient": "a@b.c", "mime": "x", "results": {}}, "'results' must be a list"),
+        ({"recipient": "a@b.c", "mime": {"text": "hi"}}, "'mime' as an object is not supported"),
+        ({"recipient": "a@b.c", "mime": "x", "dkim": {}}, "'dkim' (DKIM signing) is not supported"),
+    ],
+)
+def test_refusals_name_the_cause(data, words):
+    assert words in refusal(data)
+
+
+@pytest.mark.parametrize("field", ["recipient", "envelope"])
+@pytest.mark.parametrize("bad", ["\r", "\n", "\x00", "\x7f", "\t"])
+def test_control_characters_in_addresses_are_refused(field, bad):
+    obj = dict(GOOD)
+    obj[field] = f"a{bad}x@example.com"
+    description = refusal(obj)
+    assert field in description
+    assert "control character" in description
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=31), min_size=1), st.text(min_size=0, max_size=10))
+def test_no_address_with_a_control_character_passes(bad, tail):
+    obj = dict(GOOD, recipient=f"a{bad}{tail}@example.com")
+    with pytest.raises(InvalidMessage):
+        Message.fromJSON(json.dumps(obj))
+
+
+def test_non_ascii_and_literal_addresses_are_accepted():
+    assert parse(recipient="pélé@exämple.com").recipient == "pélé@exämple.com"
+    assert parse(recipient="a@[127.0.0.1]").recipient == "a@[127.0.0.1]"
+
+
+def test_queue_overrides():
+    message = parse(queues={"success": "mine", "failure": None, "retry": ""})
+    assert message.queueFor("success", "success") == "mine"
+    assert message.queueFor("failure", "failure") is None
+    assert message.queueFor("retry", "retry") is None
+    assert message.queueFor("results", "results") == "results"
+    assert message.queueFor("results", "") is None
+    # an invalid message's object still routes its results where it asked
+    assert queueFor({"queues": {"failure": "f2"}}, "failure", "failure") == "f2"
+    assert queueFor({"queues": {"failure": 7}}, "failure", "failure") == "failure"
+    assert queueFor(None, "results", "results") == "results"
+
+
+def test_result_json_strips_mime_keeps_unknown_properties_and_secrets_out():
+    message = parse(
+        id=17, campaign="c", smarthost={"hostname": "relay", "username": "u", "password": "secret"}
+    )
+    message.record(ResultEntry("rcptto", "error", parseTime("2026-11-24 10:00:00"), False, code=451, status="4.3.0", description="try later"))
+    published = json.loads(message.resultJSON())
+    assert "mime" not in published
+    assert published["id"] == 17 and published["campaign"] == "c"
+    assert published["smarthost"] == {"hostname": "relay", "username": "u"}
+    assert b"secret" not in message.resultJSON()
+    assert published["results"] == [
+        {"time": "2026-11-24 10:00:00", "state": "rcptto", "result": "error", "code": 451, "status": "4.3.0", "description": "try later"}
+    ]
+    # the outbox copy keeps everything, the body included
+    assert json.loads(message.outboxJSON())["mime"] == GOOD["mime"]
+    assert message.attempts == 1
+
+
+def test_keepmime():
+    message = parse(keepmime=True)
+    assert json.loads(message.resultJSON())["mime"] == GOOD["mime"]
+
+
+def test_attempts_and_first_attempt_time():
+    message = parse(results=[
+        {"time": "2026-11-24 10:00:00", "state": "connect", "result": "error"},
+        {"time": "2026-11-24 10:10:00", "state": "process", "result": "timeout"},
+        {"time": "2026-11-24 10:20:00", "state": "rcptto", "result": "error"},
+    ])
+    assert message.attempts == 2
+    assert message.firstAttemptTime == parseTime("2026-11-24 10:00:00")
+
+
+def test_result_entry_from_failure_and_connection_facts():
+    failure = AttemptFailed("data", "error", "plugin broke", plugin="stamp")
+    entry = ResultEntry.fromFailure(failure, 0, {"mta": "mx.example", "messages": 3})
+    assert not entry.final and not entry.accepted
+    assert entry.toJSON() == {
+        "time": "1970-01-01 00:00:00", "state": "data", "result": "error",
+        "description": "plugin broke", "plugin": "stamp", "mta": "mx.example", "messages": 3,
+    }
+
+
+def test_invalid_result_json():
+    failure = InvalidMessage("the message is not valid JSON: x")
+    published = json.loads(invalidResultJSON(b"{broken", failure, 0))
+    assert published == {
+        "input": "{broken",
+        "results": [{"time": "1970-01-01 00:00:00", "state": "process", "result": "invalid", "description": "the message is not valid JSON: x"}],
+    }
+    obj = {"id": "x1", "recipient": "bad", "mime": "body"}
+    published = json.loads(invalidResultJSON(json.dumps(obj).encode(), InvalidMessage("bad recipient"), 0))
+    assert published["id"] == "x1" and "mime" not in published
+    assert published["results"][0]["description"] == "bad recipient"
+
+
+def test_time_format_round_trip():
+    assert formatTime(parseTime("2026-02-28 23:59:59")) == "2026-02-28 23:59:59"
