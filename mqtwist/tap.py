@@ -1,0 +1,478 @@
+"""
+The C{twistd mqtwist} command: its options and the service they make.
+
+Every attribute of L{Config} (and of its nested L{SMTPTimeouts}) is a
+setting that can be given four ways, derived from the attribute's name so
+that no name is written twice:
+
+    - on the command line: C{ehloName} is C{--ehlo-name}, and
+      C{timeouts.connect} is C{--timeouts-connect};
+    - in the environment: C{MQTWIST_EHLO_NAME}, C{MQTWIST_TIMEOUTS_CONNECT};
+    - in the TOML file named by C{--config}: C{ehlo-name = "..."} at the top,
+      C{connect = 30} in a C{[timeouts]} table;
+    - not at all, and then the default of L{Config} applies.
+
+The command line wins over the environment, which wins over the TOML file,
+which wins over the defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import os
+import re
+import sys
+import tomllib
+import typing
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from mqtwist.config import Config
+
+#: The help of every setting, by attribute path; the default is appended.
+_HELP: dict[str, str] = {
+    "amqp": "RabbitMQ URL, amqp[s]://user:password@host:port/vhost?heartbeat=30; "
+    "when not given, mqtwist starts a private RabbitMQ node of its own",
+    "brokerDir": "directory where the private RabbitMQ node keeps its data",
+    "brokerPort": "AMQP port of the private RabbitMQ node",
+    "outbox": "queue that delivery jobs are taken from",
+    "results": "queue that receives every final result (empty: none)",
+    "success": "queue that receives the results of delivered messages (empty: none)",
+    "failure": "queue that receives the results of failed messages (empty: none)",
+    "retry": "queue that receives a notice of every attempt to be retried (empty: none)",
+    "smarthost": "host:port of a relay that takes all mail instead of MX delivery",
+    "mxPort": "TCP port used for delivery to MX hosts",
+    "nameservers": "comma-separated host:port of the DNS servers for MX lookups "
+    "(empty: the system's)",
+    "plugins": "comma-separated names of the data plugins to run, in order "
+    "(not given: every plugin found, ordered by name; empty: none)",
+    "pluginTimeout": "seconds a data plugin may take before it is cancelled",
+    "pluginRuns": "how many times the plugin chain runs before the attempt fails",
+    "pluginRetryDelay": "seconds between two runs of the plugin chain",
+    "prefetch": "outbox messages handed to this process before it acknowledges any",
+    "concurrency": "deliveries in progress at once",
+    "ehloName": "the name this host gives in EHLO/HELO",
+    "maxConnectionsPerDestination": "SMTP connections open at once to one destination",
+    "maxMessagesPerConnection": "messages one SMTP connection carries before it is closed",
+    "idleTimeout": "seconds an unused SMTP connection stays open for the next message",
+    "timeouts.connect": "seconds to wait for a TCP connection to an SMTP server",
+    "timeouts.greeting": "seconds to wait for the SMTP greeting",
+    "timeouts.ehlo": "seconds to wait for the reply to EHLO/HELO",
+    "timeouts.mailfrom": "seconds to wait for the reply to MAIL FROM",
+    "timeouts.rcptto": "seconds to wait for the reply to RCPT TO",
+    "timeouts.data": "seconds to wait for the reply to DATA",
+    "timeouts.message": "seconds to wait for the reply after the message body",
+    "timeouts.rset": "seconds to wait for the reply to RSET",
+    "timeouts.quit": "seconds to wait for the reply to QUIT",
+    "retries": "comma-separated seconds between attempts for messages without "
+    "'retries'; the last one repeats",
+    "maxDeliverTime": "seconds after the first attempt when a message without "
+    "'maxdelivertime' expires",
+    "delayBuckets": "comma-separated delays, in seconds, that have a delay queue of their "
+    "own; a retry delay is rounded up to the next one",
+    "shutdownTimeout": "seconds that stopping waits for deliveries in flight",
+    "reconnectMaxDelay": "the longest wait, in seconds, between reconnection attempts to "
+    "RabbitMQ",
+}
+
+#: Defaults that are not a fixed value, described instead of computed (a
+#: host name lookup has no place in C{--help}).
+_DEFAULT_TEXT: dict[str, str] = {"ehloName": "this host's fully qualified name"}
+
+
+def _parseStr(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string; give text")
+    return value.strip()
+
+
+def _parseInt(value: object) -> int:
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a whole number; give an integer of 0 or more")
+    if value < 0:
+        raise ValueError(f"{value} is negative; give an integer of 0 or more")
+    return value
+
+
+def _parseFloat(value: object) -> float:
+    if isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            pass
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number; give a number of 0 or more")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"{value} is out of range; give a finite number of 0 or more")
+    return float(value)
+
+
+def _listOf(parseItem: Callable[[object], Any]) -> Callable[[object], list[Any]]:
+    def parse(value: object) -> list[Any]:
+        if isinstance(value, str):
+            items: list[object] = [item for item in value.split(",") if item.strip()]
+        elif isinstance(value, list):
+            items = value
+        else:
+            raise ValueError(f"{value!r} is not a list; give comma-separated values")
+        return [parseItem(item) for item in items]
+
+    return parse
+
+
+def _parseOptionalStr(value: object) -> str | None:
+    # Empty means "not set", so that a later source can undo an earlier one
+    # (MQTWIST_SMARTHOST= overrides the smarthost of the TOML file).
+    return _parseStr(value) or None
+
+
+_PARSERS: dict[object, Callable[[object], Any]] = {
+    str: _parseStr,
+    str | None: _parseOptionalStr,
+    int: _parseInt,
+    float: _parseFloat,
+    list[str]: _listOf(_parseStr),
+    # Only "not given" is None; an empty list is a list (--plugins= runs none).
+    list[str] | None: _listOf(_parseStr),
+    list[int]: _listOf(_parseInt),
+}
+
+
+def _parserFor(hint: object) -> Callable[[object], Any]:
+    """
+    The function that turns a command-line, environment or TOML value into a
+    value of type C{hint}, raising C{ValueError} that says what is accepted.
+    """
+    if hint not in _PARSERS:
+        raise TypeError(f"mqtwist.tap has no option type for {hint!r}; add one to _PARSERS")
+    return _PARSERS[hint]
+
+
+def _checkPositive(value: int) -> None:
+    if value < 1:
+        raise ValueError(f"{value} is too small; give an integer of 1 or more")
+
+
+def _checkPort(value: int) -> None:
+    if not 0 < value < 65536:
+        raise ValueError(f"{value} is not a port number; give a port 1-65535")
+
+
+def _checkNotEmpty(value: str) -> None:
+    if not value:
+        raise ValueError("it is empty; give a name")
+
+
+def _checkHostPort(value: str | None) -> None:
+    if value is None:
+        return
+    # Imported here: the routing module brings the delivery stack with it,
+    # which a look at --help does not need.
+    from mqtwist.routing import parseHostPort
+
+    if parseHostPort(value, 0)[1] == 0:
+        raise ValueError(f"{value!r} has no port; use host:port, e.g. relay.example.com:587")
+
+
+def _checkNameservers(values: list[str]) -> None:
+    from mqtwist.routing import parseHostPort
+
+    for value in values:
+        parseHostPort(value, 53)
+
+
+def _checkAMQPURL(value: str | None) -> None:
+    if value is None:
+        return
+    parts = urlsplit(value)
+    if parts.scheme not in ("amqp", "amqps"):
+        raise ValueError(
+            f"{parts.scheme or value!r} is not an AMQP URL scheme; give "
+            "amqp://user:password@host:5672/vhost or amqps://..."
+        )
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("the port of the URL is not a number 0-65535; give host:port")
+    if not parts.hostname:
+        raise ValueError("the URL has no host; give amqp://user:password@host:5672/vhost")
+
+
+def _checkNotEmptyList(values: list[int]) -> None:
+    if not values:
+        raise ValueError("the list is empty; give at least one value")
+
+
+#: Rules beyond the type, by attribute path.
+_CHECKS: dict[str, Callable[[Any], None]] = {
+    "amqp": _checkAMQPURL,
+    "brokerPort": _checkPort,
+    "outbox": _checkNotEmpty,
+    "smarthost": _checkHostPort,
+    "mxPort": _checkPort,
+    "nameservers": _checkNameservers,
+    "pluginRuns": _checkPositive,
+    "prefetch": _checkPositive,
+    "concurrency": _checkPositive,
+    "ehloName": _checkNotEmpty,
+    "maxConnectionsPerDestination": _checkPositive,
+    "maxMessagesPerConnection": _checkPositive,
+    "retries": _checkNotEmptyList,
+    "delayBuckets": _checkNotEmptyList,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class _Setting:
+    """
+    One attribute of L{Config} and the names it goes by.
+    """
+
+    #: C{"ehloName"}, or C{"timeouts.connect"} for a nested one
+    path: str
+    #: the long option without dashes, C{"ehlo-name"}
+    option: str
+    #: C{"MQTWIST_EHLO_NAME"}
+    environ: str
+    #: where it sits in the TOML file: C{("ehlo-name",)}, C{("timeouts", "connect")}
+    tomlKey: tuple[str, ...]
+    parse: Callable[[object], Any]
+    help: str
+
+    def value(self, given: object) -> Any:
+        """
+        Parse and check C{given}.
+
+        @raise ValueError: saying what is wrong and what is accepted.
+        """
+        value = self.parse(given)
+        if self.path in _CHECKS:
+            _CHECKS[self.path](value)
+        return value
+
+
+def _kebab(name: str) -> str:
+    return re.sub(r"(?=[A-Z])", "-", name).lower()
+
+
+def _describeDefault(field: dataclasses.Field[Any], path: str) -> str:
+    if path in _DEFAULT_TEXT:
+        return _DEFAULT_TEXT[path]
+    if field.default is not dataclasses.MISSING:
+        value = field.default
+    else:
+        value = field.default_factory()  # type: ignore[misc]
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return ",".join(str(item) for item in value)
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def _settingsOf(cls: type, prefix: tuple[str, ...] = ()) -> list[_Setting]:
+    settings = []
+    hints = typing.get_type_hints(cls)
+    for field in dataclasses.fields(cls):
+        names = prefix + (field.name,)
+        hint = hints[field.name]
+        if dataclasses.is_dataclass(hint):
+            settings.extend(_settingsOf(hint, names))
+            continue
+        path = ".".join(names)
+        option = "-".join(_kebab(name) for name in names)
+        default = _describeDefault(field, path)
+        settings.append(
+            _Setting(
+                path=path,
+                option=option,
+                environ="MQTWIST_" + option.upper().replace("-", "_"),
+                tomlKey=tuple(_kebab(name) for name in names),
+                parse=_parserFor(hint),
+                help=_HELP.get(path, "") + (f" [default: {default}]" if default else ""),
+            )
+        )
+    return settings
+
+
+#: Every setting of L{Config}, in the order of its attributes.
+SETTINGS: list[_Setting] = _settingsOf(Config)
+
+
+class Options(usage.Options):
+    """
+    The options of C{twistd mqtwist}.  After parsing, C{config} is the
+    L{Config} they describe.
+
+    @ivar config: the settings from the command line, the environment, the
+        TOML file and the defaults, in that order of precedence.
+    """
+
+    synopsis = "[options]"
+    longdesc = (
+        "Deliver the JSON delivery jobs of a RabbitMQ queue over ESMTP. Every option can "
+        "also be set in the environment (--ehlo-name is MQTWIST_EHLO_NAME) or in the TOML "
+        "file of --config (ehlo-name = \"...\"; SMTP timeouts in a [timeouts] table). The "
+        "command line wins over the environment, which wins over the file, which wins over "
+        "the defaults."
+    )
+    optFlags = [
+        ["list-plugins", None, "print the data plugins that are installed, and exit"],
+    ]
+    optParameters = [
+        ["config", None, None, "TOML file with settings; keys are the long option names"],
+    ] + [[setting.option, None, None, setting.help] for setting in SETTINGS]
+
+    config: Config
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        """
+        @param environ: where C{MQTWIST_*} variables are read; the process
+            environment when C{None}.
+        """
+        super().__init__()
+        self.environ = os.environ if environ is None else environ
+
+    def postOptions(self) -> None:
+        """
+        Build C{self.config}, or list the data plugins and exit.
+
+        @raise usage.UsageError: naming the option, variable or TOML key that
+            has a bad value, what is wrong with it and what is accepted.
+        """
+        if self["list-plugins"]:
+            self._listPlugins()
+            raise SystemExit(0)
+        given: dict[str, tuple[object, str]] = {}
+        configFile, configSource = self._configFile()
+        if configFile is not None:
+            given.update(_readTOML(configFile, configSource))
+        for setting in SETTINGS:
+            if setting.environ in self.environ:
+                given[setting.path] = (self.environ[setting.environ], setting.environ)
+            if self[setting.option] is not None:
+                given[setting.path] = (self[setting.option], f"--{setting.option}")
+        self.config = _buildConfig(given)
+        if self.config.plugins is not None:
+            self._checkPluginNames(self.config.plugins, given["plugins"][1])
+
+    def _configFile(self) -> tuple[str | None, str]:
+        if self["config"] is not None:
+            return self["config"], "--config"
+        return self.environ.get("MQTWIST_CONFIG") or None, "MQTWIST_CONFIG"
+
+    def _listPlugins(self) -> None:
+        from mqtwist.discovery import discoverPlugins
+
+        plugins = discoverPlugins()
+        if not plugins:
+            sys.stdout.write("no data plugins are installed\n")
+        for name in sorted(plugins):
+            plugin = plugins[name]
+            cls = type(plugin)
+            summary = (cls.__doc__ or "").strip().partition("\n")[0]
+            sys.stdout.write(f"{name}  ({cls.__module__}.{cls.__qualname__})  {summary}".rstrip() + "\n")
+
+    def _checkPluginNames(self, names: list[str], source: str) -> None:
+        from mqtwist.discovery import discoverPlugins
+
+        found = discoverPlugins()
+        for name in names:
+            if names.count(name) > 1:
+                raise usage.UsageError(f"{source}: plugin {name!r} is named twice; name it once")
+            if name not in found:
+                known = ", ".join(sorted(found)) or "none"
+                raise usage.UsageError(
+                    f"{source}: no data plugin named {name!r} is installed "
+                    f"(installed: {known}); see --list-plugins"
+                )
+
+
+def _readTOML(path: str, source: str) -> dict[str, tuple[object, str]]:
+    """
+    Read the settings of a TOML file.
+
+    @return: attribute path -> (value, where it came from).
+    @raise usage.UsageError: when the file cannot be read, is not TOML or
+        has a key that is not a setting.
+    """
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise usage.UsageError(
+            f"{source}: cannot read {path}: {e.strerror}; give the path of a readable TOML file"
+        )
+    except tomllib.TOMLDecodeError as e:
+        raise usage.UsageError(f"{source}: {path} is not valid TOML: {e}")
+    byKey = {setting.tomlKey: setting for setting in SETTINGS}
+    tables = {key[0] for key in byKey if len(key) > 1}
+    given = {}
+    for key, value in document.items():
+        if key in tables:
+            if not isinstance(value, dict):
+                raise usage.UsageError(f"{path}: {key!r} must be a table, [{key}]")
+            entries = [((key, inner), innerValue) for inner, innerValue in value.items()]
+        else:
+            entries = [((key,), value)]
+        for tomlKey, entryValue in entries:
+            if tomlKey not in byKey:
+                raise usage.UsageError(f"{path}: {_unknownKey(tomlKey, byKey)}")
+            where = ".".join(tomlKey)
+            given[byKey[tomlKey].path] = (entryValue, f"{where} in {path}")
+    return given
+
+
+def _unknownKey(tomlKey: tuple[str, ...], byKey: Mapping[tuple[str, ...], _Setting]) -> str:
+    name = ".".join(tomlKey)
+    known = [".".join(key) for key in byKey]
+    close = difflib.get_close_matches(name, known, n=1)
+    hint = f"did you mean {close[0]!r}?" if close else "the keys are the long option names"
+    return f"unknown key {name!r}; {hint} (see twistd mqtwist --help)"
+
+
+def _buildConfig(given: Mapping[str, tuple[object, str]]) -> Config:
+    """
+    Make the L{Config} of the given settings, defaults for the others.
+
+    @param given: attribute path -> (raw value, where it came from).
+    @raise usage.UsageError: naming the source of a bad value.
+    """
+    values: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for setting in SETTINGS:
+        if setting.path not in given:
+            continue
+        raw, source = given[setting.path]
+        try:
+            value = setting.value(raw)
+        except ValueError as e:
+            raise usage.UsageError(f"{source}: {e}")
+        head, _, inner = setting.path.partition(".")
+        if inner:
+            nested.setdefault(head, {})[inner] = value
+        else:
+            values[head] = value
+    hints = typing.get_type_hints(Config)
+    for head, innerValues in nested.items():
+        values[head] = hints[head](**innerValues)
+    return Config(**values)
+
+
+def makeService(options: Options) -> IService:
+    """
+    The service of C{twistd mqtwist}: a L{mqtwist.service.MailerService}
+    with the parsed configuration.
+    """
+    from mqtwist.service import MailerService
+
+    return MailerService(options.config)
