@@ -1,0 +1,427 @@
+"""
+A private RabbitMQ node run from the Debian C{rabbitmq-server} package.
+
+C{twistd mqtwist} starts one when no broker URL is given, and the test suite
+starts one per session.  The node keeps everything (queues, logs, Erlang
+cookie, feature flags) in its own data directory and listens on its own
+ports, so it never touches a system-wide RabbitMQ.  Settings for the node can
+be put in C{DATA/rabbitmq.conf} and C{DATA/advanced.config}.
+
+Started as root, the node runs as the C{rabbitmq} system user (like Debian's
+own wrapper does), so its data directory belongs to that user.  The server is
+started through C{setpriv --pdeathsig TERM}: if this process dies without
+stopping the node, the node is told to shut down all the same.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import os
+import pwd
+import shutil
+import signal
+import stat
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet import defer, error, protocol, task
+from twisted.internet.utils import getProcessOutputAndValue
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtwist.amqp.url import BrokerURL
+
+INSTALL_HINT = (
+    "install it with 'apt-get install rabbitmq-server', "
+    "or give the URL of a running broker with --amqp amqp://..."
+)
+
+
+class RabbitMQNotInstalled(Exception):
+    """
+    The programs of the C{rabbitmq-server} package (or C{setpriv}) are
+    missing.
+    """
+
+
+class RabbitMQStartFailed(Exception):
+    """
+    The node did not start, or a C{rabbitmqctl} command failed.
+    """
+
+
+class _ServerProcess(protocol.ProcessProtocol):
+    """
+    Keeps the last lines the server printed, for error messages, and fires
+    C{ended} with the exit reason.
+    """
+
+    def __init__(self, tailBytes: int = 8192) -> None:
+        self.ended: defer.Deferred[Failure] = defer.Deferred()
+        self._tail: collections.deque[bytes] = collections.deque()
+        self._tailBytes = tailBytes
+        self._size = 0
+
+    def outReceived(self, data: bytes) -> None:
+        self._tail.append(data)
+        self._size += len(data)
+        while self._size > self._tailBytes and len(self._tail) > 1:
+            self._size -= len(self._tail.popleft())
+
+    errReceived = outReceived
+
+    def tail(self) -> str:
+        return b"".join(self._tail).decode("utf-8", "replace")
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback(reason)
+
+
+class LocalRabbitMQ:
+    """
+    One private RabbitMQ node.
+
+    @ivar url: the broker URL of the node (port 0 is replaced by the port
+        picked in L{start}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        dataDir: str,
+        *,
+        amqpPort: int = 0,
+        distPort: int = 0,
+        nodeName: str | None = None,
+        interface: str = "127.0.0.1",
+        user: str = "rabbitmq",
+        startTimeout: float = 120.0,
+        stopTimeout: float = 60.0,
+        rabbitmqBin: str = "/usr/lib/rabbitmq/bin",
+        reactor: Any = None,
+    ) -> None:
+        """
+        @param dataDir: where the node keeps its state; created if missing.
+            Starting again on the same directory keeps durable queues and
+            their messages.
+        @param amqpPort: AMQP port; 0 picks a free one at start.
+        @param distPort: Erlang distribution port (for C{rabbitmqctl}); 0
+            picks a free one at start.
+        @param nodeName: Erlang node name; by default one derived from
+            C{dataDir}, so that a restart finds its own data again and two
+            data directories never clash.
+        @param interface: address the AMQP listener binds to.
+        @param user: system user the node runs as when started as root.
+        @param startTimeout: seconds the node may take to start.
+        @param stopTimeout: seconds the node may take to stop before it is
+            killed.
+        @param rabbitmqBin: directory of C{rabbitmq-server} and
+            C{rabbitmqctl} (without Debian's C{su} wrappers).
+        """
+        if reactor is None:
+            from twisted.internet import reactor
+        self._reactor = reactor
+        self.dataDir = os.path.abspath(dataDir)
+        self.nodeName = nodeName or (
+            "mqtwist-"
+            + hashlib.sha1(self.dataDir.encode()).hexdigest()[:10]
+            + "@localhost"
+        )
+        self._amqpPort = amqpPort
+        self._distPort = distPort
+        self._interface = interface
+        self._user = user
+        self._startTimeout = startTimeout
+        self._stopTimeout = stopTimeout
+        self._server = os.path.join(rabbitmqBin, "rabbitmq-server")
+        self._ctl = os.path.join(rabbitmqBin, "rabbitmqctl")
+        self._process: _ServerProcess | None = None
+        self.url = BrokerURL(host=interface, port=amqpPort)
+
+    # -- start -------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def start(self):  # -> Deferred[BrokerURL]
+        """
+        Start the node and wait until it accepts AMQP connections.
+
+        @return: a Deferred that fires with the L{BrokerURL} of the node
+            (user guest, vhost C{/}), or errbacks with
+            L{RabbitMQNotInstalled}, or with L{RabbitMQStartFailed} carrying
+            the node's last output and where its log is.
+        """
+        if self._process is not None:
+            raise RabbitMQStartFailed(f"RabbitMQ node {self.nodeName} is already running")
+        setpriv = self._checkInstalled()
+        self._prepareDirectory()
+        if self._amqpPort == 0:
+            self._amqpPort = yield self._freePort()
+        if self._distPort == 0:
+            self._distPort = yield self._freePort()
+        self.url = BrokerURL(host=self._interface, port=self._amqpPort)
+        self.log.info(
+            "starting private RabbitMQ node {node} on {url} (data in {dataDir})",
+            node=self.nodeName,
+            url=self.url.redacted(),
+            dataDir=self.dataDir,
+        )
+        process = _ServerProcess()
+        argv = self._asNodeUser(setpriv, self._server)
+        self._reactor.spawnProcess(
+            process, argv[0], argv, env=self._environment(), path=self.dataDir
+        )
+        self._process = process
+        process.ended.addCallback(self._serverEnded, process)
+        try:
+            yield self._awaitStartup(process)
+        except BaseException:
+            yield self.stop()
+            raise
+        self.log.info("RabbitMQ node {node} is up", node=self.nodeName)
+        return self.url
+
+    def _checkInstalled(self) -> str:
+        for program in (self._server, self._ctl):
+            if not os.access(program, os.X_OK):
+                raise RabbitMQNotInstalled(
+                    f"cannot start a private RabbitMQ node: {program} is "
+                    f"missing (package rabbitmq-server not installed?); "
+                    + INSTALL_HINT
+                )
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            raise RabbitMQNotInstalled(
+                "cannot start a private RabbitMQ node: setpriv is missing "
+                "(install util-linux), or give the URL of a running broker "
+                "with --amqp amqp://..."
+            )
+        return setpriv
+
+    def _asNodeUser(self, setpriv: str, program: str, *args: str) -> list[str]:
+        argv = [setpriv]
+        if os.geteuid() == 0:
+            argv += ["--reuid", self._user, "--regid", self._user, "--init-groups"]
+        # TERM on our death: the node then shuts down cleanly on its own
+        return argv + ["--pdeathsig", "TERM", "--", program, *args]
+
+    def _prepareDirectory(self) -> None:
+        owner = pwd.getpwnam(self._user) if os.geteuid() == 0 else None
+        os.makedirs(self.dataDir, exist_ok=True)
+        if owner is not None:
+            self._checkReachable(owner)
+        enabledPlugins = os.path.join(self.dataDir, "enabled_plugins")
+        if not os.path.exists(enabledPlugins):
+            # no plugins: the management plugin alone doubles the start time
+            with open(enabledPlugins, "w") as f:
+                f.write("[].\n")
+        if owner is not None:
+            for directory, _, files in os.walk(self.dataDir):
+                for path in [directory] + [os.path.join(directory, f) for f in files]:
+                    os.lchown(path, owner.pw_uid, owner.pw_gid)
+
+    def _checkReachable(self, owner: pwd.struct_passwd) -> None:
+        directory = os.path.dirname(self.dataDir)
+        while True:
+            st = os.stat(directory)
+            if not (st.st_mode & stat.S_IXOTH or st.st_uid == owner.pw_uid):
+                raise RabbitMQStartFailed(
+                    f"the RabbitMQ node runs as user {self._user!r}, who "
+                    f"cannot enter {directory} (mode {stat.filemode(st.st_mode)}) "
+                    f"to reach its data directory {self.dataDir}: choose a "
+                    f"data directory that user can reach, or 'chmod o+x "
+                    f"{directory}'"
+                )
+            parent = os.path.dirname(directory)
+            if parent == directory:
+                return
+            directory = parent
+
+    def _environment(self) -> dict[str, str]:
+        d = self.dataDir
+        return {
+            "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
+            "LANG": "C.UTF-8",
+            "LC_ALL": "C.UTF-8",
+            # the Erlang cookie lives in $HOME: one private cookie per node
+            "HOME": d,
+            "RABBITMQ_NODENAME": self.nodeName,
+            "RABBITMQ_NODE_IP_ADDRESS": self._interface,
+            "RABBITMQ_NODE_PORT": str(self._amqpPort),
+            "RABBITMQ_DIST_PORT": str(self._distPort),
+            "RABBITMQ_MNESIA_BASE": os.path.join(d, "mnesia"),
+            "RABBITMQ_LOG_BASE": os.path.join(d, "log"),
+            "RABBITMQ_FEATURE_FLAGS_FILE": os.path.join(d, "feature_flags"),
+            "RABBITMQ_PLUGINS_EXPAND_DIR": os.path.join(d, "plugins-expand"),
+            "RABBITMQ_PID_FILE": os.path.join(d, "rabbitmq.pid"),
+            "RABBITMQ_ENABLED_PLUGINS_FILE": os.path.join(d, "enabled_plugins"),
+            "RABBITMQ_CONFIG_FILE": os.path.join(d, "rabbitmq.conf"),
+            "RABBITMQ_ADVANCED_CONFIG_FILE": os.path.join(d, "advanced.config"),
+            "RABBITMQ_CONF_ENV_FILE": os.path.join(d, "rabbitmq-env.conf"),
+            "ERL_CRASH_DUMP": os.path.join(d, "erl_crash.dump"),
+        }
+
+    @defer.inlineCallbacks
+    def _freePort(self):  # -> Deferred[int]
+        factory = protocol.Factory()
+        factory.noisy = False
+        port = self._reactor.listenTCP(0, factory, interface=self._interface)
+        number = port.getHost().port
+        yield port.stopListening()
+        return number
+
+    @defer.inlineCallbacks
+    def _awaitStartup(self, process: _ServerProcess):
+        deadline = self._reactor.seconds() + self._startTimeout
+        while True:
+            remaining = int(deadline - self._reactor.seconds())
+            if process.ended.called:
+                raise self._startFailed(process, "the server exited")
+            if remaining <= 0:
+                raise self._startFailed(
+                    process, f"it did not start within {self._startTimeout:g} s"
+                )
+            try:
+                yield self.rabbitmqctl("await_startup", "--timeout", str(remaining))
+            except RabbitMQStartFailed:
+                # 'await_startup' gives up at once while the node has not
+                # registered with epmd yet: ask again shortly
+                yield task.deferLater(self._reactor, 0.5, lambda: None)
+            else:
+                return
+
+    def _startFailed(self, process: _ServerProcess, why: str) -> RabbitMQStartFailed:
+        return RabbitMQStartFailed(
+            f"private RabbitMQ node {self.nodeName} did not start: {why}. "
+            f"Its log is in {os.path.join(self.dataDir, 'log')}; its last "
+            f"output:\n{process.tail()}"
+        )
+
+    def _serverEnded(self, reason: Failure, process: _ServerProcess) -> Failure:
+        if self._process is process:
+            self._process = None
+        self.log.info(
+            "RabbitMQ node {node} ended: {reason}",
+            node=self.nodeName,
+            reason=reason.getErrorMessage(),
+        )
+        return reason
+
+    # -- commands ----------------------------------------------------------
+
+    def rabbitmqctl(self, *args: str):  # -> Deferred[str]
+        """
+        Run C{rabbitmqctl -n NODE ARGS...} against this node.
+
+        @return: a Deferred that fires with the command's standard output,
+            or errbacks with L{RabbitMQStartFailed} naming the command, its
+            exit code and its output when it exits with an error.
+        """
+        setpriv = self._checkInstalled()
+        argv = self._asNodeUser(setpriv, self._ctl, "-n", self.nodeName, *args)
+        d = getProcessOutputAndValue(
+            argv[0], argv[1:], env=self._environment(), path=self.dataDir,
+            reactor=self._reactor,
+        )
+
+        def check(result: tuple[bytes, bytes, int]) -> str:
+            out, err, code = result
+            if code != 0:
+                raise RabbitMQStartFailed(
+                    f"'rabbitmqctl -n {self.nodeName} {' '.join(args)}' exited "
+                    f"with {code}: {(out + err).decode('utf-8', 'replace').strip()}"
+                )
+            return out.decode("utf-8", "replace")
+
+        return d.addCallback(check)
+
+    # -- stop --------------------------------------------------------------
+
+    @defer.inlineCallbacks
+    def stop(self):  # -> Deferred[None]
+        """
+        Stop the node: SIGTERM, which RabbitMQ answers with a clean
+        shutdown; after C{stopTimeout} seconds the Erlang VM is killed.
+
+        @return: a Deferred that fires with C{None} once the node has
+            exited (at once if it is not running).
+        """
+        process = self._process
+        if process is None:
+            return
+        self.log.info("stopping RabbitMQ node {node}", node=self.nodeName)
+        try:
+            process.transport.signalProcess("TERM")
+        except error.ProcessExitedAlready:
+            pass
+        killer = self._reactor.callLater(self._stopTimeout, self._kill, process)
+        yield process.ended.addErrback(lambda _: None)
+        if killer.active():
+            killer.cancel()
+
+    def _kill(self, process: _ServerProcess) -> None:
+        self.log.warn(
+            "RabbitMQ node {node} did not stop within {timeout} s: killing it",
+            node=self.nodeName,
+            timeout=self._stopTimeout,
+        )
+        # the Erlang VM is a child of the start script: kill it by its pid file
+        try:
+            with open(os.path.join(self.dataDir, "rabbitmq.pid")) as f:
+                os.kill(int(f.read().strip()), signal.SIGKILL)
+        except (OSError, ValueError):
+            pass
+        try:
+            process.transport.signalProcess("KILL")
+        except error.ProcessExitedAlready:
+            pass
+
+
+class LocalRabbitMQService(Service):
+    """
+    Runs a L{LocalRabbitMQ} for the lifetime of a service hierarchy.  Add it
+    to a C{MultiService} I{before} the services that use the broker, so that
+    it stops after them.
+    """
+
+    log = Logger()
+
+    def __init__(self, node: LocalRabbitMQ) -> None:
+        self.node = node
+        self._result: BrokerURL | Failure | None = None
+        self._waiting: list[defer.Deferred[BrokerURL]] = []
+
+    def startService(self) -> None:
+        Service.startService(self)
+        self.node.start().addBoth(self._startDone)
+
+    def _startDone(self, result: BrokerURL | Failure) -> None:
+        self._result = result
+        if isinstance(result, Failure):
+            self.log.failure("private RabbitMQ node did not start", result)
+        waiting, self._waiting = self._waiting, []
+        for d in waiting:
+            self._fire(d)
+
+    def _fire(self, d: defer.Deferred[BrokerURL]) -> None:
+        if isinstance(self._result, Failure):
+            d.errback(self._result)
+        else:
+            d.callback(self._result)
+
+    def whenStarted(self) -> defer.Deferred[BrokerURL]:
+        """
+        @return: a Deferred that fires with the node's L{BrokerURL} once it
+            is up, or errbacks with why it could not start.
+        """
+        d: defer.Deferred[BrokerURL] = defer.Deferred()
+        if self._result is None:
+            self._waiting.append(d)
+        else:
+            self._fire(d)
+        return d
+
+    def stopService(self) -> defer.Deferred[None]:
+        Service.stopService(self)
+        return self.node.stop()
