@@ -28,11 +28,11 @@ import tomllib
 import typing
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from twisted.application.service import IService
 from twisted.python import usage
 
+from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
 
 #: The help of every setting, by attribute path; the default is appended.
@@ -96,9 +96,7 @@ def _parseInt(value: object) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a whole number; give an integer of 0 or more")
-    if value < 0:
-        raise ValueError(f"{value} is negative; give an integer of 0 or more")
+        raise ValueError(f"{value!r} is not a whole number; give digits, e.g. 10")
     return value
 
 
@@ -108,10 +106,8 @@ def _parseFloat(value: object) -> float:
             value = float(value)
         except ValueError:
             pass
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise ValueError(f"{value!r} is not a number; give a number of 0 or more")
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"{value} is out of range; give a finite number of 0 or more")
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+        raise ValueError(f"{value!r} is not a number; give a number of seconds, e.g. 2.5")
     return float(value)
 
 
@@ -156,9 +152,14 @@ def _parserFor(hint: object) -> Callable[[object], Any]:
     return _PARSERS[hint]
 
 
+def _checkNotNegative(value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{value:g} is negative; give 0 or more")
+
+
 def _checkPositive(value: int) -> None:
     if value < 1:
-        raise ValueError(f"{value} is too small; give an integer of 1 or more")
+        raise ValueError(f"{value} is too small; give a whole number of 1 or more")
 
 
 def _checkPort(value: int) -> None:
@@ -190,28 +191,19 @@ def _checkNameservers(values: list[str]) -> None:
 
 
 def _checkAMQPURL(value: str | None) -> None:
-    if value is None:
-        return
-    parts = urlsplit(value)
-    if parts.scheme not in ("amqp", "amqps"):
-        raise ValueError(
-            f"{parts.scheme or value!r} is not an AMQP URL scheme; give "
-            "amqp://user:password@host:5672/vhost or amqps://..."
-        )
-    try:
-        parts.port
-    except ValueError:
-        raise ValueError("the port of the URL is not a number 0-65535; give host:port")
-    if not parts.hostname:
-        raise ValueError("the URL has no host; give amqp://user:password@host:5672/vhost")
+    if value is not None:
+        BrokerURL.parse(value)
 
 
-def _checkNotEmptyList(values: list[int]) -> None:
+def _checkDelays(values: list[int]) -> None:
     if not values:
-        raise ValueError("the list is empty; give at least one value")
+        raise ValueError("the list is empty; give at least one number of seconds")
+    for value in values:
+        _checkNotNegative(value)
 
 
-#: Rules beyond the type, by attribute path.
+#: What a value must be beyond its type, by attribute path; a number that
+#: is not here must not be negative.
 _CHECKS: dict[str, Callable[[Any], None]] = {
     "amqp": _checkAMQPURL,
     "brokerPort": _checkPort,
@@ -225,8 +217,8 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "ehloName": _checkNotEmpty,
     "maxConnectionsPerDestination": _checkPositive,
     "maxMessagesPerConnection": _checkPositive,
-    "retries": _checkNotEmptyList,
-    "delayBuckets": _checkNotEmptyList,
+    "retries": _checkDelays,
+    "delayBuckets": _checkDelays,
 }
 
 
@@ -256,6 +248,8 @@ class _Setting:
         value = self.parse(given)
         if self.path in _CHECKS:
             _CHECKS[self.path](value)
+        elif isinstance(value, (int, float)):
+            _checkNotNegative(value)
         return value
 
 
@@ -371,30 +365,20 @@ class Options(usage.Options):
         return self.environ.get("MQTWIST_CONFIG") or None, "MQTWIST_CONFIG"
 
     def _listPlugins(self) -> None:
-        from mqtwist.discovery import discoverPlugins
+        from mqtwist.discovery import describePlugins
 
-        plugins = discoverPlugins()
-        if not plugins:
-            sys.stdout.write("no data plugins are installed\n")
-        for name in sorted(plugins):
-            plugin = plugins[name]
-            cls = type(plugin)
-            summary = (cls.__doc__ or "").strip().partition("\n")[0]
-            sys.stdout.write(f"{name}  ({cls.__module__}.{cls.__qualname__})  {summary}".rstrip() + "\n")
+        try:
+            sys.stdout.write(describePlugins())
+        except ValueError as e:
+            raise usage.UsageError(f"--list-plugins: {e}")
 
     def _checkPluginNames(self, names: list[str], source: str) -> None:
-        from mqtwist.discovery import discoverPlugins
+        from mqtwist.discovery import selectPlugins
 
-        found = discoverPlugins()
-        for name in names:
-            if names.count(name) > 1:
-                raise usage.UsageError(f"{source}: plugin {name!r} is named twice; name it once")
-            if name not in found:
-                known = ", ".join(sorted(found)) or "none"
-                raise usage.UsageError(
-                    f"{source}: no data plugin named {name!r} is installed "
-                    f"(installed: {known}); see --list-plugins"
-                )
+        try:
+            selectPlugins(names)
+        except ValueError as e:
+            raise usage.UsageError(f"{source}: {e}")
 
 
 def _readTOML(path: str, source: str) -> dict[str, tuple[object, str]]:
