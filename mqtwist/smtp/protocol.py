@@ -1,0 +1,482 @@
+"""
+The ESMTP client protocol: one connection to one server, carrying any number
+of mail transactions.
+
+Unlike L{twisted.mail.smtp.SMTPClient} it has no opinion about what to send:
+the caller issues commands (L{ESMTPClient.mailFrom}, L{ESMTPClient.rcptTo},
+...) and gets each reply as a L{Deferred}, so one connection can wait for
+the next message, pipeline the envelope (RFC 2920) and skip the RSET after a
+successful transaction.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from mqtwist.config import SMTPTimeouts
+from mqtwist.errors import AttemptFailed
+from mqtwist.smtp.body import encodeBody
+from mqtwist.smtp.reply import MalformedReply, Reply, ReplyParser
+
+
+class _Command:
+    """
+    A command waiting for its reply.
+
+    @ivar state: the step it belongs to (a result entry's C{state}).
+    @ivar verb: how log lines and descriptions name it (C{"RCPT TO"}).
+    @ivar data: the bytes to send; C{None} for the greeting, which is a
+        reply to the connection itself.
+    """
+
+    __slots__ = ("state", "verb", "data", "timeout", "deferred", "written")
+
+    def __init__(self, state: str, verb: str, data: bytes | None, timeout: float) -> None:
+        self.state = state
+        self.verb = verb
+        self.data = data
+        self.timeout = timeout
+        self.deferred: Deferred[Reply] = Deferred()
+        self.written = data is None
+
+
+class ESMTPClient(Protocol):
+    """
+    An ESMTP client connection.
+
+    Commands are queued and replies matched to them in order.  When the
+    server announced PIPELINING, each command is written as soon as it is
+    issued (the transport sends commands issued in the same reactor turn in
+    one segment); otherwise a command is written when the reply to the
+    previous one has arrived.  Either way the caller may issue C{mailFrom}
+    and C{rcptTo} back to back.
+
+    Every command waits for its reply at most the time that
+    L{SMTPTimeouts} gives its step (the attribute named like the step;
+    C{intro} uses C{greeting}, C{helo} uses C{ehlo}); the clock runs from
+    the moment the command is the oldest one written and unanswered.
+
+    @ivar ready: fires with this client once the greeting was 2xx and EHLO
+        (or, after a 5xx to EHLO, HELO) succeeded; errbacks with an
+        L{AttemptFailed} of state C{intro}, C{ehlo} or C{helo} and result
+        C{error}, C{timeout} or C{lost}.  After a negative reply the client
+        sends QUIT and closes the connection itself.
+    @ivar greeting: the server's greeting, once received.
+    @ivar mta: the host name the server gave in its greeting (first word).
+    @ivar extensions: EHLO keywords, upper-cased, mapped to their parameters.
+    @ivar esmtp: C{True} when EHLO succeeded (C{False} after HELO).
+    @ivar localAddress: the local IP address of the connection.
+    @ivar remoteAddress: the server's IP address.
+    @ivar messages: how many message bodies this connection has carried.
+    @ivar bytesSent: all bytes written on this connection.
+    @ivar bodyBytesSent: bytes of message bodies (as encoded) written.
+    @ivar pluginData: a place for data plugins to keep data per connection,
+        by plugin name.
+
+    @cvar maxLineLength: longest reply line accepted, in bytes; a longer one
+        is a protocol error (the connection is closed).
+    """
+
+    log = Logger()
+    maxLineLength = 16384
+
+    def __init__(self, ehloName: str, timeouts: SMTPTimeouts, clock: IReactorTime) -> None:
+        self.ehloName = ehloName
+        self.timeouts = timeouts
+        self.clock = clock
+        self.greeting: Reply | None = None
+        self.mta: str | None = None
+        self.extensions: dict[str, str] = {}
+        self.esmtp = False
+        self.localAddress = ""
+        self.remoteAddress = ""
+        self.messages = 0
+        self.bytesSent = 0
+        self.bodyBytesSent = 0
+        self.pluginData: dict[str, dict[str, Any]] = {}
+
+        self._queue: deque[_Command] = deque()
+        self._parser = ReplyParser()
+        self._buffer = b""
+        self._timer: IDelayedCall | None = None
+        self._connected = False
+        self._introduced = False
+        # set by a time-out, a protocol error, or a 354 whose body never came
+        self._broken = False
+        # set by a 421 reply or by quit(): the server is going away
+        self._closing = False
+        self._expectingBody = False
+        self._quitting = False
+        self._closed = False
+        self._closeTimer: IDelayedCall | None = None
+        self._closeWaiters: list[Deferred[None]] = []
+        self._greetingCommand = _Command("intro", "the greeting", None, timeouts.greeting)
+        self.ready: Deferred[ESMTPClient] = self._greetingCommand.deferred.addCallback(
+            self._greeted
+        )
+        self.ready.addErrback(self._introFailed)
+
+    def __repr__(self) -> str:
+        return f"<ESMTPClient {self.localAddress} -> {self.remoteAddress} ({self.mta})>"
+
+    # -- connection --------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if ITCPTransport.providedBy(self.transport):
+            # a request/reply protocol stalls on delayed ACKs without it
+            self.transport.setTcpNoDelay(True)
+        self.localAddress = getattr(self.transport.getHost(), "host", "")
+        self.remoteAddress = getattr(self.transport.getPeer(), "host", "")
+        self._connected = True
+        self.log.debug(
+            "SMTP connection {local} -> {remote} made", local=self.localAddress, remote=self.remoteAddress
+        )
+        self._queue.append(self._greetingCommand)
+        self._startTimer()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._connected = False
+        self._closed = True
+        self._stopTimer()
+        if self._closeTimer is not None and self._closeTimer.active():
+            self._closeTimer.cancel()
+        self.log.debug(
+            "SMTP connection to {remote} closed: {reason}",
+            remote=self.remoteAddress,
+            reason=reason.getErrorMessage(),
+        )
+        self._failAll(
+            lambda command: AttemptFailed(
+                command.state,
+                "lost",
+                f"connection to {self.remoteAddress} lost while waiting for the reply "
+                f"to {command.verb}: {reason.getErrorMessage()}",
+            )
+        )
+        waiters, self._closeWaiters = self._closeWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def whenClosed(self) -> Deferred[None]:
+        """
+        @return: a Deferred that fires with C{None} when the connection is
+            closed (at once if it already is).
+        """
+        if self._closed:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._closeWaiters.append(waiter)
+        return waiter
+
+    @property
+    def pipelining(self) -> bool:
+        """C{True} when the server announced PIPELINING (RFC 2920)."""
+        return self.esmtp and "PIPELINING" in self.extensions
+
+    @property
+    def usable(self) -> bool:
+        """
+        C{True} when the connection can carry another transaction: it is
+        open and introduced, no command timed out, no protocol error, no
+        unsent body after a 354, no 421 and no QUIT.
+        """
+        return (
+            self._connected
+            and self._introduced
+            and not self._broken
+            and not self._closing
+            and not self._expectingBody
+        )
+
+    # -- introduction ------------------------------------------------------
+
+    def _greeted(self, reply: Reply) -> Deferred[ESMTPClient]:
+        self.greeting = reply
+        words = reply.lines[0].split(None, 1) if reply.lines else []
+        self.mta = words[0] if words else None
+        if reply.code // 100 != 2:
+            raise reply.failure("intro")
+        return self._issue("ehlo", "EHLO", f"EHLO {self.ehloName}", self.timeouts.ehlo).addCallback(
+            self._ehloReplied
+        )
+
+    def _ehloReplied(self, reply: Reply) -> ESMTPClient | Deferred[ESMTPClient]:
+        if reply.code // 100 == 2:
+            self.esmtp = True
+            for line in reply.lines[1:]:
+                keyword, _, parameters = line.strip().partition(" ")
+                if keyword:
+                    self.extensions[keyword.upper()] = parameters.strip()
+            return self._introductionDone()
+        if reply.permanent:
+            # RFC 5321 3.2: a server that does not know EHLO may still know HELO
+            return self._issue("helo", "HELO", f"HELO {self.ehloName}", self.timeouts.ehlo).addCallback(
+                self._heloReplied
+            )
+        raise reply.failure("ehlo")
+
+    def _heloReplied(self, reply: Reply) -> ESMTPClient:
+        if reply.code // 100 != 2:
+            raise reply.failure("helo")
+        return self._introductionDone()
+
+    def _introductionDone(self) -> ESMTPClient:
+        self._introduced = True
+        self.log.debug(
+            "SMTP connection to {remote} ({mta}) ready, extensions {extensions}",
+            remote=self.remoteAddress,
+            mta=self.mta,
+            extensions=sorted(self.extensions),
+        )
+        return self
+
+    def _introFailed(self, failure: Failure) -> Failure:
+        if failure.check(AttemptFailed) and failure.value.result == "error":
+            # the server answered: say goodbye properly
+            self.quit()
+        elif self._connected and not self._broken:
+            self._broken = True
+            self.transport.abortConnection()
+        return failure
+
+    # -- commands ----------------------------------------------------------
+
+    def mailFrom(self, sender: str, params: Sequence[str] = ()) -> Deferred[Reply]:
+        """
+        Send C{MAIL FROM:<sender>} with the given ESMTP parameters
+        (C{"SIZE=1234"}, ...); C{""} is the null sender C{<>}.
+
+        @return: a Deferred firing with the reply, whatever its code;
+            errbacks with L{AttemptFailed} C{mailfrom}/C{timeout} or
+            C{mailfrom}/C{lost}, or C{mailfrom}/C{invalid} for an address
+            or parameter that contains a line break.
+        """
+        return self._issueAddress("mailfrom", "MAIL FROM", sender, params, self.timeouts.mailfrom)
+
+    def rcptTo(self, recipient: str, params: Sequence[str] = ()) -> Deferred[Reply]:
+        """
+        Send C{RCPT TO:<recipient>} with the given ESMTP parameters.
+
+        @return: like L{mailFrom}, with state C{rcptto}.
+        """
+        return self._issueAddress("rcptto", "RCPT TO", recipient, params, self.timeouts.rcptto)
+
+    def data(self) -> Deferred[Reply]:
+        """
+        Send C{DATA}.
+
+        @return: a Deferred firing with the reply (354 means: send the body
+            with L{sendBody}); errbacks with L{AttemptFailed} C{data}/C{timeout}
+            or C{data}/C{lost}.
+        """
+        return self._issue("data", "DATA", "DATA", self.timeouts.data).addCallback(self._dataReplied)
+
+    def _dataReplied(self, reply: Reply) -> Reply:
+        self._expectingBody = reply.code == 354
+        return reply
+
+    def sendBody(self, body: bytes) -> Deferred[Reply]:
+        """
+        Send a message body after a 354 reply to L{data}: its line endings
+        are made CRLF, lines starting with a dot are dot-stuffed and the
+        terminating dot line is added (L{encodeBody}).
+
+        @return: a Deferred firing with the server's final reply to the body,
+            whatever its code; errbacks with L{AttemptFailed}
+            C{message}/C{timeout} or C{message}/C{lost}.
+        @raise RuntimeError: when the last reply was not a 354 to DATA.
+        """
+        if not self._expectingBody:
+            raise RuntimeError("sendBody() needs a 354 reply to data() first")
+        self._expectingBody = False
+        encoded = encodeBody(body)
+        self.messages += 1
+        self.bodyBytesSent += len(encoded)
+        command = _Command("message", "the message body", encoded, self.timeouts.message)
+        return self._enqueue(command, f"message body of {len(encoded)} bytes")
+
+    def rset(self) -> Deferred[Reply]:
+        """
+        Send C{RSET}, abandoning the current transaction.
+
+        @return: a Deferred firing with the reply; errbacks with
+            L{AttemptFailed} C{rset}/C{timeout} or C{rset}/C{lost}.
+        """
+        return self._issue("rset", "RSET", "RSET", self.timeouts.rset)
+
+    def quit(self) -> Deferred[None]:
+        """
+        Send C{QUIT} (after the commands already issued), wait for its reply
+        at most C{timeouts.quit} seconds and close the connection.
+
+        @return: a Deferred that fires with C{None} when the connection is
+            closed; it never errbacks.
+        """
+        closed = self.whenClosed()
+        if not self._connected or self._quitting:
+            return closed
+        self._closing = self._quitting = True
+        # after a time-out or a protocol error the server cannot be talked to
+        if self._broken or self._expectingBody:
+            self.transport.abortConnection()
+            return closed
+        self._issue("quit", "QUIT", "QUIT", self.timeouts.quit).addBoth(self._quitReplied)
+        return closed
+
+    def _quitReplied(self, result: Reply | Failure) -> None:
+        if self._connected:
+            self.transport.loseConnection()
+            # a peer that does not read can keep loseConnection() from finishing
+            self._closeTimer = self.clock.callLater(self.timeouts.quit, self.transport.abortConnection)
+
+    def _issueAddress(
+        self, state: str, verb: str, address: str, params: Sequence[str], timeout: float
+    ) -> Deferred[Reply]:
+        line = " ".join([f"{verb}:<{address}>", *params])
+        if "\r" in line or "\n" in line:
+            return fail(
+                AttemptFailed(
+                    state,
+                    "invalid",
+                    f"{verb} {address!r} with parameters {list(params)!r} contains a line break; "
+                    f"fix the address in the message",
+                    permanent=True,
+                )
+            )
+        return self._issue(state, verb, line, timeout)
+
+    def _issue(self, state: str, verb: str, line: str, timeout: float) -> Deferred[Reply]:
+        command = _Command(state, verb, line.encode("utf-8") + b"\r\n", timeout)
+        return self._enqueue(command, line)
+
+    def _enqueue(self, command: _Command, shown: str) -> Deferred[Reply]:
+        if not self._connected or self._broken:
+            return fail(
+                AttemptFailed(
+                    command.state,
+                    "lost",
+                    f"cannot send {command.verb}: the connection to {self.remoteAddress} "
+                    f"is closed or being aborted",
+                )
+            )
+        self.log.debug("SMTP {remote} <- {command}", remote=self.remoteAddress, command=shown)
+        self._queue.append(command)
+        self._writeQueued()
+        return command.deferred
+
+    def _writeQueued(self) -> None:
+        """
+        Write the commands that may be written now: all of them with
+        PIPELINING, else the oldest one when nothing is waiting for a reply.
+        """
+        for command in self._queue:
+            if command.written:
+                if not self.pipelining:
+                    break
+                continue
+            assert command.data is not None
+            command.written = True
+            self.transport.write(command.data)
+            self.bytesSent += len(command.data)
+            if not self.pipelining:
+                break
+        self._startTimer()
+
+    # -- replies -----------------------------------------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        lines = (self._buffer + data).split(b"\n")
+        self._buffer = lines.pop()
+        for line in lines:
+            if not self._connected or self._broken:
+                return
+            try:
+                reply = self._parser.lineReceived(line[:-1] if line.endswith(b"\r") else line)
+            except MalformedReply as error:
+                self._protocolError(str(error))
+                return
+            if reply is not None:
+                self._replyReceived(reply)
+        if len(self._buffer) > self.maxLineLength:
+            self._protocolError(f"reply line longer than {self.maxLineLength} bytes")
+
+    def _replyReceived(self, reply: Reply) -> None:
+        self.log.debug(
+            "SMTP {remote} -> {code} {text}", remote=self.remoteAddress, code=reply.code, text=reply.text
+        )
+        if reply.code == 421:
+            # the server is closing the connection (RFC 5321 3.8)
+            self._closing = True
+        if not self._queue or not self._queue[0].written:
+            if reply.code != 421:
+                self._protocolError(f"unexpected reply {reply.code} {reply.text!r} when no command was sent")
+            return
+        command = self._queue.popleft()
+        self._stopTimer()
+        if self._connected:
+            self._writeQueued()
+        command.deferred.callback(reply)
+
+    def _protocolError(self, description: str) -> None:
+        self.log.info(
+            "SMTP protocol error from {remote}: {description}",
+            remote=self.remoteAddress,
+            description=description,
+        )
+        self._broken = True
+        self.transport.abortConnection()
+        self._failAll(
+            lambda command: AttemptFailed(
+                command.state,
+                "lost",
+                f"protocol error from {self.remoteAddress} while waiting for the reply "
+                f"to {command.verb}: {description}",
+            )
+        )
+
+    def _failAll(self, makeFailure: Any) -> None:
+        commands, self._queue = self._queue, deque()
+        for command in commands:
+            command.deferred.errback(makeFailure(command))
+
+    # -- time-outs ---------------------------------------------------------
+
+    def _startTimer(self) -> None:
+        if self._timer is None and self._queue and self._queue[0].written:
+            self._timer = self.clock.callLater(self._queue[0].timeout, self._timedOut)
+
+    def _stopTimer(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+
+    def _timedOut(self) -> None:
+        self._timer = None
+        late = self._queue[0]
+        self.log.info(
+            "SMTP timeout: no reply to {verb} from {remote} within {timeout} seconds",
+            verb=late.verb,
+            remote=self.remoteAddress,
+            timeout=late.timeout,
+        )
+        self._broken = True
+        self.transport.abortConnection()
+        self._failAll(
+            lambda command: AttemptFailed(
+                command.state,
+                "timeout",
+                f"no reply to {late.verb} from {self.remoteAddress} within {late.timeout:g} seconds"
+                if command is late
+                else f"{command.verb} abandoned: no reply to {late.verb} from "
+                f"{self.remoteAddress} within {late.timeout:g} seconds",
+            )
+        )
