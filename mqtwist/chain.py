@@ -21,7 +21,7 @@ from collections.abc import Mapping, MutableMapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail
+from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -376,7 +376,8 @@ class PluginChain:
             C{result="error"}, C{plugin} the name of the plugin that failed
             last, C{permanent=True} if it failed with L{PermanentFailure}).
             Cancelling it cancels the plugin in progress and any pending
-            run; it then fails with L{CancelledError}.
+            run; it then fails with
+            L{twisted.internet.defer.CancelledError}.
         """
         return _ChainRun(self, connection, message).start()
 
@@ -479,7 +480,9 @@ class _ChainRun:
             return
         name = self._steps[index][0].name
         runs = self._config.pluginRuns
-        if self._timedOut and failure.check(CancelledError):
+        if self._timedOut:
+            # Whatever the cancelled plugin failed with (CancelledError, or
+            # its own error for it), the cause is the timeout.
             error = f"timed out after {self._config.pluginTimeout:g} s"
         else:
             error = _errorText(failure)

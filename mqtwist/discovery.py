@@ -38,7 +38,8 @@ class FoundPlugin:
     plugin: IDataPlugin
     #: the plugin module, as C{mqtwist.plugins.NAME}
     module: str
-    #: the first line of the plugin's class docstring (else its module's)
+    #: the first paragraph of the plugin's class docstring (else its
+    #: module's), on one line
     summary: str
 
     @property
@@ -46,9 +47,13 @@ class FoundPlugin:
         return self.plugin.name
 
 
-def _firstLine(text: str | None) -> str:
-    lines = (text or "").strip().splitlines()
-    return lines[0].strip() if lines else ""
+def _summary(docstring: str | None) -> str:
+    """
+    The first paragraph of a docstring on one line: its summary, even when
+    that is wrapped over two lines.
+    """
+    paragraph = (docstring or "").strip().split("\n\n", 1)[0]
+    return " ".join(paragraph.split())
 
 
 def findPlugins() -> dict[str, FoundPlugin]:
@@ -94,7 +99,7 @@ def findPlugins() -> dict[str, FoundPlugin]:
                     f"{found[name].module}, one in {dropin.moduleName}; "
                     f"uninstall one of them or rename it"
                 )
-            summary = _firstLine(type(plugin).__doc__) or _firstLine(
+            summary = _summary(type(plugin).__doc__) or _summary(
                 dropin.description
             )
             found[name] = FoundPlugin(plugin, dropin.moduleName, summary)
