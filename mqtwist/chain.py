@@ -199,7 +199,7 @@ class PluginMessage:
     def mime(self) -> bytes:
         return self._mime
 
-    def setMime(self, body: bytes) -> None:
+    def setMime(self, body: bytes | bytearray | memoryview) -> None:
         """
         See L{IPluginMessage.setMime}.  C{bytearray} and C{memoryview} are
         copied into C{bytes}.
@@ -501,16 +501,21 @@ class _ChainRun:
         if permanent:
             self._done.errback(
                 AttemptFailed(
-                    "data", "error", f"data plugin {name!r}: {error}",
-                    plugin=name, permanent=True,
+                    "data",
+                    "error",
+                    f"data plugin {name!r}: {error}",
+                    plugin=name,
+                    permanent=True,
                 )
             )
         elif self._runNumber >= runs:
+            times = "time" if self._runNumber == 1 else "times"
             self._done.errback(
                 AttemptFailed(
-                    "data", "error",
-                    f"data plugin {name!r}: {error} (the plugin chain ran "
-                    f"{self._runNumber} time{'s' if self._runNumber > 1 else ''})",
+                    "data",
+                    "error",
+                    f"data plugin {name!r}: {error} "
+                    f"(the plugin chain ran {self._runNumber} {times})",
                     plugin=name,
                 )
             )

@@ -44,7 +44,8 @@ class FoundPlugin:
 
     @property
     def name(self) -> str:
-        return self.plugin.name
+        name: str = self.plugin.name
+        return name
 
 
 def _summary(docstring: str | None) -> str:

@@ -164,7 +164,7 @@ def test_completeSkipsTheRest() -> None:
     assert clock.getDelayedCalls() == []
 
 
-# --- a coroutine ---------------------------------------------------------------
+# --- a coroutine -------------------------------------------------------------
 
 
 def test_coroutinePlugin() -> None:
@@ -200,7 +200,7 @@ def test_coroutineReturningNoneContinues() -> None:
     assert outcome(run(chain)) == b"new bodyb;"
 
 
-# --- failures: run the chain again ---------------------------------------------
+# --- failures: run the chain again -------------------------------------------
 
 
 def test_failureRunsAgainFromFirstPluginAfterTheDelay() -> None:
@@ -308,7 +308,7 @@ def test_synchronousRaiseIsAFailure() -> None:
     )
 
 
-# --- PermanentFailure -----------------------------------------------------------
+# --- PermanentFailure --------------------------------------------------------
 
 
 def test_permanentFailureRaised() -> None:
@@ -354,7 +354,7 @@ def test_permanentFailureOnALaterRun() -> None:
     assert clock.getDelayedCalls() == []
 
 
-# --- timeout ---------------------------------------------------------------------
+# --- timeout -----------------------------------------------------------------
 
 
 def test_timeoutCancelsAndRetries() -> None:
@@ -414,7 +414,7 @@ def test_answerBeforeTimeoutCancelsTheTimer() -> None:
     assert clock.getDelayedCalls() == []
 
 
-# --- plugin bugs --------------------------------------------------------------------
+# --- plugin bugs -------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -446,7 +446,7 @@ def test_pluginBugIsATypeError() -> None:
     assert issubclass(PluginBug, TypeError)
 
 
-# --- cancelling run() ----------------------------------------------------------------
+# --- cancelling run() --------------------------------------------------------
 
 
 def test_cancelWhilePluginRuns() -> None:
@@ -487,7 +487,7 @@ def test_cancelAPluginThatIgnoresCancellation() -> None:
     assert b.calls == []
 
 
-# --- what plugins are given --------------------------------------------------------------
+# --- what plugins are given --------------------------------------------------
 
 
 def test_pluginsGetVerifiedObjects() -> None:
@@ -537,12 +537,13 @@ def test_connectionDataIsPerPluginAndPerConnection() -> None:
     assert a.calls[0][1].hostname == "mx.example.org"
 
 
-# --- logging and settings ------------------------------------------------------------------
+# --- logging and settings ----------------------------------------------------
 
 
 def test_failuresAreLoggedWithFields(monkeypatch: pytest.MonkeyPatch) -> None:
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(PluginChain, "log", Logger(observer=events.append))
+    logger = Logger(observer=events.append)  # type: ignore[arg-type]
+    monkeypatch.setattr(PluginChain, "log", logger)
     a = failing("a", lambda: RuntimeError("down"))
     chain, clock = makeChain([a], pluginRuns=2)
     d = chain.run(makeConnection(), makeMessage({"id": "msg-7"}))

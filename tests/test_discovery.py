@@ -203,7 +203,7 @@ def test_describeNoPlugins() -> None:
     assert mqtwist.plugins.__path__[0] in text
 
 
-# --- selectPlugins without discovery ---------------------------------------------
+# --- selectPlugins without discovery -----------------------------------------
 
 
 @implementer(IDataPlugin)
@@ -257,7 +257,8 @@ def test_moduleBrokenAfterCachingIsSkipped(
     import mqtwist.discovery
 
     events: list[dict[str, Any]] = []
-    monkeypatch.setattr(mqtwist.discovery, "log", Logger(observer=events.append))
+    logger = Logger(observer=events.append)  # type: ignore[arg-type]
+    monkeypatch.setattr(mqtwist.discovery, "log", logger)
     installPlugin("good", tagPlugin("good"))
     path = installPlugin("flaky", tagPlugin("flaky"))
     assert list(discoverPlugins()) == ["flaky", "good"]

@@ -13,12 +13,13 @@ from types import ModuleType
 from typing import Any
 
 import pytest
-import pytest_twisted
+import pytest_twisted  # type: ignore[import-untyped]
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.error import ConnectionLost
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.protocols.policies import WrappingFactory
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseNeverReceived
@@ -74,7 +75,7 @@ def result(d: Deferred[Any]) -> Any:
     return results[0]
 
 
-# --- the distribution layouts -----------------------------------------------------
+# --- the distribution layouts ------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["stamp_header", "http_body"])
@@ -99,12 +100,13 @@ def test_examplesAreDiscovered(installPlugin: Callable[..., Path]) -> None:  # n
     assert list(found) == ["http_body", "stamp_header"]
 
 
-# --- stamp_header -------------------------------------------------------------------------
+# --- stamp_header ------------------------------------------------------------
 
 
 def test_stampAddsHeader() -> None:
-    context = makeContext()
-    context.reactor.advance(1_700_000_000)
+    clock = MemoryReactorClock()
+    clock.advance(1_700_000_000)
+    context = makeContext(reactor=clock)
     message = makeMessage(mime=b"Subject: hi\r\n\r\nbody\r\n")
     outcome = result(runPlugin(stampHeader.plugin, message, context=context))
     assert outcome.tookControl is False
@@ -139,7 +141,7 @@ def test_stampCountsPerConnection() -> None:
     assert context.data == {"stamped": 4}
 
 
-# --- http_body: without a network -------------------------------------------------------
+# --- http_body: without a network --------------------------------------------
 
 
 def test_httpBodyLeavesMessagesWithoutURL() -> None:
@@ -156,20 +158,20 @@ def test_httpBodyRejectsBadURLs(url: Any) -> None:
 
 
 def test_httpBodyConnectsThroughTheContextReactor() -> None:
-    context = makeContext()
+    clock = MemoryReactorClock()
     d = runPlugin(
         httpBody.plugin,
         makeMessage({"bodyurl": "http://bodies.example.com:8080/7"}),
-        context=context,
+        context=makeContext(reactor=clock),
     )
     assert not d.called
-    [(host, port, *_)] = context.reactor.tcpClients
+    [(host, port, *_)] = clock.tcpClients
     assert port == 8080
     d.cancel()
     assert isinstance(result(d), Failure)
 
 
-# --- http_body: against a real HTTP server -----------------------------------------------
+# --- http_body: against a real HTTP server -----------------------------------
 
 
 class Bodies(Resource):
@@ -229,11 +231,11 @@ class Server:
         self.resource = Bodies()
         self.factory = TrackingFactory(Site(self.resource))
         self.port: IListeningPort = reactor.listenTCP(  # type: ignore[attr-defined]
-            0, self.factory, interface="127.0.0.1"
+            0, self.factory, interface="127.0.0.1"  # type: ignore[arg-type]
         )
 
     def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port.getHost().port}{path}"
+        return f"http://127.0.0.1:{self.port.getHost().port}{path}"  # type: ignore[attr-defined]
 
 
 @pytest_twisted.async_yield_fixture
@@ -243,7 +245,7 @@ async def server() -> AsyncIterator[Server]:
         yield running
     finally:
         await running.factory.whenIdle()
-        await running.port.stopListening()
+        await running.port.stopListening()  # type: ignore[misc]
 
 
 def realContext() -> Any:

@@ -113,7 +113,7 @@ def test_verifyPluginRejectsNonPlugins() -> None:
         verifyPlugin(NotDeclared())
 
     @implementer(IDataPlugin)
-    class NoMethod:
+    class NoMethod:  # type: ignore[misc]
         name = "x"
 
     with pytest.raises(Invalid):
@@ -141,10 +141,11 @@ def test_runPluginDeferred() -> None:
 
 
 def test_runPluginWithTheClock() -> None:
-    context = makeContext()
-    plugin = Plugin(lambda: deferLater(context.reactor, 3, lambda: None))
+    clock = MemoryReactorClock()
+    context = makeContext(reactor=clock)
+    plugin = Plugin(lambda: deferLater(clock, 3, lambda: None))
     d = runPlugin(plugin, context=context)
-    context.reactor.advance(3)
+    clock.advance(3)
     assert result(d).control is CONTINUE
 
 
