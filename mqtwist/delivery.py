@@ -39,7 +39,6 @@ class DeliveryEngine:
             smarthost=config.smarthost,
             mxPort=config.mxPort,
             nameservers=config.nameservers,
-            reactor=reactor,
         )
         self.pool = ConnectionPool(
             reactor,

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import random
 from itertools import groupby
-from typing import Any
-
 from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as DNSTimeoutError
@@ -65,12 +63,11 @@ class Router:
         smarthost: str | None,
         mxPort: int,
         nameservers: list[str],
-        reactor: Any,
     ) -> None:
         self.smarthost = parseHostPort(smarthost, 25) if smarthost else None
         self.mxPort = mxPort
         servers = [parseHostPort(server, 53) for server in nameservers]
-        self.resolver = client.createResolver(servers=servers or None, reactor=reactor)
+        self.resolver = client.createResolver(servers=servers or None)
 
     @inlineCallbacks
     def destinationFor(self, message: Message) -> Deferred[Destination]:
