@@ -260,10 +260,9 @@ def _kebab(name: str) -> str:
 def _describeDefault(field: dataclasses.Field[Any], path: str) -> str:
     if path in _DEFAULT_TEXT:
         return _DEFAULT_TEXT[path]
-    if field.default is not dataclasses.MISSING:
-        value = field.default
-    else:
-        value = field.default_factory()  # type: ignore[misc]
+    value: Any = field.default
+    if value is dataclasses.MISSING:
+        value = field.default_factory()  # type: ignore[misc,operator]
     if value is None:
         return ""
     if isinstance(value, list):
@@ -279,7 +278,7 @@ def _settingsOf(cls: type, prefix: tuple[str, ...] = ()) -> list[_Setting]:
     for field in dataclasses.fields(cls):
         names = prefix + (field.name,)
         hint = hints[field.name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             settings.extend(_settingsOf(hint, names))
             continue
         path = ".".join(names)
@@ -402,6 +401,7 @@ def _readTOML(path: str, source: str) -> dict[str, tuple[object, str]]:
     tables = {key[0] for key in byKey if len(key) > 1}
     given = {}
     for key, value in document.items():
+        entries: list[tuple[tuple[str, ...], object]]
         if key in tables:
             if not isinstance(value, dict):
                 raise usage.UsageError(f"{path}: {key!r} must be a table, [{key}]")
@@ -459,4 +459,5 @@ def makeService(options: Options) -> IService:
     """
     from mqtwist.service import MailerService
 
-    return MailerService(options.config)
+    service: IService = MailerService(options.config)
+    return service

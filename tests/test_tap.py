@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from twisted.application.service import IService, IServiceMaker
+from twisted.application.service import IService, IServiceMaker, ServiceMaker
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from zope.interface import implementer
@@ -443,6 +443,7 @@ class TestDropIn:
         makers = [maker for maker in getPlugins(IServiceMaker) if maker.tapname == "mqtwist"]
         assert len(makers) == 1
         (maker,) = makers
+        assert isinstance(maker, ServiceMaker)
         assert maker.module == "mqtwist.tap"
         assert isinstance(maker.options(), Options)
 
