@@ -1,0 +1,211 @@
+"""
+A real SMTP server for tests: aiosmtpd on asyncio, run as its own process by
+L{fixtures_smtp}.
+
+It writes one JSON object per line on stdout for everything a test may want
+to wait for or count, and exits when its stdin closes (so it dies with the
+test process that started it).  Events (all but C{listening} carry the
+C{connection} number, counted from 1 in the order of connections):
+
+  - C{{"event": "listening", "port": N}}
+  - C{{"event": "connect", "peer": [host, port]}} and C{{"event": "disconnect"}}
+  - C{{"event": "ehlo" | "helo", "name": ...}}, C{{"event": "rset"}},
+    C{{"event": "quit"}}
+  - C{{"event": "message" | "rejected", "mail_from" (C{""} for C{<>}), "rcpt_tos",
+    "mail_options", "rcpt_options", "data" (base64 of the body exactly as
+    received, dot-unstuffed, line ends untouched), "peer"}}
+
+Scripted behaviour, by the local part of an address:
+
+  ======================  ======================================================
+  sender C{rejectsender@}  550 5.7.1 to MAIL FROM
+  sender C{tempsender@}    451 4.7.1 to MAIL FROM
+  recipient C{reject@}     550 5.1.1 to RCPT TO
+  recipient C{tempfail@}   451 4.3.0 to RCPT TO
+  recipient C{disconnect@} the connection is dropped at RCPT TO (no reply)
+  recipient C{hang@}       RCPT TO is never answered
+  recipient C{rejectdata@} 554 5.6.0 after the body
+  recipient C{tempdata@}   452 4.3.1 after the body
+  recipient C{hangdata@}   the body is never answered
+  recipient C{close421@}   421 4.3.2 to RCPT TO, then the connection is closed
+  ======================  ======================================================
+
+Options: C{--no-ehlo} answers EHLO with 502 (clients must fall back to HELO),
+C{--no-pipelining} leaves PIPELINING out of the EHLO reply, C{--hostname}
+sets the name in the greeting, C{--line-length-limit} the longest line
+accepted in the body (aiosmtpd's default is RFC 5321's 1000 with CRLF).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import itertools
+import json
+import sys
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+_connectionNumbers = itertools.count(1)
+
+
+def emit(event: str, **fields: Any) -> None:
+    sys.stdout.write(json.dumps({"event": event, **fields}) + "\n")
+    sys.stdout.flush()
+
+
+def localPart(address: str) -> str:
+    return address.rpartition("@")[0].lower() if "@" in address else address.lower()
+
+
+class RecordingSMTP(SMTP):
+    """An aiosmtpd server that numbers its connections and can refuse EHLO."""
+
+    refuseEhlo = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.connectionNumber = next(_connectionNumbers)
+        super().connection_made(transport)
+        emit("connect", connection=self.connectionNumber, peer=list(self.session.peer[:2]))
+
+    def connection_lost(self, error: Exception | None) -> None:
+        emit("disconnect", connection=self.connectionNumber)
+        super().connection_lost(error)
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if self.refuseEhlo:
+            await self.push("502 5.5.2 Error: command not recognized")
+            return
+        await super().smtp_EHLO(hostname)
+
+
+class ScriptedHandler:
+    """aiosmtpd hooks: record events, fail on the scripted addresses."""
+
+    def __init__(self, pipelining: bool) -> None:
+        self.pipelining = pipelining
+
+    async def handle_EHLO(
+        self, server: RecordingSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        emit("ehlo", connection=server.connectionNumber, name=hostname)
+        if self.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
+    async def handle_HELO(
+        self, server: RecordingSMTP, session: Session, envelope: Envelope, hostname: str
+    ) -> str:
+        session.host_name = hostname
+        emit("helo", connection=server.connectionNumber, name=hostname)
+        return f"250 {server.hostname}"
+
+    async def handle_MAIL(
+        self, server: RecordingSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        local = localPart(address)
+        if local == "rejectsender":
+            return "550 5.7.1 sender rejected by script"
+        if local == "tempsender":
+            return "451 4.7.1 sender deferred by script"
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: RecordingSMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        local = localPart(address)
+        if local == "reject":
+            return "550 5.1.1 recipient rejected by script"
+        if local == "tempfail":
+            return "451 4.3.0 recipient deferred by script"
+        if local == "disconnect":
+            server.transport.close()
+            await asyncio.Future()  # never answer; the closed connection ends this
+        if local == "hang":
+            await asyncio.Future()
+        if local == "close421":
+            await server.push("421 4.3.2 closing by script")
+            server.transport.close()
+            await asyncio.Future()
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_RSET(self, server: RecordingSMTP, session: Session, envelope: Envelope) -> str:
+        emit("rset", connection=server.connectionNumber)
+        return "250 2.0.0 OK"
+
+    async def handle_QUIT(self, server: RecordingSMTP, session: Session, envelope: Envelope) -> str:
+        emit("quit", connection=server.connectionNumber)
+        return "221 2.0.0 Bye"
+
+    async def handle_DATA(self, server: RecordingSMTP, session: Session, envelope: Envelope) -> str:
+        locals_ = {localPart(rcpt) for rcpt in envelope.rcpt_tos}
+        if "hangdata" in locals_:
+            await asyncio.Future()
+        reply = "250 2.0.0 OK queued"
+        if "rejectdata" in locals_:
+            reply = "554 5.6.0 message rejected by script"
+        elif "tempdata" in locals_:
+            reply = "452 4.3.1 message deferred by script"
+        emit(
+            "message" if reply.startswith("2") else "rejected",
+            connection=server.connectionNumber,
+            peer=list(session.peer[:2]),
+            # aiosmtpd keeps the null sender as "<>"
+            mail_from="" if envelope.mail_from == "<>" else envelope.mail_from,
+            rcpt_tos=envelope.rcpt_tos,
+            mail_options=envelope.mail_options,
+            rcpt_options=envelope.rcpt_options,
+            data=base64.b64encode(envelope.original_content or b"").decode("ascii"),
+        )
+        return reply
+
+
+async def serve(arguments: argparse.Namespace) -> None:
+    loop = asyncio.get_running_loop()
+    handler = ScriptedHandler(pipelining=not arguments.no_pipelining)
+
+    class Server(RecordingSMTP):
+        refuseEhlo = arguments.no_ehlo
+        line_length_limit = arguments.line_length_limit
+
+    server = await loop.create_server(
+        lambda: Server(handler, hostname=arguments.hostname, data_size_limit=None),
+        host=arguments.host,
+        port=arguments.port,
+    )
+    emit("listening", port=server.sockets[0].getsockname()[1])
+    # stdin closes when the test process goes away, however it ends
+    stdinClosed = loop.create_future()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    loop.create_task(_untilEOF(reader, stdinClosed))
+    await stdinClosed
+    server.close()
+
+
+async def _untilEOF(reader: asyncio.StreamReader, done: asyncio.Future[None]) -> None:
+    while await reader.read(4096):
+        pass
+    done.set_result(None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--hostname", default="mx.sink.test")
+    parser.add_argument("--no-ehlo", action="store_true")
+    parser.add_argument("--no-pipelining", action="store_true")
+    parser.add_argument("--line-length-limit", type=int, default=1001)
+    asyncio.run(serve(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()
