@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from twisted.application.internet import ClientService, backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import Closed
@@ -221,13 +221,24 @@ class BrokerClient(Service):
         yield self._connector.stopService()
         self.log.info("disconnected from AMQP broker {url}", url=self.url.redacted())
 
+    @defer.inlineCallbacks
     def whenConnected(self):  # -> Deferred[None]
         """
         @return: a Deferred that fires with C{None} when connected, with
             the queues declared and the consumer (if any) started; it
             errbacks with L{defer.CancelledError} if the service stops first.
         """
-        return self._connector.whenConnected().addCallback(lambda _: None)
+        while True:
+            protocol = yield self._connector.whenConnected()
+            # leave the ClientService's state machine (which fired us) before
+            # our caller acts, e.g. by asking it again
+            yield task.deferLater(self._reactor, 0, lambda: None)
+            session = self._session
+            if session is not None and session.ready and not protocol.closed:
+                return
+            # a connection on its way out, which the ClientService may not
+            # have noticed yet: wait for the next one
+            yield protocol.disconnected.wait()
 
     def _prepare(self, protocol: AMQPProtocol):  # -> Deferred[None]
         session = _Session(self, protocol)
@@ -484,8 +495,13 @@ class _Session:
         self.protocol.transport.loseConnection()
 
     def connectionLost(self, reason: Failure) -> None:
-        self._failPending(f"the connection was lost ({reason.getErrorMessage()})")
         self.client._sessionLost(self, reason)
+        # fail the publishes in the next turn: by then the ClientService
+        # knows the connection is gone, so publishers reacting at once to
+        # the failure find the client reconnecting, not this connection
+        self.client._reactor.callLater(
+            0, self._failPending, f"the connection was lost ({reason.getErrorMessage()})"
+        )
 
     def _failPending(self, why: str) -> None:
         url = self.client.url.redacted()
