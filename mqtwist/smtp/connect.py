@@ -5,7 +5,7 @@ address), greeting and EHLO.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet import error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -75,7 +75,7 @@ async def _open(
     where = hostPort(host, port)
     endpoint = _endpoint(reactor, host, port, timeouts.connect, bindAddress)
     try:
-        client = await endpoint.connect(_ClientFactory(ehloName, timeouts, reactor))
+        client = cast(ESMTPClient, await endpoint.connect(_ClientFactory(ehloName, timeouts, reactor)))
     except error.ConnectBindError as failure:
         raise AttemptFailed(
             "bind",

@@ -140,7 +140,7 @@ class ConnectionPool:
         """
         destination = self._destinationOf.get(connection)
         slots = self._slots.get(destination) if destination is not None else None
-        if slots is None or connection not in slots.inUse:
+        if destination is None or slots is None or connection not in slots.inUse:
             raise ValueError(f"{connection!r} was not acquired from this pool")
         if not connection.usable or connection.messages >= self.maxMessagesPerConnection or self._closing:
             self._retire(connection, destination, slots)
@@ -303,6 +303,7 @@ class ConnectionPool:
     def _resetDone(
         self, result: Reply | Failure, client: ESMTPClient, destination: Destination, slots: _Slots
     ) -> None:
+        # a failed RSET is not an error of any message: the connection just goes
         if isinstance(result, Reply) and result.code // 100 == 2:
             self._makeAvailable(client, destination, slots)
         else:

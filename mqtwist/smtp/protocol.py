@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
@@ -129,12 +129,18 @@ class ESMTPClient(Protocol):
 
     # -- connection --------------------------------------------------------
 
+    @property
+    def _tcp(self) -> ITCPTransport:
+        # a TCP transport, or the TLS one that wraps it: both can abort
+        assert self.transport is not None
+        return cast(ITCPTransport, self.transport)
+
     def connectionMade(self) -> None:
         if ITCPTransport.providedBy(self.transport):
             # a request/reply protocol stalls on delayed ACKs without it
-            self.transport.setTcpNoDelay(True)
-        self.localAddress = getattr(self.transport.getHost(), "host", "")
-        self.remoteAddress = getattr(self.transport.getPeer(), "host", "")
+            self._tcp.setTcpNoDelay(True)
+        self.localAddress = getattr(self._tcp.getHost(), "host", "")
+        self.remoteAddress = getattr(self._tcp.getPeer(), "host", "")
         self._connected = True
         self.log.debug(
             "SMTP connection {local} -> {remote} made", local=self.localAddress, remote=self.remoteAddress
@@ -244,7 +250,7 @@ class ESMTPClient(Protocol):
             self.quit()
         elif self._connected and not self._broken:
             self._broken = True
-            self.transport.abortConnection()
+            self._tcp.abortConnection()
         return failure
 
     # -- commands ----------------------------------------------------------
@@ -326,16 +332,16 @@ class ESMTPClient(Protocol):
         self._closing = self._quitting = True
         # after a time-out or a protocol error the server cannot be talked to
         if self._broken or self._expectingBody:
-            self.transport.abortConnection()
+            self._tcp.abortConnection()
             return closed
         self._issue("quit", "QUIT", "QUIT", self.timeouts.quit).addBoth(self._quitReplied)
         return closed
 
     def _quitReplied(self, result: Reply | Failure) -> None:
         if self._connected:
-            self.transport.loseConnection()
+            self._tcp.loseConnection()
             # a peer that does not read can keep loseConnection() from finishing
-            self._closeTimer = self.clock.callLater(self.timeouts.quit, self.transport.abortConnection)
+            self._closeTimer = self.clock.callLater(self.timeouts.quit, self._tcp.abortConnection)
 
     def _issueAddress(
         self, state: str, verb: str, address: str, params: Sequence[str], timeout: float
@@ -384,7 +390,7 @@ class ESMTPClient(Protocol):
                 continue
             assert command.data is not None
             command.written = True
-            self.transport.write(command.data)
+            self._tcp.write(command.data)
             self.bytesSent += len(command.data)
             if not self.pipelining:
                 break
@@ -432,7 +438,7 @@ class ESMTPClient(Protocol):
             description=description,
         )
         self._broken = True
-        self.transport.abortConnection()
+        self._tcp.abortConnection()
         self._failAll(
             lambda command: AttemptFailed(
                 command.state,
@@ -469,7 +475,7 @@ class ESMTPClient(Protocol):
             timeout=late.timeout,
         )
         self._broken = True
-        self.transport.abortConnection()
+        self._tcp.abortConnection()
         self._failAll(
             lambda command: AttemptFailed(
                 command.state,
