@@ -201,3 +201,47 @@ async def test_bindToLocalAddress(smtpServer) -> None:
     await client.quit()
     await smtpServer.waitUntil(lambda s: s.connections.get(1) and s.connections[1].closed, "close")
     assert smtpServer.connections[1].peer[0] == "127.0.0.2"
+
+
+@pytest_twisted.ensureDeferred
+async def test_hostNameAndNoDelay(smtpServer) -> None:
+    client = await openConnection(
+        reactor, "localhost", smtpServer.port, ehloName="client.test", timeouts=TIMEOUTS
+    )
+    assert client.remoteAddress == "127.0.0.1"
+    assert client.transport.getTcpNoDelay()
+    await client.quit()
+
+
+@pytest_twisted.ensureDeferred
+async def test_ipv6Refused() -> None:
+    probe = socket.socket(socket.AF_INET6)
+    try:
+        probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback on this host")
+    port = probe.getsockname()[1]
+    probe.close()
+    with pytest.raises(AttemptFailed) as caught:
+        await openConnection(reactor, "::1", port, ehloName="client.test", timeouts=TIMEOUTS)
+    assert (caught.value.state, caught.value.result) == ("connect", "error")
+    assert f"[::1]:{port}" in caught.value.description
+
+
+def test_connectTimeoutAndArguments() -> None:
+    """The endpoint gets the time-out and bind address; a time-out is connect/timeout."""
+    from twisted.internet.error import TimeoutError
+    from twisted.internet.testing import MemoryReactorClock
+    from twisted.python.failure import Failure
+    from twisted.trial.unittest import SynchronousTestCase
+
+    memory = MemoryReactorClock()
+    opening = openConnection(
+        memory, "192.0.2.7", 2525, ehloName="client.test", timeouts=TIMEOUTS, bindAddress="192.0.2.1"
+    )
+    host, port, factory, timeout, bindAddress = memory.tcpClients[0]
+    assert (host, port, timeout, bindAddress) == ("192.0.2.7", 2525, 5, ("192.0.2.1", 0))
+    factory.clientConnectionFailed(memory.connectors[0], Failure(TimeoutError()))
+    failure = SynchronousTestCase().failureResultOf(opening, AttemptFailed).value
+    assert (failure.state, failure.result) == ("connect", "timeout")
+    assert "192.0.2.7:2525" in failure.description and "5 seconds" in failure.description
