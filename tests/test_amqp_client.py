@@ -10,6 +10,11 @@ from twisted.internet import defer, reactor
 
 from mqtwist.amqp.client import BrokerClient, Delivery, PublishFailed, QueueSpec
 
+# txamqp still uses defer.returnValue
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:twisted.internet.defer.returnValue was deprecated:DeprecationWarning"
+)
+
 
 class Deliveries:
     """

@@ -240,7 +240,8 @@ class BrokerClient(Service):
             # have noticed yet: wait for the next one
             yield protocol.disconnected.wait()
 
-    def _prepare(self, protocol: AMQPProtocol):  # -> Deferred[None]
+    def _prepare(self, protocol: Any):  # -> Deferred[None]
+        # 'protocol' is the ClientService's proxy of an AMQPProtocol
         session = _Session(self, protocol)
         protocol.setListener(session)
         self._session = session
@@ -379,8 +380,10 @@ class _Session:
         self.ready = True
 
     def _declare(self, queue: QueueSpec):  # -> Deferred
+        channel = self.publishChannel
+        assert channel is not None, "declared on the publish channel, after it is open"
         self.declared.add(queue.name)
-        return self.publishChannel.queue_declare(
+        return channel.queue_declare(
             queue=queue.name, durable=True, arguments=dict(queue.arguments)
         )
 

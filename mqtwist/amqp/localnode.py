@@ -351,10 +351,7 @@ class LocalRabbitMQ:
         if process is None:
             return
         self.log.info("stopping RabbitMQ node {node}", node=self.nodeName)
-        try:
-            process.transport.signalProcess("TERM")
-        except error.ProcessExitedAlready:
-            pass
+        self._signal(process, "TERM")
         killer = self._reactor.callLater(self._stopTimeout, self._kill, process)
         yield process.ended.addErrback(lambda _: None)
         if killer.active():
@@ -372,8 +369,14 @@ class LocalRabbitMQ:
                 os.kill(int(f.read().strip()), signal.SIGKILL)
         except (OSError, ValueError):
             pass
+        self._signal(process, "KILL")
+
+    @staticmethod
+    def _signal(process: _ServerProcess, name: str) -> None:
+        if process.transport is None:
+            return
         try:
-            process.transport.signalProcess("KILL")
+            process.transport.signalProcess(name)
         except error.ProcessExitedAlready:
             pass
 
@@ -405,10 +408,11 @@ class LocalRabbitMQService(Service):
             self._fire(d)
 
     def _fire(self, d: defer.Deferred[BrokerURL]) -> None:
-        if isinstance(self._result, Failure):
-            d.errback(self._result)
-        else:
-            d.callback(self._result)
+        result = self._result
+        if isinstance(result, Failure):
+            d.errback(result)
+        elif result is not None:
+            d.callback(result)
 
     def whenStarted(self) -> defer.Deferred[BrokerURL]:
         """
