@@ -119,7 +119,7 @@ class SMTPServer(ProcessProtocol):
         self.connections: dict[int, ServerConnection] = {}
         self.events: list[dict[str, Any]] = []
         self.stderr = b""
-        self._stdout = b""
+        self._stdout: list[bytes] = []
         self._listening: Deferred[SMTPServer] = Deferred()
         self._ended: Deferred[None] = Deferred()
         self._running = False
@@ -131,8 +131,13 @@ class SMTPServer(ProcessProtocol):
         self._running = True
 
     def outReceived(self, data: bytes) -> None:
-        lines = (self._stdout + data).split(b"\n")
-        self._stdout = lines.pop()
+        # a large message is one long line: join its chunks once, at its end
+        self._stdout.append(data)
+        if b"\n" not in data:
+            return
+        lines = b"".join(self._stdout).split(b"\n")
+        rest = lines.pop()
+        self._stdout = [rest] if rest else []
         for line in lines:
             self._eventReceived(json.loads(line))
 

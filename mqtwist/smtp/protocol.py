@@ -37,12 +37,14 @@ class _Command:
         reply to the connection itself.
     """
 
-    __slots__ = ("state", "verb", "data", "timeout", "deferred", "written")
+    __slots__ = ("state", "verb", "data", "shown", "timeout", "deferred", "written")
 
-    def __init__(self, state: str, verb: str, data: bytes | None, timeout: float) -> None:
+    def __init__(self, state: str, verb: str, data: bytes | None, timeout: float, shown: str = "") -> None:
         self.state = state
         self.verb = verb
         self.data = data
+        #: the command as logs show it
+        self.shown = shown or verb
         self.timeout = timeout
         self.deferred: Deferred[Reply] = Deferred()
         self.written = data is None
@@ -306,8 +308,10 @@ class ESMTPClient(Protocol):
         encoded = encodeBody(body)
         self.messages += 1
         self.bodyBytesSent += len(encoded)
-        command = _Command("message", "the message body", encoded, self.timeouts.message)
-        return self._enqueue(command, f"message body of {len(encoded)} bytes")
+        command = _Command(
+            "message", "the message body", encoded, self.timeouts.message, f"<body of {len(encoded)} bytes>"
+        )
+        return self._enqueue(command)
 
     def rset(self) -> Deferred[Reply]:
         """
@@ -360,10 +364,10 @@ class ESMTPClient(Protocol):
         return self._issue(state, verb, line, timeout)
 
     def _issue(self, state: str, verb: str, line: str, timeout: float) -> Deferred[Reply]:
-        command = _Command(state, verb, line.encode("utf-8") + b"\r\n", timeout)
-        return self._enqueue(command, line)
+        command = _Command(state, verb, line.encode("utf-8") + b"\r\n", timeout, line)
+        return self._enqueue(command)
 
-    def _enqueue(self, command: _Command, shown: str) -> Deferred[Reply]:
+    def _enqueue(self, command: _Command) -> Deferred[Reply]:
         if not self._connected or self._broken:
             return fail(
                 AttemptFailed(
@@ -373,7 +377,6 @@ class ESMTPClient(Protocol):
                     f"is closed or being aborted",
                 )
             )
-        self.log.debug("SMTP {remote} <- {command}", remote=self.remoteAddress, command=shown)
         self._queue.append(command)
         self._writeQueued()
         return command.deferred
@@ -415,17 +418,28 @@ class ESMTPClient(Protocol):
             self._protocolError(f"reply line longer than {self.maxLineLength} bytes")
 
     def _replyReceived(self, reply: Reply) -> None:
-        self.log.debug(
-            "SMTP {remote} -> {code} {text}", remote=self.remoteAddress, code=reply.code, text=reply.text
-        )
         if reply.code == 421:
             # the server is closing the connection (RFC 5321 3.8)
             self._closing = True
         if not self._queue or not self._queue[0].written:
+            self.log.info(
+                "SMTP {remote} sent {code} {text} when no command was waiting",
+                remote=self.remoteAddress,
+                code=reply.code,
+                text=reply.text,
+            )
             if reply.code != 421:
                 self._protocolError(f"unexpected reply {reply.code} {reply.text!r} when no command was sent")
             return
         command = self._queue.popleft()
+        # one event per command and its reply: logging is on the hot path
+        self.log.debug(
+            "SMTP {remote}: {command} -> {code} {text}",
+            remote=self.remoteAddress,
+            command=command.shown,
+            code=reply.code,
+            text=reply.text,
+        )
         self._stopTimer()
         if self._connected:
             self._writeQueued()
