@@ -111,7 +111,7 @@ class ESMTPClient(Protocol):
         self._timer: IDelayedCall | None = None
         self._connected = False
         self._introduced = False
-        # set by a time-out, a protocol error, or a 354 whose body never came
+        # set by a time-out or a protocol error: the connection is being aborted
         self._broken = False
         # set by a 421 reply or by quit(): the server is going away
         self._closing = False
