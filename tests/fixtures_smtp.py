@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -249,6 +250,17 @@ class SMTPServer(ProcessProtocol):
     def _kill(self) -> None:
         if self._running:
             self.transport.signalProcess("KILL")
+
+
+def unusedPort(host: str = "127.0.0.1") -> int:
+    """
+    A TCP port on C{host} that nothing listens on (for connection-refused
+    tests): bound once by the system's choice, then released.
+    """
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        port: int = probe.getsockname()[1]
+    return port
 
 
 def spawnSMTPServer(

@@ -11,7 +11,12 @@ import socket
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.error import TimeoutError
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
 
+from fixtures_smtp import unusedPort
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.body import encodeBody
@@ -165,17 +170,9 @@ async def test_lockStepServer(startSMTPServer) -> None:
     assert len(await server.waitForMessages(3)) == 3
 
 
-def closedPort() -> int:
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    listener.close()
-    return port
-
-
 @pytest_twisted.ensureDeferred
 async def test_connectRefused() -> None:
-    port = closedPort()
+    port = unusedPort()
     with pytest.raises(AttemptFailed) as caught:
         await openConnection(reactor, "127.0.0.1", port, ehloName="client.test", timeouts=TIMEOUTS)
     assert (caught.value.state, caught.value.result) == ("connect", "error")
@@ -230,11 +227,6 @@ async def test_ipv6Refused() -> None:
 
 def test_connectTimeoutAndArguments() -> None:
     """The endpoint gets the time-out and bind address; a time-out is connect/timeout."""
-    from twisted.internet.error import TimeoutError
-    from twisted.internet.testing import MemoryReactorClock
-    from twisted.python.failure import Failure
-    from twisted.trial.unittest import SynchronousTestCase
-
     memory = MemoryReactorClock()
     opening = openConnection(
         memory, "192.0.2.7", 2525, ehloName="client.test", timeouts=TIMEOUTS, bindAddress="192.0.2.1"

@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from fixtures_smtp import unusedPort
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.pool import ConnectionPool, Destination
@@ -351,8 +352,6 @@ async def test_concurrentUseUpToLimit(smtpServer) -> None:
 
 
 async def _gather(coroutines) -> list:
-    from twisted.internet.defer import gatherResults
-
     return await gatherResults([Deferred.fromCoroutine(c) for c in coroutines], consumeErrors=True)
 
 
@@ -390,10 +389,8 @@ async def test_idleConnectionQuits(smtpServer) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_closedPortThenLiveHost(smtpServer) -> None:
-    from test_smtp_client import closedPort
-
     pool = realPool()
-    dead = closedPort()
+    dead = unusedPort()
     destination = Destination((("127.0.0.1", dead), (smtpServer.host, smtpServer.port)))
     client = await pool.acquire(destination)
     assert client.remoteAddress == "127.0.0.1"

@@ -69,18 +69,18 @@ class Connection:
         self.reply(b"220 mx.example.com ESMTP ready\r\n")
         assert self.sent() == b"EHLO client.example.org\r\n"
         self.reply(ehlo)
-        return self.case.successResultOf(self.client.ready)
-
-    case = SynchronousTestCase()
+        return resultOf(self.client.ready)
 
 
 def failureOf(deferred) -> AttemptFailed:
-    failure = SynchronousTestCase().failureResultOf(deferred, AttemptFailed)
-    return failure.value
+    return _case.failureResultOf(deferred, AttemptFailed).value
 
 
 def resultOf(deferred):
-    return SynchronousTestCase().successResultOf(deferred)
+    return _case.successResultOf(deferred)
+
+
+_case = SynchronousTestCase()
 
 
 # -- replies ---------------------------------------------------------------
