@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtwist.amqp.client import BrokerClient, QueueSpec
-from mqtwist.amqp.localnode import LocalRabbitMQService
+from mqtwist.amqp.localnode import LocalRabbitMQ, LocalRabbitMQService
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
 from mqtwist.delivery import DeliveryEngine
@@ -65,7 +65,7 @@ class MailerService(MultiService):
         self.localNode: LocalRabbitMQService | None = None
         if self.brokerURL is None:
             self.localNode = LocalRabbitMQService(
-                config.brokerDir, port=config.brokerPort, reactor=reactor
+                LocalRabbitMQ(config.brokerDir, amqpPort=config.brokerPort, reactor=reactor)
             )
             self.localNode.setServiceParent(self)
         self._brokerWaiters: list[Deferred[None]] = []
@@ -108,7 +108,7 @@ class MailerService(MultiService):
     async def _startBroker(self) -> None:
         if self.brokerURL is None:
             assert self.localNode is not None
-            self.brokerURL = await self.localNode.whenReady()
+            self.brokerURL = await self.localNode.whenStarted()
         config = self.config
         queues = [QueueSpec(config.outbox)]
         queues += [

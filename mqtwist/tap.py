@@ -34,6 +34,7 @@ from twisted.python import usage
 
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
+from mqtwist.hostport import parseHostPort
 
 #: The help of every setting, by attribute path; the default is appended.
 _HELP: dict[str, str] = {
@@ -175,17 +176,11 @@ def _checkNotEmpty(value: str) -> None:
 def _checkHostPort(value: str | None) -> None:
     if value is None:
         return
-    # Imported here: the routing module brings the delivery stack with it,
-    # which a look at --help does not need.
-    from mqtwist.routing import parseHostPort
-
     if parseHostPort(value, 0)[1] == 0:
         raise ValueError(f"{value!r} has no port; use host:port, e.g. relay.example.com:587")
 
 
 def _checkNameservers(values: list[str]) -> None:
-    from mqtwist.routing import parseHostPort
-
     for value in values:
         parseHostPort(value, 53)
 

@@ -1,0 +1,30 @@
+"""
+C{host:port} strings of the configuration (smarthost, name servers).
+"""
+
+from __future__ import annotations
+
+
+def parseHostPort(text: str, defaultPort: int) -> tuple[str, int]:
+    """
+    Split C{host:port} (or C{[v6]:port}, or a bare host) into its parts.
+
+    @raise ValueError: naming C{text} when the port is not a number 1-65535.
+    """
+    host, port = text, defaultPort
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            port = _port(text, rest.lstrip(":"))
+    elif text.count(":") == 1:
+        host, portText = text.split(":")
+        port = _port(text, portText)
+    if not host:
+        raise ValueError(f"{text!r} has no host name; use host:port")
+    return host, port
+
+
+def _port(text: str, portText: str) -> int:
+    if not portText.isdigit() or not 0 < int(portText) < 65536:
+        raise ValueError(f"{text!r} has no valid port; use host:port with a port 1-65535")
+    return int(portText)

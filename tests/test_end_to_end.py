@@ -1,0 +1,371 @@
+"""
+The whole path with real parts: JSON published to a real RabbitMQ outbox,
+L{MailerService} delivering to a real SMTP server (aiosmtpd in its own
+process), results read back from the real result queues.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.application.service import MultiService
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
+from zope.interface import implementer
+
+from mqtwist import COMPLETE, CONTINUE, PermanentFailure
+from mqtwist.config import Config
+from mqtwist.interfaces import IDataPlugin
+from mqtwist.message import Message
+from mqtwist.service import MailerService
+
+KINDS = ("outbox", "results", "success", "failure", "retry")
+
+
+@pytest.fixture
+def queues(request: pytest.FixtureRequest) -> dict[str, str]:
+    """
+    Queue names of this test only, so tests never see each other's results.
+    """
+    base = re.sub(r"\W+", "-", request.node.name)[:40] + "-" + uuid.uuid4().hex[:6]
+    return {kind: f"{base}.{kind}" for kind in KINDS}
+
+
+def brokerURL(url: Any) -> str:
+    return f"amqp://{url.username}:{url.password}@{url.host}:{url.port}/"
+
+
+def makeConfig(rabbitmq: Any, server: Any, queues: dict[str, str], **settings: Any) -> Config:
+    config = Config(
+        amqp=brokerURL(rabbitmq),
+        smarthost=f"{server.host}:{server.port}",
+        ehloName="client.test",
+        delayBuckets=[1],
+        pluginRetryDelay=0.01,
+        **queues,
+    )
+    for key, value in settings.items():
+        setattr(config, key, value)
+    return config
+
+
+@asynccontextmanager
+async def running(service: MailerService):
+    service.startService()
+    try:
+        await service.whenConnected()
+        yield service
+    finally:
+        await service.stopService()
+
+
+def job(number: int, **extra: Any) -> bytes:
+    obj = {
+        "id": f"job-{number}",
+        "envelope": "sender@example.org",
+        "recipient": f"rcpt{number}@example.com",
+        "mime": f"Subject: {number}\r\n\r\nbody {number}\r\n",
+    }
+    obj.update(extra)
+    return json.dumps(obj).encode()
+
+
+def normalised(body: str) -> bytes:
+    data = body.encode().replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
+async def publishAll(amqp: Any, queue: str, bodies: list[bytes]) -> None:
+    await amqp.declare(queue)
+    for body in bodies:
+        await amqp.publish(queue, body)
+
+
+def decoded(received: list[Any]) -> list[dict[str, Any]]:
+    return [json.loads(r.body) for r in received]
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_arrive_byte_exact_with_one_success_result(rabbitmq, amqp, smtpServer, queues):
+    bodies = {
+        n: [
+            "Subject: plain\r\n\r\nhello\r\n",
+            "Subject: bare LF\n\nline one\n.dot first\n..two dots\nno final newline",
+            "Subject: bare CR\r\rline\r.\r\n",
+            "Subject: \u00e9t\u00e9\r\n\r\n8-bit caf\u00e9 \u2713\r\n",
+            "Subject: long lines\r\n\r\n" + ("x" * 998 + "\r\n") * 20 + ".\r\n",
+        ][n % 5]
+        for n in range(200)
+    }
+    service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], [job(n, mime=body, tag=n) for n, body in bodies.items()])
+        success = decoded(await amqp.collect(queues["success"], 200))
+        results = decoded(await amqp.collect(queues["results"], 200))
+        received = await smtpServer.waitForMessages(200)
+
+    byRecipient = {m.rcptTos[0]: m for m in received}
+    assert len(byRecipient) == 200
+    for n, body in bodies.items():
+        message = byRecipient[f"rcpt{n}@example.com"]
+        assert message.data == normalised(body)
+        assert message.mailFrom == "sender@example.org"
+    assert sorted(r["id"] for r in success) == sorted(r["id"] for r in results)
+    for result in success:
+        n = result["tag"]
+        assert result["id"] == f"job-{n}"
+        assert "mime" not in result
+        (entry,) = result["results"]
+        assert entry["state"] == "message" and entry["result"] == "accepted"
+        assert entry["code"] == 250
+        assert entry["to"] == "127.0.0.1" and entry["from"] == "127.0.0.1"
+        assert entry["mta"]
+        assert entry["messages"] >= 1
+        assert entry["sent"]["data"] >= len(normalised(bodies[n]))
+        assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", entry["time"])
+    # connections were reused: far fewer connections than messages, no RSET
+    assert len(smtpServer.connections) <= 10
+    assert sum(c.rsets for c in smtpServer.connections.values()) == 0
+    assert await amqp.count(queues["outbox"]) == 0
+
+
+@implementer(IDataPlugin)
+class AsyncRewrite:
+    """
+    Replaces the body a little later, as a plugin that fetched it would.
+    """
+
+    name = "rewrite"
+
+    def smtpOutData(self, context, connection, message):
+        async def rewrite():
+            await deferLater(context.reactor, 0.001, lambda: None)
+            message.setMime(message.mime.replace(b"original", b"rewritten by " + connection.hostname.encode()))
+            return CONTINUE
+
+        return rewrite()
+
+
+@implementer(IDataPlugin)
+class Stamp:
+    name = "stamp"
+
+    def smtpOutData(self, context, connection, message):
+        message.setMime(b"X-Stamp: 1\r\n" + message.mime)
+        d: Deferred = Deferred()
+        context.reactor.callLater(0, d.callback, COMPLETE)
+        return d
+
+
+@implementer(IDataPlugin)
+class NeverRuns:
+    name = "zz-never"
+
+    def smtpOutData(self, context, connection, message):
+        raise AssertionError("COMPLETE must skip the remaining plugins")
+
+
+@pytest_twisted.ensureDeferred
+async def test_plugins_change_the_body_not_the_published_json(rabbitmq, amqp, smtpServer, queues):
+    config = makeConfig(rabbitmq, smtpServer, queues)
+    service = MailerService(config, plugins=[AsyncRewrite(), Stamp(), NeverRuns()])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], [job(1, mime="Subject: s\r\n\r\noriginal\r\n", keepmime=True)])
+        (success,) = decoded(await amqp.collect(queues["success"], 1))
+        (received,) = await smtpServer.waitForMessages(1)
+    assert received.data == b"X-Stamp: 1\r\nSubject: s\r\n\r\nrewritten by " + received_mta(success) + b"\r\n"
+    assert success["mime"] == "Subject: s\r\n\r\noriginal\r\n"
+
+
+def received_mta(result: dict[str, Any]) -> bytes:
+    return result["results"][0]["mta"].encode()
+
+
+@implementer(IDataPlugin)
+class AlwaysFails:
+    name = "broken"
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def smtpOutData(self, context, connection, message):
+        self.calls += 1
+        d: Deferred = Deferred()
+        context.reactor.callLater(0, d.errback, RuntimeError("backend down"))
+        return d
+
+
+@pytest_twisted.ensureDeferred
+async def test_failing_plugin_gives_data_error_and_retries(rabbitmq, amqp, smtpServer, queues):
+    plugin = AlwaysFails()
+    config = makeConfig(rabbitmq, smtpServer, queues, pluginRuns=2, retries=[1])
+    service = MailerService(config, plugins=[plugin])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], [job(1, maxattempts=2)])
+        (notice,) = decoded(await amqp.collect(queues["retry"], 1))
+        (failure,) = decoded(await amqp.collect(queues["failure"], 1))
+    assert plugin.calls == 4  # two chain runs in each of two attempts
+    assert [e["state"] + "/" + e["result"] for e in failure["results"]] == [
+        "data/error", "data/error", "process/timeout",
+    ]
+    for entry in failure["results"][:2]:
+        assert entry["plugin"] == "broken"
+        assert "backend down" in entry["description"]
+    assert "maxattempts 2" in failure["results"][2]["description"]
+    assert len(notice["results"]) == 1 and "mime" not in notice
+    assert smtpServer.messages == []
+    # the transaction was reset and the connection kept for the next message
+    assert sum(c.rsets for c in smtpServer.connections.values()) == 2
+    assert len(smtpServer.connections) == 1
+
+
+@implementer(IDataPlugin)
+class Refuses:
+    name = "refuses"
+
+    async def smtpOutData(self, context, connection, message):
+        raise PermanentFailure("this recipient is blocked by policy")
+
+
+@pytest_twisted.ensureDeferred
+async def test_permanent_failure_from_a_plugin_ends_the_message(rabbitmq, amqp, smtpServer, queues):
+    service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[Refuses()])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], [job(1)])
+        (failure,) = decoded(await amqp.collect(queues["failure"], 1))
+        (result,) = decoded(await amqp.collect(queues["results"], 1))
+    assert failure == result
+    (entry,) = failure["results"]
+    assert (entry["state"], entry["result"], entry["plugin"]) == ("data", "error", "refuses")
+    assert "blocked by policy" in entry["description"]
+    assert await amqp.count(queues["retry"]) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_invalid_messages_get_process_invalid_and_are_acked(rabbitmq, amqp, smtpServer, queues):
+    bad = [
+        b"not json at all",
+        b"\xff\xfe binary",
+        b"[1, 2, 3]",
+        b'{"mime": "x"}',
+        b'{"recipient": "no-at-sign", "mime": "x", "id": "keep-me"}',
+        b'{"recipient": "a\\r\\nRCPT TO:<evil@x>@example.com", "mime": "x"}',
+        b'{"recipient": "a@example.com", "mime": 12}',
+        b'{"recipient": "a@example.com", "mime": "x", "retries": "often"}',
+    ]
+    service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], bad)
+        failures = decoded(await amqp.collect(queues["failure"], len(bad)))
+        results = decoded(await amqp.collect(queues["results"], len(bad)))
+        assert await amqp.count(queues["outbox"]) == 0
+    assert len(results) == len(bad)
+    for failure in failures:
+        (entry,) = failure["results"]
+        assert (entry["state"], entry["result"]) == ("process", "invalid")
+        assert entry["description"]
+    assert {f.get("id") for f in failures} >= {"keep-me"}
+    assert any("control character" in f["results"][0]["description"] for f in failures)
+    assert smtpServer.messages == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_server_replies_become_results(rabbitmq, amqp, smtpServer, queues):
+    config = makeConfig(rabbitmq, smtpServer, queues, retries=[1])
+    service = MailerService(config, plugins=[])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], [
+            job(1, recipient="reject@example.com"),
+            job(2, recipient="tempfail@example.com", maxattempts=2),
+            job(3, recipient="rejectdata@example.com"),
+        ])
+        failures = {f["id"]: f for f in decoded(await amqp.collect(queues["failure"], 3))}
+        notices = decoded(await amqp.collect(queues["retry"], 1))
+    (rejected,) = failures["job-1"]["results"]
+    assert (rejected["state"], rejected["result"], rejected["code"], rejected["status"]) == ("rcptto", "error", 550, "5.1.1")
+    temp = failures["job-2"]["results"]
+    assert [(e["state"], e.get("code")) for e in temp] == [("rcptto", 451), ("rcptto", 451), ("process", None)]
+    assert temp[0]["status"] == "4.3.0"
+    assert notices[0]["id"] == "job-2"
+    (data,) = failures["job-3"]["results"]
+    assert (data["state"], data["code"], data["status"]) == ("message", 554, "5.6.0")
+
+
+@pytest_twisted.ensureDeferred
+async def test_queue_overrides_and_unknown_properties(rabbitmq, amqp, smtpServer, queues):
+    mine = queues["success"] + ".mine"
+    service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
+    async with running(service):
+        await amqp.declare(mine)
+        await publishAll(amqp, queues["outbox"], [
+            job(1, queues={"success": mine, "results": None}, campaign={"name": "x", "n": [1, 2]}),
+        ])
+        (result,) = decoded(await amqp.collect(mine, 1))
+        assert await amqp.count(queues["results"]) == 0
+        assert await amqp.count(queues["success"]) == 0
+    assert result["campaign"] == {"name": "x", "n": [1, 2]}
+    assert result["queues"] == {"success": mine, "results": None}
+
+
+@implementer(IDataPlugin)
+class Gate:
+    """
+    Holds every message until C{release} is called.
+    """
+
+    name = "gate"
+
+    def __init__(self) -> None:
+        self.waiting: list[Deferred] = []
+        self.arrived: Deferred = Deferred()
+
+    def smtpOutData(self, context, connection, message):
+        d: Deferred = Deferred()
+        self.waiting.append(d)
+        if not self.arrived.called:
+            self.arrived.callback(None)
+        return d
+
+    def release(self) -> None:
+        for d in self.waiting:
+            d.callback(CONTINUE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_stopping_lets_deliveries_in_flight_finish(rabbitmq, amqp, smtpServer, queues):
+    gate = Gate()
+    service = MailerService(makeConfig(rabbitmq, smtpServer, queues, pluginTimeout=60), plugins=[gate])
+    service.startService()
+    await service.whenConnected()
+    await publishAll(amqp, queues["outbox"], [job(1)])
+    await gate.arrived
+    stopped = service.stopService()
+    assert not stopped.called
+    gate.release()
+    await stopped
+    (success,) = decoded(await amqp.collect(queues["success"], 1))
+    assert success["id"] == "job-1"
+    assert await amqp.count(queues["outbox"]) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_embedded_in_an_application_and_deliver_without_amqp(rabbitmq, amqp, smtpServer, queues):
+    application = MultiService()
+    service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
+    service.setServiceParent(application)
+    application.startService()
+    try:
+        await service.whenConnected()
+        entry = await service.deliver(Message.fromJSON(job(7)))
+    finally:
+        await application.stopService()
+    assert entry.accepted and entry.code == 250
+    (received,) = smtpServer.messages
+    assert received.rcptTos == ("rcpt7@example.com",)
