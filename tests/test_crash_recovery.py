@@ -6,46 +6,13 @@ every message still gets its final result (at least once).
 from __future__ import annotations
 
 import json
-import os
-import sys
 import uuid
 from typing import Any
 
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.defer import Deferred
-from twisted.internet.protocol import ProcessProtocol
-from twisted.python.failure import Failure
+from twistdprocess import brokerArguments, startTwistd
 
 MESSAGES = 600
-
-
-class Twistd(ProcessProtocol):
-    """
-    One C{twistd -n mqtwist} process; C{ended} fires when it is gone.
-    """
-
-    def __init__(self) -> None:
-        self.ended: Deferred[None] = Deferred()
-        self.output = bytearray()
-
-    def outReceived(self, data: bytes) -> None:
-        self.output += data
-
-    errReceived = outReceived
-
-    def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(None)
-
-
-def startTwistd(*arguments: str) -> Twistd:
-    process = Twistd()
-    command = [
-        sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
-        "-n", "--pidfile=", "mqtwist", *arguments,
-    ]
-    reactor.spawnProcess(process, sys.executable, command, env=dict(os.environ))
-    return process
 
 
 async def collectUnique(amqp: Any, queue: str, count: int) -> tuple[set[str], int]:
@@ -67,7 +34,7 @@ async def test_kill_9_in_the_middle_then_restart(rabbitmq, amqp, smtpServer):
     base = f"crash-{uuid.uuid4().hex[:8]}"
     queues = {kind: f"{base}.{kind}" for kind in ("outbox", "results", "success", "failure", "retry")}
     arguments = [
-        "--amqp", f"amqp://{rabbitmq.username}:{rabbitmq.password}@{rabbitmq.host}:{rabbitmq.port}/",
+        *brokerArguments(rabbitmq),
         "--smarthost", f"{smtpServer.host}:{smtpServer.port}",
         "--plugins=",
         "--prefetch", "50",
