@@ -28,6 +28,9 @@ from mqtwist.service import MailerService
 
 KINDS = ("outbox", "results", "success", "failure", "retry")
 
+#: messages in the byte-exactness run
+MESSAGES = 1000
+
 
 @pytest.fixture
 def queues(request: pytest.FixtureRequest) -> dict[str, str]:
@@ -102,17 +105,17 @@ async def test_messages_arrive_byte_exact_with_one_success_result(rabbitmq, amqp
             "Subject: \u00e9t\u00e9\r\n\r\n8-bit caf\u00e9 \u2713\r\n",
             "Subject: long lines\r\n\r\n" + ("x" * 998 + "\r\n") * 20 + ".\r\n",
         ][n % 5]
-        for n in range(200)
+        for n in range(MESSAGES)
     }
     service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
     async with running(service):
         await publishAll(amqp, queues["outbox"], [job(n, mime=body, tag=n) for n, body in bodies.items()])
-        success = decoded(await amqp.collect(queues["success"], 200))
-        results = decoded(await amqp.collect(queues["results"], 200))
-        received = await smtpServer.waitForMessages(200)
+        success = decoded(await amqp.collect(queues["success"], MESSAGES))
+        results = decoded(await amqp.collect(queues["results"], MESSAGES))
+        received = await smtpServer.waitForMessages(MESSAGES)
 
     byRecipient = {m.rcptTos[0]: m for m in received}
-    assert len(byRecipient) == 200
+    assert len(byRecipient) == MESSAGES
     for n, body in bodies.items():
         message = byRecipient[f"rcpt{n}@example.com"]
         assert message.data == normalised(body)
@@ -130,8 +133,11 @@ async def test_messages_arrive_byte_exact_with_one_success_result(rabbitmq, amqp
         assert entry["messages"] >= 1
         assert entry["sent"]["data"] >= len(normalised(bodies[n]))
         assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", entry["time"])
-    # connections were reused: far fewer connections than messages, no RSET
-    assert len(smtpServer.connections) <= 10
+    # connections were reused up to the per-connection limit, with no RSET
+    config = service.config
+    connections = smtpServer.connections.values()
+    assert all(c.messages <= config.maxMessagesPerConnection for c in connections)
+    assert len(connections) <= MESSAGES // config.maxMessagesPerConnection + config.maxConnectionsPerDestination
     assert sum(c.rsets for c in smtpServer.connections.values()) == 0
     assert await amqp.count(queues["outbox"]) == 0
 
