@@ -1,0 +1,233 @@
+"""
+The C{headers} property of an outbox message: edits of the header block
+applied to the message before it is signed and sent.
+
+C{headers} is an object with any of five keys; they are applied in this
+order, whatever their order in the JSON:
+
+  1. C{remove}: a list of header names.  Every field of each name is
+     deleted.
+  2. C{replace}: an object name -> value (or list of values).  When the
+     message has fields of that name, all of them are deleted and the new
+     value(s) take the place of the first one; a name the message does not
+     have is left out (replace never adds).
+  3. C{update}: like C{replace}, but a name the message does not have is
+     added at the end of the header block (set, whatever was there).
+  4. C{prepend}: an object name -> value (or list of values), added at the
+     top of the header block in the order given (the first one ends up
+     first), before anything already there, as trace fields are.
+  5. C{append}: an object name -> value (or list of values), added at the
+     end of the header block in the order given.
+
+Header names are matched without regard to case.  Names must be RFC 5322
+field names (printable ASCII but C{":"}); values must not hold CR, LF or
+other control characters, so that no edit can inject a field or end the
+header block.  Non-ASCII values are written as RFC 2047 encoded words, and
+long values are folded to 78 columns.
+
+The edits work on the bytes of the header block alone: the body, everything
+after the blank line that ends the header block, is kept byte for byte, so
+a 100 KB body costs nothing here and a body that a sender built by hand is
+never re-encoded.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import re
+from collections.abc import Mapping
+from email.errors import HeaderParseError
+from typing import Any
+
+from mqtwist.errors import InvalidMessage
+from mqtwist.message import checkHeaderValue
+
+__all__ = [
+    "EDIT_KINDS",
+    "applyHeaderEdits",
+    "checkHeaderEdits",
+    "checkHeaderName",
+    "foldHeader",
+]
+
+#: the keys of the C{headers} property, in the order they are applied
+EDIT_KINDS = ("remove", "replace", "update", "prepend", "append")
+
+# RFC 5322 section 2.2 / 3.6.8: ftext = %d33-57 / %d59-126
+_FIELD_NAME = re.compile(r"[!-9;-~]+")
+_FIELD_START = re.compile(rb"[!-9;-~]+:")
+# RFC 5322 section 2.1.1: no line longer than 998 characters without CRLF
+_MAX_LINE = 998
+
+
+def checkHeaderName(what: str, name: Any) -> str:
+    """
+    Check that C{name} is a header field name (RFC 5322 ftext).
+
+    @param what: what the name is, for the description (C{"headers.append"}).
+    @return: C{name} unchanged.
+    @raise InvalidMessage: naming C{what} and the name.
+    """
+    if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
+        raise InvalidMessage(
+            f"{what}: {name!r} is not a header field name; use printable "
+            f"ASCII without spaces or ':' (RFC 5322)"
+        )
+    return name
+
+
+def _values(what: str, name: str, value: Any) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    if not values or not all(isinstance(v, str) for v in values):
+        raise InvalidMessage(
+            f"{what}.{name} must be a string or a non-empty list of strings"
+        )
+    for v in values:
+        checkHeaderValue(f"{what}.{name}", v)
+    return values
+
+
+def checkHeaderEdits(edits: Any) -> None:
+    """
+    Check the C{headers} property of an outbox message, so that a bad one is
+    refused when the message is parsed rather than when it is sent.
+
+    @raise InvalidMessage: naming the edit and the header at fault.
+    """
+    if not isinstance(edits, dict):
+        raise InvalidMessage(
+            "property 'headers' must be an object with any of "
+            f"{', '.join(EDIT_KINDS)}"
+        )
+    for kind, value in edits.items():
+        what = f"headers.{kind}"
+        if kind not in EDIT_KINDS:
+            raise InvalidMessage(
+                f"property 'headers' has unknown key {kind!r}; use "
+                f"{', '.join(EDIT_KINDS)}"
+            )
+        if kind == "remove":
+            if not isinstance(value, list):
+                raise InvalidMessage(f"{what} must be a list of header names")
+            for name in value:
+                checkHeaderName(what, name)
+            continue
+        if not isinstance(value, dict):
+            raise InvalidMessage(f"{what} must be an object header name -> value")
+        for name, item in value.items():
+            checkHeaderName(what, name)
+            _values(what, name, item)
+
+
+def foldHeader(what: str, name: str, value: str, linesep: bytes = b"\r\n") -> bytes:
+    """
+    One header field, C{name: value}, as bytes ready for the header block:
+    non-ASCII as RFC 2047 encoded words, folded at 78 columns, ended by
+    C{linesep}.
+
+    @param what: what the field is, for the description.
+    @raise InvalidMessage: when the name or value is not acceptable, or the
+        field cannot be written within the line length limit of RFC 5322.
+    """
+    checkHeaderName(what, name)
+    checkHeaderValue(f"{what}.{name}", value)
+    policy = email.policy.SMTP.clone(linesep=linesep.decode("ascii"))
+    try:
+        folded = policy.fold(name, value).encode("ascii")
+    except (HeaderParseError, ValueError, UnicodeError) as e:
+        raise InvalidMessage(f"{what}.{name}: the value cannot be written as a header: {e}") from None
+    if any(len(line) > _MAX_LINE for line in folded.split(linesep)):
+        raise InvalidMessage(
+            f"{what}.{name} has a word too long for a header line of "
+            f"{_MAX_LINE} characters (RFC 5322); shorten it"
+        )
+    return folded
+
+
+def splitHeaderBlock(mime: bytes) -> tuple[list[bytes], bytes, bytes]:
+    """
+    Cut a message into its header fields and the rest.
+
+    @return: the fields (each with its continuation lines and line ends),
+        the line ending the header block uses (C{b"\\r\\n"} or C{b"\\n"}),
+        and everything from the blank line on (the separator and the body,
+        as they are; C{b""} when the message has no body).
+    """
+    crlf = mime.find(b"\r\n\r\n")
+    lf = mime.find(b"\n\n")
+    if lf != -1 and (crlf == -1 or lf < crlf - 1):
+        end, linesep = lf + 1, b"\n"
+    elif crlf != -1:
+        end, linesep = crlf + 2, b"\r\n"
+    else:
+        end = len(mime)
+        linesep = b"\r\n" if b"\r\n" in mime or b"\n" not in mime else b"\n"
+    if mime.startswith(linesep):
+        # no header at all: the message starts with the blank line
+        return [], linesep, mime
+    head, rest = mime[:end], mime[end:]
+    fields: list[bytes] = []
+    for line in head.splitlines(keepends=True):
+        if fields and line[:1] in (b" ", b"\t"):
+            fields[-1] += line
+        else:
+            fields.append(line)
+    if fields and not fields[-1].endswith(b"\n"):
+        fields[-1] += linesep
+    return fields, linesep, rest
+
+
+def _fieldName(field: bytes) -> bytes:
+    match = _FIELD_START.match(field)
+    return match.group()[:-1].lower() if match else b""
+
+
+def applyHeaderEdits(mime: bytes, edits: Mapping[str, Any]) -> bytes:
+    """
+    Apply the C{headers} edits of an outbox message to C{mime} (see the
+    module docstring for what each edit does).
+
+    @param mime: the message, with CRLF or LF line endings; fields added are
+        written with the line ending its header block uses.
+    @return: the edited message; the body is the same bytes.
+    @raise InvalidMessage: when C{edits} is malformed (see
+        L{checkHeaderEdits}).
+    """
+    checkHeaderEdits(edits)
+    fields, linesep, rest = splitHeaderBlock(mime)
+
+    def rendered(kind: str, name: str, value: Any) -> list[bytes]:
+        return [
+            foldHeader(f"headers.{kind}", name, v, linesep)
+            for v in _values(f"headers.{kind}", name, value)
+        ]
+
+    removed = {name.lower().encode("ascii") for name in edits.get("remove", ())}
+    if removed:
+        fields = [f for f in fields if _fieldName(f) not in removed]
+
+    for kind in ("replace", "update"):
+        for name, value in edits.get(kind, {}).items():
+            key = name.lower().encode("ascii")
+            positions = [i for i, f in enumerate(fields) if _fieldName(f) == key]
+            new = rendered(kind, name, value)
+            if positions:
+                first = positions[0]
+                kept = [f for i, f in enumerate(fields) if i not in positions[1:]]
+                fields = kept[:first] + new + kept[first + 1 :]
+            elif kind == "update":
+                fields.extend(new)
+
+    prepended = [
+        f
+        for name, value in edits.get("prepend", {}).items()
+        for f in rendered("prepend", name, value)
+    ]
+    appended = [
+        f
+        for name, value in edits.get("append", {}).items()
+        for f in rendered("append", name, value)
+    ]
+    if not rest:
+        rest = linesep
+    return b"".join(prepended + fields + appended) + rest

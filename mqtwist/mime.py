@@ -1,0 +1,333 @@
+"""
+The C{mime} property as an object: a message described in JSON, built into
+RFC 5322 / MIME bytes with the standard library's C{email} package.
+
+The object (C{spec/messages.md}):
+
+  - C{from} (required), C{replyTo}: a string C{"local@domain"} or an object
+    C{{"name": ..., "address": ...}};
+  - C{to}, C{cc}: one of those, or a list of them;
+  - C{subject}: a string;
+  - C{headers}: an object name -> value (or list of values) of further
+    header fields;
+  - C{text}, C{html}: the body as plain text and as HTML;
+  - C{attachments}: a list of C{{"name", "type", "data"}}, C{type} a MIME
+    type C{type/subtype} and C{data} the content in base64.
+
+What is built: C{text} or C{html} alone is a single part; both are a
+C{multipart/alternative}; with attachments, a C{multipart/mixed} whose
+first part is the text, the HTML or the alternative.  Non-ASCII in names
+and in the subject is written as RFC 2047 encoded words.  C{Date} and
+C{Message-ID} are added unless C{headers} has them.
+
+Every line stays within RFC 5322's limits whatever the input: text that is
+ASCII with lines of at most 78 characters is sent as it is (C{7bit});
+anything else is quoted-printable (or base64 when that is shorter), and
+attachments are base64.  Quoted-printable and base64 are done by
+C{binascii} at C speed, not by C{email}'s pure-Python encoders, because
+the bodies are large (newsletters of 100 KB) and this runs per message.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.policy
+import re
+import uuid
+from collections.abc import Mapping
+from datetime import datetime, timezone
+from email.errors import HeaderParseError, MessageError
+from email.headerregistry import Address
+from email.message import EmailMessage, MIMEPart
+from email.utils import format_datetime
+from typing import Any
+
+from mqtwist.errors import InvalidMessage
+from mqtwist.headeredits import checkHeaderName
+from mqtwist.message import checkAddress, checkHeaderValue
+
+__all__ = ["buildMime", "checkMimeObject"]
+
+#: the keys of the C{mime} object
+MIME_KEYS = ("from", "replyTo", "to", "cc", "subject", "headers", "text", "html", "attachments")
+
+# RFC 5322 lines: 78 characters recommended (soft), 998 at most (hard).
+_SOFT_LINE = 78
+_HARD_LINE = 998
+_POLICY = email.policy.SMTP.clone(max_line_length=_SOFT_LINE)
+
+# Header fields the builder writes itself: C{headers} may not set them.
+_STRUCTURAL = {"content-type", "content-transfer-encoding", "mime-version"}
+_FROM_PROPERTIES = {
+    "from": "from",
+    "reply-to": "replyTo",
+    "to": "to",
+    "cc": "cc",
+    "subject": "subject",
+}
+
+# RFC 2045 section 5.1: type "/" subtype, each a token
+_TOKEN = r"[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+"
+_CONTENT_TYPE = re.compile(rf"({_TOKEN})/({_TOKEN})")
+_KNOWN_TYPES = {
+    "application", "audio", "font", "image", "message", "model", "multipart",
+    "text", "video",
+}
+# Controls other than TAB, LF and CR make text unfit for 7bit (RFC 2045 2.7).
+_NOT_7BIT = re.compile(r"[^\t\n\r\x20-\x7e]")
+_WHITESPACE = re.compile(rb"\s+")
+
+
+def _string(obj: Mapping[str, Any], key: str) -> str | None:
+    value = obj.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidMessage(f"property 'mime.{key}' must be a string, not {type(value).__name__}")
+    return value
+
+
+def _address(what: str, value: Any) -> Address:
+    """
+    An address given as C{"local@domain"} or C{{"name", "address"}}.
+    """
+    if isinstance(value, str):
+        name, address = "", value
+    elif isinstance(value, dict):
+        name, address = value.get("name", ""), value.get("address")
+        unknown = set(value) - {"name", "address"}
+        if unknown:
+            raise InvalidMessage(
+                f"property {what!r} has unknown key {sorted(unknown)[0]!r}; give "
+                f"{{\"name\": ..., \"address\": ...}}"
+            )
+        if not isinstance(name, str) or not isinstance(address, str):
+            raise InvalidMessage(f"property {what!r} needs string 'name' and 'address'")
+        checkHeaderValue(f"{what}.name", name)
+    else:
+        raise InvalidMessage(
+            f"property {what!r} must be an address string or "
+            f"{{\"name\": ..., \"address\": ...}}, not {type(value).__name__}"
+        )
+    checkAddress(what, address)
+    local, _, domain = address.rpartition("@")
+    if not local.isascii():
+        raise InvalidMessage(
+            f"property {what!r} {address!r} has a non-ASCII local part, which "
+            f"needs SMTPUTF8; send such a message as a 'mime' string"
+        )
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        raise InvalidMessage(f"property {what!r} has a domain {domain!r} that is not valid IDNA") from None
+    try:
+        return Address(display_name=name, username=local, domain=domain)
+    except (ValueError, HeaderParseError) as e:
+        raise InvalidMessage(f"property {what!r} is not a usable address: {e}") from None
+
+
+def _addresses(what: str, value: Any) -> list[Address]:
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise InvalidMessage(f"property {what!r} is an empty list; leave it out instead")
+    return [_address(f"{what}[{i}]" if isinstance(value, list) else what, item)
+            for i, item in enumerate(items)]
+
+
+def _contentType(what: str, value: Any) -> tuple[str, str]:
+    if not isinstance(value, str) or not _CONTENT_TYPE.fullmatch(value):
+        raise InvalidMessage(
+            f"property {what!r} is {value!r}; give a MIME type type/subtype "
+            f"such as application/pdf"
+        )
+    maintype, subtype = value.lower().split("/")
+    if maintype not in _KNOWN_TYPES and not maintype.startswith("x-"):
+        raise InvalidMessage(
+            f"property {what!r} has the unknown top-level type {maintype!r}; use "
+            f"one of {', '.join(sorted(_KNOWN_TYPES))}"
+        )
+    if maintype in ("multipart", "message"):
+        raise InvalidMessage(
+            f"property {what!r} is {value!r}; attachments of type {maintype}/* "
+            f"would change the structure of the message: send it as "
+            f"application/octet-stream or build the MIME yourself"
+        )
+    return maintype, subtype
+
+
+def _textPart(text: str, subtype: str) -> MIMEPart:
+    """
+    A C{text/*} part in UTF-8 whose lines fit RFC 5322 whatever C{text} is.
+    """
+    part = MIMEPart(_POLICY)
+    data = text.encode("utf-8")
+    lines = data.splitlines()
+    if not _NOT_7BIT.search(text) and max(map(len, lines), default=0) <= _SOFT_LINE:
+        cte, payload = "7bit", text
+        charset = "us-ascii"
+    else:
+        charset = "utf-8"
+        qp = binascii.b2a_qp(data, istext=True).decode("ascii")
+        # text that is mostly non-Latin is shorter (and as readable) in base64
+        if len(qp) > len(data) * 4 // 3 + len(data) // 57 + 2:
+            cte, payload = "base64", base64.encodebytes(data).decode("ascii")
+        else:
+            cte, payload = "quoted-printable", qp
+    part["Content-Type"] = f"text/{subtype}"
+    part.set_param("charset", charset)
+    part["Content-Transfer-Encoding"] = cte
+    part.set_payload(payload)
+    return part
+
+
+def _attachment(index: int, value: Any) -> MIMEPart:
+    what = f"mime.attachments[{index}]"
+    if not isinstance(value, dict):
+        raise InvalidMessage(f"property {what!r} must be an object {{name, type, data}}")
+    unknown = set(value) - {"name", "type", "data"}
+    if unknown:
+        raise InvalidMessage(
+            f"property {what!r} has unknown key {sorted(unknown)[0]!r}; give "
+            f"name, type and data"
+        )
+    name, data = value.get("name"), value.get("data")
+    if not isinstance(name, str) or not name:
+        raise InvalidMessage(f"property '{what}.name' must be a non-empty string (the file name)")
+    checkHeaderValue(f"{what}.name", name)
+    maintype, subtype = _contentType(f"{what}.type", value.get("type"))
+    if not isinstance(data, str):
+        raise InvalidMessage(f"property '{what}.data' must be the content as a base64 string")
+    try:
+        # line breaks are common in base64 from MIME tools; anything else
+        # outside the alphabet is an error, not something to skip
+        content = base64.b64decode(_WHITESPACE.sub(b"", data.encode("ascii")), validate=True)
+    except (ValueError, binascii.Error) as e:
+        raise InvalidMessage(f"property '{what}.data' is not valid base64: {e}") from None
+    part = MIMEPart(_POLICY)
+    part["Content-Type"] = f"{maintype}/{subtype}"
+    part["Content-Transfer-Encoding"] = "base64"
+    part.set_payload(base64.encodebytes(content).decode("ascii"))
+    part.add_header("Content-Disposition", "attachment", filename=name)
+    return part
+
+
+def _setHeader(message: EmailMessage, what: str, name: str, value: Any) -> None:
+    try:
+        message[name] = value
+    except (ValueError, TypeError, MessageError, HeaderParseError) as e:
+        raise InvalidMessage(f"property {what!r} cannot be written as a header: {e}") from None
+
+
+def checkMimeObject(obj: Any) -> None:
+    """
+    Check the C{mime} object of an outbox message when it is parsed, so that
+    a bad one is refused at once (it builds the message and drops it: the
+    cost of one L{buildMime}).
+
+    @raise InvalidMessage: naming the property at fault.
+    """
+    buildMime(obj, now=0.0, hostname="check.invalid")
+
+
+def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
+    """
+    Build the message described by a C{mime} object (see the module
+    docstring).
+
+    @param now: POSIX time for the C{Date} field, when the object has none.
+    @param hostname: the domain of the C{Message-ID} made when the object has
+        none (the sending host's name).
+    @return: the message, CRLF line endings, every line within 998
+        characters and every generated line within 78.
+    @raise InvalidMessage: naming the property at fault: a wrong type, a
+        bad address, a control character in a header, bad base64, a
+        malformed content type, a message with no content.
+    """
+    if not isinstance(obj, Mapping):
+        raise InvalidMessage("property 'mime' must be a string or an object")
+    unknown = set(obj) - set(MIME_KEYS)
+    if unknown:
+        raise InvalidMessage(
+            f"property 'mime' has unknown key {sorted(unknown)[0]!r}; use "
+            f"{', '.join(MIME_KEYS)}"
+        )
+    text, html = _string(obj, "text"), _string(obj, "html")
+    attachments = obj.get("attachments") or []
+    if not isinstance(attachments, list):
+        raise InvalidMessage("property 'mime.attachments' must be a list of {name, type, data}")
+    if text is None and html is None and not attachments:
+        raise InvalidMessage(
+            "property 'mime' has no content: give 'text', 'html' or 'attachments'"
+        )
+
+    message = EmailMessage(_POLICY)
+    if "from" not in obj:
+        raise InvalidMessage("property 'mime.from' is missing; every message needs a From")
+    _setHeader(message, "mime.from", "From", _address("mime.from", obj["from"]))
+    for key, name in (("replyTo", "Reply-To"), ("to", "To"), ("cc", "Cc")):
+        if obj.get(key) is not None:
+            what = f"mime.{key}"
+            _setHeader(message, what, name, _addresses(what, obj[key]))
+    subject = _string(obj, "subject")
+    if subject is not None:
+        checkHeaderValue("mime.subject", subject)
+        _setHeader(message, "mime.subject", "Subject", subject)
+
+    extra = obj.get("headers") or {}
+    if not isinstance(extra, dict):
+        raise InvalidMessage("property 'mime.headers' must be an object header name -> value")
+    for name, value in extra.items():
+        checkHeaderName("mime.headers", name)
+        lower = name.lower()
+        if lower in _STRUCTURAL:
+            raise InvalidMessage(
+                f"property 'mime.headers' may not set {name}: mqtwist writes it "
+                f"from text, html and attachments"
+            )
+        if lower in _FROM_PROPERTIES and _FROM_PROPERTIES[lower] in obj:
+            raise InvalidMessage(
+                f"property 'mime.headers' sets {name} and so does "
+                f"'mime.{_FROM_PROPERTIES[lower]}'; give it once"
+            )
+        values = value if isinstance(value, list) else [value]
+        for item in values:
+            if not isinstance(item, str):
+                raise InvalidMessage(f"property 'mime.headers.{name}' must be a string or a list of strings")
+            checkHeaderValue(f"mime.headers.{name}", item)
+            _setHeader(message, f"mime.headers.{name}", name, item)
+
+    if "Date" not in message:
+        message["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
+    if "Message-ID" not in message:
+        checkHeaderValue("hostname", hostname)
+        message["Message-ID"] = f"<{uuid.uuid4().hex}@{hostname}>"
+    message["MIME-Version"] = "1.0"
+
+    bodies = [_textPart(t, sub) for t, sub in ((text, "plain"), (html, "html")) if t is not None]
+    parts = [_attachment(i, a) for i, a in enumerate(attachments)]
+    if len(bodies) == 2:
+        alternative = MIMEPart(_POLICY)
+        alternative["Content-Type"] = "multipart/alternative"
+        for body in bodies:
+            alternative.attach(body)
+        bodies = [alternative]
+    parts = bodies + parts
+    if len(parts) == 1:
+        # a single part's content fields become the message's own
+        for name, value in parts[0].items():
+            message[name] = value
+        message.set_payload(parts[0].get_payload())
+    else:
+        message["Content-Type"] = "multipart/mixed"
+        for part in parts:
+            message.attach(part)
+    built = message.as_bytes(policy=_POLICY)
+    head = built[: built.find(b"\r\n\r\n")]
+    for line in head.split(b"\r\n"):
+        if len(line) > _HARD_LINE:
+            raise InvalidMessage(
+                f"the header line starting {line[:40]!r} is longer than "
+                f"{_HARD_LINE} characters (RFC 5322); shorten the value"
+            )
+    return built
