@@ -16,7 +16,8 @@ The object (C{spec/messages.md}):
 
 What is built: C{text} or C{html} alone is a single part; both are a
 C{multipart/alternative}; with attachments, a C{multipart/mixed} whose
-first part is the text, the HTML or the alternative.  Non-ASCII in names
+first part is the text, the HTML or the alternative (attachments alone
+are a C{multipart/mixed} of them).  Non-ASCII in names
 and in the subject is written as RFC 2047 encoded words.  C{Date} and
 C{Message-ID} are added unless C{headers} has them.
 
@@ -201,7 +202,10 @@ def _attachment(index: int, value: Any) -> MIMEPart:
     try:
         # line breaks are common in base64 from MIME tools; anything else
         # outside the alphabet is an error, not something to skip
-        content = base64.b64decode(_WHITESPACE.sub(b"", data.encode("ascii")), validate=True)
+        compact = _WHITESPACE.sub(b"", data.encode("ascii"))
+        if len(compact) % 4:
+            raise ValueError(f"{len(compact)} characters, not a multiple of 4")
+        content = base64.b64decode(compact, validate=True)
     except (ValueError, binascii.Error) as e:
         raise InvalidMessage(f"property '{what}.data' is not valid base64: {e}") from None
     part = MIMEPart(_POLICY)
@@ -253,7 +257,7 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
             f"{', '.join(MIME_KEYS)}"
         )
     text, html = _string(obj, "text"), _string(obj, "html")
-    attachments = obj.get("attachments") or []
+    attachments = obj.get("attachments", [])
     if not isinstance(attachments, list):
         raise InvalidMessage("property 'mime.attachments' must be a list of {name, type, data}")
     if text is None and html is None and not attachments:
@@ -265,7 +269,9 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
     if "from" not in obj:
         raise InvalidMessage("property 'mime.from' is missing; every message needs a From")
     _setHeader(message, "mime.from", "From", _address("mime.from", obj["from"]))
-    for key, name in (("replyTo", "Reply-To"), ("to", "To"), ("cc", "Cc")):
+    if obj.get("replyTo") is not None:
+        _setHeader(message, "mime.replyTo", "Reply-To", _address("mime.replyTo", obj["replyTo"]))
+    for key, name in (("to", "To"), ("cc", "Cc")):
         if obj.get(key) is not None:
             what = f"mime.{key}"
             _setHeader(message, what, name, _addresses(what, obj[key]))
@@ -312,22 +318,25 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
         for body in bodies:
             alternative.attach(body)
         bodies = [alternative]
-    parts = bodies + parts
-    if len(parts) == 1:
+    if not parts:
         # a single part's content fields become the message's own
-        for name, value in parts[0].items():
+        for name, value in bodies[0].items():
             message[name] = value
-        message.set_payload(parts[0].get_payload())
+        message.set_payload(bodies[0].get_payload())
     else:
+        parts = bodies + parts
         message["Content-Type"] = "multipart/mixed"
         for part in parts:
             message.attach(part)
     built = message.as_bytes(policy=_POLICY)
     head = built[: built.find(b"\r\n\r\n")]
+    name = b""
     for line in head.split(b"\r\n"):
+        if line[:1] not in (b" ", b"\t"):
+            name = line.partition(b":")[0]
         if len(line) > _HARD_LINE:
             raise InvalidMessage(
-                f"the header line starting {line[:40]!r} is longer than "
-                f"{_HARD_LINE} characters (RFC 5322); shorten the value"
+                f"the {name.decode('ascii')} header has a word longer than a "
+                f"line may be ({_HARD_LINE} characters, RFC 5322); shorten it"
             )
     return built
