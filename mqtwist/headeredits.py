@@ -133,7 +133,9 @@ def foldHeader(what: str, name: str, value: str, linesep: bytes = b"\r\n") -> by
     checkHeaderValue(f"{what}.{name}", value)
     policy = email.policy.SMTP.clone(linesep=linesep.decode("ascii"))
     try:
-        folded = policy.fold(name, value).encode("ascii")
+        # through the header registry, so that address fields get their
+        # display names encoded and free text its encoded words
+        folded = policy.header_factory(name, value).fold(policy=policy).encode("ascii")
     except (HeaderParseError, ValueError, UnicodeError) as e:
         raise InvalidMessage(f"{what}.{name}: the value cannot be written as a header: {e}") from None
     if any(len(line) > _MAX_LINE for line in folded.split(linesep)):
