@@ -11,8 +11,11 @@ environment.
 
 from __future__ import annotations
 
+import re
 import socket
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -33,6 +36,134 @@ class SMTPTimeouts:
     message: float = 600.0
     rset: float = 60.0
     quit: float = 10.0
+
+
+def _tableValue(table: Mapping[str, Any], key: str, kind: type, what: str, where: str) -> Any:
+    value = table.get(key)
+    if value is None:
+        return None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or isinstance(value, bool):
+        raise ValueError(f"{where}: {key!r} is {value!r}; give {what}")
+    if isinstance(value, (int, float)) and value < 0:
+        raise ValueError(f"{where}: {key!r} is negative; give 0 or more")
+    return value
+
+
+def _checkKeys(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(table) - set(known))
+    if unknown:
+        raise ValueError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(known)}")
+
+
+@dataclass(frozen=True)
+class ThrottleRule:
+    """
+    Limits for the destinations one rule matches (a C{[[throttles]]} table
+    in TOML).  A rule matches by the recipient's domain (C{domain}, a glob
+    such as C{"*.example.com"}) or by a mail exchanger's host name (C{mx},
+    e.g. C{"*.google.com"}), and optionally by the local address
+    (C{ip}).  All the messages a rule matches share its limits (per local
+    address); a limit left out is the default of L{Config}.  Limits hold
+    within one process.
+    """
+
+    domain: str | None = None
+    mx: str | None = None
+    ip: str | None = None
+    #: deliveries (hence connections) at once
+    connections: int | None = None
+    messagesPerConnection: int | None = None
+    #: 0: no limit
+    messagesPerMinute: int | None = None
+    #: new connections per minute; 0: no limit
+    connectionsPerMinute: int | None = None
+
+    KEYS = (
+        "domain", "mx", "ip", "connections", "messages-per-connection",
+        "messages-per-minute", "connections-per-minute",
+    )
+
+    @classmethod
+    def fromTable(cls, table: Mapping[str, Any], where: str) -> ThrottleRule:
+        """
+        Read one C{[[throttles]]} table.
+
+        @raise ValueError: naming C{where}, the key and what is accepted.
+        """
+        _checkKeys(table, cls.KEYS, where)
+        text = "a glob pattern string"
+        number = "a whole number"
+        rule = cls(
+            domain=_tableValue(table, "domain", str, text, where),
+            mx=_tableValue(table, "mx", str, text, where),
+            ip=_tableValue(table, "ip", str, text, where),
+            connections=_tableValue(table, "connections", int, number, where),
+            messagesPerConnection=_tableValue(table, "messages-per-connection", int, number, where),
+            messagesPerMinute=_tableValue(table, "messages-per-minute", int, number, where),
+            connectionsPerMinute=_tableValue(table, "connections-per-minute", int, number, where),
+        )
+        if (rule.domain is None) == (rule.mx is None):
+            raise ValueError(f"{where}: give either 'domain' or 'mx' (a glob pattern), not both or neither")
+        if rule.connections == 0 or rule.messagesPerConnection == 0:
+            raise ValueError(f"{where}: 'connections' and 'messages-per-connection' must be 1 or more")
+        return rule
+
+
+@dataclass(frozen=True)
+class BackoffRule:
+    """
+    What to do when a server's reply matches (a C{[[backoff]]} table in
+    TOML).  C{code}, C{status} and C{text} are regular expressions matched
+    (C{re.search}, text case-insensitive) against the reply code, the
+    enhanced status code and the reply text; all given ones must match.
+
+    C{action} is one of:
+      - C{"pause"}: no new attempts to the destination for C{seconds};
+      - C{"reduce"}: at most C{connections} deliveries at once to the
+        destination for C{seconds};
+      - C{"retry"}: only this message is tried again after C{seconds}
+        instead of its retry schedule (greylisting).
+    """
+
+    action: str
+    seconds: float
+    code: str | None = None
+    status: str | None = None
+    text: str | None = None
+    connections: int = 1
+
+    KEYS = ("action", "seconds", "code", "status", "text", "connections")
+    ACTIONS = ("pause", "reduce", "retry")
+
+    @classmethod
+    def fromTable(cls, table: Mapping[str, Any], where: str) -> BackoffRule:
+        """
+        Read one C{[[backoff]]} table.
+
+        @raise ValueError: naming C{where}, the key and what is accepted.
+        """
+        _checkKeys(table, cls.KEYS, where)
+        action = _tableValue(table, "action", str, "pause, reduce or retry", where)
+        if action not in cls.ACTIONS:
+            raise ValueError(f"{where}: 'action' is {action!r}; give one of {', '.join(cls.ACTIONS)}")
+        seconds = _tableValue(table, "seconds", float, "a number of seconds", where)
+        if seconds is None:
+            raise ValueError(f"{where}: 'seconds' is missing; say how long the {action} lasts")
+        patterns = {}
+        for key in ("code", "status", "text"):
+            pattern = _tableValue(table, key, str, "a regular expression string", where)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ValueError(f"{where}: {key!r} is not a regular expression: {e}") from None
+            patterns[key] = pattern
+        if not any(patterns.values()):
+            raise ValueError(f"{where}: give at least one of 'code', 'status', 'text' to match replies")
+        connections = _tableValue(table, "connections", int, "a whole number", where)
+        return cls(action, seconds, connections=max(1, connections or 1), **patterns)
 
 
 @dataclass
@@ -62,6 +193,12 @@ class Config:
     mxPort: int = 25
     #: C{host:port} name servers for MX lookups; empty means the system's
     nameservers: list[str] = field(default_factory=list)
+    #: seconds a DNS query may take (with its retransmissions)
+    dnsTimeout: float = 20.0
+    #: seconds an MX answer stays cached at least, whatever its TTL
+    dnsMinCacheTime: float = 60.0
+    #: addresses of a domain's mail exchangers tried within one attempt
+    mxAddressesPerAttempt: int = 5
 
     #: data plugins to run, in order; C{None} runs every discovered plugin
     #: ordered by name
@@ -86,6 +223,30 @@ class Config:
     maxMessagesPerConnection: int = 100
     #: seconds an unused SMTP connection stays open for the next message
     idleTimeout: float = 10.0
+    #: messages per minute to one destination (0: no limit)
+    messagesPerMinute: int = 0
+    #: new SMTP connections per minute to one destination (0: no limit)
+    connectionsPerMinute: int = 0
+    #: limits of particular destinations (TOML C{[[throttles]]} tables only)
+    throttles: list[ThrottleRule] = field(
+        default_factory=list, metadata={"toml": ThrottleRule.fromTable}
+    )
+    #: reply patterns that pause or slow a destination, checked before the
+    #: built-in ones (TOML C{[[backoff]]} tables only)
+    backoff: list[BackoffRule] = field(
+        default_factory=list, metadata={"toml": BackoffRule.fromTable}
+    )
+    #: messages per destination that wait in this process for a connection;
+    #: more are parked in a delay queue
+    destinationBacklog: int = 10
+    #: seconds a message is parked when its destination is busy
+    parkDelay: float = 30.0
+    #: seconds until greylisted messages (450/451 that say so) are tried again
+    greylistDelay: float = 300.0
+    #: failed connections in a row after which a destination is marked down
+    downAfterFailures: int = 5
+    #: seconds a destination stays marked down
+    downTime: float = 300.0
     timeouts: SMTPTimeouts = field(default_factory=SMTPTimeouts)
 
     #: seconds between attempts when the message has no C{retries}; the last

@@ -2,16 +2,19 @@
 The delivery core: one message in, one result entry out.
 
 Nothing here knows about AMQP.  L{DeliveryEngine.deliver} routes a message,
-takes a connection from the pool, runs the transaction with the data plugins
-and says what happened, so any Twisted program can send mail with it.
+asks the delivery policy (L{mqtwist.throttle}) for leave to send to its
+destination, takes a connection from the pool, runs the transaction with the
+data plugins and says what happened, so any Twisted program can send mail
+with it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
 from twisted.logger import Logger
 
 from mqtwist.chain import PluginChain
@@ -19,14 +22,32 @@ from mqtwist.config import Config
 from mqtwist.errors import AttemptFailed
 from mqtwist.interfaces import IDataPlugin
 from mqtwist.message import Message, ResultEntry
-from mqtwist.routing import Router
+from mqtwist.routing import Route, Router
 from mqtwist.smtp.pool import ConnectionPool
+from mqtwist.smtp.protocol import ESMTPClient
+from mqtwist.throttle import Backoff, Deferral, DeliveryPolicy, Permit
+from mqtwist.timeformat import formatTime
 from mqtwist.transaction import TransactionFailed, connectionFacts, sendMessage
+
+
+@dataclass
+class ScheduledEntry(ResultEntry):
+    """
+    A result entry that names the time of the next attempt itself, instead
+    of the retry schedule: a deferral by the delivery policy (state
+    C{process}, result C{deferred}: no attempt was made) or a failure whose
+    reply asked for a particular wait (greylisting).
+
+    @ivar retryAt: POSIX time of the next attempt.
+    """
+
+    retryAt: float = 0.0
 
 
 class DeliveryEngine:
     """
-    Routes and sends messages over pooled SMTP connections.
+    Routes and sends messages over pooled SMTP connections, within the
+    limits of the delivery policy and at most C{config.concurrency} at once.
 
     @param plugins: the data plugins, in the order they run.
     """
@@ -39,12 +60,21 @@ class DeliveryEngine:
             smarthost=config.smarthost,
             mxPort=config.mxPort,
             nameservers=config.nameservers,
+            dnsTimeout=config.dnsTimeout,
+            minCacheTime=config.dnsMinCacheTime,
+            addressesPerAttempt=config.mxAddressesPerAttempt,
+            reactor=reactor,
         )
+        self.policy = DeliveryPolicy(
+            config, reactor, lambda destination: self.pool.stats(destination)["idle"]
+        )
+        # waiting for a destination holds no slot: slots are for sending
+        self.slots = DeferredSemaphore(config.concurrency)
         self.pool = ConnectionPool(
             reactor,
             ehloName=config.ehloName,
             timeouts=config.timeouts,
-            maxConnectionsPerDestination=config.maxConnectionsPerDestination,
+            maxConnectionsPerDestination=self.policy.mostConnections,
             maxMessagesPerConnection=config.maxMessagesPerConnection,
             idleTimeout=config.idleTimeout,
         )
@@ -56,22 +86,43 @@ class DeliveryEngine:
 
         @return: a Deferred firing with the L{ResultEntry} of the attempt,
             accepted or not (C{final} tells a permanent failure from one to
-            retry); it does not fail for delivery problems.
+            retry); a L{ScheduledEntry} when the destination could not take
+            the message now (paused, down or busy beyond its backlog: no
+            attempt was made) or the reply asked for a particular wait.  It
+            does not fail for delivery problems.
         """
         return ensureDeferred(self._deliver(message))
 
     async def _deliver(self, message: Message) -> ResultEntry:
         try:
-            destination = await self.router.destinationFor(message)
-            client = await self.pool.acquire(destination)
+            route = await self.router.route(message)
         except AttemptFailed as failure:
             return self._failed(message, failure)
         try:
+            permit = await self.policy.admit(route)
+        except Deferral as deferral:
+            return self._deferred(message, deferral)
+        try:
+            entry: ResultEntry = await self.slots.run(
+                lambda: ensureDeferred(self._send(message, route, permit))
+            )
+            return entry
+        finally:
+            self.policy.release(permit)
+
+    async def _send(self, message: Message, route: Route, permit: Permit) -> ResultEntry:
+        try:
+            client = await self.pool.acquire(route.destination)
+        except AttemptFailed as failure:
+            return self._failed(message, failure, backoff=self.policy.failed(permit, failure))
+        self.policy.succeeded(permit)
+        try:
             reply = await sendMessage(client, message, self.chain)
         except TransactionFailed as failure:
-            self.pool.release(client, clean=not failure.midTransaction)
-            return self._failed(message, failure, connectionFacts(client))
-        self.pool.release(client)
+            self._release(client, permit, clean=not failure.midTransaction)
+            backoff = self.policy.failed(permit, failure)
+            return self._failed(message, failure, connectionFacts(client), backoff)
+        self._release(client, permit)
         self.log.info(
             "delivered {message} to {recipient} via {mta}: {code} {text}",
             message=message.label,
@@ -91,8 +142,18 @@ class DeliveryEngine:
             connection=connectionFacts(client),
         )
 
+    def _release(self, client: ESMTPClient, permit: Permit, clean: bool = True) -> None:
+        if client.messages >= permit.messagesPerConnection:
+            # the destination's own limit, below the pool's: the pool closes it
+            client.quit()
+        self.pool.release(client, clean=clean)
+
     def _failed(
-        self, message: Message, failure: AttemptFailed, facts: dict[str, Any] | None = None
+        self,
+        message: Message,
+        failure: AttemptFailed,
+        facts: dict[str, Any] | None = None,
+        backoff: Backoff | None = None,
     ) -> ResultEntry:
         self.log.info(
             "attempt for {message} to {recipient} failed at {state}: {result} {description}",
@@ -103,7 +164,36 @@ class DeliveryEngine:
             description=failure.description,
             permanent=failure.permanent,
         )
-        return ResultEntry.fromFailure(failure, self.reactor.seconds(), facts)
+        entry = ResultEntry.fromFailure(failure, self.reactor.seconds(), facts)
+        if backoff is not None:
+            entry.connection.update(backoff.entryFields())
+            if backoff.action == "retry" and not entry.final:
+                return ScheduledEntry(**vars(entry), retryAt=backoff.until)
+        return entry
+
+    def _deferred(self, message: Message, deferral: Deferral) -> ScheduledEntry:
+        self.log.info(
+            "{message} to {recipient} deferred: destination {destination} {reason}; "
+            "parked until {until}",
+            message=message.label,
+            recipient=message.recipient,
+            destination=deferral.destination,
+            reason=deferral.reason,
+            until=formatTime(deferral.until),
+        )
+        return ScheduledEntry(
+            state="process",
+            result="deferred",
+            time=self.reactor.seconds(),
+            final=False,
+            description=f"not tried: destination {deferral.destination} {deferral.reason}",
+            connection={
+                "destination": deferral.destination,
+                "reason": deferral.reason,
+                "until": formatTime(deferral.until),
+            },
+            retryAt=deferral.until,
+        )
 
     def close(self) -> Deferred[None]:
         """
@@ -111,4 +201,5 @@ class DeliveryEngine:
 
         @return: a Deferred firing when all are closed.
         """
+        self.policy.close()
         return self.pool.closeAll()

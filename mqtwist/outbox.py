@@ -16,17 +16,12 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import (
-    Deferred,
-    DeferredList,
-    DeferredSemaphore,
-    ensureDeferred,
-    gatherResults,
-)
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
 from twisted.logger import Logger
 
 from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
+from mqtwist.delivery import ScheduledEntry
 from mqtwist.errors import InvalidMessage
 from mqtwist.message import Message, ResultEntry, invalidResultJSON, queueFor
 from mqtwist.schedule import RetrySchedule
@@ -50,7 +45,11 @@ class OutboxProcessor:
     """
     Handles the deliveries of the outbox consumer.
 
-    @param deliver: the delivery core (L{DeliveryEngine.deliver}).
+    @param deliver: the delivery core (L{DeliveryEngine.deliver}); it
+        limits how many deliveries run at once, and answers at once with a
+        deferral for a destination that cannot take more, so every outbox
+        message is acknowledged soon and none waits behind another
+        destination's.
     """
 
     log = Logger()
@@ -68,7 +67,6 @@ class OutboxProcessor:
         self.publisher = publisher
         self.schedule = schedule
         self.reactor = reactor
-        self.slots = DeferredSemaphore(config.concurrency)
         self.inFlight: set[Deferred[None]] = set()
 
     def handle(self, delivery: Delivery) -> None:
@@ -119,31 +117,62 @@ class OutboxProcessor:
 
         expired = self.schedule.expiredBeforeAttempt(message, now)
         if expired is not None:
-            message.record(ResultEntry("process", "timeout", now, True, description=expired))
-            await self._finish(delivery, message, success=False)
+            await self._expire(delivery, message, expired, now)
         elif message.nextattempt is not None and message.nextattempt > now:
             await self._park(delivery, message, message.nextattempt - now)
         else:
-            entry = await self.slots.run(self.deliver, message)
+            entry = await self.deliver(message)
             await self._conclude(delivery, message, entry)
 
     async def _conclude(self, delivery: Delivery, message: Message, entry: ResultEntry) -> None:
+        now = self.reactor.seconds()
+        if isinstance(entry, ScheduledEntry) and entry.state == "process":
+            await self._defer(delivery, message, entry, now)
+            return
         message.record(entry)
         if entry.final:
             await self._finish(delivery, message, success=entry.accepted)
             return
-        now = self.reactor.seconds()
-        decision = self.schedule.afterSoftFailure(message, now)
+        delay = entry.retryAt - now if isinstance(entry, ScheduledEntry) else None
+        decision = self.schedule.afterSoftFailure(message, now, delay)
         if decision.expired:
-            message.record(ResultEntry("process", "timeout", now, True, description=decision.reason))
-            await self._finish(delivery, message, success=False)
+            await self._expire(delivery, message, decision.reason, now)
             return
-        message.json["nextattempt"] = {"time": formatTime(now + decision.delay)}
-        publications = [self._toDelayQueue(message, decision.delay)]
+        await self._retryLater(delivery, message, decision.delay, now)
+
+    async def _defer(
+        self, delivery: Delivery, message: Message, entry: ScheduledEntry, now: float
+    ) -> None:
+        """
+        Park a message that its destination could not take: no attempt was
+        made; the entry says why and until when, and replaces the entry of
+        the deferral just before it, so a long pause does not make the
+        message grow.
+        """
+        results = message.results
+        if results and results[-1].get("result") == "deferred":
+            entry.connection["deferrals"] = int(results[-1].get("deferrals", 1)) + 1
+            results.pop()
+        message.record(entry)
+        await self._retryLater(delivery, message, max(0.0, entry.retryAt - now), now)
+
+    async def _retryLater(self, delivery: Delivery, message: Message, delay: float, now: float) -> None:
+        message.json["nextattempt"] = {"time": formatTime(now + delay)}
+        publications = [self._toDelayQueue(message, delay)]
         retry = message.queueFor("retry", self.config.retry)
         if retry:
             publications.append((retry, message.resultJSON()))
         await self._publishThenAck(delivery, message.label, publications, message.priority)
+
+    async def _expire(self, delivery: Delivery, message: Message, reason: str, now: float) -> None:
+        self.log.info(
+            "{message} to {recipient} expired: {reason}",
+            message=message.label,
+            recipient=message.recipient,
+            reason=reason,
+        )
+        message.record(ResultEntry("process", "timeout", now, True, description=reason))
+        await self._finish(delivery, message, success=False)
 
     async def _finish(self, delivery: Delivery, message: Message, *, success: bool) -> None:
         body = message.resultJSON()

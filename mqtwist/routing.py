@@ -1,13 +1,25 @@
 """
-Where a message goes: its smarthost, or the MX hosts of its recipient's
-domain, looked up with C{twisted.names}.
+Where a message goes: its smarthost, or the addresses of the mail exchangers
+of its recipient's domain, looked up with C{twisted.names}.
+
+MX delivery follows RFC 5321 section 5.1: mail exchangers by preference,
+random order among equal preference, the domain itself when it has no MX
+records (implicit MX), and nothing at all for a null MX (RFC 7505).  The
+host names are resolved (A, then AAAA) through the same resolver, so the
+configured name servers decide everything, and the destination lists
+addresses: the pool connects to them in order and moves on to the next
+when one refuses, times out or answers 421.
 """
 
 from __future__ import annotations
 
 import random
+import socket
+from dataclasses import dataclass
 from itertools import groupby
-from twisted.internet.defer import Deferred, inlineCallbacks
+from typing import Any
+
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as DNSTimeoutError
 from twisted.logger import Logger
@@ -19,16 +31,58 @@ from mqtwist.hostport import parseHostPort
 from mqtwist.message import Message
 from mqtwist.smtp.pool import Destination
 
+_SOFT_DNS_ERRORS = (DNSServerError, DNSTimeoutError, DNSLookupError, DomainError)
+
+
+@dataclass(frozen=True)
+class Route:
+    """
+    The way to a message's recipient.
+
+    @ivar destination: the servers to connect to, in order, and the local
+        address.
+    @ivar domain: the recipient's domain.
+    @ivar exchangers: the host names of the domain's mail exchangers in the
+        order they are tried (the domain itself for an implicit MX); empty
+        for a smarthost or an address literal.
+    @ivar name: what the route goes to, for logs and throttle groups: the
+        smarthost C{host:port}, or the domain for address literals.
+    @ivar hostNames: for each host of C{destination}, the name it was
+        found under (the MX host name of an address), e.g. for checking a
+        TLS certificate.
+    """
+
+    destination: Destination
+    domain: str
+    exchangers: tuple[str, ...] = ()
+    name: str = ""
+    hostNames: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Exchange:
+    """A cached MX answer: host names and addresses, in order."""
+
+    exchangers: tuple[str, ...]
+    #: (address, the exchanger it belongs to)
+    addresses: tuple[tuple[str, str], ...]
+    expires: float
+
 
 class Router:
     """
-    Finds the L{Destination} of a message.
+    Finds the L{Route} of a message.
 
     @param smarthost: C{host:port} that takes all mail, or C{None} for MX
         delivery.
     @param mxPort: the SMTP port of MX hosts.
     @param nameservers: C{host:port} of the name servers to ask; empty for
         the system's (C{/etc/resolv.conf}).
+    @param dnsTimeout: seconds one DNS query may take, retransmissions
+        included.
+    @param minCacheTime: seconds an MX answer is kept at least, whatever its
+        TTL.
+    @param addressesPerAttempt: how many addresses one attempt may try.
     """
 
     log = Logger()
@@ -39,71 +93,216 @@ class Router:
         smarthost: str | None,
         mxPort: int,
         nameservers: list[str],
+        dnsTimeout: float = 20.0,
+        minCacheTime: float = 60.0,
+        addressesPerAttempt: int = 5,
+        reactor: Any = None,
     ) -> None:
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
         self.smarthost = parseHostPort(smarthost, 25) if smarthost else None
         self.mxPort = mxPort
-        servers = [parseHostPort(server, 53) for server in nameservers]
-        self.resolver = client.createResolver(servers=servers or None)
+        self.servers = [parseHostPort(server, 53) for server in nameservers]
+        # three tries, the later ones waiting longer
+        self.queryTimeout = tuple(dnsTimeout * share for share in (0.1, 0.3, 0.6))
+        self.minCacheTime = minCacheTime
+        self.addressesPerAttempt = addressesPerAttempt
+        self._resolver: Any = None
+        self._cache: dict[str, _Exchange] = {}
 
-    @inlineCallbacks
-    def destinationFor(self, message: Message) -> Deferred[Destination]:
+    @property
+    def resolver(self) -> Any:
+        """
+        The C{twisted.names} resolver, made on first use (a resolver that
+        reads C{/etc/resolv.conf} keeps a timer to read it again).
+        """
+        if self._resolver is None:
+            if self.servers:
+                self._resolver = client.Resolver(servers=self.servers, reactor=self.reactor)
+            else:
+                self._resolver = client.createResolver()
+        return self._resolver
+
+    def route(self, message: Message) -> Deferred[Route]:
         """
         Route C{message}: its own C{smarthost}, the configured smarthost, or
         the MX hosts of the recipient's domain, from C{message.ips} picked at
         random as the local address.
 
-        @return: a Deferred firing with the L{Destination}; it fails with
+        @return: a Deferred firing with the L{Route}; it fails with
             L{AttemptFailed} (state C{dns}) when the domain has no usable
-            MX: permanently for NXDOMAIN and null MX, softly for time-outs
-            and server failures.
+            address: permanently for NXDOMAIN, a null MX or names without
+            addresses, softly for time-outs and server failures.
         """
-        bindAddress = random.choice(message.ips) if message.ips else None
-        if message.smarthost is not None:
-            hosts = ((message.smarthost.hostname, message.smarthost.port),)
-        elif self.smarthost is not None:
-            hosts = (self.smarthost,)
-        else:
-            domain = message.recipient.rpartition("@")[2]
-            names = yield self.mailExchangers(domain)
-            hosts = tuple((name, self.mxPort) for name in names)
-        return Destination(hosts, bindAddress)
+        return ensureDeferred(self._route(message))
 
-    @inlineCallbacks
-    def mailExchangers(self, domain: str) -> Deferred[list[str]]:
+    def destinationFor(self, message: Message) -> Deferred[Destination]:
+        """
+        The L{Destination} of L{route}.
+        """
+        return self.route(message).addCallback(lambda route: route.destination)
+
+    async def _route(self, message: Message) -> Route:
+        bindAddress = random.choice(message.ips) if message.ips else None
+        domain = message.recipient.rpartition("@")[2].lower()
+        if message.smarthost is not None:
+            host = (message.smarthost.hostname, message.smarthost.port)
+            name = f"{host[0]}:{host[1]}"
+            return Route(Destination((host,), bindAddress), domain, name=name, hostNames=(host[0],))
+        if self.smarthost is not None:
+            name = f"{self.smarthost[0]}:{self.smarthost[1]}"
+            return Route(
+                Destination((self.smarthost,), bindAddress), domain, name=name,
+                hostNames=(self.smarthost[0],),
+            )
+        if domain.startswith("[") and domain.endswith("]"):
+            address = domain[1:-1]
+            address = address[5:] if address.lower().startswith("ipv6:") else address
+            return Route(
+                Destination(((address, self.mxPort),), bindAddress), domain, name=domain,
+                hostNames=(address,),
+            )
+        exchange = await self._exchange(domain)
+        hosts = tuple((address, self.mxPort) for address, _ in exchange.addresses)
+        names = tuple(name for _, name in exchange.addresses)
+        return Route(Destination(hosts, bindAddress), domain, exchange.exchangers, domain, names)
+
+    async def _exchange(self, domain: str) -> _Exchange:
+        now = self.reactor.seconds()
+        cached = self._cache.get(domain)
+        if cached is not None and cached.expires > now:
+            return cached
+        names, ttl = await self._mailExchangers(domain)
+        addresses, addressTTL = await self._addressesOf(domain, names)
+        exchange = _Exchange(
+            tuple(names),
+            tuple(addresses[: self.addressesPerAttempt]),
+            now + max(self.minCacheTime, min(ttl, addressTTL)),
+        )
+        # the shuffled order is kept while cached, so that messages to one
+        # domain share one destination (and its connections)
+        self._cache[domain] = exchange
+        self.log.debug(
+            "MX of {domain}: {exchangers} at {addresses}",
+            domain=domain,
+            exchangers=list(exchange.exchangers),
+            addresses=list(exchange.addresses),
+        )
+        return exchange
+
+    async def _mailExchangers(self, domain: str) -> tuple[list[str], float]:
         """
         The mail exchangers of C{domain}, most preferred first, hosts of the
-        same preference in random order (RFC 5321 section 5.1); the domain
-        itself when it has no MX records (implicit MX).
-
-        @return: a Deferred firing with host names, or failing with
-            L{AttemptFailed}.
+        same preference in random order; the domain itself when it has no
+        MX records (implicit MX); and the smallest TTL of the answer.
         """
-        if domain.startswith("[") and domain.endswith("]"):
-            return [domain[1:-1].removeprefix("IPv6:")]
         try:
-            answers, _, _ = yield self.resolver.lookupMailExchange(domain)
+            answers, _, _ = await self.resolver.lookupMailExchange(domain, timeout=self.queryTimeout)
         except DNSNameError:
             raise AttemptFailed(
                 "dns", "error", f"domain {domain} does not exist (NXDOMAIN)", permanent=True
-            )
-        except (DNSServerError, DNSTimeoutError, DNSLookupError, DomainError) as e:
+            ) from None
+        except _SOFT_DNS_ERRORS as e:
             raise AttemptFailed(
-                "dns", "error", f"MX lookup for {domain} failed ({type(e).__name__}); will retry"
-            )
+                "dns",
+                "error",
+                f"MX lookup for {domain} failed ({_describe(e)}); will retry",
+            ) from None
         # MX records of a CNAME's target carry the target's name: take them all
-        records = [answer.payload for answer in answers if answer.type == dns.MX]
+        records = [answer for answer in answers if answer.type == dns.MX]
         if not records:
-            return [domain]
-        if len(records) == 1 and records[0].name.name in (b"", b"."):
+            return [domain], self.minCacheTime
+        if any(record.payload.name.name in (b"", b".") for record in records):
             raise AttemptFailed(
                 "dns", "error", f"domain {domain} accepts no mail (null MX, RFC 7505)",
                 permanent=True,
             )
-        records.sort(key=lambda record: record.preference)
+        ttl = min(record.ttl for record in records)
+        payloads = sorted((record.payload for record in records), key=lambda mx: mx.preference)
         ordered: list[str] = []
-        for _, group in groupby(records, key=lambda record: record.preference):
-            names = [record.name.name.decode() for record in group if record.name.name]
+        for _, group in groupby(payloads, key=lambda mx: mx.preference):
+            names = [mx.name.name.decode().lower() for mx in group]
             random.shuffle(names)
-            ordered.extend(names)
-        self.log.debug("MX of {domain}: {hosts}", domain=domain, hosts=ordered)
-        return ordered
+            ordered.extend(name for name in names if name not in ordered)
+        return ordered, ttl
+
+    async def _addressesOf(self, domain: str, names: list[str]) -> tuple[list[tuple[str, str]], float]:
+        """
+        The addresses of C{names}, in their order: the A records of each,
+        then its AAAA records, each with its name; and the smallest TTL
+        among them.
+
+        @raise AttemptFailed: when none has an address; softly when a
+            lookup failed for a time-out or a server failure.
+        """
+        lookups = [self._addressesOfHost(name) for name in names]
+        results = await gatherResults(lookups, consumeErrors=True)
+        addresses: list[tuple[str, str]] = []
+        ttls: list[float] = []
+        softErrors: list[str] = []
+        for name, (found, ttl, error) in zip(names, results):
+            seen = {address for address, _ in addresses}
+            addresses.extend((address, name) for address in found if address not in seen)
+            if found:
+                ttls.append(ttl)
+            elif error:
+                softErrors.append(f"{name}: {error}")
+        if addresses:
+            return addresses, min(ttls)
+        hosts = ", ".join(names)
+        if softErrors:
+            raise AttemptFailed(
+                "dns",
+                "error",
+                f"no address for the mail exchangers of {domain} ({'; '.join(softErrors)}); will retry",
+            )
+        raise AttemptFailed(
+            "dns",
+            "error",
+            f"the mail exchangers of {domain} ({hosts}) have no A or AAAA record",
+            permanent=True,
+        )
+
+    def _addressesOfHost(self, name: str) -> Deferred[tuple[list[str], float, str]]:
+        """
+        @return: a Deferred firing with (addresses, smallest TTL, the error
+            of a soft failure or C{""}); it does not fail.
+        """
+
+        async def lookup() -> tuple[list[str], float, str]:
+            found: list[str] = []
+            ttls: list[float] = []
+            error = ""
+            for query, recordType in (
+                (self.resolver.lookupAddress, dns.A),
+                (self.resolver.lookupIPV6Address, dns.AAAA),
+            ):
+                try:
+                    answers, _, _ = await query(name, timeout=self.queryTimeout)
+                except DNSNameError:
+                    break
+                except _SOFT_DNS_ERRORS as e:
+                    error = _describe(e)
+                    continue
+                for answer in answers:
+                    if answer.type == recordType:
+                        found.append(_addressText(answer.payload))
+                        ttls.append(answer.ttl)
+            return found, min(ttls, default=0.0), error
+
+        return ensureDeferred(lookup())
+
+
+def _addressText(record: Any) -> str:
+    if isinstance(record, dns.Record_A):
+        return str(record.dottedQuad())
+    return socket.inet_ntop(socket.AF_INET6, record.address)
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, DNSTimeoutError):
+        return "time-out"
+    if isinstance(error, DNSServerError):
+        return "server failure (SERVFAIL)"
+    return type(error).__name__

@@ -114,10 +114,15 @@ class RetrySchedule:
             return "gave up: the message expired (maxdelivertime) before it could be delivered"
         return None
 
-    def afterSoftFailure(self, message: Message, now: float) -> RetryDecision:
+    def afterSoftFailure(
+        self, message: Message, now: float, delay: float | None = None
+    ) -> RetryDecision:
         """
         Decide what follows a soft failure that is already recorded in
         C{message}'s results.
+
+        @param delay: seconds until the next attempt when the failure itself
+            says (greylisting), instead of the message's C{retries}.
         """
         attempts = message.attempts
         if message.maxattempts is not None and attempts >= message.maxattempts:
@@ -125,8 +130,9 @@ class RetrySchedule:
                 True,
                 reason=f"gave up after {attempts} attempts (maxattempts {message.maxattempts})",
             )
-        retries = message.retries or self.defaultRetries
-        delay = float(retries[min(attempts, len(retries)) - 1]) if attempts else 0.0
+        if delay is None:
+            retries = message.retries or self.defaultRetries
+            delay = float(retries[min(attempts, len(retries)) - 1]) if attempts else 0.0
         if now + delay >= self.expiryTime(message, now):
             return RetryDecision(
                 True,

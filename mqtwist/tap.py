@@ -12,6 +12,10 @@ that no name is written twice:
       C{connect = 30} in a C{[timeouts]} table;
     - not at all, and then the default of L{Config} applies.
 
+Settings that are lists of tables (C{throttles}, C{backoff}) exist in the
+TOML file only, as arrays of tables (C{[[throttles]]}); the attribute's
+C{toml} metadata is the function that reads one table.
+
 The command line wins over the environment, which wins over the TOML file,
 which wins over the defaults.
 """
@@ -93,6 +97,21 @@ def _parseStr(value: object) -> str:
     return value.strip()
 
 
+    "dnsTimeout": "seconds a DNS query may take, retransmissions included",
+    "dnsMinCacheTime": "seconds an MX lookup stays cached at least, whatever its TTL",
+    "mxAddressesPerAttempt": "addresses of a domain's mail exchangers tried within one "
+    "attempt, in MX order, when one refuses, times out or answers 421",
+    "messagesPerMinute": "messages per minute to one destination, in this process "
+    "(0: no limit)",
+    "connectionsPerMinute": "new SMTP connections per minute to one destination, in this "
+    "process (0: no limit)",
+    "destinationBacklog": "messages per destination that wait in this process for a "
+    "connection; more are parked in a delay queue",
+    "parkDelay": "seconds a message is parked when its destination is busy",
+    "greylistDelay": "seconds until a greylisted message is tried again",
+    "downAfterFailures": "failed connections in a row after which a destination is "
+    "marked down",
+    "downTime": "seconds a destination stays marked down",
 def _parseInt(value: object) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
         value = int(value)
@@ -287,6 +306,8 @@ def _settingsOf(cls: type, prefix: tuple[str, ...] = ()) -> list[_Setting]:
                 tomlKey=tuple(_kebab(name) for name in names),
                 parse=_parserFor(hint),
                 help=_HELP.get(path, "") + (f" [default: {default}]" if default else ""),
+        if "toml" in field.metadata:
+            continue
             )
         )
     return settings
@@ -311,6 +332,14 @@ class Options(usage.Options):
         "also be set in the environment (--ehlo-name is MQTWIST_EHLO_NAME) or in the TOML "
         "file of --config (ehlo-name = \"...\"; SMTP timeouts in a [timeouts] table). The "
         "command line wins over the environment, which wins over the file, which wins over "
+#: The settings that are TOML arrays of tables: TOML key -> (attribute,
+#: reader of one table).
+TABLE_SETTINGS: dict[str, tuple[str, Callable[[Mapping[str, Any], str], Any]]] = {
+    _kebab(field.name): (field.name, field.metadata["toml"])
+    for field in dataclasses.fields(Config)
+    if "toml" in field.metadata
+}
+
         "the defaults."
     )
     optFlags = [
@@ -413,6 +442,9 @@ def _readTOML(path: str, source: str) -> dict[str, tuple[object, str]]:
 
 def _unknownKey(tomlKey: tuple[str, ...], byKey: Mapping[tuple[str, ...], _Setting]) -> str:
     name = ".".join(tomlKey)
+        if key in TABLE_SETTINGS:
+            given[TABLE_SETTINGS[key][0]] = (_readTables(key, value, path), f"{key} in {path}")
+            continue
     known = [".".join(key) for key in byKey]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "the keys are the long option names"
@@ -426,7 +458,26 @@ def _buildConfig(given: Mapping[str, tuple[object, str]]) -> Config:
     @param given: attribute path -> (raw value, where it came from).
     @raise usage.UsageError: naming the source of a bad value.
     """
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {
+        attribute: given[attribute][0]
+        for attribute, _ in TABLE_SETTINGS.values()
+        if attribute in given
+    }
+def _readTables(key: str, value: object, path: str) -> list[Any]:
+    """
+    Read an array of tables such as C{[[throttles]]}.
+
+    @raise usage.UsageError: naming the table and what is wrong.
+    """
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        raise usage.UsageError(f"{path}: {key!r} must be an array of tables, [[{key}]]")
+    readTable = TABLE_SETTINGS[key][1]
+    try:
+        return [readTable(table, f"[[{key}]] number {n} in {path}") for n, table in enumerate(value, 1)]
+    except ValueError as e:
+        raise usage.UsageError(str(e))
+
+
     nested: dict[str, dict[str, Any]] = {}
     for setting in SETTINGS:
         if setting.path not in given:

@@ -1,0 +1,433 @@
+"""
+The delivery policy of one process: which destination a message belongs to,
+how many deliveries to it may run at once and how fast, and when it is
+paused, slowed down or marked down.
+
+A I{destination} here is a throttle group and a local address: the domains
+a C{[[throttles]]} rule matches (by domain or by mail exchanger name), or,
+without a rule, every domain with the same mail exchangers (MX rollup), so
+that one mailbox provider gets one set of limits however many domains it
+hosts.  A delivery starts only with a L{Permit} from L{DeliveryPolicy.admit};
+a destination that cannot take it now lets a few messages wait in the
+process (its backlog) and turns the rest away with a L{Deferral}, so the
+caller can park them outside the process and one slow destination never
+holds the messages of the others.
+
+Everything here is per process: N processes sending to one destination
+make N times the limits.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger
+
+from mqtwist.config import BackoffRule, Config, ThrottleRule
+from mqtwist.errors import AttemptFailed
+from mqtwist.routing import Route
+from mqtwist.smtp.pool import Destination
+from mqtwist.timeformat import formatTime
+
+#: the steps whose failure means the destination's servers could not be
+#: talked to (as opposed to refusing one message)
+CONNECTION_STATES = frozenset({"connect", "intro", "ehlo", "helo", "starttls"})
+
+
+def builtinBackoff(greylistDelay: float) -> tuple[BackoffRule, ...]:
+    """
+    The backoff rules that apply after the configured ones.
+    """
+    return (
+        # greylisting: the next attempt is due in minutes, not on the long schedule
+        BackoffRule("retry", greylistDelay, code=r"^45[01]$", text=r"gr[ae]y.?list"),
+        BackoffRule(
+            "reduce",
+            600,
+            code=r"^4",
+            text=r"too many (concurrent |simultaneous )?(connections|sessions)",
+            connections=1,
+        ),
+        BackoffRule("pause", 300, code=r"^4", status=r"^4\.7\.", text=r"rate|limit|too many|throttl"),
+        BackoffRule("pause", 60, code=r"^421$"),
+    )
+
+
+class Deferral(Exception):
+    """
+    The destination cannot take the message now; park it until C{until}.
+
+    @ivar destination: the destination's name.
+    @ivar reason: why, for logs and result entries.
+    @ivar until: POSIX time from which the destination may take it.
+    """
+
+    def __init__(self, destination: str, reason: str, until: float) -> None:
+        super().__init__(destination, reason, until)
+        self.destination = destination
+        self.reason = reason
+        self.until = until
+
+    def __str__(self) -> str:
+        return f"{self.destination}: {self.reason}, until {formatTime(self.until)}"
+
+
+@dataclass
+class Backoff:
+    """
+    What a reply made of its destination (or of its message).
+
+    @ivar action: C{"pause"}, C{"reduce"}, C{"retry"} or C{"down"}.
+    @ivar until: when it ends.
+    """
+
+    destination: str
+    action: str
+    until: float
+
+    def entryFields(self) -> dict[str, Any]:
+        """The fields it adds to the attempt's result entry."""
+        return {"destination": self.destination, "backoff": self.action, "until": formatTime(self.until)}
+
+
+class TokenBucket:
+    """
+    At most C{perMinute} events a minute, in bursts of at most a second's
+    worth (at least one).
+    """
+
+    def __init__(self, perMinute: int, now: float) -> None:
+        self.rate = perMinute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.tokens = self.capacity
+        self.last = now
+
+    def _refill(self, now: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
+        self.last = now
+
+    def wait(self, now: float) -> float:
+        """Seconds until one event is allowed (0 when it is now)."""
+        self._refill(now)
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+    def take(self, now: float) -> None:
+        self._refill(now)
+        self.tokens -= 1
+
+    def full(self, now: float) -> bool:
+        self._refill(now)
+        return self.tokens >= self.capacity
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits of one destination; 0 per minute means no limit."""
+
+    connections: int
+    messagesPerConnection: int
+    messagesPerMinute: int
+    connectionsPerMinute: int
+
+
+@dataclass
+class _State:
+    """What the process knows of one destination."""
+
+    name: str
+    limits: Limits
+    messages: TokenBucket | None
+    connections: TokenBucket | None
+    active: int = 0
+    waiters: deque[tuple[Deferred[Permit], Destination]] = field(default_factory=deque)
+    timer: IDelayedCall | None = None
+    pausedUntil: float = 0.0
+    pauseReason: str = ""
+    reducedTo: int = 0
+    reducedUntil: float = 0.0
+    failuresInRow: int = 0
+
+    def allowedAtOnce(self, now: float) -> int:
+        if self.reducedUntil > now:
+            return min(self.reducedTo, self.limits.connections)
+        return self.limits.connections
+
+
+@dataclass(frozen=True)
+class Permit:
+    """
+    Leave to make one delivery to C{destination}; give it back with
+    L{DeliveryPolicy.release}.
+    """
+
+    destination: str
+    messagesPerConnection: int
+    _state: _State = field(repr=False, compare=False)
+
+
+class DeliveryPolicy:
+    """
+    Throttles and backoff for the destinations of one process.
+
+    @param idleConnections: how many idle pooled connections a
+        L{Destination} has; a delivery that finds none opens a connection
+        and needs a token of C{connectionsPerMinute}.
+    """
+
+    log = Logger()
+
+    def __init__(self, config: Config, reactor: Any, idleConnections: Callable[[Destination], int]) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.idleConnections = idleConnections
+        self.rules: list[ThrottleRule] = list(config.throttles)
+        self.backoff: list[BackoffRule] = list(config.backoff) + list(builtinBackoff(config.greylistDelay))
+        self._states: dict[str, _State] = {}
+
+    @property
+    def mostConnections(self) -> int:
+        """The highest C{connections} limit of any destination."""
+        return max([self.config.maxConnectionsPerDestination] + [r.connections or 0 for r in self.rules])
+
+    # -- grouping ----------------------------------------------------------
+
+    def destinationOf(self, route: Route) -> tuple[str, ThrottleRule | None]:
+        """
+        The name of C{route}'s destination and the throttle rule that
+        applies to it, if one does.
+        """
+        ip = route.destination.bindAddress or ""
+        suffix = f" from {ip}" if ip else ""
+        for rule in self.rules:
+            if rule.ip is not None and not fnmatchcase(ip, rule.ip):
+                continue
+            if rule.domain is not None and fnmatchcase(route.domain, rule.domain.lower()):
+                return f"domain {rule.domain}{suffix}", rule
+            if rule.mx is not None and any(fnmatchcase(name, rule.mx.lower()) for name in route.exchangers):
+                return f"mx {rule.mx}{suffix}", rule
+        if route.exchangers:
+            return f"mx {','.join(sorted(route.exchangers))}{suffix}", None
+        return f"{route.name}{suffix}", None
+
+    def _stateFor(self, route: Route) -> _State:
+        name, rule = self.destinationOf(route)
+        state = self._states.get(name)
+        if state is None:
+            limits = self._limits(rule)
+            now = self.reactor.seconds()
+            state = _State(
+                name,
+                limits,
+                TokenBucket(limits.messagesPerMinute, now) if limits.messagesPerMinute else None,
+                TokenBucket(limits.connectionsPerMinute, now) if limits.connectionsPerMinute else None,
+            )
+            self._states[name] = state
+        return state
+
+    def _limits(self, rule: ThrottleRule | None) -> Limits:
+        def pick(ruleValue: int | None, default: int) -> int:
+            return default if ruleValue is None else ruleValue
+
+        config = self.config
+        if rule is None:
+            rule = ThrottleRule(domain="*")
+        return Limits(
+            connections=pick(rule.connections, config.maxConnectionsPerDestination),
+            messagesPerConnection=pick(rule.messagesPerConnection, config.maxMessagesPerConnection),
+            messagesPerMinute=pick(rule.messagesPerMinute, config.messagesPerMinute),
+            connectionsPerMinute=pick(rule.connectionsPerMinute, config.connectionsPerMinute),
+        )
+
+    # -- admission -----------------------------------------------------------
+
+    def admit(self, route: Route) -> Deferred[Permit]:
+        """
+        Ask to deliver to C{route}'s destination.
+
+        @return: a Deferred firing with a L{Permit} now, or later when the
+            message waits in the destination's backlog.  It errbacks with a
+            L{Deferral} when the destination is paused or down, or its
+            backlog is full, or it becomes paused while the message waits.
+        """
+        state = self._stateFor(route)
+        now = self.reactor.seconds()
+        if state.pausedUntil > now:
+            return fail(Deferral(state.name, state.pauseReason, state.pausedUntil))
+        if not state.waiters and self._wait(state, route.destination, now) == 0:
+            return succeed(self._start(state, route.destination, now))
+        if len(state.waiters) >= self.config.destinationBacklog:
+            reason = (
+                f"busy: {state.active} deliveries in progress and {len(state.waiters)} waiting "
+                f"(limits {state.allowedAtOnce(now)} at once, "
+                f"{state.limits.messagesPerMinute or 'any'} a minute)"
+            )
+            return fail(Deferral(state.name, reason, now + self.config.parkDelay))
+        waiter: Deferred[Permit] = Deferred(lambda d: self._forget(state, d))
+        state.waiters.append((waiter, route.destination))
+        self._serve(state)
+        return waiter
+
+    def release(self, permit: Permit) -> None:
+        """
+        Give back a L{Permit} after its delivery ended.
+        """
+        state = permit._state
+        state.active -= 1
+        self._serve(state)
+        self._dropIfForgettable(state)
+
+    def _wait(self, state: _State, destination: Destination, now: float) -> float:
+        """
+        Seconds until a delivery to C{destination} may start: 0 for now,
+        C{inf} when it waits for a running one to end.
+        """
+        if state.active >= state.allowedAtOnce(now):
+            return float("inf")
+        wait = state.messages.wait(now) if state.messages is not None else 0.0
+        if state.connections is not None and not self.idleConnections(destination):
+            wait = max(wait, state.connections.wait(now))
+        return wait
+
+    def _start(self, state: _State, destination: Destination, now: float) -> Permit:
+        state.active += 1
+        if state.messages is not None:
+            state.messages.take(now)
+        if state.connections is not None and not self.idleConnections(destination):
+            state.connections.take(now)
+        return Permit(state.name, state.limits.messagesPerConnection, state)
+
+    def _serve(self, state: _State) -> None:
+        """Start waiting deliveries while the limits allow."""
+        if state.timer is not None and state.timer.active():
+            state.timer.cancel()
+        state.timer = None
+        while state.waiters:
+            now = self.reactor.seconds()
+            waiter, destination = state.waiters[0]
+            wait = self._wait(state, destination, now)
+            if wait == float("inf"):
+                return
+            if wait > 0:
+                state.timer = self.reactor.callLater(wait, self._serve, state)
+                return
+            state.waiters.popleft()
+            waiter.callback(self._start(state, destination, now))
+
+    def _forget(self, state: _State, waiter: Deferred[Permit]) -> None:
+        state.waiters = deque(entry for entry in state.waiters if entry[0] is not waiter)
+
+    def _turnAwayWaiters(self, state: _State, until: float) -> None:
+        waiters, state.waiters = state.waiters, deque()
+        for waiter, _ in waiters:
+            waiter.errback(Deferral(state.name, state.pauseReason, until))
+
+    def _dropIfForgettable(self, state: _State) -> None:
+        # keeps the table from growing with every destination ever seen
+        now = self.reactor.seconds()
+        if (
+            state.active == 0
+            and not state.waiters
+            and state.pausedUntil <= now
+            and state.reducedUntil <= now
+            and state.failuresInRow == 0
+            and all(bucket is None or bucket.full(now) for bucket in (state.messages, state.connections))
+            and self._states.get(state.name) is state
+        ):
+            del self._states[state.name]
+
+    # -- what happened ---------------------------------------------------------
+
+    def succeeded(self, permit: Permit) -> None:
+        """
+        The delivery of C{permit} reached the server (whatever the server
+        said of the message, the destination is up).
+        """
+        permit._state.failuresInRow = 0
+
+    def failed(self, permit: Permit, failure: AttemptFailed) -> Backoff | None:
+        """
+        The delivery of C{permit} failed with C{failure}: count connection
+        failures, apply the first backoff rule that matches the reply.
+
+        @return: the L{Backoff} it caused, if any; a C{"retry"} one says
+            when this message is due again.
+        """
+        state = permit._state
+        now = self.reactor.seconds()
+        if failure.state in CONNECTION_STATES and failure.code is None:
+            state.failuresInRow += 1
+            if state.failuresInRow >= self.config.downAfterFailures:
+                state.failuresInRow = 0
+                reason = (
+                    f"down: {self.config.downAfterFailures} connections in a row failed, "
+                    f"the last with {failure.state}/{failure.result}"
+                )
+                return self._pause(state, "down", reason, now + self.config.downTime)
+        elif failure.state not in ("dns", "bind"):
+            state.failuresInRow = 0
+        if failure.code is None:
+            return None
+        rule = self._matchingRule(failure)
+        if rule is None:
+            return None
+        until = now + rule.seconds
+        description = f"{failure.code} {failure.description}"
+        if rule.action == "pause":
+            return self._pause(state, "pause", f"paused after the reply {description}", until)
+        if rule.action == "reduce":
+            state.reducedTo = rule.connections
+            state.reducedUntil = until
+            self.log.info(
+                "destination {destination} limited to {connections} connections until {until} "
+                "after the reply {reply}",
+                destination=state.name,
+                connections=rule.connections,
+                until=formatTime(until),
+                reply=description,
+            )
+            return Backoff(state.name, "reduce", until)
+        return Backoff(state.name, "retry", until)
+
+    def _pause(self, state: _State, action: str, reason: str, until: float) -> Backoff:
+        if until > state.pausedUntil:
+            state.pausedUntil = until
+            state.pauseReason = reason
+            self.log.warn(
+                "destination {destination} {action} until {until}: {reason}",
+                destination=state.name,
+                action="paused" if action == "pause" else "marked down",
+                until=formatTime(until),
+                reason=reason,
+            )
+        self._turnAwayWaiters(state, state.pausedUntil)
+        return Backoff(state.name, action, state.pausedUntil)
+
+    def _matchingRule(self, failure: AttemptFailed) -> BackoffRule | None:
+        for rule in self.backoff:
+            if rule.code is not None and not re.search(rule.code, str(failure.code)):
+                continue
+            if rule.status is not None and not re.search(rule.status, failure.status or ""):
+                continue
+            if rule.text is not None and not re.search(rule.text, failure.description, re.IGNORECASE):
+                continue
+            return rule
+        return None
+
+    def close(self) -> None:
+        """
+        Stop: turn away the messages that wait, cancel timers.
+        """
+        now = self.reactor.seconds()
+        for state in list(self._states.values()):
+            if state.timer is not None and state.timer.active():
+                state.timer.cancel()
+            waiters, state.waiters = state.waiters, deque()
+            for waiter, _ in waiters:
+                waiter.errback(Deferral(state.name, "the service is stopping", now))

@@ -1,0 +1,327 @@
+"""
+A small internet on loopback for routing and delivery-policy tests: a real
+DNS server (C{twisted.names}) answering from records the test sets, and
+mail hosts on loopback addresses (127.0.0.2, 127.0.0.3, ... all reach this
+machine on Linux) that share one port, as MX hosts share port 25.
+
+Fixtures:
+
+  - C{dnsServer}: a L{TestDNS} listening on UDP and TCP of 127.0.0.1; give
+    C{dnsServer.nameserver} to L{mqtwist.config.Config.nameservers} and set
+    records with C{dnsServer.mx(...)}, C{dnsServer.address(...)},
+    C{dnsServer.fail(...)}.
+  - C{mailHosts}: a L{MailHosts} whose C{port} is free on the loopback
+    addresses; C{mailHosts.sink(address)} starts the aiosmtpd test server
+    (L{fixtures_smtp}) there, C{mailHosts.scripted(address, greet=...)} an
+    in-process L{ScriptedSMTPServer} whose greeting the test decides (never,
+    421 on some connections) and which records when things happened.
+    Everything is stopped after the test.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import pytest_twisted
+from fixtures_smtp import DEFAULT_TIMEOUT, SERVER_PROGRAM, SMTPServer
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.protocol import Factory
+from twisted.names import dns, server
+from twisted.names.common import ResolverBase
+from twisted.names.error import DomainError
+from twisted.protocols.basic import LineReceiver
+
+__all__ = ["dnsServer", "mailHosts", "TestDNS", "MailHosts", "ScriptedSMTPServer"]
+
+
+class TestDNS(ResolverBase):
+    """
+    The records a test sets, served by a real DNS server.
+
+    A name with no records at all does not exist (NXDOMAIN); a name with
+    records of other types answers with no data.
+
+    @ivar queries: (name, type) of every query, in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: dict[str, list[dns.RRHeader]] = {}
+        self.failures: dict[str, str] = {}
+        self.queries: list[tuple[str, int]] = []
+        self.nameserver = ""
+        self._ports: list[Any] = []
+
+    def mx(self, domain: str, *exchangers: tuple[int, str], ttl: int = 300) -> None:
+        """
+        Give C{domain} MX records: (preference, host name); a host name of
+        C{"."} makes a null MX.
+        """
+        for preference, name in exchangers:
+            payload = dns.Record_MX(preference, b"" if name == "." else name.encode(), ttl=ttl)
+            self._add(domain, dns.MX, payload, ttl)
+
+    def address(self, name: str, *addresses: str, ttl: int = 300) -> None:
+        """
+        Give C{name} A (IPv4) or AAAA (IPv6) records.
+        """
+        for address in addresses:
+            if ":" in address:
+                self._add(name, dns.AAAA, dns.Record_AAAA(address, ttl=ttl), ttl)
+            else:
+                self._add(name, dns.A, dns.Record_A(address, ttl=ttl), ttl)
+
+    def fail(self, name: str, how: str) -> None:
+        """
+        Make every query for C{name} fail: C{"servfail"}, C{"nxdomain"} or
+        C{"timeout"} (never answered).
+        """
+        assert how in ("servfail", "nxdomain", "timeout")
+        self.failures[name.lower()] = how
+
+    def _add(self, name: str, kind: int, payload: Any, ttl: int) -> None:
+        self.records.setdefault(name.lower(), []).append(
+            dns.RRHeader(name.encode(), kind, dns.IN, ttl, payload, auth=True)
+        )
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
+        key = name.decode().lower()
+        self.queries.append((key, type))
+        how = self.failures.get(key)
+        if how == "timeout":
+            return Deferred()
+        if how == "servfail":
+            return Deferred.fromCoroutine(_raise(RuntimeError(f"scripted SERVFAIL for {key}")))
+        if how == "nxdomain" or key not in self.records:
+            return Deferred.fromCoroutine(_raise(DomainError(key)))
+        answers = [record for record in self.records[key] if record.type == type]
+        return succeed((answers, [], []))
+
+    def listen(self) -> None:
+        factory = server.DNSServerFactory(clients=[self])
+        factory.noisy = False
+        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        port = udp.getHost().port
+        self._ports = [udp, reactor.listenTCP(port, factory, interface="127.0.0.1")]
+        self.nameserver = f"127.0.0.1:{port}"
+
+    def stop(self) -> Deferred[Any]:
+        return Deferred.fromCoroutine(_stopAll(self._ports))
+
+
+async def _raise(error: Exception) -> Any:
+    raise error
+
+
+async def _stopAll(ports: list[Any]) -> None:
+    for port in ports:
+        await port.stopListening()
+
+
+@pytest.fixture
+def dnsServer():
+    """A L{TestDNS} serving on 127.0.0.1, stopped after the test."""
+    zone = TestDNS()
+    zone.listen()
+    yield zone
+    pytest_twisted.blockon(zone.stop())
+
+
+@dataclass
+class ScriptedConnection:
+    number: int
+    opened: float
+    closed: float | None = None
+    greeted: str | None = None
+    #: times the messages of this connection were accepted
+    messages: list[float] = field(default_factory=list)
+
+
+class _ScriptedSMTP(LineReceiver):
+    """
+    A plain SMTP server (no PIPELINING) that greets as its server says and
+    accepts every message.
+    """
+
+    delimiter = b"\r\n"
+    MAX_LENGTH = 1 << 20
+
+    def connectionMade(self) -> None:
+        self.server: ScriptedSMTPServer = self.factory.server  # type: ignore[attr-defined]
+        self.record = self.server.opened(self)
+        self.inData = False
+        greeting = self.server.greet(self.record.number)
+        self.record.greeted = greeting
+        if greeting is None:
+            return
+        self.sendLine(greeting.encode())
+        if not greeting.startswith("2"):
+            self.transport.loseConnection()
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.server.closed(self)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self.inData:
+            if line == b".":
+                self.inData = False
+                self.record.messages.append(reactor.seconds())
+                self.server.messageReceived()
+                self.sendLine(b"250 2.0.0 queued")
+            return
+        verb = line[:4].upper()
+        if verb == b"DATA":
+            self.inData = True
+            self.sendLine(b"354 go ahead")
+        elif verb == b"QUIT":
+            self.sendLine(b"221 2.0.0 bye")
+            self.transport.loseConnection()
+        elif verb in (b"EHLO", b"HELO"):
+            self.sendLine(b"250 " + self.server.hostname.encode())
+        else:
+            self.sendLine(b"250 2.0.0 ok")
+
+
+class ScriptedSMTPServer:
+    """
+    An in-process SMTP server on one loopback address.
+
+    @param greet: the greeting line for connection number C{n} (from 1),
+        or C{None} to never greet.
+    @ivar connections: every connection, by number.
+    @ivar mostAtOnce: the most connections that were open at the same time.
+    """
+
+    def __init__(self, greet: Callable[[int], str | None], hostname: str) -> None:
+        self.greet = greet
+        self.hostname = hostname
+        self.connections: dict[int, ScriptedConnection] = {}
+        self.open: set[_ScriptedSMTP] = set()
+        self.mostAtOnce = 0
+        self.port: Any = None
+        self._waits: list[tuple[Callable[[], bool], Deferred[None]]] = []
+
+    @property
+    def messageTimes(self) -> list[float]:
+        return sorted(t for c in self.connections.values() for t in c.messages)
+
+    def opened(self, protocol: _ScriptedSMTP) -> ScriptedConnection:
+        self.open.add(protocol)
+        self.mostAtOnce = max(self.mostAtOnce, len(self.open))
+        number = len(self.connections) + 1
+        self.connections[number] = ScriptedConnection(number, reactor.seconds())
+        self._check()
+        return self.connections[number]
+
+    def closed(self, protocol: _ScriptedSMTP) -> None:
+        self.open.discard(protocol)
+        protocol.record.closed = reactor.seconds()
+        self._check()
+
+    def messageReceived(self) -> None:
+        self._check()
+
+    def waitUntil(self, predicate: Callable[[], bool], what: str, timeout: float = DEFAULT_TIMEOUT) -> Deferred[None]:
+        """
+        @return: a Deferred firing once C{predicate()} is true; it fails
+            naming C{what} after C{timeout} seconds.
+        """
+        if predicate():
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        entry = (predicate, waiter)
+        self._waits.append(entry)
+
+        def timedOut() -> None:
+            if entry in self._waits:
+                self._waits.remove(entry)
+                waiter.errback(AssertionError(
+                    f"scripted SMTP server {self.hostname}: still waiting after {timeout:g}s for {what}; "
+                    f"{len(self.messageTimes)} messages, {len(self.connections)} connections"
+                ))
+
+        timer = reactor.callLater(timeout, timedOut)
+        return waiter.addBoth(lambda result: (timer.active() and timer.cancel(), result)[1])
+
+    def _check(self) -> None:
+        for entry in list(self._waits):
+            if entry[0]():
+                self._waits.remove(entry)
+                entry[1].callback(None)
+
+    async def stop(self) -> None:
+        await self.port.stopListening()
+        for protocol in list(self.open):
+            protocol.transport.abortConnection()
+
+
+class MailHosts:
+    """
+    Mail servers on loopback addresses, all on one port.
+    """
+
+    def __init__(self) -> None:
+        self.port = _portFreeOn("127.0.0.2", "127.0.0.3", "127.0.0.4", "127.0.0.5")
+        self.servers: list[Any] = []
+
+    def sink(self, address: str, hostname: str = "mx.sink.test") -> Deferred[SMTPServer]:
+        """
+        Start the aiosmtpd test server of L{fixtures_smtp} on C{address}.
+
+        @return: a Deferred firing with its L{SMTPServer} once it listens.
+        """
+        sink = SMTPServer()
+        sink.host = address
+        arguments = [sys.executable, SERVER_PROGRAM, "--host", address, "--port", str(self.port)]
+        arguments += ["--hostname", hostname]
+        reactor.spawnProcess(sink, sys.executable, arguments, env=os.environ, childFDs={0: "w", 1: "r", 2: "r"})
+        self.servers.append(sink)
+        return sink._listening
+
+    def scripted(
+        self, address: str, greet: Callable[[int], str | None], hostname: str = "mx.scripted.test"
+    ) -> ScriptedSMTPServer:
+        """
+        Start a L{ScriptedSMTPServer} on C{address}.
+        """
+        scripted = ScriptedSMTPServer(greet, hostname)
+        factory = Factory.forProtocol(_ScriptedSMTP)
+        factory.server = scripted  # type: ignore[attr-defined]
+        factory.noisy = False
+        scripted.port = reactor.listenTCP(self.port, factory, interface=address)
+        self.servers.append(scripted)
+        return scripted
+
+    async def stop(self) -> None:
+        for each in self.servers:
+            await each.stop()
+
+
+def _portFreeOn(*addresses: str) -> int:
+    for _ in range(20):
+        with socket.socket() as probe:
+            probe.bind((addresses[0], 0))
+            port: int = probe.getsockname()[1]
+        try:
+            for address in addresses[1:]:
+                with socket.socket() as other:
+                    other.bind((address, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError(f"no TCP port free on all of {addresses}")
+
+
+@pytest.fixture
+def mailHosts():
+    """A L{MailHosts}; its servers are stopped after the test."""
+    hosts = MailHosts()
+    yield hosts
+    pytest_twisted.blockon(Deferred.fromCoroutine(hosts.stop()))
