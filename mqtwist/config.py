@@ -36,6 +36,10 @@ class SMTPTimeouts:
     message: float = 600.0
     rset: float = 60.0
     quit: float = 10.0
+    #: for the reply to STARTTLS and then the TLS handshake
+    starttls: float = 120.0
+    #: for each reply of the AUTH exchange
+    auth: float = 120.0
 
 
 def _tableValue(table: Mapping[str, Any], key: str, kind: type, what: str, where: str) -> Any:
@@ -216,6 +220,24 @@ class Config:
     concurrency: int = 100
     #: the name this host gives in EHLO/HELO
     ehloName: str = field(default_factory=socket.getfqdn)
+
+    #: TLS policy of messages without C{security}: C{optional},
+    #: C{opportunistic}, C{required} or C{verified}
+    security: str = "opportunistic"
+    #: PEM file with the client certificate (and its key, unless C{tlsKey})
+    #: shown to servers that ask for one
+    tlsCertificate: str | None = None
+    #: PEM file with the private key of C{tlsCertificate}
+    tlsKey: str | None = None
+    #: PEM file of the CA certificates that C{verified} trusts; C{None}: the
+    #: system's
+    tlsCaFile: str | None = None
+    #: AUTH user name for the configured C{smarthost}
+    smarthostUsername: str | None = None
+    #: AUTH password for the configured C{smarthost}
+    smarthostPassword: str | None = field(default=None, repr=False)
+    #: host names (or C{*}) to which AUTH may be sent without TLS
+    authCleartextHosts: list[str] = field(default_factory=list)
 
     #: SMTP connections open at once to one destination
     maxConnectionsPerDestination: int = 10

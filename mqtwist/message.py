@@ -25,6 +25,12 @@ QUEUE_KINDS = ("results", "success", "failure", "retry")
 #: the TLS policies of the C{security} property
 SECURITY_POLICIES = ("optional", "opportunistic", "required", "verified")
 
+#: the values of C{dsn.notify} (RFC 3461 section 4.1)
+DSN_NOTIFY = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
+
+#: the values of C{dsn.ret} (RFC 3461 section 4.3)
+DSN_RET = ("FULL", "HDRS")
+
 #: properties whose behaviour this version does not implement yet; a message
 #: that uses one is refused rather than sent without what it asked for
 _NOT_YET_SUPPORTED = {
@@ -160,6 +166,77 @@ class Smarthost:
 
 
 @dataclass
+class DSN:
+    """
+    The delivery status notification parameters of RFC 3461, sent when the
+    server announces DSN.
+
+    @ivar notify: C{["NEVER"]} or some of C{SUCCESS}, C{FAILURE}, C{DELAY}.
+    @ivar ret: C{FULL} or C{HDRS}.
+    @ivar orcpt: the original recipient, as C{type;address} (C{rfc822;} when
+        the message gave no type).
+    @ivar envid: the sender's id of the message.
+    """
+
+    notify: list[str] | None = None
+    ret: str | None = None
+    orcpt: str | None = None
+    envid: str | None = None
+
+    @classmethod
+    def fromJSON(cls, value: Any) -> "DSN":
+        """
+        Read the C{dsn} property.
+
+        @raise InvalidMessage: when it is not C{{notify?, ret?, orcpt?,
+            envid?}} with values RFC 3461 allows.
+        """
+        if not isinstance(value, dict):
+            raise InvalidMessage("property 'dsn' must be an object {notify, ret, orcpt, envid}")
+        unknown = sorted(set(value) - {"notify", "ret", "orcpt", "envid"})
+        if unknown:
+            raise InvalidMessage(
+                f"property 'dsn' has unknown key {unknown[0]!r}; use notify, ret, orcpt, envid"
+            )
+        dsn = cls()
+        notify = value.get("notify")
+        if notify is not None:
+            if isinstance(notify, str):
+                notify = notify.split(",")
+            if not isinstance(notify, list) or not all(isinstance(n, str) for n in notify):
+                raise InvalidMessage(
+                    "property 'dsn.notify' must be a list or comma-separated string of "
+                    + ", ".join(DSN_NOTIFY)
+                )
+            dsn.notify = [n.strip().upper() for n in notify if n.strip()]
+            if not dsn.notify or not set(dsn.notify) <= set(DSN_NOTIFY) or (
+                "NEVER" in dsn.notify and len(dsn.notify) > 1
+            ):
+                raise InvalidMessage(
+                    f"property 'dsn.notify' is {notify!r}; give NEVER alone, or some of "
+                    f"SUCCESS, FAILURE, DELAY"
+                )
+        ret = value.get("ret")
+        if ret is not None:
+            if not isinstance(ret, str) or ret.upper() not in DSN_RET:
+                raise InvalidMessage(f"property 'dsn.ret' is {ret!r}; give FULL or HDRS")
+            dsn.ret = ret.upper()
+        for key in ("orcpt", "envid"):
+            item = value.get(key)
+            if item is None:
+                continue
+            if not isinstance(item, str) or not item:
+                raise InvalidMessage(f"property 'dsn.{key}' must be a non-empty string")
+            checkHeaderValue(f"dsn.{key}", item)
+            setattr(dsn, key, item)
+        if dsn.orcpt is not None and ";" not in dsn.orcpt:
+            dsn.orcpt = "rfc822;" + dsn.orcpt
+        if dsn.envid is not None and len(dsn.envid) > 100:
+            raise InvalidMessage("property 'dsn.envid' is longer than 100 characters (RFC 3461)")
+        return dsn
+
+
+@dataclass
 class Message:
     """
     One delivery job from the outbox.
@@ -179,6 +256,7 @@ class Message:
     ips: list[str] = field(default_factory=list)
     smarthost: Smarthost | None = None
     security: str | None = None
+    dsn: DSN | None = None
     priority: int | None = None
     tags: list[str] = field(default_factory=list)
     retries: list[int] | None = None
@@ -303,6 +381,8 @@ class Message:
                     f"{', '.join(SECURITY_POLICIES)}"
                 )
             message.security = security
+        if obj.get("dsn") is not None:
+            message.dsn = DSN.fromJSON(obj["dsn"])
         if obj.get("priority") is not None:
             message.priority = _expect(obj, "priority", (int,), "an integer 0-255")
             if not 0 <= message.priority <= 255:

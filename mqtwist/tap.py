@@ -63,6 +63,19 @@ _HELP: dict[str, str] = {
     "prefetch": "outbox messages handed to this process before it acknowledges any",
     "concurrency": "deliveries in progress at once",
     "ehloName": "the name this host gives in EHLO/HELO",
+    "security": "TLS policy of messages without 'security': optional (TLS when offered), "
+    "opportunistic (TLS when offered, in clear if the handshake fails), required (TLS "
+    "or no delivery) or verified (TLS with a certificate valid for the MX host name)",
+    "tlsCertificate": "PEM file with the client certificate (and key, unless "
+    "--tls-key) shown to servers that ask for one",
+    "tlsKey": "PEM file with the private key of --tls-certificate",
+    "tlsCaFile": "PEM file of the CA certificates trusted by the 'verified' policy "
+    "(not given: the system's)",
+    "smarthostUsername": "AUTH user name for --smarthost",
+    "smarthostPassword": "AUTH password for --smarthost (prefer the environment or "
+    "the TOML file to the command line)",
+    "authCleartextHosts": "comma-separated host names (or *) to which AUTH may be "
+    "sent on a connection without TLS",
     "maxConnectionsPerDestination": "SMTP connections open at once to one destination",
     "maxMessagesPerConnection": "messages one SMTP connection carries before it is closed",
     "idleTimeout": "seconds an unused SMTP connection stays open for the next message",
@@ -75,6 +88,9 @@ _HELP: dict[str, str] = {
     "timeouts.message": "seconds to wait for the reply after the message body",
     "timeouts.rset": "seconds to wait for the reply to RSET",
     "timeouts.quit": "seconds to wait for the reply to QUIT",
+    "timeouts.starttls": "seconds to wait for the reply to STARTTLS, and then for the "
+    "TLS handshake",
+    "timeouts.auth": "seconds to wait for each reply of the AUTH exchange",
     "retries": "comma-separated seconds between attempts for messages without "
     "'retries'; the last one repeats",
     "maxDeliverTime": "seconds after the first attempt when a message without "
@@ -84,19 +100,6 @@ _HELP: dict[str, str] = {
     "shutdownTimeout": "seconds that stopping waits for deliveries in flight",
     "reconnectMaxDelay": "the longest wait, in seconds, between reconnection attempts to "
     "RabbitMQ",
-}
-
-#: Defaults that are not a fixed value, described instead of computed (a
-#: host name lookup has no place in C{--help}).
-_DEFAULT_TEXT: dict[str, str] = {"ehloName": "this host's fully qualified name"}
-
-
-def _parseStr(value: object) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a string; give text")
-    return value.strip()
-
-
     "dnsTimeout": "seconds a DNS query may take, retransmissions included",
     "dnsMinCacheTime": "seconds an MX lookup stays cached at least, whatever its TTL",
     "mxAddressesPerAttempt": "addresses of a domain's mail exchangers tried within one "
@@ -112,6 +115,19 @@ def _parseStr(value: object) -> str:
     "downAfterFailures": "failed connections in a row after which a destination is "
     "marked down",
     "downTime": "seconds a destination stays marked down",
+}
+
+#: Defaults that are not a fixed value, described instead of computed (a
+#: host name lookup has no place in C{--help}).
+_DEFAULT_TEXT: dict[str, str] = {"ehloName": "this host's fully qualified name"}
+
+
+def _parseStr(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a string; give text")
+    return value.strip()
+
+
 def _parseInt(value: object) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
         value = int(value)
@@ -290,6 +306,8 @@ def _settingsOf(cls: type, prefix: tuple[str, ...] = ()) -> list[_Setting]:
     settings = []
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
+        if "toml" in field.metadata:
+            continue
         names = prefix + (field.name,)
         hint = hints[field.name]
         if isinstance(hint, type) and dataclasses.is_dataclass(hint):
@@ -306,8 +324,6 @@ def _settingsOf(cls: type, prefix: tuple[str, ...] = ()) -> list[_Setting]:
                 tomlKey=tuple(_kebab(name) for name in names),
                 parse=_parserFor(hint),
                 help=_HELP.get(path, "") + (f" [default: {default}]" if default else ""),
-        if "toml" in field.metadata:
-            continue
             )
         )
     return settings
@@ -315,6 +331,15 @@ def _settingsOf(cls: type, prefix: tuple[str, ...] = ()) -> list[_Setting]:
 
 #: Every setting of L{Config}, in the order of its attributes.
 SETTINGS: list[_Setting] = _settingsOf(Config)
+
+
+#: The settings that are TOML arrays of tables: TOML key -> (attribute,
+#: reader of one table).
+TABLE_SETTINGS: dict[str, tuple[str, Callable[[Mapping[str, Any], str], Any]]] = {
+    _kebab(field.name): (field.name, field.metadata["toml"])
+    for field in dataclasses.fields(Config)
+    if "toml" in field.metadata
+}
 
 
 class Options(usage.Options):
@@ -332,14 +357,6 @@ class Options(usage.Options):
         "also be set in the environment (--ehlo-name is MQTWIST_EHLO_NAME) or in the TOML "
         "file of --config (ehlo-name = \"...\"; SMTP timeouts in a [timeouts] table). The "
         "command line wins over the environment, which wins over the file, which wins over "
-#: The settings that are TOML arrays of tables: TOML key -> (attribute,
-#: reader of one table).
-TABLE_SETTINGS: dict[str, tuple[str, Callable[[Mapping[str, Any], str], Any]]] = {
-    _kebab(field.name): (field.name, field.metadata["toml"])
-    for field in dataclasses.fields(Config)
-    if "toml" in field.metadata
-}
-
         "the defaults."
     )
     optFlags = [
@@ -425,6 +442,9 @@ def _readTOML(path: str, source: str) -> dict[str, tuple[object, str]]:
     tables = {key[0] for key in byKey if len(key) > 1}
     given = {}
     for key, value in document.items():
+        if key in TABLE_SETTINGS:
+            given[TABLE_SETTINGS[key][0]] = (_readTables(key, value, path), f"{key} in {path}")
+            continue
         entries: list[tuple[tuple[str, ...], object]]
         if key in tables:
             if not isinstance(value, dict):
@@ -442,27 +462,12 @@ def _readTOML(path: str, source: str) -> dict[str, tuple[object, str]]:
 
 def _unknownKey(tomlKey: tuple[str, ...], byKey: Mapping[tuple[str, ...], _Setting]) -> str:
     name = ".".join(tomlKey)
-        if key in TABLE_SETTINGS:
-            given[TABLE_SETTINGS[key][0]] = (_readTables(key, value, path), f"{key} in {path}")
-            continue
     known = [".".join(key) for key in byKey]
     close = difflib.get_close_matches(name, known, n=1)
     hint = f"did you mean {close[0]!r}?" if close else "the keys are the long option names"
     return f"unknown key {name!r}; {hint} (see twistd mqtwist --help)"
 
 
-def _buildConfig(given: Mapping[str, tuple[object, str]]) -> Config:
-    """
-    Make the L{Config} of the given settings, defaults for the others.
-
-    @param given: attribute path -> (raw value, where it came from).
-    @raise usage.UsageError: naming the source of a bad value.
-    """
-    values: dict[str, Any] = {
-        attribute: given[attribute][0]
-        for attribute, _ in TABLE_SETTINGS.values()
-        if attribute in given
-    }
 def _readTables(key: str, value: object, path: str) -> list[Any]:
     """
     Read an array of tables such as C{[[throttles]]}.
@@ -478,6 +483,18 @@ def _readTables(key: str, value: object, path: str) -> list[Any]:
         raise usage.UsageError(str(e))
 
 
+def _buildConfig(given: Mapping[str, tuple[object, str]]) -> Config:
+    """
+    Make the L{Config} of the given settings, defaults for the others.
+
+    @param given: attribute path -> (raw value, where it came from).
+    @raise usage.UsageError: naming the source of a bad value.
+    """
+    values: dict[str, Any] = {
+        attribute: given[attribute][0]
+        for attribute, _ in TABLE_SETTINGS.values()
+        if attribute in given
+    }
     nested: dict[str, dict[str, Any]] = {}
     for setting in SETTINGS:
         if setting.path not in given:

@@ -4,29 +4,42 @@ body, reply.
 
 The data plugins run while the envelope's replies are on their way and
 always finish before the first byte of the body is sent
-(C{spec/plugins.md}).
+(C{spec/plugins.md}).  With PIPELINING (RFC 2920), DATA follows as soon as
+the plugins are done, without waiting for the envelope's replies; a failed
+envelope cancels the plugins still running.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.python.failure import Failure
 
 from mqtwist.chain import ConnectionInfo, PluginChain, PluginMessage
 from mqtwist.errors import AttemptFailed
 from mqtwist.message import Message
+from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply
 
 
 class TransactionFailed(AttemptFailed):
     """
-    An L{AttemptFailed} that also says whether the SMTP session was left in
-    the middle of a transaction (and needs RSET before it is used again).
+    An L{AttemptFailed} that also says what state the SMTP session was left
+    in.
+
+    @ivar midTransaction: the session was left in the middle of a
+        transaction, and needs RSET before it carries another message.
+    @ivar untouched: the connection was lost before the server answered any
+        command of this transaction (a connection the server had closed
+        while it was idle): the message may be tried at once on another
+        connection.
+    @ivar facts: the connection's part of the result entry
+        (L{connectionFacts}), when L{sendThroughPool} raised it.
     """
 
-    def __init__(self, failure: AttemptFailed, *, midTransaction: bool) -> None:
+    def __init__(self, failure: AttemptFailed, *, midTransaction: bool, untouched: bool = False) -> None:
         super().__init__(
             failure.state,
             failure.result,
@@ -37,6 +50,8 @@ class TransactionFailed(AttemptFailed):
             plugin=failure.plugin,
         )
         self.midTransaction = midTransaction
+        self.untouched = untouched
+        self.facts: dict[str, Any] = {}
 
 
 def connectionInfo(client: ESMTPClient) -> ConnectionInfo:
@@ -49,7 +64,7 @@ def connectionInfo(client: ESMTPClient) -> ConnectionInfo:
         localAddress=client.localAddress,
         greeting=client.greeting.text if client.greeting else "",
         extensions=dict(client.extensions),
-        tls=False,
+        tls=client.tls is not None,
         store=client.pluginData,
     )
 
@@ -57,17 +72,98 @@ def connectionInfo(client: ESMTPClient) -> ConnectionInfo:
 def connectionFacts(client: ESMTPClient) -> dict[str, Any]:
     """
     The connection's part of a result entry: C{mta}, C{from}, C{to},
-    C{messages} and C{sent} of C{spec/messages.md}.
+    C{messages}, C{sent}, C{dsn}, and C{cipher} and C{certificate} on a TLS
+    connection (C{spec/messages.md}).
     """
     facts: dict[str, Any] = {
         "from": client.localAddress,
         "to": client.remoteAddress,
         "messages": client.messages,
         "sent": {"connection": client.bytesSent, "data": client.bodyBytesSent},
+        "dsn": "DSN" in client.extensions,
     }
     if client.mta:
         facts["mta"] = client.mta
+    if client.tls is not None:
+        facts.update(client.tls.facts())
     return facts
+
+
+def xtext(text: str) -> str:
+    """
+    C{text} encoded as RFC 3461 xtext: C{+}, C{=}, controls, space and
+    non-ASCII (as UTF-8 bytes) become C{+XX}.
+    """
+    return "".join(
+        chr(byte) if 33 <= byte <= 126 and byte not in (43, 61) else f"+{byte:02X}"
+        for byte in text.encode("utf-8")
+    )
+
+
+def envelopeParameters(client: ESMTPClient, message: Message) -> tuple[list[str], list[str]]:
+    """
+    The ESMTP parameters of MAIL FROM and RCPT TO for C{message} on
+    C{client}: SIZE, BODY=8BITMIME, SMTPUTF8 and the DSN parameters, as far
+    as the server announced them.
+
+    @raise AttemptFailed: permanently, when the message needs an extension
+        the server lacks (8-bit body without 8BITMIME, non-ASCII address
+        without SMTPUTF8) or is larger than its SIZE limit.
+    """
+    extensions = client.extensions
+    server = client.mta or client.remoteAddress
+    mailParams: list[str] = []
+    rcptParams: list[str] = []
+    size = len(message.mime)
+    if "SIZE" in extensions:
+        limit = _sizeLimit(extensions["SIZE"])
+        if limit and size > limit:
+            raise AttemptFailed(
+                "mailfrom",
+                "error",
+                f"the message is {size} bytes, more than the {limit} bytes that {server} "
+                f"accepts (SIZE); make it smaller",
+                permanent=True,
+            )
+        mailParams.append(f"SIZE={size}")
+    if not message.mime.isascii():
+        if "8BITMIME" not in extensions:
+            raise AttemptFailed(
+                "mailfrom",
+                "error",
+                f"the message has 8-bit bytes and {server} does not announce 8BITMIME; "
+                f"encode its body as 7-bit (quoted-printable or base64)",
+                permanent=True,
+            )
+        mailParams.append("BODY=8BITMIME")
+    if not (message.envelope.isascii() and message.recipient.isascii()):
+        if "SMTPUTF8" not in extensions:
+            which = "sender" if not message.envelope.isascii() else "recipient"
+            raise AttemptFailed(
+                "mailfrom" if which == "sender" else "rcptto",
+                "error",
+                f"the {which} address has non-ASCII characters and {server} does not "
+                f"announce SMTPUTF8",
+                permanent=True,
+            )
+        mailParams.append("SMTPUTF8")
+    dsn = message.dsn
+    if dsn is not None and "DSN" in extensions:
+        if dsn.ret is not None:
+            mailParams.append(f"RET={dsn.ret}")
+        if dsn.envid is not None:
+            mailParams.append(f"ENVID={xtext(dsn.envid)}")
+        if dsn.notify is not None:
+            rcptParams.append(f"NOTIFY={','.join(dsn.notify)}")
+        if dsn.orcpt is not None:
+            kind, _, address = dsn.orcpt.partition(";")
+            rcptParams.append(f"ORCPT={kind};{xtext(address)}")
+    return mailParams, rcptParams
+
+
+def _sizeLimit(parameter: str) -> int:
+    # RFC 1870: "SIZE" alone or "SIZE 0" means no fixed limit
+    return int(parameter) if parameter.strip().isdigit() else 0
 
 
 def _check(reply: Reply, state: str, expected: int = 2) -> Reply:
@@ -76,29 +172,81 @@ def _check(reply: Reply, state: str, expected: int = 2) -> Reply:
     return reply
 
 
+async def _checkEnvelope(mailReply: Deferred[Reply], rcptReply: Deferred[Reply]) -> None:
+    """
+    Wait for the replies to MAIL FROM and RCPT TO; the first failure is the
+    one reported (a RCPT after a refused MAIL fails only because of it).
+    """
+    try:
+        _check(await mailReply, "mailfrom")
+    except AttemptFailed:
+        rcptReply.addErrback(lambda _: None)
+        raise
+    _check(await rcptReply, "rcptto")
+
+
+def _unlessEnvelopeFails(body: Deferred[bytes], envelope: Deferred[None]) -> Deferred[bytes]:
+    """
+    The body from the plugins, or the envelope's failure as soon as there is
+    one (which cancels the plugins still running).
+    """
+    result: Deferred[bytes] = Deferred()
+
+    def bodyDone(outcome: bytes | Failure) -> None:
+        if result.called:
+            return
+        if isinstance(outcome, Failure):
+            result.errback(outcome)
+        else:
+            result.callback(outcome)
+
+    def envelopeDone(outcome: None | Failure) -> None | Failure:
+        if isinstance(outcome, Failure) and not result.called:
+            result.errback(outcome)
+            body.cancel()
+        # the envelope's outcome is still awaited by sendMessage
+        return outcome
+
+    body.addBoth(bodyDone)
+    envelope.addBoth(envelopeDone)
+    return result
+
+
 async def sendMessage(client: ESMTPClient, message: Message, chain: PluginChain) -> Reply:
     """
     Send C{message} on C{client}, running C{chain} to get the body.
 
     @return: the server's final reply to the body (2xx).
     @raise TransactionFailed: for a negative reply, a failed plugin chain, a
+        message the server cannot take (SIZE, 8BITMIME, SMTPUTF8), a
         time-out or a lost connection; C{midTransaction} tells the caller
         whether RSET is due before the connection carries another message.
     """
-    mailReply = client.mailFrom(message.envelope)
-    rcptReply = client.rcptTo(message.recipient)
+    try:
+        mailParams, rcptParams = envelopeParameters(client, message)
+    except AttemptFailed as failure:
+        raise TransactionFailed(failure, midTransaction=False) from None
+    mailReply = client.mailFrom(message.envelope, mailParams)
+    rcptReply = client.rcptTo(message.recipient, rcptParams)
+    envelope = ensureDeferred(_checkEnvelope(mailReply, rcptReply))
     body = chain.run(
         connectionInfo(client),
         PluginMessage(message.json, message.envelope, message.recipient, message.mime),
     )
+    dataReply: Deferred[Reply] | None = None
     try:
-        _check(await mailReply, "mailfrom")
-        _check(await rcptReply, "rcptto")
-        encodedBody = await body
-        _check(await client.data(), "data", expected=3)
+        encodedBody = await _unlessEnvelopeFails(body, envelope)
+        _checkFinalBody(client, encodedBody, mailParams)
+        if not client.pipelining:
+            await envelope
+        dataReply = client.data()
+        # with PIPELINING the envelope's replies arrive before the one to DATA
+        await envelope
+        _check(await dataReply, "data", expected=3)
     except AttemptFailed as failure:
-        _abandon(body, rcptReply)
-        raise TransactionFailed(failure, midTransaction=True) from None
+        midTransaction = await _abandon(client, body, envelope, dataReply)
+        untouched = failure.state == "mailfrom" and failure.result == "lost"
+        raise TransactionFailed(failure, midTransaction=midTransaction, untouched=untouched) from None
     try:
         return _check(await client.sendBody(encodedBody), "message")
     except AttemptFailed as failure:
@@ -106,12 +254,91 @@ async def sendMessage(client: ESMTPClient, message: Message, chain: PluginChain)
         raise TransactionFailed(failure, midTransaction=False) from None
 
 
-def _abandon(body: Deferred[bytes], rcptReply: Deferred[Reply]) -> None:
+def _checkFinalBody(client: ESMTPClient, body: bytes, mailParams: list[str]) -> None:
+    """
+    Check the body the plugins left against what the server takes.
+
+    @raise AttemptFailed: permanently, for a body over the SIZE limit or with
+        8-bit bytes the server cannot take.
+    """
+    server = client.mta or client.remoteAddress
+    limit = _sizeLimit(client.extensions.get("SIZE", ""))
+    if limit and len(body) > limit:
+        raise AttemptFailed(
+            "data",
+            "error",
+            f"the message is {len(body)} bytes after the data plugins, more than the {limit} "
+            f"bytes that {server} accepts (SIZE); make it smaller",
+            permanent=True,
+        )
+    if "BODY=8BITMIME" not in mailParams and "8BITMIME" not in client.extensions and not body.isascii():
+        raise AttemptFailed(
+            "data",
+            "error",
+            f"the data plugins made the body 8-bit and {server} does not announce 8BITMIME; "
+            f"have them encode it as 7-bit",
+            permanent=True,
+        )
+
+
+async def _abandon(
+    client: ESMTPClient, body: Deferred[bytes], envelope: Deferred[None], dataReply: Deferred[Reply] | None
+) -> bool:
     """
     Stop caring about the rest of a transaction that failed: stop the data
-    plugins, and swallow results that no one waits for any more.  The SMTP
-    command is left to complete: its reply keeps the protocol in step.
+    plugins and swallow results that no one waits for any more.  A DATA
+    already sent (pipelined) that the server accepted despite the failed
+    envelope is ended with the terminating dot alone (RFC 2920 3.1).
+
+    @return: whether the session is still in the transaction (RSET due).
     """
     body.cancel()
-    for deferred in (body, rcptReply):
-        deferred.addErrback(lambda _: None)
+    body.addErrback(lambda failure: failure.trap(CancelledError, AttemptFailed))
+    envelope.addErrback(lambda _: None)
+    if dataReply is None:
+        return True
+    try:
+        reply = await dataReply
+    except AttemptFailed:
+        return True
+    if reply.code != 354:
+        return True
+    try:
+        await client.endEmptyData()
+    except AttemptFailed:
+        return True
+    return False
+
+
+async def sendThroughPool(
+    pool: ConnectionPool, destination: Destination, message: Message, chain: PluginChain
+) -> tuple[ESMTPClient, Reply]:
+    """
+    Take a connection to C{destination} from C{pool}, send C{message} on it
+    and give the connection back (with RSET when the transaction failed in
+    its middle).
+
+    A pooled connection that the server had closed while it was idle fails
+    the next transaction before any reply; the message is then sent again
+    on another connection, since nothing of it reached the server (each
+    such connection is dropped, and a fresh one is not retried, so this
+    ends).
+
+    @return: the connection used and the server's final reply (2xx).
+    @raise AttemptFailed: when no connection could be had.
+    @raise TransactionFailed: when the transaction failed; its C{facts}
+        describe the connection.
+    """
+    while True:
+        client = await pool.acquire(destination)
+        reused = client.transactions > 0
+        try:
+            reply = await sendMessage(client, message, chain)
+        except TransactionFailed as failure:
+            pool.release(client, clean=not failure.midTransaction)
+            if failure.untouched and reused:
+                continue
+            failure.facts = connectionFacts(client)
+            raise
+        pool.release(client)
+        return client, reply

@@ -69,7 +69,7 @@ class FakeConnect:
     def __init__(self) -> None:
         self.attempts: list[tuple[str, int, str | None, Deferred[Any]]] = []
 
-    def __call__(self, reactor, host, port, *, ehloName, timeouts, bindAddress=None) -> Deferred[Any]:
+    def __call__(self, reactor, host, port, *, ehloName, timeouts, bindAddress=None, **policy: Any) -> Deferred[Any]:
         attempt: Deferred[Any] = Deferred()
         self.attempts.append((host, port, bindAddress, attempt))
         return attempt

@@ -1,11 +1,14 @@
 """
 Opening an SMTP connection: TCP connect (optionally from a given local
-address), greeting and EHLO.
+address), greeting and EHLO, STARTTLS as the TLS policy says, and AUTH.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from typing import Any, cast
+
+from OpenSSL import SSL
 
 from twisted.internet import error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -18,6 +21,7 @@ from twisted.logger import Logger
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.protocol import ESMTPClient
+from mqtwist.smtp.tls import OPPORTUNISTIC, VERIFIED, TLSSettings, tlsMandatory
 
 log = Logger()
 
@@ -39,6 +43,16 @@ def hostPort(host: str, port: int) -> str:
     return f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
 
 
+@dataclass(frozen=True)
+class Credentials:
+    """
+    A user name and password for AUTH; the password is never shown.
+    """
+
+    username: str
+    password: str = field(repr=False)
+
+
 def openConnection(
     reactor: Any,
     host: str,
@@ -47,21 +61,49 @@ def openConnection(
     ehloName: str,
     timeouts: SMTPTimeouts,
     bindAddress: str | None = None,
+    security: str | None = None,
+    tls: TLSSettings | None = None,
+    credentials: Credentials | None = None,
+    authCleartext: bool = False,
 ) -> Deferred[ESMTPClient]:
     """
-    Connect to an SMTP server and introduce ourselves.
+    Connect to an SMTP server, introduce ourselves, start TLS as
+    C{security} says and log in with C{credentials}.
 
-    @param host: an IPv4 or IPv6 address, or a host name.
+    @param host: an IPv4 or IPv6 address, or a host name (the name a
+        C{verified} certificate must carry).
     @param bindAddress: the local IP address to connect from, or C{None} for
         the system's choice.
-    @return: a Deferred firing with the L{ESMTPClient} once it is ready (its
-        C{ready} fired).  It errbacks with L{AttemptFailed}: C{connect} /
-        C{error} or C{timeout} when the TCP connection could not be made
-        within C{timeouts.connect} seconds, C{bind} / C{error} when
-        C{bindAddress} is not usable on this host, or the failure of the
-        client's C{ready}.  Cancelling it closes the connection.
+    @param security: the TLS policy (L{mqtwist.smtp.tls.POLICIES}), or
+        C{None} for no STARTTLS at all.
+    @param tls: the client's TLS configuration; C{None} is the default one
+        (system CAs, no client certificate).
+    @param credentials: log in with these after EHLO (and after TLS).
+    @param authCleartext: whether C{credentials} may be sent on a
+        connection without TLS.
+    @return: a Deferred firing with the L{ESMTPClient} once it is ready.  It
+        errbacks with L{AttemptFailed}: C{connect} / C{error} or C{timeout}
+        when the TCP connection could not be made within
+        C{timeouts.connect} seconds, C{bind} / C{error} when C{bindAddress}
+        is not usable on this host, the failure of the client's C{ready},
+        C{starttls} / C{error} or C{timeout} when TLS was needed and could
+        not be had, C{auth} / C{error} when the login failed or would have
+        to go in clear.  Cancelling it closes the connection.
     """
-    return ensureDeferred(_open(reactor, host, port, ehloName, timeouts, bindAddress))
+    return ensureDeferred(
+        _open(
+            reactor,
+            host,
+            port,
+            ehloName,
+            timeouts,
+            bindAddress,
+            security,
+            tls or TLSSettings(),
+            credentials,
+            authCleartext,
+        )
+    )
 
 
 async def _open(
@@ -71,7 +113,121 @@ async def _open(
     ehloName: str,
     timeouts: SMTPTimeouts,
     bindAddress: str | None,
+    security: str | None,
+    tls: TLSSettings,
+    credentials: Credentials | None,
+    authCleartext: bool,
 ) -> ESMTPClient:
+    client = await _introduced(reactor, host, port, ehloName, timeouts, bindAddress)
+    where = hostPort(host, port)
+    try:
+        if security is not None:
+            await _secure(client, host, where, security, tls)
+        if credentials is not None:
+            await _logIn(client, where, credentials, authCleartext)
+    except _InClear:
+        log.info(
+            "TLS handshake with {where} failed; connecting again without TLS (opportunistic policy)",
+            where=where,
+        )
+        return await _open(
+            reactor, host, port, ehloName, timeouts, bindAddress, None, tls, credentials, authCleartext
+        )
+    except BaseException:
+        client.quit()
+        raise
+    return client
+
+
+class _InClear(Exception):
+    """
+    The TLS handshake failed under the opportunistic policy: connect again
+    without TLS.
+    """
+
+
+async def _secure(client: ESMTPClient, host: str, where: str, security: str, tls: TLSSettings) -> None:
+    """
+    Start TLS on C{client} as the policy C{security} says.
+    """
+    if "STARTTLS" not in client.extensions:
+        if tlsMandatory(security):
+            raise AttemptFailed(
+                "starttls",
+                "error",
+                f"{client.mta or where} at {where} does not offer STARTTLS, and the TLS policy "
+                f"is {security!r}; the message waits for a server with TLS (the policy "
+                f"'opportunistic' would send it in clear)",
+            )
+        return
+    try:
+        creator = tls.creatorFor(host)
+    except (SSL.Error, OSError) as failure:
+        raise AttemptFailed(
+            "starttls",
+            "error",
+            f"cannot load the TLS files (tls-certificate {tls.certificate}, tls-key {tls.key}, "
+            f"tls-ca-file {tls.caFile}): {failure}; fix the configuration",
+        ) from None
+    try:
+        await client.startTLS(creator)
+    except AttemptFailed as failure:
+        if failure.state != "starttls" or tlsMandatory(security):
+            raise
+        if failure.code is not None:
+            # STARTTLS refused: the session goes on in clear (RFC 3207 4)
+            log.info(
+                "{where} refused STARTTLS ({code} {description}); going on without TLS",
+                where=where,
+                code=failure.code,
+                description=failure.description,
+            )
+            return
+        if security == OPPORTUNISTIC:
+            raise _InClear() from None
+        raise
+    if security == VERIFIED:
+        assert client.tls is not None
+        problem = client.tls.checkPeer()
+        if problem is not None:
+            raise AttemptFailed(
+                "starttls",
+                "error",
+                f"{where} is not trusted under the TLS policy 'verified': {problem} "
+                f"(tls-ca-file: {tls.caFile or 'the system CAs'})",
+            )
+
+
+async def _logIn(client: ESMTPClient, where: str, credentials: Credentials, authCleartext: bool) -> None:
+    if client.tls is None and not authCleartext:
+        raise AttemptFailed(
+            "auth",
+            "error",
+            f"not sending the AUTH credentials to {where} on a connection without TLS; "
+            f"use a server that offers STARTTLS, or list the host in auth-cleartext-hosts "
+            f"if the network between is trusted",
+        )
+    if "AUTH" not in client.extensions:
+        raise AttemptFailed(
+            "auth",
+            "error",
+            f"{client.mta or where} at {where} does not offer AUTH, so the configured "
+            f"credentials cannot be used; check the smarthost and its port",
+        )
+    await client.authenticate(credentials.username, credentials.password)
+
+
+async def _introduced(
+    reactor: Any,
+    host: str,
+    port: int,
+    ehloName: str,
+    timeouts: SMTPTimeouts,
+    bindAddress: str | None,
+) -> ESMTPClient:
+    """
+    TCP connection, greeting and EHLO.
+    """
     where = hostPort(host, port)
     endpoint = _endpoint(reactor, host, port, timeouts.connect, bindAddress)
     try:

@@ -7,7 +7,7 @@ greeting and EHLO each time.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,24 +18,38 @@ from twisted.python.failure import Failure
 
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
-from mqtwist.smtp.connect import hostPort, openConnection
+from mqtwist.smtp.connect import Credentials, hostPort, openConnection
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply
+from mqtwist.smtp.tls import TLSSettings
 
 
 @dataclass(frozen=True)
 class Destination:
     """
-    Where messages go: the servers to try, in order, and the local address
-    to connect from.  Messages for equal destinations share connections.
+    Where messages go and how: the servers to try, in order, the local
+    address to connect from, the TLS policy and the AUTH credentials.
+    Messages for equal destinations share connections, so connections of
+    different policies or logins are never mixed.
+
+    @ivar security: the TLS policy (L{mqtwist.smtp.tls.POLICIES}), or
+        C{None} for no STARTTLS.
     """
 
     hosts: tuple[tuple[str, int], ...]
     bindAddress: str | None = None
+    security: str | None = None
+    credentials: Credentials | None = None
 
     def __str__(self) -> str:
-        servers = ", ".join(hostPort(host, port) for host, port in self.hosts)
-        return f"{servers} from {self.bindAddress}" if self.bindAddress else servers
+        text = ", ".join(hostPort(host, port) for host, port in self.hosts)
+        if self.bindAddress:
+            text += f" from {self.bindAddress}"
+        if self.security:
+            text += f" (TLS {self.security})"
+        if self.credentials is not None:
+            text += f" as {self.credentials.username}"
+        return text
 
 
 @dataclass
@@ -64,6 +78,11 @@ class ConnectionPool:
     most C{maxMessagesPerConnection} messages and stays open unused for at
     most C{idleTimeout} seconds.
 
+    @param tls: the client's TLS configuration (C{None}: system CAs, no
+        client certificate).
+    @param authCleartextHosts: host names (or C{"*"}) to which AUTH may go
+        on a connection without TLS.
+
     @ivar connectionsOpened: connections opened so far.
     @ivar connectionsReused: acquisitions served by an already open
         connection.
@@ -80,6 +99,8 @@ class ConnectionPool:
         maxConnectionsPerDestination: int,
         maxMessagesPerConnection: int,
         idleTimeout: float,
+        tls: TLSSettings | None = None,
+        authCleartextHosts: Sequence[str] = (),
         connect: Callable[..., Deferred[ESMTPClient]] = openConnection,
     ) -> None:
         self.reactor = reactor
@@ -88,6 +109,8 @@ class ConnectionPool:
         self.maxConnectionsPerDestination = maxConnectionsPerDestination
         self.maxMessagesPerConnection = maxMessagesPerConnection
         self.idleTimeout = idleTimeout
+        self.tls = tls or TLSSettings()
+        self.authCleartextHosts = frozenset(authCleartextHosts)
         self._connect = connect
         self.connectionsOpened = 0
         self.connectionsReused = 0
@@ -226,6 +249,10 @@ class ConnectionPool:
                     ehloName=self.ehloName,
                     timeouts=self.timeouts,
                     bindAddress=destination.bindAddress,
+                    security=destination.security,
+                    tls=self.tls,
+                    credentials=destination.credentials,
+                    authCleartext=bool({"*", host} & self.authCleartextHosts),
                 )
                 return client
             except AttemptFailed as failure:

@@ -11,20 +11,37 @@ successful transaction.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, cast
 
-from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime, ITCPTransport
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.interfaces import (
+    IDelayedCall,
+    IHandshakeListener,
+    IReactorTime,
+    ITCPTransport,
+    ITLSTransport,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.body import encodeBody
 from mqtwist.smtp.reply import MalformedReply, Reply, ReplyParser
+from mqtwist.smtp.tls import ClientTLS
+
+#: SASL mechanisms in the order they are preferred on a TLS connection
+#: (one round trip first); without TLS, CRAM-MD5 (which does not reveal the
+#: password) comes first
+_MECHANISMS_TLS = ("PLAIN", "LOGIN", "CRAM-MD5")
+_MECHANISMS_CLEAR = ("CRAM-MD5", "PLAIN", "LOGIN")
 
 
 class _Command:
@@ -50,6 +67,7 @@ class _Command:
         self.written = data is None
 
 
+@implementer(IHandshakeListener)
 class ESMTPClient(Protocol):
     """
     An ESMTP client connection.
@@ -78,10 +96,14 @@ class ESMTPClient(Protocol):
     @ivar localAddress: the local IP address of the connection.
     @ivar remoteAddress: the server's IP address.
     @ivar messages: how many message bodies this connection has carried.
+    @ivar transactions: how many transactions (MAIL FROM commands) it has
+        started.
     @ivar bytesSent: all bytes written on this connection.
     @ivar bodyBytesSent: bytes of message bodies (as encoded) written.
     @ivar pluginData: a place for data plugins to keep data per connection,
         by plugin name.
+    @ivar tls: the L{ClientTLS} of the connection once STARTTLS succeeded
+        (its C{facts()} describe cipher and certificate), else C{None}.
 
     @cvar maxLineLength: longest reply line accepted, in bytes; a longer one
         is a protocol error (the connection is closed).
@@ -101,9 +123,13 @@ class ESMTPClient(Protocol):
         self.localAddress = ""
         self.remoteAddress = ""
         self.messages = 0
+        self.transactions = 0
         self.bytesSent = 0
         self.bodyBytesSent = 0
         self.pluginData: dict[str, dict[str, Any]] = {}
+        self.tls: ClientTLS | None = None
+        # the TLS handshake in progress: its creator, Deferred and timer
+        self._handshake: tuple[ClientTLS, Deferred[None], IDelayedCall] | None = None
 
         self._queue: deque[_Command] = deque()
         self._parser = ReplyParser()
@@ -169,6 +195,17 @@ class ESMTPClient(Protocol):
                 f"to {command.verb}: {reason.getErrorMessage()}",
             )
         )
+        if self._handshake is not None:
+            _, handshake, timer = self._handshake
+            self._handshake = None
+            timer.cancel()
+            handshake.errback(
+                AttemptFailed(
+                    "starttls",
+                    "error",
+                    f"TLS handshake with {self.remoteAddress} failed: {reason.getErrorMessage()}",
+                )
+            )
         waiters, self._closeWaiters = self._closeWaiters, []
         for waiter in waiters:
             waiter.callback(None)
@@ -255,6 +292,124 @@ class ESMTPClient(Protocol):
             self._tcp.abortConnection()
         return failure
 
+    # -- STARTTLS (RFC 3207) -------------------------------------------------
+
+    def startTLS(self, creator: ClientTLS) -> Deferred[ESMTPClient]:
+        """
+        Send STARTTLS, make the TLS handshake with C{creator} and introduce
+        ourselves again with EHLO (the server forgets the first one, and may
+        announce other extensions over TLS).
+
+        @return: a Deferred firing with this client when the new EHLO
+            succeeded (C{tls} is then set).  It errbacks with
+            L{AttemptFailed}: C{starttls}/C{error} with the server's reply
+            when STARTTLS is refused (the connection is still usable in
+            clear), C{starttls}/C{error} when the handshake fails (the
+            connection is closed), C{starttls}/C{timeout} when the reply or
+            the handshake takes longer than C{timeouts.starttls}, or the
+            failure of EHLO.
+        """
+        return self._issue("starttls", "STARTTLS", "STARTTLS", self.timeouts.starttls).addCallback(
+            self._startTLSReplied, creator
+        )
+
+    def _startTLSReplied(self, reply: Reply, creator: ClientTLS) -> Deferred[ESMTPClient]:
+        if reply.code // 100 != 2:
+            raise reply.failure("starttls")
+        handshake: Deferred[None] = Deferred()
+        timer = self.clock.callLater(self.timeouts.starttls, self._handshakeTimedOut)
+        self._handshake = (creator, handshake, timer)
+        cast(ITLSTransport, self.transport).startTLS(creator)
+        return handshake.addCallback(self._ehloOverTLS)
+
+    def handshakeCompleted(self) -> None:
+        """
+        Called by the TLS layer when the handshake is done.
+        """
+        if self._handshake is None:
+            return
+        creator, handshake, timer = self._handshake
+        self._handshake = None
+        timer.cancel()
+        self.tls = creator
+        handshake.callback(None)
+
+    def _handshakeTimedOut(self) -> None:
+        assert self._handshake is not None
+        _, handshake, _ = self._handshake
+        self._handshake = None
+        self._broken = True
+        self._tcp.abortConnection()
+        handshake.errback(
+            AttemptFailed(
+                "starttls",
+                "timeout",
+                f"no TLS handshake with {self.remoteAddress} within {self.timeouts.starttls:g} seconds",
+            )
+        )
+
+    def _ehloOverTLS(self, _: None) -> Deferred[ESMTPClient]:
+        # RFC 3207 4.2: what the server said before TLS no longer counts
+        self.extensions = {}
+        self.esmtp = False
+        self._introduced = False
+        return self._issue("ehlo", "EHLO", f"EHLO {self.ehloName}", self.timeouts.ehlo).addCallback(
+            self._ehloReplied
+        )
+
+    # -- AUTH (RFC 4954) ---------------------------------------------------
+
+    def authenticate(self, username: str, password: str) -> Deferred[Reply]:
+        """
+        Log in with the first SASL mechanism the server announced of PLAIN,
+        LOGIN and CRAM-MD5 (CRAM-MD5 first on a connection without TLS).
+        The credentials never appear in logs or failure descriptions.
+
+        @return: a Deferred firing with the server's 235 reply; it errbacks
+            with L{AttemptFailed} C{auth}/C{error} when the server offers
+            none of these mechanisms or refuses the credentials, and
+            C{auth}/C{timeout} or C{auth}/C{lost}.
+        """
+        offered = self.extensions.get("AUTH", "").upper().split()
+        preferred = _MECHANISMS_TLS if self.tls is not None else _MECHANISMS_CLEAR
+        for mechanism in preferred:
+            if mechanism in offered:
+                return ensureDeferred(self._authenticate(mechanism, username, password))
+        return fail(
+            AttemptFailed(
+                "auth",
+                "error",
+                f"{self.mta or self.remoteAddress} offers AUTH {' '.join(offered) or '(nothing)'}, "
+                f"none of the mechanisms mqtwist speaks ({', '.join(_MECHANISMS_TLS)})",
+            )
+        )
+
+    async def _authenticate(self, mechanism: str, username: str, password: str) -> Reply:
+        user, secret = username.encode("utf-8"), password.encode("utf-8")
+        if mechanism == "PLAIN":
+            response = _b64(b"\0" + user + b"\0" + secret)
+            reply = await self._authStep(f"AUTH PLAIN {response}", "AUTH PLAIN")
+        elif mechanism == "LOGIN":
+            reply = await self._authStep("AUTH LOGIN", "AUTH LOGIN", expected=334)
+            reply = await self._authStep(_b64(user), "the AUTH LOGIN user name", expected=334)
+            reply = await self._authStep(_b64(secret), "the AUTH LOGIN password")
+        else:
+            reply = await self._authStep("AUTH CRAM-MD5", "AUTH CRAM-MD5", expected=334)
+            challenge = base64.b64decode(reply.lines[0].strip() if reply.lines else "")
+            digest = hmac.new(secret, challenge, hashlib.md5).hexdigest()
+            reply = await self._authStep(_b64(user + b" " + digest.encode("ascii")), "the CRAM-MD5 response")
+        return reply
+
+    async def _authStep(self, line: str, verb: str, expected: int = 235) -> Reply:
+        command = _Command("auth", verb, line.encode("utf-8") + b"\r\n", self.timeouts.auth, f"{verb} <hidden>")
+        reply: Reply = await self._enqueue(command)
+        if reply.code != expected:
+            if reply.code == 334:
+                # a challenge where none belongs: end the exchange (RFC 4954 4)
+                self._issue("auth", "AUTH", "*", self.timeouts.auth).addErrback(lambda _: None)
+            raise reply.failure("auth")
+        return reply
+
     # -- commands ----------------------------------------------------------
 
     def mailFrom(self, sender: str, params: Sequence[str] = ()) -> Deferred[Reply]:
@@ -267,6 +422,7 @@ class ESMTPClient(Protocol):
             C{mailfrom}/C{lost}, or C{mailfrom}/C{invalid} for an address
             or parameter that contains a line break.
         """
+        self.transactions += 1
         return self._issueAddress("mailfrom", "MAIL FROM", sender, params, self.timeouts.mailfrom)
 
     def rcptTo(self, recipient: str, params: Sequence[str] = ()) -> Deferred[Reply]:
@@ -311,6 +467,23 @@ class ESMTPClient(Protocol):
         command = _Command(
             "message", "the message body", encoded, self.timeouts.message, f"<body of {len(encoded)} bytes>"
         )
+        return self._enqueue(command)
+
+    def endEmptyData(self) -> Deferred[Reply]:
+        """
+        After a 354 reply to L{data} for a transaction whose envelope
+        failed, send the terminating dot alone (RFC 2920 section 3.1) so the
+        server ends the transaction without a message.
+
+        @return: a Deferred firing with the server's reply, whatever its
+            code (the transaction is over either way); errbacks with
+            L{AttemptFailed} C{data}/C{timeout} or C{data}/C{lost}.
+        @raise RuntimeError: when the last reply was not a 354 to DATA.
+        """
+        if not self._expectingBody:
+            raise RuntimeError("endEmptyData() needs a 354 reply to data() first")
+        self._expectingBody = False
+        command = _Command("data", "the end of an empty DATA", b".\r\n", self.timeouts.message, "<end of data>")
         return self._enqueue(command)
 
     def rset(self) -> Deferred[Reply]:
@@ -500,3 +673,7 @@ class ESMTPClient(Protocol):
                 f"{self.remoteAddress} within {late.timeout:g} seconds",
             )
         )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
