@@ -20,6 +20,7 @@ from itertools import groupby
 from typing import Any
 
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import TimeoutError as QueryTimeoutError
 from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as DNSTimeoutError
 from twisted.logger import Logger
@@ -31,7 +32,7 @@ from mqtwist.hostport import parseHostPort
 from mqtwist.message import Message
 from mqtwist.smtp.pool import Destination
 
-_SOFT_DNS_ERRORS = (DNSServerError, DNSTimeoutError, DNSLookupError, DomainError)
+_SOFT_DNS_ERRORS = (DNSServerError, DNSTimeoutError, QueryTimeoutError, DNSLookupError, DomainError)
 
 
 @dataclass(frozen=True)
@@ -301,7 +302,7 @@ def _addressText(record: Any) -> str:
 
 
 def _describe(error: Exception) -> str:
-    if isinstance(error, DNSTimeoutError):
+    if isinstance(error, (DNSTimeoutError, QueryTimeoutError)):
         return "time-out"
     if isinstance(error, DNSServerError):
         return "server failure (SERVFAIL)"

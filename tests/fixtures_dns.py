@@ -6,7 +6,7 @@ machine on Linux) that share one port, as MX hosts share port 25.
 
 Fixtures:
 
-  - C{dnsServer}: a L{TestDNS} listening on UDP and TCP of 127.0.0.1; give
+  - C{dnsServer}: a L{LoopbackDNS} listening on UDP and TCP of 127.0.0.1; give
     C{dnsServer.nameserver} to L{mqtwist.config.Config.nameservers} and set
     records with C{dnsServer.mx(...)}, C{dnsServer.address(...)},
     C{dnsServer.fail(...)}.
@@ -38,10 +38,12 @@ from twisted.names.common import ResolverBase
 from twisted.names.error import DomainError
 from twisted.protocols.basic import LineReceiver
 
-__all__ = ["dnsServer", "mailHosts", "TestDNS", "MailHosts", "ScriptedSMTPServer"]
+__all__ = [
+    "dnsServer", "mailHosts", "LoopbackDNS", "MailHosts", "ScriptedSMTPServer", "mxDomain", "mxConfig",
+]
 
 
-class TestDNS(ResolverBase):
+class LoopbackDNS(ResolverBase):
     """
     The records a test sets, served by a real DNS server.
 
@@ -105,7 +107,7 @@ class TestDNS(ResolverBase):
         return succeed((answers, [], []))
 
     def listen(self) -> None:
-        factory = server.DNSServerFactory(clients=[self])
+        factory = _QuietServerFactory(clients=[self])
         factory.noisy = False
         udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
         port = udp.getHost().port
@@ -114,6 +116,16 @@ class TestDNS(ResolverBase):
 
     def stop(self) -> Deferred[Any]:
         return Deferred.fromCoroutine(_stopAll(self._ports))
+
+
+class _QuietServerFactory(server.DNSServerFactory):
+    """Answers SERVFAIL for a scripted failure without logging it as an error."""
+
+    def gotResolverError(self, failure: Any, protocol: Any, message: Any, address: Any) -> None:
+        if failure.check(DomainError):
+            super().gotResolverError(failure, protocol, message, address)
+            return
+        self.sendReply(protocol, self._responseFromMessage(message=message, rCode=dns.ESERVER), address)
 
 
 async def _raise(error: Exception) -> Any:
@@ -127,8 +139,8 @@ async def _stopAll(ports: list[Any]) -> None:
 
 @pytest.fixture
 def dnsServer():
-    """A L{TestDNS} serving on 127.0.0.1, stopped after the test."""
-    zone = TestDNS()
+    """A L{LoopbackDNS} serving on 127.0.0.1, stopped after the test."""
+    zone = LoopbackDNS()
     zone.listen()
     yield zone
     pytest_twisted.blockon(zone.stop())
@@ -142,6 +154,8 @@ class ScriptedConnection:
     greeted: str | None = None
     #: times the messages of this connection were accepted
     messages: list[float] = field(default_factory=list)
+    #: (time, recipient, reply code) of every RCPT TO
+    rcpts: list[tuple[float, str, int]] = field(default_factory=list)
 
 
 class _ScriptedSMTP(LineReceiver):
@@ -185,6 +199,11 @@ class _ScriptedSMTP(LineReceiver):
             self.transport.loseConnection()
         elif verb in (b"EHLO", b"HELO"):
             self.sendLine(b"250 " + self.server.hostname.encode())
+        elif verb == b"RCPT":
+            recipient = line.decode().partition(":")[2].strip().strip("<>")
+            reply = self.server.rcptReply(recipient)
+            self.record.rcpts.append((reactor.seconds(), recipient, int(reply[:3])))
+            self.sendLine(reply.encode())
         else:
             self.sendLine(b"250 2.0.0 ok")
 
@@ -195,12 +214,22 @@ class ScriptedSMTPServer:
 
     @param greet: the greeting line for connection number C{n} (from 1),
         or C{None} to never greet.
+    @param rcpt: the reply to RCPT TO of a recipient, given the recipient
+        and how many times it was sent before; every recipient is accepted
+        when it is not given.
     @ivar connections: every connection, by number.
     @ivar mostAtOnce: the most connections that were open at the same time.
     """
 
-    def __init__(self, greet: Callable[[int], str | None], hostname: str) -> None:
+    def __init__(
+        self,
+        greet: Callable[[int], str | None],
+        hostname: str,
+        rcpt: Callable[[str, int], str] | None = None,
+    ) -> None:
         self.greet = greet
+        self.rcpt = rcpt
+        self._rcptSeen: dict[str, int] = {}
         self.hostname = hostname
         self.connections: dict[int, ScriptedConnection] = {}
         self.open: set[_ScriptedSMTP] = set()
@@ -224,6 +253,15 @@ class ScriptedSMTPServer:
         self.open.discard(protocol)
         protocol.record.closed = reactor.seconds()
         self._check()
+
+    @property
+    def rcptTimes(self) -> list[tuple[float, str, int]]:
+        return sorted(r for c in self.connections.values() for r in c.rcpts)
+
+    def rcptReply(self, recipient: str) -> str:
+        seen = self._rcptSeen.get(recipient, 0)
+        self._rcptSeen[recipient] = seen + 1
+        return self.rcpt(recipient, seen) if self.rcpt is not None else "250 2.1.5 ok"
 
     def messageReceived(self) -> None:
         self._check()
@@ -286,12 +324,16 @@ class MailHosts:
         return sink._listening
 
     def scripted(
-        self, address: str, greet: Callable[[int], str | None], hostname: str = "mx.scripted.test"
+        self,
+        address: str,
+        greet: Callable[[int], str | None] = lambda n: "220 mx.scripted.test ready",
+        hostname: str = "mx.scripted.test",
+        rcpt: Callable[[str, int], str] | None = None,
     ) -> ScriptedSMTPServer:
         """
         Start a L{ScriptedSMTPServer} on C{address}.
         """
-        scripted = ScriptedSMTPServer(greet, hostname)
+        scripted = ScriptedSMTPServer(greet, hostname, rcpt)
         factory = Factory.forProtocol(_ScriptedSMTP)
         factory.server = scripted  # type: ignore[attr-defined]
         factory.noisy = False
@@ -325,3 +367,32 @@ def mailHosts():
     hosts = MailHosts()
     yield hosts
     pytest_twisted.blockon(Deferred.fromCoroutine(hosts.stop()))
+
+
+def mxDomain(dnsServer: LoopbackDNS, domain: str, *addresses: str) -> None:
+    """
+    Give C{domain} one MX, C{mx.<domain>}, at C{addresses}.
+    """
+    dnsServer.mx(domain, (10, f"mx.{domain}"))
+    dnsServer.address(f"mx.{domain}", *addresses)
+
+
+def mxConfig(brokerURL: str, queues: dict[str, str], dnsServer: LoopbackDNS, mailHosts: MailHosts, **settings: Any) -> Any:
+    """
+    A L{mqtwist.config.Config} for MX delivery through C{dnsServer} to
+    C{mailHosts}, with 1 s retries and C{queues} as its queue names.
+    """
+    from mqtwist.config import Config
+
+    config = Config(
+        amqp=brokerURL,
+        nameservers=[dnsServer.nameserver],
+        mxPort=mailHosts.port,
+        ehloName="client.test",
+        delayBuckets=[1],
+        retries=[1],
+        **queues,
+    )
+    for key, value in settings.items():
+        setattr(config, key, value)
+    return config

@@ -1,0 +1,143 @@
+"""
+The delivery policy end to end: a real RabbitMQ outbox, a real DNS server
+and real SMTP servers on loopback addresses (see L{fixtures_dns}).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest_twisted
+from fixtures_dns import *  # noqa: F403 (dnsServer, mailHosts, mxDomain, mxConfig)
+from fixtures_dns import mxConfig, mxDomain
+from test_end_to_end import brokerURL, decoded, publishAll, queues, running  # noqa: F401 (fixture)
+
+from mqtwist.config import BackoffRule, SMTPTimeouts
+from mqtwist.service import MailerService
+
+
+def job(recipient: str, ident: str, **extra: Any) -> bytes:
+    return json.dumps({"id": ident, "recipient": recipient, "envelope": "s@example.org",
+                       "mime": f"Subject: {ident}\r\n\r\nx\r\n", **extra}).encode()
+
+
+async def collectIds(amqp: Any, queue: str, wanted: set[str], until: Any = lambda results: True) -> list[dict]:
+    """
+    Results from C{queue} until every id of C{wanted} was seen and
+    C{until(results)} holds.
+    """
+    results: list[dict] = []
+    while not (wanted <= {r["id"] for r in results} and until(results)):
+        results += decoded(await amqp.collect(queue, 1, timeout=30))
+    return results
+
+
+def kinds(result: dict) -> list[str]:
+    return [f"{e['state']}/{e['result']}" for e in result["results"]]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_destination_that_never_greets_does_not_hold_up_the_others(
+    rabbitmq, amqp, dnsServer, mailHosts, queues
+):
+    fast = await mailHosts.sink("127.0.0.2", hostname="mx.fast.test")
+    silent = mailHosts.scripted("127.0.0.3", greet=lambda n: None)
+    mxDomain(dnsServer, "fast.test", "127.0.0.2")
+    mxDomain(dnsServer, "slow.test", "127.0.0.3")
+    config = mxConfig(
+        brokerURL(rabbitmq), queues, dnsServer, mailHosts,
+        prefetch=10, maxConnectionsPerDestination=2, destinationBacklog=2,
+        downAfterFailures=2, parkDelay=1, timeouts=SMTPTimeouts(greeting=3),
+    )
+    bodies = []
+    for n in range(20):
+        bodies += [job(f"s{n}@slow.test", f"slow-{n}"), job(f"f{n}@fast.test", f"fast-{n}")]
+    slowIds = {f"slow-{n}" for n in range(20)}
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], bodies)
+        await fast.waitForMessages(20)
+        # the fast half is done while the slow connections still wait for a greeting
+        assert silent.open and all(c.greeted is None for c in silent.connections.values())
+        assert len(silent.connections) <= 2
+        notices = await collectIds(
+            amqp, queues["retry"], slowIds,
+            until=lambda rs: any(e.get("reason", "").startswith("down") for r in rs for e in r["results"]),
+        )
+        success = await amqp.collect(queues["success"], 20)
+    assert sorted(json.loads(r.body)["id"] for r in success) == sorted(f"fast-{n}" for n in range(20))
+    assert {r["id"] for r in notices} == slowIds  # every slow message came back as a retry
+    entries = [e for r in notices for e in r["results"]]
+    assert {"intro/timeout", "process/deferred"} <= {f"{e['state']}/{e['result']}" for e in entries}
+    deferred = [e for e in entries if e["result"] == "deferred"]
+    assert all(e["destination"] == "mx mx.slow.test" and e["until"] for e in deferred)
+    assert any(e["reason"].startswith("busy") for e in deferred)
+    # marked down after two failures: only the delivery that took the slot
+    # freed by the first failure connected again
+    assert len(silent.connections) <= 3
+
+
+@pytest_twisted.ensureDeferred
+async def test_421_on_every_other_connection_pauses_the_destination(rabbitmq, amqp, dnsServer, mailHosts, queues):
+    server = mailHosts.scripted(
+        "127.0.0.2", greet=lambda n: "421 4.7.0 try again later" if n % 2 else "220 mx.flaky.test ready"
+    )
+    mxDomain(dnsServer, "flaky.test", "127.0.0.2")
+    config = mxConfig(
+        brokerURL(rabbitmq), queues, dnsServer, mailHosts,
+        maxConnectionsPerDestination=1, maxMessagesPerConnection=2,
+        backoff=[BackoffRule("pause", 1.5, code="^421$")],
+    )
+    ids = {f"flaky-{n}" for n in range(4)}
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], [job(f"r{n}@flaky.test", f"flaky-{n}") for n in range(4)])
+        success = await collectIds(amqp, queues["success"], ids)
+    assert {r["id"] for r in success} == ids and len(server.messageTimes) == 4
+    connections = [server.connections[n] for n in sorted(server.connections)]
+    assert len(connections) >= 3
+    for refused, following in zip(connections, connections[1:]):
+        if refused.greeted.startswith("421"):
+            # nothing was tried during the pause
+            assert following.opened - refused.opened >= 1.5 - 0.05
+    entries = [e for r in success for e in r["results"]]
+    paused = [e for e in entries if e.get("code") == 421]
+    assert paused and all(e["backoff"] == "pause" and e["state"] == "intro" for e in paused)
+    deferred = [e for e in entries if e["result"] == "deferred"]
+    assert deferred and all("421" in e["reason"] for e in deferred)
+
+
+@pytest_twisted.ensureDeferred
+async def test_greylisting_is_retried_after_the_greylist_delay(rabbitmq, amqp, dnsServer, mailHosts, queues):
+    server = mailHosts.scripted(
+        "127.0.0.2",
+        rcpt=lambda recipient, seen: "450 4.2.0 Greylisted, see https://grey.example" if seen == 0 else "250 ok",
+    )
+    mxDomain(dnsServer, "grey.test", "127.0.0.2")
+    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts, retries=[600], greylistDelay=1)
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], [job("r@grey.test", "grey")])
+        (success,) = decoded(await amqp.collect(queues["success"], 1))
+    assert kinds(success) == ["rcptto/error", "message/accepted"]
+    assert success["results"][0]["backoff"] == "retry"
+    (first, _, code), (second, _, _) = server.rcptTimes
+    assert code == 450 and second - first >= 1 - 0.05
+
+
+@pytest_twisted.ensureDeferred
+async def test_retries_survive_a_restart(rabbitmq, amqp, dnsServer, mailHosts, queues):
+    server = mailHosts.scripted(
+        "127.0.0.2", rcpt=lambda recipient, seen: "451 4.3.0 mailbox busy" if seen == 0 else "250 ok"
+    )
+    mxDomain(dnsServer, "later.test", "127.0.0.2")
+    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts, retries=[3], delayBuckets=[1, 3])
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], [job("r@later.test", "later")])
+        (notice,) = decoded(await amqp.collect(queues["retry"], 1))
+    # stopped: the message waits in RabbitMQ, not in any process
+    assert await amqp.count(f"{queues['outbox']}.delay.3s") == 1
+    async with running(MailerService(config, plugins=[])):
+        (success,) = decoded(await amqp.collect(queues["success"], 1))
+    assert kinds(notice) == ["rcptto/error"]
+    assert kinds(success) == ["rcptto/error", "message/accepted"]
+    (first, _, _), (second, _, _) = server.rcptTimes
+    assert second - first >= 3 - 0.05
