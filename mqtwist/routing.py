@@ -30,6 +30,7 @@ from twisted.names.error import DNSNameError, DNSServerError, DomainError
 from mqtwist.errors import AttemptFailed
 from mqtwist.hostport import parseHostPort
 from mqtwist.message import Message
+from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import Destination
 
 _SOFT_DNS_ERRORS = (DNSServerError, DNSTimeoutError, QueryTimeoutError, DNSLookupError, DomainError)
@@ -84,6 +85,8 @@ class Router:
     @param minCacheTime: seconds an MX answer is kept at least, whatever its
         TTL.
     @param addressesPerAttempt: how many addresses one attempt may try.
+    @param security: the TLS policy of messages without C{security}.
+    @param smarthostCredentials: AUTH credentials for C{smarthost}.
     """
 
     log = Logger()
@@ -97,6 +100,8 @@ class Router:
         dnsTimeout: float = 20.0,
         minCacheTime: float = 60.0,
         addressesPerAttempt: int = 5,
+        security: str = "opportunistic",
+        smarthostCredentials: Credentials | None = None,
         reactor: Any = None,
     ) -> None:
         if reactor is None:
@@ -109,6 +114,8 @@ class Router:
         self.queryTimeout = tuple(dnsTimeout * share for share in (0.1, 0.3, 0.6))
         self.minCacheTime = minCacheTime
         self.addressesPerAttempt = addressesPerAttempt
+        self.security = security
+        self.smarthostCredentials = smarthostCredentials
         self._resolver: Any = None
         self._cache: dict[str, _Exchange] = {}
 
@@ -147,27 +154,34 @@ class Router:
     async def _route(self, message: Message) -> Route:
         bindAddress = random.choice(message.ips) if message.ips else None
         domain = message.recipient.rpartition("@")[2].lower()
+        security = message.security or self.security
         if message.smarthost is not None:
             host = (message.smarthost.hostname, message.smarthost.port)
             name = f"{host[0]}:{host[1]}"
-            return Route(Destination((host,), bindAddress), domain, name=name, hostNames=(host[0],))
+            login = message.smarthost
+            credentials = Credentials(login.username, login.password or "") if login.username else None
+            return Route(
+                Destination((host,), bindAddress, security, credentials), domain, name=name,
+                hostNames=(host[0],),
+            )
         if self.smarthost is not None:
             name = f"{self.smarthost[0]}:{self.smarthost[1]}"
             return Route(
-                Destination((self.smarthost,), bindAddress), domain, name=name,
-                hostNames=(self.smarthost[0],),
+                Destination((self.smarthost,), bindAddress, security, self.smarthostCredentials),
+                domain, name=name, hostNames=(self.smarthost[0],),
             )
         if domain.startswith("[") and domain.endswith("]"):
             address = domain[1:-1]
             address = address[5:] if address.lower().startswith("ipv6:") else address
             return Route(
-                Destination(((address, self.mxPort),), bindAddress), domain, name=domain,
+                Destination(((address, self.mxPort),), bindAddress, security), domain, name=domain,
                 hostNames=(address,),
             )
         exchange = await self._exchange(domain)
         hosts = tuple((address, self.mxPort) for address, _ in exchange.addresses)
         names = tuple(name for _, name in exchange.addresses)
-        return Route(Destination(hosts, bindAddress), domain, exchange.exchangers, domain, names)
+        destination = Destination(hosts, bindAddress, security, tlsNames=names)
+        return Route(destination, domain, exchange.exchangers, domain, names)
 
     async def _exchange(self, domain: str) -> _Exchange:
         now = self.reactor.seconds()

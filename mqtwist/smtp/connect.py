@@ -62,6 +62,7 @@ def openConnection(
     timeouts: SMTPTimeouts,
     bindAddress: str | None = None,
     security: str | None = None,
+    tlsName: str | None = None,
     tls: TLSSettings | None = None,
     credentials: Credentials | None = None,
     authCleartext: bool = False,
@@ -70,12 +71,13 @@ def openConnection(
     Connect to an SMTP server, introduce ourselves, start TLS as
     C{security} says and log in with C{credentials}.
 
-    @param host: an IPv4 or IPv6 address, or a host name (the name a
-        C{verified} certificate must carry).
+    @param host: an IPv4 or IPv6 address, or a host name.
     @param bindAddress: the local IP address to connect from, or C{None} for
         the system's choice.
     @param security: the TLS policy (L{mqtwist.smtp.tls.POLICIES}), or
         C{None} for no STARTTLS at all.
+    @param tlsName: the name the server's certificate must carry (the MX
+        host name when C{host} is its address); C{None}: C{host}.
     @param tls: the client's TLS configuration; C{None} is the default one
         (system CAs, no client certificate).
     @param credentials: log in with these after EHLO (and after TLS).
@@ -99,6 +101,7 @@ def openConnection(
             timeouts,
             bindAddress,
             security,
+            tlsName or host,
             tls or TLSSettings(),
             credentials,
             authCleartext,
@@ -114,6 +117,7 @@ async def _open(
     timeouts: SMTPTimeouts,
     bindAddress: str | None,
     security: str | None,
+    tlsName: str,
     tls: TLSSettings,
     credentials: Credentials | None,
     authCleartext: bool,
@@ -122,7 +126,7 @@ async def _open(
     where = hostPort(host, port)
     try:
         if security is not None:
-            await _secure(client, host, where, security, tls)
+            await _secure(client, tlsName, where, security, tls)
         if credentials is not None:
             await _logIn(client, where, credentials, authCleartext)
     except _InClear:
@@ -131,7 +135,7 @@ async def _open(
             where=where,
         )
         return await _open(
-            reactor, host, port, ehloName, timeouts, bindAddress, None, tls, credentials, authCleartext
+            reactor, host, port, ehloName, timeouts, bindAddress, None, tlsName, tls, credentials, authCleartext
         )
     except BaseException:
         client.quit()
@@ -146,9 +150,10 @@ class _InClear(Exception):
     """
 
 
-async def _secure(client: ESMTPClient, host: str, where: str, security: str, tls: TLSSettings) -> None:
+async def _secure(client: ESMTPClient, tlsName: str, where: str, security: str, tls: TLSSettings) -> None:
     """
-    Start TLS on C{client} as the policy C{security} says.
+    Start TLS on C{client} as the policy C{security} says; a C{verified}
+    certificate must be valid for C{tlsName}.
     """
     if "STARTTLS" not in client.extensions:
         if tlsMandatory(security):
@@ -161,7 +166,7 @@ async def _secure(client: ESMTPClient, host: str, where: str, security: str, tls
             )
         return
     try:
-        creator = tls.creatorFor(host)
+        creator = tls.creatorFor(tlsName)
     except (SSL.Error, OSError) as failure:
         raise AttemptFailed(
             "starttls",
@@ -193,7 +198,7 @@ async def _secure(client: ESMTPClient, host: str, where: str, security: str, tls
             raise AttemptFailed(
                 "starttls",
                 "error",
-                f"{where} is not trusted under the TLS policy 'verified': {problem} "
+                f"{tlsName} at {where} is not trusted under the TLS policy 'verified': {problem} "
                 f"(tls-ca-file: {tls.caFile or 'the system CAs'})",
             )
 

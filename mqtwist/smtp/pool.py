@@ -34,12 +34,16 @@ class Destination:
 
     @ivar security: the TLS policy (L{mqtwist.smtp.tls.POLICIES}), or
         C{None} for no STARTTLS.
+    @ivar tlsNames: for each of C{hosts}, the name its certificate must
+        carry (the MX host name when C{hosts} are its addresses); a host
+        without one is its own name.
     """
 
     hosts: tuple[tuple[str, int], ...]
     bindAddress: str | None = None
     security: str | None = None
     credentials: Credentials | None = None
+    tlsNames: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         text = ", ".join(hostPort(host, port) for host, port in self.hosts)
@@ -250,6 +254,7 @@ class ConnectionPool:
                     timeouts=self.timeouts,
                     bindAddress=destination.bindAddress,
                     security=destination.security,
+                    tlsName=destination.tlsNames[index] if index < len(destination.tlsNames) else host,
                     tls=self.tls,
                     credentials=destination.credentials,
                     authCleartext=bool({"*", host} & self.authCleartextHosts),
