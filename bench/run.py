@@ -1,0 +1,483 @@
+"""
+mqtwist's benchmark: throughput, memory and CPU against Postfix, in one run.
+
+    python3 bench/run.py [--count 50000] [--repeat 2] [--name NAME] ...
+
+See bench/README.rst for what it measures and how; results go to
+bench/results/NAME-DATE.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet import defer, task, threads  # noqa: E402
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
+
+from mqtwist.amqp.client import BrokerClient, QueueSpec  # noqa: E402
+from mqtwist.amqp.localnode import LocalRabbitMQ  # noqa: E402
+from mqtwist.publish import jobBodies, publishJobs  # noqa: E402
+
+from components import (  # noqa: E402
+    POSTFIX_INSTALL,
+    REPOSITORY,
+    BenchError,
+    DelayProxy,
+    PostfixRelay,
+    Program,
+    ProcessStats,
+    SmtpSink,
+    machineCPUSeconds,
+    requireProgram,
+    twistdArgv,
+    twistdEnvironment,
+)
+from broker import BenchBroker  # noqa: E402
+import profiles  # noqa: E402
+import report  # noqa: E402
+
+log = Logger()
+
+SCENARIOS = ("mqtwist-1", "mqtwist-n", "postfix", "delay", "waiting", "profile")
+
+
+@dataclass
+class Run:
+    """What one timed run measured."""
+
+    scenario: str
+    label: str
+    processes: int
+    messages: int
+    size: int
+    seconds: float = 0.0
+    #: mqtwist processes: peak RSS (VmHWM) of each, bytes
+    peakRSS: list[int] = field(default_factory=list)
+    #: mqtwist processes: CPU seconds of all of them while timed
+    cpuSeconds: float | None = None
+    #: the whole machine's busy CPU seconds while timed (every program)
+    machineCPUSeconds: float = 0.0
+    connections: int | None = None
+    pipelining: bool | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds if self.seconds > 0 else 0.0
+
+
+class Bench:
+    """Everything one benchmark run starts, in one temporary directory."""
+
+    def __init__(self, reactor: Any, options: argparse.Namespace) -> None:
+        self.reactor = reactor
+        self.options = options
+        self.directory = tempfile.mkdtemp(prefix="mqtwist-bench-")
+        # the RabbitMQ node runs as user rabbitmq when we are root
+        os.chmod(self.directory, 0o755)
+        self.node = LocalRabbitMQ(os.path.join(self.directory, "rabbitmq"), reactor=reactor)
+        self.stoppable: list[Any] = []
+        self.runs: list[Run] = []
+        self.dkim: dict[str, Any] | None = None
+
+    # -- set-up and tear-down ----------------------------------------------
+
+    async def setUp(self) -> None:
+        requireProgram("smtp-sink", POSTFIX_INSTALL)
+        url = await self.node.start()
+        self.stoppable.append(self.node)
+        self.url = url
+        self.broker = BenchBroker(url, self.reactor)
+        await self.broker.connect()
+        self.publisher = BrokerClient(url, [], consumeFrom=None, prefetch=0,
+                                      onDelivery=lambda d: None, reactor=self.reactor)
+        self.publisher.startService()
+        await self.publisher.whenConnected()
+        self.sink = SmtpSink(self.reactor)
+        await self.sink.start()
+        self.stoppable.append(self.sink)
+        if self.options.dkim:
+            self.dkim = makeDKIM(self.directory)
+
+    async def tearDown(self) -> None:
+        if getattr(self, "publisher", None) is not None:
+            await self.publisher.stopService()
+        if getattr(self, "broker", None) is not None:
+            await self.broker.close()
+        for thing in reversed(self.stoppable):
+            try:
+                await thing.stop()
+            except Exception as e:
+                log.error("could not stop {thing}: {error}", thing=thing, error=e)
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    # -- mqtwist ---------------------------------------------------------------
+
+    async def publish(self, queue: str, count: int, prefix: str) -> float:
+        started = self.reactor.seconds()
+        await publishJobs(
+            self.publisher, queue,
+            jobBodies(count, self.options.size, prefix=prefix, dkim=self.dkim),
+        )
+        return self.reactor.seconds() - started
+
+    def queueNames(self, scenario: str) -> dict[str, str]:
+        base = f"bench-{scenario}-{uuid.uuid4().hex[:6]}"
+        return {kind: f"{base}.{kind}" for kind in ("outbox", "results", "success", "failure", "retry")}
+
+    async def startMqtwist(self, queues: dict[str, str], smarthostPort: int, processes: int,
+                           extra: list[str]) -> list[tuple[Program, ProcessStats, float, float]]:
+        """
+        Start C{processes} twistd mqtwist processes and wait until each
+        consumes.
+
+        @return: (a coroutine returning) per process: the program, its
+            stats, and when it started consuming and its CPU seconds then.
+        """
+        arguments = ["--amqp", f"amqp://{self.url.username}:{self.url.password}@{self.url.host}:{self.url.port}/",
+                     "--smarthost", f"127.0.0.1:{smarthostPort}", "--plugins="]
+        for kind, name in queues.items():
+            arguments += [f"--{kind}", name]
+        arguments += extra
+        programs = []
+        for n in range(processes):
+            program = Program(f"twistd mqtwist #{n + 1}", self.reactor)
+            program.start(twistdArgv(arguments), env=twistdEnvironment(self.options.tree), path=self.directory)
+            self.stoppable.append(program)
+            programs.append(program)
+        started = []
+        marker = f"consuming from: {queues['outbox']}".encode()
+
+        async def consuming(program: Program) -> tuple[Program, ProcessStats, float, float]:
+            await program.waitFor(marker, 60)
+            stats = ProcessStats(program.pid)
+            return program, stats, self.reactor.seconds(), stats.cpuSeconds()
+
+        for item in await defer.gatherResults([defer.ensureDeferred(consuming(p)) for p in programs],
+                                              consumeErrors=True).addErrback(lambda f: f.value.subFailure):
+            started.append(item)
+        return started
+
+    async def stopMqtwist(self, started: list[tuple[Program, ProcessStats, float, float]]) -> None:
+        for program, *_ in started:
+            await program.stop()
+            self.stoppable.remove(program)
+
+    async def deleteQueues(self, queues: dict[str, str]) -> None:
+        for name in queues.values():
+            await self.broker.delete(name)
+
+    async def mqtwistRun(self, scenario: str, label: str, *, count: int, processes: int,
+                         smarthostPort: int, extra: list[str] = [], connections: int | None = None,
+                         pipelining: bool | None = True, profileSeconds: float = 0.0) -> Run:
+        run = Run(scenario, label, processes, count, self.options.size,
+                  connections=connections, pipelining=pipelining)
+        queues = self.queueNames(scenario)
+        for name in queues.values():
+            await self.broker.declare(name)
+        run.extra["publishSeconds"] = round(await self.publish(queues["outbox"], count, queues["outbox"]), 1)
+        counter, channel = await self.broker.countArrivals(queues["success"])
+        machineBefore = machineCPUSeconds()
+        started = await self.startMqtwist(queues, smarthostPort, processes, extra)
+        startedAt = min(s[2] for s in started)
+        profiling = None
+        if profileSeconds:
+            profiling = defer.ensureDeferred(self.profile(started[0][0], profileSeconds))
+        try:
+            await self.waitForResults(run, counter, queues, started)
+            run.seconds = (counter.last or startedAt) - startedAt
+            run.machineCPUSeconds = machineCPUSeconds() - machineBefore
+            run.cpuSeconds = sum(stats.cpuSeconds() - cpu0 for _, stats, _, cpu0 in started)
+            run.peakRSS = [stats.memory()["VmHWM"] for _, stats, _, _ in started]
+            if profiling is not None:
+                run.extra["profile"] = await profiling
+        finally:
+            await self.broker.stopCounting(channel)
+            await self.stopMqtwist(started)
+            await self.deleteQueues(queues)
+        return run
+
+    async def waitForResults(self, run: Run, counter: Any, queues: dict[str, str], started: list) -> None:
+        """
+        Wait until C{run.messages} success results have arrived; give up
+        when failures arrive, a process dies, or nothing moves for
+        C{--stall-timeout} seconds.
+        """
+        lastCount, lastMove = -1, self.reactor.seconds()
+        while counter.count < run.messages:
+            try:
+                await counter.whenCount(run.messages).addTimeout(2, self.reactor)
+            except defer.TimeoutError:
+                pass
+            failed = await self.broker.count(queues["failure"])
+            if failed:
+                sample = await self.sampleResult(queues["failure"])
+                run.error = (f"{failed} messages failed (the first: {sample}); "
+                             f"{counter.count} succeeded")
+                raise BenchError(run.error)
+            for program, *_ in started:
+                if program.ended.called:
+                    raise BenchError(f"{program.name} exited during the run; its output:\n{program.tail()}")
+            if counter.count != lastCount:
+                lastCount, lastMove = counter.count, self.reactor.seconds()
+            elif self.reactor.seconds() - lastMove > self.options.stall_timeout:
+                raise BenchError(
+                    f"no results for {self.options.stall_timeout:g} s: {counter.count} of "
+                    f"{run.messages} arrived; retry notices: {await self.broker.count(queues['retry'])}; "
+                    f"output of the first process:\n{started[0][0].tail()}")
+
+    async def sampleResult(self, queue: str) -> str:
+        reply = await self.broker.admin.basic_get(queue=queue, no_ack=True)
+        if reply.method.name == "get-empty":
+            return "(gone)"
+        result = json.loads(reply.content.body)
+        return json.dumps(result.get("results", [])[-1:])
+
+    async def profile(self, program: Program, seconds: float) -> dict[str, Any]:
+        """py-spy on C{program} for C{seconds}, after a short warm-up."""
+        pyspy = requireProgram("py-spy", "install it with 'pip install py-spy'")
+        await task.deferLater(self.reactor, 2, lambda: None)
+        raw = os.path.join(self.directory, "profile.txt")
+        spy = Program("py-spy", self.reactor)
+        spy.start([pyspy, "record", "--pid", str(program.pid), "--duration", str(int(seconds)),
+                   "--rate", "100", "--format", "raw", "--output", raw])
+        self.stoppable.append(spy)
+        try:
+            await spy.ended.addTimeout(seconds + 60, self.reactor)
+        finally:
+            self.stoppable.remove(spy)
+        if not os.path.exists(raw):
+            raise BenchError(f"py-spy wrote no profile; its output:\n{spy.tail()}")
+        return profiles.summarise(raw, seconds)
+
+    # -- Postfix -----------------------------------------------------------------
+
+    async def postfixRun(self, relay: PostfixRelay, count: int) -> Run:
+        run = Run("postfix", "Postfix relay (smtp-source -> postfix -> smtp-sink)", 0, count, self.options.size)
+        source = requireProgram("smtp-source", POSTFIX_INSTALL)
+        sentBefore = relay.logCount("status=sent")
+        machineBefore = machineCPUSeconds()
+        startedAt = self.reactor.seconds()
+        injector = Program("smtp-source", self.reactor)
+        injector.start([source, "-s", str(self.options.source_sessions), "-m", str(count),
+                        "-l", str(self.options.size), "-d", "-N",
+                        "-f", "sender@example.org", "-t", "rcpt@example.com",
+                        f"127.0.0.1:{relay.port}"])
+        self.stoppable.append(injector)
+        try:
+            await injector.ended.addTimeout(self.options.stall_timeout + count / 50, self.reactor)
+        finally:
+            self.stoppable.remove(injector)
+        run.extra["injectSeconds"] = round(self.reactor.seconds() - startedAt, 1)
+        deadline = self.reactor.seconds() + self.options.stall_timeout + count / 50
+        while True:
+            queued = await threads.deferToThread(relay.queuedFiles)
+            if queued == 0:
+                break
+            if self.reactor.seconds() > deadline:
+                raise BenchError(f"Postfix still has {queued} messages queued; see {relay.maillog}")
+            await task.deferLater(self.reactor, 0.05, lambda: None)
+        run.seconds = self.reactor.seconds() - startedAt
+        run.machineCPUSeconds = machineCPUSeconds() - machineBefore
+        sent = await threads.deferToThread(relay.logCount, "status=sent") - sentBefore
+        run.extra["sent"] = sent
+        if sent != count:
+            run.error = f"Postfix logged {sent} deliveries (status=sent) for {count} messages"
+        return run
+
+    # -- the whole run ---------------------------------------------------------------
+
+    async def execute(self) -> None:
+        o = self.options
+        scenarios = o.scenarios
+        cores = os.cpu_count() or 1
+        relay = None
+        if "postfix" in scenarios:
+            relay = PostfixRelay(self.reactor, os.path.join(self.directory, "postfix"), self.sink.port)
+            self.stoppable.append(relay)
+            await relay.start()
+        for r in range(o.repeat):
+            if "mqtwist-1" in scenarios:
+                await self.record(self.mqtwistRun("mqtwist-1", "mqtwist, 1 process", count=o.count,
+                                                  processes=1, smarthostPort=self.sink.port))
+            if "mqtwist-n" in scenarios and cores > 1:
+                await self.record(self.mqtwistRun("mqtwist-n", f"mqtwist, {cores} processes", count=o.count,
+                                                  processes=cores, smarthostPort=self.sink.port))
+            if relay is not None:
+                await self.record(self.postfixRun(relay, o.count))
+        if "delay" in scenarios:
+            await self.delayRuns()
+        if "waiting" in scenarios:
+            await self.record(self.waitingRun())
+        if "profile" in scenarios:
+            # enough messages to keep it busy while py-spy samples
+            count = max(o.count, int((o.profile_seconds + 10) * 2000))
+            await self.record(self.mqtwistRun("profile", "mqtwist, 1 process, under py-spy",
+                                              count=count, processes=1, smarthostPort=self.sink.port,
+                                              profileSeconds=o.profile_seconds))
+
+    async def record(self, running: Any) -> None:
+        try:
+            run = await running
+        except BenchError as e:
+            log.error("run failed: {error}", error=e)
+            run = Run("failed", "failed run", 0, 0, self.options.size, error=str(e))
+        self.runs.append(run)
+        log.info("{label}: {messages} messages in {seconds:.1f} s = {rate:.0f}/s; peak RSS {rss}; "
+                 "CPU {cpu}; {error}", label=run.label, messages=run.messages, seconds=run.seconds,
+                 rate=run.rate, rss=[f"{m / 2**20:.0f} MB" for m in run.peakRSS],
+                 cpu=run.cpuSeconds, error=run.error or "")
+
+    async def delayRuns(self) -> None:
+        o = self.options
+        c = o.delay_connections
+        delay = o.delay_ms / 1000
+        lockstepSink = SmtpSink(self.reactor, pipelining=False)
+        await lockstepSink.start()
+        self.stoppable.append(lockstepSink)
+        proxies = {}
+        for pipelining, sink in ((True, self.sink), (False, lockstepSink)):
+            proxy = DelayProxy(self.reactor, sink.port, delay)
+            await proxy.start()
+            self.stoppable.append(proxy)
+            proxies[pipelining] = proxy
+        for r in range(o.delay_repeat):
+            for pipelining in (True, False):
+                label = (f"{o.delay_ms:g} ms replies, {c} connection{'s' if c > 1 else ''}, "
+                         f"{'PIPELINING' if pipelining else 'lock-step (no PIPELINING)'}")
+                await self.record(self.mqtwistRun(
+                    "delay", label, count=o.delay_count, processes=1, smarthostPort=proxies[pipelining].port,
+                    extra=["--max-connections-per-destination", str(c)], connections=c, pipelining=pipelining))
+
+    async def waitingRun(self) -> Run:
+        """Peak RSS of one process with --waiting messages in the outbox."""
+        o = self.options
+        run = Run("waiting", f"1 process, {o.waiting} messages waiting, RSS after {o.waiting_seconds:g} s",
+                  1, o.waiting, o.size)
+        queues = self.queueNames("waiting")
+        for name in queues.values():
+            await self.broker.declare(name)
+        run.extra["publishSeconds"] = round(await self.publish(queues["outbox"], o.waiting, queues["outbox"]), 1)
+        counter, channel = await self.broker.countArrivals(queues["success"])
+        started = await self.startMqtwist(queues, self.sink.port, 1, [])
+        stats = started[0][1]
+        samples = []
+        try:
+            for _ in range(int(o.waiting_seconds)):
+                await task.deferLater(self.reactor, 1, lambda: None)
+                if started[0][0].ended.called:
+                    raise BenchError(f"mqtwist exited; its output:\n{started[0][0].tail()}")
+                samples.append(stats.memory()["VmRSS"])
+            run.peakRSS = [stats.memory()["VmHWM"]]
+            run.extra["rssSamplesMB"] = [round(s / 2**20, 1) for s in samples]
+            run.extra["delivered"] = counter.count
+            run.extra["stillWaiting"] = await self.broker.count(queues["outbox"])
+            run.seconds = o.waiting_seconds
+            run.messages = counter.count
+        finally:
+            await self.broker.stopCounting(channel)
+            await self.stopMqtwist(started)
+            await self.deleteQueues(queues)
+        return run
+
+
+def makeDKIM(directory: str) -> dict[str, Any]:
+    """
+    A 2048-bit RSA key, made for this run, as the C{dkim} object of every
+    job (the public half is saved next to it, for checking by hand).
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption()).decode("ascii")
+    public = key.public_key().public_bytes(serialization.Encoding.DER,
+                                           serialization.PublicFormat.SubjectPublicKeyInfo)
+    with open(os.path.join(directory, "dkim-public.der"), "wb") as f:
+        f.write(public)
+    return {"domain": "example.org", "selector": "bench", "key": pem}
+
+
+def parseArguments(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python3 bench/run.py", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--count", type=int, default=50_000, help="messages per throughput run (default: %(default)s)")
+    p.add_argument("--size", type=int, default=5000, help="message size in bytes (default: %(default)s)")
+    p.add_argument("--dkim", action="store_true",
+                   help="every job asks to be DKIM-signed with a 2048-bit RSA key made for the run")
+    p.add_argument("--repeat", type=int, default=2, help="runs of each throughput configuration (default: %(default)s)")
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help="comma-separated, from: " + ", ".join(SCENARIOS) + " (default: all)")
+    p.add_argument("--source-sessions", type=int, default=20,
+                   help="parallel smtp-source sessions injecting into Postfix (default: %(default)s)")
+    p.add_argument("--delay-ms", type=float, default=20, help="reply delay of the round-trip test (default: %(default)s)")
+    p.add_argument("--delay-count", type=int, default=600, help="messages per round-trip run (default: %(default)s)")
+    p.add_argument("--delay-connections", type=int, default=2,
+                   help="--max-connections-per-destination in the round-trip test (default: %(default)s)")
+    p.add_argument("--delay-repeat", type=int, default=1, help="runs of each round-trip configuration (default: %(default)s)")
+    p.add_argument("--waiting", type=int, default=100_000,
+                   help="messages in the outbox for the memory test (default: %(default)s)")
+    p.add_argument("--waiting-seconds", type=float, default=30,
+                   help="seconds of consuming before the memory test reads RSS (default: %(default)s)")
+    p.add_argument("--profile-seconds", type=float, default=20, help="py-spy sampling time (default: %(default)s)")
+    p.add_argument("--stall-timeout", type=float, default=60,
+                   help="seconds without progress before a run is given up (default: %(default)s)")
+    p.add_argument("--tree", default=REPOSITORY,
+                   help="the mqtwist source tree the twistd processes run (default: this checkout); "
+                   "e.g. an export of a commit: git archive COMMIT | tar -x -C DIR")
+    p.add_argument("--note", default="", help="a remark for the report, e.g. what else ran on the machine")
+    p.add_argument("--name", default=None, help="name of the results files (default: derived from the options)")
+    p.add_argument("--results-dir", default=os.path.join(REPOSITORY, "bench", "results"))
+    o = p.parse_args(argv)
+    o.scenarios = [s.strip() for s in o.scenarios.split(",") if s.strip()]
+    unknown = set(o.scenarios) - set(SCENARIOS)
+    if unknown:
+        p.error(f"unknown scenarios {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
+    if o.count < 1 or o.repeat < 1 or o.delay_connections < 1:
+        p.error("--count, --repeat and --delay-connections must be at least 1")
+    if o.name is None:
+        o.name = f"{o.size // 1000}k" + ("-dkim" if o.dkim else "")
+    return o
+
+
+async def main(reactor: Any, argv: list[str]) -> None:
+    options = parseArguments(argv)
+    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
+    started = datetime.datetime.now(datetime.timezone.utc)
+    bench = Bench(reactor, options)
+    try:
+        await bench.setUp()
+        machine = await report.machine(reactor, options.tree)
+        await bench.execute()
+    finally:
+        await bench.tearDown()
+    os.makedirs(options.results_dir, exist_ok=True)
+    stem = os.path.join(options.results_dir, f"{options.name}-{started:%Y%m%d-%H%M}")
+    data = {
+        "started": started.isoformat(timespec="seconds"),
+        "options": {k: v for k, v in vars(options).items() if k != "results_dir"},
+        "machine": machine,
+        "runs": [dict(asdict(run), rate=run.rate) for run in bench.runs],
+    }
+    with open(stem + ".json", "w") as f:
+        json.dump(data, f, indent=2)
+    with open(stem + ".md", "w") as f:
+        f.write(report.markdown(data))
+    sys.stdout.write(f"results: {stem}.md and .json\n")
+
+
+if __name__ == "__main__":
+    task.react(lambda reactor: defer.ensureDeferred(main(reactor, sys.argv[1:])))
