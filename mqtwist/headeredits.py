@@ -156,7 +156,9 @@ def splitHeaderBlock(mime: bytes) -> tuple[list[bytes], bytes, bytes]:
         as they are; C{b""} when the message has no body).
     """
     crlf = mime.find(b"\r\n\r\n")
-    lf = mime.find(b"\n\n")
+    # an LF-only blank line counts only before the first CRLF one; looking
+    # no further keeps this from scanning a whole 100 KB body
+    lf = mime.find(b"\n\n", 0, len(mime) if crlf == -1 else crlf + 2)
     if lf != -1 and (crlf == -1 or lf < crlf - 1):
         end, linesep = lf + 1, b"\n"
     elif crlf != -1:

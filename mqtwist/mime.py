@@ -37,11 +37,10 @@ import email.policy
 import re
 import uuid
 from collections.abc import Mapping
-from datetime import datetime, timezone
+import time
 from email.errors import HeaderParseError, MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
-from email.utils import format_datetime
 from typing import Any
 
 from mqtwist.errors import InvalidMessage
@@ -78,6 +77,20 @@ _KNOWN_TYPES = {
 # Controls other than TAB, LF and CR make text unfit for 7bit (RFC 2045 2.7).
 _NOT_7BIT = re.compile(r"[^\t\n\r\x20-\x7e]")
 _WHITESPACE = re.compile(rb"\s+")
+
+
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _rfc5322Date(now: float) -> str:
+    # email.utils.format_datetime costs half a millisecond (timetuple of an
+    # aware datetime); strftime's names follow the locale: neither will do
+    t = time.gmtime(now)
+    return (
+        f"{_DAYS[t.tm_wday]}, {t.tm_mday:02d} {_MONTHS[t.tm_mon - 1]} {t.tm_year} "
+        f"{t.tm_hour:02d}:{t.tm_min:02d}:{t.tm_sec:02d} +0000"
+    )
 
 
 def _string(obj: Mapping[str, Any], key: str) -> str | None:
@@ -304,7 +317,7 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
             _setHeader(message, f"mime.headers.{name}", name, item)
 
     if "Date" not in message:
-        message["Date"] = format_datetime(datetime.fromtimestamp(now, timezone.utc))
+        message["Date"] = _rfc5322Date(now)
     if "Message-ID" not in message:
         checkHeaderValue("hostname", hostname)
         message["Message-ID"] = f"<{uuid.uuid4().hex}@{hostname}>"
