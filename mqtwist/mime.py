@@ -106,10 +106,12 @@ def _address(what: str, value: Any) -> Address:
     """
     An address given as C{"local@domain"} or C{{"name", "address"}}.
     """
+    name: Any
+    address: Any
     if isinstance(value, str):
         name, address = "", value
     elif isinstance(value, dict):
-        name, address = value.get("name", ""), value.get("address")
+        name, address = value.get("name", ""), value.get("address", None)
         unknown = set(value) - {"name", "address"}
         if unknown:
             raise InvalidMessage(
@@ -329,7 +331,7 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
         alternative = MIMEPart(_POLICY)
         alternative["Content-Type"] = "multipart/alternative"
         for body in bodies:
-            alternative.attach(body)
+            alternative.attach(body)  # type: ignore[arg-type]
         bodies = [alternative]
     if not parts:
         # a single part's content fields become the message's own
@@ -340,16 +342,16 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
         parts = bodies + parts
         message["Content-Type"] = "multipart/mixed"
         for part in parts:
-            message.attach(part)
+            message.attach(part)  # type: ignore[arg-type]
     built = message.as_bytes(policy=_POLICY)
     head = built[: built.find(b"\r\n\r\n")]
-    name = b""
+    field = b""
     for line in head.split(b"\r\n"):
         if line[:1] not in (b" ", b"\t"):
-            name = line.partition(b":")[0]
+            field = line.partition(b":")[0]
         if len(line) > _HARD_LINE:
             raise InvalidMessage(
-                f"the {name.decode('ascii')} header has a word longer than a "
+                f"the {field.decode('ascii')} header has a word longer than a "
                 f"line may be ({_HARD_LINE} characters, RFC 5322); shorten it"
             )
     return built
