@@ -102,15 +102,22 @@ class DeliveryEngine:
             permit = await self.policy.admit(route)
         except Deferral as deferral:
             return self._deferred(message, deferral)
+        closing: list[Deferred[None]] = []
         try:
             entry: ResultEntry = await self.slots.run(
-                lambda: ensureDeferred(self._send(message, route, permit))
+                lambda: ensureDeferred(self._send(message, route, permit, closing))
             )
             return entry
         finally:
-            self.policy.release(permit)
+            if closing:
+                # a connection counts against its destination until it is closed
+                closing[0].addBoth(lambda _: self.policy.release(permit))
+            else:
+                self.policy.release(permit)
 
-    async def _send(self, message: Message, route: Route, permit: Permit) -> ResultEntry:
+    async def _send(
+        self, message: Message, route: Route, permit: Permit, closing: list[Deferred[None]]
+    ) -> ResultEntry:
         try:
             client = await self.pool.acquire(route.destination)
         except AttemptFailed as failure:
@@ -119,10 +126,10 @@ class DeliveryEngine:
         try:
             reply = await sendMessage(client, message, self.chain)
         except TransactionFailed as failure:
-            self._release(client, permit, clean=not failure.midTransaction)
+            self._release(client, permit, closing, clean=not failure.midTransaction)
             backoff = self.policy.failed(permit, failure)
             return self._failed(message, failure, connectionFacts(client), backoff)
-        self._release(client, permit)
+        self._release(client, permit, closing)
         self.log.info(
             "delivered {message} to {recipient} via {mta}: {code} {text}",
             message=message.label,
@@ -142,11 +149,15 @@ class DeliveryEngine:
             connection=connectionFacts(client),
         )
 
-    def _release(self, client: ESMTPClient, permit: Permit, clean: bool = True) -> None:
+    def _release(
+        self, client: ESMTPClient, permit: Permit, closing: list[Deferred[None]], clean: bool = True
+    ) -> None:
         if client.messages >= permit.messagesPerConnection:
             # the destination's own limit, below the pool's: the pool closes it
             client.quit()
         self.pool.release(client, clean=clean)
+        if not client.usable:
+            closing.append(client.whenClosed())
 
     def _failed(
         self,

@@ -182,13 +182,20 @@ class _ScriptedSMTP(LineReceiver):
     def connectionLost(self, reason: Any = None) -> None:
         self.server.closed(self)
 
+    def queued(self) -> None:
+        if self.transport.connected:
+            self.sendLine(b"250 2.0.0 queued")
+
     def lineReceived(self, line: bytes) -> None:
         if self.inData:
             if line == b".":
                 self.inData = False
                 self.record.messages.append(reactor.seconds())
                 self.server.messageReceived()
-                self.sendLine(b"250 2.0.0 queued")
+                if self.server.messageDelay:
+                    self.server.timers.append(reactor.callLater(self.server.messageDelay, self.queued))
+                else:
+                    self.queued()
             return
         verb = line[:4].upper()
         if verb == b"DATA":
@@ -217,6 +224,7 @@ class ScriptedSMTPServer:
     @param rcpt: the reply to RCPT TO of a recipient, given the recipient
         and how many times it was sent before; every recipient is accepted
         when it is not given.
+    @param messageDelay: seconds the server takes to accept a message.
     @ivar connections: every connection, by number.
     @ivar mostAtOnce: the most connections that were open at the same time.
     """
@@ -226,9 +234,12 @@ class ScriptedSMTPServer:
         greet: Callable[[int], str | None],
         hostname: str,
         rcpt: Callable[[str, int], str] | None = None,
+        messageDelay: float = 0.0,
     ) -> None:
         self.greet = greet
         self.rcpt = rcpt
+        self.messageDelay = messageDelay
+        self.timers: list[Any] = []
         self._rcptSeen: dict[str, int] = {}
         self.hostname = hostname
         self.connections: dict[int, ScriptedConnection] = {}
@@ -295,6 +306,9 @@ class ScriptedSMTPServer:
                 entry[1].callback(None)
 
     async def stop(self) -> None:
+        for timer in self.timers:
+            if timer.active():
+                timer.cancel()
         await self.port.stopListening()
         for protocol in list(self.open):
             protocol.transport.abortConnection()
@@ -329,11 +343,12 @@ class MailHosts:
         greet: Callable[[int], str | None] = lambda n: "220 mx.scripted.test ready",
         hostname: str = "mx.scripted.test",
         rcpt: Callable[[str, int], str] | None = None,
+        messageDelay: float = 0.0,
     ) -> ScriptedSMTPServer:
         """
         Start a L{ScriptedSMTPServer} on C{address}.
         """
-        scripted = ScriptedSMTPServer(greet, hostname, rcpt)
+        scripted = ScriptedSMTPServer(greet, hostname, rcpt, messageDelay)
         factory = Factory.forProtocol(_ScriptedSMTP)
         factory.server = scripted  # type: ignore[attr-defined]
         factory.noisy = False
