@@ -47,7 +47,7 @@ from mqtwist.errors import InvalidMessage
 from mqtwist.headeredits import checkHeaderName
 from mqtwist.message import checkAddress, checkHeaderValue
 
-__all__ = ["buildMime", "checkMimeObject"]
+__all__ = ["buildMime"]
 
 #: the keys of the C{mime} object
 MIME_KEYS = ("from", "replyTo", "to", "cc", "subject", "headers", "text", "html", "attachments")
@@ -236,17 +236,6 @@ def _setHeader(message: EmailMessage, what: str, name: str, value: Any) -> None:
         message[name] = value
     except (ValueError, TypeError, MessageError, HeaderParseError) as e:
         raise InvalidMessage(f"property {what!r} cannot be written as a header: {e}") from None
-
-
-def checkMimeObject(obj: Any) -> None:
-    """
-    Check the C{mime} object of an outbox message when it is parsed, so that
-    a bad one is refused at once (it builds the message and drops it: the
-    cost of one L{buildMime}).
-
-    @raise InvalidMessage: naming the property at fault.
-    """
-    buildMime(obj, now=0.0, hostname="check.invalid")
 
 
 def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
