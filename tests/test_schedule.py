@@ -4,8 +4,14 @@ Retry delays, expiry and the delay queues that carry waiting messages.
 
 import json
 
+import pytest_twisted
+from fixtures_smtp import unusedPort
+from test_end_to_end import makeConfig, publishAll, queues, running  # noqa: F401 (fixture)
+from twisted.internet import reactor
+
 from mqtwist.message import Message
 from mqtwist.schedule import RetrySchedule
+from mqtwist.service import MailerService
 from mqtwist.timeformat import formatTime
 
 NOW = 1_800_000_000.0
@@ -76,3 +82,33 @@ def test_maxdelivertime_absolute_and_relative():
     relative = message(maxdelivertime=100, results=attempts(1, start=NOW - 95))
     assert schedule.afterSoftFailure(relative, NOW).expired
     assert not schedule.afterSoftFailure(message(maxdelivertime=100, results=attempts(1)), NOW).expired
+
+
+# -- with RabbitMQ and a real SMTP server --------------------------------------
+
+
+@pytest_twisted.ensureDeferred
+async def test_nextattempt_in_the_future_waits_without_an_attempt(rabbitmq, amqp, smtpServer, queues):
+    at = reactor.seconds() + 3
+    async with running(MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])):
+        await publishAll(amqp, queues["outbox"], [json.dumps(
+            {"id": "later", "recipient": "r@example.com", "mime": "x", "nextattempt": {"time": formatTime(at)}}
+        ).encode()])
+        (success,) = [json.loads(r.body) for r in await amqp.collect(queues["success"], 1)]
+        arrived = reactor.seconds()
+    assert [e["state"] for e in success["results"]] == ["message"]  # no attempt before it
+    assert arrived >= int(at)  # nextattempt has whole seconds
+    assert await amqp.count(queues["retry"]) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_expiry_gives_process_timeout_on_failure(rabbitmq, amqp, smtpServer, queues):
+    config = makeConfig(rabbitmq, smtpServer, queues, smarthost=f"127.0.0.1:{unusedPort()}", retries=[1])
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], [json.dumps(
+            {"id": "old", "recipient": "r@example.com", "mime": "x", "maxdelivertime": 2}
+        ).encode()])
+        (failure,) = [json.loads(r.body) for r in await amqp.collect(queues["failure"], 1)]
+    states = [(e["state"], e["result"]) for e in failure["results"]]
+    assert states[-1] == ("process", "timeout") and "maxdelivertime" in failure["results"][-1]["description"]
+    assert set(states[:-1]) == {("connect", "error")}
