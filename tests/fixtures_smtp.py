@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import Callable
@@ -270,14 +271,26 @@ def spawnSMTPServer(
     hostname: str = "mx.sink.test",
     lineLengthLimit: int = 1001,
     timeout: float = DEFAULT_TIMEOUT,
+    host: str = "127.0.0.1",
+    **flags: Any,
 ) -> Deferred[SMTPServer]:
     """
     Start a test SMTP server process.
 
+    @param flags: more options of the server, by their name in camelCase:
+        C{tlsCert="cert.pem"} is C{--tls-cert cert.pem}, C{dsn=True} is
+        C{--dsn} (see the server module).
     @return: a Deferred firing with the L{SMTPServer} once it listens.
     """
     server = SMTPServer()
-    arguments = [sys.executable, SERVER_PROGRAM, "--port", "0", "--hostname", hostname]
+    server.host = host
+    arguments = [sys.executable, SERVER_PROGRAM, "--port", "0", "--hostname", hostname, "--host", host]
+    for name, value in flags.items():
+        option = "--" + re.sub(r"(?=[A-Z])|(?<=^no)(?=8)", "-", name).lower()
+        if value is True:
+            arguments.append(option)
+        elif value not in (False, None):
+            arguments += [option, str(value)]
     arguments += ["--line-length-limit", str(lineLengthLimit)]
     if noEhlo:
         arguments.append("--no-ehlo")
