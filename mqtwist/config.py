@@ -116,6 +116,36 @@ class ThrottleRule:
 
 
 @dataclass(frozen=True)
+class DKIMKeyRule:
+    """
+    The signing key of one domain (a C{[[dkim-keys]]} table in TOML), so
+    that a message's C{dkim} object may name just C{{"domain": ...}} instead
+    of carrying a private key.
+    """
+
+    domain: str
+    selector: str
+    #: path of the PEM private key (RSA or Ed25519), read at start
+    keyfile: str
+
+    KEYS = ("domain", "selector", "keyfile")
+
+    @classmethod
+    def fromTable(cls, table: Mapping[str, Any], where: str) -> DKIMKeyRule:
+        """
+        Read one C{[[dkim-keys]]} table.
+
+        @raise ValueError: naming C{where} and the missing or wrong key.
+        """
+        _checkKeys(table, cls.KEYS, where)
+        values = [_tableValue(table, key, str, "a string", where) for key in cls.KEYS]
+        for key, value in zip(cls.KEYS, values):
+            if not value:
+                raise ValueError(f"{where}: {key!r} is missing; give domain, selector and keyfile")
+        return cls(*values)
+
+
+@dataclass(frozen=True)
 class BackoffRule:
     """
     What to do when a server's reply matches (a C{[[backoff]]} table in
@@ -270,6 +300,14 @@ class Config:
     #: seconds a destination stays marked down
     downTime: float = 300.0
     timeouts: SMTPTimeouts = field(default_factory=SMTPTimeouts)
+
+    #: DKIM keys by signing domain (TOML C{[[dkim-keys]]} tables only)
+    dkimKeys: list[DKIMKeyRule] = field(
+        default_factory=list, metadata={"toml": DKIMKeyRule.fromTable}
+    )
+    #: private keys sent in messages that stay parsed (least recently used
+    #: dropped first)
+    dkimKeyCache: int = 1000
 
     #: seconds between attempts when the message has no C{retries}; the last
     #: one repeats

@@ -40,7 +40,7 @@ from email.errors import HeaderParseError
 from typing import Any
 
 from mqtwist.errors import InvalidMessage
-from mqtwist.message import checkHeaderValue
+from mqtwist.validation import checkHeaderValue
 
 __all__ = [
     "EDIT_KINDS",

@@ -11,12 +11,16 @@ the object is kept as it is and travels into every result.
 from __future__ import annotations
 
 import json
-import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from mqtwist.dkimsign import DKIMKeys, DKIMSpec, parseDKIM, withoutKeys
 from mqtwist.errors import AttemptFailed, InvalidMessage
+from mqtwist.headeredits import checkHeaderEdits
+from mqtwist.mime import buildMime
+from mqtwist.validation import checkAddress, checkHeaderValue
 from mqtwist.timeformat import formatTime, parseTime
 
 #: result queue kinds, in the order of the C{queues} property
@@ -30,85 +34,6 @@ DSN_NOTIFY = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
 
 #: the values of C{dsn.ret} (RFC 3461 section 4.3)
 DSN_RET = ("FULL", "HDRS")
-
-#: properties whose behaviour this version does not implement yet; a message
-#: that uses one is refused rather than sent without what it asked for
-_NOT_YET_SUPPORTED = {
-    "dkim": "DKIM signing",
-    "headers": "header edits",
-}
-
-# RFC 5321 section 4.5.3.1: local part 64 octets, domain 255, path 256.
-_MAX_LOCAL_PART = 64
-_MAX_DOMAIN = 255
-_MAX_ADDRESS = 254
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_FORBIDDEN_IN_ADDRESS = re.compile(r"[\s<>()\[\],;:\\\"]")
-_DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
-_ADDRESS_LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]+\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$")
-
-
-def checkHeaderValue(name: str, value: str) -> str:
-    """
-    Refuse a value taken from JSON that would end up in an SMTP command or a
-    header when it holds CR, LF or another control character (header or
-    command injection).
-
-    @param name: what the value is, for the description (C{"recipient"}).
-    @return: C{value} unchanged.
-    @raise InvalidMessage: when it holds a control character.
-    """
-    match = _CONTROL.search(value)
-    if match is not None:
-        raise InvalidMessage(
-            f"{name} contains the control character {match.group()!r} at "
-            f"position {match.start()}; remove CR, LF and other control "
-            f"characters"
-        )
-    return value
-
-
-def checkAddress(name: str, address: str) -> str:
-    """
-    Check that C{address} is a usable C{local@domain} mailbox for an SMTP
-    envelope.  Non-ASCII is accepted (SMTPUTF8); quoted local parts are not.
-
-    @return: C{address} unchanged.
-    @raise InvalidMessage: naming C{name} and what is wrong.
-    """
-    checkHeaderValue(name, address)
-    if len(address.encode("utf-8")) > _MAX_ADDRESS:
-        raise InvalidMessage(
-            f"{name} {address!r} is longer than {_MAX_ADDRESS} bytes (RFC 5321)"
-        )
-    local, at, domain = address.rpartition("@")
-    if not at or not local or not domain:
-        raise InvalidMessage(
-            f"{name} {address!r} is not an address of the form local@domain"
-        )
-    forbidden = _FORBIDDEN_IN_ADDRESS.search(local)
-    if forbidden is not None:
-        raise InvalidMessage(
-            f"{name} {address!r} contains {forbidden.group()!r}; give the bare "
-            f"address (local@domain) without brackets, quotes or spaces"
-        )
-    if len(local.encode("utf-8")) > _MAX_LOCAL_PART:
-        raise InvalidMessage(
-            f"{name} {address!r} has a local part longer than "
-            f"{_MAX_LOCAL_PART} bytes (RFC 5321)"
-        )
-    if "@" in local or local.startswith(".") or local.endswith(".") or ".." in local:
-        raise InvalidMessage(
-            f"{name} {address!r} has a malformed local part {local!r}"
-        )
-    if _ADDRESS_LITERAL.match(domain):
-        return address
-    if len(domain) > _MAX_DOMAIN or not all(
-        _DOMAIN_LABEL.match(label) for label in domain.rstrip(".").split(".")
-    ):
-        raise InvalidMessage(f"{name} {address!r} has a malformed domain {domain!r}")
-    return address
-
 
 def _expect(obj: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
     value = obj[key]
@@ -236,6 +161,20 @@ class DSN:
         return dsn
 
 
+@dataclass(frozen=True)
+class ParseSettings:
+    """
+    What parsing a message takes from the service's configuration.
+
+    @ivar hostname: the domain of the Message-ID of generated messages.
+    @ivar dkimKeys: signing keys by domain, for C{dkim} objects that name
+        only their domain.
+    """
+
+    hostname: str = "localhost"
+    dkimKeys: DKIMKeys = field(default_factory=DKIMKeys)
+
+
 @dataclass
 class Message:
     """
@@ -267,6 +206,10 @@ class Message:
     maxdeliverseconds: float | None = None
     #: POSIX time before which no attempt may be made
     nextattempt: float | None = None
+    #: the C{headers} edits, applied to the body of every attempt
+    headerEdits: dict[str, Any] | None = None
+    #: the DKIM signatures to add after the data plugins ran
+    dkim: list[DKIMSpec] = field(default_factory=list)
 
     @property
     def results(self) -> list[dict[str, Any]]:
@@ -306,10 +249,14 @@ class Message:
         return str(ident) if ident is not None else f"to {self.recipient}"
 
     @classmethod
-    def fromJSON(cls, data: bytes | str) -> "Message":
+    def fromJSON(
+        cls, data: bytes | str, settings: ParseSettings | None = None, *, now: float | None = None
+    ) -> "Message":
         """
         Parse and check one outbox message.
 
+        @param settings: what parsing takes from the service's configuration.
+        @param now: the time for the Date of a generated message.
         @raise InvalidMessage: naming what is wrong; the caller publishes it
             as a C{process}/C{invalid} result.
         """
@@ -323,22 +270,21 @@ class Message:
             raise InvalidMessage(
                 f"the message must be a JSON object, not a JSON {type(obj).__name__}"
             )
-        return cls.fromObject(obj)
+        return cls.fromObject(obj, settings, now=now)
 
     @classmethod
-    def fromObject(cls, obj: dict[str, Any]) -> "Message":
+    def fromObject(
+        cls, obj: dict[str, Any], settings: ParseSettings | None = None, *, now: float | None = None
+    ) -> "Message":
         """
-        Check one outbox message that is already a parsed JSON object.
+        Check one outbox message that is already a parsed JSON object.  A
+        C{mime} object is turned into the message text here, and that text
+        replaces it in C{obj}, so that every later attempt sends the same
+        message (same Date and Message-ID) without building it again.
 
         @raise InvalidMessage: naming what is wrong.
         """
-        for key, feature in _NOT_YET_SUPPORTED.items():
-            if key in obj:
-                raise InvalidMessage(
-                    f"property {key!r} ({feature}) is not supported by this "
-                    f"version of mqtwist; remove it or upgrade"
-                )
-
+        settings = settings or ParseSettings()
         if "recipient" not in obj:
             raise InvalidMessage("property 'recipient' is missing; every message needs one")
         recipient = checkAddress("recipient", _expect(obj, "recipient", (str,), "a string"))
@@ -351,10 +297,10 @@ class Message:
             raise InvalidMessage("property 'mime' is missing; it holds the message to send")
         mime = obj["mime"]
         if isinstance(mime, dict):
-            raise InvalidMessage(
-                "property 'mime' as an object is not supported by this version "
-                "of mqtwist; send the full message as a string"
+            built = buildMime(
+                mime, now=time.time() if now is None else now, hostname=settings.hostname
             )
+            mime = obj["mime"] = built.decode("ascii")
         if not isinstance(mime, str):
             raise InvalidMessage(f"property 'mime' must be a string, not {type(mime).__name__}")
 
@@ -413,6 +359,11 @@ class Message:
             _readQueues(obj["queues"])
         if "results" in obj and not isinstance(obj["results"], list):
             raise InvalidMessage("property 'results' must be a list of result entries")
+        if obj.get("headers") is not None:
+            checkHeaderEdits(obj["headers"])
+            message.headerEdits = obj["headers"]
+        if obj.get("dkim") is not None:
+            message.dkim = parseDKIM(obj["dkim"], settings.dkimKeys)
         return message
 
     def queueFor(self, kind: str, default: str) -> str | None:
@@ -430,13 +381,9 @@ class Message:
         The object to publish as a result: the outbox object with C{mime}
         left out unless C{keepmime} is set, and every result entry so far.
         """
-        published = dict(self.json)
+        published = withoutSecrets(self.json)
         if not self.keepmime:
             published.pop("mime", None)
-        if self.smarthost is not None and self.smarthost.password is not None:
-            published["smarthost"] = {
-                k: v for k, v in published["smarthost"].items() if k != "password"
-            }
         return json.dumps(published, ensure_ascii=False).encode("utf-8")
 
     def outboxJSON(self) -> bytes:
@@ -454,6 +401,21 @@ class Message:
         if not isinstance(self.json["results"], list):
             self.json["results"] = []
         self.json["results"].append(entry.toJSON())
+
+
+def withoutSecrets(obj: dict[str, Any]) -> dict[str, Any]:
+    """
+    A shallow copy of the outbox object C{obj} fit to publish or log: no
+    smarthost password, no DKIM private keys.
+    """
+    published = dict(obj)
+    if isinstance(published.get("smarthost"), dict):
+        published["smarthost"] = {
+            k: v for k, v in published["smarthost"].items() if k != "password"
+        }
+    if "dkim" in published:
+        published["dkim"] = withoutKeys(published["dkim"])
+    return published
 
 
 def queueFor(obj: Any, kind: str, default: str) -> str | None:
@@ -601,9 +563,8 @@ def invalidResultJSON(data: bytes, failure: InvalidMessage, now: float) -> bytes
     except ValueError:
         obj = None
     if isinstance(obj, dict):
+        obj = withoutSecrets(obj)
         obj.pop("mime", None)
-        if isinstance(obj.get("smarthost"), dict):
-            obj["smarthost"].pop("password", None)
         results = obj.get("results") if isinstance(obj.get("results"), list) else []
         obj["results"] = results + [entry]
     else:

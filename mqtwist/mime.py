@@ -45,7 +45,7 @@ from typing import Any
 
 from mqtwist.errors import InvalidMessage
 from mqtwist.headeredits import checkHeaderName
-from mqtwist.message import checkAddress, checkHeaderValue
+from mqtwist.validation import checkAddress, checkHeaderValue
 
 __all__ = ["buildMime"]
 

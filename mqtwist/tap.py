@@ -115,6 +115,8 @@ _HELP: dict[str, str] = {
     "downAfterFailures": "failed connections in a row after which a destination is "
     "marked down",
     "downTime": "seconds a destination stays marked down",
+    "dkimKeyCache": "DKIM private keys sent in messages that stay parsed, least recently "
+    "used dropped first",
 }
 
 #: Defaults that are not a fixed value, described instead of computed (a

@@ -85,8 +85,9 @@ def test_null_sender():
         ({"recipient": "a@b.c", "mime": "x", "smarthost": "relay"}, "'smarthost' must be an object"),
         ({"recipient": "a@b.c", "mime": "x", "smarthost": {"hostname": "r", "port": 0}}, "'smarthost.port'"),
         ({"recipient": "a@b.c", "mime": "x", "results": {}}, "'results' must be a list"),
-        ({"recipient": "a@b.c", "mime": {"text": "hi"}}, "'mime' as an object is not supported"),
-        ({"recipient": "a@b.c", "mime": "x", "dkim": {}}, "'dkim' (DKIM signing) is not supported"),
+        ({"recipient": "a@b.c", "mime": {"text": 5}}, "mime.text"),
+        ({"recipient": "a@b.c", "mime": "x", "dkim": {}}, "dkim"),
+        ({"recipient": "a@b.c", "mime": "x", "headers": {"append": {"X-A": "1\r\nBcc: x@y"}}}, "X-A"),
     ],
 )
 def test_refusals_name_the_cause(data, words):
@@ -186,3 +187,34 @@ def test_invalid_result_json():
 
 def test_time_format_round_trip():
     assert formatTime(parseTime("2026-02-28 23:59:59")) == "2026-02-28 23:59:59"
+
+
+def test_mime_object_is_built_once_and_kept_in_the_json():
+    message = parse(mime={"from": "a@example.org", "to": "b@example.com", "subject": "hi", "text": "hello"}, keepmime=True)
+    assert b"Subject: hi\r\n" in message.mime
+    assert message.json["mime"] == message.mime.decode()
+    again = Message.fromJSON(message.outboxJSON())
+    assert again.mime == message.mime  # same Date and Message-ID on a retry
+
+
+def test_secrets_never_reach_published_json():
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    pem = ed25519.Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ).decode()
+    message = parse(
+        mime="From: a@example.org\r\n\r\nx\r\n",
+        dkim={"domain": "example.org", "selector": "s1", "key": pem},
+        headers={"append": {"X-Campaign": "c1"}},
+        smarthost={"hostname": "relay", "username": "u", "password": "hunter2"},
+    )
+    assert len(message.dkim) == 1 and message.headerEdits == {"append": {"X-Campaign": "c1"}}
+    published = message.resultJSON()
+    assert b"PRIVATE KEY" not in published and b"hunter2" not in published
+    assert json.loads(published)["dkim"] == {"domain": "example.org", "selector": "s1"}
+    invalid = invalidResultJSON(json.dumps(dict(message.json, recipient="bad")).encode(), InvalidMessage("x"), 0)
+    assert b"PRIVATE KEY" not in invalid and b"hunter2" not in invalid
+    # the outbox copy keeps what the next attempt needs
+    assert b"PRIVATE KEY" in message.outboxJSON()

@@ -24,7 +24,7 @@ import mqtwist.discovery
 from mqtwist import CONTINUE, IDataPlugin
 from mqtwist.config import Config, SMTPTimeouts
 from mqtwist.discovery import FoundPlugin
-from mqtwist.tap import _HELP, SETTINGS, Options, makeService
+from mqtwist.tap import _HELP, SETTINGS, TABLE_SETTINGS, Options, makeService
 
 TOP = Path(__file__).resolve().parent.parent
 
@@ -104,6 +104,7 @@ class TestNames:
 
     def test_everyConfigAttributeIsASetting(self) -> None:
         paths = {each.path for each in SETTINGS}
+        paths |= {attribute for attribute, _ in TABLE_SETTINGS.values()}
         expected = {field.name for field in dataclasses.fields(Config) if field.name != "timeouts"}
         expected |= {f"timeouts.{field.name}" for field in dataclasses.fields(SMTPTimeouts)}
         assert paths == expected
@@ -502,3 +503,26 @@ class TestReadme:
         assert (config.failure, config.retry, config.prefetch) == ("bounces", "", 500)
         assert config.plugins == ["stamp_header"]
         assert config.timeouts == SMTPTimeouts(connect=10, message=300)
+
+
+class TestDKIMKeys:
+    """
+    C{[[dkim-keys]]} tables: signing keys by domain, from the TOML file.
+    """
+
+    def test_read(self, tmp_path: Path) -> None:
+        path = tmp_path / "mqtwist.toml"
+        path.write_text(
+            '[[dkim-keys]]\ndomain = "example.org"\nselector = "s1"\nkeyfile = "/etc/k.pem"\n'
+        )
+        options = Options({})
+        options.parseOptions(["--config", str(path), "--plugins="])
+        (rule,) = options.config.dkimKeys
+        assert (rule.domain, rule.selector, rule.keyfile) == ("example.org", "s1", "/etc/k.pem")
+
+    def test_missingKeyfile(self, tmp_path: Path) -> None:
+        path = tmp_path / "mqtwist.toml"
+        path.write_text('[[dkim-keys]]\ndomain = "example.org"\nselector = "s1"\n')
+        options = Options({})
+        with pytest.raises(usage.UsageError, match=r"\[\[dkim-keys\]\] number 1 in .*'keyfile' is missing"):
+            options.parseOptions(["--config", str(path), "--plugins="])

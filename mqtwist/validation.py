@@ -1,0 +1,82 @@
+"""
+Checks of values taken from outbox JSON that end up in SMTP commands or
+headers: addresses and header values.  A value that fails raises
+L{InvalidMessage} naming what it is and what is wrong.
+"""
+
+from __future__ import annotations
+
+import re
+
+from mqtwist.errors import InvalidMessage
+
+# RFC 5321 section 4.5.3.1: local part 64 octets, domain 255, path 256.
+_MAX_LOCAL_PART = 64
+_MAX_DOMAIN = 255
+_MAX_ADDRESS = 254
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_FORBIDDEN_IN_ADDRESS = re.compile(r"[\s<>()\[\],;:\\\"]")
+_DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
+_ADDRESS_LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]+\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$")
+
+
+def checkHeaderValue(name: str, value: str) -> str:
+    """
+    Refuse a value taken from JSON that would end up in an SMTP command or a
+    header when it holds CR, LF or another control character (header or
+    command injection).
+
+    @param name: what the value is, for the description (C{"recipient"}).
+    @return: C{value} unchanged.
+    @raise InvalidMessage: when it holds a control character.
+    """
+    match = _CONTROL.search(value)
+    if match is not None:
+        raise InvalidMessage(
+            f"{name} contains the control character {match.group()!r} at "
+            f"position {match.start()}; remove CR, LF and other control "
+            f"characters"
+        )
+    return value
+
+
+def checkAddress(name: str, address: str) -> str:
+    """
+    Check that C{address} is a usable C{local@domain} mailbox for an SMTP
+    envelope.  Non-ASCII is accepted (SMTPUTF8); quoted local parts are not.
+
+    @return: C{address} unchanged.
+    @raise InvalidMessage: naming C{name} and what is wrong.
+    """
+    checkHeaderValue(name, address)
+    if len(address.encode("utf-8")) > _MAX_ADDRESS:
+        raise InvalidMessage(
+            f"{name} {address!r} is longer than {_MAX_ADDRESS} bytes (RFC 5321)"
+        )
+    local, at, domain = address.rpartition("@")
+    if not at or not local or not domain:
+        raise InvalidMessage(
+            f"{name} {address!r} is not an address of the form local@domain"
+        )
+    forbidden = _FORBIDDEN_IN_ADDRESS.search(local)
+    if forbidden is not None:
+        raise InvalidMessage(
+            f"{name} {address!r} contains {forbidden.group()!r}; give the bare "
+            f"address (local@domain) without brackets, quotes or spaces"
+        )
+    if len(local.encode("utf-8")) > _MAX_LOCAL_PART:
+        raise InvalidMessage(
+            f"{name} {address!r} has a local part longer than "
+            f"{_MAX_LOCAL_PART} bytes (RFC 5321)"
+        )
+    if "@" in local or local.startswith(".") or local.endswith(".") or ".." in local:
+        raise InvalidMessage(
+            f"{name} {address!r} has a malformed local part {local!r}"
+        )
+    if _ADDRESS_LITERAL.match(domain):
+        return address
+    if len(domain) > _MAX_DOMAIN or not all(
+        _DOMAIN_LABEL.match(label) for label in domain.rstrip(".").split(".")
+    ):
+        raise InvalidMessage(f"{name} {address!r} has a malformed domain {domain!r}")
+    return address
