@@ -2,26 +2,34 @@
 txamqp's client protocol, made fit for a long-running publisher/consumer.
 
 txamqp's stock protocol and delegate queue deliveries per consumer tag, know
-nothing of publisher confirms, and hand over message bodies as C{str} when
-they happen to be valid UTF-8.  L{AMQPProtocol} and L{AMQPDelegate} instead
-pass deliveries, confirms and channel/connection loss straight to one
-L{ConnectionListener}, with bodies always as bytes.
+nothing of publisher confirms, hand over message bodies as C{str} when
+they happen to be valid UTF-8, and cannot read most field table value types
+(so a dead-lettered message, whose C{x-death} header holds arrays, 64-bit
+integers and timestamps, would break the connection).  L{AMQPProtocol} and
+L{AMQPDelegate} instead pass deliveries, confirms and channel/connection loss
+straight to one L{ConnectionListener}, with bodies always as bytes, and
+read and write every frame with L{FieldTableCodec}.
 """
 
 from __future__ import annotations
 
+from io import BytesIO
 from typing import Any, Protocol as TypingProtocol
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import Closed, TwistedDelegate
+from txamqp.connection import Frame, Header, Method, Payload
 from txamqp.content import Content
 from txamqp.message import Message
-from txamqp.protocol import AMQChannel, AMQClient
+from txamqp.protocol import AMQChannel, AMQClient, GarbageException
+from txamqp.spec import Spec, pythonize
 
+from mqtwist.amqp.fieldtable import FieldTableCodec
 from mqtwist.amqp.spec import loadSpec
 from mqtwist.amqp.url import BrokerURL
 
@@ -63,8 +71,6 @@ class AMQPDelegate(TwistedDelegate):
     client: AMQPProtocol
 
     def connection_start(self, ch: AMQChannel, msg: Message) -> None:
-        # txamqp's table encoder knows only strings and integers, which is
-        # all these need
         properties = {
             "product": "mqtwist",
             "platform": "Python/Twisted (txamqp)",
@@ -94,6 +100,8 @@ class AMQPProtocol(AMQClient):
 
     listener: ConnectionListener
 
+    log = Logger()
+
     def setListener(self, listener: ConnectionListener) -> None:
         """
         Report to C{listener} from now on.  (A method, not an attribute
@@ -117,6 +125,43 @@ class AMQPProtocol(AMQClient):
         payload = frame.payload
         content = (yield readContent(queue)) if payload.method.content else None
         self.delegate.dispatch(channel, Message(payload.method, payload.args, content))
+
+    def _pack_frame(self, frame: Frame) -> bytes:
+        # txamqp's own version (and its Method and Header payloads) encode
+        # with its Codec, whatever codec they are handed
+        buf = BytesIO()
+        codec = FieldTableCodec(buf)
+        codec.encode_octet(self.spec.constants.bypyname[frame.payload.type].id)
+        codec.encode_short(frame.channel)
+        payload = frame.payload
+        if isinstance(payload, Method):
+            encodeMethod(payload, codec)
+        elif isinstance(payload, Header):
+            encodeHeader(payload, codec, self.log)
+        else:
+            payload.encode(codec)
+        codec.encode_octet(self.FRAME_END)
+        return buf.getvalue()
+
+    def _unpack_frame(self, data: bytes) -> Frame:
+        codec = FieldTableCodec(BytesIO(data))
+        frameType = pythonize(self.spec.constants.byid[codec.decode_octet()].name)
+        channel = codec.decode_short()
+        payload: Payload
+        if frameType == Frame.METHOD:
+            payload = decodeMethod(self.spec, codec)
+        elif frameType == Frame.HEADER:
+            payload = decodeHeader(self.spec, codec)
+        else:
+            payload = Frame.DECODERS[frameType].decode(self.spec, codec)
+        end = codec.decode_octet()
+        if end != self.FRAME_END:
+            raise GarbageException(
+                f"AMQP frame on channel {channel} ends with {end!r}, not the "
+                f"frame-end octet {self.FRAME_END!r}: the broker and client "
+                f"disagree about the frame's contents"
+            )
+        return Frame(channel, payload)
 
     def channel_failed(self, channel: AMQChannel, reason: Failure) -> None:
         self.listener.channelClosed(channel, reason)
@@ -142,6 +187,98 @@ class AMQPProtocol(AMQClient):
                 f"for user {url.username!r} ({_describeClose(e)}): check the "
                 f"user name, password, vhost and the user's permissions"
             ) from None
+
+
+# The four functions below follow txamqp's Method and Header payloads, whose
+# encode and decode build txamqp's Codec for the payload themselves.
+
+
+def encodeMethod(method: Method, enc: FieldTableCodec) -> None:
+    """
+    Write a method frame's payload: class and method ids, then the
+    arguments by their spec types.
+    """
+    buf = BytesIO()
+    codec = FieldTableCodec(buf)
+    codec.encode_short(method.method.klass.id)
+    codec.encode_short(method.method.id)
+    for spec, value in zip(method.method.fields, method.args):
+        codec.encode(spec.type, value)
+    codec.flush()
+    enc.encode_longbytes(buf.getvalue())
+
+
+def decodeMethod(spec: Spec, dec: FieldTableCodec) -> Method:
+    """
+    Read a method frame's payload.
+    """
+    codec = FieldTableCodec(BytesIO(dec.decode_longbytes()))
+    klass = spec.classes.byid[codec.decode_short()]
+    method = klass.methods.byid[codec.decode_short()]
+    return Method(method, *[codec.decode(field.type) for field in method.fields])
+
+
+#: property flags come in 16-bit words: bits 15..1 say which of the next 15
+#: properties are present, bit 0 that another word follows
+_FLAGS_PER_WORD = 15
+
+
+def encodeHeader(header: Header, enc: FieldTableCodec, log: Logger) -> None:
+    """
+    Write a content header frame's payload: class id, weight, body size,
+    property flags, then the properties present (those not C{None}).
+    """
+    buf = BytesIO()
+    codec = FieldTableCodec(buf)
+    codec.encode_short(header.klass.id)
+    codec.encode_short(header.weight)
+    codec.encode_longlong(header.size)
+    fields = header.klass.fields.items
+    present = [header.properties.get(field.name) is not None for field in fields]
+    for start in range(0, max(len(present), 1), _FLAGS_PER_WORD):
+        word = 0
+        for bit, isPresent in enumerate(present[start : start + _FLAGS_PER_WORD]):
+            if isPresent:
+                word |= 1 << (15 - bit)
+        if start + _FLAGS_PER_WORD < len(present):
+            word |= 1
+        codec.encode_short(word)
+    for field, isPresent in zip(fields, present):
+        if isPresent:
+            codec.encode(field.type, header.properties[field.name])
+    unknown = set(header.properties) - {field.name for field in fields}
+    if unknown:
+        log.warn(
+            "message properties {names} are not {klass} properties and were "
+            "not sent; use the names of the AMQP spec (e.g. 'delivery-mode')",
+            names=sorted(unknown),
+            klass=header.klass.name,
+        )
+    codec.flush()
+    enc.encode_longbytes(buf.getvalue())
+
+
+def decodeHeader(spec: Spec, dec: FieldTableCodec) -> Header:
+    """
+    Read a content header frame's payload; the properties it carries are
+    keyed by their spec names (C{"headers"}, C{"delivery-mode"}, ...).
+    """
+    codec = FieldTableCodec(BytesIO(dec.decode_longbytes()))
+    klass = spec.classes.byid[codec.decode_short()]
+    weight = codec.decode_short()
+    size = codec.decode_longlong()
+    present: list[bool] = []
+    while True:
+        word = codec.decode_short()
+        present.extend(bool(word >> bit & 1) for bit in range(15, 0, -1))
+        if not word & 1:
+            break
+    properties = {
+        str(field.name): codec.decode(field.type)
+        for field, isPresent in zip(klass.fields.items, present)
+        if isPresent
+    }
+    return Header(klass, weight, size, **properties)
 
 
 def _describeClose(error: Closed) -> str:
