@@ -107,6 +107,9 @@ def markdown(data: dict[str, Any]) -> str:
         f"{o['count']:,} per throughput run, {o['repeat']} run(s) of each; median (min–max) when "
         f"there are several runs.",
     ]
+    if o.get("mqtwist_args"):
+        out += ["", f"Every mqtwist process ran with `--smarthost 127.0.0.1:PORT --plugins= {o['mqtwist_args']}` "
+                f"and defaults otherwise."]
     if o.get("note"):
         out += ["", f"Note: {o['note']}"]
 

@@ -13,6 +13,7 @@ import argparse
 import datetime
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -91,6 +92,9 @@ class Bench:
         self.stoppable: list[Any] = []
         self.runs: list[Run] = []
         self.dkim: dict[str, Any] | None = None
+        self.tornDown = False
+        # a signal stops the reactor without unwinding main(): clean up then too
+        reactor.addSystemEventTrigger("before", "shutdown", self.tearDown)
 
     # -- set-up and tear-down ----------------------------------------------
 
@@ -111,7 +115,15 @@ class Bench:
         if self.options.dkim:
             self.dkim = makeDKIM(self.directory)
 
-    async def tearDown(self) -> None:
+    @defer.inlineCallbacks
+    def tearDown(self):  # -> Deferred[None]
+        """Stop everything that was started and remove the directory; twice is harmless."""
+        if self.tornDown:
+            return
+        self.tornDown = True
+        yield defer.ensureDeferred(self._tearDown())
+
+    async def _tearDown(self) -> None:
         if getattr(self, "publisher", None) is not None:
             await self.publisher.stopService()
         if getattr(self, "broker", None) is not None:
@@ -150,7 +162,7 @@ class Bench:
                      "--smarthost", f"127.0.0.1:{smarthostPort}", "--plugins="]
         for kind, name in queues.items():
             arguments += [f"--{kind}", name]
-        arguments += extra
+        arguments += shlex.split(self.options.mqtwist_args) + extra
         programs = []
         for n in range(processes):
             program = Program(f"twistd mqtwist #{n + 1}", self.reactor)
@@ -233,9 +245,11 @@ class Bench:
             if counter.count != lastCount:
                 lastCount, lastMove = counter.count, self.reactor.seconds()
             elif self.reactor.seconds() - lastMove > self.options.stall_timeout:
+                retried = await self.broker.count(queues["retry"])
+                sample = await self.sampleResult(queues["retry"]) if retried else ""
                 raise BenchError(
                     f"no results for {self.options.stall_timeout:g} s: {counter.count} of "
-                    f"{run.messages} arrived; retry notices: {await self.broker.count(queues['retry'])}; "
+                    f"{run.messages} arrived; retry notices: {retried} {sample}; "
                     f"output of the first process:\n{started[0][0].tail()}")
 
     async def sampleResult(self, queue: str) -> str:
@@ -438,6 +452,8 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--tree", default=REPOSITORY,
                    help="the mqtwist source tree the twistd processes run (default: this checkout); "
                    "e.g. an export of a commit: git archive COMMIT | tar -x -C DIR")
+    p.add_argument("--mqtwist-args", default="",
+                   help="more options for every twistd mqtwist process, e.g. '--destination-backlog 100'")
     p.add_argument("--note", default="", help="a remark for the report, e.g. what else ran on the machine")
     p.add_argument("--name", default=None, help="name of the results files (default: derived from the options)")
     p.add_argument("--results-dir", default=os.path.join(REPOSITORY, "bench", "results"))
