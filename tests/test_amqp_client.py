@@ -134,8 +134,8 @@ def test_bad_headers_and_priority_are_refused(rabbitmq):
     )
     with pytest.raises(ValueError, match="priority 300"):
         client.publish("q", b"x", priority=300)
-    with pytest.raises(ValueError, match="'f'"):
-        client.publish("q", b"x", headers={"f": 1.5})
+    with pytest.raises(ValueError, match="message headers: .*'f'"):
+        client.publish("q", b"x", headers={"f": 1j})
     with pytest.raises(ValueError, match="prefetch"):
         BrokerClient(rabbitmq, [], consumeFrom="q", prefetch=70000, onDelivery=print)
 

@@ -25,6 +25,7 @@ from txamqp.message import Message
 from txamqp.protocol import AMQChannel
 
 from mqtwist.amqp.confirms import PendingConfirms
+from mqtwist.amqp.fieldtable import FieldTableError, checkFieldTable
 from mqtwist.amqp.protocol import AMQPFactory, AMQPProtocol, brokerEndpoint
 from mqtwist.amqp.url import BrokerURL
 
@@ -129,15 +130,12 @@ class Delivery:
 
 
 def _checkTable(what: str, table: Mapping[str, object]) -> None:
-    # txamqp encodes table values as AMQP 'S' or 'I' only, and fails inside
-    # its frame writer (breaking the connection) on anything else
-    for key, value in table.items():
-        if isinstance(value, str) or (isinstance(value, int) and 0 <= value < 2**32):
-            continue
-        raise ValueError(
-            f"{what}: value {value!r} of {key!r} cannot be sent: use a string "
-            f"or an integer from 0 to 2**32-1"
-        )
+    # a value that cannot be encoded would fail inside the frame writer and
+    # break the connection: refuse it here, where the caller can be told
+    try:
+        checkFieldTable(table)
+    except FieldTableError as e:
+        raise ValueError(f"{what}: {e}") from None
 
 
 class BrokerClient(Service):
