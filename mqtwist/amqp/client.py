@@ -39,8 +39,8 @@ class QueueSpec:
     A durable queue, declared on every (re)connect.
 
     @ivar arguments: queue arguments (C{x-max-priority}, C{x-max-length},
-        ...); values must be strings or integers from 0 to 2**32-1, which
-        is what txamqp can encode.
+        ...); any value of L{mqtwist.amqp.fieldtable} (strings, numbers,
+        booleans, lists, tables).
     """
 
     name: str
@@ -293,8 +293,8 @@ class BrokerClient(Service):
 
         @param priority: AMQP priority 0..255 (used by queues declared with
             C{x-max-priority}).
-        @param headers: message headers; values must be strings or integers
-            from 0 to 2**32-1.
+        @param headers: message headers: a field table
+            (L{mqtwist.amqp.fieldtable}).
         @return: a Deferred that fires with C{None} when the broker has
             confirmed the message, or errbacks with L{PublishFailed} when
             the broker rejects it (C{basic.nack}), when the connection or
