@@ -52,12 +52,14 @@ def summarise(path: str, seconds: float, rate: float = 100.0, top: int = 25) -> 
     @param path: the raw profile.
     @param seconds: how long py-spy sampled, at C{rate} samples a second.
     @return: samples in all, the busy share, own-time samples by group and
-        the C{top} functions by own time, and inclusive time by group
-        (a stack counts once per group it passes through).
+        the C{top} functions by own time, and inclusive time by group and
+        by function (a stack counts once per group or function it passes
+        through).
     """
     own: collections.Counter[str] = collections.Counter()
     ownGroups: collections.Counter[str] = collections.Counter()
     inclusiveGroups: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
     total = 0
     with open(path, errors="replace") as f:
         for line in f:
@@ -75,6 +77,8 @@ def summarise(path: str, seconds: float, rate: float = 100.0, top: int = 25) -> 
             ownGroups[groupOf(file)] += n
             for group in {groupOf(file) for _, file in frames}:
                 inclusiveGroups[group] += n
+            for name in {f"{function} ({shortFile(file)})" for function, file in frames}:
+                inclusive[name] += n
 
     def share(n: int) -> float:
         return round(100.0 * n / total, 1) if total else 0.0
@@ -85,4 +89,5 @@ def summarise(path: str, seconds: float, rate: float = 100.0, top: int = 25) -> 
         "ownByGroup": [(group, share(n)) for group, n in ownGroups.most_common()],
         "inclusiveByGroup": [(group, share(n)) for group, n in inclusiveGroups.most_common()],
         "topOwn": [(function, share(n)) for function, n in own.most_common(top)],
+        "topInclusive": [(function, share(n)) for function, n in inclusive.most_common(top * 2)],
     }

@@ -194,7 +194,9 @@ def markdown(data: dict[str, Any]) -> str:
             "", "## Profile", "",
             f"py-spy, {o['profile_seconds']:g} s at 100 Hz on one mqtwist process under the "
             f"{o['size']:,}-byte load ({r['rate']:,.0f} messages/s while sampled, with py-spy's own cost); "
-            f"the process was busy in {profile['busyPercent']}% of the samples. Shares are of the busy samples.",
+            f"{profile['samples']:,} non-idle samples ({profile['busyPercent']}% of the sampling time; the "
+            f"reactor thread and the thread pool are counted separately). Shares are of those samples; "
+            f"raw stacks: `{profile.get('raw', '')}`.",
             "", "| group | own time % | inclusive % |", "|---|---|---|",
         ]
         inclusive = dict(profile["inclusiveByGroup"])
@@ -202,6 +204,9 @@ def markdown(data: dict[str, Any]) -> str:
             out.append(f"| {group} | {share} | {inclusive.get(group, '')} |")
         out += ["", "| function (own time) | % |", "|---|---|"]
         for function, share in profile["topOwn"]:
+            out.append(f"| `{function}` | {share} |")
+        out += ["", "| function (inclusive) | % |", "|---|---|"]
+        for function, share in profile.get("topInclusive", []):
             out.append(f"| `{function}` | {share} |")
 
     failed = [r for r in runs if r["error"]]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import json
 import os
 import shlex
@@ -93,6 +94,7 @@ class Bench:
         self.runs: list[Run] = []
         self.dkim: dict[str, Any] | None = None
         self.tornDown = False
+        self.stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
         # a signal stops the reactor without unwinding main(): clean up then too
         reactor.addSystemEventTrigger("before", "shutdown", self.tearDown)
 
@@ -274,7 +276,12 @@ class Bench:
             self.stoppable.remove(spy)
         if not os.path.exists(raw):
             raise BenchError(f"py-spy wrote no profile; its output:\n{spy.tail()}")
-        return profiles.summarise(raw, seconds)
+        # kept with the results: the raw stacks answer questions the summary does not
+        os.makedirs(self.options.results_dir, exist_ok=True)
+        kept = os.path.join(self.options.results_dir, f"{self.options.name}-{self.stamp}-profile.txt.gz")
+        with open(raw, "rb") as source, gzip.open(kept, "wb") as target:
+            shutil.copyfileobj(source, target)
+        return dict(profiles.summarise(raw, seconds), raw=os.path.basename(kept))
 
     # -- Postfix -----------------------------------------------------------------
 
@@ -472,8 +479,8 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
 async def main(reactor: Any, argv: list[str]) -> None:
     options = parseArguments(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
-    started = datetime.datetime.now(datetime.timezone.utc)
     bench = Bench(reactor, options)
+    started = datetime.datetime.now(datetime.timezone.utc)
     try:
         await bench.setUp()
         machine = await report.machine(reactor, options.tree)
@@ -481,7 +488,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
     finally:
         await bench.tearDown()
     os.makedirs(options.results_dir, exist_ok=True)
-    stem = os.path.join(options.results_dir, f"{options.name}-{started:%Y%m%d-%H%M}")
+    stem = os.path.join(options.results_dir, f"{options.name}-{bench.stamp}")
     data = {
         "started": started.isoformat(timespec="seconds"),
         "options": {k: v for k, v in vars(options).items() if k != "results_dir"},
