@@ -118,6 +118,7 @@ class Router:
         self.smarthostCredentials = smarthostCredentials
         self._resolver: Any = None
         self._cache: dict[str, _Exchange] = {}
+        self._pending: dict[str, list[Deferred[_Exchange]]] = {}
 
     @property
     def resolver(self) -> Any:
@@ -184,10 +185,24 @@ class Router:
         return Route(destination, domain, exchange.exchangers, domain, names)
 
     async def _exchange(self, domain: str) -> _Exchange:
-        now = self.reactor.seconds()
         cached = self._cache.get(domain)
-        if cached is not None and cached.expires > now:
+        if cached is not None and cached.expires > self.reactor.seconds():
             return cached
+        # messages that arrive together for a domain share one lookup
+        waiter: Deferred[_Exchange] = Deferred()
+        if domain in self._pending:
+            self._pending[domain].append(waiter)
+        else:
+            self._pending[domain] = [waiter]
+            ensureDeferred(self._lookUp(domain)).addBoth(self._lookedUp, domain)
+        return await waiter
+
+    def _lookedUp(self, result: Any, domain: str) -> None:
+        for waiter in self._pending.pop(domain):
+            waiter.callback(result)
+
+    async def _lookUp(self, domain: str) -> _Exchange:
+        now = self.reactor.seconds()
         names, ttl = await self._mailExchangers(domain)
         addresses, addressTTL = await self._addressesOf(domain, names)
         exchange = _Exchange(

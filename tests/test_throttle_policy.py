@@ -1,0 +1,129 @@
+"""
+L{DeliveryPolicy} bookkeeping with a fake clock: grouping, limits, backlog,
+pauses, reduced concurrency, down marking.
+"""
+
+from __future__ import annotations
+
+import pytest
+from twisted.internet.task import Clock
+
+from mqtwist.config import BackoffRule, Config, ThrottleRule
+from mqtwist.errors import AttemptFailed
+from mqtwist.routing import Route
+from mqtwist.smtp.pool import Destination
+from mqtwist.throttle import Deferral, DeliveryPolicy, TokenBucket
+
+
+def route(domain: str, *exchangers: str, ip: str | None = None) -> Route:
+    return Route(Destination((("127.0.0.2", 25),), ip), domain, exchangers, domain)
+
+
+def policy(idle: int = 0, **settings) -> tuple[DeliveryPolicy, Clock]:
+    clock = Clock()
+    clock.advance(1000)
+    return DeliveryPolicy(Config(ehloName="x", **settings), clock, lambda destination: idle), clock
+
+
+def deferral(deferred) -> Deferral:
+    failures = []
+    deferred.addErrback(lambda f: failures.append(f.value))
+    (value,) = failures
+    assert isinstance(value, Deferral)
+    return value
+
+
+def test_domains_with_the_same_exchangers_share_a_destination():
+    p, _ = policy(throttles=[ThrottleRule(domain="*.example.com"), ThrottleRule(mx="*.provider.net", ip="10.*")])
+    assert p.destinationOf(route("a.test", "mx2.b.test", "mx1.b.test"))[0] == "mx mx1.b.test,mx2.b.test"
+    assert p.destinationOf(route("b.test", "mx1.b.test", "mx2.b.test"))[0] == "mx mx1.b.test,mx2.b.test"
+    assert p.destinationOf(route("shop.example.com", "mx.x"))[0] == "domain *.example.com"
+    assert p.destinationOf(route("c.test", "in.provider.net", ip="10.0.0.1"))[0] == "mx *.provider.net from 10.0.0.1"
+    # the ip of the rule does not match: MX rollup, per local address
+    assert p.destinationOf(route("c.test", "in.provider.net", ip="192.0.2.1"))[0] == "mx in.provider.net from 192.0.2.1"
+
+
+def test_token_bucket_allows_a_seconds_worth_then_paces():
+    bucket = TokenBucket(120, 0.0)
+    assert bucket.wait(0.0) == 0
+    bucket.take(0.0)
+    bucket.take(0.0)
+    assert bucket.wait(0.0) == pytest.approx(0.5)
+    assert bucket.wait(0.5) == 0
+
+
+def test_beyond_the_backlog_messages_are_deferred():
+    p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, parkDelay=7)
+    first = p.admit(route("a.test", "mx.a.test"))
+    waiting = p.admit(route("a.test", "mx.a.test"))
+    assert first.called and not waiting.called
+    turnedAway = deferral(p.admit(route("a.test", "mx.a.test")))
+    assert turnedAway.until == clock.seconds() + 7 and turnedAway.reason.startswith("busy")
+    p.release(first.result)
+    assert waiting.called
+
+
+def test_rate_limit_wakes_the_waiter_when_a_token_is_due():
+    p, clock = policy(throttles=[ThrottleRule(domain="*", messagesPerMinute=60)])
+    first = p.admit(route("a.test", "mx.a.test"))
+    second = p.admit(route("a.test", "mx.a.test"))
+    assert first.called and not second.called
+    clock.advance(0.99)
+    assert not second.called
+    clock.advance(0.02)
+    assert second.called
+
+
+def test_a_pause_turns_away_the_waiting_and_the_new():
+    p, clock = policy(maxConnectionsPerDestination=1, backoff=[BackoffRule("pause", 60, text="slow down")])
+    permit = p.admit(route("a.test", "mx.a.test")).result
+    waiting = p.admit(route("a.test", "mx.a.test"))
+    backoff = p.failed(permit, AttemptFailed("mailfrom", "error", "please slow down", code=451))
+    assert backoff.action == "pause" and backoff.until == clock.seconds() + 60
+    assert deferral(waiting).until == clock.seconds() + 60
+    assert "slow down" in deferral(p.admit(route("a.test", "mx.a.test"))).reason
+    p.release(permit)
+    clock.advance(61)
+    assert p.admit(route("a.test", "mx.a.test")).called
+
+
+def test_too_many_connections_cuts_concurrency_for_a_while():
+    p, clock = policy()
+    permits = [p.admit(route("a.test", "mx.a.test")).result for _ in range(3)]
+    backoff = p.failed(permits[0], AttemptFailed("intro", "error", "too many connections from your IP", code=421))
+    assert backoff.action == "reduce"
+    for permit in permits:
+        p.release(permit)
+    assert p.admit(route("a.test", "mx.a.test")).called
+    assert not p.admit(route("a.test", "mx.a.test")).called  # one at a time now
+
+
+def test_failing_connections_mark_the_destination_down():
+    p, clock = policy(downAfterFailures=3, downTime=120)
+    for n in range(3):
+        permit = p.admit(route("a.test", "mx.a.test")).result
+        backoff = p.failed(permit, AttemptFailed("connect", "timeout", "no TCP connection"))
+        p.release(permit)
+    assert backoff.action == "down"
+    down = deferral(p.admit(route("a.test", "mx.a.test")))
+    assert down.reason.startswith("down") and down.until == clock.seconds() + 120
+
+
+def test_a_server_that_answers_resets_the_failure_count():
+    p, _ = policy(downAfterFailures=2)
+    for failure in [
+        AttemptFailed("connect", "error", "refused"),
+        AttemptFailed("rcptto", "error", "no such user", code=550, permanent=True),
+        AttemptFailed("connect", "error", "refused"),
+    ]:
+        permit = p.admit(route("a.test", "mx.a.test")).result
+        assert p.failed(permit, failure) is None
+        p.release(permit)
+
+
+def test_greylisting_retries_only_the_message():
+    p, clock = policy(greylistDelay=90)
+    permit = p.admit(route("a.test", "mx.a.test")).result
+    backoff = p.failed(permit, AttemptFailed("rcptto", "error", "Greylisted, come back later", code=450))
+    assert (backoff.action, backoff.until) == ("retry", clock.seconds() + 90)
+    assert p.admit(route("a.test", "mx.a.test")).called
