@@ -148,11 +148,16 @@ class _State:
     active: int = 0
     waiters: deque[tuple[Deferred[Permit], Destination]] = field(default_factory=deque)
     timer: IDelayedCall | None = None
+    stuckCheck: IDelayedCall | None = None
     pausedUntil: float = 0.0
     pauseReason: str = ""
     reducedTo: int = 0
     reducedUntil: float = 0.0
     failuresInRow: int = 0
+    #: when a delivery to it last ended, and when the deliveries running
+    #: now began to run without a pause
+    lastDone: float = float("-inf")
+    busySince: float = float("-inf")
 
     def allowedAtOnce(self, now: float) -> int:
         if self.reducedUntil > now:
@@ -262,17 +267,54 @@ class DeliveryPolicy:
             return fail(Deferral(state.name, state.pauseReason, state.pausedUntil))
         if not state.waiters and self._wait(state, route.destination, now) == 0:
             return succeed(self._start(state, route.destination, now))
-        if len(state.waiters) >= self.config.destinationBacklog:
-            reason = (
-                f"busy: {state.active} deliveries in progress and {len(state.waiters)} waiting "
-                f"(limits {state.allowedAtOnce(now)} at once, "
-                f"{state.limits.messagesPerMinute or 'any'} a minute)"
-            )
-            return fail(Deferral(state.name, reason, now + self.config.parkDelay))
+        if len(state.waiters) >= self.config.destinationBacklog and self._stuck(state, now):
+            return fail(self._busy(state, now))
         waiter: Deferred[Permit] = Deferred(lambda d: self._forget(state, d))
         state.waiters.append((waiter, route.destination))
+        if len(state.waiters) > self.config.destinationBacklog and state.stuckCheck is None:
+            state.stuckCheck = self.reactor.callLater(self.STUCK_AFTER, self._checkStuck, state)
         self._serve(state)
         return waiter
+
+    #: seconds without a finished delivery after which a busy destination
+    #: counts as stuck
+    STUCK_AFTER = 1.0
+
+    def _stuck(self, state: _State, now: float) -> bool:
+        """
+        Whether C{state} is busy and no delivery to it ended for a while: a
+        destination that moves does not hold its waiting messages for long,
+        one that is stuck would hold them (and the outbox) for as long as
+        its time-outs.
+        """
+        return now - max(state.lastDone, state.busySince) >= self.STUCK_AFTER
+
+    def _busy(self, state: _State, now: float) -> Deferral:
+        reason = (
+            f"busy: {state.active} deliveries in progress and {len(state.waiters)} waiting "
+            f"(limits {state.allowedAtOnce(now)} at once, "
+            f"{state.limits.messagesPerMinute or 'any'} a minute)"
+        )
+        return Deferral(state.name, reason, now + self.config.parkDelay)
+
+    def _checkStuck(self, state: _State) -> None:
+        """
+        Turn away the messages beyond the backlog of a destination that
+        got stuck while they waited.
+        """
+        state.stuckCheck = None
+        now = self.reactor.seconds()
+        if len(state.waiters) <= self.config.destinationBacklog:
+            return
+        if not self._stuck(state, now):
+            state.stuckCheck = self.reactor.callLater(self.STUCK_AFTER, self._checkStuck, state)
+            return
+        excess = []
+        while len(state.waiters) > self.config.destinationBacklog:
+            excess.append(state.waiters.pop()[0])
+        deferral = self._busy(state, now)
+        for waiter in reversed(excess):
+            waiter.errback(Deferral(deferral.destination, deferral.reason, deferral.until))
 
     def release(self, permit: Permit) -> None:
         """
@@ -280,6 +322,7 @@ class DeliveryPolicy:
         """
         state = permit._state
         state.active -= 1
+        state.lastDone = self.reactor.seconds()
         self._serve(state)
         self._dropIfForgettable(state)
 
@@ -296,6 +339,8 @@ class DeliveryPolicy:
         return wait
 
     def _start(self, state: _State, destination: Destination, now: float) -> Permit:
+        if not state.active:
+            state.busySince = now
         state.active += 1
         if state.messages is not None:
             state.messages.take(now)
@@ -426,8 +471,9 @@ class DeliveryPolicy:
         """
         now = self.reactor.seconds()
         for state in list(self._states.values()):
-            if state.timer is not None and state.timer.active():
-                state.timer.cancel()
+            for timer in (state.timer, state.stuckCheck):
+                if timer is not None and timer.active():
+                    timer.cancel()
             waiters, state.waiters = state.waiters, deque()
             for waiter, _ in waiters:
                 waiter.errback(Deferral(state.name, "the service is stopping", now))

@@ -57,10 +57,26 @@ def test_beyond_the_backlog_messages_are_deferred():
     first = p.admit(route("a.test", "mx.a.test"))
     waiting = p.admit(route("a.test", "mx.a.test"))
     assert first.called and not waiting.called
+    # busy for a second with nothing done: stuck, so only the backlog waits
+    clock.advance(1)
     turnedAway = deferral(p.admit(route("a.test", "mx.a.test")))
     assert turnedAway.until == clock.seconds() + 7 and turnedAway.reason.startswith("busy")
     p.release(first.result)
     assert waiting.called
+
+
+def test_a_destination_that_moves_may_have_more_waiting_until_it_gets_stuck():
+    p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1)
+    permit = p.admit(route("a.test", "mx.a.test")).result
+    waiting = [p.admit(route("a.test", "mx.a.test")) for _ in range(4)]
+    assert not any(w.called for w in waiting)  # it just got busy: all wait
+    clock.advance(0.5)
+    p.release(permit)  # moving: the first waiter goes
+    assert waiting[0].called
+    clock.advance(1)  # nothing more ended for a second: stuck
+    assert not waiting[1].called
+    for turnedAway in waiting[2:]:
+        assert deferral(turnedAway).reason.startswith("busy")
 
 
 def test_rate_limit_wakes_the_waiter_when_a_token_is_due():

@@ -1,0 +1,157 @@
+"""
+Head-of-line blocking benchmark: how fast the messages for a healthy
+destination go while the other half of the outbox is for a destination
+that accepts TCP connections and never greets.
+
+    python3 bench/mixed.py [--messages 2000] [--greeting-timeout 30]
+
+Two runs on one private RabbitMQ node, a DNS server and two mail hosts on
+loopback (127.0.0.2 answers at once, 127.0.0.3 never greets), all in this
+process with mqtwist (so the servers' work counts against mqtwist's):
+
+  1. alone: C{--messages} messages for the fast destination;
+  2. mixed: the same number for the fast destination interleaved with as
+     many for the silent one.
+
+The figure is the fast destination's rate in run 2 over its rate in run 1
+(issue 4 asks for at least 80%).  Prints a table and writes it, with the
+machine and the date, to bench/results/mixed-<date>.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+TOP = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(TOP))
+sys.path.insert(0, str(TOP / "tests"))
+
+from twisted.internet import defer, reactor, task  # noqa: E402
+
+from fixtures_dns import LoopbackDNS, MailHosts, mxConfig, mxDomain  # noqa: E402
+from fixtures_rabbitmq import AMQPHelper  # noqa: E402
+from mqtwist.amqp.localnode import LocalRabbitMQ  # noqa: E402
+from mqtwist.config import Config, SMTPTimeouts  # noqa: E402
+from mqtwist.service import MailerService  # noqa: E402
+
+RESULTS = TOP / "bench" / "results"
+
+
+def job(recipient: str, ident: str) -> bytes:
+    return json.dumps({
+        "id": ident, "recipient": recipient, "envelope": "bench@example.org",
+        "mime": f"Subject: {ident}\r\n\r\n" + "x" * 2000 + "\r\n",
+    }).encode()
+
+
+async def run(
+    node: LocalRabbitMQ, url: str, zone: LoopbackDNS, hosts: MailHosts, messages: int, mixed: bool,
+    greeting: float, prefetch: int, notices: bool,
+) -> dict:
+    base = f"mixed-{uuid.uuid4().hex[:6]}"
+    queues = {kind: f"{base}.{kind}" for kind in ("outbox", "results", "success", "failure", "retry")}
+    config = mxConfig(url, queues, zone, hosts, timeouts=SMTPTimeouts(greeting=greeting), retries=[600],
+                      prefetch=prefetch, delayBuckets=Config().delayBuckets)
+    if not notices:
+        config.retry = ""
+    amqp = AMQPHelper(node.url, reactor)
+    await amqp.connect()
+    await amqp.declare(queues["outbox"])
+    bodies = []
+    for n in range(messages):
+        if mixed:
+            bodies.append(job(f"s{n}@slow.test", f"slow-{n}"))
+        bodies.append(job(f"f{n}@fast.test", f"fast-{n}"))
+    # the outbox is filled first, so that publishing does not set the pace
+    await defer.gatherResults([amqp.publish(queues["outbox"], body) for body in bodies])
+    service = MailerService(config, plugins=[])
+    service.startService()
+    start = reactor.seconds()
+    await service.whenConnected()
+    await amqp.collect(queues["success"], messages, timeout=600)
+    done = reactor.seconds()
+    parked = await amqp.count(queues["retry"]) if mixed and notices else 0
+    await service.stopService()
+    for queue in queues.values():
+        await amqp.delete(queue)
+    await amqp.close()
+    return {
+        "elapsed": done - start,
+        "rate": messages / (done - start),
+        "retryNotices": parked,
+    }
+
+
+async def main(arguments: argparse.Namespace) -> str:
+    dataDir = tempfile.mkdtemp(prefix="mqtwist-bench-mixed-")
+    node = LocalRabbitMQ(dataDir, amqpPort=_freePort(), reactor=reactor)
+    await node.start()
+    url = f"amqp://{node.url.username}:{node.url.password}@{node.url.host}:{node.url.port}/"
+    zone = LoopbackDNS()
+    zone.listen()
+    hosts = MailHosts()
+    try:
+        hosts.scripted("127.0.0.2", hostname="mx.fast.test")
+        hosts.scripted("127.0.0.3", greet=lambda n: None, hostname="mx.slow.test")
+        mxDomain(zone, "fast.test", "127.0.0.2")
+        mxDomain(zone, "slow.test", "127.0.0.3")
+        alone = await run(node, url, zone, hosts, arguments.messages, False, arguments.greeting_timeout, arguments.prefetch,
+                          arguments.retry_notices)
+        mixed = await run(node, url, zone, hosts, arguments.messages, True, arguments.greeting_timeout, arguments.prefetch,
+                          arguments.retry_notices)
+    finally:
+        await hosts.stop()
+        await zone.stop()
+        await node.stop()
+        shutil.rmtree(dataDir, ignore_errors=True)
+    ratio = mixed["rate"] / alone["rate"]
+    lines = [
+        f"bench/mixed.py  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.node()}  "
+        f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  Python {platform.python_version()}",
+        f"{arguments.messages} messages for a fast destination; mixed run: as many again for a destination "
+        f"that never greets (greeting time-out {arguments.greeting_timeout:g} s); defaults otherwise "
+        f"(10 connections and a backlog of 10 per destination), prefetch {arguments.prefetch}, "
+        f"retry notices {'on' if arguments.retry_notices else 'off'}",
+        "",
+        f"{'run':<8}{'seconds':>10}{'fast msg/s':>12}{'retry notices':>15}",
+        f"{'alone':<8}{alone['elapsed']:>10.2f}{alone['rate']:>12.1f}{alone['retryNotices']:>15}",
+        f"{'mixed':<8}{mixed['elapsed']:>10.2f}{mixed['rate']:>12.1f}{mixed['retryNotices']:>15}",
+        "",
+        f"fast rate mixed / alone: {ratio:.0%} (issue 4 asks for at least 80%)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _freePort() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=2000)
+    parser.add_argument("--greeting-timeout", type=float, default=30.0)
+    parser.add_argument("--prefetch", type=int, default=200)
+    parser.add_argument("--no-retry-notices", dest="retry_notices", action="store_false",
+                        help="switch the retry queue off (deferrals publish only the parked copy)")
+    options = parser.parse_args()
+
+    async def go(_: object) -> None:
+        text = await main(options)
+        sys.stdout.write(text)
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / f"mixed-{datetime.now(timezone.utc):%Y-%m-%d}.txt").write_text(text)
+
+    task.react(lambda r: defer.ensureDeferred(go(r)))
