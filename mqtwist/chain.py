@@ -340,7 +340,8 @@ class PluginChain:
             self._contexts[plugin.name] = PluginContext.forPlugin(
                 plugin.name, reactor, config
             )
-        self._reactor = reactor
+        #: the reactor the plugins and the chain's timers run on
+        self.reactor = reactor
         self._config = config
 
     def __len__(self) -> int:
@@ -398,7 +399,7 @@ class _ChainRun:
     ) -> None:
         self.log = chain.log
         self._steps = chain._pluginsWithContexts()
-        self._reactor = chain._reactor
+        self._reactor = chain.reactor
         self._config = chain._config
         self._connection = connection
         self._message = message

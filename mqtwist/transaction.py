@@ -17,7 +17,9 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.python.failure import Failure
 
 from mqtwist.chain import ConnectionInfo, PluginChain, PluginMessage
+from mqtwist.dkimsign import signInThread
 from mqtwist.errors import AttemptFailed
+from mqtwist.headeredits import applyHeaderEdits
 from mqtwist.message import Message
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.protocol import ESMTPClient
@@ -224,6 +226,8 @@ async def sendMessage(client: ESMTPClient, message: Message, chain: PluginChain)
     """
     try:
         mailParams, rcptParams = envelopeParameters(client, message)
+        # edited for every attempt, never saved: a retry would edit twice
+        mime = applyHeaderEdits(message.mime, message.headerEdits) if message.headerEdits else message.mime
     except AttemptFailed as failure:
         raise TransactionFailed(failure, midTransaction=False) from None
     mailReply = client.mailFrom(message.envelope, mailParams)
@@ -231,8 +235,14 @@ async def sendMessage(client: ESMTPClient, message: Message, chain: PluginChain)
     envelope = ensureDeferred(_checkEnvelope(mailReply, rcptReply))
     body = chain.run(
         connectionInfo(client),
-        PluginMessage(message.json, message.envelope, message.recipient, message.mime),
+        PluginMessage(message.json, message.envelope, message.recipient, mime),
     )
+    if message.dkim:
+        # signed as the plugins left it, off the reactor thread
+        reactor = chain.reactor
+        body.addCallback(
+            lambda plain: signInThread(reactor, plain, message.dkim, now=reactor.seconds())
+        )
     dataReply: Deferred[Reply] | None = None
     try:
         encodedBody = await _unlessEnvelopeFails(body, envelope)
