@@ -23,11 +23,13 @@ from mqtwist.errors import AttemptFailed
 from mqtwist.interfaces import IDataPlugin
 from mqtwist.message import Message, ResultEntry
 from mqtwist.routing import Route, Router
+from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.protocol import ESMTPClient
+from mqtwist.smtp.tls import TLSSettings
 from mqtwist.throttle import Backoff, Deferral, DeliveryPolicy, Permit
 from mqtwist.timeformat import formatTime
-from mqtwist.transaction import TransactionFailed, connectionFacts, sendMessage
+from mqtwist.transaction import TransactionFailed, connectionFacts, sendThroughPool
 
 
 @dataclass
@@ -63,6 +65,12 @@ class DeliveryEngine:
             dnsTimeout=config.dnsTimeout,
             minCacheTime=config.dnsMinCacheTime,
             addressesPerAttempt=config.mxAddressesPerAttempt,
+            security=config.security,
+            smarthostCredentials=(
+                Credentials(config.smarthostUsername, config.smarthostPassword or "")
+                if config.smarthostUsername
+                else None
+            ),
             reactor=reactor,
         )
         self.policy = DeliveryPolicy(
@@ -77,6 +85,8 @@ class DeliveryEngine:
             maxConnectionsPerDestination=self.policy.mostConnections,
             maxMessagesPerConnection=config.maxMessagesPerConnection,
             idleTimeout=config.idleTimeout,
+            tls=TLSSettings(config.tlsCertificate, config.tlsKey, config.tlsCaFile),
+            authCleartextHosts=config.authCleartextHosts,
         )
         self.chain = PluginChain(plugins, reactor=reactor, config=config)
 
@@ -118,18 +128,20 @@ class DeliveryEngine:
     async def _send(
         self, message: Message, route: Route, permit: Permit, closing: list[Deferred[None]]
     ) -> ResultEntry:
+        def release(client: ESMTPClient, clean: bool) -> None:
+            self._release(client, permit, closing, clean)
+
         try:
-            client = await self.pool.acquire(route.destination)
+            client, reply = await sendThroughPool(
+                self.pool, route.destination, message, self.chain, release=release
+            )
+        except TransactionFailed as failure:
+            self.policy.succeeded(permit)
+            backoff = self.policy.failed(permit, failure)
+            return self._failed(message, failure, failure.facts, backoff)
         except AttemptFailed as failure:
             return self._failed(message, failure, backoff=self.policy.failed(permit, failure))
         self.policy.succeeded(permit)
-        try:
-            reply = await sendMessage(client, message, self.chain)
-        except TransactionFailed as failure:
-            self._release(client, permit, closing, clean=not failure.midTransaction)
-            backoff = self.policy.failed(permit, failure)
-            return self._failed(message, failure, connectionFacts(client), backoff)
-        self._release(client, permit, closing)
         self.log.info(
             "delivered {message} to {recipient} via {mta}: {code} {text}",
             message=message.label,

@@ -20,14 +20,12 @@ from mqtwist.dkimsign import DKIMKeys, DKIMSpec, parseDKIM, withoutKeys
 from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.headeredits import checkHeaderEdits
 from mqtwist.mime import buildMime
-from mqtwist.validation import checkAddress, checkHeaderValue
+from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 from mqtwist.timeformat import formatTime, parseTime
+from mqtwist.validation import checkAddress, checkHeaderValue
 
 #: result queue kinds, in the order of the C{queues} property
 QUEUE_KINDS = ("results", "success", "failure", "retry")
-
-#: the TLS policies of the C{security} property
-SECURITY_POLICIES = ("optional", "opportunistic", "required", "verified")
 
 #: the values of C{dsn.notify} (RFC 3461 section 4.1)
 DSN_NOTIFY = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
@@ -230,9 +228,12 @@ class Message:
     @property
     def firstAttemptTime(self) -> float | None:
         """
-        POSIX time of the first recorded attempt, or C{None}.
+        POSIX time of the first recorded attempt, or C{None}.  Decisions that
+        made no attempt (C{process} entries: deferrals) do not count.
         """
         for entry in self.results:
+            if entry.get("state") == "process":
+                continue
             try:
                 return parseTime(entry["time"])
             except (KeyError, TypeError, ValueError):
@@ -321,10 +322,10 @@ class Message:
             message.smarthost = Smarthost.fromJSON(obj["smarthost"])
         if obj.get("security") is not None:
             security = _expect(obj, "security", (str,), "a string")
-            if security not in SECURITY_POLICIES:
+            if security not in TLS_POLICIES:
                 raise InvalidMessage(
                     f"property 'security' is {security!r}; use one of "
-                    f"{', '.join(SECURITY_POLICIES)}"
+                    f"{', '.join(TLS_POLICIES)}"
                 )
             message.security = security
         if obj.get("dsn") is not None:

@@ -23,7 +23,13 @@ from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
 from mqtwist.delivery import ScheduledEntry
 from mqtwist.errors import InvalidMessage
-from mqtwist.message import Message, ResultEntry, invalidResultJSON, queueFor
+from mqtwist.message import (
+    Message,
+    ParseSettings,
+    ResultEntry,
+    invalidResultJSON,
+    queueFor,
+)
 from mqtwist.schedule import RetrySchedule
 from mqtwist.timeformat import formatTime
 
@@ -61,8 +67,10 @@ class OutboxProcessor:
         publisher: Publisher,
         schedule: RetrySchedule,
         reactor: Any,
+        parseSettings: ParseSettings,
     ) -> None:
         self.config = config
+        self.parseSettings = parseSettings
         self.deliver = deliver
         self.publisher = publisher
         self.schedule = schedule
@@ -110,7 +118,7 @@ class OutboxProcessor:
     async def _handle(self, delivery: Delivery) -> None:
         now = self.reactor.seconds()
         try:
-            message = Message.fromJSON(delivery.body)
+            message = Message.fromJSON(delivery.body, self.parseSettings, now=now)
         except InvalidMessage as failure:
             await self._publishInvalid(delivery, failure, now)
             return

@@ -23,8 +23,9 @@ from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
 from mqtwist.delivery import DeliveryEngine
 from mqtwist.discovery import selectPlugins
+from mqtwist.dkimsign import DKIMKeys
 from mqtwist.interfaces import IDataPlugin
-from mqtwist.message import Message, ResultEntry
+from mqtwist.message import Message, ParseSettings, ResultEntry
 from mqtwist.outbox import OutboxProcessor
 from mqtwist.schedule import RetrySchedule
 
@@ -56,6 +57,13 @@ class MailerService(MultiService):
         self.reactor = reactor
         self.brokerURL = BrokerURL.parse(config.amqp) if config.amqp else None
         self.plugins = list(plugins) if plugins is not None else selectPlugins(config.plugins)
+        self.parseSettings = ParseSettings(
+            hostname=config.ehloName,
+            dkimKeys=DKIMKeys(
+                {rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile} for rule in config.dkimKeys},
+                cacheSize=config.dkimKeyCache,
+            ),
+        )
         self.engine = DeliveryEngine(config, self.plugins, reactor)
         self.schedule = RetrySchedule(
             config.outbox, config.delayBuckets, config.retries, config.maxDeliverTime
@@ -118,7 +126,7 @@ class MailerService(MultiService):
         ]
         queues += self.schedule.delayQueues()
         self.processor = OutboxProcessor(
-            config, self.engine.deliver, self, self.schedule, self.reactor
+            config, self.engine.deliver, self, self.schedule, self.reactor, self.parseSettings
         )
         self.broker = BrokerClient(
             self.brokerURL,

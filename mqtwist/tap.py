@@ -39,6 +39,7 @@ from twisted.python import usage
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
 from mqtwist.hostport import parseHostPort
+from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 
 #: The help of every setting, by attribute path; the default is appended.
 _HELP: dict[str, str] = {
@@ -236,6 +237,11 @@ def _checkDelays(values: list[int]) -> None:
 
 #: What a value must be beyond its type, by attribute path; a number that
 #: is not here must not be negative.
+def _checkSecurity(value: str) -> None:
+    if value not in TLS_POLICIES:
+        raise ValueError(f"{value!r} is not a TLS policy; use one of {', '.join(TLS_POLICIES)}")
+
+
 _CHECKS: dict[str, Callable[[Any], None]] = {
     "amqp": _checkAMQPURL,
     "brokerPort": _checkPort,
@@ -251,6 +257,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "maxMessagesPerConnection": _checkPositive,
     "retries": _checkDelays,
     "delayBuckets": _checkDelays,
+    "security": _checkSecurity,
 }
 
 
@@ -524,5 +531,9 @@ def makeService(options: Options) -> IService:
     """
     from mqtwist.service import MailerService
 
-    service: IService = MailerService(options.config)
+    try:
+        service: IService = MailerService(options.config)
+    except ValueError as e:
+        # a setting that only the service can check (a DKIM key file, ...)
+        raise SystemExit(f"twistd mqtwist: {e}") from None
     return service

@@ -11,6 +11,7 @@ envelope cancels the plugins still running.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
@@ -321,7 +322,12 @@ async def _abandon(
 
 
 async def sendThroughPool(
-    pool: ConnectionPool, destination: Destination, message: Message, chain: PluginChain
+    pool: ConnectionPool,
+    destination: Destination,
+    message: Message,
+    chain: PluginChain,
+    *,
+    release: Callable[[ESMTPClient, bool], None] | None = None,
 ) -> tuple[ESMTPClient, Reply]:
     """
     Take a connection to C{destination} from C{pool}, send C{message} on it
@@ -334,21 +340,31 @@ async def sendThroughPool(
     such connection is dropped, and a fresh one is not retried, so this
     ends).
 
+    @param release: gives a connection back, with whether it is clean (no
+        transaction left open); by default C{pool.release}.
     @return: the connection used and the server's final reply (2xx).
     @raise AttemptFailed: when no connection could be had.
     @raise TransactionFailed: when the transaction failed; its C{facts}
         describe the connection.
     """
+    if release is None:
+        release = lambda client, clean: pool.release(client, clean=clean)  # noqa: E731
     while True:
         client = await pool.acquire(destination)
         reused = client.transactions > 0
         try:
             reply = await sendMessage(client, message, chain)
         except TransactionFailed as failure:
-            pool.release(client, clean=not failure.midTransaction)
+            release(client, not failure.midTransaction)
             if failure.untouched and reused:
                 continue
             failure.facts = connectionFacts(client)
             raise
-        pool.release(client)
+        except BaseException:
+            # cancelled (the service is stopping) in the middle: the session
+            # is in an unknown state and is not used again
+            client.transport.abortConnection()
+            release(client, False)
+            raise
+        release(client, True)
         return client, reply

@@ -375,3 +375,20 @@ async def test_embedded_in_an_application_and_deliver_without_amqp(rabbitmq, amq
     assert entry.accepted and entry.code == 250
     (received,) = smtpServer.messages
     assert received.rcptTos == ("rcpt7@example.com",)
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_stopping_cannot_finish_goes_back_to_the_outbox(rabbitmq, amqp, smtpServer, queues):
+    gate = Gate()  # never released
+    config = makeConfig(rabbitmq, smtpServer, queues, pluginTimeout=60, shutdownTimeout=0.5)
+    service = MailerService(config, plugins=[gate])
+    service.startService()
+    await service.whenConnected()
+    await publishAll(amqp, queues["outbox"], [job(1)])
+    await gate.arrived
+    await service.stopService()
+    assert smtpServer.messages == []
+    assert await amqp.count(queues["results"]) == 0
+    (again,) = await amqp.collect(queues["outbox"], 1)
+    assert again.redelivered
+    assert json.loads(again.body)["id"] == "job-1"

@@ -154,6 +154,7 @@ def test_keepmime():
 
 def test_attempts_and_first_attempt_time():
     message = parse(results=[
+        {"time": "2026-11-24 09:00:00", "state": "process", "result": "deferred"},
         {"time": "2026-11-24 10:00:00", "state": "connect", "result": "error"},
         {"time": "2026-11-24 10:10:00", "state": "process", "result": "timeout"},
         {"time": "2026-11-24 10:20:00", "state": "rcptto", "result": "error"},

@@ -80,6 +80,7 @@ SAMPLES: dict[object, tuple[str, Any]] = {
 #: Sample text that suits a setting better than the sample of its kind.
 SPECIAL_SAMPLES = {
     "amqp": ("amqp://guest:guest@localhost:5672/%2f", "amqp://guest:guest@localhost:5672/%2f"),
+    "security": ("verified", "verified"),
 }
 
 
@@ -503,6 +504,12 @@ class TestReadme:
         assert (config.failure, config.retry, config.prefetch) == ("bounces", "", 500)
         assert config.plugins == ["stamp_header"]
         assert config.timeouts == SMTPTimeouts(connect=10, message=300)
+
+
+def test_badSecurityPolicy() -> None:
+    options = Options({})
+    with pytest.raises(usage.UsageError, match="--security: 'maybe' is not a TLS policy; use one of optional"):
+        options.parseOptions(["--security", "maybe", "--plugins="])
 
 
 class TestDKIMKeys:
