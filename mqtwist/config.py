@@ -327,3 +327,6 @@ class Config:
     shutdownTimeout: float = 30.0
     #: seconds between reconnection attempts to RabbitMQ grow up to this
     reconnectMaxDelay: float = 30.0
+    #: the lowest level of the log events written (C{debug}, C{info}, C{warn},
+    #: C{error}, C{critical}); lower ones are dropped before formatting
+    logLevel: str = "info"

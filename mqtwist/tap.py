@@ -39,6 +39,7 @@ from twisted.python import usage
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
 from mqtwist.hostport import parseHostPort
+from mqtwist.loglevel import LogLevelService, parseLogLevel
 from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 
 #: The help of every setting, by attribute path; the default is appended.
@@ -118,6 +119,8 @@ _HELP: dict[str, str] = {
     "downTime": "seconds a destination stays marked down",
     "dkimKeyCache": "DKIM private keys sent in messages that stay parsed, least recently "
     "used dropped first",
+    "logLevel": "lowest level of the log events written: debug (every SMTP command and "
+    "reply), info, warn, error or critical",
 }
 
 #: Defaults that are not a fixed value, described instead of computed (a
@@ -242,6 +245,10 @@ def _checkSecurity(value: str) -> None:
         raise ValueError(f"{value!r} is not a TLS policy; use one of {', '.join(TLS_POLICIES)}")
 
 
+def _checkLogLevel(value: str) -> None:
+    parseLogLevel(value)
+
+
 _CHECKS: dict[str, Callable[[Any], None]] = {
     "amqp": _checkAMQPURL,
     "brokerPort": _checkPort,
@@ -258,6 +265,7 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "retries": _checkDelays,
     "delayBuckets": _checkDelays,
     "security": _checkSecurity,
+    "logLevel": _checkLogLevel,
 }
 
 
@@ -527,13 +535,16 @@ def _buildConfig(given: Mapping[str, tuple[object, str]]) -> Config:
 def makeService(options: Options) -> IService:
     """
     The service of C{twistd mqtwist}: a L{mqtwist.service.MailerService}
-    with the parsed configuration.
+    with the parsed configuration, and a L{LogLevelService} child that
+    keeps events below C{logLevel} from twistd's log.
     """
     from mqtwist.service import MailerService
 
     try:
-        service: IService = MailerService(options.config)
+        service = MailerService(options.config)
     except ValueError as e:
         # a setting that only the service can check (a DKIM key file, ...)
         raise SystemExit(f"twistd mqtwist: {e}") from None
+    # twistd's log observer is in place by the time the service starts
+    LogLevelService(parseLogLevel(options.config.logLevel)).setServiceParent(service)
     return service

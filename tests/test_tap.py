@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 from twisted.application.service import IService, IServiceMaker, ServiceMaker
+from twisted.logger import LogLevel
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from zope.interface import implementer
@@ -24,6 +25,7 @@ import mqtwist.discovery
 from mqtwist import CONTINUE, IDataPlugin
 from mqtwist.config import Config, SMTPTimeouts
 from mqtwist.discovery import FoundPlugin
+from mqtwist.loglevel import LogLevelService
 from mqtwist.tap import _HELP, SETTINGS, TABLE_SETTINGS, Options, makeService
 
 TOP = Path(__file__).resolve().parent.parent
@@ -81,6 +83,7 @@ SAMPLES: dict[object, tuple[str, Any]] = {
 SPECIAL_SAMPLES = {
     "amqp": ("amqp://guest:guest@localhost:5672/%2f", "amqp://guest:guest@localhost:5672/%2f"),
     "security": ("verified", "verified"),
+    "logLevel": ("debug", "debug"),
 }
 
 
@@ -430,6 +433,25 @@ class TestService:
         service = makeService(options)
         assert verifyObject(IService, service)
         assert service.config is options.config  # type: ignore[attr-defined]
+
+    def test_makeServiceFiltersTheLog(self) -> None:
+        """
+        The service has a L{LogLevelService} child with the level of
+        C{--log-level}.
+        """
+        options = Options({})
+        options.parseOptions(
+            ["--amqp", "amqp://guest:guest@127.0.0.1:1/", "--plugins=", "--log-level", "WARN"]
+        )
+        service = makeService(options)
+        (levels,) = [child for child in service if isinstance(child, LogLevelService)]  # type: ignore[attr-defined]
+        assert levels.level is LogLevel.warn
+
+    def test_badLogLevel(self) -> None:
+        assert parseError(["--log-level", "verbose"]) == (
+            "--log-level: 'verbose' is not a log level; use one of "
+            "debug, info, warn, error, critical"
+        )
 
 
 class TestDropIn:

@@ -1,0 +1,96 @@
+"""
+Tests for L{mqtwist.loglevel}: events below the level never reach the
+observers the service filters.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from twisted.logger import Logger, LogLevel, LogPublisher
+
+from mqtwist.loglevel import LogLevelService, parseLogLevel
+
+
+def emitAll(log: Logger) -> None:
+    log.debug("d {x}", x=1)
+    log.info("i {x}", x=2)
+    log.warn("w {x}", x=3)
+    log.error("e {x}", x=4)
+    log.critical("c {x}", x=5)
+
+
+def test_parseLogLevel() -> None:
+    assert parseLogLevel("Info ") is LogLevel.info
+    assert parseLogLevel("critical") is LogLevel.critical
+    with pytest.raises(ValueError, match="'loud' is not a log level; use one of debug, info"):
+        parseLogLevel("loud")
+
+
+def test_dropsLowerLevelsUntilStopped() -> None:
+    """
+    While the service runs, the observers the publisher had get only events
+    at or above the level; afterwards they get everything again.
+    """
+    publisher = LogPublisher()
+    seen: list[dict[str, Any]] = []
+    publisher.addObserver(seen.append)
+    log = Logger(namespace="test", observer=publisher)
+    service = LogLevelService(LogLevel.warn, publisher)
+
+    service.startService()
+    emitAll(log)
+    assert [event["log_format"] for event in seen] == ["w {x}", "e {x}", "c {x}"]
+
+    service.stopService()
+    seen.clear()
+    emitAll(log)
+    assert [event["log_level"] for event in seen] == list(LogLevel.iterconstants())
+    assert publisher._observers == [seen.append]
+
+
+def test_debugKeepsEverything() -> None:
+    publisher = LogPublisher()
+    seen: list[dict[str, Any]] = []
+    publisher.addObserver(seen.append)
+    service = LogLevelService(LogLevel.debug, publisher)
+    service.startService()
+    try:
+        emitAll(Logger(namespace="test", observer=publisher))
+    finally:
+        service.stopService()
+    assert len(seen) == 5
+
+
+def test_eventsWithoutLevelPass() -> None:
+    """
+    Events that carry no level (e.g. written straight to the publisher)
+    are not dropped.
+    """
+    publisher = LogPublisher()
+    seen: list[dict[str, Any]] = []
+    publisher.addObserver(seen.append)
+    service = LogLevelService(LogLevel.critical, publisher)
+    service.startService()
+    try:
+        publisher({"log_format": "bare"})
+    finally:
+        service.stopService()
+    assert seen == [{"log_format": "bare"}]
+
+
+def test_observersAddedLaterGetEverything() -> None:
+    publisher = LogPublisher()
+    filtered: list[dict[str, Any]] = []
+    publisher.addObserver(filtered.append)
+    service = LogLevelService(LogLevel.error, publisher)
+    service.startService()
+    late: list[dict[str, Any]] = []
+    publisher.addObserver(late.append)
+    try:
+        emitAll(Logger(namespace="test", observer=publisher))
+    finally:
+        service.stopService()
+    assert len(filtered) == 2
+    assert len(late) == 5
