@@ -118,13 +118,99 @@ class AMQPProtocol(AMQClient):
             setTcpNoDelay(True)
         AMQClient.connectionMade(self)
 
-    @defer.inlineCallbacks
-    def dispatch(self, queue: Any):
-        frame = yield queue.get()
-        channel = yield self.channel(frame.channel)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        AMQClient.__init__(self, *args, **kwargs)
+        # frames go to the transport as they are made (txamqp passes each
+        # through a DeferredQueue and a callback first)
+        self.outgoing = _FrameWriter(self)
+        #: per channel id, the content-bearing method whose content frames
+        #: are being read
+        self._assembling: dict[int, _Assembly] = {}
+        now = self.clock.seconds()
+        self._lastSent = now
+        self._lastReceived = now
+
+    def channel(self, id: int) -> defer.Deferred[AMQChannel]:
+        """
+        @return: a Deferred that has fired with channel C{id} (made on
+            first use), without txamqp's lock and generator.
+        """
+        return defer.succeed(self._channelNow(id))
+
+    def _channelNow(self, id: int) -> AMQChannel:
+        channel = self.channels.get(id)
+        if channel is None:
+            channel = self.channels[id] = self.channelFactory(id, self.outgoing, self)
+        return channel
+
+    def process_frame(self, frame: Frame) -> None:
+        """
+        Handle one frame as it arrives: replies to synchronous methods go
+        to the channel's response queue (where C{invoke} waits for them);
+        every other method is handed to the delegate as soon as its content
+        (header and body frames) is complete.  txamqp does this with a
+        generator, a lock and two queues per frame.
+        """
+        self._lastReceived = self.clock.seconds()
         payload = frame.payload
-        content = (yield readContent(queue)) if payload.method.content else None
-        self.delegate.dispatch(channel, Message(payload.method, payload.args, content))
+        if payload.type == Frame.HEARTBEAT:
+            return
+        channel = self._channelNow(frame.channel)
+        try:
+            if isinstance(payload, Method):
+                if payload.method.response:
+                    channel.dispatch(frame, self.work)
+                elif payload.method.content:
+                    self._assembling[frame.channel] = _Assembly(payload)
+                else:
+                    self.delegate.dispatch(channel, Message(payload.method, payload.args, None))
+                return
+            assembly = self._assembling.get(frame.channel)
+            if assembly is None:
+                # content of a synchronous reply (basic.get-ok): its queue
+                channel.dispatch(frame, self.work)
+                return
+            content = assembly.add(payload)
+            if content is not None:
+                del self._assembling[frame.channel]
+                method = assembly.method
+                self.delegate.dispatch(channel, Message(method.method, method.args, content))
+        except Exception:
+            # as txamqp's worker does with a failed dispatch
+            self.close(Failure())
+
+    # Heartbeats: txamqp cancels and sets two timers for every frame sent or
+    # received.  Here each frame only notes the time, and the timers look
+    # at it when they fire.
+
+    def send_frame(self, frame: Frame) -> None:
+        self._lastSent = self.clock.seconds()
+        self.transport.write(self._pack_frame(frame))
+
+    def reschedule_send_heartbeat(self) -> None:
+        if self.heartbeatInterval > 0 and not self.sendHB.running:
+            # at twice the rate asked for: the broker never waits longer
+            # than one interval for a frame
+            self.sendHB.start(self.heartbeatInterval / 2, now=False)
+
+    def send_heartbeat(self) -> None:
+        if self.clock.seconds() - self._lastSent >= self.heartbeatInterval / 2:
+            AMQClient.send_heartbeat(self)
+
+    def reschedule_check_heartbeat(self) -> None:
+        self._lastReceived = self.clock.seconds()
+        if self.heartbeatInterval > 0 and not self.checkHB.active():
+            self.checkHB = self.clock.callLater(
+                self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT, self.check_heartbeat
+            )
+
+    def check_heartbeat(self) -> None:
+        limit = self.heartbeatInterval * self.MAX_UNSEEN_HEARTBEAT
+        silent = self.clock.seconds() - self._lastReceived
+        if silent < limit:
+            self.checkHB = self.clock.callLater(limit - silent, self.check_heartbeat)
+            return
+        AMQClient.check_heartbeat(self)
 
     def _pack_frame(self, frame: Frame) -> bytes:
         # txamqp's own version (and its Method and Header payloads) encode
@@ -290,24 +376,45 @@ def _describeClose(error: Closed) -> str:
     return str(reason)
 
 
-@defer.inlineCallbacks
-def readContent(queue: Any):
+class _FrameWriter:
     """
-    Read a content header and its body frames from a channel's frame queue.
+    Stands for txamqp's outgoing frame queue: a frame put is written at once.
+    """
 
-    @return: a Deferred that fires with a L{Content} whose body is bytes.
+    def __init__(self, protocol: AMQPProtocol) -> None:
+        self.protocol = protocol
+
+    def put(self, frame: Frame) -> None:
+        self.protocol.send_frame(frame)
+
+
+class _Assembly:
     """
-    header = (yield queue.get()).payload
-    children = []
-    for _ in range(header.weight):
-        children.append((yield readContent(queue)))
-    chunks = []
-    received = 0
-    while received < header.size:
-        chunk = bodyBytes((yield queue.get()).payload.content)
-        chunks.append(chunk)
-        received += len(chunk)
-    return Content(b"".join(chunks), children, header.properties.copy())
+    The content of one content-bearing method, as its frames arrive.  AMQP
+    0-9-1 content has no child contents (the header's weight is 0).
+    """
+
+    def __init__(self, method: Method) -> None:
+        self.method = method
+        self.header: Header | None = None
+        self.chunks: list[bytes] = []
+        self.received = 0
+
+    def add(self, payload: Payload) -> Content | None:
+        """
+        Take the next content frame's payload.
+
+        @return: the L{Content}, with its body as bytes, once complete.
+        """
+        if self.header is None:
+            self.header = payload
+        else:
+            chunk = bodyBytes(payload.content)
+            self.chunks.append(chunk)
+            self.received += len(chunk)
+        if self.received < self.header.size:
+            return None
+        return Content(b"".join(self.chunks), [], self.header.properties.copy())
 
 
 def bodyBytes(chunk: str | bytes) -> bytes:

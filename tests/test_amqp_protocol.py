@@ -1,0 +1,130 @@
+"""
+Unit tests of L{mqtwist.amqp.protocol.AMQPProtocol}'s frame handling: content
+assembled from its frames, heartbeats sent and checked from timestamps.
+(Against a real broker: C{test_amqp_client.py}.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+from txamqp.connection import Body, Frame, Header, Method
+from txamqp.message import Message
+
+from mqtwist.amqp.protocol import AMQPDelegate, AMQPProtocol
+from mqtwist.amqp.spec import loadSpec
+
+
+class RecordingListener:
+    def __init__(self) -> None:
+        self.deliveries: list[Message] = []
+        self.confirms: list[tuple[int, bool]] = []
+
+    def deliveryReceived(self, channel: Any, message: Message) -> None:
+        self.deliveries.append(message)
+
+    def publishConfirmed(self, channel: Any, deliveryTag: int, multiple: bool) -> None:
+        self.confirms.append((deliveryTag, multiple))
+
+    def connectionLost(self, reason: Any) -> None:
+        pass
+
+
+def makeProtocol(heartbeat: int = 0) -> tuple[AMQPProtocol, StringTransport, Clock, RecordingListener]:
+    clock = Clock()
+    protocol = AMQPProtocol(AMQPDelegate(), vhost="/", spec=loadSpec(), heartbeat=heartbeat, clock=clock)
+    listener = RecordingListener()
+    protocol.setListener(listener)
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    transport.clear()
+    return protocol, transport, clock, listener
+
+
+def method(protocol: AMQPProtocol, name: str, **args: Any) -> Method:
+    klass, _, methodName = name.partition(".")
+    spec = protocol.spec.classes.byname[klass].methods.byname[methodName]
+    return Method(spec, *[args.get(field.name.replace("-", "_")) for field in spec.fields])
+
+
+def test_deliveryAssembledFromItsFrames() -> None:
+    """
+    A basic.deliver reaches the listener once its header and every body
+    frame have arrived, with the body as bytes, even when a frame of
+    another channel comes in between.
+    """
+    protocol, _, _, listener = makeProtocol()
+    basic = protocol.spec.classes.byname["basic"]
+    deliver = method(
+        protocol, "basic.deliver", consumer_tag="c", delivery_tag=7, redelivered=False,
+        exchange="", routing_key="outbox",
+    )
+    protocol.process_frame(Frame(2, deliver))
+    protocol.process_frame(Frame(2, Header(basic, 0, 10, priority=3)))
+    protocol.process_frame(Frame(2, Body(b"01234")))
+    protocol.process_frame(Frame(1, method(protocol, "basic.ack", delivery_tag=4, multiple=True)))
+    assert listener.deliveries == []
+    assert listener.confirms == [(4, True)]
+    protocol.process_frame(Frame(2, Body("56789")))
+    (delivered,) = listener.deliveries
+    assert delivered.delivery_tag == 7
+    assert delivered.content.body == b"0123456789"
+    assert delivered.content.properties == {"priority": 3}
+
+
+def test_emptyBody() -> None:
+    protocol, _, _, listener = makeProtocol()
+    basic = protocol.spec.classes.byname["basic"]
+    deliver = method(
+        protocol, "basic.deliver", consumer_tag="c", delivery_tag=1, redelivered=True,
+        exchange="", routing_key="outbox",
+    )
+    protocol.process_frame(Frame(2, deliver))
+    protocol.process_frame(Frame(2, Header(basic, 0, 0)))
+    (delivered,) = listener.deliveries
+    assert delivered.content.body == b""
+
+
+def heartbeats(transport: StringTransport) -> int:
+    # a heartbeat frame: type 8, channel 0, size 0, frame end
+    return transport.value().count(b"\x08\x00\x00\x00\x00\x00\x00\xce")
+
+
+def test_heartbeatOnlyWhenIdle() -> None:
+    """
+    A heartbeat goes out when nothing was sent for half the interval (so
+    the broker never waits a whole interval), and none while frames are
+    being sent.
+    """
+    protocol, transport, clock, _ = makeProtocol(heartbeat=10)
+    protocol.started.fire()
+    for _ in range(10):
+        clock.advance(2)
+        protocol.send_frame(Frame(1, method(protocol, "basic.ack", delivery_tag=1, multiple=False)))
+    assert heartbeats(transport) == 0
+    clock.advance(5)
+    assert heartbeats(transport) == 1
+    clock.advance(5)
+    assert heartbeats(transport) == 2
+    protocol.connectionLost(Exception("done"))  # type: ignore[arg-type]
+
+
+def test_silentBrokerAborted() -> None:
+    """
+    The connection is aborted when nothing arrived for three intervals, and
+    not while frames keep arriving.
+    """
+    protocol, transport, clock, _ = makeProtocol(heartbeat=10)
+    protocol.started.fire()
+    for _ in range(20):
+        clock.advance(5)
+        protocol.process_frame(Frame(1, method(protocol, "basic.ack", delivery_tag=1, multiple=False)))
+    assert not transport.disconnecting
+    clock.advance(29)
+    assert not transport.disconnecting
+    clock.advance(2)
+    # StringTransport's abortConnection
+    assert transport.disconnected and transport.disconnecting
+    protocol.connectionLost(Exception("done"))  # type: ignore[arg-type]
