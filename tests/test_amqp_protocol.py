@@ -128,3 +128,34 @@ def test_silentBrokerAborted() -> None:
     # StringTransport's abortConnection
     assert transport.disconnected and transport.disconnecting
     protocol.connectionLost(Exception("done"))  # type: ignore[arg-type]
+
+
+def test_basicPublishWritesWhatTheGenericPathWrites() -> None:
+    """
+    The packed publish is byte for byte txamqp's method, header and body
+    frames (bodies over a frame split as txamqp splits them), in one write.
+    """
+    from txamqp.content import Content
+
+    body = bytes(range(256)) * 40
+    for properties in (
+        {"content-type": "application/json", "delivery-mode": 2, "priority": None, "headers": None},
+        {"content-type": "application/json", "delivery-mode": 2, "priority": 7, "headers": {"x": [1, "a"]}},
+    ):
+        fast, fastTransport, _, _ = makeProtocol()
+        generic, genericTransport, _, _ = makeProtocol()
+        generic.MAX_LENGTH = fast.MAX_LENGTH = 4096
+        fast.basicPublish(1, "", "results", body, properties)
+        fast.basicPublish(1, "", "results", body, properties)
+        channel = generic._channelNow(1)
+        for _ in range(2):
+            channel.basic_publish(exchange="", routing_key="results", content=Content(body, properties=properties))
+        assert fastTransport.value() == genericTransport.value()
+
+
+def test_basicAckWritesWhatTheGenericPathWrites() -> None:
+    fast, fastTransport, _, _ = makeProtocol()
+    generic, genericTransport, _, _ = makeProtocol()
+    fast.basicAck(2, 123456789012)
+    generic._channelNow(2).basic_ack(delivery_tag=123456789012)
+    assert fastTransport.value() == genericTransport.value()

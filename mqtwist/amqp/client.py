@@ -20,7 +20,6 @@ from twisted.internet import defer, task
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import Closed
-from txamqp.content import Content
 from txamqp.message import Message
 from txamqp.protocol import AMQChannel
 
@@ -97,7 +96,8 @@ class Delivery:
         nothing when not L{current} or already settled.
         """
         if self._canSettle("ack"):
-            self._channel.basic_ack(delivery_tag=self.deliveryTag).addErrback(self._lost)
+            # no reply comes to basic.ack: nothing to wait for
+            self._channel.client.basicAck(self._channel.id, self.deliveryTag)
 
     def release(self) -> None:
         """
@@ -424,9 +424,7 @@ class _Session:
             "headers": dict(headers) if headers else None,
         }
         confirmed = self.confirms.add(queue)
-        channel.basic_publish(
-            exchange="", routing_key=queue, content=Content(body, properties=properties)
-        )
+        self.protocol.basicPublish(channel.id, "", queue, body, properties)
         return confirmed
 
     @defer.inlineCallbacks

@@ -13,6 +13,7 @@ read and write every frame with L{FieldTableCodec}.
 
 from __future__ import annotations
 
+import struct
 from io import BytesIO
 from typing import Any, Protocol as TypingProtocol
 
@@ -129,6 +130,8 @@ class AMQPProtocol(AMQClient):
         now = self.clock.seconds()
         self._lastSent = now
         self._lastReceived = now
+        self._publishMethods: dict[tuple[int, str, str], bytes] = {}
+        self._propertyCache: dict[tuple[tuple[str, Any], ...], bytes] = {}
 
     def channel(self, id: int) -> defer.Deferred[AMQChannel]:
         """
@@ -178,6 +181,58 @@ class AMQPProtocol(AMQClient):
         except Exception:
             # as txamqp's worker does with a failed dispatch
             self.close(Failure())
+
+    # The two methods sent for every message, packed directly: txamqp
+    # builds each frame through a generic codec and a generator, and writes
+    # a published message's method, header and body frames one by one.
+
+    def basicPublish(
+        self, channel: int, exchange: str, routingKey: str, body: bytes, properties: dict[str, Any]
+    ) -> None:
+        """
+        Send C{basic.publish} with C{body} and its content C{properties}
+        (spec names, C{None} for absent) on C{channel}, in one write.  The
+        caller checks that the channel is open.
+        """
+        method = self._publishMethods.get((channel, exchange, routingKey))
+        if method is None:
+            method = self._publishMethods[(channel, exchange, routingKey)] = _frame(
+                _METHOD,
+                channel,
+                _PUBLISH_IDS + _shortstr(exchange) + _shortstr(routingKey) + b"\x00",
+            )
+        key = tuple(properties.items())
+        try:
+            encoded = self._propertyCache.get(key)
+        except TypeError:  # a headers table: not hashable, not cached
+            key, encoded = None, None
+        if encoded is None:
+            encoded = self._encodeProperties(properties)
+            if key is not None and len(self._propertyCache) < _PROPERTY_CACHE_SIZE:
+                self._propertyCache[key] = encoded
+        frames = [method, _frame(_HEADER, channel, _BASIC_HEADER.pack(_BASIC_CLASS, 0, len(body)) + encoded)]
+        chunk = self.MAX_LENGTH - 8
+        for start in range(0, len(body), chunk):
+            frames.append(_frame(_BODY, channel, body[start : start + chunk]))
+        self._lastSent = self.clock.seconds()
+        self.transport.write(b"".join(frames))
+
+    def basicAck(self, channel: int, deliveryTag: int) -> None:
+        """
+        Send C{basic.ack} for one delivery (not C{multiple}) on C{channel}.
+        """
+        self._lastSent = self.clock.seconds()
+        self.transport.write(_frame(_METHOD, channel, _ACK.pack(_BASIC_CLASS, _ACK_ID, deliveryTag, 0)))
+
+    def _encodeProperties(self, properties: dict[str, Any]) -> bytes:
+        """
+        The property flags and the properties of a basic content header.
+        """
+        buf = BytesIO()
+        codec = FieldTableCodec(buf)
+        encodeHeader(Header(self.spec.classes.byname["basic"], 0, 0, **properties), codec, self.log)
+        # past the payload's length and the class id, weight and body size
+        return buf.getvalue()[4 + _BASIC_HEADER.size :]
 
     # Heartbeats: txamqp cancels and sets two timers for every frame sent or
     # received.  Here each frame only notes the time, and the timers look
@@ -374,6 +429,32 @@ def _describeClose(error: Closed) -> str:
     if isinstance(reason, Failure):
         return f"connection closed: {reason.getErrorMessage()}"
     return str(reason)
+
+
+_METHOD, _HEADER, _BODY = 1, 2, 3
+_FRAME_START = struct.Struct("!BHI")
+_FRAME_END = b"\xce"
+_BASIC_CLASS = 60
+#: basic.publish (class 60, method 40) and its ticket (0)
+_PUBLISH_IDS = struct.pack("!HHH", _BASIC_CLASS, 40, 0)
+_ACK_ID = 80
+#: class, method, delivery tag, the "multiple" bit
+_ACK = struct.Struct("!HHQB")
+#: class, weight, body size
+_BASIC_HEADER = struct.Struct("!HHQ")
+#: distinct property sets whose encoding is kept (priorities x content types)
+_PROPERTY_CACHE_SIZE = 1024
+
+
+def _frame(kind: int, channel: int, payload: bytes) -> bytes:
+    return b"".join((_FRAME_START.pack(kind, channel, len(payload)), payload, _FRAME_END))
+
+
+def _shortstr(text: str) -> bytes:
+    data = text.encode("utf-8")
+    if len(data) > 255:
+        raise ValueError(f"{text[:40]!r}... is longer than 255 bytes, the limit of an AMQP short string")
+    return bytes((len(data),)) + data
 
 
 class _FrameWriter:
