@@ -159,3 +159,29 @@ def test_basicAckWritesWhatTheGenericPathWrites() -> None:
     fast.basicAck(2, 123456789012)
     generic._channelNow(2).basic_ack(delivery_tag=123456789012)
     assert fastTransport.value() == genericTransport.value()
+
+
+def test_unpackReadsWhatTheCodecReads() -> None:
+    """
+    The frames read without a codec (basic.deliver, basic.ack, bodies) give
+    what txamqp's generic encoding put in, for text and binary tags.
+    """
+    protocol, _, _, _ = makeProtocol()
+    frames = [
+        Frame(3, method(protocol, "basic.deliver", consumer_tag="ctag-1", delivery_tag=2**40 + 5,
+                        redelivered=True, exchange="", routing_key="outbox")),
+        Frame(3, method(protocol, "basic.deliver", consumer_tag="c", delivery_tag=1,
+                        redelivered=False, exchange="ex", routing_key="r\u00e9")),
+        Frame(3, method(protocol, "basic.ack", delivery_tag=17, multiple=True)),
+        Frame(3, method(protocol, "basic.ack", delivery_tag=18, multiple=False)),
+        Frame(3, Body(b"\xff\xfebinary")),
+    ]
+    for frame in frames:
+        packed = protocol._pack_frame(frame)
+        unpacked = protocol._unpack_frame(packed)
+        assert unpacked.channel == 3
+        if isinstance(frame.payload, Body):
+            assert unpacked.payload.content == frame.payload.content
+        else:
+            assert unpacked.payload.method is frame.payload.method
+            assert list(unpacked.payload.args) == list(frame.payload.args)

@@ -24,7 +24,7 @@ from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import Closed, TwistedDelegate
-from txamqp.connection import Frame, Header, Method, Payload
+from txamqp.connection import Body, Frame, Header, Method, Payload
 from txamqp.content import Content
 from txamqp.message import Message
 from txamqp.protocol import AMQChannel, AMQClient, GarbageException
@@ -285,9 +285,25 @@ class AMQPProtocol(AMQClient):
         return buf.getvalue()
 
     def _unpack_frame(self, data: bytes) -> Frame:
+        kind, channel, _ = _FRAME_START.unpack_from(data)
+        if data[-1] != self.FRAME_END:
+            raise GarbageException(
+                f"AMQP frame on channel {channel} ends with {data[-1]!r}, not the "
+                f"frame-end octet {self.FRAME_END!r}: the broker and client "
+                f"disagree about the frame's contents"
+            )
+        # the frames of every message, read without a codec: a delivery's
+        # method and body, the broker's publisher confirms
+        if kind == _BODY:
+            return Frame(channel, Body(data[_FRAME_START.size : -1]))
+        if kind == _METHOD:
+            fast = self._fastMethods.get(data[_FRAME_START.size : _FRAME_START.size + 4])
+            if fast is not None:
+                method, decode = fast
+                return Frame(channel, Method(method, *decode(data, _FRAME_START.size + 4)))
         codec = FieldTableCodec(BytesIO(data))
         frameType = pythonize(self.spec.constants.byid[codec.decode_octet()].name)
-        channel = codec.decode_short()
+        codec.decode_short()
         payload: Payload
         if frameType == Frame.METHOD:
             payload = decodeMethod(self.spec, codec)
@@ -295,14 +311,18 @@ class AMQPProtocol(AMQClient):
             payload = decodeHeader(self.spec, codec)
         else:
             payload = Frame.DECODERS[frameType].decode(self.spec, codec)
-        end = codec.decode_octet()
-        if end != self.FRAME_END:
-            raise GarbageException(
-                f"AMQP frame on channel {channel} ends with {end!r}, not the "
-                f"frame-end octet {self.FRAME_END!r}: the broker and client "
-                f"disagree about the frame's contents"
-            )
         return Frame(channel, payload)
+
+    @property
+    def _fastMethods(self) -> dict[bytes, tuple[Any, Any]]:
+        methods = self.spec.classes.byname["basic"].methods.byname
+        fast = {
+            struct.pack("!HH", _BASIC_CLASS, 60): (methods["deliver"], _decodeDeliver),
+            struct.pack("!HH", _BASIC_CLASS, _ACK_ID): (methods["ack"], _decodeAck),
+        }
+        # computed once per connection
+        self.__dict__["_fastMethods"] = fast
+        return fast
 
     def channel_failed(self, channel: AMQChannel, reason: Failure) -> None:
         self.listener.channelClosed(channel, reason)
@@ -442,6 +462,8 @@ _ACK_ID = 80
 _ACK = struct.Struct("!HHQB")
 #: class, weight, body size
 _BASIC_HEADER = struct.Struct("!HHQ")
+#: a delivery tag and the octet of bits after it
+_TAG_AND_BITS = struct.Struct("!QB")
 #: distinct property sets whose encoding is kept (priorities x content types)
 _PROPERTY_CACHE_SIZE = 1024
 
@@ -455,6 +477,34 @@ def _shortstr(text: str) -> bytes:
     if len(data) > 255:
         raise ValueError(f"{text[:40]!r}... is longer than 255 bytes, the limit of an AMQP short string")
     return bytes((len(data),)) + data
+
+
+def _shortstrAt(data: bytes, offset: int) -> tuple[str | bytes, int]:
+    """
+    The short string at C{offset} (text when it is UTF-8, as txamqp's codec
+    gives it) and the offset after it.
+    """
+    end = offset + 1 + data[offset]
+    raw = data[offset + 1 : end]
+    try:
+        return raw.decode(), end
+    except UnicodeDecodeError:
+        return raw, end
+
+
+def _decodeDeliver(data: bytes, offset: int) -> tuple[Any, ...]:
+    """basic.deliver: consumer tag, delivery tag, redelivered, exchange, routing key."""
+    consumerTag, offset = _shortstrAt(data, offset)
+    (deliveryTag, bits) = _TAG_AND_BITS.unpack_from(data, offset)
+    exchange, offset = _shortstrAt(data, offset + _TAG_AND_BITS.size)
+    routingKey, _ = _shortstrAt(data, offset)
+    return consumerTag, deliveryTag, bool(bits & 1), exchange, routingKey
+
+
+def _decodeAck(data: bytes, offset: int) -> tuple[Any, ...]:
+    """basic.ack: delivery tag, multiple."""
+    deliveryTag, bits = _TAG_AND_BITS.unpack_from(data, offset)
+    return deliveryTag, bool(bits & 1)
 
 
 class _FrameWriter:
