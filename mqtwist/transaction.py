@@ -259,7 +259,8 @@ async def sendMessage(client: ESMTPClient, message: Message, chain: PluginChain)
         untouched = failure.state == "mailfrom" and failure.result == "lost"
         raise TransactionFailed(failure, midTransaction=midTransaction, untouched=untouched) from None
     try:
-        return _check(await client.sendBody(encodedBody), "message")
+        # a signed message comes back with CRLF line endings only
+        return _check(await client.sendBody(encodedBody, crlf=bool(message.dkim)), "message")
     except AttemptFailed as failure:
         # after the reply to the body the transaction is over, whatever it said
         raise TransactionFailed(failure, midTransaction=False) from None

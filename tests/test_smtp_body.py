@@ -92,3 +92,14 @@ def test_serverGetsTheNormalisedBody(body: bytes) -> None:
     assert serverDecode(wire) == referenceNormalise(body)
     # no bare CR or LF reaches the wire
     assert wire.count(b"\r") == wire.count(b"\n") == wire.count(b"\r\n")
+
+
+@settings(max_examples=300)
+@given(st.one_of(st.binary(max_size=300), lineEndHeavy))
+def test_crlfBodiesSkipTheCheck(body: bytes) -> None:
+    """
+    For a body that already has CRLF line endings only (what DKIM signing
+    returns), C{crlf=True} encodes it exactly as the full check does.
+    """
+    clean = normaliseLineEnds(body)
+    assert encodeBody(clean, crlf=True) == encodeBody(clean) == encodeBody(body)

@@ -447,11 +447,11 @@ class ESMTPClient(Protocol):
         self._expectingBody = reply.code == 354
         return reply
 
-    def sendBody(self, body: bytes) -> Deferred[Reply]:
+    def sendBody(self, body: bytes, *, crlf: bool = False) -> Deferred[Reply]:
         """
         Send a message body after a 354 reply to L{data}: its line endings
         are made CRLF, lines starting with a dot are dot-stuffed and the
-        terminating dot line is added (L{encodeBody}).
+        terminating dot line is added (L{encodeBody}; C{crlf} as there).
 
         @return: a Deferred firing with the server's final reply to the body,
             whatever its code; errbacks with L{AttemptFailed}
@@ -461,7 +461,7 @@ class ESMTPClient(Protocol):
         if not self._expectingBody:
             raise RuntimeError("sendBody() needs a 354 reply to data() first")
         self._expectingBody = False
-        encoded = encodeBody(body)
+        encoded = encodeBody(body, crlf=crlf)
         self.messages += 1
         self.bodyBytesSent += len(encoded)
         command = _Command(
