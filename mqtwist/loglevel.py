@@ -26,6 +26,19 @@ from zope.interface import implementer
 LEVEL_NAMES = tuple(level.name for level in LogLevel.iterconstants())
 
 
+class _DebugSwitch:
+    """
+    Whether C{debug} events are kept: hot code that would emit one for
+    every SMTP command asks L{wanted} first, and skips building the event
+    when a L{LogLevelService} would drop it anyway.
+    """
+
+    wanted = True
+
+
+debugEvents = _DebugSwitch()
+
+
 def parseLogLevel(name: str) -> LogLevel:
     """
     @return: the L{LogLevel} called C{name} (C{"debug"}, C{"info"},
@@ -86,12 +99,14 @@ class LogLevelService(Service):
         for observer in self._filtered:
             self.publisher.removeObserver(observer)
         self.publisher.addObserver(self._filter)
+        debugEvents.wanted = self.level <= LogLevel.debug
 
     def stopService(self) -> None:
         super().stopService()
         if self._filter is None:
             return
         self.publisher.removeObserver(self._filter)
+        debugEvents.wanted = True
         for observer in self._filtered:
             self.publisher.addObserver(observer)
         self._filter = None

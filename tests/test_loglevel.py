@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from twisted.logger import Logger, LogLevel, LogPublisher
 
-from mqtwist.loglevel import LogLevelService, parseLogLevel
+from mqtwist.loglevel import LogLevelService, debugEvents, parseLogLevel
 
 
 def emitAll(log: Logger) -> None:
@@ -94,3 +94,24 @@ def test_observersAddedLaterGetEverything() -> None:
         service.stopService()
     assert len(filtered) == 2
     assert len(late) == 5
+
+
+def test_debugSwitch() -> None:
+    """
+    Hot code may skip building debug events exactly while a service with a
+    higher level runs.
+    """
+    assert debugEvents.wanted
+    service = LogLevelService(LogLevel.info, LogPublisher())
+    service.startService()
+    try:
+        assert not debugEvents.wanted
+    finally:
+        service.stopService()
+    assert debugEvents.wanted
+    service = LogLevelService(LogLevel.debug, LogPublisher())
+    service.startService()
+    try:
+        assert debugEvents.wanted
+    finally:
+        service.stopService()

@@ -33,6 +33,7 @@ from zope.interface import implementer
 
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
+from mqtwist.loglevel import debugEvents
 from mqtwist.smtp.body import encodeBody
 from mqtwist.smtp.reply import MalformedReply, Reply, ReplyParser
 from mqtwist.smtp.tls import ClientTLS
@@ -606,13 +607,14 @@ class ESMTPClient(Protocol):
             return
         command = self._queue.popleft()
         # one event per command and its reply: logging is on the hot path
-        self.log.debug(
-            "SMTP {remote}: {command} -> {code} {text}",
-            remote=self.remoteAddress,
-            command=command.shown,
-            code=reply.code,
-            text=reply.text,
-        )
+        if debugEvents.wanted:
+            self.log.debug(
+                "SMTP {remote}: {command} -> {code} {text}",
+                remote=self.remoteAddress,
+                command=command.shown,
+                code=reply.code,
+                text=reply.text,
+            )
         self._stopTimer()
         if self._connected:
             self._writeQueued()
