@@ -291,6 +291,9 @@ class Config:
     #: messages per destination that wait in this process for a connection;
     #: more are parked in a delay queue
     destinationBacklog: int = 10
+    #: seconds without an ended delivery after which a busy destination
+    #: counts as stuck: then only C{destinationBacklog} of its messages wait
+    stuckAfter: float = 1.0
     #: seconds a message is parked when its destination is busy
     parkDelay: float = 30.0
     #: seconds until greylisted messages (450/451 that say so) are tried again

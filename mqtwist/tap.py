@@ -112,6 +112,8 @@ _HELP: dict[str, str] = {
     "process (0: no limit)",
     "destinationBacklog": "messages per destination that wait in this process for a "
     "connection; more are parked in a delay queue",
+    "stuckAfter": "seconds without an ended delivery after which a busy destination counts "
+    "as stuck, and only --destination-backlog of its messages wait",
     "parkDelay": "seconds a message is parked when its destination is busy",
     "greylistDelay": "seconds until a greylisted message is tried again",
     "downAfterFailures": "failed connections in a row after which a destination is "

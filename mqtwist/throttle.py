@@ -272,13 +272,9 @@ class DeliveryPolicy:
         waiter: Deferred[Permit] = Deferred(lambda d: self._forget(state, d))
         state.waiters.append((waiter, route.destination))
         if len(state.waiters) > self.config.destinationBacklog and state.stuckCheck is None:
-            state.stuckCheck = self.reactor.callLater(self.STUCK_AFTER, self._checkStuck, state)
+            state.stuckCheck = self.reactor.callLater(self.config.stuckAfter, self._checkStuck, state)
         self._serve(state)
         return waiter
-
-    #: seconds without a finished delivery after which a busy destination
-    #: counts as stuck
-    STUCK_AFTER = 1.0
 
     def _stuck(self, state: _State, now: float) -> bool:
         """
@@ -287,7 +283,7 @@ class DeliveryPolicy:
         one that is stuck would hold them (and the outbox) for as long as
         its time-outs.
         """
-        return now - max(state.lastDone, state.busySince) >= self.STUCK_AFTER
+        return now - max(state.lastDone, state.busySince) >= self.config.stuckAfter
 
     def _busy(self, state: _State, now: float) -> Deferral:
         reason = (
@@ -307,7 +303,7 @@ class DeliveryPolicy:
         if len(state.waiters) <= self.config.destinationBacklog:
             return
         if not self._stuck(state, now):
-            state.stuckCheck = self.reactor.callLater(self.STUCK_AFTER, self._checkStuck, state)
+            state.stuckCheck = self.reactor.callLater(self.config.stuckAfter, self._checkStuck, state)
             return
         excess = []
         while len(state.waiters) > self.config.destinationBacklog:

@@ -79,6 +79,18 @@ def test_a_destination_that_moves_may_have_more_waiting_until_it_gets_stuck():
         assert deferral(turnedAway).reason.startswith("busy")
 
 
+def test_stuck_after_is_configurable():
+    p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfter=0.25)
+    p.admit(route("a.test", "mx.a.test"))
+    waiting = [p.admit(route("a.test", "mx.a.test")) for _ in range(3)]
+    clock.advance(0.2)
+    assert not any(w.called for w in waiting)
+    clock.advance(0.05)  # nothing ended for 0.25 s: stuck, only the backlog waits
+    assert not waiting[0].called
+    assert all(deferral(w).reason.startswith("busy") for w in waiting[1:])
+    assert deferral(p.admit(route("a.test", "mx.a.test"))).reason.startswith("busy")
+
+
 def test_rate_limit_wakes_the_waiter_when_a_token_is_due():
     p, clock = policy(throttles=[ThrottleRule(domain="*", messagesPerMinute=60)])
     first = p.admit(route("a.test", "mx.a.test"))
