@@ -13,6 +13,7 @@ from __future__ import annotations
 from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
+    ILogFilterPredicate,
     ILogObserver,
     LogEvent,
     LogLevel,
@@ -53,7 +54,7 @@ def parseLogLevel(name: str) -> LogLevel:
         ) from None
 
 
-@implementer(ILogObserver)
+@implementer(ILogFilterPredicate)
 class _AtLeast:
     """
     A predicate for L{FilteringLogObserver}: events of C{level} or above

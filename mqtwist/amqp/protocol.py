@@ -100,6 +100,9 @@ class AMQPProtocol(AMQClient):
     """
 
     listener: ConnectionListener
+    #: txamqp's heartbeat timers (set when heartbeats are on)
+    checkHB: Any
+    sendHB: Any
 
     log = Logger()
 
@@ -132,6 +135,12 @@ class AMQPProtocol(AMQClient):
         self._lastReceived = now
         self._publishMethods: dict[tuple[int, str, str], bytes] = {}
         self._propertyCache: dict[tuple[tuple[str, Any], ...], bytes] = {}
+        basic = self.spec.classes.byname["basic"].methods.byname
+        #: the methods read without the codec, by their class and method ids
+        self._fastMethods: dict[bytes, tuple[Any, Any]] = {
+            struct.pack("!HH", _BASIC_CLASS, 60): (basic["deliver"], _decodeDeliver),
+            struct.pack("!HH", _BASIC_CLASS, _ACK_ID): (basic["ack"], _decodeAck),
+        }
 
     def channel(self, id: int) -> defer.Deferred[AMQChannel]:
         """
@@ -202,13 +211,14 @@ class AMQPProtocol(AMQClient):
                 _PUBLISH_IDS + _shortstr(exchange) + _shortstr(routingKey) + b"\x00",
             )
         key = tuple(properties.items())
+        cacheable = True
         try:
             encoded = self._propertyCache.get(key)
         except TypeError:  # a headers table: not hashable, not cached
-            key, encoded = None, None
+            cacheable, encoded = False, None
         if encoded is None:
             encoded = self._encodeProperties(properties)
-            if key is not None and len(self._propertyCache) < _PROPERTY_CACHE_SIZE:
+            if cacheable and len(self._propertyCache) < _PROPERTY_CACHE_SIZE:
                 self._propertyCache[key] = encoded
         frames = [method, _frame(_HEADER, channel, _BASIC_HEADER.pack(_BASIC_CLASS, 0, len(body)) + encoded)]
         chunk = self.MAX_LENGTH - 8
@@ -312,17 +322,6 @@ class AMQPProtocol(AMQClient):
         else:
             payload = Frame.DECODERS[frameType].decode(self.spec, codec)
         return Frame(channel, payload)
-
-    @property
-    def _fastMethods(self) -> dict[bytes, tuple[Any, Any]]:
-        methods = self.spec.classes.byname["basic"].methods.byname
-        fast = {
-            struct.pack("!HH", _BASIC_CLASS, 60): (methods["deliver"], _decodeDeliver),
-            struct.pack("!HH", _BASIC_CLASS, _ACK_ID): (methods["ack"], _decodeAck),
-        }
-        # computed once per connection
-        self.__dict__["_fastMethods"] = fast
-        return fast
 
     def channel_failed(self, channel: AMQChannel, reason: Failure) -> None:
         self.listener.channelClosed(channel, reason)
