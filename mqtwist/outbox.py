@@ -16,8 +16,15 @@ import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults
+from twisted.internet.defer import (
+    CancelledError,
+    Deferred,
+    DeferredList,
+    ensureDeferred,
+    gatherResults,
+)
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
@@ -83,13 +90,21 @@ class OutboxProcessor:
         """
         done = ensureDeferred(self._handle(delivery))
         self.inFlight.add(done)
-        done.addErrback(
-            lambda failure: self.log.failure(
+        done.addErrback(self._unfinished)
+        done.addBoth(lambda _: self.inFlight.discard(done))
+
+    def _unfinished(self, failure: Failure) -> None:
+        if failure.check(CancelledError):
+            # stopping the service cut the delivery short: that is expected
+            self.log.info(
+                "a delivery was stopped unfinished; its outbox message stays "
+                "unacknowledged and will be delivered again"
+            )
+        else:
+            self.log.failure(
                 "unexpected error handling an outbox message; it stays unacknowledged",
                 failure,
             )
-        )
-        done.addBoth(lambda _: self.inFlight.discard(done))
 
     def drain(self, timeout: float) -> Deferred[None]:
         """

@@ -18,6 +18,7 @@ from twisted.application.service import MultiService
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
+from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
@@ -386,7 +387,14 @@ async def test_what_stopping_cannot_finish_goes_back_to_the_outbox(rabbitmq, amq
     await service.whenConnected()
     await publishAll(amqp, queues["outbox"], [job(1)])
     await gate.arrived
-    await service.stopService()
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await service.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert not [e for e in events if e.get("log_failure") is not None]
+    assert any("stopped unfinished" in e.get("log_format", "") for e in events)
     assert smtpServer.messages == []
     assert await amqp.count(queues["results"]) == 0
     (again,) = await amqp.collect(queues["outbox"], 1)
