@@ -21,6 +21,7 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from perlmodules import needsPerl
 from twisted.internet import reactor
 from twisted.internet.defer import fail, succeed
 from twisted.internet.utils import getProcessOutputAndValue
@@ -34,17 +35,7 @@ from mqtwist.mime import buildMime
 HERE = Path(__file__).parent
 NOW = 1_700_000_000.0
 
-_perlMissing = (
-    shutil.which("perl") is None
-    or subprocess.run(
-        ["perl", "-MMail::DKIM::Verifier", "-MNet::DNS::Resolver", "-e1"], capture_output=True
-    ).returncode
-    != 0
-)
-needsMailDKIM = pytest.mark.skipif(
-    _perlMissing,
-    reason="needs Perl's Mail::DKIM: apt-get install libmail-dkim-perl",
-)
+needsMailDKIM = needsPerl("Mail::DKIM::Verifier", "Net::DNS::Resolver", package="libmail-dkim-perl")
 
 # mailauth (npm) verifies Ed25519 too; it is looked for in NODE_PATH, else
 # in .state/node (npm install --prefix .state/node mailauth)

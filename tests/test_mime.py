@@ -10,12 +10,12 @@ import base64
 import email
 import email.policy
 import json
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
+from perlmodules import needsPerl
 
 from mqtwist.errors import InvalidMessage
 from mqtwist.mime import buildMime
@@ -24,17 +24,7 @@ HERE = Path(__file__).parent
 NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 +0000
 HOST = "mx.example.net"
 
-_perlMissing = (
-    shutil.which("perl") is None
-    or subprocess.run(
-        ["perl", "-MMIME::Parser", "-MJSON::PP", "-e1"], capture_output=True
-    ).returncode
-    != 0
-)
-needsMimeTools = pytest.mark.skipif(
-    _perlMissing,
-    reason="needs Perl's MIME::Parser: apt-get install libmime-tools-perl",
-)
+needsMimeTools = needsPerl("MIME::Parser", "JSON::PP", package="libmime-tools-perl")
 
 PDF = b"%PDF-1.4\n" + bytes(range(256)) * 20
 
