@@ -261,17 +261,7 @@ class Message:
         @raise InvalidMessage: naming what is wrong; the caller publishes it
             as a C{process}/C{invalid} result.
         """
-        try:
-            obj = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
-        except UnicodeDecodeError as e:
-            raise InvalidMessage(f"the message is not UTF-8 text: {e}") from None
-        except ValueError as e:
-            raise InvalidMessage(f"the message is not valid JSON: {e}") from None
-        if not isinstance(obj, dict):
-            raise InvalidMessage(
-                f"the message must be a JSON object, not a JSON {type(obj).__name__}"
-            )
-        return cls.fromObject(obj, settings, now=now)
+        return cls.fromObject(decodeJSON(data), settings, now=now)
 
     @classmethod
     def fromObject(
@@ -279,9 +269,8 @@ class Message:
     ) -> "Message":
         """
         Check one outbox message that is already a parsed JSON object.  A
-        C{mime} object is turned into the message text here, and that text
-        replaces it in C{obj}, so that every later attempt sends the same
-        message (same Date and Message-ID) without building it again.
+        C{mime} object is built into the message text here (see
+        L{buildMimeProperty}) unless the caller did it already.
 
         @raise InvalidMessage: naming what is wrong.
         """
@@ -296,12 +285,8 @@ class Message:
 
         if "mime" not in obj:
             raise InvalidMessage("property 'mime' is missing; it holds the message to send")
+        buildMimeProperty(obj, settings, now)
         mime = obj["mime"]
-        if isinstance(mime, dict):
-            built = buildMime(
-                mime, now=time.time() if now is None else now, hostname=settings.hostname
-            )
-            mime = obj["mime"] = built.decode("ascii")
         if not isinstance(mime, str):
             raise InvalidMessage(f"property 'mime' must be a string, not {type(mime).__name__}")
 
@@ -402,6 +387,43 @@ class Message:
         if not isinstance(self.json["results"], list):
             self.json["results"] = []
         self.json["results"].append(entry.toJSON())
+
+
+def decodeJSON(data: bytes | str) -> dict[str, Any]:
+    """
+    The JSON object of one outbox message.
+
+    @raise InvalidMessage: when C{data} is not UTF-8, not JSON or not an
+        object.
+    """
+    try:
+        obj = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+    except UnicodeDecodeError as e:
+        raise InvalidMessage(f"the message is not UTF-8 text: {e}") from None
+    except ValueError as e:
+        raise InvalidMessage(f"the message is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidMessage(
+            f"the message must be a JSON object, not a JSON {type(obj).__name__}"
+        )
+    return obj
+
+
+def buildMimeProperty(
+    obj: dict[str, Any], settings: ParseSettings, now: float | None = None
+) -> None:
+    """
+    Replace a C{mime} object in the outbox object C{obj} by the message text
+    built from it, so that every later attempt sends the same message (same
+    Date and Message-ID) without building it again.  Nothing happens when
+    C{mime} is not an object.  Thread-safe: it touches only C{obj}.
+
+    @raise InvalidMessage: naming the field of C{mime} that is wrong.
+    """
+    mime = obj.get("mime")
+    if isinstance(mime, dict):
+        built = buildMime(mime, now=time.time() if now is None else now, hostname=settings.hostname)
+        obj["mime"] = built.decode("ascii")
 
 
 def withoutSecrets(obj: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from twisted.internet.defer import (
     ensureDeferred,
     gatherResults,
 )
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,6 +35,8 @@ from mqtwist.message import (
     Message,
     ParseSettings,
     ResultEntry,
+    buildMimeProperty,
+    decodeJSON,
     invalidResultJSON,
     queueFor,
 )
@@ -133,7 +136,14 @@ class OutboxProcessor:
     async def _handle(self, delivery: Delivery) -> None:
         now = self.reactor.seconds()
         try:
-            message = Message.fromJSON(delivery.body, self.parseSettings, now=now)
+            obj = decodeJSON(delivery.body)
+            if isinstance(obj.get("mime"), dict):
+                # building MIME costs milliseconds: not on the reactor thread
+                await deferToThreadPool(
+                    self.reactor, self.reactor.getThreadPool(),
+                    buildMimeProperty, obj, self.parseSettings, now,
+                )
+            message = Message.fromObject(obj, self.parseSettings, now=now)
         except InvalidMessage as failure:
             await self._publishInvalid(delivery, failure, now)
             return

@@ -8,13 +8,16 @@ served by a name server on loopback.
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest_twisted
-from test_dkimsign import RSA_KEY, needsMailDKIM, nameServer, pem, verify  # noqa: F401
+from test_dkimsign import RSA_KEY, nameServer, needsMailDKIM, pem, verify  # noqa: F401
 from test_end_to_end import decoded, makeConfig, publishAll, queues, running  # noqa: F401
 from zope.interface import implementer
 
+import mqtwist.message
 from mqtwist.interfaces import IDataPlugin
+from mqtwist.mime import buildMime
 from mqtwist.service import MailerService
 
 
@@ -28,8 +31,15 @@ class Footer:
 
 @needsMailDKIM
 @pytest_twisted.ensureDeferred
-async def test_built_edited_changed_and_signed(rabbitmq, amqp, smtpServer, queues, nameServer):
+async def test_built_edited_changed_and_signed(rabbitmq, amqp, smtpServer, queues, nameServer, monkeypatch):
     records, dnsPort = nameServer
+    builders: list[threading.Thread] = []
+
+    def recordingBuild(*args, **kwargs):
+        builders.append(threading.current_thread())
+        return buildMime(*args, **kwargs)
+
+    monkeypatch.setattr(mqtwist.message, "buildMime", recordingBuild)
     records.publish("s1", "example.com", RSA_KEY)
     job = {
         "id": "content-1",
@@ -62,3 +72,5 @@ async def test_built_edited_changed_and_signed(rabbitmq, amqp, smtpServer, queue
     assert success["dkim"] == {"domain": "example.com", "selector": "s1"}
     assert "mime" not in success
     assert [e["result"] for e in success["results"]] == ["accepted"]
+    # the message was built once, off the reactor thread
+    assert len(builders) == 1 and builders[0] is not threading.main_thread()

@@ -15,7 +15,6 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.application.service import MultiService
-from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import globalLogPublisher
@@ -266,6 +265,7 @@ async def test_invalid_messages_get_process_invalid_and_are_acked(rabbitmq, amqp
         b'{"recipient": "a\\r\\nRCPT TO:<evil@x>@example.com", "mime": "x"}',
         b'{"recipient": "a@example.com", "mime": 12}',
         b'{"recipient": "a@example.com", "mime": "x", "retries": "often"}',
+        b'{"recipient": "a@example.com", "mime": {"from": "a@example.org", "text": 5}}',
     ]
     service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
     async with running(service):
@@ -280,6 +280,7 @@ async def test_invalid_messages_get_process_invalid_and_are_acked(rabbitmq, amqp
         assert entry["description"]
     assert {f.get("id") for f in failures} >= {"keep-me"}
     assert any("control character" in f["results"][0]["description"] for f in failures)
+    assert any("mime.text" in f["results"][0]["description"] for f in failures)
     assert smtpServer.messages == []
 
 
