@@ -10,7 +10,7 @@ with it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.tls import TLSSettings
 from mqtwist.throttle import Backoff, Deferral, DeliveryPolicy, Permit
 from mqtwist.timeformat import formatTime
-from mqtwist.transaction import TransactionFailed, connectionFacts, sendThroughPool
+from mqtwist.transaction import TransactionFailed, sendThroughPool
 
 
 @dataclass
@@ -112,29 +112,32 @@ class DeliveryEngine:
             permit = await self.policy.admit(route)
         except Deferral as deferral:
             return self._deferred(message, deferral)
-        closing: list[Deferred[None]] = []
+        permitHeld = [True]
+
+        def releaseConnection(client: ESMTPClient, clean: bool) -> None:
+            # the permit is for the connection, not for the wait for the
+            # body's reply: with PIPELINING the next message goes out now
+            permitHeld[0] = False
+            self._release(client, permit, clean)
+
         try:
             entry: ResultEntry = await self.slots.run(
-                lambda: ensureDeferred(self._send(message, route, permit, closing))
+                lambda: ensureDeferred(self._send(message, route, permit, releaseConnection))
             )
             return entry
         finally:
-            if closing:
-                # a connection counts against its destination until it is closed
-                closing[0].addBoth(lambda _: self.policy.release(permit))
-            else:
+            if permitHeld[0]:
                 self.policy.release(permit)
 
     async def _send(
-        self, message: Message, route: Route, permit: Permit, closing: list[Deferred[None]]
+        self,
+        message: Message,
+        route: Route,
+        permit: Permit,
+        release: Callable[[ESMTPClient, bool], None],
     ) -> ResultEntry:
-        def release(client: ESMTPClient, clean: bool) -> None:
-            self._release(client, permit, closing, clean)
-
         try:
-            client, reply = await sendThroughPool(
-                self.pool, route.destination, message, self.chain, release=release
-            )
+            sent = await sendThroughPool(self.pool, route.destination, message, self.chain, release=release)
         except TransactionFailed as failure:
             self.policy.succeeded(permit)
             backoff = self.policy.failed(permit, failure)
@@ -142,11 +145,12 @@ class DeliveryEngine:
         except AttemptFailed as failure:
             return self._failed(message, failure, backoff=self.policy.failed(permit, failure))
         self.policy.succeeded(permit)
+        reply = sent.reply
         self.log.info(
             "delivered {message} to {recipient} via {mta}: {code} {text}",
             message=message.label,
             recipient=message.recipient,
-            mta=client.mta,
+            mta=sent.client.mta,
             code=reply.code,
             text=reply.text,
         )
@@ -158,18 +162,23 @@ class DeliveryEngine:
             code=reply.code,
             status=reply.status,
             description=reply.text,
-            connection=connectionFacts(client),
+            connection=sent.facts,
         )
 
-    def _release(
-        self, client: ESMTPClient, permit: Permit, closing: list[Deferred[None]], clean: bool = True
-    ) -> None:
+    def _release(self, client: ESMTPClient, permit: Permit, clean: bool) -> None:
+        """
+        Give a connection back to the pool, and the permit back to the
+        policy: at once, or, for a connection being closed, once it is
+        closed (it counts against its destination until then).
+        """
         if client.messages >= permit.messagesPerConnection:
             # the destination's own limit, below the pool's: the pool closes it
             client.quit()
         self.pool.release(client, clean=clean)
-        if not client.usable:
-            closing.append(client.whenClosed())
+        if client.usable:
+            self.policy.release(permit)
+        else:
+            client.whenClosed().addBoth(lambda _: self.policy.release(permit))
 
     def _failed(
         self,

@@ -390,7 +390,7 @@ class DeliveryPolicy:
         The delivery of C{permit} reached the server (whatever the server
         said of the message, the destination is up).
         """
-        permit._state.failuresInRow = 0
+        self._current(permit).failuresInRow = 0
 
     def failed(self, permit: Permit, failure: AttemptFailed) -> Backoff | None:
         """
@@ -400,7 +400,7 @@ class DeliveryPolicy:
         @return: the L{Backoff} it caused, if any; a C{"retry"} one says
             when this message is due again.
         """
-        state = permit._state
+        state = self._current(permit)
         now = self.reactor.seconds()
         if failure.state in CONNECTION_STATES and failure.code is None:
             state.failuresInRow += 1
@@ -435,6 +435,11 @@ class DeliveryPolicy:
             )
             return Backoff(state.name, "reduce", until)
         return Backoff(state.name, "retry", until)
+
+    def _current(self, permit: Permit) -> _State:
+        # a permit goes back before the body's reply is in, and its
+        # destination may have been forgotten since: what happened still counts
+        return self._states.setdefault(permit._state.name, permit._state)
 
     def _pause(self, state: _State, action: str, reason: str, until: float) -> Backoff:
         if until > state.pausedUntil:

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
+from twisted.internet.defer import ensureDeferred, gatherResults
 
 from fixtures_postfix import (  # noqa: F401 (fixtures)
     DOMAIN,
@@ -173,6 +174,60 @@ async def test_pipeliningAndReuse(postfixReceiver, startRecordingProxy, listener
     assert _improperPipelining(postfix, mark) == []
     assert sessions == [
         {"ehlo": "1", "mail": "3", "rcpt": "3", "data": "3", "quit": "1", "commands": "11"}
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_nextEnvelopeFollowsTheBody(postfixReceiver, startRecordingProxy) -> None:
+    """
+    Messages queued for a busy connection with PIPELINING: the next
+    message's MAIL, RCPT and DATA go out in the same write as the previous
+    body and its final dot (RFC 2920 3.1), so each message costs one round
+    trip; Postfix finds nothing improper, delivers every body exactly, and
+    each result counts its own message on the connection.
+    """
+    postfix = postfixReceiver
+    proxy = startRecordingProxy(postfix.ports["pipelining"])
+    mark = postfix.logMark()
+    pool = ConnectionPool(
+        reactor,
+        ehloName="client.test",
+        timeouts=TIMEOUTS,
+        maxConnectionsPerDestination=1,
+        maxMessagesPerConnection=100,
+        idleTimeout=30,
+    )
+    recipients = [f"follow-{number}@{DOMAIN}" for number in range(4)]
+    destination = Destination((("127.0.0.1", proxy.port),))
+    try:
+        entries = await gatherResults(
+            [ensureDeferred(attempt(pool, destination, job(recipient))) for recipient in recipients]
+        )
+        delivered = await postfix.waitForDeliveries(recipients)
+    finally:
+        connections, sessions = await _finish(pool, proxy, postfix, mark)
+    assert [entry["state"] for entry in entries] == ["message"] * 4
+    assert [entry["messages"] for entry in entries] == [1, 2, 3, 4]
+    assert sorted(message.content for message in delivered) == [b"Subject: t\n\nbody\n"] * 4
+    (connection,) = connections
+    commands, bodies = connection.transcript()
+    assert bodies == [b"Subject: t\r\n\r\nbody\r\n"] * 4
+    envelope = b"MAIL FROM:<sender@example.org> SIZE=%d\r\nRCPT TO:<%s>\r\nDATA\r\n"
+    sent = [envelope % (len(bodies[0]), recipient.encode()) for recipient in recipients]
+    assert connection.clientChunks[0] == b"EHLO client.test\r\n"
+    afterEhlo = connection.clientChunks[1:]
+    assert afterEhlo == [
+        sent[0],
+        bodies[0] + b".\r\n" + sent[1],
+        bodies[1] + b".\r\n" + sent[2],
+        bodies[2] + b".\r\n" + sent[3],
+        bodies[3] + b".\r\n",
+        b"QUIT\r\n",
+    ]
+    assert b"RSET" not in commands
+    assert _improperPipelining(postfix, mark) == []
+    assert sessions == [
+        {"ehlo": "1", "mail": "4", "rcpt": "4", "data": "4", "quit": "1", "commands": "14"}
     ]
 
 

@@ -30,7 +30,7 @@ from mqtwist.message import Message, ResultEntry
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.tls import TLSSettings
-from mqtwist.transaction import TransactionFailed, connectionFacts, sendThroughPool
+from mqtwist.transaction import TransactionFailed, sendThroughPool
 
 TIMEOUTS = SMTPTimeouts(
     connect=5, greeting=5, ehlo=5, mailfrom=5, rcptto=5, data=5, message=5, rset=5, quit=5, starttls=5, auth=5
@@ -113,9 +113,9 @@ async def attempt(pool: ConnectionPool, destination: Destination, message: Messa
     C{final} added.
     """
     try:
-        client, reply = await sendThroughPool(pool, destination, message, CHAIN)
-        entry = ResultEntry("message", "accepted", 0, True, reply.code, reply.status, reply.text, None,
-                            connectionFacts(client))
+        sent = await sendThroughPool(pool, destination, message, CHAIN)
+        reply = sent.reply
+        entry = ResultEntry("message", "accepted", 0, True, reply.code, reply.status, reply.text, None, sent.facts)
     except TransactionFailed as failure:
         entry = ResultEntry.fromFailure(failure, 0, failure.facts)
     except AttemptFailed as failure:

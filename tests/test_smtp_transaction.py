@@ -200,8 +200,8 @@ def test_staleConnectionRetriedOnAnother() -> None:
     assert fresh.sent().endswith(b"MAIL FROM:<a@example.org> SIZE=18\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
     fresh.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
     fresh.reply(b"250 queued\r\n")
-    client, reply = resultOf(sent)
-    assert client is fresh.client and reply.code == 250
+    result = resultOf(sent)
+    assert result.client is fresh.client and result.reply.code == 250
     assert [entry[0] for entry in pool.released] == [staleClient, fresh.client]
 
     again = Connection()
@@ -248,3 +248,55 @@ def test_authMechanisms() -> None:
     client = connection.introduce(b"250-mx\r\n250 AUTH GSSAPI\r\n")
     failure = failureOf(client.authenticate("user", "secret"))
     assert failure.state == "auth" and "GSSAPI" in failure.description
+
+
+def test_connectionGoesBackBeforeTheBodyReply() -> None:
+    """
+    With PIPELINING the connection is released as soon as the body is
+    written, so the next message's envelope follows it; each reply still
+    belongs to its own message: a refused body fails only its message.
+    """
+    connection = Connection()
+    client = connection.introduce()
+    pool = FakePool(connection, connection)
+    first = ensureDeferred(sendThroughPool(pool, None, message(recipient="one@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    connection.sent()
+    connection.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    assert connection.sent() == b"Subject: x\r\n\r\nhi\r\n.\r\n"
+    assert pool.released == [(client, True)] and not first.called
+    second = ensureDeferred(sendThroughPool(pool, None, message(recipient="two@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    assert connection.sent() == b"MAIL FROM:<a@example.org> SIZE=18\r\nRCPT TO:<two@example.com>\r\nDATA\r\n"
+    connection.reply(b"554 5.7.1 rejected by content filter\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+    failure = failureOf(first)
+    assert (failure.state, failure.code, failure.midTransaction) == ("message", 554, False)
+    assert failure.facts["messages"] == 1
+    assert connection.sent() == b"Subject: x\r\n\r\nhi\r\n.\r\n"
+    connection.reply(b"250 queued as B\r\n")
+    sent = resultOf(second)
+    assert (sent.reply.text, sent.facts["messages"]) == ("queued as B", 2)
+    assert pool.released == [(client, True), (client, True)]
+
+
+def test_connectionLostAfterAnEarlyRelease() -> None:
+    """
+    The connection dies after a body and the next envelope were written:
+    the message whose body got no reply is C{message}/C{lost} (it may or
+    may not have arrived, so it is retried), the next one never reached the
+    server and goes on a fresh connection at once.
+    """
+    connection, fresh = Connection(), Connection()
+    connection.introduce()
+    freshClient = fresh.introduce()
+    pool = FakePool(connection, connection, fresh)
+    first = ensureDeferred(sendThroughPool(pool, None, message(recipient="one@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    connection.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    second = ensureDeferred(sendThroughPool(pool, None, message(recipient="two@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    assert connection.sent().endswith(b".\r\nMAIL FROM:<a@example.org> SIZE=18\r\nRCPT TO:<two@example.com>\r\nDATA\r\n")
+    connection.lose()
+    failure = failureOf(first)
+    assert (failure.state, failure.result, failure.permanent) == ("message", "lost", False)
+    assert not second.called
+    assert fresh.sent() == b"MAIL FROM:<a@example.org> SIZE=18\r\nRCPT TO:<two@example.com>\r\nDATA\r\n"
+    fresh.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    fresh.reply(b"250 queued\r\n")
+    assert resultOf(second).client is freshClient
