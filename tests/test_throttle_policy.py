@@ -115,6 +115,19 @@ def test_a_pause_turns_away_the_waiting_and_the_new():
     assert p.admit(route("a.test", "mx.a.test")).called
 
 
+def test_a_failure_after_the_permit_went_back_still_pauses():
+    """
+    With PIPELINING a permit goes back once the body is written, so the
+    reply to the body can come after the destination was forgotten.
+    """
+    p, clock = policy(backoff=[BackoffRule("pause", 60, text="slow down")])
+    permit = p.admit(route("a.test", "mx.a.test")).result
+    p.release(permit)
+    backoff = p.failed(permit, AttemptFailed("message", "error", "please slow down", code=451))
+    assert backoff.action == "pause"
+    assert "slow down" in deferral(p.admit(route("a.test", "mx.a.test"))).reason
+
+
 def test_too_many_connections_cuts_concurrency_for_a_while():
     p, clock = policy()
     permits = [p.admit(route("a.test", "mx.a.test")).result for _ in range(3)]
