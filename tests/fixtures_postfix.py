@@ -5,7 +5,7 @@ what the client wrote.
 L{PostfixReceiver} runs a private Postfix instance: its own configuration,
 queue and data directories under a temporary directory, SMTP servers on
 free ports of 127.0.0.1 (one per L{Listener}: with or without PIPELINING,
-with or without STARTTLS), no chroot, no DNS.  Mail for C{postfix.test} is
+STARTTLS or AUTH), no chroot, no DNS.  Mail for C{postfix.test} is
 accepted for every local part except those starting with C{unknown}
 (refused at RCPT with 550 5.1.1) and handed by a C{pipe} transport, one
 recipient at a time, to a shell script that writes it to a file: the
@@ -17,8 +17,18 @@ no missing headers and rewrites none).  Postfix's log goes to a file in
 the same directory; its C{disconnect from} lines count the commands of
 every session.  Both are watched with inotify, so tests wait for events.
 
+AUTH is Cyrus SASL's, configured privately in C{etc/sasl} (Debian's
+Postfix reads it from C{$config_directory/sasl}, others from
+C{cyrus_sasl_config_path}, which names it too): each listener with AUTH
+has an application configuration of its own (C{smtpd_sasl_path}), so each
+offers its own mechanisms, all checking passwords against one sasldb
+there, which C{saslpasswd2} fills with the receiver's users (realm
+L{SASL_REALM}).  smtpd logs C{sasl_method=...} and C{sasl_username=...}
+(with the realm) on the C{client=} line of every message received after
+a successful AUTH.
+
 Postfix's master process must run as root: L{postfixUnavailable} says why
-a test cannot run here.
+a test cannot run here, L{saslUnavailable} why AUTH cannot.
 
 L{RecordingProxy} sits between the client and a server and keeps every
 chunk each side sent on each connection; L{RecordedConnection.transcript}
@@ -29,13 +39,19 @@ Fixtures:
   - C{postfixReceiver} (module scope): a started L{PostfixReceiver} with
     the listeners C{"pipelining"}, C{"lockstep"} (PIPELINING not
     announced) and C{"tls"} (STARTTLS with the C{certificates} fixture's
-    server certificate, which the test module provides).
+    server certificate, which the test module provides); unless
+    L{saslUnavailable}, for AUTH as L{SASL_USERNAME} with
+    L{SASL_PASSWORD}: C{"auth-plain"}, C{"auth-login"} and
+    C{"auth-cram-md5"} (no TLS, that one mechanism each), C{"auth"} (no
+    TLS, all three) and C{"auth-tls"} (all three, offered only after
+    STARTTLS).
   - C{startRecordingProxy}: a function returning (a Deferred of) a
     started L{RecordingProxy} to a port; stopped after the test.
 """
 
 from __future__ import annotations
 
+import glob
 import os
 import pwd
 import re
@@ -51,7 +67,7 @@ import pytest_twisted
 from twisted.internet import inotify, reactor
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
-from twisted.internet.protocol import Factory, Protocol, ServerFactory, connectionDone
+from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, ServerFactory, connectionDone
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -65,6 +81,16 @@ DOMAIN = "postfix.test"
 #: the user the delivery script runs as (pipe(8) refuses root)
 DELIVERY_USER = "nobody"
 SEARCH_PATH = os.environ.get("PATH", "") + ":/usr/sbin:/sbin"
+#: the SASL realm of the receiver's users (smtpd's C{smtpd_sasl_local_domain})
+SASL_REALM = DOMAIN
+#: the user the C{postfixReceiver} fixture's listeners with AUTH accept
+SASL_USERNAME = "mailer"
+#: its password, not all ASCII: sent as UTF-8
+SASL_PASSWORD = "Pf-s3cret/p\u00e455"
+#: the SASL mechanisms a listener offers when it offers all
+SASL_MECHANISMS = ("PLAIN", "LOGIN", "CRAM-MD5")
+#: the Cyrus SASL plugins of those mechanisms and of the sasldb password store
+_SASL_PLUGINS = ("libplain.so", "liblogin.so", "libcrammd5.so", "libsasldb.so")
 
 def postfixUnavailable() -> str | None:
     """
@@ -84,12 +110,41 @@ def postfixUnavailable() -> str | None:
     return None
 
 
+def saslUnavailable() -> str | None:
+    """
+    @return: why Postfix cannot offer AUTH here (Cyrus SASL's tools or
+        plugins missing), or C{None} when it can.
+    """
+    if shutil.which("saslpasswd2", path=SEARCH_PATH) is None:
+        return "saslpasswd2 is not installed (Debian: apt-get install sasl2-bin, or ./dev test)"
+    missing = [name for name in _SASL_PLUGINS if not glob.glob(f"/usr/lib/*/sasl2/{name}")]
+    if missing:
+        return (
+            f"the Cyrus SASL plugins {', '.join(missing)} are not installed "
+            f"(Debian: apt-get install libsasl2-modules libsasl2-modules-db, or ./dev test)"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Listener:
-    """One SMTP server of the Postfix instance."""
+    """
+    One SMTP server of the Postfix instance.
+
+    @ivar authMechanisms: the SASL mechanisms it offers with AUTH; none:
+        no AUTH.
+    @ivar authOnlyWithTLS: AUTH offered and accepted only after STARTTLS
+        (C{smtpd_tls_auth_only}).
+    """
 
     pipelining: bool = True
     starttls: bool = False
+    authMechanisms: tuple[str, ...] = ()
+    authOnlyWithTLS: bool = False
+
+    def __post_init__(self) -> None:
+        if self.authOnlyWithTLS and not (self.starttls and self.authMechanisms):
+            raise ValueError("a listener with AUTH only after TLS needs starttls and authMechanisms")
 
 
 @dataclass(frozen=True)
@@ -219,9 +274,16 @@ class PostfixReceiver:
         tlsCertFile: str | None = None,
         tlsKeyFile: str | None = None,
         hostname: str = "mx." + DOMAIN,
+        saslUsers: dict[str, str] | None = None,
     ) -> None:
+        """
+        @param saslUsers: the passwords of the users the listeners with
+            AUTH accept, by user name.
+        """
         if any(listener.starttls for listener in listeners.values()) and not (tlsCertFile and tlsKeyFile):
             raise ValueError("a Postfix listener with STARTTLS needs tlsCertFile and tlsKeyFile")
+        if any(listener.authMechanisms for listener in listeners.values()) and not saslUsers:
+            raise ValueError("a Postfix listener with AUTH needs saslUsers")
         self.directory = directory
         self.listeners = listeners
         self.tlsCertFile = tlsCertFile
@@ -231,6 +293,9 @@ class PostfixReceiver:
         self.queueDirectory = os.path.join(directory, "queue")
         self.mailDirectory = os.path.join(directory, "mail")
         self.logFile = os.path.join(directory, "maillog")
+        # where Debian's Postfix looks whatever cyrus_sasl_config_path says
+        self.saslDirectory = os.path.join(self.configDirectory, "sasl")
+        self.saslUsers = dict(saslUsers or {})
         self.ports: dict[str, int] = {}
         self.deliveries: dict[str, list[DeliveredMessage]] = {}
         self.logLines: list[str] = []
@@ -251,6 +316,8 @@ class PostfixReceiver:
         @raise RuntimeError: Postfix did not start; the message has its output.
         """
         self._writeConfiguration()
+        if any(listener.authMechanisms for listener in self.listeners.values()):
+            await self._writeSASLUsers()
         self._notifier = inotify.INotify()
         self._notifier.startReading()
         mask = inotify.IN_MODIFY | inotify.IN_CREATE | inotify.IN_MOVED_TO | inotify.IN_CLOSE_WRITE
@@ -296,10 +363,45 @@ class PostfixReceiver:
                 f"{(out + err).decode(errors='replace')}; its log ends: {self.logLines[-20:]!r}"
             )
 
+    async def _writeSASLUsers(self) -> None:
+        program = shutil.which("saslpasswd2", path=SEARCH_PATH)
+        assert program is not None, postfixUnavailable()
+        database = os.path.join(self.saslDirectory, "sasldb2")
+        for username, password in self.saslUsers.items():
+            # the password goes on standard input, never on a command line
+            arguments = ["-f", database, "-p", "-c", "-u", SASL_REALM, username]
+            output, code = await _runWithInput(program, arguments, password.encode("utf-8"))
+            if code != 0:
+                raise RuntimeError(
+                    f"'saslpasswd2 {' '.join(arguments)}' exited with {code}: {output.decode(errors='replace')}"
+                )
+        # smtpd reads it as mail_owner after dropping root; "postfix check"
+        # wants root to own what is under the configuration directory
+        shutil.chown(database, "root", "postfix")
+        os.chmod(database, 0o640)
+
+    def _writeSASLConfiguration(self, name: str, listener: Listener) -> str:
+        """
+        Write the Cyrus SASL configuration of the listener C{name}.
+
+        @return: its name for C{smtpd_sasl_path}.
+        """
+        application = f"smtpd-{name}"
+        with open(os.path.join(self.saslDirectory, f"{application}.conf"), "w") as f:
+            f.write(
+                "pwcheck_method: auxprop\n"
+                "auxprop_plugin: sasldb\n"
+                f"sasldb_path: {os.path.join(self.saslDirectory, 'sasldb2')}\n"
+                f"mech_list: {' '.join(listener.authMechanisms)}\n"
+            )
+        return application
+
     def _writeConfiguration(self) -> None:
         nobody = pwd.getpwnam(DELIVERY_USER)
         dataDirectory = os.path.join(self.directory, "data")
-        for directory in (self.configDirectory, self.queueDirectory, dataDirectory, self.mailDirectory):
+        for directory in (
+            self.configDirectory, self.queueDirectory, dataDirectory, self.mailDirectory, self.saslDirectory
+        ):
             os.makedirs(directory)
         # the delivery script (as nobody) must reach the mail directory
         os.chmod(self.directory, 0o755)
@@ -344,6 +446,8 @@ class PostfixReceiver:
                 "alias_database =\n"
                 "biff = no\n"
                 "smtpd_tls_security_level = none\n"
+                f"cyrus_sasl_config_path = {self.saslDirectory}\n"
+                f"smtpd_sasl_local_domain = {SASL_REALM}\n"
                 + tls
                 + f"maillog_file = {self.logFile}\n"
                 f"maillog_file_prefixes = {self.directory}\n"
@@ -356,6 +460,11 @@ class PostfixReceiver:
                 options += ["-o", "smtpd_discard_ehlo_keywords=pipelining"]
             if listener.starttls:
                 options += ["-o", "smtpd_tls_security_level=may"]
+            if listener.authMechanisms:
+                application = self._writeSASLConfiguration(name, listener)
+                options += ["-o", "smtpd_sasl_auth_enable=yes", "-o", f"smtpd_sasl_path={application}"]
+            if listener.authOnlyWithTLS:
+                options += ["-o", "smtpd_tls_auth_only=yes"]
             lines.append(f"127.0.0.1:{self.ports[name]} inet n - n - - smtpd {' '.join(options)}\n")
         lines.append(
             f"testpipe unix - n n - - pipe flags= user={DELIVERY_USER} "
@@ -455,6 +564,42 @@ def sessionsIn(lines: list[str]) -> list[dict[str, str]]:
         if found:
             sessions.append(dict(item.split("=", 1) for item in found.group(1).split()))
     return sessions
+
+
+class _InputAndOutput(ProcessProtocol):
+    """
+    Writes C{data} to a process's standard input and closes it; collects
+    what it writes to standard output and error.
+    """
+
+    transport: Any
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.output: list[bytes] = []
+        self.ended: Deferred[tuple[bytes, int]] = Deferred()
+
+    def connectionMade(self) -> None:
+        self.transport.write(self.data)
+        self.transport.closeStdin()
+
+    def outReceived(self, data: bytes) -> None:
+        self.output.append(data)
+
+    errReceived = outReceived
+
+    def processEnded(self, reason: Failure) -> None:
+        self.ended.callback((b"".join(self.output), reason.value.exitCode))
+
+
+def _runWithInput(program: str, arguments: list[str], data: bytes) -> Deferred[tuple[bytes, int]]:
+    """
+    @return: a Deferred firing with the output (standard output and error)
+        and exit code of C{program} run with C{data} on its standard input.
+    """
+    process = _InputAndOutput(data)
+    reactor.spawnProcess(process, program, [program, *arguments], env=dict(os.environ))
+    return process.ended
 
 
 def _childrenOf(pid: int) -> list[int]:
@@ -626,18 +771,24 @@ class RecordingProxy:
 @pytest.fixture(scope="module")
 def postfixReceiver(certificates: dict[str, str]) -> Iterator[PostfixReceiver]:
     """
-    A private Postfix for the test module, with the listeners
-    C{"pipelining"}, C{"lockstep"} and C{"tls"}; skips the test when
-    Postfix cannot run here.
+    A private Postfix for the test module, with the listeners of the
+    module's docstring; skips the test when Postfix cannot run here.
     """
     reason = postfixUnavailable()
     if reason:
         pytest.skip(reason)
+    listeners = {"pipelining": Listener(), "lockstep": Listener(pipelining=False), "tls": Listener(starttls=True)}
+    if saslUnavailable() is None:
+        for mechanism in SASL_MECHANISMS:
+            listeners[f"auth-{mechanism.lower()}"] = Listener(authMechanisms=(mechanism,))
+        listeners["auth"] = Listener(authMechanisms=SASL_MECHANISMS)
+        listeners["auth-tls"] = Listener(starttls=True, authMechanisms=SASL_MECHANISMS, authOnlyWithTLS=True)
     receiver = PostfixReceiver(
         tempfile.mkdtemp(prefix="mqtwist-postfix-"),
-        {"pipelining": Listener(), "lockstep": Listener(pipelining=False), "tls": Listener(starttls=True)},
+        listeners,
         tlsCertFile=certificates["cert"],
         tlsKeyFile=certificates["key"],
+        saslUsers={SASL_USERNAME: SASL_PASSWORD},
     )
     try:
         pytest_twisted.blockon(ensureDeferred(receiver.start()))
