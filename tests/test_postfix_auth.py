@@ -207,6 +207,8 @@ async def test_wrongPassword(postfixReceiver, startRecordingProxy, logEvents, me
     message = _message(recipient)
     entry, connection, session = await _deliver(engine, message, proxy, postfix, mark)
     assert (entry.state, entry.result, entry.code, entry.status) == ("auth", "error", 535, "5.7.8"), entry
+    # a wrong password is fixed in the configuration: the message is retried
+    assert not entry.final
     assert entry.description and "authentication failed" in entry.description
     assert session == {"ehlo": "1", "auth": "0/1", "quit": "1", "commands": "2/3"}
     failures = [line for line in postfix.logLines[mark:] if "authentication failed" in line]

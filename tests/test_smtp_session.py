@@ -258,7 +258,8 @@ async def test_authOverTLSKeepsPasswordSecret(startSMTPServer, certificates) -> 
         await pool.closeAll()
         globalLogPublisher.removeObserver(events.append)
     assert good["state"] == "message", good
-    assert (bad["state"], bad["result"], bad["code"]) == ("auth", "error", 535)
+    assert (bad["state"], bad["result"], bad["code"], bad["final"]) == ("auth", "error", 535, False)
+    assert "refused the login as mailer" in bad["description"]
     auths = [(e["login"], e["success"], e["mechanism"]) for e in smtp.events if e["event"] == "auth"]
     assert auths == [("mailer", True, "PLAIN"), ("mailer", False, "PLAIN")]
     assert len([c for c in smtp.connections.values()]) == 2

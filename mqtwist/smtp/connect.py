@@ -219,7 +219,22 @@ async def _logIn(client: ESMTPClient, where: str, credentials: Credentials, auth
             f"{client.mta or where} at {where} does not offer AUTH, so the configured "
             f"credentials cannot be used; check the smarthost and its port",
         )
-    await client.authenticate(credentials.username, credentials.password)
+    try:
+        await client.authenticate(credentials.username, credentials.password)
+    except AttemptFailed as failure:
+        if failure.code is None:
+            raise
+        # a refused login is the configuration's fault, not the message's:
+        # the message waits for the credentials to be fixed instead of
+        # bouncing (as Postfix's smtp_sasl_auth_soft_bounce does by default)
+        raise AttemptFailed(
+            "auth",
+            failure.result,
+            f"{where} refused the login as {credentials.username}: {failure.description}; "
+            f"check the credentials (the message will be retried)",
+            code=failure.code,
+            status=failure.status,
+        ) from None
 
 
 async def _introduced(
