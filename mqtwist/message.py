@@ -226,13 +226,14 @@ class Message:
         return sum(1 for entry in self.results if entry.get("state") != "process")
 
     @property
-    def firstAttemptTime(self) -> float | None:
+    def firstTryTime(self) -> float | None:
         """
-        POSIX time of the first recorded attempt, or C{None}.  Decisions that
-        made no attempt (C{process} entries: deferrals) do not count.
+        POSIX time of the first recorded attempt or deferral (when mqtwist
+        first tried to send the message), or C{None}.  Other C{process}
+        entries do not count.
         """
         for entry in self.results:
-            if entry.get("state") == "process":
+            if entry.get("state") == "process" and entry.get("result") != "deferred":
                 continue
             try:
                 return parseTime(entry["time"])

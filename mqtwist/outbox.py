@@ -23,6 +23,7 @@ from twisted.internet.defer import (
     ensureDeferred,
     gatherResults,
 )
+from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -97,7 +98,7 @@ class OutboxProcessor:
         done.addBoth(lambda _: self.inFlight.discard(done))
 
     def _unfinished(self, failure: Failure) -> None:
-        if failure.check(CancelledError):
+        if failure.check(CancelledError, ConnectingCancelledError):
             # stopping the service cut the delivery short: that is expected
             self.log.info(
                 "a delivery was stopped unfinished; its outbox message stays "
@@ -187,12 +188,16 @@ class OutboxProcessor:
             entry.connection["deferrals"] = int(results[-1].get("deferrals", 1)) + 1
             results.pop()
         message.record(entry)
-        await self._retryLater(delivery, message, max(0.0, entry.retryAt - now), now)
+        # no retry notice: nothing was tried, so nothing failed; the entry
+        # travels with the message into its final result
+        await self._retryLater(delivery, message, max(0.0, entry.retryAt - now), now, notify=False)
 
-    async def _retryLater(self, delivery: Delivery, message: Message, delay: float, now: float) -> None:
+    async def _retryLater(
+        self, delivery: Delivery, message: Message, delay: float, now: float, *, notify: bool = True
+    ) -> None:
         message.json["nextattempt"] = {"time": formatTime(now + delay)}
         publications = [self._toDelayQueue(message, delay)]
-        retry = message.queueFor("retry", self.config.retry)
+        retry = message.queueFor("retry", self.config.retry) if notify else None
         if retry:
             publications.append((retry, message.resultJSON()))
         await self._publishThenAck(delivery, message.label, publications, message.priority)
@@ -260,14 +265,10 @@ class OutboxProcessor:
                 message=label,
             )
             return
+        confirmed = [self.publisher.publish(queue, body, priority=priority) for queue, body in publications]
         try:
-            await gatherResults(
-                [
-                    self.publisher.publish(queue, body, priority=priority)
-                    for queue, body in publications
-                ],
-                consumeErrors=True,
-            )
+            # most often one publication: no list of Deferreds to wait on
+            await (confirmed[0] if len(confirmed) == 1 else gatherResults(confirmed, consumeErrors=True))
         except Exception as e:
             self.log.warn(
                 "results of {message} were not confirmed ({error}); "

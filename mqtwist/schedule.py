@@ -100,7 +100,8 @@ class RetrySchedule:
         """
         if message.maxdelivertime is not None:
             return message.maxdelivertime
-        first = message.firstAttemptTime or now
+        # a message that was only ever deferred expires too
+        first = message.firstTryTime or now
         seconds = message.maxdeliverseconds or self.defaultMaxDeliverTime
         return first + seconds
 

@@ -152,15 +152,17 @@ def test_keepmime():
     assert json.loads(message.resultJSON())["mime"] == GOOD["mime"]
 
 
-def test_attempts_and_first_attempt_time():
+def test_attempts_and_first_try_time():
     message = parse(results=[
+        {"time": "2026-11-24 08:00:00", "state": "process", "result": "invalid"},
         {"time": "2026-11-24 09:00:00", "state": "process", "result": "deferred"},
         {"time": "2026-11-24 10:00:00", "state": "connect", "result": "error"},
         {"time": "2026-11-24 10:10:00", "state": "process", "result": "timeout"},
         {"time": "2026-11-24 10:20:00", "state": "rcptto", "result": "error"},
     ])
     assert message.attempts == 2
-    assert message.firstAttemptTime == parseTime("2026-11-24 10:00:00")
+    # a deferral counts as trying (the expiry clock starts), not as an attempt
+    assert message.firstTryTime == parseTime("2026-11-24 09:00:00")
 
 
 def test_result_entry_from_failure_and_connection_facts():

@@ -75,6 +75,12 @@ def test_default_expiry_counts_from_the_first_attempt():
     assert schedule.expiredBeforeAttempt(m, NOW + 10) is not None
 
 
+def test_a_message_only_ever_deferred_expires_too():
+    deferred = [{"time": formatTime(NOW - 3590), "state": "process", "result": "deferred"}]
+    assert schedule.expiredBeforeAttempt(message(results=deferred), NOW) is None
+    assert "expired" in schedule.expiredBeforeAttempt(message(results=deferred), NOW + 10)
+
+
 def test_maxdelivertime_absolute_and_relative():
     absolute = message(maxdelivertime=formatTime(NOW + 30))
     assert schedule.expiredBeforeAttempt(absolute, NOW) is None
