@@ -89,6 +89,7 @@ class DeliveryEngine:
             authCleartextHosts=config.authCleartextHosts,
         )
         self.chain = PluginChain(plugins, reactor=reactor, config=config)
+        self.parkDelayMax = config.parkDelayMax
 
     def deliver(self, message: Message) -> Deferred[ResultEntry]:
         """
@@ -204,6 +205,15 @@ class DeliveryEngine:
         return entry
 
     def _deferred(self, message: Message, deferral: Deferral) -> ScheduledEntry:
+        until = deferral.until
+        inRow = message.deferralsInRow
+        if inRow:
+            # parked again and again: wait twice as long each time, so that
+            # a destination that stays stuck does not cost a park per
+            # message every few seconds
+            now = self.reactor.seconds()
+            wait = min((until - now) * 2**inRow, self.parkDelayMax)
+            until = max(until, now + wait)
         self.log.info(
             "{message} to {recipient} deferred: destination {destination} {reason}; "
             "parked until {until}",
@@ -211,7 +221,7 @@ class DeliveryEngine:
             recipient=message.recipient,
             destination=deferral.destination,
             reason=deferral.reason,
-            until=formatTime(deferral.until),
+            until=formatTime(until),
         )
         return ScheduledEntry(
             state="process",
@@ -222,9 +232,9 @@ class DeliveryEngine:
             connection={
                 "destination": deferral.destination,
                 "reason": deferral.reason,
-                "until": formatTime(deferral.until),
+                "until": formatTime(until),
             },
-            retryAt=deferral.until,
+            retryAt=until,
         )
 
     def close(self) -> Deferred[None]:

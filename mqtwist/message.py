@@ -226,6 +226,19 @@ class Message:
         return sum(1 for entry in self.results if entry.get("state") != "process")
 
     @property
+    def deferralsInRow(self) -> int:
+        """
+        How many deferrals the last result entry stands for (consecutive
+        deferrals share one entry with a C{deferrals} count); 0 when the
+        last entry is not a deferral.
+        """
+        results = self.results
+        if not results or results[-1].get("result") != "deferred":
+            return 0
+        count = results[-1].get("deferrals", 1)
+        return count if isinstance(count, int) and count > 0 else 1
+
+    @property
     def firstTryTime(self) -> float | None:
         """
         POSIX time of the first recorded attempt or deferral (when mqtwist

@@ -183,10 +183,10 @@ class OutboxProcessor:
         the deferral just before it, so a long pause does not make the
         message grow.
         """
-        results = message.results
-        if results and results[-1].get("result") == "deferred":
-            entry.connection["deferrals"] = int(results[-1].get("deferrals", 1)) + 1
-            results.pop()
+        previous = message.deferralsInRow
+        if previous:
+            entry.connection["deferrals"] = previous + 1
+            message.results.pop()
         message.record(entry)
         # no retry notice: nothing was tried, so nothing failed; the entry
         # travels with the message into its final result

@@ -115,6 +115,8 @@ _HELP: dict[str, str] = {
     "stuckAfter": "seconds without an ended delivery after which a busy destination counts "
     "as stuck, and only --destination-backlog of its messages wait",
     "parkDelay": "seconds a message is parked when its destination is busy",
+    "parkDelayMax": "the longest a message is parked, in seconds: every deferral in a row "
+    "doubles its park time (from the pause or --park-delay) up to this",
     "greylistDelay": "seconds until a greylisted message is tried again",
     "downAfterFailures": "failed connections in a row after which a destination is "
     "marked down",

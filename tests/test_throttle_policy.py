@@ -168,3 +168,37 @@ def test_greylisting_retries_only_the_message():
     backoff = p.failed(permit, AttemptFailed("rcptto", "error", "Greylisted, come back later", code=450))
     assert (backoff.action, backoff.until) == ("retry", clock.seconds() + 90)
     assert p.admit(route("a.test", "mx.a.test")).called
+
+
+def test_deferrals_in_a_row_park_longer_and_longer():
+    """
+    The first deferral parks a message until its destination's pause ends;
+    each one in a row after it parks it twice as long as the one before, up
+    to --park-delay-max, so a destination that stays stuck is not paid for
+    with a park per message every few seconds.
+    """
+    from twisted.internet.defer import ensureDeferred
+
+    from mqtwist.delivery import DeliveryEngine, ScheduledEntry
+    from mqtwist.message import Message
+
+    clock = Clock()
+    clock.advance(1000)
+    config = Config(
+        ehloName="x", smarthost="127.0.0.1:2525", parkDelay=30, parkDelayMax=100,
+        backoff=[BackoffRule("pause", 5, code="^421$")],
+    )
+    engine = DeliveryEngine(config, [], clock)
+    first = Message.fromObject({"recipient": "a@example.com", "mime": "x"})
+    route = ensureDeferred(engine.router.route(first)).result
+    permit = engine.policy.admit(route).result
+    engine.policy.failed(permit, AttemptFailed("intro", "error", "try later", code=421))
+    engine.policy.release(permit)
+    waits = []
+    for inRow in range(6):
+        results = [{"time": "2026-11-24 07:00:00", "state": "process", "result": "deferred", "deferrals": inRow}]
+        message = Message.fromObject({"recipient": "a@example.com", "mime": "x", "results": results if inRow else []})
+        entry = engine.deliver(message).result
+        assert isinstance(entry, ScheduledEntry) and entry.result == "deferred"
+        waits.append(entry.retryAt - clock.seconds())
+    assert waits == [5, 10, 20, 40, 80, 100]
