@@ -4,7 +4,9 @@ The time format of the JSON messages: UTC C{YYYY-MM-DD HH:MM:SS}.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime, timezone
+from functools import lru_cache
 
 _FORMAT = "%Y-%m-%d %H:%M:%S"
 
@@ -13,7 +15,13 @@ def formatTime(seconds: float) -> str:
     """
     Format a POSIX timestamp as the messages' UTC time string.
     """
-    return datetime.fromtimestamp(seconds, timezone.utc).strftime(_FORMAT)
+    return _formatSecond(math.floor(seconds))
+
+
+# every message formats the same few seconds several times over
+@lru_cache(maxsize=128)
+def _formatSecond(second: int) -> str:
+    return datetime.fromtimestamp(second, timezone.utc).strftime(_FORMAT)
 
 
 def parseTime(text: str) -> float:

@@ -135,6 +135,8 @@ class AMQPProtocol(AMQClient):
         self._lastReceived = now
         self._publishMethods: dict[tuple[int, str, str], bytes] = {}
         self._propertyCache: dict[tuple[tuple[str, Any], ...], bytes] = {}
+        #: the properties of content headers read, by their encoding
+        self._decodedProperties: dict[bytes, dict[str, Any]] = {}
         basic = self.spec.classes.byname["basic"].methods.byname
         #: the methods read without the codec, by their class and method ids
         self._fastMethods: dict[bytes, tuple[Any, Any]] = {
@@ -311,6 +313,10 @@ class AMQPProtocol(AMQClient):
             if fast is not None:
                 method, decode = fast
                 return Frame(channel, Method(method, *decode(data, _FRAME_START.size + 4)))
+        elif kind == _HEADER:
+            header = self._knownHeader(data)
+            if header is not None:
+                return Frame(channel, header)
         codec = FieldTableCodec(BytesIO(data))
         frameType = pythonize(self.spec.constants.byid[codec.decode_octet()].name)
         codec.decode_short()
@@ -322,6 +328,28 @@ class AMQPProtocol(AMQClient):
         else:
             payload = Frame.DECODERS[frameType].decode(self.spec, codec)
         return Frame(channel, payload)
+
+    def _knownHeader(self, data: bytes) -> Header | None:
+        """
+        A basic content header whose properties were seen before (most
+        deliveries carry the same few), or C{None} to decode it in full.
+        """
+        start = _FRAME_START.size
+        klass, weight, size = _BASIC_HEADER.unpack_from(data, start)
+        if klass != _BASIC_CLASS:
+            return None
+        encoded = data[start + _BASIC_HEADER.size : -1]
+        properties = self._decodedProperties.get(encoded)
+        if properties is None:
+            flags = encoded[:2]
+            if len(flags) < 2 or flags[0] << 8 & _HEADERS_FLAG:
+                # a headers table (x-death and the like) differs message by
+                # message: not worth keeping
+                return None
+            properties = decodeHeader(self.spec, FieldTableCodec(BytesIO(data[start - 4 : -1]))).properties
+            if len(self._decodedProperties) < _PROPERTY_CACHE_SIZE:
+                self._decodedProperties[encoded] = properties
+        return Header(self.spec.classes.byid[klass], weight, size, **properties)
 
     def channel_failed(self, channel: AMQChannel, reason: Failure) -> None:
         self.listener.channelClosed(channel, reason)
@@ -465,6 +493,8 @@ _BASIC_HEADER = struct.Struct("!HHQ")
 _TAG_AND_BITS = struct.Struct("!QB")
 #: distinct property sets whose encoding is kept (priorities x content types)
 _PROPERTY_CACHE_SIZE = 1024
+#: the "headers" property's bit in the first word of property flags
+_HEADERS_FLAG = 1 << 13
 
 
 def _frame(kind: int, channel: int, payload: bytes) -> bytes:
