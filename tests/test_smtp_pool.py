@@ -181,6 +181,33 @@ def test_uncleanReleaseResets() -> None:
     assert client.quits == 1 and pool.stats(DEST)["idle"] == 0
 
 
+def test_aConnectionBeingResetIsWaitedFor() -> None:
+    """
+    A caller that finds a connection in the middle of its RSET waits the
+    one round trip for it instead of opening another; when the RSET fails,
+    a new connection is opened for the caller.
+    """
+    connect = FakeConnect()
+    pool = makePool(connect, maxConnections=2)
+    pool.acquire(DEST)
+    client = connect.succeed(0)
+    pool.release(client, clean=False)
+    waiting = pool.acquire(DEST)
+    assert len(connect.attempts) == 1 and not waiting.called
+    # a second caller has no RSET to wait for
+    pool.acquire(DEST)
+    assert len(connect.attempts) == 2
+    client.rsets[0].callback(Reply(250, ("OK",)))
+    assert case.successResultOf(waiting) is client
+
+    pool.release(client, clean=False)
+    waiting = pool.acquire(DEST)
+    client.rsets[1].errback(AttemptFailed("rset", "lost", "gone"))
+    assert client.quits == 1 and len(connect.attempts) == 3
+    fresh = connect.succeed(2)
+    assert case.successResultOf(waiting) is fresh
+
+
 def test_resetLostCloses() -> None:
     connect = FakeConnect()
     pool = makePool(connect)

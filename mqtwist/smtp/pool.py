@@ -66,6 +66,8 @@ class _Slots:
     opening: int = 0
     #: of C{opening}, the connections opened for a waiter (not for a caller)
     openingForWaiters: int = 0
+    #: of C{inUse}, the connections waiting for the reply to a RSET
+    resetting: int = 0
     waiters: deque[Deferred[ESMTPClient]] = field(default_factory=deque)
 
     def count(self) -> int:
@@ -131,7 +133,8 @@ class ConnectionPool:
         Get a connection to C{destination} for one transaction; give it back
         with L{release}.
 
-        @return: a Deferred firing with an idle usable connection, or else a
+        @return: a Deferred firing with an idle usable connection, or else
+            one that is being reset after a failed transaction, or else a
             new one (C{destination.hosts} tried in order), or else, when the
             destination has its maximum of connections, the first one
             released.  It errbacks with the L{AttemptFailed} of the last host
@@ -147,7 +150,8 @@ class ConnectionPool:
             slots.inUse.add(client)
             self.connectionsReused += 1
             return succeed(client)
-        if slots.count() < self.maxConnectionsPerDestination:
+        # a connection one RSET away from free is nearer than a new one
+        if slots.resetting <= len(slots.waiters) and slots.count() < self.maxConnectionsPerDestination:
             return self._openFor(destination, slots).addErrback(self._openFailed, destination, slots)
         waiter: Deferred[ESMTPClient] = Deferred(lambda waiter: self._forget(slots, waiter))
         slots.waiters.append(waiter)
@@ -174,6 +178,7 @@ class ConnectionPool:
         elif clean:
             self._makeAvailable(connection, destination, slots)
         else:
+            slots.resetting += 1
             connection.rset().addBoth(self._resetDone, connection, destination, slots)
 
     def closeAll(self) -> Deferred[None]:
@@ -335,6 +340,7 @@ class ConnectionPool:
     def _resetDone(
         self, result: Reply | Failure, client: ESMTPClient, destination: Destination, slots: _Slots
     ) -> None:
+        slots.resetting -= 1
         # a failed RSET is not an error of any message: the connection just goes
         if isinstance(result, Reply) and result.code // 100 == 2:
             self._makeAvailable(client, destination, slots)
