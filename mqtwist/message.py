@@ -602,8 +602,8 @@ def invalidResultJSON(data: bytes, failure: InvalidMessage, now: float) -> bytes
     if isinstance(obj, dict):
         obj = withoutSecrets(obj)
         obj.pop("mime", None)
-        results = obj.get("results") if isinstance(obj.get("results"), list) else []
-        obj["results"] = results + [entry]
+        earlier = obj.get("results")
+        obj["results"] = (earlier if isinstance(earlier, list) else []) + [entry]
     else:
         obj = {"input": data.decode("utf-8", "replace"), "results": [entry]}
     return json.dumps(obj, ensure_ascii=False).encode("utf-8")

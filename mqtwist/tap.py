@@ -461,7 +461,7 @@ def _readTOML(path: str, source: str) -> dict[str, tuple[object, str]]:
         raise usage.UsageError(f"{source}: {path} is not valid TOML: {e}")
     byKey = {setting.tomlKey: setting for setting in SETTINGS}
     tables = {key[0] for key in byKey if len(key) > 1}
-    given = {}
+    given: dict[str, tuple[object, str]] = {}
     for key, value in document.items():
         if key in TABLE_SETTINGS:
             given[TABLE_SETTINGS[key][0]] = (_readTables(key, value, path), f"{key} in {path}")

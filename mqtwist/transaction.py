@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
 from mqtwist.chain import ConnectionInfo, PluginChain, PluginMessage
@@ -249,11 +250,15 @@ async def sendMessage(
         PluginMessage(message.json, message.envelope, message.recipient, mime),
     )
     if message.dkim:
-        # signed as the plugins left it, off the reactor thread
-        reactor = chain.reactor
-        body.addCallback(
-            lambda plain: signInThread(reactor, plain, message.dkim, now=reactor.seconds())
-        )
+        # signed as the plugins left it, off the reactor thread (the
+        # service's reactor has threads; a test clock has no use for DKIM)
+        reactor = cast(Any, chain.reactor)
+        keys = message.dkim
+
+        def sign(plain: bytes) -> Deferred[bytes]:
+            return signInThread(reactor, plain, keys, now=reactor.seconds())
+
+        body = body.addCallback(sign)
     dataReply: Deferred[Reply] | None = None
     try:
         encodedBody = await _unlessEnvelopeFails(body, envelope)
@@ -410,7 +415,7 @@ async def sendThroughPool(
             # is in an unknown state and is not used again, unless it went
             # back already and carries another message now
             if not releasedWith:
-                client.transport.abortConnection()
+                cast(ITCPTransport, client.transport).abortConnection()
                 release(client, False)
             raise
         if releasedWith:
