@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
 from twisted.internet.defer import ensureDeferred, gatherResults
 
 from fixtures_postfix import (  # noqa: F401 (fixtures)
@@ -32,7 +31,7 @@ from fixtures_postfix import (  # noqa: F401 (fixtures)
 )
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.tls import TLSSettings
-from test_smtp_session import TIMEOUTS, attempt, certificates, job, makePool  # noqa: F401 (fixture)
+from test_smtp_session import attempt, certificates, job, makePool  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.skipif(postfixUnavailable() is not None, reason=postfixUnavailable() or "")
 
@@ -189,14 +188,7 @@ async def test_nextEnvelopeFollowsTheBody(postfixReceiver, startRecordingProxy) 
     postfix = postfixReceiver
     proxy = startRecordingProxy(postfix.ports["pipelining"])
     mark = postfix.logMark()
-    pool = ConnectionPool(
-        reactor,
-        ehloName="client.test",
-        timeouts=TIMEOUTS,
-        maxConnectionsPerDestination=1,
-        maxMessagesPerConnection=100,
-        idleTimeout=30,
-    )
+    pool = makePool(maxConnectionsPerDestination=1)
     recipients = [f"follow-{number}@{DOMAIN}" for number in range(4)]
     destination = Destination((("127.0.0.1", proxy.port),))
     try:
@@ -297,14 +289,7 @@ async def test_unknownRecipient(postfixReceiver, startRecordingProxy, listener) 
     postfix = postfixReceiver
     proxy = startRecordingProxy(postfix.ports[listener])
     mark = postfix.logMark()
-    pool = ConnectionPool(
-        reactor,
-        ehloName="client.test",
-        timeouts=TIMEOUTS,
-        maxConnectionsPerDestination=1,
-        maxMessagesPerConnection=100,
-        idleTimeout=30,
-    )
+    pool = makePool(maxConnectionsPerDestination=1)
     unknown, good = f"unknown-{listener}@{DOMAIN}", f"after-refusal-{listener}@{DOMAIN}"
     try:
         refused = await attempt(pool, Destination((("127.0.0.1", proxy.port),)), job(unknown))

@@ -87,15 +87,15 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def makePool(**options: Any) -> ConnectionPool:
-    return ConnectionPool(
-        reactor,
+    """A pool to real servers: 2 connections a destination unless C{options} say otherwise."""
+    settings: dict[str, Any] = dict(
         ehloName="client.test",
         timeouts=TIMEOUTS,
         maxConnectionsPerDestination=2,
         maxMessagesPerConnection=100,
         idleTimeout=30,
-        **options,
     )
+    return ConnectionPool(reactor, **{**settings, **options})
 
 
 CHAIN = PluginChain([], reactor=reactor, config=Config(ehloName="client.test"))
