@@ -160,8 +160,9 @@ class ScriptedConnection:
 
 class _ScriptedSMTP(LineReceiver):
     """
-    A plain SMTP server (no PIPELINING) that greets as its server says and
-    accepts every message.
+    A plain SMTP server that greets as its server says and accepts every
+    message; PIPELINING when its server says so (replies stay in order: no
+    line is read while the reply to a message is held back).
     """
 
     delimiter = b"\r\n"
@@ -185,6 +186,7 @@ class _ScriptedSMTP(LineReceiver):
     def queued(self) -> None:
         if self.transport.connected:
             self.sendLine(b"250 2.0.0 queued")
+            self.resumeProducing()
 
     def lineReceived(self, line: bytes) -> None:
         if self.inData:
@@ -193,6 +195,8 @@ class _ScriptedSMTP(LineReceiver):
                 self.record.messages.append(reactor.seconds())
                 self.server.messageReceived()
                 if self.server.messageDelay:
+                    # what the client pipelined after the message waits for its reply
+                    self.pauseProducing()
                     self.server.timers.append(reactor.callLater(self.server.messageDelay, self.queued))
                 else:
                     self.queued()
@@ -204,6 +208,9 @@ class _ScriptedSMTP(LineReceiver):
         elif verb == b"QUIT":
             self.sendLine(b"221 2.0.0 bye")
             self.transport.loseConnection()
+        elif verb == b"EHLO" and self.server.pipelining:
+            self.sendLine(b"250-" + self.server.hostname.encode())
+            self.sendLine(b"250 PIPELINING")
         elif verb in (b"EHLO", b"HELO"):
             self.sendLine(b"250 " + self.server.hostname.encode())
         elif verb == b"RCPT":
@@ -225,6 +232,7 @@ class ScriptedSMTPServer:
         and how many times it was sent before; every recipient is accepted
         when it is not given.
     @param messageDelay: seconds the server takes to accept a message.
+    @param pipelining: whether EHLO announces PIPELINING.
     @ivar connections: every connection, by number.
     @ivar mostAtOnce: the most connections that were open at the same time.
     """
@@ -235,10 +243,12 @@ class ScriptedSMTPServer:
         hostname: str,
         rcpt: Callable[[str, int], str] | None = None,
         messageDelay: float = 0.0,
+        pipelining: bool = False,
     ) -> None:
         self.greet = greet
         self.rcpt = rcpt
         self.messageDelay = messageDelay
+        self.pipelining = pipelining
         self.timers: list[Any] = []
         self._rcptSeen: dict[str, int] = {}
         self.hostname = hostname
@@ -344,11 +354,12 @@ class MailHosts:
         hostname: str = "mx.scripted.test",
         rcpt: Callable[[str, int], str] | None = None,
         messageDelay: float = 0.0,
+        pipelining: bool = False,
     ) -> ScriptedSMTPServer:
         """
         Start a L{ScriptedSMTPServer} on C{address}.
         """
-        scripted = ScriptedSMTPServer(greet, hostname, rcpt, messageDelay)
+        scripted = ScriptedSMTPServer(greet, hostname, rcpt, messageDelay, pipelining)
         factory = Factory.forProtocol(_ScriptedSMTP)
         factory.server = scripted  # type: ignore[attr-defined]
         factory.noisy = False

@@ -150,3 +150,23 @@ async def test_retries_survive_a_restart(rabbitmq, amqp, dnsServer, mailHosts, q
     assert kinds(success) == ["rcptto/error", "message/accepted"]
     (first, _, _), (second, _, _) = server.rcptTimes
     assert second - first >= 3 - 0.05
+
+
+@pytest_twisted.ensureDeferred
+async def test_messages_follow_each_other_on_a_pipelining_connection(rabbitmq, amqp, dnsServer, mailHosts, queues):
+    """
+    A server that announces PIPELINING and takes its time per message: the
+    queued messages share one connection, each result counting its own
+    message on it, every reply matched to its own command.
+    """
+    server = mailHosts.scripted("127.0.0.2", messageDelay=0.05, pipelining=True)
+    mxDomain(dnsServer, "piped.test", "127.0.0.2")
+    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts, maxConnectionsPerDestination=1)
+    ids = {f"piped-{n}" for n in range(6)}
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], [job(f"r{n}@piped.test", f"piped-{n}") for n in range(6)])
+        success = await collectIds(amqp, queues["success"], ids)
+    assert {r["id"] for r in success} == ids and len(server.messageTimes) == 6
+    assert len(server.connections) == 1
+    assert sorted(r["results"][-1]["messages"] for r in success) == [1, 2, 3, 4, 5, 6]
+    assert {kinds(r)[-1] for r in success} == {"message/accepted"}
