@@ -3,7 +3,7 @@ Head-of-line blocking benchmark: how fast the messages for a healthy
 destination go while the other half of the outbox is for a destination
 that accepts TCP connections and never greets.
 
-    python3 bench/mixed.py [--messages 20000] [--message-delay 0.01] [--greeting-timeout 30]
+    python3 bench/mixed.py [--messages 20000] [--message-delay 0.01] [--pipelining]
 
 Two runs on one private RabbitMQ node, a DNS server and two mail hosts on
 loopback (127.0.0.2 answers at once, or accepts each message after
@@ -112,7 +112,8 @@ async def main(arguments: argparse.Namespace) -> str:
     zone.listen()
     hosts = MailHosts()
     try:
-        hosts.scripted("127.0.0.2", hostname="mx.fast.test", messageDelay=arguments.message_delay)
+        hosts.scripted("127.0.0.2", hostname="mx.fast.test", messageDelay=arguments.message_delay,
+                       pipelining=arguments.pipelining)
         hosts.scripted("127.0.0.3", greet=lambda n: None, hostname="mx.slow.test")
         mxDomain(zone, "fast.test", "127.0.0.2")
         mxDomain(zone, "slow.test", "127.0.0.3")
@@ -130,7 +131,8 @@ async def main(arguments: argparse.Namespace) -> str:
     lines = [
         f"bench/mixed.py  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.node()}  "
         f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  Python {platform.python_version()}",
-        f"{arguments.messages} messages for a fast destination (it {fast}; no PIPELINING); mixed run: as many "
+        f"{arguments.messages} messages for a fast destination (it {fast}; "
+        f"{'PIPELINING' if arguments.pipelining else 'no PIPELINING'}); mixed run: as many "
         f"again, interleaved, for a destination that never greets (greeting time-out "
         f"{arguments.greeting_timeout:g} s); defaults otherwise (10 connections and a backlog of 10 per "
         f"destination), prefetch {arguments.prefetch}, stuck after {arguments.stuck_after:g} s",
@@ -173,6 +175,8 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=20000)
     parser.add_argument("--message-delay", type=float, default=0.0,
                         help="seconds the fast server takes to accept a message (default: 0)")
+    parser.add_argument("--pipelining", action="store_true",
+                        help="the fast server announces PIPELINING, as most MX servers do")
     parser.add_argument("--greeting-timeout", type=float, default=30.0)
     parser.add_argument("--prefetch", type=int, default=200)
     parser.add_argument("--stuck-after", type=float, default=Config().stuckAfter,
@@ -184,6 +188,7 @@ if __name__ == "__main__":
         sys.stdout.write(text)
         RESULTS.mkdir(exist_ok=True)
         delay = f"-delay{options.message_delay * 1000:g}ms" if options.message_delay else ""
-        (RESULTS / f"mixed-{datetime.now(timezone.utc):%Y-%m-%d-%H%M}{delay}.txt").write_text(text)
+        piped = "-pipelining" if options.pipelining else ""
+        (RESULTS / f"mixed-{datetime.now(timezone.utc):%Y-%m-%d-%H%M}{delay}{piped}.txt").write_text(text)
 
     task.react(lambda r: defer.ensureDeferred(go(r)))
