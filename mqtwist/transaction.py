@@ -383,8 +383,10 @@ async def sendThroughPool(
     such connection is dropped, and a fresh one is not retried, so this
     ends).
 
-    @param release: gives a connection back, with whether it is clean (no
-        transaction left open); by default C{pool.release}.
+    @param release: gives back the connection that carried the message,
+        with whether it is clean (no transaction left open); by default
+        C{pool.release}.  A stale connection the message never reached goes
+        straight back to C{pool}.
     @return: the L{Sent} message.
     @raise AttemptFailed: when no connection could be had.
     @raise TransactionFailed: when the transaction failed; its C{facts}
@@ -405,10 +407,14 @@ async def sendThroughPool(
             if releasedWith:
                 failure.facts = releasedWith[0]
                 raise
-            release(client, not failure.midTransaction)
             if failure.untouched and reused:
+                # the message never reached this connection: only the
+                # connection goes back, the caller's hold on the
+                # destination carries over to the next one
+                pool.release(client, clean=not failure.midTransaction)
                 continue
             failure.facts = connectionFacts(client)
+            release(client, not failure.midTransaction)
             raise
         except BaseException:
             # cancelled (the service is stopping) in the middle: the session
@@ -420,8 +426,10 @@ async def sendThroughPool(
             raise
         if releasedWith:
             return Sent(client, reply, releasedWith[0])
+        # before the connection goes on to the next message
+        facts = connectionFacts(client)
         release(client, True)
-        return Sent(client, reply, connectionFacts(client))
+        return Sent(client, reply, facts)
 
 
 def _releaseEarly(

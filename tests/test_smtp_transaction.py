@@ -183,6 +183,9 @@ class FakePool:
     def release(self, client: Any, *, clean: bool = True) -> None:
         self.released.append((client, clean))
 
+    def stats(self, destination: Any) -> dict[str, int]:
+        return {"idle": 0}
+
 
 def test_staleConnectionRetriedOnAnother() -> None:
     """
@@ -300,3 +303,31 @@ def test_connectionLostAfterAnEarlyRelease() -> None:
     fresh.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
     fresh.reply(b"250 queued\r\n")
     assert resultOf(second).client is freshClient
+
+
+def test_aStaleConnectionDoesNotCostThePermit() -> None:
+    """
+    The delivery engine holds one permit of its destination per delivery:
+    a stale pooled connection that the message goes past does not give it
+    back early, so the destination's limit of connections still holds.
+    """
+    from twisted.internet.task import Clock
+
+    from mqtwist.delivery import DeliveryEngine
+
+    clock = Clock()
+    engine = DeliveryEngine(
+        Config(ehloName="x", smarthost="127.0.0.1:2525", maxConnectionsPerDestination=2), [], clock
+    )
+    stale, fresh = Connection(), Connection()
+    stale.introduce().transactions = 3
+    fresh.introduce()
+    engine.pool = FakePool(stale, fresh)  # type: ignore[assignment]
+    route = resultOf(ensureDeferred(engine.router.route(message())))
+    delivered = engine.deliver(message())
+    stale.lose()
+    assert fresh.sent().startswith(b"MAIL FROM:")
+    assert [engine.policy.admit(route).called for _ in range(2)] == [True, False]
+    fresh.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    fresh.reply(b"250 queued\r\n")
+    assert resultOf(delivered).result == "accepted"
