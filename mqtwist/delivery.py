@@ -212,7 +212,7 @@ class DeliveryEngine:
             # a destination that stays stuck does not cost a park per
             # message every few seconds
             now = self.reactor.seconds()
-            wait = min((until - now) * 2**inRow, self.parkDelayMax)
+            wait = min((until - now) * 2 ** min(inRow, 32), self.parkDelayMax)
             until = max(until, now + wait)
         self.log.info(
             "{message} to {recipient} deferred: destination {destination} {reason}; "

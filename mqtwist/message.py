@@ -243,13 +243,15 @@ class Message:
         """
         POSIX time of the first recorded attempt or deferral (when mqtwist
         first tried to send the message), or C{None}.  Other C{process}
-        entries do not count.
+        entries do not count; an entry that stands for several deferrals
+        in a row counts from the first (its C{since}).
         """
         for entry in self.results:
-            if entry.get("state") == "process" and entry.get("result") != "deferred":
+            deferred = entry.get("result") == "deferred"
+            if entry.get("state") == "process" and not deferred:
                 continue
             try:
-                return parseTime(entry["time"])
+                return parseTime(entry.get("since", entry["time"]) if deferred else entry["time"])
             except (KeyError, TypeError, ValueError):
                 continue
         return None

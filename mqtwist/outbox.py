@@ -185,8 +185,10 @@ class OutboxProcessor:
         """
         previous = message.deferralsInRow
         if previous:
+            replaced = message.results.pop()
             entry.connection["deferrals"] = previous + 1
-            message.results.pop()
+            # the expiry clock runs from the first deferral of the row
+            entry.connection["since"] = replaced.get("since", replaced.get("time"))
         message.record(entry)
         # no retry notice: nothing was tried, so nothing failed; the entry
         # travels with the message into its final result

@@ -118,3 +118,65 @@ async def test_expiry_gives_process_timeout_on_failure(rabbitmq, amqp, smtpServe
     states = [(e["state"], e["result"]) for e in failure["results"]]
     assert states[-1] == ("process", "timeout") and "maxdelivertime" in failure["results"][-1]["description"]
     assert set(states[:-1]) == {("connect", "error")}
+
+
+class _FakeDelivery:
+    def __init__(self, body: bytes) -> None:
+        self.body = body
+        self.current = True
+        self.settled: str | None = None
+
+    def ack(self) -> None:
+        self.settled = "ack"
+
+    def release(self) -> None:
+        self.settled = "release"
+
+
+def test_a_message_deferred_again_and_again_expires_on_time():
+    """
+    Deferrals in a row share one result entry, stamped with the latest;
+    the expiry clock still runs from the first of them.
+    """
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from mqtwist.config import Config
+    from mqtwist.delivery import DeliveryEngine
+    from mqtwist.message import ParseSettings
+    from mqtwist.outbox import OutboxProcessor
+    from mqtwist.throttle import Deferral
+    from mqtwist.timeformat import parseTime
+
+    clock = Clock()
+    clock.advance(NOW)
+    config = Config(ehloName="x", smarthost="127.0.0.1:2525", parkDelayMax=900, maxDeliverTime=3600)
+    engine = DeliveryEngine(config, [], clock)
+    published: list[tuple[str, bytes]] = []
+
+    class Publisher:
+        def publish(self, queue, body, *, priority=None):
+            published.append((queue, body))
+            return succeed(None)
+
+    def stillPaused(message):
+        return succeed(engine._deferred(message, Deferral("mx x", "paused", clock.seconds() + 30)))
+
+    processor = OutboxProcessor(
+        config, stillPaused, Publisher(), RetrySchedule("outbox", config.delayBuckets, [600], 3600), clock,
+        ParseSettings(hostname="x"),
+    )
+    body = json.dumps({"recipient": "a@example.com", "mime": "x"}).encode()
+    for _ in range(100):
+        published.clear()
+        processor.handle(_FakeDelivery(body))
+        ((queue, body), *rest) = published
+        if queue != "outbox.delay.900s" and not queue.startswith("outbox.delay."):
+            break
+        clock.advance(parseTime(json.loads(body)["nextattempt"]["time"]) - clock.seconds())
+    result = json.loads(body)
+    assert result["results"][-1]["state"] == "process" and result["results"][-1]["result"] == "timeout"
+    deferred = result["results"][-2]
+    assert deferred["deferrals"] > 2 and parseTime(deferred["since"]) == NOW
+    # expired at the first park after the hour: the longest park is 900 s
+    assert NOW + 3600 <= clock.seconds() <= NOW + 3600 + 900
