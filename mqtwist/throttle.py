@@ -390,7 +390,10 @@ class DeliveryPolicy:
         The delivery of C{permit} reached the server (whatever the server
         said of the message, the destination is up).
         """
-        self._current(permit).failuresInRow = 0
+        # a destination forgotten since its permit went back has nothing to reset
+        state = self._states.get(permit._state.name)
+        if state is not None:
+            state.failuresInRow = 0
 
     def failed(self, permit: Permit, failure: AttemptFailed) -> Backoff | None:
         """
@@ -400,7 +403,15 @@ class DeliveryPolicy:
         @return: the L{Backoff} it caused, if any; a C{"retry"} one says
             when this message is due again.
         """
-        state = self._current(permit)
+        # a permit goes back before the body's reply is in, and its
+        # destination may have been forgotten since: what happened still
+        # counts, and the destination is forgotten again if nothing did
+        state = self._states.setdefault(permit._state.name, permit._state)
+        backoff = self._failed(state, failure)
+        self._dropIfForgettable(state)
+        return backoff
+
+    def _failed(self, state: _State, failure: AttemptFailed) -> Backoff | None:
         now = self.reactor.seconds()
         if failure.state in CONNECTION_STATES and failure.code is None:
             state.failuresInRow += 1
@@ -435,11 +446,6 @@ class DeliveryPolicy:
             )
             return Backoff(state.name, "reduce", until)
         return Backoff(state.name, "retry", until)
-
-    def _current(self, permit: Permit) -> _State:
-        # a permit goes back before the body's reply is in, and its
-        # destination may have been forgotten since: what happened still counts
-        return self._states.setdefault(permit._state.name, permit._state)
 
     def _pause(self, state: _State, action: str, reason: str, until: float) -> Backoff:
         if until > state.pausedUntil:

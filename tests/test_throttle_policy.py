@@ -128,6 +128,23 @@ def test_a_failure_after_the_permit_went_back_still_pauses():
     assert "slow down" in deferral(p.admit(route("a.test", "mx.a.test"))).reason
 
 
+def test_destinations_delivered_to_are_forgotten():
+    """
+    The table of destinations does not grow with every one ever seen: the
+    outcome reported after the permit went back keeps a destination only
+    when it changed something.
+    """
+    p, clock = policy()
+    for n in range(50):
+        permit = p.admit(route(f"d{n}.test", f"mx.d{n}.test")).result
+        p.release(permit)
+        if n % 2:
+            p.succeeded(permit)
+        else:
+            p.failed(permit, AttemptFailed("rcptto", "error", "no such user", code=550))
+    assert p._states == {}
+
+
 def test_too_many_connections_cuts_concurrency_for_a_while():
     p, clock = policy()
     permits = [p.admit(route("a.test", "mx.a.test")).result for _ in range(3)]
