@@ -18,7 +18,7 @@ from mqtwist.config import Config
 from mqtwist.interfaces import IDataPlugin
 from mqtwist.message import Message
 from mqtwist.transaction import TransactionFailed, envelopeParameters, sendMessage, sendThroughPool, xtext
-from test_smtp_protocol import EHLO_PIPELINING, EHLO_PLAIN, Connection, failureOf, resultOf
+from test_smtp_protocol import EHLO_PIPELINING, EHLO_PLAIN, TIMEOUTS, Connection, failureOf, resultOf
 
 
 @implementer(IDataPlugin)
@@ -331,3 +331,26 @@ def test_aStaleConnectionDoesNotCostThePermit() -> None:
     fresh.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
     fresh.reply(b"250 queued\r\n")
     assert resultOf(delivered).result == "accepted"
+
+
+def test_aBodyTimeoutDoesNotCostTheNextMessageAnAttempt() -> None:
+    """
+    No reply to a body within its time-out: that message is C{message} /
+    C{timeout}; the next one, whose envelope followed the body, never got
+    a reply either and goes on a fresh connection at once.
+    """
+    connection, fresh = Connection(), Connection()
+    connection.introduce()
+    freshClient = fresh.introduce()
+    pool = FakePool(connection, connection, fresh)
+    first = ensureDeferred(sendThroughPool(pool, None, message(recipient="one@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    connection.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    second = ensureDeferred(sendThroughPool(pool, None, message(recipient="two@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    connection.clock.advance(TIMEOUTS.message + 1)
+    failure = failureOf(first)
+    assert (failure.state, failure.result) == ("message", "timeout")
+    assert not second.called
+    assert fresh.sent() == b"MAIL FROM:<a@example.org> SIZE=18\r\nRCPT TO:<two@example.com>\r\nDATA\r\n"
+    fresh.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    fresh.reply(b"250 queued\r\n")
+    assert resultOf(second).client is freshClient

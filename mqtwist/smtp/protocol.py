@@ -665,13 +665,20 @@ class ESMTPClient(Protocol):
         )
         self._broken = True
         self._tcp.abortConnection()
+        # the commands behind the late one are lost with the connection, not
+        # late themselves: a pipelined MAIL FROM of the next message is then
+        # "untouched" and that message goes on another connection at once
         self._failAll(
             lambda command: AttemptFailed(
                 command.state,
                 "timeout",
-                f"no reply to {late.verb} from {self.remoteAddress} within {late.timeout:g} seconds"
-                if command is late
-                else f"{command.verb} abandoned: no reply to {late.verb} from "
+                f"no reply to {late.verb} from {self.remoteAddress} within {late.timeout:g} seconds",
+            )
+            if command is late
+            else AttemptFailed(
+                command.state,
+                "lost",
+                f"{command.verb} abandoned: no reply to {late.verb} from "
                 f"{self.remoteAddress} within {late.timeout:g} seconds",
             )
         )
