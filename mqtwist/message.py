@@ -24,6 +24,8 @@ from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 from mqtwist.timeformat import formatTime, parseTime
 from mqtwist.validation import checkAddress, checkHeaderValue
 
+#: the longest AMQP queue name, in bytes (a short string)
+MAX_QUEUE_NAME = 255
 #: result queue kinds, in the order of the C{queues} property
 QUEUE_KINDS = ("results", "success", "failure", "retry")
 
@@ -468,7 +470,7 @@ def queueFor(obj: Any, kind: str, default: str) -> str | None:
     queues = obj.get("queues") if isinstance(obj, dict) else None
     if isinstance(queues, dict) and kind in queues:
         name = queues[kind]
-        if name is None or isinstance(name, str):
+        if name is None or (isinstance(name, str) and len(name.encode("utf-8")) <= MAX_QUEUE_NAME):
             return name or None
     return default or None
 
@@ -523,6 +525,11 @@ def _readQueues(value: Any) -> None:
             raise InvalidMessage(f"property 'queues.{kind}' must be a queue name or null")
         if name:
             checkHeaderValue(f"queues.{kind}", name)
+            if len(name.encode("utf-8")) > MAX_QUEUE_NAME:
+                raise InvalidMessage(
+                    f"property 'queues.{kind}' is {len(name.encode('utf-8'))} bytes long; "
+                    f"AMQP queue names are at most {MAX_QUEUE_NAME} bytes"
+                )
 
 
 @dataclass

@@ -267,11 +267,16 @@ class OutboxProcessor:
                 message=label,
             )
             return
-        confirmed = [self.publisher.publish(queue, body, priority=priority) for queue, body in publications]
+        confirmed: list[Deferred[None]] = []
         try:
+            for queue, body in publications:
+                confirmed.append(self.publisher.publish(queue, body, priority=priority))
             # most often one publication: no list of Deferreds to wait on
             await (confirmed[0] if len(confirmed) == 1 else gatherResults(confirmed, consumeErrors=True))
         except Exception as e:
+            for publication in confirmed:
+                # the other outcomes no longer matter
+                publication.addErrback(lambda _: None)
             self.log.warn(
                 "results of {message} were not confirmed ({error}); "
                 "it goes back to the outbox and will be tried again",

@@ -79,6 +79,8 @@ def test_null_sender():
         ({"recipient": "a@b.c", "mime": "x", "queues": []}, "'queues' must be an object"),
         ({"recipient": "a@b.c", "mime": "x", "queues": {"bogus": "q"}}, "unknown key 'bogus'"),
         ({"recipient": "a@b.c", "mime": "x", "queues": {"success": 3}}, "'queues.success' must be a queue name"),
+        ({"recipient": "a@b.c", "mime": "x", "queues": {"success": "q" * 256}},
+         "'queues.success' is 256 bytes long; AMQP queue names are at most 255 bytes"),
         ({"recipient": "a@b.c", "mime": "x", "security": "maybe"}, "'security' is 'maybe'"),
         ({"recipient": "a@b.c", "mime": "x", "priority": 300}, "'priority' must be an integer 0-255"),
         ({"recipient": "a@b.c", "mime": "x", "tags": "t"}, "'tags' must be a list"),
@@ -126,6 +128,8 @@ def test_queue_overrides():
     # an invalid message's object still routes its results where it asked
     assert queueFor({"queues": {"failure": "f2"}}, "failure", "failure") == "f2"
     assert queueFor({"queues": {"failure": 7}}, "failure", "failure") == "failure"
+    # the refusal of a name too long for AMQP goes to the default queue
+    assert queueFor({"queues": {"failure": "f" * 256}}, "failure", "failure") == "failure"
     assert queueFor(None, "results", "results") == "results"
 
 

@@ -180,3 +180,36 @@ def test_a_message_deferred_again_and_again_expires_on_time():
     assert deferred["deferrals"] > 2 and parseTime(deferred["since"]) == NOW
     # expired at the first park after the hour: the longest park is 900 s
     assert NOW + 3600 <= clock.seconds() <= NOW + 3600 + 900
+
+
+def test_a_publish_that_raises_gives_the_message_back():
+    """
+    A publish that fails before it returns a Deferred settles the outbox
+    message like one the broker did not confirm: it goes back to the
+    outbox, and the publications already made are not left unhandled.
+    """
+    from twisted.internet.defer import Deferred, succeed
+    from twisted.internet.task import Clock
+
+    from mqtwist.config import Config
+    from mqtwist.message import ParseSettings, ResultEntry
+    from mqtwist.outbox import OutboxProcessor
+
+    first: Deferred[None] = Deferred()
+
+    class Publisher:
+        def publish(self, queue, body, *, priority=None):
+            if queue == "results":
+                return first
+            raise RuntimeError("the publishing channel broke")
+
+    clock = Clock()
+    config = Config(ehloName="x", smarthost="127.0.0.1:2525")
+    accepted = lambda message: succeed(ResultEntry("message", "accepted", 0, True, code=250))  # noqa: E731
+    processor = OutboxProcessor(
+        config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x")
+    )
+    delivery = _FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode())
+    processor.handle(delivery)
+    assert delivery.settled == "release"
+    first.errback(RuntimeError("nack"))  # handled: no unhandled error in the log
