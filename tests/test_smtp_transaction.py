@@ -253,6 +253,13 @@ def test_authMechanisms() -> None:
     assert failure.state == "auth" and "GSSAPI" in failure.description
 
 
+def sendVia(pool: FakePool, connection: Connection, recipient: str) -> Deferred[Any]:
+    """C{sendThroughPool} of a message to C{recipient}, on C{connection}'s clock."""
+    return ensureDeferred(
+        sendThroughPool(pool, None, message(recipient=recipient), makeChain(connection.clock))  # type: ignore[arg-type]
+    )
+
+
 def test_connectionGoesBackBeforeTheBodyReply() -> None:
     """
     With PIPELINING the connection is released as soon as the body is
@@ -262,12 +269,12 @@ def test_connectionGoesBackBeforeTheBodyReply() -> None:
     connection = Connection()
     client = connection.introduce()
     pool = FakePool(connection, connection)
-    first = ensureDeferred(sendThroughPool(pool, None, message(recipient="one@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    first = sendVia(pool, connection, "one@example.com")
     connection.sent()
     connection.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
     assert connection.sent() == b"Subject: x\r\n\r\nhi\r\n.\r\n"
     assert pool.released == [(client, True)] and not first.called
-    second = ensureDeferred(sendThroughPool(pool, None, message(recipient="two@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    second = sendVia(pool, connection, "two@example.com")
     assert connection.sent() == b"MAIL FROM:<a@example.org> SIZE=18\r\nRCPT TO:<two@example.com>\r\nDATA\r\n"
     connection.reply(b"554 5.7.1 rejected by content filter\r\n250 ok\r\n250 ok\r\n354 go\r\n")
     failure = failureOf(first)
@@ -280,6 +287,23 @@ def test_connectionGoesBackBeforeTheBodyReply() -> None:
     assert pool.released == [(client, True), (client, True)]
 
 
+def secondBehindFirstBody() -> tuple[Connection, Connection, Deferred[Any], Deferred[Any]]:
+    """
+    Two messages on one pipelining connection, the second's envelope
+    written behind the first's body; a fresh connection is next in the pool.
+
+    @return: the connection, the fresh one, and the two sends.
+    """
+    connection, fresh = Connection(), Connection()
+    connection.introduce()
+    fresh.introduce()
+    pool = FakePool(connection, connection, fresh)
+    first = sendVia(pool, connection, "one@example.com")
+    connection.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
+    second = sendVia(pool, connection, "two@example.com")
+    return connection, fresh, first, second
+
+
 def test_connectionLostAfterAnEarlyRelease() -> None:
     """
     The connection dies after a body and the next envelope were written:
@@ -287,13 +311,8 @@ def test_connectionLostAfterAnEarlyRelease() -> None:
     may not have arrived, so it is retried), the next one never reached the
     server and goes on a fresh connection at once.
     """
-    connection, fresh = Connection(), Connection()
-    connection.introduce()
-    freshClient = fresh.introduce()
-    pool = FakePool(connection, connection, fresh)
-    first = ensureDeferred(sendThroughPool(pool, None, message(recipient="one@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
-    connection.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
-    second = ensureDeferred(sendThroughPool(pool, None, message(recipient="two@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    connection, fresh, first, second = secondBehindFirstBody()
+    freshClient = fresh.client
     assert connection.sent().endswith(b".\r\nMAIL FROM:<a@example.org> SIZE=18\r\nRCPT TO:<two@example.com>\r\nDATA\r\n")
     connection.lose()
     failure = failureOf(first)
@@ -339,13 +358,8 @@ def test_aBodyTimeoutDoesNotCostTheNextMessageAnAttempt() -> None:
     C{timeout}; the next one, whose envelope followed the body, never got
     a reply either and goes on a fresh connection at once.
     """
-    connection, fresh = Connection(), Connection()
-    connection.introduce()
-    freshClient = fresh.introduce()
-    pool = FakePool(connection, connection, fresh)
-    first = ensureDeferred(sendThroughPool(pool, None, message(recipient="one@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
-    connection.reply(b"250 ok\r\n250 ok\r\n354 go\r\n")
-    second = ensureDeferred(sendThroughPool(pool, None, message(recipient="two@example.com"), makeChain(connection.clock)))  # type: ignore[arg-type]
+    connection, fresh, first, second = secondBehindFirstBody()
+    freshClient = fresh.client
     connection.clock.advance(TIMEOUTS.message + 1)
     failure = failureOf(first)
     assert (failure.state, failure.result) == ("message", "timeout")
