@@ -158,6 +158,8 @@ class _State:
     #: now began to run without a pause
     lastDone: float = float("-inf")
     busySince: float = float("-inf")
+    #: the policy's count of ended deliveries at the later of those two
+    endedMark: int = 0
 
     def allowedAtOnce(self, now: float) -> int:
         if self.reducedUntil > now:
@@ -195,6 +197,11 @@ class DeliveryPolicy:
         self.rules: list[ThrottleRule] = list(config.throttles)
         self.backoff: list[BackoffRule] = list(config.backoff) + list(builtinBackoff(config.greylistDelay))
         self._states: dict[str, _State] = {}
+        #: deliveries ended, to every destination
+        self._ended = 0
+        #: the destinations with more messages waiting than their backlog,
+        #: by name: each delivery that ends may find them stuck
+        self._overBacklog: dict[str, _State] = {}
 
     @property
     def mostConnections(self) -> int:
@@ -232,6 +239,7 @@ class DeliveryPolicy:
                 limits,
                 TokenBucket(limits.messagesPerMinute, now) if limits.messagesPerMinute else None,
                 TokenBucket(limits.connectionsPerMinute, now) if limits.connectionsPerMinute else None,
+                endedMark=self._ended,
             )
             self._states[name] = state
         return state
@@ -268,28 +276,45 @@ class DeliveryPolicy:
         if not state.waiters and self._wait(state, route.destination, now) == 0:
             return succeed(self._start(state, route.destination, now))
         if len(state.waiters) >= self.config.destinationBacklog and self._stuck(state, now):
+            # those that waited while it was not yet found stuck go too
+            self._turnAwayExcess(state, now)
             return fail(self._busy(state, now))
         waiter: Deferred[Permit] = Deferred(lambda d: self._forget(state, d))
         state.waiters.append((waiter, route.destination))
-        if len(state.waiters) > self.config.destinationBacklog and state.stuckCheck is None:
-            state.stuckCheck = self.reactor.callLater(self.config.stuckAfter, self._checkStuck, state)
+        if len(state.waiters) > self.config.destinationBacklog:
+            self._overBacklog[state.name] = state
+            if state.stuckCheck is None:
+                state.stuckCheck = self.reactor.callLater(self.config.stuckAfter, self._checkStuck, state)
         self._serve(state)
         return waiter
 
     def _stuck(self, state: _State, now: float) -> bool:
         """
-        Whether C{state} is busy and no delivery to it ended for a while: a
-        destination that moves does not hold its waiting messages for long,
-        one that is stuck would hold them (and the outbox) for as long as
-        its time-outs.
+        Whether C{state} is busy and no delivery to it ended for a while, or
+        while many to other destinations did: a destination that moves does
+        not hold its waiting messages for long, one that is stuck would hold
+        them (and the outbox) for as long as its time-outs, and one much
+        slower than the others would keep the outbox at its own pace.
         """
-        return now - max(state.lastDone, state.busySince) >= self.config.stuckAfter
+        return bool(self._stuckReason(state, now))
+
+    def _stuckReason(self, state: _State, now: float) -> str:
+        """
+        What makes C{state} stuck, or C{""} while it is not.
+        """
+        quiet = now - max(state.lastDone, state.busySince)
+        if quiet >= self.config.stuckAfter:
+            return f"nothing ended for {quiet:.1f}s"
+        others = self._ended - state.endedMark
+        if self.config.stuckAfterOthers and others >= self.config.stuckAfterOthers:
+            return f"nothing ended while {others} deliveries to other destinations did"
+        return ""
 
     def _busy(self, state: _State, now: float) -> Deferral:
         reason = (
             f"busy: {state.active} deliveries in progress and {len(state.waiters)} waiting "
             f"(limits {state.allowedAtOnce(now)} at once, "
-            f"{state.limits.messagesPerMinute or 'any'} a minute)"
+            f"{state.limits.messagesPerMinute or 'any'} a minute), {self._stuckReason(state, now)}"
         )
         return Deferral(state.name, reason, now + self.config.parkDelay)
 
@@ -305,6 +330,13 @@ class DeliveryPolicy:
         if not self._stuck(state, now):
             state.stuckCheck = self.reactor.callLater(self.config.stuckAfter, self._checkStuck, state)
             return
+        self._turnAwayExcess(state, now)
+
+    def _turnAwayExcess(self, state: _State, now: float) -> None:
+        """
+        Turn away the messages beyond the backlog of C{state}.
+        """
+        self._overBacklog.pop(state.name, None)
         excess = []
         while len(state.waiters) > self.config.destinationBacklog:
             excess.append(state.waiters.pop()[0])
@@ -318,9 +350,18 @@ class DeliveryPolicy:
         """
         state = permit._state
         state.active -= 1
-        state.lastDone = self.reactor.seconds()
+        now = state.lastDone = self.reactor.seconds()
+        self._ended += 1
+        state.endedMark = self._ended
         self._serve(state)
         self._dropIfForgettable(state)
+        # while a destination's waiting messages fill the outbox window,
+        # no more of its messages come to find it stuck: look here
+        for other in list(self._overBacklog.values()):
+            if len(other.waiters) <= self.config.destinationBacklog:
+                del self._overBacklog[other.name]
+            elif self._stuck(other, now):
+                self._turnAwayExcess(other, now)
 
     def _wait(self, state: _State, destination: Destination, now: float) -> float:
         """
@@ -337,6 +378,7 @@ class DeliveryPolicy:
     def _start(self, state: _State, destination: Destination, now: float) -> Permit:
         if not state.active:
             state.busySince = now
+            state.endedMark = self._ended
         state.active += 1
         if state.messages is not None:
             state.messages.take(now)
@@ -477,6 +519,7 @@ class DeliveryPolicy:
         Stop: turn away the messages that wait, cancel timers.
         """
         now = self.reactor.seconds()
+        self._overBacklog.clear()
         for state in list(self._states.values()):
             for timer in (state.timer, state.stuckCheck):
                 if timer is not None and timer.active():

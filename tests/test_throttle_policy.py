@@ -91,6 +91,47 @@ def test_stuck_after_is_configurable():
     assert deferral(p.admit(route("a.test", "mx.a.test"))).reason.startswith("busy")
 
 
+def test_a_destination_that_ends_nothing_while_others_do_is_stuck_at_once():
+    p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfterOthers=3)
+    p.admit(route("slow.test", "mx.slow.test"))
+    waiting = [p.admit(route("slow.test", "mx.slow.test")) for _ in range(3)]
+    for _ in range(2):
+        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    assert not any(w.called for w in waiting)  # two others ended: not yet
+    p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    # no time passed, and no more message came for it: the third that
+    # ended turned away those beyond the backlog
+    reasons = [deferral(w).reason for w in waiting[1:]]
+    assert reasons == [reasons[0]] * 2
+    assert reasons[0].endswith("nothing ended while 3 deliveries to other destinations did")
+    assert not waiting[0].called
+    assert deferral(p.admit(route("slow.test", "mx.slow.test"))).reason == reasons[0]
+
+
+def test_a_destination_that_ends_deliveries_is_not_stuck_however_many_others_end():
+    p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfterOthers=3)
+    permit = p.admit(route("slow.test", "mx.slow.test")).result
+    waiting = [p.admit(route("slow.test", "mx.slow.test")) for _ in range(3)]
+    for _ in range(2):
+        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    p.release(permit)  # slow, but it moves: the count starts again
+    for _ in range(2):
+        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    assert waiting[0].called and not any(w.called for w in waiting[1:])
+    assert not p.admit(route("slow.test", "mx.slow.test")).called
+
+
+def test_stuck_after_others_zero_leaves_only_the_clock():
+    p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfterOthers=0)
+    p.admit(route("slow.test", "mx.slow.test"))
+    waiting = [p.admit(route("slow.test", "mx.slow.test")) for _ in range(3)]
+    for _ in range(1000):
+        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    assert not any(w.called for w in waiting)
+    clock.advance(1)
+    assert deferral(p.admit(route("slow.test", "mx.slow.test"))).reason.endswith("nothing ended for 1.0s")
+
+
 def test_rate_limit_wakes_the_waiter_when_a_token_is_due():
     p, clock = policy(throttles=[ThrottleRule(domain="*", messagesPerMinute=60)])
     first = p.admit(route("a.test", "mx.a.test"))
