@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from itertools import groupby
 from typing import Any
 
-from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
+from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.defer import TimeoutError as QueryTimeoutError
 from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as DNSTimeoutError
@@ -144,7 +144,17 @@ class Router:
             address: permanently for NXDOMAIN, a null MX or names without
             addresses, softly for time-outs and server failures.
         """
-        return ensureDeferred(self._route(message))
+        domain = message.recipient.rpartition("@")[2].lower()
+        bindAddress = random.choice(message.ips) if message.ips else None
+        security = message.security or self.security
+        direct = self._directRoute(message, domain, bindAddress, security)
+        if direct is not None:
+            return succeed(direct)
+        cached = self._cache.get(domain)
+        if cached is not None and cached.expires > self.reactor.seconds():
+            # most messages: a cached answer needs no coroutine
+            return succeed(self._mxRoute(cached, bindAddress, security, domain=domain))
+        return self._exchange(domain).addCallback(self._mxRoute, bindAddress, security, domain=domain)
 
     def destinationFor(self, message: Message) -> Deferred[Destination]:
         """
@@ -152,10 +162,13 @@ class Router:
         """
         return self.route(message).addCallback(lambda route: route.destination)
 
-    async def _route(self, message: Message) -> Route:
-        bindAddress = random.choice(message.ips) if message.ips else None
-        domain = message.recipient.rpartition("@")[2].lower()
-        security = message.security or self.security
+    def _directRoute(
+        self, message: Message, domain: str, bindAddress: str | None, security: str
+    ) -> Route | None:
+        """
+        The route of a message that needs no MX lookup (a smarthost or an
+        address literal), or C{None}.
+        """
         if message.smarthost is not None:
             host = (message.smarthost.hostname, message.smarthost.port)
             name = f"{host[0]}:{host[1]}"
@@ -178,24 +191,28 @@ class Router:
                 Destination(((address, self.mxPort),), bindAddress, security), domain, name=domain,
                 hostNames=(address,),
             )
-        exchange = await self._exchange(domain)
+        return None
+
+    def _mxRoute(
+        self, exchange: _Exchange, bindAddress: str | None, security: str, *, domain: str
+    ) -> Route:
         hosts = tuple((address, self.mxPort) for address, _ in exchange.addresses)
         names = tuple(name for _, name in exchange.addresses)
         destination = Destination(hosts, bindAddress, security, tlsNames=names)
         return Route(destination, domain, exchange.exchangers, domain, names)
 
-    async def _exchange(self, domain: str) -> _Exchange:
-        cached = self._cache.get(domain)
-        if cached is not None and cached.expires > self.reactor.seconds():
-            return cached
-        # messages that arrive together for a domain share one lookup
+    def _exchange(self, domain: str) -> Deferred[_Exchange]:
+        """
+        Look up C{domain}'s mail exchangers; messages that arrive together
+        for a domain share one lookup.
+        """
         waiter: Deferred[_Exchange] = Deferred()
         if domain in self._pending:
             self._pending[domain].append(waiter)
         else:
             self._pending[domain] = [waiter]
             ensureDeferred(self._lookUp(domain)).addBoth(self._lookedUp, domain)
-        return await waiter
+        return waiter
 
     def _lookedUp(self, result: Any, domain: str) -> None:
         for waiter in self._pending.pop(domain):
