@@ -87,6 +87,42 @@ async def test_a_destination_that_never_greets_does_not_hold_up_the_others(
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_silent_destination_is_found_stuck_by_the_deliveries_that_end_elsewhere(
+    rabbitmq, amqp, dnsServer, mailHosts, queues
+):
+    fast = await mailHosts.sink("127.0.0.2", hostname="mx.fast.test")
+    silent = mailHosts.scripted("127.0.0.3", greet=lambda n: None)
+    mxDomain(dnsServer, "fast.test", "127.0.0.2")
+    mxDomain(dnsServer, "slow.test", "127.0.0.3")
+    # the clock can't find it stuck within the test: only what ends elsewhere can
+    config = mxConfig(
+        brokerURL(rabbitmq), queues, dnsServer, mailHosts,
+        prefetch=10, maxConnectionsPerDestination=1, destinationBacklog=1,
+        stuckAfter=600, stuckAfterOthers=5, delayBuckets=[600],
+        timeouts=SMTPTimeouts(greeting=600), shutdownTimeout=0.5,
+    )
+    bodies = []
+    for n in range(10):
+        bodies += [job(f"s{n}@slow.test", f"slow-{n}"), job(f"f{n}@fast.test", f"fast-{n}")]
+    bodies += [job(f"f{n}@fast.test", f"fast-{n}") for n in range(10, 20)]
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], bodies)
+        # one slow message waits for the greeting, one in the backlog; the
+        # other eight were parked while the fast half went on
+        parked = decoded(await amqp.collect(f"{queues['outbox']}.delay.600s", 8))
+        await fast.waitForMessages(20)
+        assert len(silent.connections) == 1
+        assert all(c.greeted is None for c in silent.connections.values())
+    assert len({p["id"] for p in parked} & {f"slow-{n}" for n in range(10)}) == 8
+    entries = [p["results"][-1] for p in parked]
+    assert {kinds(p)[-1] for p in parked} == {"process/deferred"}
+    assert all(e["destination"] == "mx mx.slow.test" for e in entries)
+    assert all(e["reason"].startswith("busy: 1 deliveries in progress") for e in entries)
+    others = {int(e["reason"].rsplit("while ", 1)[1].split()[0]) for e in entries}
+    assert min(others) >= 5, entries
+
+
+@pytest_twisted.ensureDeferred
 async def test_421_on_every_other_connection_pauses_the_destination(rabbitmq, amqp, dnsServer, mailHosts, queues):
     server = mailHosts.scripted(
         "127.0.0.2", greet=lambda n: "421 4.7.0 try again later" if n % 2 else "220 mx.flaky.test ready"
