@@ -37,14 +37,23 @@ def kinds(result: dict) -> list[str]:
     return [f"{e['state']}/{e['result']}" for e in result["results"]]
 
 
-@pytest_twisted.ensureDeferred
-async def test_a_destination_that_never_greets_does_not_hold_up_the_others(
-    rabbitmq, amqp, dnsServer, mailHosts, queues
-):
+async def fastAndSilent(dnsServer: Any, mailHosts: Any) -> tuple[Any, Any]:
+    """
+    The mail hosts of fast.test (a sink) and slow.test (accepts TCP
+    connections and never greets).
+    """
     fast = await mailHosts.sink("127.0.0.2", hostname="mx.fast.test")
     silent = mailHosts.scripted("127.0.0.3", greet=lambda n: None)
     mxDomain(dnsServer, "fast.test", "127.0.0.2")
     mxDomain(dnsServer, "slow.test", "127.0.0.3")
+    return fast, silent
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_destination_that_never_greets_does_not_hold_up_the_others(
+    rabbitmq, amqp, dnsServer, mailHosts, queues
+):
+    fast, silent = await fastAndSilent(dnsServer, mailHosts)
     config = mxConfig(
         brokerURL(rabbitmq), queues, dnsServer, mailHosts,
         prefetch=10, maxConnectionsPerDestination=2, destinationBacklog=2,
@@ -90,10 +99,7 @@ async def test_a_destination_that_never_greets_does_not_hold_up_the_others(
 async def test_a_silent_destination_is_found_stuck_by_the_deliveries_that_end_elsewhere(
     rabbitmq, amqp, dnsServer, mailHosts, queues
 ):
-    fast = await mailHosts.sink("127.0.0.2", hostname="mx.fast.test")
-    silent = mailHosts.scripted("127.0.0.3", greet=lambda n: None)
-    mxDomain(dnsServer, "fast.test", "127.0.0.2")
-    mxDomain(dnsServer, "slow.test", "127.0.0.3")
+    fast, silent = await fastAndSilent(dnsServer, mailHosts)
     # the clock can't find it stuck within the test: only what ends elsewhere can
     config = mxConfig(
         brokerURL(rabbitmq), queues, dnsServer, mailHosts,

@@ -5,6 +5,8 @@ pauses, reduced concurrency, down marking.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from twisted.internet.task import Clock
 
@@ -91,14 +93,23 @@ def test_stuck_after_is_configurable():
     assert deferral(p.admit(route("a.test", "mx.a.test"))).reason.startswith("busy")
 
 
+def slowWithWaiters(p: DeliveryPolicy, count: int = 3) -> tuple[Any, list[Any]]:
+    """One delivery to slow.test under way (its Deferred) and C{count} more waiting."""
+    first = p.admit(route("slow.test", "mx.slow.test"))
+    return first, [p.admit(route("slow.test", "mx.slow.test")) for _ in range(count)]
+
+
+def endFastDeliveries(p: DeliveryPolicy, count: int) -> None:
+    for _ in range(count):
+        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+
+
 def test_a_destination_that_ends_nothing_while_others_do_is_stuck_at_once():
     p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfterOthers=3)
-    p.admit(route("slow.test", "mx.slow.test"))
-    waiting = [p.admit(route("slow.test", "mx.slow.test")) for _ in range(3)]
-    for _ in range(2):
-        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    _, waiting = slowWithWaiters(p)
+    endFastDeliveries(p, 2)
     assert not any(w.called for w in waiting)  # two others ended: not yet
-    p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    endFastDeliveries(p, 1)
     # no time passed, and no more message came for it: the third that
     # ended turned away those beyond the backlog
     reasons = [deferral(w).reason for w in waiting[1:]]
@@ -110,23 +121,18 @@ def test_a_destination_that_ends_nothing_while_others_do_is_stuck_at_once():
 
 def test_a_destination_that_ends_deliveries_is_not_stuck_however_many_others_end():
     p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfterOthers=3)
-    permit = p.admit(route("slow.test", "mx.slow.test")).result
-    waiting = [p.admit(route("slow.test", "mx.slow.test")) for _ in range(3)]
-    for _ in range(2):
-        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
-    p.release(permit)  # slow, but it moves: the count starts again
-    for _ in range(2):
-        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    first, waiting = slowWithWaiters(p)
+    endFastDeliveries(p, 2)
+    p.release(first.result)  # slow, but it moves: the count starts again
+    endFastDeliveries(p, 2)
     assert waiting[0].called and not any(w.called for w in waiting[1:])
     assert not p.admit(route("slow.test", "mx.slow.test")).called
 
 
 def test_stuck_after_others_zero_leaves_only_the_clock():
     p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfterOthers=0)
-    p.admit(route("slow.test", "mx.slow.test"))
-    waiting = [p.admit(route("slow.test", "mx.slow.test")) for _ in range(3)]
-    for _ in range(1000):
-        p.release(p.admit(route("fast.test", "mx.fast.test")).result)
+    _, waiting = slowWithWaiters(p)
+    endFastDeliveries(p, 1000)
     assert not any(w.called for w in waiting)
     clock.advance(1)
     assert deferral(p.admit(route("slow.test", "mx.slow.test"))).reason.endswith("nothing ended for 1.0s")
