@@ -294,8 +294,9 @@ class Config:
     #: seconds without an ended delivery after which a busy destination
     #: counts as stuck: then only C{destinationBacklog} of its messages wait
     stuckAfter: float = 1.0
-    #: deliveries to other destinations that may end while a busy
-    #: destination ends none, before it counts as stuck (0: no such limit):
+    #: deliveries to other destinations that may end while a destination
+    #: with messages waiting ends none, before it counts as stuck (0: no
+    #: such limit):
     #: next to a fast destination, a slow one is found out in milliseconds
     stuckAfterOthers: int = 50
     #: seconds a message is parked when its destination is busy

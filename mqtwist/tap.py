@@ -114,8 +114,8 @@ _HELP: dict[str, str] = {
     "connection; more are parked in a delay queue",
     "stuckAfter": "seconds without an ended delivery after which a busy destination counts "
     "as stuck, and only --destination-backlog of its messages wait",
-    "stuckAfterOthers": "deliveries to other destinations that may end while a busy "
-    "destination ends none, before it counts as stuck too (0: no such limit)",
+    "stuckAfterOthers": "deliveries to other destinations that may end while a destination "
+    "with messages waiting ends none, before it counts as stuck too (0: no such limit)",
     "parkDelay": "seconds a message is parked when its destination is busy",
     "parkDelayMax": "the longest a message is parked, in seconds: every deferral in a row "
     "doubles its park time (from the pause or --park-delay) up to this",

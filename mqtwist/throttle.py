@@ -158,7 +158,9 @@ class _State:
     #: now began to run without a pause
     lastDone: float = float("-inf")
     busySince: float = float("-inf")
-    #: the policy's count of ended deliveries at the later of those two
+    #: the policy's count of ended deliveries (to every destination) when
+    #: one to this destination last ended or it became busy, whichever came
+    #: later: what other destinations ended since is the difference
     endedMark: int = 0
 
     def allowedAtOnce(self, now: float) -> int:
@@ -199,8 +201,10 @@ class DeliveryPolicy:
         self._states: dict[str, _State] = {}
         #: deliveries ended, to every destination
         self._ended = 0
-        #: the destinations with more messages waiting than their backlog,
-        #: by name: each delivery that ends may find them stuck
+        #: the destinations that got more messages waiting than their
+        #: backlog, by name: each delivery that ends may find them stuck (one
+        #: whose waiters went otherwise, by a pause or a cancel, stays listed
+        #: until the next ends)
         self._overBacklog: dict[str, _State] = {}
 
     @property
@@ -290,11 +294,12 @@ class DeliveryPolicy:
 
     def _stuck(self, state: _State, now: float) -> bool:
         """
-        Whether C{state} is busy and no delivery to it ended for a while, or
-        while many to other destinations did: a destination that moves does
-        not hold its waiting messages for long, one that is stuck would hold
-        them (and the outbox) for as long as its time-outs, and one much
-        slower than the others would keep the outbox at its own pace.
+        Whether no delivery to C{state} ended for a while, or while many to
+        other destinations did: a destination that moves does not hold its
+        waiting messages for long, one that is stuck would hold them (and
+        the outbox) for as long as its time-outs, and one much slower than
+        the others, or held back by its own rate limit, would keep the
+        outbox at its own pace.
         """
         return bool(self._stuckReason(state, now))
 
@@ -358,6 +363,9 @@ class DeliveryPolicy:
         # while a destination's waiting messages fill the outbox window,
         # no more of its messages come to find it stuck: look here
         for other in list(self._overBacklog.values()):
+            if self._overBacklog.get(other.name) is not other:
+                # the errback of a message turned away just now dealt with it
+                continue
             if len(other.waiters) <= self.config.destinationBacklog:
                 del self._overBacklog[other.name]
             elif self._stuck(other, now):

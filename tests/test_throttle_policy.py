@@ -129,6 +129,42 @@ def test_a_destination_that_ends_deliveries_is_not_stuck_however_many_others_end
     assert not p.admit(route("slow.test", "mx.slow.test")).called
 
 
+def test_a_destination_held_back_by_its_rate_limit_keeps_only_its_backlog_while_others_move():
+    p, clock = policy(
+        destinationBacklog=1, stuckAfterOthers=3,
+        throttles=[ThrottleRule(domain="slow.test", messagesPerMinute=60)],
+    )
+    p.release(p.admit(route("slow.test", "mx.slow.test")).result)
+    # nothing in progress: the next token is a second away
+    waiting = [p.admit(route("slow.test", "mx.slow.test")) for _ in range(3)]
+    endFastDeliveries(p, 3)
+    assert not waiting[0].called
+    reasons = [deferral(w).reason for w in waiting[1:]]
+    assert reasons[0].startswith("busy: 0 deliveries in progress and 1 waiting (limits 10 at once, 60 a minute)")
+    clock.advance(1)
+    assert waiting[0].called
+
+
+def test_a_message_turned_away_may_admit_or_release_at_once():
+    # the errbacks of messages turned away when a delivery ends run inside
+    # that release: they may admit to, or end a delivery of, another stuck
+    # destination, which turns its excess away before the release gets to it
+    p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfterOthers=3)
+    _, waitingA = slowWithWaiters(p)
+    p.admit(route("b.test", "mx.b.test"))
+    waitingB = [p.admit(route("b.test", "mx.b.test")) for _ in range(3)]
+    other = p.admit(route("c.test", "mx.c.test")).result
+    admitted = []
+    waitingA[1].addErrback(lambda _: admitted.append(p.admit(route("b.test", "mx.b.test"))))
+    waitingA[2].addErrback(lambda _: p.release(other))
+    endFastDeliveries(p, 2)
+    assert admitted == []
+    endFastDeliveries(p, 1)
+    assert deferral(admitted[0]).reason.startswith("busy")
+    assert not waitingB[0].called
+    assert all(deferral(w).reason.startswith("busy") for w in waitingB[1:])
+
+
 def test_stuck_after_others_zero_leaves_only_the_clock():
     p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1, stuckAfterOthers=0)
     _, waiting = slowWithWaiters(p)
