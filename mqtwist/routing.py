@@ -154,7 +154,7 @@ class Router:
         if cached is not None and cached.expires > self.reactor.seconds():
             # most messages: a cached answer needs no coroutine
             return succeed(self._mxRoute(cached, bindAddress, security, domain=domain))
-        return self._exchange(domain).addCallback(self._mxRoute, bindAddress, security, domain=domain)
+        return self._sharedLookup(domain).addCallback(self._mxRoute, bindAddress, security, domain=domain)
 
     def destinationFor(self, message: Message) -> Deferred[Destination]:
         """
@@ -201,7 +201,7 @@ class Router:
         destination = Destination(hosts, bindAddress, security, tlsNames=names)
         return Route(destination, domain, exchange.exchangers, domain, names)
 
-    def _exchange(self, domain: str) -> Deferred[_Exchange]:
+    def _sharedLookup(self, domain: str) -> Deferred[_Exchange]:
         """
         Look up C{domain}'s mail exchangers; messages that arrive together
         for a domain share one lookup.
