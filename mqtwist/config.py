@@ -296,8 +296,8 @@ class Config:
     stuckAfter: float = 1.0
     #: deliveries to other destinations that may end while a destination
     #: with messages waiting ends none, before it counts as stuck (0: no
-    #: such limit):
-    #: next to a fast destination, a slow one is found out in milliseconds
+    #: such limit): next to a fast destination, a slow one is found out in
+    #: milliseconds
     stuckAfterOthers: int = 50
     #: seconds a message is parked when its destination is busy
     parkDelay: float = 30.0

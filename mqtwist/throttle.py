@@ -279,10 +279,11 @@ class DeliveryPolicy:
             return fail(Deferral(state.name, state.pauseReason, state.pausedUntil))
         if not state.waiters and self._wait(state, route.destination, now) == 0:
             return succeed(self._start(state, route.destination, now))
-        if len(state.waiters) >= self.config.destinationBacklog and self._stuck(state, now):
-            # those that waited while it was not yet found stuck go too
-            self._turnAwayExcess(state, now)
-            return fail(self._busy(state, now))
+        if len(state.waiters) >= self.config.destinationBacklog:
+            stuck = self._stuckReason(state, now)
+            if stuck:
+                # those that waited while it was not yet found stuck go too
+                return fail(self._turnAwayExcess(state, now, stuck))
         waiter: Deferred[Permit] = Deferred(lambda d: self._forget(state, d))
         state.waiters.append((waiter, route.destination))
         if len(state.waiters) > self.config.destinationBacklog:
@@ -292,20 +293,14 @@ class DeliveryPolicy:
         self._serve(state)
         return waiter
 
-    def _stuck(self, state: _State, now: float) -> bool:
-        """
-        Whether no delivery to C{state} ended for a while, or while many to
-        other destinations did: a destination that moves does not hold its
-        waiting messages for long, one that is stuck would hold them (and
-        the outbox) for as long as its time-outs, and one much slower than
-        the others, or held back by its own rate limit, would keep the
-        outbox at its own pace.
-        """
-        return bool(self._stuckReason(state, now))
-
     def _stuckReason(self, state: _State, now: float) -> str:
         """
-        What makes C{state} stuck, or C{""} while it is not.
+        What makes C{state} stuck, or C{""} while it is not: no delivery to
+        it ended for a while, or none while many to other destinations did.
+        A destination that moves does not hold its waiting messages for
+        long; one that is stuck would hold them (and the outbox) for as long
+        as its time-outs, and one much slower than the others, or held back
+        by its own rate limit, would keep the outbox at its own pace.
         """
         quiet = now - max(state.lastDone, state.busySince)
         if quiet >= self.config.stuckAfter:
@@ -315,11 +310,11 @@ class DeliveryPolicy:
             return f"nothing ended while {others} deliveries to other destinations did"
         return ""
 
-    def _busy(self, state: _State, now: float) -> Deferral:
+    def _busy(self, state: _State, now: float, stuck: str) -> Deferral:
         reason = (
             f"busy: {state.active} deliveries in progress and {len(state.waiters)} waiting "
             f"(limits {state.allowedAtOnce(now)} at once, "
-            f"{state.limits.messagesPerMinute or 'any'} a minute), {self._stuckReason(state, now)}"
+            f"{state.limits.messagesPerMinute or 'any'} a minute), {stuck}"
         )
         return Deferral(state.name, reason, now + self.config.parkDelay)
 
@@ -332,22 +327,27 @@ class DeliveryPolicy:
         now = self.reactor.seconds()
         if len(state.waiters) <= self.config.destinationBacklog:
             return
-        if not self._stuck(state, now):
+        stuck = self._stuckReason(state, now)
+        if not stuck:
             state.stuckCheck = self.reactor.callLater(self.config.stuckAfter, self._checkStuck, state)
             return
-        self._turnAwayExcess(state, now)
+        self._turnAwayExcess(state, now, stuck)
 
-    def _turnAwayExcess(self, state: _State, now: float) -> None:
+    def _turnAwayExcess(self, state: _State, now: float, stuck: str) -> Deferral:
         """
-        Turn away the messages beyond the backlog of C{state}.
+        Turn away the messages beyond the backlog of C{state}, which is
+        C{stuck}.
+
+        @return: the L{Deferral} they were given.
         """
         self._overBacklog.pop(state.name, None)
         excess = []
         while len(state.waiters) > self.config.destinationBacklog:
             excess.append(state.waiters.pop()[0])
-        deferral = self._busy(state, now)
+        deferral = self._busy(state, now, stuck)
         for waiter in reversed(excess):
             waiter.errback(Deferral(deferral.destination, deferral.reason, deferral.until))
+        return deferral
 
     def release(self, permit: Permit) -> None:
         """
@@ -368,8 +368,10 @@ class DeliveryPolicy:
                 continue
             if len(other.waiters) <= self.config.destinationBacklog:
                 del self._overBacklog[other.name]
-            elif self._stuck(other, now):
-                self._turnAwayExcess(other, now)
+                continue
+            stuck = self._stuckReason(other, now)
+            if stuck:
+                self._turnAwayExcess(other, now, stuck)
 
     def _wait(self, state: _State, destination: Destination, now: float) -> float:
         """
