@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given, settings, strategies as st
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from txamqp.connection import Body, Frame, Header, Method
@@ -85,6 +86,76 @@ def test_emptyBody() -> None:
     protocol.process_frame(Frame(2, Header(basic, 0, 0)))
     (delivered,) = listener.deliveries
     assert delivered.content.body == b""
+
+
+def wireDeliveries(protocol: AMQPProtocol, count: int) -> bytes:
+    """
+    The bytes of C{count} deliveries (method, header, body frames, the
+    bodies of two frames each) with a publisher confirm after each.
+    """
+    basic = protocol.spec.classes.byname["basic"]
+    frames = []
+    for tag in range(1, count + 1):
+        body = b"%d:" % tag + bytes(range(256)) * 20
+        frames += [
+            Frame(1, method(protocol, "basic.deliver", consumer_tag="c", delivery_tag=tag,
+                            redelivered=False, exchange="", routing_key="outbox")),
+            Frame(1, Header(basic, 0, len(body), delivery_mode=2)),
+            Frame(1, Body(body[:3000])),
+            Frame(1, Body(body[3000:])),
+            Frame(2, method(protocol, "basic.ack", delivery_tag=tag, multiple=False)),
+        ]
+    return b"".join(protocol._pack_frame(frame) for frame in frames)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=1, max_value=9000), max_size=30))
+def test_framesReadHoweverTheBytesAreCut(cuts: list[int]) -> None:
+    """
+    However the bytes arrive (one read, a byte at a time, cut anywhere), the
+    same deliveries and confirms come out, in order, with nothing left over.
+    """
+    protocol, _, _, listener = makeProtocol()
+    protocol.MAX_LENGTH = 131072
+    data = wireDeliveries(protocol, 6)
+    positions = sorted({min(cut * (i + 1), len(data)) for i, cut in enumerate(cuts)} | {len(data)})
+    start = 0
+    for end in positions:
+        protocol.dataReceived(data[start:end])
+        start = end
+    assert [d.delivery_tag for d in listener.deliveries] == [1, 2, 3, 4, 5, 6]
+    assert [d.content.body[:2] for d in listener.deliveries] == [b"%d:" % n for n in range(1, 7)]
+    assert all(len(d.content.body) == 2 + 256 * 20 for d in listener.deliveries)
+    assert listener.confirms == [(n, False) for n in range(1, 7)]
+    assert protocol._unread == b""
+
+
+def test_framesOneByteAtATime() -> None:
+    protocol, _, _, listener = makeProtocol()
+    protocol.MAX_LENGTH = 131072
+    data = wireDeliveries(protocol, 2)
+    for i in range(len(data)):
+        protocol.dataReceived(data[i : i + 1])
+    assert [d.delivery_tag for d in listener.deliveries] == [1, 2]
+    assert listener.confirms == [(1, False), (2, False)]
+
+
+def test_frameLongerThanAgreedClosesTheConnection() -> None:
+    """
+    A frame announced longer than the frame_max agreed at tune time is
+    not waited for: the connection is closed (and reopened by its
+    service), and nothing of it is handed on.
+    """
+    protocol, transport, _, listener = makeProtocol()
+    protocol.MAX_LENGTH = 4096
+    data = protocol._pack_frame(Frame(1, Body(b"x" * 4089)))
+    protocol.dataReceived(data[:20])
+    assert transport.disconnecting
+    fine, fineTransport, _, _ = makeProtocol()
+    fine.MAX_LENGTH = 4096
+    fine.dataReceived(fine._pack_frame(Frame(1, Body(b"x" * 4088)))[:20])
+    assert not fineTransport.disconnecting
+    assert listener.deliveries == []
 
 
 def heartbeats(transport: StringTransport) -> int:

@@ -127,6 +127,8 @@ class AMQPProtocol(AMQClient):
         # frames go to the transport as they are made (txamqp passes each
         # through a DeferredQueue and a callback first)
         self.outgoing = _FrameWriter(self)
+        #: the start of a frame not yet complete
+        self._unread = b""
         #: per channel id, the content-bearing method whose content frames
         #: are being read
         self._assembling: dict[int, _Assembly] = {}
@@ -143,6 +145,44 @@ class AMQPProtocol(AMQClient):
             struct.pack("!HH", _BASIC_CLASS, 60): (basic["deliver"], _decodeDeliver),
             struct.pack("!HH", _BASIC_CLASS, _ACK_ID): (basic["ack"], _decodeAck),
         }
+
+    def dataReceived(self, data: bytes) -> None:
+        """
+        Cut the bytes read into frames and handle each in turn.  txamqp
+        copies the rest of its buffer after every frame it takes off, which
+        makes one read of many small frames cost time quadratic in its
+        length: here the frames are taken at an offset and only the
+        incomplete last one is kept.
+        """
+        buffer = self._unread + data if self._unread else data
+        offset = 0
+        while self.frame_mode and not self.paused:
+            if len(buffer) - offset < self.HEADER_LENGTH:
+                break
+            size = _FRAME_SIZE.unpack_from(buffer, offset + 3)[0]
+            end = offset + self.HEADER_LENGTH + size
+            if self.MAX_LENGTH and end - offset > self.MAX_LENGTH:
+                self._frameTooLong(end - offset)
+                return
+            if end > len(buffer):
+                break
+            frame = self._unpack_frame(buffer[offset:end])
+            offset = end
+            self.frame_received(frame)
+            if self.transport is not None and self.transport.disconnecting:
+                break
+        self._unread = buffer[offset:]
+
+    def _frameTooLong(self, length: int) -> None:
+        self.log.error(
+            "the AMQP broker announced a frame of {length} bytes, more than the "
+            "{limit} agreed for this connection (frame_max); closing it, and it "
+            "will be opened again: if this repeats, check the broker's frame_max",
+            length=length,
+            limit=self.MAX_LENGTH,
+        )
+        self._unread = b""
+        self.transport.loseConnection()
 
     def channel(self, id: int) -> defer.Deferred[AMQChannel]:
         """
@@ -480,6 +520,7 @@ def _describeClose(error: Closed) -> str:
 
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _FRAME_START = struct.Struct("!BHI")
+_FRAME_SIZE = struct.Struct("!I")
 _FRAME_END = b"\xce"
 _BASIC_CLASS = 60
 #: basic.publish (class 60, method 40) and its ticket (0)
