@@ -22,6 +22,7 @@ from twisted.internet.defer import (
     DeferredList,
     ensureDeferred,
     gatherResults,
+    succeed,
 )
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.threads import deferToThreadPool
@@ -91,8 +92,14 @@ class OutboxProcessor:
     def handle(self, delivery: Delivery) -> None:
         """
         Take one outbox delivery; it is acknowledged when it is done.
+
+        Everything up to the first wait happens in this call (parse, the
+        expiry check, and for a destination that cannot take the message,
+        its deferral and the publish to a delay queue): no coroutine is
+        started for a message that is parked at once, so a stuck
+        destination's messages cost little of the time the others need.
         """
-        done = ensureDeferred(self._handle(delivery))
+        done = self._handle(delivery)
         self.inFlight.add(done)
         done.addErrback(self._unfinished)
         done.addBoth(lambda _: self.inFlight.discard(done))
@@ -134,49 +141,54 @@ class OutboxProcessor:
 
         return pending.addBoth(finished)
 
-    async def _handle(self, delivery: Delivery) -> None:
+    def _handle(self, delivery: Delivery) -> Deferred[None]:
         now = self.reactor.seconds()
         try:
             obj = decodeJSON(delivery.body)
             if isinstance(obj.get("mime"), dict):
-                # building MIME costs milliseconds: not on the reactor thread
-                await deferToThreadPool(
-                    self.reactor, self.reactor.getThreadPool(),
-                    buildMimeProperty, obj, self.parseSettings, now,
-                )
+                return ensureDeferred(self._handleWithMime(delivery, obj, now))
+            message = Message.fromObject(obj, self.parseSettings, now=now)
+        except InvalidMessage as failure:
+            return self._publishInvalid(delivery, failure, now)
+        return self._process(delivery, message, now)
+
+    async def _handleWithMime(self, delivery: Delivery, obj: dict[str, Any], now: float) -> None:
+        try:
+            # building MIME costs milliseconds: not on the reactor thread
+            await deferToThreadPool(
+                self.reactor, self.reactor.getThreadPool(),
+                buildMimeProperty, obj, self.parseSettings, now,
+            )
             message = Message.fromObject(obj, self.parseSettings, now=now)
         except InvalidMessage as failure:
             await self._publishInvalid(delivery, failure, now)
             return
+        await self._process(delivery, message, now)
 
+    def _process(self, delivery: Delivery, message: Message, now: float) -> Deferred[None]:
         expired = self.schedule.expiredBeforeAttempt(message, now)
         if expired is not None:
-            await self._expire(delivery, message, expired, now)
-        elif message.nextattempt is not None and message.nextattempt > now:
-            await self._park(delivery, message, message.nextattempt - now)
-        else:
-            entry = await self.deliver(message)
-            await self._conclude(delivery, message, entry)
+            return self._expire(delivery, message, expired, now)
+        if message.nextattempt is not None and message.nextattempt > now:
+            return self._park(delivery, message, message.nextattempt - now)
+        return self.deliver(message).addCallback(self._conclude, delivery, message)
 
-    async def _conclude(self, delivery: Delivery, message: Message, entry: ResultEntry) -> None:
+    def _conclude(self, entry: ResultEntry, delivery: Delivery, message: Message) -> Deferred[None]:
         now = self.reactor.seconds()
         if isinstance(entry, ScheduledEntry) and entry.state == "process":
-            await self._defer(delivery, message, entry, now)
-            return
+            return self._defer(delivery, message, entry, now)
         message.record(entry)
         if entry.final:
-            await self._finish(delivery, message, success=entry.accepted)
-            return
+            return self._finish(delivery, message, success=entry.accepted)
         delay = entry.retryAt - now if isinstance(entry, ScheduledEntry) else None
         decision = self.schedule.afterSoftFailure(message, now, delay)
         if decision.expired:
-            await self._expire(delivery, message, decision.reason, now)
-            return
-        await self._retryLater(delivery, message, decision.delay, now)
+            return self._expire(delivery, message, decision.reason, now)
+        return self._retryLater(delivery, message, decision.delay, now)
 
-    async def _defer(
+    def _defer(
         self, delivery: Delivery, message: Message, entry: ScheduledEntry, now: float
-    ) -> None:
+    ) -> Deferred[None]:
         """
         Park a message that its destination could not take: no attempt was
         made; the entry says why and until when, and replaces the entry of
@@ -192,19 +204,19 @@ class OutboxProcessor:
         message.record(entry)
         # no retry notice: nothing was tried, so nothing failed; the entry
         # travels with the message into its final result
-        await self._retryLater(delivery, message, max(0.0, entry.retryAt - now), now, notify=False)
+        return self._retryLater(delivery, message, max(0.0, entry.retryAt - now), now, notify=False)
 
-    async def _retryLater(
+    def _retryLater(
         self, delivery: Delivery, message: Message, delay: float, now: float, *, notify: bool = True
-    ) -> None:
+    ) -> Deferred[None]:
         message.json["nextattempt"] = {"time": formatTime(now + delay)}
         publications = [self._toDelayQueue(message, delay)]
         retry = message.queueFor("retry", self.config.retry) if notify else None
         if retry:
             publications.append((retry, message.resultJSON()))
-        await self._publishThenAck(delivery, message.label, publications, message.priority)
+        return self._publishThenAck(delivery, message.label, publications, message.priority)
 
-    async def _expire(self, delivery: Delivery, message: Message, reason: str, now: float) -> None:
+    def _expire(self, delivery: Delivery, message: Message, reason: str, now: float) -> Deferred[None]:
         self.log.info(
             "{message} to {recipient} expired: {reason}",
             message=message.label,
@@ -212,9 +224,9 @@ class OutboxProcessor:
             reason=reason,
         )
         message.record(ResultEntry("process", "timeout", now, True, description=reason))
-        await self._finish(delivery, message, success=False)
+        return self._finish(delivery, message, success=False)
 
-    async def _finish(self, delivery: Delivery, message: Message, *, success: bool) -> None:
+    def _finish(self, delivery: Delivery, message: Message, *, success: bool) -> Deferred[None]:
         body = message.resultJSON()
         kinds = ("results", "success" if success else "failure")
         publications = [
@@ -222,22 +234,22 @@ class OutboxProcessor:
             for queue in (message.queueFor(kind, getattr(self.config, kind)) for kind in kinds)
             if queue
         ]
-        await self._publishThenAck(delivery, message.label, publications, message.priority)
+        return self._publishThenAck(delivery, message.label, publications, message.priority)
 
-    async def _park(self, delivery: Delivery, message: Message, delay: float) -> None:
+    def _park(self, delivery: Delivery, message: Message, delay: float) -> Deferred[None]:
         self.log.debug(
             "{message} waits {delay:.0f}s for its next attempt",
             message=message.label,
             delay=delay,
         )
         publications = [self._toDelayQueue(message, delay)]
-        await self._publishThenAck(delivery, message.label, publications, message.priority)
+        return self._publishThenAck(delivery, message.label, publications, message.priority)
 
     def _toDelayQueue(self, message: Message, delay: float) -> tuple[str, bytes]:
         bucket = self.schedule.bucketFor(delay)
         return self.schedule.delayQueueName(bucket), message.outboxJSON()
 
-    async def _publishInvalid(self, delivery: Delivery, failure: InvalidMessage, now: float) -> None:
+    def _publishInvalid(self, delivery: Delivery, failure: InvalidMessage, now: float) -> Deferred[None]:
         self.log.warn("refused an outbox message: {description}", description=failure.description)
         try:
             obj = json.loads(delivery.body)
@@ -251,38 +263,51 @@ class OutboxProcessor:
             )
             if queue
         ]
-        await self._publishThenAck(delivery, "an invalid message", publications, None)
+        return self._publishThenAck(delivery, "an invalid message", publications, None)
 
-    async def _publishThenAck(
+    def _publishThenAck(
         self,
         delivery: Delivery,
         label: str,
         publications: list[tuple[str, bytes]],
         priority: int | None,
-    ) -> None:
+    ) -> Deferred[None]:
+        """
+        @return: a Deferred firing once every publication is confirmed and
+            the outbox message acknowledged, or, when one is not, once the
+            message went back to the outbox.
+        """
         if not delivery.current:
             # the broker already took the message back and hands it out again
             self.log.info(
                 "not publishing results of {message}: its outbox connection is gone",
                 message=label,
             )
-            return
+            return succeed(None)
         confirmed: list[Deferred[None]] = []
         try:
             for queue, body in publications:
                 confirmed.append(self.publisher.publish(queue, body, priority=priority))
-            # most often one publication: no list of Deferreds to wait on
-            await (confirmed[0] if len(confirmed) == 1 else gatherResults(confirmed, consumeErrors=True))
-        except Exception as e:
-            for publication in confirmed:
-                # the other outcomes no longer matter
-                publication.addErrback(lambda _: None)
-            self.log.warn(
-                "results of {message} were not confirmed ({error}); "
-                "it goes back to the outbox and will be tried again",
-                message=label,
-                error=getattr(e, "subFailure", e),
-            )
-            delivery.release()
-            return
-        delivery.ack()
+        except Exception:
+            self._unconfirmed(Failure(), delivery, label, confirmed)
+            return succeed(None)
+        # most often one publication: no list of Deferreds to wait on
+        allConfirmed = confirmed[0] if len(confirmed) == 1 else gatherResults(confirmed, consumeErrors=True)
+        return allConfirmed.addCallbacks(
+            lambda _: delivery.ack(), self._unconfirmed, errbackArgs=(delivery, label, confirmed)
+        )
+
+    def _unconfirmed(
+        self, failure: Failure, delivery: Delivery, label: str, confirmed: list[Deferred[None]]
+    ) -> None:
+        for publication in confirmed:
+            # the other outcomes no longer matter
+            publication.addErrback(lambda _: None)
+        error = failure.value
+        self.log.warn(
+            "results of {message} were not confirmed ({error}); "
+            "it goes back to the outbox and will be tried again",
+            message=label,
+            error=getattr(error, "subFailure", error),
+        )
+        delivery.release()
