@@ -16,9 +16,11 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from mqtwist.chain import PluginChain
 from mqtwist.config import Config
+from mqtwist.deferrallog import DeferralLog
 from mqtwist.errors import AttemptFailed
 from mqtwist.interfaces import IDataPlugin
 from mqtwist.message import Message, ResultEntry
@@ -90,6 +92,7 @@ class DeliveryEngine:
         )
         self.chain = PluginChain(plugins, reactor=reactor, config=config)
         self.parkDelayMax = config.parkDelayMax
+        self.deferrals = DeferralLog(config.deferralLogInterval, reactor)
 
     def deliver(self, message: Message) -> Deferred[ResultEntry]:
         """
@@ -102,17 +105,36 @@ class DeliveryEngine:
             attempt was made) or the reply asked for a particular wait.  It
             does not fail for delivery problems.
         """
-        return ensureDeferred(self._deliver(message))
+        # a deferral (the most common answer for a stuck destination's
+        # messages) is decided without a coroutine or a raised exception
+        return self.router.route(message).addCallbacks(
+            self._admit, self._unroutable, callbackArgs=(message,), errbackArgs=(message,)
+        )
 
-    async def _deliver(self, message: Message) -> ResultEntry:
-        try:
-            route = await self.router.route(message)
-        except AttemptFailed as failure:
-            return self._failed(message, failure)
-        try:
-            permit = await self.policy.admit(route)
-        except Deferral as deferral:
-            return self._deferred(message, deferral)
+    def _unroutable(self, failure: Failure, message: Message) -> ResultEntry:
+        failure.trap(AttemptFailed)
+        return self._failed(message, failure.value)
+
+    def _admit(self, route: Route, message: Message) -> ResultEntry | Deferred[ResultEntry]:
+        admission = self.policy.admitNow(route)
+        if isinstance(admission, Deferral):
+            return self._deferred(message, admission)
+        if isinstance(admission, Permit):
+            return self._admitted(admission, message, route)
+        return admission.addCallbacks(
+            self._admitted, self._turnedAway, callbackArgs=(message, route), errbackArgs=(message,)
+        )
+
+    def _turnedAway(self, failure: Failure, message: Message) -> ScheduledEntry | Failure:
+        # not Failure.trap: it names every class of the exception's MRO
+        if not isinstance(failure.value, Deferral):
+            return failure
+        return self._deferred(message, failure.value)
+
+    def _admitted(self, permit: Permit, message: Message, route: Route) -> Deferred[ResultEntry]:
+        return ensureDeferred(self._deliverAdmitted(message, route, permit))
+
+    async def _deliverAdmitted(self, message: Message, route: Route, permit: Permit) -> ResultEntry:
         permitHeld = [True]
 
         def releaseConnection(client: ESMTPClient, clean: bool) -> None:
@@ -214,15 +236,7 @@ class DeliveryEngine:
             now = self.reactor.seconds()
             wait = min((until - now) * 2 ** min(inRow, 32), self.parkDelayMax)
             until = max(until, now + wait)
-        self.log.info(
-            "{message} to {recipient} deferred: destination {destination} {reason}; "
-            "parked until {until}",
-            message=message.label,
-            recipient=message.recipient,
-            destination=deferral.destination,
-            reason=deferral.reason,
-            until=formatTime(until),
-        )
+        self.deferrals.deferred(message.label, deferral.destination, deferral.reason, until)
         return ScheduledEntry(
             state="process",
             result="deferred",
@@ -244,4 +258,5 @@ class DeliveryEngine:
         @return: a Deferred firing when all are closed.
         """
         self.policy.close()
+        self.deferrals.close()
         return self.pool.closeAll()

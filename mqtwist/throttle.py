@@ -273,17 +273,35 @@ class DeliveryPolicy:
             L{Deferral} when the destination is paused or down, or its
             backlog is full, or it becomes paused while the message waits.
         """
+        admission = self.admitNow(route)
+        if isinstance(admission, Permit):
+            return succeed(admission)
+        if isinstance(admission, Deferral):
+            return fail(admission)
+        return admission
+
+    def admitNow(self, route: Route) -> Permit | Deferral | Deferred[Permit]:
+        """
+        L{admit}, answering without a Deferred when it can: a stuck
+        destination's messages are turned away by the thousand, and each
+        Deferred and failure costs time that the other destinations need.
+
+        @return: a L{Permit} when the delivery may start now; a L{Deferral}
+            when the destination cannot take the message; or, when the
+            message waits in the destination's backlog, a Deferred that
+            fires with a L{Permit} or errbacks with a L{Deferral} later.
+        """
         state = self._stateFor(route)
         now = self.reactor.seconds()
         if state.pausedUntil > now:
-            return fail(Deferral(state.name, state.pauseReason, state.pausedUntil))
+            return Deferral(state.name, state.pauseReason, state.pausedUntil)
         if not state.waiters and self._wait(state, route.destination, now) == 0:
-            return succeed(self._start(state, route.destination, now))
+            return self._start(state, route.destination, now)
         if len(state.waiters) >= self.config.destinationBacklog:
             stuck = self._stuckReason(state, now)
             if stuck:
                 # those that waited while it was not yet found stuck go too
-                return fail(self._turnAwayExcess(state, now, stuck))
+                return self._turnAwayExcess(state, now, stuck)
         waiter: Deferred[Permit] = Deferred(lambda d: self._forget(state, d))
         state.waiters.append((waiter, route.destination))
         if len(state.waiters) > self.config.destinationBacklog:
