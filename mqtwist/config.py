@@ -304,6 +304,9 @@ class Config:
     #: the longest a message is parked: every deferral in a row doubles its
     #: park time (from the pause or C{parkDelay}) up to this
     parkDelayMax: float = 900.0
+    #: seconds over which the deferrals of one destination are gathered
+    #: into one log event (0: an event for each)
+    deferralLogInterval: float = 1.0
     #: seconds until greylisted messages (450/451 that say so) are tried again
     greylistDelay: float = 300.0
     #: failed connections in a row after which a destination is marked down

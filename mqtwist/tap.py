@@ -119,6 +119,8 @@ _HELP: dict[str, str] = {
     "parkDelay": "seconds a message is parked when its destination is busy",
     "parkDelayMax": "the longest a message is parked, in seconds: every deferral in a row "
     "doubles its park time (from the pause or --park-delay) up to this",
+    "deferralLogInterval": "seconds over which the deferrals of one destination are "
+    "gathered into one log line (0: a line for each)",
     "greylistDelay": "seconds until a greylisted message is tried again",
     "downAfterFailures": "failed connections in a row after which a destination is "
     "marked down",
