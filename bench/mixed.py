@@ -15,6 +15,9 @@ against mqtwist's):
   2. mixed: the same number for the fast destination interleaved with as
      many for the silent one.
 
+mqtwist logs as under twistd: events of the default level and above are
+formatted into a log file (in the node's temporary directory).
+
 The figure is the fast destination's rate in run 2 over its rate in run 1
 (issue 4 asks for at least 80%).  With C{--pin}, mqtwist and the RabbitMQ
 node each get a CPU of their own, as when the broker runs on another
@@ -41,12 +44,14 @@ sys.path.insert(0, str(TOP))
 sys.path.insert(0, str(TOP / "tests"))
 
 from twisted.internet import defer, reactor, task  # noqa: E402
+from twisted.logger import globalLogBeginner, textFileLogObserver  # noqa: E402
 
 from fixtures_dns import LoopbackDNS, MailHosts, mxConfig, mxDomain  # noqa: E402
 from fixtures_rabbitmq import AMQPHelper  # noqa: E402
 from components import ProcessStats  # noqa: E402
 from mqtwist.amqp.localnode import LocalRabbitMQ  # noqa: E402
 from mqtwist.config import Config, SMTPTimeouts  # noqa: E402
+from mqtwist.loglevel import LogLevelService, parseLogLevel  # noqa: E402
 from mqtwist.service import MailerService  # noqa: E402
 
 RESULTS = TOP / "bench" / "results"
@@ -120,12 +125,19 @@ async def main(arguments: argparse.Namespace) -> str:
         hosts.scripted("127.0.0.3", greet=lambda n: None, hostname="mx.slow.test")
         mxDomain(zone, "fast.test", "127.0.0.2")
         mxDomain(zone, "slow.test", "127.0.0.3")
+        # as twistd does: every event of the default level (info) and above
+        # formatted into a log file
+        logFile = open(Path(dataDir, "mqtwist.log"), "w", encoding="utf-8")
+        globalLogBeginner.beginLoggingTo([textFileLogObserver(logFile)], redirectStandardIO=False)
+        LogLevelService(parseLogLevel(Config().logLevel)).startService()
         brokerPid = int(Path(dataDir, "rabbitmq.pid").read_text())
         broker = ProcessStats(brokerPid)
         if arguments.pin:
             _pin(brokerPid)
         alone = await run(broker, node, url, zone, hosts, arguments, mixed=False)
         mixed = await run(broker, node, url, zone, hosts, arguments, mixed=True)
+        logFile.flush()
+        logLines = sum(1 for _ in open(logFile.name, encoding="utf-8"))
     finally:
         await hosts.stop()
         await zone.stop()
@@ -142,7 +154,8 @@ async def main(arguments: argparse.Namespace) -> str:
         f"again, interleaved, for a destination that never greets (greeting time-out "
         f"{arguments.greeting_timeout:g} s); defaults otherwise (10 connections and a backlog of 10 per "
         f"destination), prefetch {arguments.prefetch}, stuck after {arguments.stuck_after:g} s; "
-        + ("mqtwist pinned to CPU 0, RabbitMQ to CPU 1" if arguments.pin else "no CPU pinning"),
+        + ("mqtwist pinned to CPU 0, RabbitMQ to CPU 1" if arguments.pin else "no CPU pinning")
+        + f"; logging at level {Config().logLevel} to a file, as twistd does ({logLines} lines in both runs)",
         "",
         f"{'run':<8}{'seconds':>10}{'fast msg/s':>12}{'parked':>9}{'CPU s':>8}{'busy':>7}{'broker CPU s':>14}",
         *(
