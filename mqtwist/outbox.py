@@ -21,6 +21,7 @@ from twisted.internet.defer import (
     Deferred,
     DeferredList,
     ensureDeferred,
+    fail,
     gatherResults,
     succeed,
 )
@@ -99,7 +100,11 @@ class OutboxProcessor:
         started for a message that is parked at once, so a stuck
         destination's messages cost little of the time the others need.
         """
-        done = self._handle(delivery)
+        try:
+            done = self._handle(delivery)
+        except Exception:
+            # a bug here must not reach the AMQP connection, which would close
+            done = fail()
         self.inFlight.add(done)
         done.addErrback(self._unfinished)
         done.addBoth(lambda _: self.inFlight.discard(done))

@@ -213,3 +213,33 @@ def test_a_publish_that_raises_gives_the_message_back():
     processor.handle(delivery)
     assert delivery.settled == "release"
     first.errback(RuntimeError("nack"))  # handled: no unhandled error in the log
+
+
+def test_an_unexpected_error_stays_with_its_message():
+    """
+    A bug met while a message is handled (here the delivery core raising
+    instead of answering) is logged as unexpected and leaves the message
+    unacknowledged; it does not escape into the AMQP connection, which
+    would close.
+    """
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs
+
+    from mqtwist.config import Config
+    from mqtwist.message import ParseSettings
+    from mqtwist.outbox import OutboxProcessor
+
+    def broken(message):
+        raise ZeroDivisionError("a bug in the delivery core")
+
+    config = Config(ehloName="x", smarthost="127.0.0.1:2525")
+    processor = OutboxProcessor(
+        config, broken, None, RetrySchedule("outbox", [1], [1], 60), Clock(), ParseSettings(hostname="x")
+    )
+    delivery = _FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode())
+    with capturedLogs() as events:
+        processor.handle(delivery)
+    assert delivery.settled is None
+    (failure,) = [event["log_failure"] for event in events if "log_failure" in event]
+    assert failure.check(ZeroDivisionError)
+    assert processor.inFlight == set()
