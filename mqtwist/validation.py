@@ -7,6 +7,7 @@ L{InvalidMessage} naming what it is and what is wrong.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from mqtwist.errors import InvalidMessage
 
@@ -73,10 +74,17 @@ def checkAddress(name: str, address: str) -> str:
         raise InvalidMessage(
             f"{name} {address!r} has a malformed local part {local!r}"
         )
-    if _ADDRESS_LITERAL.match(domain):
-        return address
-    if len(domain) > _MAX_DOMAIN or not all(
-        _DOMAIN_LABEL.match(label) for label in domain.rstrip(".").split(".")
-    ):
+    if not _wellFormedDomain(domain):
         raise InvalidMessage(f"{name} {address!r} has a malformed domain {domain!r}")
     return address
+
+
+@lru_cache(maxsize=4096)
+def _wellFormedDomain(domain: str) -> bool:
+    # cached: most messages go to and come from a few domains, and their
+    # labels would be matched one by one for every message
+    if _ADDRESS_LITERAL.match(domain):
+        return True
+    return len(domain) <= _MAX_DOMAIN and all(
+        _DOMAIN_LABEL.match(label) for label in domain.rstrip(".").split(".")
+    )
