@@ -83,6 +83,10 @@ class AMQPDelegate(TwistedDelegate):
             locale=self.client.locale,
         )
 
+    def connection_tune(self, ch: AMQChannel, msg: Message) -> None:
+        TwistedDelegate.connection_tune(self, ch, msg)
+        self.client.tuned = True
+
     def basic_deliver(self, ch: AMQChannel, msg: Message) -> None:
         self.client.listener.deliveryReceived(ch, msg)
 
@@ -129,6 +133,10 @@ class AMQPProtocol(AMQClient):
         self.outgoing = _FrameWriter(self)
         #: the start of a frame not yet complete
         self._unread = b""
+        #: a frame was too long: the rest of the stream is not read
+        self._gaveUp = False
+        #: whether connection.tune agreed on a frame_max (C{MAX_LENGTH})
+        self.tuned = False
         #: per channel id, the content-bearing method whose content frames
         #: are being read
         self._assembling: dict[int, _Assembly] = {}
@@ -154,6 +162,10 @@ class AMQPProtocol(AMQClient):
         length: here the frames are taken at an offset and only the
         incomplete last one is kept.
         """
+        if self._gaveUp:
+            # what still arrives (TLS hands on what it decrypted after the
+            # close was asked for) starts in the middle of a frame
+            return
         buffer = self._unread + data if self._unread else data
         offset = 0
         while self.frame_mode and not self.paused:
@@ -162,7 +174,7 @@ class AMQPProtocol(AMQClient):
             size = _FRAME_SIZE.unpack_from(buffer, offset + 3)[0]
             end = offset + self.HEADER_LENGTH + size
             if self.MAX_LENGTH and end - offset > self.MAX_LENGTH:
-                self._frameTooLong(end - offset)
+                self._frameTooLong(end - offset, buffer[offset : offset + 8])
                 return
             if end > len(buffer):
                 break
@@ -173,15 +185,36 @@ class AMQPProtocol(AMQClient):
                 break
         self._unread = buffer[offset:]
 
-    def _frameTooLong(self, length: int) -> None:
-        self.log.error(
-            "the AMQP broker announced a frame of {length} bytes, more than the "
-            "{limit} agreed for this connection (frame_max); closing it, and it "
-            "will be opened again: if this repeats, check the broker's frame_max",
-            length=length,
-            limit=self.MAX_LENGTH,
-        )
+    def _frameTooLong(self, length: int, start: bytes) -> None:
+        if start.startswith(b"AMQP"):
+            self.log.error(
+                "the server answered with the protocol header {header!r}, not "
+                "AMQP 0-9-1 frames: it refused this protocol version or is not "
+                "an AMQP 0-9-1 broker; closing the connection: check the host "
+                "and port of the broker URL",
+                header=start[:8],
+            )
+        elif not self.tuned:
+            self.log.error(
+                "the server's first bytes {start!r} are not an AMQP 0-9-1 frame "
+                "(it announced {length} bytes, more than the {limit} allowed "
+                "before the connection is tuned); closing the connection: check "
+                "that the host and port of the broker URL are an AMQP broker's",
+                start=start[:8],
+                length=length,
+                limit=self.MAX_LENGTH,
+            )
+        else:
+            self.log.error(
+                "the AMQP broker announced a frame of {length} bytes, more than "
+                "the {limit} agreed for this connection (frame_max); closing it, "
+                "and it will be opened again: if this repeats, check the "
+                "broker's frame_max",
+                length=length,
+                limit=self.MAX_LENGTH,
+            )
         self._unread = b""
+        self._gaveUp = True
         self.transport.loseConnection()
 
     def channel(self, id: int) -> defer.Deferred[AMQChannel]:
@@ -263,7 +296,8 @@ class AMQPProtocol(AMQClient):
             if cacheable and len(self._propertyCache) < _PROPERTY_CACHE_SIZE:
                 self._propertyCache[key] = encoded
         frames = [method, _frame(_HEADER, channel, _BASIC_HEADER.pack(_BASIC_CLASS, 0, len(body)) + encoded)]
-        chunk = self.MAX_LENGTH - 8
+        # frame_max 0 is no limit: the body goes in one frame
+        chunk = self.MAX_LENGTH - 8 if self.MAX_LENGTH else max(len(body), 1)
         for start in range(0, len(body), chunk):
             frames.append(_frame(_BODY, channel, body[start : start + chunk]))
         self._lastSent = self.clock.seconds()
