@@ -275,3 +275,23 @@ def test_contentHeadersReadAsTheCodecReadsThem() -> None:
         assert unpacked.payload.properties == properties
     # the plain properties and the empty set are kept, the table is not
     assert len(protocol._decodedProperties) == 2
+
+
+def test_publishWithoutFrameMaxSendsTheBodyInOneFrame() -> None:
+    """
+    A broker may tune frame_max to 0, no limit: the body goes in one frame
+    (not in frames of a negative size, that is in none).
+    """
+    protocol, transport, _, _ = makeProtocol()
+    protocol.MAX_LENGTH = 0
+    body = b"z" * 300_000
+    protocol.basicPublish(1, "", "results", body, {"delivery-mode": 2})
+    reader, _, _, _ = makeProtocol()
+    frames = []
+    data = transport.value()
+    while data:
+        size = int.from_bytes(data[3:7], "big")
+        frames.append(reader._unpack_frame(data[: 8 + size]))
+        data = data[8 + size :]
+    assert [type(frame.payload).__name__ for frame in frames] == ["Method", "Header", "Body"]
+    assert frames[2].payload.content == body
