@@ -137,7 +137,8 @@ async def main(arguments: argparse.Namespace) -> str:
         alone = await run(broker, node, url, zone, hosts, arguments, mixed=False)
         mixed = await run(broker, node, url, zone, hosts, arguments, mixed=True)
         logFile.flush()
-        logLines = sum(1 for _ in open(logFile.name, encoding="utf-8"))
+        with open(logFile.name, encoding="utf-8") as written:
+            logLines = sum(1 for _ in written)
     finally:
         await hosts.stop()
         await zone.stop()
