@@ -106,11 +106,13 @@ class OutboxProcessor:
             # a bug here must not reach the AMQP connection, which would close
             done = fail()
         self.inFlight.add(done)
-        done.addErrback(self._unfinished)
-        done.addBoth(lambda _: self.inFlight.discard(done))
+        done.addBoth(self._ended, done)
 
-    def _unfinished(self, failure: Failure) -> None:
-        if failure.check(CancelledError, ConnectingCancelledError):
+    def _ended(self, result: object, done: Deferred[None]) -> None:
+        self.inFlight.discard(done)
+        if not isinstance(result, Failure):
+            return
+        if result.check(CancelledError, ConnectingCancelledError):
             # stopping the service cut the delivery short: that is expected
             self.log.info(
                 "a delivery was stopped unfinished; its outbox message stays "
@@ -119,7 +121,7 @@ class OutboxProcessor:
         else:
             self.log.failure(
                 "unexpected error handling an outbox message; it stays unacknowledged",
-                failure,
+                result,
             )
 
     def drain(self, timeout: float) -> Deferred[None]:
