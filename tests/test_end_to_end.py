@@ -379,6 +379,21 @@ async def test_embedded_in_an_application_and_deliver_without_amqp(rabbitmq, amq
     assert received.rcptTos == ("rcpt7@example.com",)
 
 
+async def stopLogging(service: MailerService) -> list[dict]:
+    """
+    Stop C{service}.
+
+    @return: the log events emitted while it stopped.
+    """
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        await service.stopService()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    return events
+
+
 @pytest_twisted.ensureDeferred
 async def test_what_stopping_cannot_finish_goes_back_to_the_outbox(rabbitmq, amqp, smtpServer, queues):
     gate = Gate()  # never released
@@ -388,12 +403,7 @@ async def test_what_stopping_cannot_finish_goes_back_to_the_outbox(rabbitmq, amq
     await service.whenConnected()
     await publishAll(amqp, queues["outbox"], [job(1)])
     await gate.arrived
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        await service.stopService()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
+    events = await stopLogging(service)
     assert not [e for e in events if e.get("log_failure") is not None]
     assert any("stopped unfinished" in e.get("log_format", "") for e in events)
     assert smtpServer.messages == []

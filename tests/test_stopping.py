@@ -12,9 +12,8 @@ from typing import Any
 import pytest_twisted
 from fixtures_dns import *  # noqa: F403 (dnsServer, mailHosts)
 from fixtures_dns import mxConfig, mxDomain
-from test_end_to_end import brokerURL, decoded, publishAll, queues  # noqa: F401 (fixture)
+from test_end_to_end import brokerURL, decoded, publishAll, queues, stopLogging  # noqa: F401 (fixture)
 from twisted.internet.defer import Deferred
-from twisted.logger import globalLogPublisher
 
 from mqtwist.config import SMTPTimeouts
 from mqtwist.service import MailerService
@@ -52,7 +51,6 @@ async def test_stopping_cancels_every_wait_and_flushes_the_deferral_log(
     darkAsked = askedFor(dnsServer, "dark.test")
     service = MailerService(config, plugins=[])
     slotAwaited = awaitedSlot(service)
-    events: list[dict] = []
     service.startService()
     try:
         await service.whenConnected()
@@ -73,11 +71,7 @@ async def test_stopping_cancels_every_wait_and_flushes_the_deferral_log(
         assert service.engine.slots.tokens == 0 and len(service.engine.slots.waiting) == 1
         assert service.processor is not None and len(service.processor.inFlight) == 4
     finally:
-        globalLogPublisher.addObserver(events.append)
-        try:
-            await service.stopService()
-        finally:
-            globalLogPublisher.removeObserver(events.append)
+        events = await stopLogging(service)
     assert not [e for e in events if e.get("log_failure") is not None]
     assert sum("stopped unfinished" in e.get("log_format", "") for e in events) == 4
     assert service.engine.deferrals._timer is None
