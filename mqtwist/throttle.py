@@ -7,8 +7,10 @@ A I{destination} here is a throttle group and a local address: the domains
 a C{[[throttles]]} rule matches (by domain or by mail exchanger name), or,
 without a rule, every domain with the same mail exchangers (MX rollup), so
 that one mailbox provider gets one set of limits however many domains it
-hosts.  A delivery starts only with a L{Permit} from L{DeliveryPolicy.admit};
-a destination that cannot take it now lets a few messages wait in the
+hosts.  A delivery starts only with a L{Permit} from L{DeliveryPolicy.admit}
+(a Deferred) or L{DeliveryPolicy.admitNow} (an answer without one when it
+can: the delivery engine's way); a destination that cannot take it now
+lets a few messages wait in the
 process (its backlog) and turns the rest away with a L{Deferral}, so the
 caller can park them outside the process and one slow destination never
 holds the messages of the others.
