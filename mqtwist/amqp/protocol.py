@@ -171,7 +171,7 @@ class AMQPProtocol(AMQClient):
         while self.frame_mode and not self.paused:
             if len(buffer) - offset < self.HEADER_LENGTH:
                 break
-            size = _FRAME_SIZE.unpack_from(buffer, offset + 3)[0]
+            size = _FRAME_START.unpack_from(buffer, offset)[2]
             end = offset + self.HEADER_LENGTH + size
             if self.MAX_LENGTH and end - offset > self.MAX_LENGTH:
                 self._frameTooLong(end - offset, buffer[offset : offset + 8])
@@ -554,7 +554,6 @@ def _describeClose(error: Closed) -> str:
 
 _METHOD, _HEADER, _BODY = 1, 2, 3
 _FRAME_START = struct.Struct("!BHI")
-_FRAME_SIZE = struct.Struct("!I")
 _FRAME_END = b"\xce"
 _BASIC_CLASS = 60
 #: basic.publish (class 60, method 40) and its ticket (0)
