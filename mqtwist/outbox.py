@@ -20,6 +20,7 @@ from twisted.internet.defer import (
     CancelledError,
     Deferred,
     DeferredList,
+    FirstError,
     ensureDeferred,
     fail,
     gatherResults,
@@ -311,10 +312,17 @@ class OutboxProcessor:
             # the other outcomes no longer matter
             publication.addErrback(lambda _: None)
         error = failure.value
+        if isinstance(error, FirstError):
+            # one of several publications: gatherResults wraps its failure
+            error = error.subFailure.value
+        if isinstance(error, CancelledError):
+            reason = "the service stopped before the broker confirmed them"
+        else:
+            reason = str(error) or type(error).__name__
         self.log.warn(
             "results of {message} were not confirmed ({error}); "
             "it goes back to the outbox and will be tried again",
             message=label,
-            error=getattr(error, "subFailure", error),
+            error=reason,
         )
         delivery.release()

@@ -243,3 +243,39 @@ def test_an_unexpected_error_stays_with_its_message():
     (failure,) = [event["log_failure"] for event in events if "log_failure" in event]
     assert failure.check(ZeroDivisionError)
     assert processor.inFlight == set()
+
+
+def test_stopping_while_results_await_their_confirms_says_so():
+    """
+    A drain that runs out of time while the broker has not confirmed a
+    message's results gives the message back with a warning that says the
+    service stopped, for one publication and for several alike.
+    """
+    from twisted.internet.defer import Deferred, succeed
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs
+
+    from mqtwist.config import Config
+    from mqtwist.message import ParseSettings, ResultEntry
+    from mqtwist.outbox import OutboxProcessor
+
+    class Publisher:
+        def publish(self, queue, body, *, priority=None):
+            return Deferred()
+
+    accepted = lambda message: succeed(ResultEntry("message", "accepted", 0, True, code=250))  # noqa: E731
+    warnings = []
+    for success in (None, "success"):
+        clock = Clock()
+        config = Config(ehloName="x", smarthost="127.0.0.1:2525", results="results", success=success)
+        processor = OutboxProcessor(
+            config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x")
+        )
+        delivery = _FakeDelivery(json.dumps({"id": "m1", "recipient": "a@example.com", "mime": "x"}).encode())
+        with capturedLogs() as events:
+            processor.handle(delivery)
+            drained = processor.drain(5)
+            clock.advance(5)
+        assert drained.called and delivery.settled == "release"
+        warnings += [event for event in events if "were not confirmed" in event["log_format"]]
+    assert [event["error"] for event in warnings] == ["the service stopped before the broker confirmed them"] * 2
