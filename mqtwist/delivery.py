@@ -14,7 +14,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred
+from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,6 +33,10 @@ from mqtwist.smtp.tls import TLSSettings
 from mqtwist.throttle import Backoff, Deferral, DeliveryPolicy, Permit
 from mqtwist.timeformat import formatTime
 from mqtwist.transaction import TransactionFailed, sendThroughPool
+
+#: what a cancelled delivery fails with: cancelled while it waited, or
+#: while it was connecting
+_CANCELLED = (CancelledError, ConnectingCancelledError)
 
 
 @dataclass
@@ -103,7 +108,11 @@ class DeliveryEngine:
             retry); a L{ScheduledEntry} when the destination could not take
             the message now (paused, down or busy beyond its backlog: no
             attempt was made) or the reply asked for a particular wait.  It
-            does not fail for delivery problems.
+            does not fail for delivery problems.  Cancelling it stops the
+            attempt: it fails with C{CancelledError}, or
+            C{ConnectingCancelledError} while connecting, and the slot and
+            the destination's leave it held go to the deliveries that wait
+            for them on the next reactor turn.
         """
         # a deferral (the most common answer for a stuck destination's
         # messages) is decided without a coroutine or a raised exception
@@ -135,22 +144,39 @@ class DeliveryEngine:
         return ensureDeferred(self._deliverAdmitted(message, route, permit))
 
     async def _deliverAdmitted(self, message: Message, route: Route, permit: Permit) -> ResultEntry:
-        permitHeld = [True]
+        permitHeld = True
+        slotHeld = False
 
         def releaseConnection(client: ESMTPClient, clean: bool) -> None:
             # the permit is for the connection, not for the wait for the
             # body's reply: with PIPELINING the next message goes out now
-            permitHeld[0] = False
+            nonlocal permitHeld
+            permitHeld = False
             self._release(client, permit, clean)
 
-        try:
-            entry: ResultEntry = await self.slots.run(
-                lambda: ensureDeferred(self._send(message, route, permit, releaseConnection))
-            )
-            return entry
-        finally:
-            if permitHeld[0]:
+        def giveBack() -> None:
+            if slotHeld:
+                self.slots.release()
+            if permitHeld:
                 self.policy.release(permit)
+
+        cancelled = False
+        try:
+            await self.slots.acquire()
+            slotHeld = True
+            return await ensureDeferred(self._send(message, route, permit, releaseConnection))
+        except _CANCELLED:
+            cancelled = True
+            raise
+        finally:
+            if cancelled:
+                # a stop cancels every delivery in flight one after another
+                # within one call: handed over now, the slot or permit would
+                # start a delivery that waits for it (a new connection) just
+                # before its own cancel; by the next turn those are gone
+                self.reactor.callLater(0, giveBack)
+            else:
+                giveBack()
 
     async def _send(
         self,
