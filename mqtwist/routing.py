@@ -16,15 +16,17 @@ from __future__ import annotations
 import random
 import socket
 from dataclasses import dataclass
+from functools import partial
 from itertools import groupby
 from typing import Any
 
+from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.defer import TimeoutError as QueryTimeoutError
 from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as DNSTimeoutError
 from twisted.logger import Logger
-from twisted.names import client, dns
+from twisted.names import cache, client, dns, hosts, resolve
 from twisted.names.error import DNSNameError, DNSServerError, DomainError
 
 from mqtwist.errors import AttemptFailed
@@ -118,7 +120,9 @@ class Router:
         self.smarthostCredentials = smarthostCredentials
         self._resolver: Any = None
         self._cache: dict[str, _Exchange] = {}
+        #: the messages waiting for a domain's lookup, and the lookup
         self._pending: dict[str, list[Deferred[_Exchange]]] = {}
+        self._lookups: dict[str, Deferred[_Exchange]] = {}
 
     @property
     def resolver(self) -> Any:
@@ -128,9 +132,14 @@ class Router:
         """
         if self._resolver is None:
             if self.servers:
-                self._resolver = client.Resolver(servers=self.servers, reactor=self.reactor)
+                self._resolver = _CancellableResolver(servers=self.servers, reactor=self.reactor)
             else:
-                self._resolver = client.createResolver()
+                # client.createResolver's chain, with queries that stop when cancelled
+                self._resolver = resolve.ResolverChain([
+                    hosts.Resolver(b"/etc/hosts"),
+                    cache.CacheResolver(reactor=self.reactor),
+                    _CancellableResolver(resolv=b"/etc/resolv.conf", reactor=self.reactor),
+                ])
         return self._resolver
 
     def route(self, message: Message) -> Deferred[Route]:
@@ -142,7 +151,9 @@ class Router:
         @return: a Deferred firing with the L{Route}; it fails with
             L{AttemptFailed} (state C{dns}) when the domain has no usable
             address: permanently for NXDOMAIN, a null MX or names without
-            addresses, softly for time-outs and server failures.
+            addresses, softly for time-outs and server failures.  Cancelling
+            it ends the message's wait for the domain's lookup, and the
+            lookup with the last message that waits for it.
         """
         domain = message.recipient.rpartition("@")[2].lower()
         bindAddress = random.choice(message.ips) if message.ips else None
@@ -205,18 +216,43 @@ class Router:
         """
         Look up C{domain}'s mail exchangers; messages that arrive together
         for a domain share one lookup.
+
+        @return: a Deferred firing with the L{_Exchange}, or failing as
+            L{_lookUp} does.  Cancelling it leaves the lookup to the other
+            messages that wait for it, and stops it (its queries and their
+            timers) when none is left; nothing is cached then.
         """
-        waiter: Deferred[_Exchange] = Deferred()
-        if domain in self._pending:
-            self._pending[domain].append(waiter)
-        else:
-            self._pending[domain] = [waiter]
-            ensureDeferred(self._lookUp(domain)).addBoth(self._lookedUp, domain)
+        waiter: Deferred[_Exchange] = Deferred(partial(self._giveUp, domain))
+        waiters = self._pending.get(domain)
+        if waiters is not None:
+            waiters.append(waiter)
+            return waiter
+        waiters = self._pending[domain] = [waiter]
+        lookup = self._lookups[domain] = ensureDeferred(self._lookUp(domain))
+        lookup.addBoth(self._lookedUp, domain, waiters)
         return waiter
 
-    def _lookedUp(self, result: Any, domain: str) -> None:
-        for waiter in self._pending.pop(domain):
-            waiter.callback(result)
+    def _giveUp(self, domain: str, waiter: Deferred[_Exchange]) -> None:
+        """
+        Cancel C{waiter}'s share of C{domain}'s lookup.
+        """
+        waiters = self._pending.get(domain)
+        if waiters is None or waiter not in waiters:
+            # its lookup ended and is handing out the result
+            return
+        waiters.remove(waiter)
+        if not waiters:
+            del self._pending[domain]
+            self._lookups.pop(domain).cancel()
+
+    def _lookedUp(self, result: Any, domain: str, waiters: list[Deferred[_Exchange]]) -> None:
+        if self._pending.get(domain) is waiters:
+            del self._pending[domain]
+            del self._lookups[domain]
+        # a waiter's callback may cancel the next waiter
+        for waiter in waiters:
+            if not waiter.called:
+                waiter.callback(result)
 
     async def _lookUp(self, domain: str) -> _Exchange:
         now = self.reactor.seconds()
@@ -339,6 +375,44 @@ class Router:
             return found, min(ttls, default=0.0), error
 
         return ensureDeferred(lookup())
+
+
+class _CancellableResolver(client.Resolver):
+    """
+    A C{twisted.names} client resolver whose queries stop when their
+    Deferred is cancelled.
+
+    C{twisted.names} gives a query's Deferred no canceller (Twisted issue
+    #6644): a cancelled query failed, but its UDP port stayed open and its
+    time-out timer set.  This overrides two private methods of
+    L{client.Resolver}, C{_lookup} and C{_query}; the TCP query that follows
+    a truncated answer still runs to its end.
+    """
+
+    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
+        # a query of its own for each lookup: twisted.names shares one query
+        # among identical lookups, and one lookup cancelling it fails them all
+        return self.queryUDP([dns.Query(name, type, cls)], timeout).addCallback(self.filterAnswers)
+
+    def _query(
+        self, address: tuple[str, int], queries: list[dns.Query], timeout: float, id: int | None = None
+    ) -> Deferred[dns.Message]:
+        protocol = self._connectedProtocol(interface="::" if isIPv6Address(address[0]) else "")
+
+        def stop(result: Any) -> Any:
+            protocol.transport.stopListening()
+            return result
+
+        def cancel(cancelled: Deferred[dns.Message]) -> None:
+            # the protocol carries this one query
+            for _, timer in protocol.liveMessages.values():
+                timer.cancel()
+            protocol.liveMessages.clear()
+            protocol.transport.stopListening()
+
+        answer: Deferred[dns.Message] = Deferred(cancel)
+        protocol.query(address, queries, timeout, id).addBoth(stop).chainDeferred(answer)
+        return answer
 
 
 def _addressText(record: Any) -> str:

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 import pytest_twisted
 from fixtures_dns import *  # noqa: F403 (mailHosts)
+from test_routing import outcome
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.task import deferLater
 
@@ -44,13 +45,6 @@ def message(recipient: str) -> Message:
     return Message.fromJSON(json.dumps({
         "recipient": recipient, "envelope": "s@example.org", "mime": "Subject: x\r\n\r\nx\r\n",
     }))
-
-
-async def outcome(delivery: Deferred[Any]) -> type[BaseException] | Any:
-    try:
-        return await delivery
-    except BaseException as e:
-        return type(e)
 
 
 @pytest.mark.parametrize("phase", ["connecting", "sending"])

@@ -6,11 +6,16 @@ next mail exchanger within one attempt against real SMTP servers.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import pytest_twisted
 from fixtures_dns import *  # noqa: F403 (the dnsServer and mailHosts fixtures)
+from fixtures_dns import mxDomain
+from test_stopping import askedFor
 from twisted.internet import reactor
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import TimeoutError as QueryTimeoutError
 
 from mqtwist.config import Config, SMTPTimeouts
 from mqtwist.delivery import DeliveryEngine
@@ -131,6 +136,126 @@ class FakeNow:
 
     def seconds(self) -> float:
         return reactor.seconds() + self.offset
+
+
+class QueriesNoted:
+    """
+    The reactor, keeping the timers set and the UDP ports opened through it
+    (by the resolver: its queries and their time-outs).
+    """
+
+    def __init__(self) -> None:
+        self.timers: list[Any] = []
+        self.ports: list[Any] = []
+
+    def callLater(self, *args: Any, **kwargs: Any) -> Any:
+        self.timers.append(reactor.callLater(*args, **kwargs))
+        return self.timers[-1]
+
+    def listenUDP(self, *args: Any, **kwargs: Any) -> Any:
+        self.ports.append(reactor.listenUDP(*args, **kwargs))
+        return self.ports[-1]
+
+    def querying(self) -> bool:
+        """Whether a query waits: a time-out timer is set or a port read."""
+        readers = reactor.getReaders()
+        return any(t.active() for t in self.timers) or any(p in readers for p in self.ports)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(reactor, name)
+
+
+async def outcome(deferred: Deferred[Any]) -> Any:
+    """What C{deferred} fires with, or the class of what it fails with."""
+    try:
+        return await deferred
+    except Exception as e:
+        return type(e)
+
+
+@pytest.mark.parametrize("unanswered", ["mx", "address"])
+@pytest_twisted.ensureDeferred
+async def test_cancelling_every_waiter_stops_the_lookup(dnsServer, unanswered):
+    """
+    Two messages wait for a lookup whose MX query, or whose exchanger's
+    address query, is never answered: cancelling one leaves the lookup on;
+    cancelling the other stops it (no time-out timer, no port left), caches
+    nothing, and the next message for the domain starts a new lookup.
+    """
+    silent = "dark.test" if unanswered == "mx" else "mx.dark.test"
+    dnsServer.mx("dark.test", (10, "mx.dark.test"))
+    dnsServer.fail(silent, "timeout")
+    noted = QueriesNoted()
+    dark = Router(smarthost=None, mxPort=PORT, nameservers=[dnsServer.nameserver], reactor=noted)
+    asked = askedFor(dnsServer, silent)
+    first = dark.route(message("a@dark.test"))
+    second = dark.route(message("b@dark.test"))
+    await asked
+    first.cancel()
+    assert await outcome(first) is CancelledError
+    assert dark._pending["dark.test"] == [second] and noted.querying()
+    second.cancel()
+    assert await outcome(second) is CancelledError
+    assert not noted.querying()
+    assert dark._pending == {} and dark._lookups == {} and dark._cache == {}
+    del dnsServer.failures[silent]
+    dnsServer.address("mx.dark.test", "127.0.0.2")
+    route = await dark.route(message("c@dark.test"))
+    assert route.destination.hosts == (("127.0.0.2", PORT),)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_waiter_leaves_the_lookup_to_the_others(dnsServer):
+    """
+    One of two messages waiting for a lookup is cancelled while its MX
+    query is out: the other gets its route when the answer comes, and the
+    answer is cached.
+    """
+    mxDomain(dnsServer, "late.test", "127.0.0.2")
+    noted = QueriesNoted()
+    late = Router(smarthost=None, mxPort=PORT, nameservers=[dnsServer.nameserver], reactor=noted)
+    cancelled = late.route(message("a@late.test"))
+    kept = late.route(message("b@late.test"))
+    cancelled.cancel()
+    assert await outcome(cancelled) is CancelledError
+    assert late._pending["late.test"] == [kept] and noted.querying() and dnsServer.queries == []
+    route = await kept
+    assert route.destination.hosts == (("127.0.0.2", PORT),)
+    assert "late.test" in late._cache and late._pending == {}
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_cancelled_query_leaves_an_identical_one_alone(dnsServer):
+    """
+    Two identical queries are out at once (two domains whose lookups reach
+    one exchanger's address): cancelling one leaves the other to its own
+    end, here a time-out.
+    """
+    dnsServer.fail("shared.test", "timeout")
+    resolver = router(dnsServer).resolver
+    cancelled = resolver.lookupAddress("shared.test", timeout=(60,))
+    kept = resolver.lookupAddress("shared.test", timeout=(0.2,))
+    cancelled.cancel()
+    assert await outcome(cancelled) is CancelledError
+    assert await outcome(kept) is QueryTimeoutError
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_waiter_cancelled_while_the_answer_is_handed_out(dnsServer):
+    """
+    The first message's callback cancels the second's wait, the lookup
+    being done: the second fails with CancelledError alone, the third gets
+    its route.
+    """
+    mxDomain(dnsServer, "busy.test", "127.0.0.2")
+    busy = router(dnsServer)
+    first = busy.route(message("a@busy.test"))
+    second = busy.route(message("b@busy.test"))
+    third = busy.route(message("c@busy.test"))
+    first.addCallback(lambda route: (second.cancel(), route)[1])
+    results = [await outcome(d) for d in (first, second, third)]
+    assert [getattr(r, "domain", r) for r in results] == ["busy.test", CancelledError, "busy.test"]
+    assert busy._pending == {}
 
 
 @pytest_twisted.ensureDeferred
