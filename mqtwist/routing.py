@@ -20,13 +20,12 @@ from functools import partial
 from itertools import groupby
 from typing import Any
 
-from twisted.internet.abstract import isIPv6Address
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults, succeed
 from twisted.internet.defer import TimeoutError as QueryTimeoutError
 from twisted.internet.error import DNSLookupError
 from twisted.internet.error import TimeoutError as DNSTimeoutError
 from twisted.logger import Logger
-from twisted.names import cache, client, dns, hosts, resolve
+from twisted.names import client, dns
 from twisted.names.error import DNSNameError, DNSServerError, DomainError
 
 from mqtwist.errors import AttemptFailed
@@ -120,9 +119,8 @@ class Router:
         self.smarthostCredentials = smarthostCredentials
         self._resolver: Any = None
         self._cache: dict[str, _Exchange] = {}
-        #: the messages waiting for a domain's lookup, and the lookup
+        #: the messages waiting for a domain's lookup
         self._pending: dict[str, list[Deferred[_Exchange]]] = {}
-        self._lookups: dict[str, Deferred[_Exchange]] = {}
 
     @property
     def resolver(self) -> Any:
@@ -132,14 +130,9 @@ class Router:
         """
         if self._resolver is None:
             if self.servers:
-                self._resolver = _CancellableResolver(servers=self.servers, reactor=self.reactor)
+                self._resolver = client.Resolver(servers=self.servers, reactor=self.reactor)
             else:
-                # client.createResolver's chain, with queries that stop when cancelled
-                self._resolver = resolve.ResolverChain([
-                    hosts.Resolver(b"/etc/hosts"),
-                    cache.CacheResolver(reactor=self.reactor),
-                    _CancellableResolver(resolv=b"/etc/resolv.conf", reactor=self.reactor),
-                ])
+                self._resolver = client.createResolver()
         return self._resolver
 
     def route(self, message: Message) -> Deferred[Route]:
@@ -152,8 +145,8 @@ class Router:
             L{AttemptFailed} (state C{dns}) when the domain has no usable
             address: permanently for NXDOMAIN, a null MX or names without
             addresses, softly for time-outs and server failures.  Cancelling
-            it ends the message's wait for the domain's lookup, and the
-            lookup with the last message that waits for it.
+            it ends the message's wait for the domain's lookup; the lookup
+            itself runs to its end (see L{_sharedLookup}).
         """
         domain = message.recipient.rpartition("@")[2].lower()
         bindAddress = random.choice(message.ips) if message.ips else None
@@ -218,39 +211,28 @@ class Router:
         for a domain share one lookup.
 
         @return: a Deferred firing with the L{_Exchange}, or failing as
-            L{_lookUp} does.  Cancelling it leaves the lookup to the other
-            messages that wait for it, and stops it (its queries and their
-            timers) when none is left; nothing is cached then.
+            L{_lookUp} does.  Cancelling it ends only this message's wait:
+            C{twisted.names} queries cannot be cancelled (Twisted issue
+            #6644), so the lookup runs to its answer or its time-out, and an
+            answer is cached for the messages that come next.
         """
-        waiter: Deferred[_Exchange] = Deferred(partial(self._giveUp, domain))
+        waiter: Deferred[_Exchange] = Deferred(partial(self._stopWaiting, domain))
         waiters = self._pending.get(domain)
         if waiters is not None:
             waiters.append(waiter)
             return waiter
-        waiters = self._pending[domain] = [waiter]
-        lookup = self._lookups[domain] = ensureDeferred(self._lookUp(domain))
-        lookup.addBoth(self._lookedUp, domain, waiters)
+        self._pending[domain] = [waiter]
+        ensureDeferred(self._lookUp(domain)).addBoth(self._lookedUp, domain)
         return waiter
 
-    def _giveUp(self, domain: str, waiter: Deferred[_Exchange]) -> None:
-        """
-        Cancel C{waiter}'s share of C{domain}'s lookup.
-        """
+    def _stopWaiting(self, domain: str, waiter: Deferred[_Exchange]) -> None:
         waiters = self._pending.get(domain)
-        if waiters is None or waiter not in waiters:
-            # its lookup ended and is handing out the result
-            return
-        waiters.remove(waiter)
-        if not waiters:
-            del self._pending[domain]
-            self._lookups.pop(domain).cancel()
+        if waiters is not None and waiter in waiters:
+            waiters.remove(waiter)
 
-    def _lookedUp(self, result: Any, domain: str, waiters: list[Deferred[_Exchange]]) -> None:
-        if self._pending.get(domain) is waiters:
-            del self._pending[domain]
-            del self._lookups[domain]
-        # a waiter's callback may cancel the next waiter
-        for waiter in waiters:
+    def _lookedUp(self, result: Any, domain: str) -> None:
+        # a waiter's callback may cancel a later one, which then has fired
+        for waiter in self._pending.pop(domain):
             if not waiter.called:
                 waiter.callback(result)
 
@@ -375,44 +357,6 @@ class Router:
             return found, min(ttls, default=0.0), error
 
         return ensureDeferred(lookup())
-
-
-class _CancellableResolver(client.Resolver):
-    """
-    A C{twisted.names} client resolver whose queries stop when their
-    Deferred is cancelled.
-
-    C{twisted.names} gives a query's Deferred no canceller (Twisted issue
-    #6644): a cancelled query failed, but its UDP port stayed open and its
-    time-out timer set.  This overrides two private methods of
-    L{client.Resolver}, C{_lookup} and C{_query}; the TCP query that follows
-    a truncated answer still runs to its end.
-    """
-
-    def _lookup(self, name: bytes, cls: int, type: int, timeout: Any) -> Deferred[Any]:
-        # a query of its own for each lookup: twisted.names shares one query
-        # among identical lookups, and one lookup cancelling it fails them all
-        return self.queryUDP([dns.Query(name, type, cls)], timeout).addCallback(self.filterAnswers)
-
-    def _query(
-        self, address: tuple[str, int], queries: list[dns.Query], timeout: float, id: int | None = None
-    ) -> Deferred[dns.Message]:
-        protocol = self._connectedProtocol(interface="::" if isIPv6Address(address[0]) else "")
-
-        def stop(result: Any) -> Any:
-            protocol.transport.stopListening()
-            return result
-
-        def cancel(cancelled: Deferred[dns.Message]) -> None:
-            # the protocol carries this one query
-            for _, timer in protocol.liveMessages.values():
-                timer.cancel()
-            protocol.liveMessages.clear()
-            protocol.transport.stopListening()
-
-        answer: Deferred[dns.Message] = Deferred(cancel)
-        protocol.query(address, queries, timeout, id).addBoth(stop).chainDeferred(answer)
-        return answer
 
 
 def _addressText(record: Any) -> str:
