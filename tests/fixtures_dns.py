@@ -32,6 +32,7 @@ import pytest_twisted
 from fixtures_smtp import DEFAULT_TIMEOUT, SERVER_PROGRAM, SMTPServer
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError
 from twisted.internet.protocol import Factory
 from twisted.names import dns, server
 from twisted.names.common import ResolverBase
@@ -109,10 +110,20 @@ class LoopbackDNS(ResolverBase):
     def listen(self) -> None:
         factory = _QuietServerFactory(clients=[self])
         factory.noisy = False
-        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-        port = udp.getHost().port
-        self._ports = [udp, reactor.listenTCP(port, factory, interface="127.0.0.1")]
-        self.nameserver = f"127.0.0.1:{port}"
+        # the same number for UDP and TCP: a free UDP port's number may be
+        # taken for TCP (by another test run's connection), so try others
+        for _ in range(20):
+            udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+            port = udp.getHost().port
+            try:
+                tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
+            except CannotListenError:
+                udp.stopListening()
+                continue
+            self._ports = [udp, tcp]
+            self.nameserver = f"127.0.0.1:{port}"
+            return
+        raise CannotListenError("127.0.0.1", 0, "no port number free for both UDP and TCP in 20 tries")
 
     def stop(self) -> Deferred[Any]:
         return Deferred.fromCoroutine(_stopAll(self._ports))
