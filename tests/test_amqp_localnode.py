@@ -1,22 +1,38 @@
 """
 The private RabbitMQ node: a missing package, a directory the node cannot
-reach, and a restart on the same data directory.
+reach, a restart on the same data directory, and (with a reactor that only
+records the processes it is asked to start) the Erlang cookie.
 """
 
 import os
+import pwd
+import re
 import shutil
+import stat
 import tempfile
+from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
+from twisted.internet.address import IPv4Address
+from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from fixtures_rabbitmq import AMQPHelper
 from mqtwist.amqp.localnode import (
+    COOKIE_FILE,
     LocalRabbitMQ,
     LocalRabbitMQService,
     RabbitMQNotInstalled,
     RabbitMQStartFailed,
+)
+
+installed = pytest.mark.skipif(
+    not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"),
+    reason="rabbitmq-server is not installed",
 )
 
 # txamqp still uses defer.returnValue
@@ -56,10 +72,7 @@ def test_unreachable_data_directory(dataDir):
     assert "chmod o+x" in str(info.value)
 
 
-@pytest.mark.skipif(
-    not os.path.exists("/usr/lib/rabbitmq/bin/rabbitmq-server"),
-    reason="rabbitmq-server is not installed",
-)
+@installed
 @pytest_twisted.inlineCallbacks
 def test_restart_on_same_directory_keeps_durable_queues(dataDir):
     first = LocalRabbitMQService(LocalRabbitMQ(dataDir, reactor=reactor))
@@ -74,10 +87,12 @@ def test_restart_on_same_directory_keeps_durable_queues(dataDir):
         yield helper.close()
         yield first.stopService()
         assert not os.path.exists(os.path.join(dataDir, "rabbitmq.pid"))
+        cookie = readCookie(dataDir)
 
         second.startService()
         url = yield second.whenStarted()
         assert second.node.nodeName == first.node.nodeName
+        assert readCookie(dataDir) == cookie
         helper = AMQPHelper(url, reactor)
         yield helper.connect()
         received = yield helper.fetch("kept")
@@ -87,3 +102,121 @@ def test_restart_on_same_directory_keeps_durable_queues(dataDir):
         for service in (first, second):
             if service.running:
                 yield service.stopService()
+
+
+def readCookie(dataDir: str) -> bytes:
+    with open(os.path.join(dataDir, COOKIE_FILE), "rb") as f:
+        return f.read()
+
+
+@dataclass
+class Spawned:
+    """One process a L{RecordingReactor} was asked to start."""
+
+    argv: list[str]
+    env: dict[str, str]
+    protocol: Any
+    cookie: os.stat_result | None
+    cookieBytes: bytes | None
+
+    def isRabbitmqctl(self) -> bool:
+        return any(arg.endswith("/rabbitmqctl") for arg in self.argv)
+
+    def end(self, code: int = 0, output: bytes = b"") -> None:
+        """The process prints C{output} and exits with C{code}."""
+        if output:
+            self.protocol.childDataReceived(1, output)
+        reason = ProcessDone(0) if code == 0 else ProcessTerminated(exitCode=code)
+        self.protocol.processEnded(Failure(reason))
+
+
+class FakeProcess:
+    """The transport of a process a L{RecordingReactor} did not start."""
+
+    def __init__(self, spawned: list[Spawned]) -> None:
+        self._spawned = spawned
+
+    def signalProcess(self, name: str) -> None:
+        # the server stops at once when told to
+        for process in self._spawned:
+            if process.protocol.transport is self:
+                process.protocol.processEnded(Failure(ProcessTerminated(signal=15)))
+
+
+class FakePort:
+    """A listening port a L{RecordingReactor} hands out."""
+
+    def __init__(self, number: int) -> None:
+        self.number = number
+        self.listening = True
+
+    def getHost(self) -> IPv4Address:
+        return IPv4Address("TCP", "127.0.0.1", self.number)
+
+    def stopListening(self) -> defer.Deferred[None]:
+        self.listening = False
+        return defer.succeed(None)
+
+
+class RecordingReactor(MemoryReactorClock):
+    """
+    Starts no process: records each one with the state of the data
+    directory's Erlang cookie at that moment; C{listenTCP} hands out the
+    given port numbers in turn.
+    """
+
+    def __init__(self, ports: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.spawned: list[Spawned] = []
+        self.ports = [FakePort(number) for number in ports]
+        self._nextPort = iter(self.ports)
+
+    def spawnProcess(self, processProtocol, executable, args=(), env=None, path=None, **kwargs):
+        cookiePath = os.path.join(path, COOKIE_FILE)
+        cookie = cookieBytes = None
+        if os.path.exists(cookiePath):
+            cookie = os.stat(cookiePath)
+            with open(cookiePath, "rb") as f:
+                cookieBytes = f.read()
+        transport = FakeProcess(self.spawned)
+        self.spawned.append(Spawned(list(args), dict(env or {}), processProtocol, cookie, cookieBytes))
+        processProtocol.makeConnection(transport)
+        return transport
+
+    def listenTCP(self, port, factory, backlog=50, interface=""):
+        return next(self._nextPort)
+
+
+@installed
+def test_cookie_is_in_place_before_any_erlang_vm_starts(dataDir):
+    """
+    Left to Erlang, the node and the rabbitmqctl polling it race to create
+    the cookie, and the loser may refuse the other's half-made file: the
+    node writes it before it starts either of them.
+    """
+    fake = RecordingReactor()
+    node = LocalRabbitMQ(dataDir, amqpPort=40001, distPort=40003, reactor=fake)
+    started = node.start()
+    server, ctl = fake.spawned
+    assert not server.isRabbitmqctl() and ctl.isRabbitmqctl()
+    for process in (server, ctl):
+        assert process.env["HOME"] == node.dataDir
+        assert process.cookie is not None, process.argv
+        assert stat.S_IMODE(process.cookie.st_mode) == 0o400
+        if os.geteuid() == 0:
+            assert process.cookie.st_uid == pwd.getpwnam("rabbitmq").pw_uid
+        assert process.cookieBytes == server.cookieBytes
+    assert re.fullmatch(rb"[0-9a-f]{40}", server.cookieBytes)
+    ctl.end()
+    assert started.result == node.url
+    node.stop()
+    assert server.protocol.ended.called
+
+    # stopped, it starts again, with the same cookie
+    restarted = node.start()
+    assert [p.isRabbitmqctl() for p in fake.spawned] == [False, True, False, True]
+    assert fake.spawned[2].cookieBytes == server.cookieBytes
+    fake.spawned[3].end()
+    assert restarted.result == node.url
+    node.stop()
+    assert fake.spawned[2].protocol.ended.called

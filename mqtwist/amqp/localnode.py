@@ -19,9 +19,11 @@ import collections
 import hashlib
 import os
 import pwd
+import secrets
 import shutil
 import signal
 import stat
+import tempfile
 from typing import Any
 
 from twisted.application.service import Service
@@ -36,6 +38,9 @@ INSTALL_HINT = (
     "install it with 'apt-get install rabbitmq-server', "
     "or give the URL of a running broker with --amqp amqp://..."
 )
+
+
+COOKIE_FILE = ".erlang.cookie"
 
 
 class RabbitMQNotInstalled(Exception):
@@ -54,11 +59,12 @@ class RabbitMQStartFailed(Exception):
 class _ServerProcess(protocol.ProcessProtocol):
     """
     Keeps the last lines the server printed, for error messages, and fires
-    C{ended} with the exit reason.
+    C{ended} with the exit reason (L{error.ProcessDone} or
+    L{error.ProcessTerminated}).
     """
 
     def __init__(self, tailBytes: int = 8192) -> None:
-        self.ended: defer.Deferred[Failure] = defer.Deferred()
+        self.ended: defer.Deferred[BaseException] = defer.Deferred()
         self._tail: collections.deque[bytes] = collections.deque()
         self._tailBytes = tailBytes
         self._size = 0
@@ -75,7 +81,9 @@ class _ServerProcess(protocol.ProcessProtocol):
         return b"".join(self._tail).decode("utf-8", "replace")
 
     def processEnded(self, reason: Failure) -> None:
-        self.ended.callback(reason)
+        # the exception as a value: given the Failure itself, the Deferred
+        # would skip every callback for its errbacks
+        self.ended.callback(reason.value)
 
 
 class LocalRabbitMQ:
@@ -216,10 +224,27 @@ class LocalRabbitMQ:
             # no plugins: the management plugin alone doubles the start time
             with open(enabledPlugins, "w") as f:
                 f.write("[].\n")
+        self._writeCookie()
         if owner is not None:
             for directory, _, files in os.walk(self.dataDir):
                 for path in [directory] + [os.path.join(directory, f) for f in files]:
                     os.lchown(path, owner.pw_uid, owner.pw_gid)
+
+    def _writeCookie(self) -> None:
+        # Left to Erlang, the node's VMs and the rabbitmqctl that polls it
+        # race to create the cookie, and a VM that reads it between another
+        # one's create and chmod 0400 refuses it ("must be accessible by
+        # owner only"): if that VM is the node, the node does not start.
+        # Erlang also derives its cookie from the clock; this one is random.
+        path = os.path.join(self.dataDir, COOKIE_FILE)
+        if os.path.lexists(path):
+            return
+        fd, temporary = tempfile.mkstemp(prefix=COOKIE_FILE + "-", dir=self.dataDir)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(20))
+        os.chmod(temporary, 0o400)
+        # renamed into place whole: no VM ever sees it empty or half-written
+        os.rename(temporary, path)
 
     def _checkReachable(self, owner: pwd.struct_passwd) -> None:
         directory = os.path.dirname(self.dataDir)
@@ -298,13 +323,13 @@ class LocalRabbitMQ:
             f"output:\n{process.tail()}"
         )
 
-    def _serverEnded(self, reason: Failure, process: _ServerProcess) -> Failure:
+    def _serverEnded(self, reason: BaseException, process: _ServerProcess) -> BaseException:
         if self._process is process:
             self._process = None
         self.log.info(
             "RabbitMQ node {node} ended: {reason}",
             node=self.nodeName,
-            reason=reason.getErrorMessage(),
+            reason=reason,
         )
         return reason
 
@@ -353,7 +378,7 @@ class LocalRabbitMQ:
         self.log.info("stopping RabbitMQ node {node}", node=self.nodeName)
         self._signal(process, "TERM")
         killer = self._reactor.callLater(self._stopTimeout, self._kill, process)
-        yield process.ended.addErrback(lambda _: None)
+        yield process.ended
         if killer.active():
             killer.cancel()
 
