@@ -1,7 +1,8 @@
 """
 The private RabbitMQ node: a missing package, a directory the node cannot
 reach, a restart on the same data directory, and (with a reactor that only
-records the processes it is asked to start) the Erlang cookie.
+records the processes it is asked to start) the Erlang cookie, the ports and
+the message when the node does not answer.
 """
 
 import os
@@ -24,6 +25,7 @@ from twisted.python.failure import Failure
 from fixtures_rabbitmq import AMQPHelper
 from mqtwist.amqp.localnode import (
     COOKIE_FILE,
+    RABBITMQCTL_DIST_PORTS,
     LocalRabbitMQ,
     LocalRabbitMQService,
     RabbitMQNotInstalled,
@@ -220,3 +222,47 @@ def test_cookie_is_in_place_before_any_erlang_vm_starts(dataDir):
     assert restarted.result == node.url
     node.stop()
     assert fake.spawned[2].protocol.ended.called
+
+
+@installed
+def test_node_ports_avoid_the_range_rabbitmqctl_listens_on(dataDir):
+    """
+    rabbitmqctl's own Erlang node takes the first free port of
+    35672-35682: a node port picked there would be taken by the
+    rabbitmqctl that waits for the node, and the node would not start.
+    """
+    first, last = RABBITMQCTL_DIST_PORTS[0], RABBITMQCTL_DIST_PORTS[-1]
+    fake = RecordingReactor((first + 1, last, 40001, first + 3, 40003))
+    node = LocalRabbitMQ(dataDir, reactor=fake)
+    node.start()
+    server = fake.spawned[0]
+    assert server.env["RABBITMQ_NODE_PORT"] == "40001"
+    assert server.env["RABBITMQ_DIST_PORT"] == "40003"
+    assert node.url.port == 40001
+    assert [port.listening for port in fake.ports] == [False] * 5
+    fake.spawned[1].end()
+    node.stop()
+
+
+@installed
+def test_start_timeout_says_what_rabbitmqctl_answered(dataDir):
+    """
+    When the node never answers (e.g. epmd was restarted under it), the
+    error says what rabbitmqctl said, not only that time ran out.
+    """
+    fake = RecordingReactor()
+    node = LocalRabbitMQ(dataDir, amqpPort=40001, distPort=40003, startTimeout=2, reactor=fake)
+    started = node.start()
+    answer = b"Error: epmd reports: node 'mqtwist-x' not running at all"
+    while not started.called:
+        fake.spawned[-1].end(69, answer)
+        fake.advance(0.5)
+    failure = started.result
+    started.addErrback(lambda _: None)
+    assert failure.check(RabbitMQStartFailed)
+    message = str(failure.value)
+    assert "did not start within 2 s" in message
+    assert "epmd reports: node 'mqtwist-x' not running at all" in message
+    assert [p.isRabbitmqctl() for p in fake.spawned] == [False, True, True, True]
+    # and the server was stopped
+    assert fake.spawned[0].protocol.ended.called

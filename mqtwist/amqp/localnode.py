@@ -40,6 +40,12 @@ INSTALL_HINT = (
 )
 
 
+# rabbitmqctl's own Erlang node listens on the first free port of this range
+# (RabbitMQ's default CTL_DIST_PORT_MIN..MAX): a port picked for a node in it
+# is taken by any rabbitmqctl that starts before the node binds it, and the
+# node then fails to start
+RABBITMQCTL_DIST_PORTS = range(35672, 35683)
+
 COOKIE_FILE = ".erlang.cookie"
 
 
@@ -291,27 +297,37 @@ class LocalRabbitMQ:
     def _freePort(self):  # -> Deferred[int]
         factory = protocol.Factory()
         factory.noisy = False
-        port = self._reactor.listenTCP(0, factory, interface=self._interface)
-        number = port.getHost().port
-        yield port.stopListening()
+        # a port refused stays bound until a good one is found, so that the
+        # next pick cannot return it again
+        picked = []
+        while not picked or picked[-1].getHost().port in RABBITMQCTL_DIST_PORTS:
+            picked.append(self._reactor.listenTCP(0, factory, interface=self._interface))
+        number = picked[-1].getHost().port
+        yield defer.gatherResults([port.stopListening() for port in picked])
         return number
 
     @defer.inlineCallbacks
     def _awaitStartup(self, process: _ServerProcess):
         deadline = self._reactor.seconds() + self._startTimeout
+        lastAnswer = "nothing yet"
         while True:
             remaining = int(deadline - self._reactor.seconds())
             if process.ended.called:
                 raise self._startFailed(process, "the server exited")
             if remaining <= 0:
+                # the node may well be up and only unreachable for
+                # rabbitmqctl (e.g. epmd was restarted under it): say why
                 raise self._startFailed(
-                    process, f"it did not start within {self._startTimeout:g} s"
+                    process,
+                    f"it did not start within {self._startTimeout:g} s; the "
+                    f"last answer of rabbitmqctl was: {lastAnswer}",
                 )
             try:
                 yield self.rabbitmqctl("await_startup", "--timeout", str(remaining))
-            except RabbitMQStartFailed:
+            except RabbitMQStartFailed as e:
                 # 'await_startup' gives up at once while the node has not
                 # registered with epmd yet: ask again shortly
+                lastAnswer = str(e)
                 yield task.deferLater(self._reactor, 0.5, lambda: None)
             else:
                 return
