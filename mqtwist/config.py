@@ -213,6 +213,9 @@ class Config:
     brokerDir: str = ".state/rabbitmq"
     #: AMQP port of the private node
     brokerPort: int = 5672
+    #: CPU priority (nice) of the private node: on a shared machine mqtwist,
+    #: which the node is there to serve, gets the CPU first
+    brokerNice: int = 10
 
     outbox: str = "outbox"
     #: result queues; an empty name switches that queue off

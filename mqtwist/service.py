@@ -73,7 +73,9 @@ class MailerService(MultiService):
         self.localNode: LocalRabbitMQService | None = None
         if self.brokerURL is None:
             self.localNode = LocalRabbitMQService(
-                LocalRabbitMQ(config.brokerDir, amqpPort=config.brokerPort, reactor=reactor)
+                LocalRabbitMQ(
+                    config.brokerDir, amqpPort=config.brokerPort, niceness=config.brokerNice, reactor=reactor
+                )
             )
             self.localNode.setServiceParent(self)
         self._brokerWaiters: list[Deferred[None]] = []

@@ -48,6 +48,8 @@ _HELP: dict[str, str] = {
     "when not given, mqtwist starts a private RabbitMQ node of its own",
     "brokerDir": "directory where the private RabbitMQ node keeps its data",
     "brokerPort": "AMQP port of the private RabbitMQ node",
+    "brokerNice": "CPU priority (nice, -20 to 19) of the private RabbitMQ node; "
+    "above 0 it leaves the CPU to mqtwist first",
     "outbox": "queue that delivery jobs are taken from",
     "results": "queue that receives every final result (empty: none)",
     "success": "queue that receives the results of delivered messages (empty: none)",
@@ -217,6 +219,11 @@ def _checkPort(value: int) -> None:
         raise ValueError(f"{value} is not a port number; give a port 1-65535")
 
 
+def _checkNiceness(value: int) -> None:
+    if not -20 <= value <= 19:
+        raise ValueError(f"{value} is not a niceness; give -20 (first) to 19 (last)")
+
+
 def _checkNotEmpty(value: str) -> None:
     if not value:
         raise ValueError("it is empty; give a name")
@@ -260,6 +267,7 @@ def _checkLogLevel(value: str) -> None:
 _CHECKS: dict[str, Callable[[Any], None]] = {
     "amqp": _checkAMQPURL,
     "brokerPort": _checkPort,
+    "brokerNice": _checkNiceness,
     "outbox": _checkNotEmpty,
     "smarthost": _checkHostPort,
     "mxPort": _checkPort,

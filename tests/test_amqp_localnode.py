@@ -77,11 +77,13 @@ def test_unreachable_data_directory(dataDir):
 @installed
 @pytest_twisted.inlineCallbacks
 def test_restart_on_same_directory_keeps_durable_queues(dataDir):
-    first = LocalRabbitMQService(LocalRabbitMQ(dataDir, reactor=reactor))
+    first = LocalRabbitMQService(LocalRabbitMQ(dataDir, niceness=7, reactor=reactor))
     second = LocalRabbitMQService(LocalRabbitMQ(dataDir, reactor=reactor))
     try:
         first.startService()
         url = yield first.whenStarted()
+        # every thread of the node runs at the niceness asked for
+        assert set(nicenessOfThreads(dataDir)) == {7}
         helper = AMQPHelper(url, reactor)
         yield helper.connect()
         yield helper.declare("kept", {"x-max-priority": 5})
@@ -93,6 +95,7 @@ def test_restart_on_same_directory_keeps_durable_queues(dataDir):
 
         second.startService()
         url = yield second.whenStarted()
+        assert set(nicenessOfThreads(dataDir)) == {0}
         assert second.node.nodeName == first.node.nodeName
         assert readCookie(dataDir) == cookie
         helper = AMQPHelper(url, reactor)
@@ -104,6 +107,18 @@ def test_restart_on_same_directory_keeps_durable_queues(dataDir):
         for service in (first, second):
             if service.running:
                 yield service.stopService()
+
+
+def nicenessOfThreads(dataDir: str) -> list[int]:
+    """The niceness of every thread of the node whose pid file is in C{dataDir}."""
+    with open(os.path.join(dataDir, "rabbitmq.pid")) as f:
+        pid = int(f.read())
+    found = []
+    for thread in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{thread}/stat") as f:
+            # the fields after the command name: nice is the 17th
+            found.append(int(f.read().rpartition(")")[2].split()[16]))
+    return found
 
 
 def readCookie(dataDir: str) -> bytes:
@@ -266,3 +281,25 @@ def test_start_timeout_says_what_rabbitmqctl_answered(dataDir):
     assert [p.isRabbitmqctl() for p in fake.spawned] == [False, True, True, True]
     # and the server was stopped
     assert fake.spawned[0].protocol.ended.called
+
+
+@installed
+def test_niceness_is_set_before_the_node_starts(dataDir):
+    """
+    The node starts under C{nice}, so that its first thread, and every
+    thread after it, has the niceness; rabbitmqctl keeps the default.
+    """
+    fake = RecordingReactor()
+    node = LocalRabbitMQ(dataDir, amqpPort=40001, distPort=40003, niceness=10, reactor=fake)
+    node.start()
+    server, ctl = fake.spawned
+    assert server.argv[0].endswith("/nice") and server.argv[1:3] == ["-n", "10"]
+    assert server.argv[3].endswith("/setpriv") and server.argv[-1].endswith("/rabbitmq-server")
+    assert not ctl.argv[0].endswith("/nice")
+    ctl.end()
+    node.stop()
+
+
+def test_niceness_out_of_range_is_refused(dataDir):
+    with pytest.raises(ValueError, match="niceness 20 is out of range: give -20 to 19"):
+        LocalRabbitMQ(dataDir, niceness=20)

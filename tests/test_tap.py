@@ -267,6 +267,7 @@ BAD_VALUES = [
     (["--plugin-timeout", "soon"], "--plugin-timeout: 'soon' is not a number"),
     (["--timeouts-connect", "inf"], "--timeouts-connect: inf is not a number"),
     (["--broker-port", "65536"], "--broker-port: 65536 is not a port number; give a port 1-65535"),
+    (["--broker-nice", "20"], "--broker-nice: 20 is not a niceness; give -20 (first) to 19 (last)"),
     (["--mx-port", "0"], "--mx-port: 0 is not a port number"),
     (["--retries", "60,soon"], "--retries: 'soon' is not a whole number"),
     (["--retries", "60,-1"], "--retries: -1 is negative"),

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest_twisted
 from fixtures_rabbitmq import AMQPHelper
 from fixtures_smtp import unusedPort
+from test_amqp_localnode import nicenessOfThreads
 from twisted.internet import reactor
 from twistdprocess import brokerArguments, startTwistd
 
@@ -111,6 +112,8 @@ async def test_private_rabbitmq_node_when_no_broker_is_given(smtpServer):
     helper = AMQPHelper(BrokerURL(host="127.0.0.1", port=port), reactor)
     try:
         await twistd.waitForOutput(b"consuming from: outbox", timeout=120)
+        # the node leaves the CPU to mqtwist first, by default
+        assert set(nicenessOfThreads(brokerDir)) == {10}
         await helper.connect()
         job = {"id": "p1", "recipient": "r@example.com", "mime": "Subject: p\r\n\r\nprivate\r\n"}
         await helper.publish("outbox", json.dumps(job).encode())

@@ -113,6 +113,7 @@ class LocalRabbitMQ:
         user: str = "rabbitmq",
         startTimeout: float = 120.0,
         stopTimeout: float = 60.0,
+        niceness: int = 0,
         rabbitmqBin: str = "/usr/lib/rabbitmq/bin",
         reactor: Any = None,
     ) -> None:
@@ -131,6 +132,9 @@ class LocalRabbitMQ:
         @param startTimeout: seconds the node may take to start.
         @param stopTimeout: seconds the node may take to stop before it is
             killed.
+        @param niceness: the node's CPU scheduling priority (C{nice}, -20 to
+            19; below 0 only as root): above 0 the node yields the CPU to
+            processes of the default priority, such as mqtwist.
         @param rabbitmqBin: directory of C{rabbitmq-server} and
             C{rabbitmqctl} (without Debian's C{su} wrappers).
         """
@@ -149,6 +153,9 @@ class LocalRabbitMQ:
         self._user = user
         self._startTimeout = startTimeout
         self._stopTimeout = stopTimeout
+        if not -20 <= niceness <= 19:
+            raise ValueError(f"niceness {niceness} is out of range: give -20 to 19")
+        self._niceness = niceness
         self._server = os.path.join(rabbitmqBin, "rabbitmq-server")
         self._ctl = os.path.join(rabbitmqBin, "rabbitmqctl")
         self._process: _ServerProcess | None = None
@@ -183,6 +190,10 @@ class LocalRabbitMQ:
         )
         process = _ServerProcess()
         argv = self._asNodeUser(setpriv, self._server)
+        if self._niceness:
+            # set before the node's first thread starts: every thread
+            # inherits it (a renice afterwards would miss the running ones)
+            argv = [self._tool("nice", "coreutils"), "-n", str(self._niceness), *argv]
         self._reactor.spawnProcess(
             process, argv[0], argv, env=self._environment(), path=self.dataDir
         )
@@ -204,14 +215,18 @@ class LocalRabbitMQ:
                     f"missing (package rabbitmq-server not installed?); "
                     + INSTALL_HINT
                 )
-        setpriv = shutil.which("setpriv")
-        if setpriv is None:
+        return self._tool("setpriv", "util-linux")
+
+    @staticmethod
+    def _tool(name: str, package: str) -> str:
+        path = shutil.which(name)
+        if path is None:
             raise RabbitMQNotInstalled(
-                "cannot start a private RabbitMQ node: setpriv is missing "
-                "(install util-linux), or give the URL of a running broker "
-                "with --amqp amqp://..."
+                f"cannot start a private RabbitMQ node: {name} is missing "
+                f"(install {package}), or give the URL of a running broker "
+                f"with --amqp amqp://..."
             )
-        return setpriv
+        return path
 
     def _asNodeUser(self, setpriv: str, program: str, *args: str) -> list[str]:
         argv = [setpriv]
