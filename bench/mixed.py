@@ -3,7 +3,8 @@ Head-of-line blocking benchmark: how fast the messages for a healthy
 destination go while the other half of the outbox is for a destination
 that accepts TCP connections and never greets.
 
-    python3 bench/mixed.py [--messages 20000] [--message-delay 0.01] [--pipelining] [--pin] [--rounds 3]
+    python3 bench/mixed.py [--messages 20000] [--message-delay 0.01] [--pipelining] [--pin]
+                           [--broker-nice 10] [--rounds 3]
 
 Two runs on one private RabbitMQ node, a DNS server and two mail hosts on
 loopback (127.0.0.2 answers at once, or accepts each message after
@@ -23,8 +24,10 @@ of the fast destination's rate in run 2 over its rate in run 1 (issue 4
 asks for at least 80%).  With C{--pin}, mqtwist and the RabbitMQ
 node each get a CPU of their own, as when the broker runs on another
 machine; without it they share both, and in the mixed run, where the node
-works twice as hard, it takes turns on mqtwist's CPU.  Prints a table and writes it, with the
-machine and the date, to bench/results/mixed-<date>.txt.
+works twice as hard, its threads take turns on mqtwist's CPU, less so the
+higher C{--broker-nice} (by default that of mqtwist's private node).
+Prints a table and writes it, with the machine and the date, to
+bench/results/mixed-<date>.txt.
 """
 
 from __future__ import annotations
@@ -115,7 +118,7 @@ async def run(
 
 async def main(arguments: argparse.Namespace) -> str:
     dataDir = tempfile.mkdtemp(prefix="mqtwist-bench-mixed-")
-    node = LocalRabbitMQ(dataDir, amqpPort=_freePort(), reactor=reactor)
+    node = LocalRabbitMQ(dataDir, amqpPort=_freePort(), niceness=arguments.broker_nice, reactor=reactor)
     await node.start()
     url = f"amqp://{node.url.username}:{node.url.password}@{node.url.host}:{node.url.port}/"
     zone = LoopbackDNS()
@@ -164,6 +167,7 @@ async def main(arguments: argparse.Namespace) -> str:
         f"{arguments.greeting_timeout:g} s); defaults otherwise (10 connections and a backlog of 10 per "
         f"destination), prefetch {arguments.prefetch}, stuck after {arguments.stuck_after:g} s; "
         + ("mqtwist pinned to CPU 0, RabbitMQ to CPU 1" if arguments.pin else "no CPU pinning")
+        + f", RabbitMQ at nice {arguments.broker_nice}"
         + f"; logging at level {Config().logLevel} to a file, as twistd does ({logLines} lines in all runs)",
         "",
         f"{'run':<10}{'seconds':>10}{'fast msg/s':>12}{'parked':>9}{'CPU s':>8}{'busy':>7}{'broker CPU s':>14}"
@@ -225,6 +229,8 @@ if __name__ == "__main__":
                         help="the fast server announces PIPELINING, as most MX servers do")
     parser.add_argument("--pin", action="store_true",
                         help="mqtwist on CPU 0 and the RabbitMQ node on CPU 1 (needs 2 CPUs)")
+    parser.add_argument("--broker-nice", type=int, default=Config().brokerNice,
+                        help="the RabbitMQ node's niceness (default: that of mqtwist's private node)")
     parser.add_argument("--greeting-timeout", type=float, default=30.0)
     parser.add_argument("--prefetch", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3,
@@ -240,6 +246,7 @@ if __name__ == "__main__":
         delay = f"-delay{options.message_delay * 1000:g}ms" if options.message_delay else ""
         piped = "-pipelining" if options.pipelining else ""
         pinned = "-pinned" if options.pin else ""
-        (RESULTS / f"mixed-{datetime.now(timezone.utc):%Y-%m-%d-%H%M}{delay}{piped}{pinned}.txt").write_text(text)
+        nice = "" if options.broker_nice == Config().brokerNice else f"-nice{options.broker_nice}"
+        (RESULTS / f"mixed-{datetime.now(timezone.utc):%Y-%m-%d-%H%M}{delay}{piped}{pinned}{nice}.txt").write_text(text)
 
     task.react(lambda r: defer.ensureDeferred(go(r)))
