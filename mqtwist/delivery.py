@@ -110,9 +110,9 @@ class DeliveryEngine:
             attempt was made) or the reply asked for a particular wait.  It
             does not fail for delivery problems.  Cancelling it stops the
             attempt: it fails with C{CancelledError}, or
-            C{ConnectingCancelledError} while connecting, and the slot and
-            the destination's leave it held go to the deliveries that wait
-            for them on the next reactor turn.
+            C{ConnectingCancelledError} while connecting, and the engine's
+            slot and the destination's permit it held go to the deliveries
+            that wait for them on the next reactor turn.
         """
         # a deferral (the most common answer for a stuck destination's
         # messages) is decided without a coroutine or a raised exception
