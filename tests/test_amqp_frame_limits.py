@@ -15,7 +15,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.ssl import Certificate, PrivateCertificate, optionsForClientTLS
+from twisted.internet.ssl import Certificate, DefaultOpenSSLContextFactory, optionsForClientTLS
 from twisted.logger import capturedLogs, formatEvent
 from txamqp.connection import Body, Frame, Header
 
@@ -56,13 +56,14 @@ async def test_nothing_read_after_a_frame_too_long_over_tls(certificates: dict[s
     (here, a publisher confirm the broker never sent would reach the
     listener).
     """
-    with open(certificates["key"], "rb") as key, open(certificates["cert"], "rb") as cert:
-        certificate = PrivateCertificate.loadPEM(key.read() + cert.read())
+    # from the files: Twisted's PrivateCertificate would hand pyOpenSSL the
+    # X509 and PKey objects it deprecates
+    serverContext = DefaultOpenSSLContextFactory(certificates["key"], certificates["cert"])
     with open(certificates["ca"], "rb") as ca:
         authority = Certificate.loadPEM(ca.read())
     server = Factory.forProtocol(_OversizedThenAck)
     server.lost = Deferred()  # type: ignore[attr-defined]
-    port = reactor.listenSSL(0, server, certificate.options(), interface="127.0.0.1")
+    port = reactor.listenSSL(0, server, serverContext, interface="127.0.0.1")
     lost: Deferred[None] = Deferred()
 
     class Listener(RecordingListener):
