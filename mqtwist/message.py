@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -264,8 +264,7 @@ class Message:
         A short way to name this message in logs and descriptions: its C{id}
         when the sender gave one, else the recipient.
         """
-        ident = self.json.get("id")
-        return str(ident) if ident is not None else f"to {self.recipient}"
+        return labelOf(self.json, f"to {self.recipient}")
 
     @classmethod
     def fromJSON(
@@ -407,6 +406,54 @@ class Message:
         self.json["results"].append(entry.toJSON())
 
 
+def labelOf(obj: object, default: str) -> str:
+    """
+    How logs name the outbox object C{obj}: its C{id} when the sender gave
+    one, else its recipient, else C{default} (also when C{obj} is not an
+    object at all).  Control characters come out escaped, so that text from
+    the sender cannot start a line of its own in the log.
+    """
+    if not isinstance(obj, Mapping):
+        return default
+    ident = obj.get("id")
+    recipient = obj.get("recipient")
+    if ident is not None:
+        label = str(ident)
+    elif isinstance(recipient, str):
+        label = f"to {recipient}"
+    else:
+        return default
+    return label if label.isprintable() else json.dumps(label, ensure_ascii=False)[1:-1]
+
+
+def labelsShown(labels: Sequence[str], shown: int = 3) -> str:
+    """
+    The labels of several messages for the text of one log event: the
+    first C{shown} and the last (the event's fields carry them all).
+    """
+    text = ", ".join(labels[:shown])
+    if len(labels) > shown:
+        text += f", ... {labels[-1]}"
+    return text
+
+
+def _refuseConstant(name: str) -> None:
+    # Python's json module takes NaN and Infinity, which JSON (RFC 8259)
+    # has not: echoed into a result, they would break strict consumers
+    raise ValueError(f"{name} is not a JSON number (RFC 8259); give digits or null")
+
+
+def loadJSON(data: bytes | str) -> Any:
+    """
+    Parse strict JSON (RFC 8259): C{NaN}, C{Infinity} and C{-Infinity} are
+    refused like any other text that is not JSON.
+
+    @raise ValueError: when C{data} is not JSON (L{UnicodeDecodeError} when
+        bytes are not UTF-8).
+    """
+    return json.loads(data, parse_constant=_refuseConstant)
+
+
 def decodeJSON(data: bytes | str) -> dict[str, Any]:
     """
     The JSON object of one outbox message.
@@ -415,7 +462,7 @@ def decodeJSON(data: bytes | str) -> dict[str, Any]:
         object.
     """
     try:
-        obj = json.loads(data.decode("utf-8") if isinstance(data, bytes) else data)
+        obj = loadJSON(data.decode("utf-8") if isinstance(data, bytes) else data)
     except UnicodeDecodeError as e:
         raise InvalidMessage(f"the message is not UTF-8 text: {e}") from None
     except ValueError as e:
@@ -605,7 +652,7 @@ def invalidResultJSON(data: bytes, failure: InvalidMessage, now: float) -> bytes
     """
     entry = ResultEntry.fromFailure(failure, now).toJSON()
     try:
-        obj = json.loads(data)
+        obj = loadJSON(data)
     except ValueError:
         obj = None
     if isinstance(obj, dict):

@@ -50,6 +50,8 @@ def test_null_sender():
     "data, words",
     [
         (b"{not json", "not valid JSON"),
+        (b'{"recipient": "a@b.c", "mime": "x", "maxattempts": NaN}', "NaN is not a JSON number"),
+        (b'{"recipient": "a@b.c", "mime": "x", "maxattempts": -Infinity}', "-Infinity is not a JSON number"),
         (b"\xff\xfe{}", "not UTF-8"),
         ("[1, 2]", "must be a JSON object, not a JSON list"),
         ('"text"', "JSON object, not a JSON str"),
@@ -186,6 +188,9 @@ def test_invalid_result_json():
         "input": "{broken",
         "results": [{"time": "1970-01-01 00:00:00", "state": "process", "result": "invalid", "description": "the message is not valid JSON: x"}],
     }
+    # NaN is not JSON: the input comes back as text, never as a bare NaN
+    published = json.loads(invalidResultJSON(b'{"maxattempts": NaN}', failure, 0))
+    assert published["input"] == '{"maxattempts": NaN}' and "maxattempts" not in published
     obj = {"id": "x1", "recipient": "bad", "mime": "body"}
     published = json.loads(invalidResultJSON(json.dumps(obj).encode(), InvalidMessage("bad recipient"), 0))
     assert published["id"] == "x1" and "mime" not in published
