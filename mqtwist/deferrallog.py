@@ -19,12 +19,8 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from mqtwist.message import labelsShown
 from mqtwist.timeformat import formatTime
-
-#: message ids written into the text of one event; the event's
-#: C{messages} field has them all
-_IDS_SHOWN = 3
-
 
 @dataclass
 class _Gathered:
@@ -81,9 +77,6 @@ class DeferralLog:
         gathered, self._gathered = self._gathered, {}
         for destination, each in gathered.items():
             messages = each.messages
-            shown = ", ".join(messages[:_IDS_SHOWN])
-            if len(messages) > _IDS_SHOWN:
-                shown += f", ... {messages[-1]}"
             self.log.info(
                 "destination {destination} {reason}: {count} message(s) deferred "
                 "({shown}), parked until {until}",
@@ -92,7 +85,7 @@ class DeferralLog:
                 until=formatTime(each.until),
                 count=len(messages),
                 messages=messages,
-                shown=shown,
+                shown=labelsShown(messages),
             )
 
     def close(self) -> None:

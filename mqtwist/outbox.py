@@ -12,7 +12,6 @@ repeated.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -42,6 +41,9 @@ from mqtwist.message import (
     buildMimeProperty,
     decodeJSON,
     invalidResultJSON,
+    labelOf,
+    labelsShown,
+    loadJSON,
     queueFor,
 )
 from mqtwist.schedule import RetrySchedule
@@ -59,6 +61,10 @@ class Publisher(Protocol):
         """
         @return: a Deferred firing once the broker confirmed the message.
         """
+
+
+#: how logs name an outbox message without a readable id or recipient
+_UNREADABLE = "(no id)"
 
 
 class OutboxProcessor:
@@ -89,7 +95,12 @@ class OutboxProcessor:
         self.publisher = publisher
         self.schedule = schedule
         self.reactor = reactor
-        self.inFlight: set[Deferred[None]] = set()
+        #: the deliveries being handled, by the Deferred that fires when
+        #: each is done
+        self.inFlight: dict[Deferred[None], Delivery] = {}
+        #: labels of messages whose results were not confirmed, by the
+        #: reason, until they are logged together at the end of the turn
+        self._unconfirmedLabels: dict[str, list[str]] = {}
 
     def handle(self, delivery: Delivery) -> None:
         """
@@ -106,11 +117,11 @@ class OutboxProcessor:
         except Exception:
             # a bug here must not reach the AMQP connection, which would close
             done = fail()
-        self.inFlight.add(done)
+        self.inFlight[done] = delivery
         done.addBoth(self._ended, done)
 
     def _ended(self, result: object, done: Deferred[None]) -> None:
-        self.inFlight.discard(done)
+        self.inFlight.pop(done, None)
         if not isinstance(result, Failure):
             return
         if result.check(CancelledError, ConnectingCancelledError):
@@ -133,19 +144,32 @@ class OutboxProcessor:
             what is left stays unacknowledged and the broker hands it out
             again.
         """
+        if self.inFlight:
+            self.log.info(
+                "stopping: waiting up to {timeout}s for the deliveries in flight ({count})",
+                count=len(self.inFlight),
+                timeout=timeout,
+            )
         pending = DeferredList(list(self.inFlight), consumeErrors=True)
-        timer = self.reactor.callLater(timeout, pending.cancel)
+
+        def giveUp() -> None:
+            # named before the cancel, which takes them out of inFlight
+            messages = [labelOf(_outboxObject(delivery.body), _UNREADABLE) for delivery in self.inFlight.values()]
+            self.log.warn(
+                "{count} of the deliveries in flight did not end within {timeout}s ({shown}); "
+                "they stay unacknowledged and will be delivered again",
+                count=len(messages),
+                messages=messages,
+                shown=labelsShown(messages),
+                timeout=timeout,
+            )
+            pending.cancel()
+
+        timer = self.reactor.callLater(timeout, giveUp)
 
         def finished(_: object) -> None:
             if timer.active():
                 timer.cancel()
-            else:
-                self.log.warn(
-                    "{count} deliveries were still in flight after {timeout}s; "
-                    "they stay unacknowledged and will be delivered again",
-                    count=len(self.inFlight),
-                    timeout=timeout,
-                )
 
         return pending.addBoth(finished)
 
@@ -258,11 +282,12 @@ class OutboxProcessor:
         return self.schedule.delayQueueName(bucket), message.outboxJSON()
 
     def _publishInvalid(self, delivery: Delivery, failure: InvalidMessage, now: float) -> Deferred[None]:
-        self.log.warn("refused an outbox message: {description}", description=failure.description)
-        try:
-            obj = json.loads(delivery.body)
-        except ValueError:
-            obj = None
+        obj = _outboxObject(delivery.body)
+        self.log.warn(
+            "refused outbox message {message}: {description}",
+            message=labelOf(obj, _UNREADABLE),
+            description=failure.description,
+        )
         body = invalidResultJSON(delivery.body, failure, now)
         publications = [
             (queue, body)
@@ -319,10 +344,29 @@ class OutboxProcessor:
             reason = "the service stopped before the broker confirmed them"
         else:
             reason = str(error) or type(error).__name__
-        self.log.warn(
-            "results of {message} were not confirmed ({error}); "
-            "it goes back to the outbox and will be tried again",
-            message=label,
-            error=reason,
-        )
         delivery.release()
+        # a lost connection or a stop fails every pending confirm at once:
+        # one warning for them all, not one per message
+        if not self._unconfirmedLabels:
+            self.reactor.callLater(0, self._logUnconfirmed)
+        self._unconfirmedLabels.setdefault(reason, []).append(label)
+
+    def _logUnconfirmed(self) -> None:
+        gathered, self._unconfirmedLabels = self._unconfirmedLabels, {}
+        for reason, messages in gathered.items():
+            self.log.warn(
+                "results of {count} message(s) were not confirmed ({error}): {shown}; "
+                "they go back to the outbox and will be tried again",
+                count=len(messages),
+                messages=messages,
+                shown=labelsShown(messages),
+                error=reason,
+            )
+
+
+def _outboxObject(body: bytes) -> Any:
+    """The JSON in an outbox message's body, or C{None} when it is not JSON."""
+    try:
+        return loadJSON(body)
+    except ValueError:
+        return None

@@ -17,7 +17,7 @@ import pytest_twisted
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.logger import globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
 from zope.interface import implementer
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
@@ -266,14 +266,28 @@ async def test_invalid_messages_get_process_invalid_and_are_acked(rabbitmq, amqp
         b'{"recipient": "a@example.com", "mime": 12}',
         b'{"recipient": "a@example.com", "mime": "x", "retries": "often"}',
         b'{"recipient": "a@example.com", "mime": {"from": "a@example.org", "text": 5}}',
+        b'{"id": "nan-1", "recipient": "a@example.com", "mime": "x", "maxattempts": NaN}',
     ]
     service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
-    async with running(service):
-        await publishAll(amqp, queues["outbox"], bad)
-        failures = decoded(await amqp.collect(queues["failure"], len(bad)))
-        results = decoded(await amqp.collect(queues["results"], len(bad)))
-        assert await amqp.count(queues["outbox"]) == 0
+    with capturedLogs() as events:
+        async with running(service):
+            await publishAll(amqp, queues["outbox"], bad)
+            published = await amqp.collect(queues["failure"], len(bad))
+            results = decoded(await amqp.collect(queues["results"], len(bad)))
+            assert await amqp.count(queues["outbox"]) == 0
+    failures = decoded(published)
     assert len(results) == len(bad)
+    # strict JSON out, whatever came in: a bare NaN would break strict parsers
+    for body in published:
+        json.loads(body.body, parse_constant=lambda name: pytest.fail(f"{name} in a result"))
+    (nan,) = [f for f in failures if "NaN" in f.get("input", "")]
+    assert "NaN is not a JSON number" in nan["results"][0]["description"]
+    refused = [formatEvent(e) for e in events if "refused outbox message" in e.get("log_format", "")]
+    assert len(refused) == len(bad)
+    assert any(line.startswith("refused outbox message keep-me: ") for line in refused)
+    assert sum(line.startswith("refused outbox message (no id): ") for line in refused) == 5
+    # the CR/LF of the bad recipient is escaped in the log
+    assert any(line.startswith("refused outbox message to a\\r\\nRCPT TO:") for line in refused)
     for failure in failures:
         (entry,) = failure["results"]
         assert (entry["state"], entry["result"]) == ("process", "invalid")

@@ -8,6 +8,7 @@ import pytest_twisted
 from fixtures_smtp import unusedPort
 from test_end_to_end import makeConfig, publishAll, queues, running  # noqa: F401 (fixture)
 from twisted.internet import reactor
+from twisted.logger import formatEvent
 
 from mqtwist.message import Message
 from mqtwist.schedule import RetrySchedule
@@ -242,7 +243,7 @@ def test_an_unexpected_error_stays_with_its_message():
     assert delivery.settled is None
     (failure,) = [event["log_failure"] for event in events if "log_failure" in event]
     assert failure.check(ZeroDivisionError)
-    assert processor.inFlight == set()
+    assert processor.inFlight == {}
 
 
 def test_stopping_while_results_await_their_confirms_says_so():
@@ -265,6 +266,7 @@ def test_stopping_while_results_await_their_confirms_says_so():
 
     accepted = lambda message: succeed(ResultEntry("message", "accepted", 0, True, code=250))  # noqa: E731
     warnings = []
+    leftOver = []
     for success in (None, "success"):
         clock = Clock()
         config = Config(ehloName="x", smarthost="127.0.0.1:2525", results="results", success=success)
@@ -278,4 +280,54 @@ def test_stopping_while_results_await_their_confirms_says_so():
             clock.advance(5)
         assert drained.called and delivery.settled == "release"
         warnings += [event for event in events if "were not confirmed" in event["log_format"]]
+        leftOver += [event for event in events if "did not end within" in event["log_format"]]
     assert [event["error"] for event in warnings] == ["the service stopped before the broker confirmed them"] * 2
+    assert [(event["count"], event["messages"]) for event in warnings] == [(1, ["m1"])] * 2
+    assert [formatEvent(event) for event in leftOver] == [
+        "1 of the deliveries in flight did not end within 5s (m1); they stay unacknowledged and will be delivered again"
+    ] * 2
+
+
+def test_results_left_unconfirmed_together_are_logged_together():
+    """
+    A lost connection fails every confirm awaited at once: one warning
+    names all the messages given back, not one warning each.
+    """
+    from twisted.internet.defer import Deferred, succeed
+    from twisted.internet.task import Clock
+    from twisted.logger import capturedLogs
+
+    from mqtwist.config import Config
+    from mqtwist.message import ParseSettings, ResultEntry
+    from mqtwist.outbox import OutboxProcessor
+
+    awaited: list[Deferred[None]] = []
+
+    class Publisher:
+        def publish(self, queue, body, *, priority=None):
+            awaited.append(Deferred())
+            return awaited[-1]
+
+    accepted = lambda message: succeed(ResultEntry("message", "accepted", 0, True, code=250))  # noqa: E731
+    clock = Clock()
+    config = Config(ehloName="x", smarthost="127.0.0.1:2525", results="results")
+    processor = OutboxProcessor(
+        config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x")
+    )
+    deliveries = [
+        _FakeDelivery(json.dumps({"id": f"m{n}", "recipient": "a@example.com", "mime": "x"}).encode())
+        for n in range(5)
+    ]
+    with capturedLogs() as events:
+        for delivery in deliveries:
+            processor.handle(delivery)
+        for publication in awaited:
+            publication.errback(RuntimeError("the connection was lost"))
+        assert [delivery.settled for delivery in deliveries] == ["release"] * 5
+        clock.advance(0)
+    (warning,) = [event for event in events if "were not confirmed" in event["log_format"]]
+    assert formatEvent(warning) == (
+        "results of 5 message(s) were not confirmed (the connection was lost): m0, m1, m2, ... m4; "
+        "they go back to the outbox and will be tried again"
+    )
+    assert warning["messages"] == ["m0", "m1", "m2", "m3", "m4"]
