@@ -10,6 +10,8 @@ client would be a quarter of the process's CPU time.
 
 from __future__ import annotations
 
+import re
+
 from twisted.application.service import Service
 from twisted.logger import (
     FilteringLogObserver,
@@ -73,11 +75,38 @@ class _AtLeast:
         return PredicateResult.maybe
 
 
+#: what Twisted writes, at level info, for every port and connection it
+#: opens or closes (a DNS query is a UDP port of its own): nothing an
+#: operator acts on, and a few lines per DNS query and SMTP connection
+_TWISTED_CHATTER = re.compile(
+    r"\S+ starting on \d+"
+    r"|\((?:TCP|UDP) Port \d+ Closed\)"
+    r"|(?:Starting|Stopping) (?:protocol|factory) <.*>"
+)
+
+
+@implementer(ILogFilterPredicate)
+def _withoutTwistedChatter(event: LogEvent) -> PredicateResult:
+    """
+    A predicate for L{FilteringLogObserver} that drops Twisted's lines
+    about ports and connections opening and closing, which it writes with
+    C{log.msg} whatever the factory's C{noisy} says for some of them.
+    """
+    if event.get("log_namespace") == "log_legacy" and _TWISTED_CHATTER.fullmatch(
+        event.get("log_text") or ""
+    ):
+        return PredicateResult.no
+    return PredicateResult.maybe
+
+
 class LogLevelService(Service):
     """
     While running, puts a level filter in front of the observers that
     C{publisher} has when the service starts (for C{twistd}, its log file
-    or standard output); stopping puts them back as they were.
+    or standard output); stopping puts them back as they were.  Above
+    level C{debug}, the filter also drops Twisted's own lines about ports
+    and connections opening and closing ("... starting on 5353", "(UDP Port
+    5353 Closed)", "Starting factory <...>").
 
     Observers added to C{publisher} while the service runs get every event.
 
@@ -96,7 +125,10 @@ class LogLevelService(Service):
         super().startService()
         # Twisted has no public way to list a publisher's observers
         self._filtered = list(self.publisher._observers)
-        self._filter = FilteringLogObserver(LogPublisher(*self._filtered), [_AtLeast(self.level)])
+        predicates: list[ILogFilterPredicate] = [_AtLeast(self.level)]
+        if self.level > LogLevel.debug:
+            predicates.append(_withoutTwistedChatter)
+        self._filter = FilteringLogObserver(LogPublisher(*self._filtered), predicates)
         for observer in self._filtered:
             self.publisher.removeObserver(observer)
         self.publisher.addObserver(self._filter)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import pytest_twisted
 from twisted.logger import Logger, LogLevel, LogPublisher
 
 from mqtwist.loglevel import LogLevelService, debugEvents, parseLogLevel
@@ -115,3 +116,37 @@ def test_debugSwitch() -> None:
         assert debugEvents.wanted
     finally:
         service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_twistedPortChatterIsDroppedAboveDebug() -> None:
+    """
+    Twisted's lines about a port opening and closing (here a real UDP port,
+    as each DNS query opens) are dropped at level info; at debug they stay,
+    and other legacy lines pass at any level.
+    """
+    from twisted.internet import reactor
+    from twisted.names.dns import DNSDatagramProtocol
+    from twisted.python import log as legacyLog
+
+    for level, expectChatter in ((LogLevel.info, False), (LogLevel.debug, True)):
+        seen: list[dict[str, Any]] = []
+        service = LogLevelService(level)
+        # the global publisher, where Twisted's legacy lines go
+        from twisted.logger import globalLogPublisher
+
+        globalLogPublisher.addObserver(seen.append)
+        service.startService()
+        try:
+            port = reactor.listenUDP(0, DNSDatagramProtocol(None), interface="127.0.0.1")
+            number = port.getHost().port
+            await port.stopListening()
+            legacyLog.msg("a legacy line of some application")
+        finally:
+            service.stopService()
+            globalLogPublisher.removeObserver(seen.append)
+        texts = [event.get("log_text") for event in seen]
+        chatter = [f"DNSDatagramProtocol starting on {number}", f"(UDP Port {number} Closed)"]
+        assert all((line in texts) is expectChatter for line in chatter), texts
+        assert not expectChatter or any(str(t).startswith("Starting protocol <") for t in texts)
+        assert "a legacy line of some application" in texts

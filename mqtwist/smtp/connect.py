@@ -27,6 +27,10 @@ log = Logger()
 
 
 class _ClientFactory(Factory):
+    # no "Starting factory" / "Stopping factory" lines: one of each per
+    # SMTP connection would bury the log
+    noisy = False
+
     def __init__(self, ehloName: str, timeouts: SMTPTimeouts, clock: Any) -> None:
         self.ehloName = ehloName
         self.timeouts = timeouts
