@@ -59,6 +59,7 @@ class DeliveryEngine:
     limits of the delivery policy and at most C{config.concurrency} at once.
 
     @param plugins: the data plugins, in the order they run.
+    @raise ValueError: when the configured TLS files cannot be loaded.
     """
 
     log = Logger()
@@ -85,6 +86,10 @@ class DeliveryEngine:
         )
         # waiting for a destination holds no slot: slots are for sending
         self.slots = DeferredSemaphore(config.concurrency)
+        tls = TLSSettings(config.tlsCertificate, config.tlsKey, config.tlsCaFile)
+        # loaded now, so that a bad file stops the start instead of every
+        # STARTTLS later on
+        tls.context()
         self.pool = ConnectionPool(
             reactor,
             ehloName=config.ehloName,
@@ -92,7 +97,7 @@ class DeliveryEngine:
             maxConnectionsPerDestination=self.policy.mostConnections,
             maxMessagesPerConnection=config.maxMessagesPerConnection,
             idleTimeout=config.idleTimeout,
-            tls=TLSSettings(config.tlsCertificate, config.tlsKey, config.tlsCaFile),
+            tls=tls,
             authCleartextHosts=config.authCleartextHosts,
         )
         self.chain = PluginChain(plugins, reactor=reactor, config=config)

@@ -448,6 +448,33 @@ class TestService:
         (levels,) = [child for child in service if isinstance(child, LogLevelService)]  # type: ignore[attr-defined]
         assert levels.level is LogLevel.warn
 
+    @pytest.mark.parametrize(
+        "files, why",
+        [
+            (["--tls-certificate", "/nonexistent/client.pem"], "/nonexistent/client.pem: No such file or directory"),
+            (["--tls-ca-file", "/nonexistent/ca.pem"], "(tls-ca-file /nonexistent/ca.pem): /nonexistent/ca.pem: No such"),
+            (["--tls-certificate", "{notPEM}"], "no start line"),
+        ],
+    )
+    def test_badTLSFilesStopTheStart(self, files: list[str], why: str, tmp_path: Path) -> None:
+        """
+        TLS files that cannot be loaded stop C{twistd mqtwist} before it
+        starts, naming them and the cause, instead of failing every
+        STARTTLS later.
+        """
+        notPEM = tmp_path / "notpem.txt"
+        notPEM.write_text("this is not PEM\n")
+        options = Options({})
+        options.parseOptions(
+            ["--amqp", "amqp://guest:guest@127.0.0.1:1/", "--plugins="]
+            + [each.format(notPEM=notPEM) for each in files]
+        )
+        with pytest.raises(SystemExit) as stopped:
+            makeService(options)
+        message = str(stopped.value)
+        assert message.startswith("twistd mqtwist: cannot load the TLS files (tls-")
+        assert why in message and "check that each exists" in message
+
     def test_badLogLevel(self) -> None:
         assert parseError(["--log-level", "verbose"]) == (
             "--log-level: 'verbose' is not a log level; use one of "

@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from OpenSSL import SSL
 
 from twisted.internet import error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
@@ -171,13 +170,8 @@ async def _secure(client: ESMTPClient, tlsName: str, where: str, security: str, 
         return
     try:
         creator = tls.creatorFor(tlsName)
-    except (SSL.Error, OSError) as failure:
-        raise AttemptFailed(
-            "starttls",
-            "error",
-            f"cannot load the TLS files (tls-certificate {tls.certificate}, tls-key {tls.key}, "
-            f"tls-ca-file {tls.caFile}): {failure}; fix the configuration",
-        ) from None
+    except ValueError as failure:
+        raise AttemptFailed("starttls", "error", str(failure)) from None
     try:
         await client.startTLS(creator)
     except AttemptFailed as failure:

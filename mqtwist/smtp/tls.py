@@ -66,19 +66,37 @@ class TLSSettings:
         The OpenSSL context for client connections, made on first use and
         shared by every connection (loading CA files is not cheap).
 
-        @raise SSL.Error: when a configured file cannot be loaded.
+        @raise ValueError: when a configured file cannot be loaded, naming
+            the files and why.
         """
         if not self._context:
             context = SSL.Context(SSL.TLS_CLIENT_METHOD)
-            if self.caFile is not None:
-                context.load_verify_locations(self.caFile)
-            else:
-                context.set_default_verify_paths()
-            if self.certificate is not None:
-                context.use_certificate_chain_file(self.certificate)
-                context.use_privatekey_file(self.key or self.certificate)
+            try:
+                for path in self._files().values():
+                    # OpenSSL would say only "system lib"
+                    with open(path, "rb"):
+                        pass
+                if self.caFile is not None:
+                    context.load_verify_locations(self.caFile)
+                else:
+                    context.set_default_verify_paths()
+                if self.certificate is not None:
+                    context.use_certificate_chain_file(self.certificate)
+                    context.use_privatekey_file(self.key or self.certificate)
+            except (SSL.Error, OSError) as e:
+                files = ", ".join(f"{option} {path}" for option, path in self._files().items())
+                raise ValueError(
+                    f"cannot load the TLS files ({files}): {_why(e)}; check that each "
+                    f"exists, is readable and holds PEM data, and that the key "
+                    f"belongs to the certificate"
+                ) from None
             self._context.append(context)
         return self._context[0]
+
+    def _files(self) -> dict[str, str]:
+        """The files configured, by the option that names them."""
+        named = {"tls-certificate": self.certificate, "tls-key": self.key, "tls-ca-file": self.caFile}
+        return {option: path for option, path in named.items() if path is not None}
 
     def creatorFor(self, hostname: str) -> ClientTLS:
         """
@@ -189,3 +207,12 @@ _VERIFY_ERRORS = {
 
 def _errorText(errno: int) -> str:
     return _VERIFY_ERRORS.get(errno, f"OpenSSL verification error {errno}")
+
+
+def _why(error: Exception) -> str:
+    # OpenSSL's errors are lists of (library, function, reason) tuples
+    if isinstance(error, SSL.Error) and error.args and isinstance(error.args[0], list):
+        return "; ".join(str(reason) for *_, reason in error.args[0] if reason) or "OpenSSL error"
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return str(error)
