@@ -15,4 +15,7 @@ C{twistd} drop-in in C{twisted/plugins/} imports it.
 from mqtwist.errors import PermanentFailure
 from mqtwist.interfaces import COMPLETE, CONTINUE, IDataPlugin
 
-__all__ = ["COMPLETE", "CONTINUE", "IDataPlugin", "PermanentFailure"]
+#: the release; setup.cfg reads it from here
+__version__ = "0.1.0"
+
+__all__ = ["COMPLETE", "CONTINUE", "IDataPlugin", "PermanentFailure", "__version__"]

@@ -161,6 +161,13 @@ def test_installedWheelRunsTwistd(installed: Path, tmp_path: Path) -> None:
     venv = installed.parent.parent
     assert all(Path(path).is_relative_to(venv) for path in where), where
 
+    versions = run(
+        [str(installed), "-I", "-c",
+         "import mqtwist, importlib.metadata as m; print(mqtwist.__version__, m.version('mqtwist'))"],
+        cwd=tmp_path,
+    ).split()
+    assert versions == ["0.1.0", "0.1.0"]
+
     listing = twistd(installed, "--help", cwd=tmp_path)
     assert "mqtwist          Outbound mail transfer agent" in listing
 
