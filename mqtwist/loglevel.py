@@ -113,16 +113,26 @@ class LogLevelService(Service):
     @param level: the lowest level that is kept.
     @param publisher: the publisher whose observers are filtered; the
         global one by default.
+    @param untilExit: keep the filter after the service stops, for the
+        rest of the process: the services stopped beside it (all at once)
+        go on logging while they wind down, and under C{twistd} the
+        process ends after them.
     """
 
-    def __init__(self, level: LogLevel, publisher: LogPublisher = globalLogPublisher) -> None:
+    def __init__(
+        self, level: LogLevel, publisher: LogPublisher = globalLogPublisher, *, untilExit: bool = False
+    ) -> None:
         self.level = level
         self.publisher = publisher
+        self.untilExit = untilExit
         self._filter: FilteringLogObserver | None = None
         self._filtered: list[ILogObserver] = []
 
     def startService(self) -> None:
         super().startService()
+        if self._filter is not None:
+            # kept from an earlier run (untilExit)
+            return
         # Twisted has no public way to list a publisher's observers
         self._filtered = list(self.publisher._observers)
         predicates: list[ILogFilterPredicate] = [_AtLeast(self.level)]
@@ -136,7 +146,7 @@ class LogLevelService(Service):
 
     def stopService(self) -> None:
         super().stopService()
-        if self._filter is None:
+        if self._filter is None or self.untilExit:
             return
         self.publisher.removeObserver(self._filter)
         debugEvents.wanted = True

@@ -97,6 +97,26 @@ def test_observersAddedLaterGetEverything() -> None:
     assert len(late) == 5
 
 
+def test_untilExitKeepsFilteringAfterTheStop() -> None:
+    """
+    With C{untilExit}, the level still holds after the service stops (the
+    services stopped beside it log while they wind down), and starting it
+    again does not filter twice.
+    """
+    publisher = LogPublisher()
+    seen: list[dict[str, Any]] = []
+    publisher.addObserver(seen.append)
+    log = Logger(namespace="test", observer=publisher)
+    service = LogLevelService(LogLevel.warn, publisher, untilExit=True)
+    service.startService()
+    service.stopService()
+    emitAll(log)
+    service.startService()
+    emitAll(log)
+    assert [event["log_format"] for event in seen] == ["w {x}", "e {x}", "c {x}"] * 2
+    assert len(publisher._observers) == 1
+
+
 def test_debugSwitch() -> None:
     """
     Hot code may skip building debug events exactly while a service with a
