@@ -108,11 +108,15 @@ def test_untilExitKeepsFilteringAfterTheStop() -> None:
     publisher.addObserver(seen.append)
     log = Logger(namespace="test", observer=publisher)
     service = LogLevelService(LogLevel.warn, publisher, untilExit=True)
-    service.startService()
-    service.stopService()
-    emitAll(log)
-    service.startService()
-    emitAll(log)
+    try:
+        service.startService()
+        service.stopService()
+        emitAll(log)
+        service.startService()
+        emitAll(log)
+    finally:
+        # the process-wide switch stays off for good by design: not here
+        debugEvents.wanted = True
     assert [event["log_format"] for event in seen] == ["w {x}", "e {x}", "c {x}"] * 2
     assert len(publisher._observers) == 1
 
