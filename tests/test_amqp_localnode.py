@@ -1,8 +1,9 @@
 """
 The private RabbitMQ node: a missing package, a directory the node cannot
 reach, a restart on the same data directory, and (with a reactor that only
-records the processes it is asked to start) the Erlang cookie, the ports and
-the message when the node does not answer.
+records the processes it is asked to start) the Erlang cookie, the ports,
+the message when the node does not answer, and how the service reports a
+node that fails to start or ends on its own.
 """
 
 import os
@@ -20,6 +21,7 @@ from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessDone, ProcessTerminated
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
 
 from fixtures_rabbitmq import AMQPHelper
@@ -28,6 +30,7 @@ from mqtwist.amqp.localnode import (
     RABBITMQCTL_DIST_PORTS,
     LocalRabbitMQ,
     LocalRabbitMQService,
+    RabbitMQEnded,
     RabbitMQNotInstalled,
     RabbitMQStartFailed,
 )
@@ -303,3 +306,137 @@ def test_niceness_is_set_before_the_node_starts(dataDir):
 def test_niceness_out_of_range_is_refused(dataDir):
     with pytest.raises(ValueError, match="niceness 20 is out of range: give -20 to 19"):
         LocalRabbitMQ(dataDir, niceness=20)
+
+
+def nodeEvents(events) -> list[tuple[LogLevel, str]]:
+    """The level and text of each event the node logged."""
+    return [
+        (event["log_level"], formatEvent(event))
+        for event in events
+        if event.get("log_namespace") == "mqtwist.amqp.localnode.LocalRabbitMQ"
+    ]
+
+
+def startedService(fake: "RecordingReactor", dataDir: str) -> LocalRabbitMQService:
+    """A service whose node is up: its first rabbitmqctl answered."""
+    service = LocalRabbitMQService(
+        LocalRabbitMQ(dataDir, amqpPort=40001, distPort=40003, reactor=fake)
+    )
+    service.startService()
+    fake.spawned[1].end()
+    assert service.whenStarted().result == service.node.url
+    return service
+
+
+@installed
+def test_service_reports_a_node_that_ends_on_its_own(dataDir):
+    """
+    The Erlang VM of a running node is killed: its start script exits 0.
+    The node logs an error with its last output, and the service's
+    L{LocalRabbitMQService.whenEnded} errbacks with L{RabbitMQEnded}, also
+    for a caller that asks later; the service itself stops nothing.
+    """
+    fake = RecordingReactor()
+    service = startedService(fake, dataDir)
+    ended = service.whenEnded()
+    assert not ended.called
+    with capturedLogs() as events:
+        fake.spawned[0].end(0, b"  Starting broker... completed with 0 plugins.\nKilled\n")
+    failure = ended.result
+    ended.addErrback(lambda _: None)
+    assert failure.check(RabbitMQEnded)
+    node = service.node.nodeName
+    logDir = os.path.join(service.node.dataDir, "log")
+    assert str(failure.value) == (
+        f"private RabbitMQ node {node} ended unexpectedly, without being asked "
+        f"to stop (rabbitmq-server exited with status 0: its Erlang VM ended, "
+        f"crashed or killed). Its log is in {logDir}"
+    )
+    assert failure.value.output.endswith("completed with 0 plugins.\nKilled\n")
+    ((level, text),) = nodeEvents(events)
+    assert level == LogLevel.error
+    assert text == f"{failure.value}; its last output:\n{failure.value.output}"
+    later = service.whenEnded()
+    assert later.result is failure
+    later.addErrback(lambda _: None)
+    assert service.running
+
+    # stopping the service afterwards: nothing left to stop, no new failure
+    stopped = service.stopService()
+    assert stopped.called and stopped.result is None
+
+
+@installed
+def test_service_stop_is_no_failure(dataDir):
+    """
+    A node stopped by C{stopService} ends as asked: C{whenEnded} fires with
+    C{None}, and the node says so at info level.
+    """
+    fake = RecordingReactor()
+    service = startedService(fake, dataDir)
+    ended = service.whenEnded()
+    with capturedLogs() as events:
+        stopped = service.stopService()
+    assert stopped.called and stopped.result is None
+    assert ended.called and ended.result is None
+    node = service.node.nodeName
+    assert nodeEvents(events) == [
+        (LogLevel.info, f"stopping RabbitMQ node {node}"),
+        (LogLevel.info, f"RabbitMQ node {node} stopped"),
+    ]
+    # asked once stopped, it has nothing to wait for
+    assert service.whenEnded().result is None
+
+
+@installed
+def test_service_reports_a_node_that_did_not_start(dataDir):
+    """
+    The server exits during its start (here: its AMQP port is taken): the
+    start error, with the node's output, is what C{whenStarted} and
+    C{whenEnded} errback with, and the node logs no error of its own.
+    """
+    fake = RecordingReactor()
+    service = LocalRabbitMQService(
+        LocalRabbitMQ(dataDir, amqpPort=40001, distPort=40003, reactor=fake)
+    )
+    ended = service.whenEnded()  # asked before the start: waits for it
+    with capturedLogs() as events:
+        service.startService()
+        server, ctl = fake.spawned
+        server.end(0, b"BOOT FAILED\n{listen_error, eaddrinuse}\n")
+        ctl.end(69, b"Error: unable to perform an operation on node")
+        fake.advance(0.5)
+    started = service.whenStarted()
+    assert ended.called and started.called
+    failure = ended.result
+    assert started.result is failure
+    for d in (started, ended):
+        d.addErrback(lambda _: None)
+    assert failure.check(RabbitMQStartFailed)
+    message = str(failure.value)
+    assert f"private RabbitMQ node {service.node.nodeName} did not start: " \
+        "rabbitmq-server exited with status 0." in message
+    assert message.endswith("BOOT FAILED\n{listen_error, eaddrinuse}\n")
+    assert [level for level, _ in nodeEvents(events)] == [LogLevel.info]  # "starting ..."
+    service.stopService()
+
+
+@installed
+def test_service_stopped_during_the_start_is_no_failure(dataDir):
+    """
+    C{stopService} while the node starts ends the start: C{whenStarted}
+    errbacks, but C{whenEnded} fires with C{None}.
+    """
+    fake = RecordingReactor()
+    service = LocalRabbitMQService(
+        LocalRabbitMQ(dataDir, amqpPort=40001, distPort=40003, reactor=fake)
+    )
+    service.startService()
+    ended = service.whenEnded()
+    stopped = service.stopService()
+    fake.spawned[1].end(69, b"Error: node not running")
+    fake.advance(0.5)
+    assert stopped.called and ended.called and ended.result is None
+    started = service.whenStarted()
+    assert started.result.check(RabbitMQStartFailed)
+    started.addErrback(lambda _: None)

@@ -62,15 +62,38 @@ class RabbitMQStartFailed(Exception):
     """
 
 
+class RabbitMQEnded(Exception):
+    """
+    The node ended without being asked to stop: its Erlang VM crashed or
+    was killed.  The message names the node, how its server process ended
+    and where its log is.
+
+    @ivar output: the last lines the node printed.
+    """
+
+    def __init__(self, message: str, output: str) -> None:
+        super().__init__(message)
+        self.output = output
+
+
 class _ServerProcess(protocol.ProcessProtocol):
     """
     Keeps the last lines the server printed, for error messages, and fires
     C{ended} with the exit reason (L{error.ProcessDone} or
     L{error.ProcessTerminated}).
+
+    @ivar endReason: once it ended, how (what C{ended} fires with).
+    @ivar up: whether the node answered after its start.
+    @ivar stopRequested: whether L{LocalRabbitMQ.stop} told it to stop.
+    @ivar unexpectedEnd: once it ended on its own, why.
     """
 
     def __init__(self, tailBytes: int = 8192) -> None:
         self.ended: defer.Deferred[BaseException] = defer.Deferred()
+        self.endReason: BaseException | None = None
+        self.up = False
+        self.stopRequested = False
+        self.unexpectedEnd: RabbitMQEnded | None = None
         self._tail: collections.deque[bytes] = collections.deque()
         self._tailBytes = tailBytes
         self._size = 0
@@ -87,6 +110,7 @@ class _ServerProcess(protocol.ProcessProtocol):
         return b"".join(self._tail).decode("utf-8", "replace")
 
     def processEnded(self, reason: Failure) -> None:
+        self.endReason = reason.value
         # the exception as a value: given the Failure itself, the Deferred
         # would skip every callback for its errbacks
         self.ended.callback(reason.value)
@@ -204,6 +228,7 @@ class LocalRabbitMQ:
         except BaseException:
             yield self.stop()
             raise
+        process.up = True
         self.log.info("RabbitMQ node {node} is up", node=self.nodeName)
         return self.url
 
@@ -327,8 +352,8 @@ class LocalRabbitMQ:
         lastAnswer = "nothing yet"
         while True:
             remaining = int(deadline - self._reactor.seconds())
-            if process.ended.called:
-                raise self._startFailed(process, "the server exited")
+            if process.endReason is not None:
+                raise self._startFailed(process, _howItEnded(process.endReason))
             if remaining <= 0:
                 # the node may well be up and only unreachable for
                 # rabbitmqctl (e.g. epmd was restarted under it): say why
@@ -357,12 +382,52 @@ class LocalRabbitMQ:
     def _serverEnded(self, reason: BaseException, process: _ServerProcess) -> BaseException:
         if self._process is process:
             self._process = None
-        self.log.info(
-            "RabbitMQ node {node} ended: {reason}",
-            node=self.nodeName,
-            reason=reason,
+        if process.stopRequested:
+            self.log.info("RabbitMQ node {node} stopped", node=self.nodeName)
+            return reason
+        # The start script exits when its Erlang VM ends, killed or not,
+        # most often with status 0: that status says nothing of the node.
+        process.unexpectedEnd = RabbitMQEnded(
+            f"private RabbitMQ node {self.nodeName} ended unexpectedly, "
+            f"without being asked to stop ({_howItEnded(reason)}: its Erlang "
+            f"VM ended, crashed or killed). Its log is in "
+            f"{os.path.join(self.dataDir, 'log')}",
+            process.tail(),
         )
+        # an end during the start is reported by start()'s error instead
+        if process.up:
+            self.log.error(
+                "{error}; its last output:\n{output}",
+                error=process.unexpectedEnd,
+                output=process.unexpectedEnd.output,
+            )
         return reason
+
+    def whenEnded(self) -> defer.Deferred[None]:
+        """
+        Wait for the end of the running node.
+
+        @return: a Deferred that fires with C{None} once the node has been
+            stopped by L{stop} (at once if no node is running), or errbacks
+            with L{RabbitMQEnded} when it ends without being asked to (its
+            Erlang VM crashed or was killed; also when that happens during
+            L{start}, which then errbacks with L{RabbitMQStartFailed}).
+        """
+        process = self._process
+        if process is None:
+            return defer.succeed(None)
+        ended: defer.Deferred[None] = defer.Deferred()
+
+        def report(reason: BaseException) -> BaseException:
+            if process.unexpectedEnd is None:
+                ended.callback(None)
+            else:
+                ended.errback(process.unexpectedEnd)
+            return reason
+
+        # after _serverEnded, which was added at the start
+        process.ended.addCallback(report)
+        return ended
 
     # -- commands ----------------------------------------------------------
 
@@ -407,6 +472,7 @@ class LocalRabbitMQ:
         if process is None:
             return
         self.log.info("stopping RabbitMQ node {node}", node=self.nodeName)
+        process.stopRequested = True
         self._signal(process, "TERM")
         killer = self._reactor.callLater(self._stopTimeout, self._kill, process)
         yield process.ended
@@ -437,31 +503,61 @@ class LocalRabbitMQ:
             pass
 
 
+def _howItEnded(reason: BaseException) -> str:
+    if isinstance(reason, error.ProcessTerminated) and reason.signal is not None:
+        return f"rabbitmq-server was ended by signal {reason.signal}"
+    return f"rabbitmq-server exited with status {getattr(reason, 'exitCode', 0)}"
+
+
 class LocalRabbitMQService(Service):
     """
     Runs a L{LocalRabbitMQ} for the lifetime of a service hierarchy.  Add it
     to a C{MultiService} I{before} the services that use the broker, so that
     it stops after them.
-    """
 
-    log = Logger()
+    When the node cannot start, or ends while the service runs, the service
+    neither logs it as a failure nor stops anything: L{whenStarted} and
+    L{whenEnded} hand the error to whoever runs the service, who decides
+    (C{twistd mqtwist} logs it and exits with status 1, for a supervisor to
+    start it again; an application that embeds the service may do anything
+    else).
+    """
 
     def __init__(self, node: LocalRabbitMQ) -> None:
         self.node = node
         self._result: BrokerURL | Failure | None = None
         self._waiting: list[defer.Deferred[BrokerURL]] = []
+        self._failure: Failure | None = None
+        self._endWaiters: list[defer.Deferred[None]] = []
+        self._stopped = False
 
     def startService(self) -> None:
         Service.startService(self)
+        self._result = None
+        self._failure = None
+        self._stopped = False
         self.node.start().addBoth(self._startDone)
 
     def _startDone(self, result: BrokerURL | Failure) -> None:
         self._result = result
-        if isinstance(result, Failure):
-            self.log.failure("private RabbitMQ node did not start", result)
+        if not isinstance(result, Failure):
+            self.node.whenEnded().addErrback(self._nodeFailed)
+        elif self.running:
+            self._nodeFailed(result)
+        # else: stopService ended the start, which is no failure
         waiting, self._waiting = self._waiting, []
         for d in waiting:
             self._fire(d)
+
+    def _nodeFailed(self, failure: Failure) -> None:
+        if not self.running or self._failure is not None:
+            # the node ended while stopService stops it: the node has
+            # said so in its log, and nobody waits for it any more
+            return
+        self._failure = failure
+        waiting, self._endWaiters = self._endWaiters, []
+        for d in waiting:
+            d.errback(failure)
 
     def _fire(self, d: defer.Deferred[BrokerURL]) -> None:
         result = self._result
@@ -473,7 +569,8 @@ class LocalRabbitMQService(Service):
     def whenStarted(self) -> defer.Deferred[BrokerURL]:
         """
         @return: a Deferred that fires with the node's L{BrokerURL} once it
-            is up, or errbacks with why it could not start.
+            is up, or errbacks with why it could not start
+            (L{RabbitMQNotInstalled}, L{RabbitMQStartFailed}).
         """
         d: defer.Deferred[BrokerURL] = defer.Deferred()
         if self._result is None:
@@ -482,6 +579,38 @@ class LocalRabbitMQService(Service):
             self._fire(d)
         return d
 
+    def whenEnded(self) -> defer.Deferred[None]:
+        """
+        Learn when the node fails, to stop the application or to do without
+        a broker.
+
+        @return: a Deferred that errbacks with L{RabbitMQNotInstalled} or
+            L{RabbitMQStartFailed} when the node could not start, or with
+            L{RabbitMQEnded} when it ended on its own while the service was
+            running (at once when either has happened since the service
+            started); otherwise it fires with C{None} once L{stopService}
+            has stopped the node (at once if it has).  Asked before the
+            service starts, it waits for the start and what follows.
+        """
+        if self._failure is not None:
+            return defer.fail(self._failure)
+        if self._stopped:
+            return defer.succeed(None)
+        d: defer.Deferred[None] = defer.Deferred()
+        self._endWaiters.append(d)
+        return d
+
     def stopService(self) -> defer.Deferred[None]:
+        """
+        Stop the node.
+
+        @return: a Deferred that fires with C{None} once it has exited.
+        """
         Service.stopService(self)
-        return self.node.stop()
+        return self.node.stop().addCallback(self._nodeStopped)
+
+    def _nodeStopped(self, result: None) -> None:
+        self._stopped = True
+        waiting, self._endWaiters = self._endWaiters, []
+        for d in waiting:
+            d.callback(None)
