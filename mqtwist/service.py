@@ -5,6 +5,9 @@ It is what C{twistd mqtwist} runs, and what an existing Twisted application
 adds to its own service tree.  Its children are, in start order: the private
 RabbitMQ node (only when no broker URL is configured) and the AMQP client
 that consumes the outbox.
+
+When it cannot work (no broker) it logs why and tells L{whenFailed}'s
+callers, but stops nothing: whoever runs it decides.
 """
 
 from __future__ import annotations
@@ -13,12 +16,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtwist.amqp.client import BrokerClient, QueueSpec
-from mqtwist.amqp.localnode import LocalRabbitMQ, LocalRabbitMQService
+from mqtwist.amqp.localnode import (
+    LocalRabbitMQ,
+    LocalRabbitMQService,
+    RabbitMQEnded,
+    RabbitMQNotInstalled,
+    RabbitMQStartFailed,
+)
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
 from mqtwist.delivery import DeliveryEngine
@@ -28,6 +37,22 @@ from mqtwist.interfaces import IDataPlugin
 from mqtwist.message import Message, ParseSettings, ResultEntry
 from mqtwist.outbox import OutboxProcessor
 from mqtwist.schedule import RetrySchedule
+
+
+#: What to do when the private RabbitMQ node fails, by the type of its error
+#: (whose message says what happened).
+_NODE_FAILURE_ADVICE: dict[type, str] = {
+    RabbitMQNotInstalled: "install what the message names, then start mqtwist again.",
+    RabbitMQStartFailed: (
+        "fix what the node's output and log show (eaddrinuse: one of its ports is in "
+        "use; free it, or choose another AMQP port with --broker-port), then start "
+        "mqtwist again; or give the URL of a running broker with --amqp."
+    ),
+    RabbitMQEnded: (
+        "find in the node's log, and in its last output logged above, why it ended, "
+        "then start mqtwist again; or give the URL of a running broker with --amqp."
+    ),
+}
 
 
 class MailerService(MultiService):
@@ -79,6 +104,10 @@ class MailerService(MultiService):
             )
             self.localNode.setServiceParent(self)
         self._brokerWaiters: list[Deferred[None]] = []
+        self._failure: Failure | None = None
+        self._failureWaiters: list[Deferred[None]] = []
+        self._stopping = False
+        self._stopped = False
 
     def deliver(self, message: Message) -> Deferred[ResultEntry]:
         """
@@ -100,18 +129,65 @@ class MailerService(MultiService):
         self._brokerWaiters.append(waiter)
         return waiter
 
+    def whenFailed(self) -> Deferred[None]:
+        """
+        Learn when the service cannot work any more, to stop the
+        application: the service logs the failure as critical but goes on
+        running, idle, until it is stopped.
+
+        @return: a Deferred that errbacks with what stopped the service from
+            working, at once if that has happened since it started: its
+            private RabbitMQ node could not start (L{RabbitMQNotInstalled},
+            L{RabbitMQStartFailed}) or ended while the service was running
+            (L{RabbitMQEnded}), or the AMQP client could not be set up (any
+            other exception).  Without such a failure it fires with C{None}
+            when L{stopService} has finished (at once if it has).  Asked
+            before the service starts, it waits for the start and what
+            follows.
+        """
+        if self._failure is not None:
+            return fail(self._failure)
+        if self._stopped:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._failureWaiters.append(waiter)
+        return waiter
+
     def startService(self) -> None:
+        self._failure = None
+        self._stopping = self._stopped = False
         super().startService()
         self.log.info(
             "mqtwist starting: outbox {outbox}, plugins {plugins}",
             outbox=self.config.outbox,
             plugins=[plugin.name for plugin in self.plugins],
         )
+        if self.localNode is not None:
+            self.localNode.whenEnded().addErrback(self._failed)
         ensureDeferred(self._startBroker()).addErrback(self._brokerFailed)
 
     def _brokerFailed(self, failure: Failure) -> None:
-        self.log.failure("could not start the AMQP client", failure)
         waiters, self._brokerWaiters = self._brokerWaiters, []
+        for waiter in waiters:
+            waiter.errback(failure)
+        self._failed(failure)
+
+    def _failed(self, failure: Failure) -> None:
+        if self._stopping or self._failure is not None:
+            # a stop ends the start of the node and of the client; and a
+            # node that could not start fails the client's start as well
+            return
+        self._failure = failure
+        advice = _NODE_FAILURE_ADVICE.get(failure.type)
+        if advice is None:
+            self.log.failure("mqtwist cannot deliver: could not start the AMQP client", failure)
+        else:
+            self.log.critical(
+                "mqtwist cannot deliver without its broker: {error}\nWhat to do: {advice}",
+                error=failure.value,
+                advice=advice,
+            )
+        waiters, self._failureWaiters = self._failureWaiters, []
         for waiter in waiters:
             waiter.errback(failure)
 
@@ -164,6 +240,7 @@ class MailerService(MultiService):
 
         @return: a Deferred firing when all of it is done.
         """
+        self._stopping = True
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -177,3 +254,7 @@ class MailerService(MultiService):
         await self.engine.close()
         await super().stopService()
         self.log.info("mqtwist stopped")
+        self._stopped = True
+        waiters, self._failureWaiters = self._failureWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)

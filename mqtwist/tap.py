@@ -22,6 +22,7 @@ which wins over the defaults.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import difflib
 import math
@@ -34,7 +35,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.error import ReactorNotRunning
+from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
@@ -548,11 +552,21 @@ def _buildConfig(given: Mapping[str, tuple[object, str]]) -> Config:
     return Config(**values)
 
 
+#: The exit status of C{twistd mqtwist} when mqtwist cannot work (its
+#: private RabbitMQ node did not start or ended): not 0, so that a
+#: supervisor (systemd's C{Restart=on-failure}) starts it again.
+FAILURE_EXIT_STATUS = 1
+
+log = Logger()
+
+
 def makeService(options: Options) -> IService:
     """
     The service of C{twistd mqtwist}: a L{mqtwist.service.MailerService}
     with the parsed configuration, and a L{LogLevelService} child that
-    keeps events below C{logLevel} from twistd's log.
+    keeps events below C{logLevel} from twistd's log.  When the service
+    cannot work (see L{MailerService.whenFailed}), twistd stops it as on
+    SIGTERM and exits with L{FAILURE_EXIT_STATUS}.
     """
     from mqtwist.service import MailerService
 
@@ -563,4 +577,40 @@ def makeService(options: Options) -> IService:
         raise SystemExit(f"twistd mqtwist: {e}") from None
     # twistd's log observer is in place by the time the service starts
     LogLevelService(parseLogLevel(options.config.logLevel)).setServiceParent(service)
+    service.whenFailed().addErrback(_stopTwistd, service.reactor)
     return service
+
+
+def _stopTwistd(failure: Failure, reactor: Any) -> None:
+    """
+    Stop the reactor, which stops the services as SIGTERM does, and make
+    the process exit with L{FAILURE_EXIT_STATUS}.  The service has logged
+    C{failure} already.
+    """
+    log.info(
+        "twistd mqtwist stops, and exits with status {status} for its supervisor to start it again",
+        status=FAILURE_EXIT_STATUS,
+    )
+    # twistd has no exit status to set: once its reactor has stopped (every
+    # shutdown trigger run, the services stopped), it removes its pid file,
+    # logs "Server Shut Down." and returns, and the process exits 0.  Only
+    # exit handlers run later, and SystemExit raised in one is ignored: this
+    # one ends the process itself, once what is buffered is written (the
+    # handlers registered before it, such as the standard library's
+    # logging.shutdown, which twistd's log does not use, do not run).
+    atexit.register(_exit, FAILURE_EXIT_STATUS)
+    # the node may fail before the reactor runs (not installed: at once)
+    reactor.callWhenRunning(_stopReactor, reactor)
+
+
+def _stopReactor(reactor: Any) -> None:
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass  # already stopping, e.g. on SIGTERM
+
+
+def _exit(status: int) -> None:
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

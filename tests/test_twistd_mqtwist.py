@@ -1,14 +1,17 @@
 """
 C{twistd mqtwist} as a user runs it: with a plugin from a separate
 distribution, and with the private RabbitMQ node it starts when no broker
-URL is given.
+URL is given; when that node cannot start or ends, twistd exits with status
+1, for its supervisor to start it again.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -21,7 +24,8 @@ from fixtures_rabbitmq import AMQPHelper
 from fixtures_smtp import unusedPort
 from test_amqp_localnode import nicenessOfThreads
 from twisted.internet import reactor
-from twistdprocess import brokerArguments, startTwistd
+from twisted.internet.protocol import Factory
+from twistdprocess import Twistd, brokerArguments, startTwistd
 
 from mqtwist.amqp.url import BrokerURL
 
@@ -126,3 +130,109 @@ async def test_private_rabbitmq_node_when_no_broker_is_given(smtpServer):
     assert json.loads(result.body)["results"][0]["result"] == "accepted"
     assert smtpServer.messages[0].data == b"Subject: p\r\n\r\nprivate\r\n"
     assert b"mqtwist stopped" in twistd.output
+    # the node stopped as asked: no error, no failure
+    assert re.search(rb"\[mqtwist\.amqp\.localnode\.LocalRabbitMQ#info\] RabbitMQ node \S+ stopped\n", twistd.output)
+    assert b"#error]" not in twistd.output and b"#critical]" not in twistd.output
+
+
+def levels(output: bytes, level: str) -> list[bytes]:
+    """The first lines of the events of C{level} in twistd's output."""
+    return re.findall(rb"^\S+ \[[^]]*#" + level.encode() + rb"\] .*$", bytes(output), re.M)
+
+
+async def exitStatus(twistd: Twistd, timeout: float = 120) -> int:
+    """
+    Wait for twistd to log its last line and exit; its exit status.
+    """
+    await twistd.waitForOutput(b"Server Shut Down.", timeout=timeout)
+    await twistd.ended
+    return os.waitstatus_to_exitcode(twistd.transport.status)
+
+
+async def endTwistd(twistd: Twistd) -> None:
+    """Kill twistd if a failed test left it running."""
+    if not twistd.ended.called:
+        twistd.transport.signalProcess("KILL")
+        await twistd.ended
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_node_that_cannot_start_makes_twistd_exit_1():
+    """
+    The node's AMQP port is taken: the node does not start, and mqtwist logs
+    one critical event with the node's output and what to do, stops, and
+    exits with status 1 (not idle for ever with status 0 to come).
+    """
+    brokerDir = tempfile.mkdtemp(prefix="mqtwist-private-node-")
+    taken = reactor.listenTCP(0, Factory(), interface="127.0.0.1")
+    port = taken.getHost().port
+    twistd = startTwistd(
+        "--broker-dir", brokerDir, "--broker-port", str(port),
+        "--smarthost", "127.0.0.1:25", "--plugins=",
+    )
+    try:
+        status = await exitStatus(twistd)
+    finally:
+        await endTwistd(twistd)
+        await taken.stopListening()
+        shutil.rmtree(brokerDir, ignore_errors=True)
+    output = twistd.output.decode(errors="replace")
+    assert status == 1, output
+    (critical,) = levels(twistd.output, "critical")
+    assert critical.decode().endswith(
+        "[mqtwist.service.MailerService#critical] mqtwist cannot deliver without its broker: "
+        f"private RabbitMQ node {nodeName(output)} did not start: rabbitmq-server exited with "
+        f"status 0. Its log is in {brokerDir}/log; its last output:"
+    ), output
+    # the node's own words, in the critical event
+    assert re.search(rf"listen_error,\s+{{acceptor,{{127,0,0,1}},{port}}},\s+eaddrinuse", output), output
+    assert "What to do: fix what the node's output and log show (eaddrinuse: one of its ports is in use;" in output
+    assert levels(twistd.output, "error") == []
+    assert "twistd mqtwist stops, and exits with status 1 for its supervisor to start it again" in output
+    assert "mqtwist stopped" in output
+    assert "without apparent errors" not in output
+
+
+@pytest_twisted.ensureDeferred
+async def test_private_node_killed_makes_twistd_exit_1():
+    """
+    The node's Erlang VM is killed while mqtwist runs: its start script
+    exits 0, yet mqtwist logs that the node ended unexpectedly, with its
+    output, stops cleanly, and exits with status 1.
+    """
+    brokerDir = tempfile.mkdtemp(prefix="mqtwist-private-node-")
+    twistd = startTwistd(
+        "--broker-dir", brokerDir, "--broker-port", str(unusedPort()),
+        "--smarthost", "127.0.0.1:25", "--plugins=",
+    )
+    try:
+        await twistd.waitForOutput(b"consuming from: outbox", timeout=120)
+        with open(os.path.join(brokerDir, "rabbitmq.pid")) as f:
+            os.kill(int(f.read()), signal.SIGKILL)
+        status = await exitStatus(twistd)
+    finally:
+        await endTwistd(twistd)
+        shutil.rmtree(brokerDir, ignore_errors=True)
+    output = twistd.output.decode(errors="replace")
+    assert status == 1, output
+    ended = (
+        "ended unexpectedly, without being asked to stop (rabbitmq-server exited with "
+        f"status 0: its Erlang VM ended, crashed or killed). Its log is in {brokerDir}/log"
+    )
+    (error,) = levels(twistd.output, "error")
+    assert error.decode().endswith(
+        f"[mqtwist.amqp.localnode.LocalRabbitMQ#error] private RabbitMQ node {nodeName(output)} "
+        f"{ended}; its last output:"
+    ), output
+    assert "\tKilled\n" in output  # the start script's last words
+    (critical,) = levels(twistd.output, "critical")
+    assert critical.decode().endswith(f"mqtwist cannot deliver without its broker: private RabbitMQ node "
+                                      f"{nodeName(output)} {ended}"), output
+    assert "What to do: find in the node's log, and in its last output logged above, why it ended" in output
+    assert output.index("#critical]") < output.index("mqtwist stopped") < output.index("Server Shut Down.")
+    assert "without apparent errors" not in output
+
+
+def nodeName(output: str) -> str:
+    (name,) = set(re.findall(r"starting private RabbitMQ node (\S+) ", output))
+    return name
