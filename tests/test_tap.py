@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from zope.interface.verify import verifyObject
 
 import mqtwist.discovery
 from mqtwist import CONTINUE, IDataPlugin
-from mqtwist.config import Config, SMTPTimeouts
+from mqtwist.config import Config, DKIMKeyRule, SMTPTimeouts
 from mqtwist.discovery import FoundPlugin
 from mqtwist.loglevel import LogLevelService
 from mqtwist.tap import _HELP, SETTINGS, TABLE_SETTINGS, Options, makeService
@@ -545,7 +546,8 @@ class TestReadme:
         """
         readme = (TOP / "README.rst").read_text()
         start = readme.index(".. code-block:: toml\n\n") + len(".. code-block:: toml\n\n")
-        block = readme[start : readme.index("\n\n\n", start)]
+        # the block ends at the first text that is not indented
+        block = re.split(r"\n(?=\S)", readme[start:], maxsplit=1)[0]
         path = writeTOML(tmp_path, "\n".join(line[4:] for line in block.splitlines()))
         found = FoundPlugin(StampPlugin(), "mqtwist.plugins.stamp_header", "")
         monkeypatch.setattr(mqtwist.discovery, "findPlugins", lambda: {"stamp_header": found})
@@ -554,6 +556,7 @@ class TestReadme:
         assert (config.failure, config.retry, config.prefetch) == ("bounces", "", 500)
         assert config.plugins == ["stamp_header"]
         assert config.timeouts == SMTPTimeouts(connect=10, message=300)
+        assert config.dkimKeys == [DKIMKeyRule("example.org", "mail2026", "/etc/mqtwist/dkim/example.org.pem")]
 
 
 def test_badSecurityPolicy() -> None:
