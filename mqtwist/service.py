@@ -20,6 +20,7 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtwist import __version__
 from mqtwist.amqp.client import BrokerClient, QueueSpec
 from mqtwist.amqp.localnode import (
     LocalRabbitMQ,
@@ -158,7 +159,8 @@ class MailerService(MultiService):
         self._stopping = self._stopped = False
         super().startService()
         self.log.info(
-            "mqtwist starting: outbox {outbox}, plugins {plugins}",
+            "mqtwist {version} starting: outbox {outbox}, plugins {plugins}",
+            version=__version__,
             outbox=self.config.outbox,
             plugins=[plugin.name for plugin in self.plugins],
         )

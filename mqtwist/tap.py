@@ -26,6 +26,7 @@ import atexit
 import dataclasses
 import difflib
 import math
+import platform
 import os
 import re
 import sys
@@ -423,6 +424,7 @@ class Options(usage.Options):
         if self["list-plugins"]:
             self._listPlugins()
             raise SystemExit(0)
+        self._warnOfUnknownVariables()
         given: dict[str, tuple[object, str]] = {}
         configFile, configSource = self._configFile()
         if configFile is not None:
@@ -435,6 +437,34 @@ class Options(usage.Options):
         self.config = _buildConfig(given)
         if self.config.plugins is not None:
             self._checkPluginNames(self.config.plugins, given["plugins"][1])
+
+    def opt_version(self) -> None:
+        """
+        Print the versions of mqtwist, Twisted, txamqp and Python, and exit.
+        """
+        from importlib.metadata import version
+
+        import mqtwist
+
+        sys.stdout.write(
+            f"mqtwist {mqtwist.__version__} (Twisted {version('twisted')}, "
+            f"txamqp {version('txamqp')}, Python {platform.python_version()})\n"
+        )
+        raise SystemExit(0)
+
+    def _warnOfUnknownVariables(self) -> None:
+        # a misspelt variable would be ignored without a word; other
+        # programs may have MQTWIST_ variables of their own, hence a warning
+        # on standard error (the log has not started yet), not an error
+        known = [setting.environ for setting in SETTINGS] + ["MQTWIST_CONFIG"]
+        for name in sorted(self.environ):
+            if name.startswith("MQTWIST_") and name not in known:
+                close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)
+                hint = f"did you mean {close[0]}? " if close else ""
+                sys.stderr.write(
+                    f"twistd mqtwist: warning: {name} is not a setting, and is ignored; "
+                    f"{hint}(see twistd mqtwist --help)\n"
+                )
 
     def _configFile(self) -> tuple[str | None, str]:
         if self["config"] is not None:
@@ -576,7 +606,9 @@ def makeService(options: Options) -> IService:
         # a setting that only the service can check (a DKIM key file, ...)
         raise SystemExit(f"twistd mqtwist: {e}") from None
     # twistd's log observer is in place by the time the service starts
-    LogLevelService(parseLogLevel(options.config.logLevel)).setServiceParent(service)
+    # the level holds until the process ends: the services stopped beside
+    # it log as they wind down
+    LogLevelService(parseLogLevel(options.config.logLevel), untilExit=True).setServiceParent(service)
     service.whenFailed().addErrback(_stopTwistd, service.reactor)
     return service
 

@@ -243,11 +243,24 @@ class TestSources:
     def test_listSpacesAndEmptyItems(self) -> None:
         assert parse(["--retries", " 5, 10 ,,20 "]).retries == [5, 10, 20]
 
-    def test_otherEnvironmentIgnored(self) -> None:
+    def test_version(self, capsys: pytest.CaptureFixture[str]) -> None:
+        with pytest.raises(SystemExit) as stopped:
+            parse(["--version"])
+        assert stopped.value.code == 0
+        assert capsys.readouterr().out.startswith(f"mqtwist {mqtwist.__version__} (Twisted ")
+
+    def test_otherEnvironmentIgnored(self, capsys: pytest.CaptureFixture[str]) -> None:
         """
-        Variables that are not settings are no concern of mqtwist's.
+        Variables that are not settings are ignored; one that starts with
+        C{MQTWIST_}, perhaps misspelt, gets a warning that names it.
         """
-        assert parse([], {"MQTWIST_SOMETHING_ELSE": "x", "PATH": "/bin"}) == Config()
+        assert parse([], {"MQTWIST_PREFECH": "5", "MQTWIST_HOME": "x", "PATH": "/bin"}) == Config()
+        assert capsys.readouterr().err == (
+            "twistd mqtwist: warning: MQTWIST_HOME is not a setting, and is ignored; "
+            "(see twistd mqtwist --help)\n"
+            "twistd mqtwist: warning: MQTWIST_PREFECH is not a setting, and is ignored; "
+            "did you mean MQTWIST_PREFETCH? (see twistd mqtwist --help)\n"
+        )
 
     def test_processEnvironmentByDefault(self, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("MQTWIST_OUTBOX", "from-environ")
@@ -447,7 +460,7 @@ class TestService:
         )
         service = makeService(options)
         (levels,) = [child for child in service if isinstance(child, LogLevelService)]  # type: ignore[attr-defined]
-        assert levels.level is LogLevel.warn
+        assert levels.level is LogLevel.warn and levels.untilExit
 
     @pytest.mark.parametrize(
         "files, why",
