@@ -388,6 +388,17 @@ def test_service_stop_is_no_failure(dataDir):
     assert service.whenEnded().result is None
 
 
+
+def failStart(fake: RecordingReactor) -> None:
+    """
+    The recorded start of a node fails as when its AMQP port is taken: the
+    server ends at once, and so does C{rabbitmqctl}'s first wait for it.
+    """
+    server, ctl = fake.spawned
+    server.end(0, b"BOOT FAILED\n{listen_error, eaddrinuse}\n")
+    ctl.end(69, b"Error: unable to perform an operation on node")
+    fake.advance(0.5)
+
 @installed
 def test_service_reports_a_node_that_did_not_start(dataDir):
     """
@@ -402,10 +413,7 @@ def test_service_reports_a_node_that_did_not_start(dataDir):
     ended = service.whenEnded()  # asked before the start: waits for it
     with capturedLogs() as events:
         service.startService()
-        server, ctl = fake.spawned
-        server.end(0, b"BOOT FAILED\n{listen_error, eaddrinuse}\n")
-        ctl.end(69, b"Error: unable to perform an operation on node")
-        fake.advance(0.5)
+        failStart(fake)
     started = service.whenStarted()
     assert ended.called and started.called
     failure = ended.result

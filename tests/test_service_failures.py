@@ -4,7 +4,7 @@ when the private RabbitMQ node fails, with a reactor that only records the
 processes it is asked to start (see L{test_amqp_localnode.RecordingReactor}).
 """
 
-from test_amqp_localnode import RecordingReactor, dataDir, installed  # noqa: F401 (a fixture)
+from test_amqp_localnode import RecordingReactor, dataDir, failStart, installed  # noqa: F401 (a fixture)
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from mqtwist.amqp.localnode import RabbitMQEnded, RabbitMQStartFailed
@@ -38,10 +38,7 @@ def test_node_that_did_not_start_fails_the_service_once(dataDir):
     failed = service.whenFailed()
     with capturedLogs() as events:
         service.startService()
-        server, ctl = fake.spawned
-        server.end(0, b"BOOT FAILED\n{listen_error, eaddrinuse}\n")
-        ctl.end(69, b"Error: unable to perform an operation on node")
-        fake.advance(0.5)
+        failStart(fake)
     assert failed.called
     failure = failed.result
     failed.addErrback(lambda _: None)
