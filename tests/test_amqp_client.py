@@ -68,9 +68,11 @@ def clients(rabbitmq):
             pytest_twisted.blockon(client.stopService())
 
 
+@defer.inlineCallbacks
 def connectionOf(client: BrokerClient):
-    """The protocol of the client's current connection (test-only peek)."""
-    return client._connector.whenConnected()
+    """The protocol of the client's connection, once set up (test-only peek)."""
+    yield client.whenConnected()
+    return client._session.protocol
 
 
 @pytest_twisted.inlineCallbacks

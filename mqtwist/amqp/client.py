@@ -14,18 +14,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from twisted.application.internet import ClientService, backoffPolicy
+from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
-from twisted.internet import defer, task
-from twisted.logger import Logger
+from twisted.internet import defer, error
+from twisted.internet.interfaces import IDelayedCall
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
-from txamqp.client import Closed
+from txamqp.client import ChannelClosed, Closed
 from txamqp.message import Message
 from txamqp.protocol import AMQChannel
 
 from mqtwist.amqp.confirms import PendingConfirms
 from mqtwist.amqp.fieldtable import FieldTableError, checkFieldTable
-from mqtwist.amqp.protocol import AMQPFactory, AMQPProtocol, brokerEndpoint
+from mqtwist.amqp.protocol import (
+    AMQPFactory,
+    AMQPProtocol,
+    LoginFailed,
+    brokerAddress,
+    brokerEndpoint,
+)
 from mqtwist.amqp.url import BrokerURL
 
 PUBLISH_CHANNEL = 1
@@ -141,6 +148,19 @@ def _checkTable(what: str, table: Mapping[str, object]) -> None:
 class BrokerClient(Service):
     """
     A durable, reconnecting connection to RabbitMQ for one mqtwist process.
+
+    Each attempt connects, logs in and sets the connection up (channels,
+    queues, consumer).  A failed attempt is logged with its cause and what
+    to do, and tried again after a wait that grows from about 1 s to
+    C{reconnectMaxDelay}; so is a lost connection.  This goes on for as
+    long as the service runs, whatever the cause, a refused login
+    included: the broker, the user or the vhost may well be set up after
+    mqtwist starts.
+
+    (Not Twisted's C{ClientService}: its state machine has no transition
+    for a connection that ends while its C{prepareConnection} step runs or
+    after that step failed, which is what a broker refusing the login does,
+    and it raises automat's C{NoTransition} into the reactor each time.)
     """
 
     log = Logger()
@@ -187,92 +207,182 @@ class BrokerClient(Service):
         self._closeTimeout = closeTimeout
         self._consumeWanted = consumeFrom is not None
         self._session: _Session | None = None
-        self._connector = ClientService(
-            brokerEndpoint(reactor, url),
-            AMQPFactory(url, reactor),
-            retryPolicy=backoffPolicy(maxDelay=reconnectMaxDelay),
-            clock=reactor,
-            prepareConnection=self._prepare,
-        )
+        self._endpoint = brokerEndpoint(reactor, url)
+        self._factory = AMQPFactory(url, reactor)
+        self._reconnectMaxDelay = reconnectMaxDelay
+        self._retryDelay = backoffPolicy(maxDelay=reconnectMaxDelay)
+        #: the attempt under way (connect, log in, set up): it fires with
+        #: C{None} whatever its outcome
+        self._attempt: defer.Deferred[Any] | None = None
+        self._retry: IDelayedCall | None = None
+        #: failed attempts in a row, and the cause of the last one
+        self._failures = 0
+        self._lastCause: str | None = None
+        self._waiters: list[defer.Deferred[None]] = []
+        self._stopped = False
 
     # -- service -----------------------------------------------------------
 
     def startService(self) -> None:
         Service.startService(self)
+        self._stopped = False
+        self._failures = 0
+        self._lastCause = None
         self.log.info("connecting to AMQP broker {url}", url=self.url.redacted())
-        self._connector.startService()
+        self._connect()
 
     @defer.inlineCallbacks
     def stopService(self):  # -> Deferred[None]
         """
         Close the connection cleanly (C{connection.close}) and stop
-        reconnecting.  Unconfirmed publishes errback with L{PublishFailed};
-        unacknowledged deliveries go back to their queue.
+        reconnecting; an attempt under way is abandoned.  Unconfirmed
+        publishes errback with L{PublishFailed}; unacknowledged deliveries
+        go back to their queue.
 
         @return: a Deferred that fires with C{None} once the connection is
             closed.
         """
         Service.stopService(self)
+        self._stopped = True
+        if self._retry is not None and self._retry.active():
+            self._retry.cancel()
+        self._retry = None
+        attempt = self._attempt
+        if attempt is not None:
+            attempt.cancel()
+            yield attempt
         session = self._session
-        if session is not None and session.ready:
-            yield session.close(self._closeTimeout)
-        yield self._connector.stopService()
-        self.log.info("disconnected from AMQP broker {url}", url=self.url.redacted())
+        connected = session is not None and session.ready
+        if session is not None:
+            if session.ready:
+                yield session.close(self._closeTimeout)
+            elif not session.protocol.closed:
+                session.protocol.transport.abortConnection()
+            yield session.protocol.disconnected.wait()
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            waiter.errback(defer.CancelledError())
+        self.log.info(
+            "disconnected from AMQP broker {url}"
+            if connected
+            else "stopped connecting to AMQP broker {url}",
+            url=self.url.redacted(),
+        )
 
-    @defer.inlineCallbacks
-    def whenConnected(self):  # -> Deferred[None]
+    def whenConnected(self) -> defer.Deferred[None]:
         """
         @return: a Deferred that fires with C{None} when connected, with
-            the queues declared and the consumer (if any) started; it
-            errbacks with L{defer.CancelledError} if the service stops first.
+            the queues declared and the consumer (if any) started (at once
+            if it is); it errbacks with L{defer.CancelledError} if the
+            service stops first, or has stopped.
         """
-        while True:
-            protocol = yield self._connector.whenConnected()
-            # leave the ClientService's state machine (which fired us) before
-            # our caller acts, e.g. by asking it again
-            yield task.deferLater(self._reactor, 0, lambda: None)
-            session = self._session
-            if session is not None and session.ready and not protocol.closed:
-                return
-            # a connection on its way out, which the ClientService may not
-            # have noticed yet: wait for the next one
-            yield protocol.disconnected.wait()
+        if self._stopped:
+            return defer.fail(defer.CancelledError())
+        session = self._session
+        if session is not None and session.ready and not session.protocol.closed:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        return waiter
 
-    def _prepare(self, protocol: Any):  # -> Deferred[None]
-        # 'protocol' is the ClientService's proxy of an AMQPProtocol
+    # -- connecting ----------------------------------------------------------
+
+    def _connect(self) -> None:
+        self._retry = None
+        # the endpoint's Deferred is typed for any IProtocol: it is ours
+        connecting: defer.Deferred[Any] = self._endpoint.connect(self._factory)
+        self._attempt = connecting.addCallback(self._setUp).addCallbacks(
+            self._connected, self._attemptFailed
+        )
+
+    def _setUp(self, protocol: AMQPProtocol):  # -> Deferred[_Session]
         session = _Session(self, protocol)
         protocol.setListener(session)
         self._session = session
 
-        def failed(failure: Failure) -> Failure:
-            self.log.warn(
-                "could not set up the AMQP connection to {url}: {error}",
-                url=self.url.redacted(),
-                error=failure.getErrorMessage(),
-            )
-            protocol.transport.abortConnection()
-            return failure
+        def failed(failure: Failure):  # -> Deferred[Failure]
+            # the next attempt starts once this connection is gone: two
+            # never overlap, and stopService finds nothing left behind
+            if not protocol.closed:
+                protocol.transport.abortConnection()
+            return protocol.disconnected.wait().addBoth(lambda _: failure)
 
-        def ready(_: object) -> None:
-            self.log.info(
-                "connected to AMQP broker {url}; queues declared: {queues}; "
-                "consuming from: {consumeFrom}",
-                url=self.url.redacted(),
-                queues=", ".join(q.name for q in self.queues),
-                consumeFrom=self.consumeFrom if self._consumeWanted else None,
-            )
+        return session.setUp().addCallbacks(lambda _: session, failed)
 
-        return session.setUp().addCallbacks(ready, failed)
+    def _connected(self, session: _Session) -> None:
+        self._attempt = None
+        session.established = True
+        failures, self._failures, self._lastCause = self._failures, 0, None
+        waiters, self._waiters = self._waiters, []
+        self.log.emit(
+            # after failures, at the level of the warnings about them: whoever
+            # saw those learns that they are over
+            LogLevel.warn if failures else LogLevel.info,
+            "connected to AMQP broker {url}{after}; queues declared: {queues}; "
+            "consuming from: {consumeFrom}",
+            url=self.url.redacted(),
+            after=f" after {failures} failed attempt(s)" if failures else "",
+            queues=", ".join(q.name for q in self.queues),
+            consumeFrom=self.consumeFrom if self._consumeWanted else None,
+        )
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _attemptFailed(self, failure: Failure) -> None:
+        self._attempt = None
+        if not self.running:
+            return  # stopService ended it
+        self._failures += 1
+        attempt = self._failures
+        delay = self._retryDelay(attempt)
+        cause = _whyAttemptFailed(self.url, failure)
+        # Warn at attempts 1, 2, 4, 8, ... and whenever the cause changes;
+        # log the others at info.  The waits grow to reconnectMaxDelay (30 s
+        # by default), so a warning for every attempt would come twice a
+        # minute for as long as the broker is away (all night, say); this
+        # way the first failures show at once, later warnings show that
+        # mqtwist still tries, and with the default an hour without the
+        # broker gives 7 warnings, a night 10.
+        loud = attempt & (attempt - 1) == 0 or cause != self._lastCause
+        self._lastCause = cause
+        # scheduled before the log event goes out: whatever it sets off
+        # (even a stop) finds the client in its waiting state
+        self._retry = self._reactor.callLater(delay, self._connect)
+        fields: dict[str, object] = {}
+        if loud and not failure.check(LoginFailed, Closed, error.ConnectError):
+            # a traceback where the cause is a bug rather than the broker
+            fields["log_failure"] = failure
+        self.log.emit(
+            LogLevel.warn if loud else LogLevel.info,
+            "{cause}. Attempt {attempt} failed; trying again in {delay} s. "
+            "mqtwist keeps trying (the broker, the user or the vhost may be set "
+            "up later), waiting up to about {maxDelay} s between attempts; it "
+            "warns again at attempt 2, 4, 8, ... or when the cause changes, and "
+            "logs every attempt at info",
+            cause=cause,
+            attempt=attempt,
+            delay=round(delay),
+            maxDelay=f"{self._reconnectMaxDelay:g}",
+            **fields,
+        )
 
     def _sessionLost(self, session: _Session, reason: Failure) -> None:
         if self._session is session:
             self._session = None
-        if session.ready and self.running:
-            self.log.warn(
-                "lost the connection to AMQP broker {url}: {reason}; reconnecting",
-                url=self.url.redacted(),
-                reason=reason.getErrorMessage(),
-            )
+        if not session.established or not self.running:
+            # the attempt that made it reports it; or stopService closed it
+            return
+        delay = self._retryDelay(1)
+        self._retry = self._reactor.callLater(delay, self._connect)
+        self.log.emit(
+            # not ready: a channel error closed it, and was warned about
+            LogLevel.warn if session.ready else LogLevel.info,
+            "lost the connection to AMQP broker {url}: {reason}; reconnecting "
+            "in {delay} s",
+            url=self.url.redacted(),
+            reason=reason.getErrorMessage(),
+            delay=round(delay),
+        )
 
     # -- publishing ----------------------------------------------------------
 
@@ -354,7 +464,10 @@ class _Session:
     def __init__(self, client: BrokerClient, protocol: AMQPProtocol) -> None:
         self.client = client
         self.protocol = protocol
+        #: usable: set up, and no channel closed since
         self.ready = False
+        #: set up once (its loss is a lost connection, not a failed attempt)
+        self.established = False
         self.declared: set[str] = set()
         self.confirms = PendingConfirms()
         self.publishChannel: AMQChannel | None = None
@@ -480,14 +593,16 @@ class _Session:
 
     def channelClosed(self, channel: AMQChannel, reason: Failure) -> None:
         close = reason.value
-        self.log.warn(
-            "AMQP broker {url} closed channel {channel}: {code} {text}; "
-            "reconnecting",
-            url=self.client.url.redacted(),
-            channel=channel.id,
-            code=getattr(close, "reply_code", None),
-            text=getattr(close, "reply_text", close),
-        )
+        if self.established:
+            # (while the connection is set up, the failed attempt says it)
+            self.log.warn(
+                "AMQP broker {url} closed channel {channel}: {code} {text}; "
+                "reconnecting",
+                url=self.client.url.redacted(),
+                channel=channel.id,
+                code=getattr(close, "reply_code", None),
+                text=getattr(close, "reply_text", close),
+            )
         self.ready = False
         self._failPending(f"the broker closed the channel ({getattr(close, 'reply_text', close)})")
         # a fresh connection sets both channels up again in a known state
@@ -511,3 +626,86 @@ class _Session:
                 f"publish it again after whenConnected() fires"
             )
         )
+
+
+def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
+    """
+    What went wrong with an attempt to connect to C{url} and set the
+    connection up, and what to do about it.
+    """
+    broker = f"AMQP broker {url.redacted()}"
+    where = brokerAddress(url)
+    if failure.check(LoginFailed):
+        return str(failure.value)
+    if failure.check(error.ConnectionRefusedError):
+        return (
+            f"cannot reach {broker}: {where} refused the connection (nothing "
+            f"listens there): check that the broker runs and listens at {where}, "
+            f"and the host and port in the broker URL (--amqp)"
+        )
+    if failure.check(error.DNSLookupError):
+        return (
+            f"cannot reach {broker}: the host name {url.host!r} does not resolve "
+            f"({failure.getErrorMessage()}): check the host in the broker URL "
+            f"(--amqp) and this machine's DNS"
+        )
+    if failure.check(error.TimeoutError):
+        return (
+            f"cannot reach {broker}: no answer from {where} within "
+            f"{url.connectTimeout:g} s (connection timed out): check that the "
+            f"broker runs at {where} and that no firewall drops the connection; "
+            f"connection_timeout in the URL sets the wait"
+        )
+    if failure.check(error.ConnectError):
+        return (
+            f"cannot reach {broker}: {failure.getErrorMessage()}: check that the "
+            f"broker runs at {where} and that this machine can reach it"
+        )
+    if failure.check(ChannelClosed):
+        said = _closeReason(failure.value)
+        return (
+            f"{broker} refused to set up mqtwist's queues or consumer ({said}): "
+            f"{_CHANNEL_ADVICE.get(_closeCode(failure.value), _CHANNEL_ADVICE[None])}"
+        )
+    if failure.check(Closed):
+        return (
+            f"{broker} let mqtwist in, but the connection ended while its queues "
+            f"and consumer were set up ({_closeReason(failure.value)}): if this "
+            f"repeats, look for the cause in the broker's log"
+        )
+    return (
+        f"could not set up the connection to {broker}: "
+        f"{failure.type.__name__}: {failure.getErrorMessage()}"
+    )
+
+
+def _closeCode(closed: Closed) -> int | None:
+    reason = closed.args[0] if closed.args else None
+    return reason.reply_code if isinstance(reason, Message) else None
+
+
+def _closeReason(closed: Closed) -> str:
+    """The reply code and text of a close method, or why the connection ended."""
+    reason = closed.args[0] if closed.args else None
+    if isinstance(reason, Message):
+        return f"{reason.reply_code} {reason.reply_text}"
+    if isinstance(reason, Failure):
+        return f"connection closed: {reason.getErrorMessage()}"
+    return str(reason)
+
+
+#: what to do when the broker closes a channel while the queues and the
+#: consumer are set up, by the reply code of its channel.close
+_CHANNEL_ADVICE: dict[int | None, str] = {
+    403: (
+        "give the user configure, write and read permission on the queues "
+        "(rabbitmqctl set_permissions)"
+    ),
+    405: "another connection holds the queue exclusively: stop that consumer",
+    406: (
+        "a queue exists with other arguments or properties than mqtwist "
+        "declares: delete it (its messages with it) or configure mqtwist "
+        "to declare it alike"
+    ),
+    None: "fix what the broker names; if it is not clear, look in the broker's log",
+}

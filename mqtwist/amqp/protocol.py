@@ -13,6 +13,7 @@ read and write every frame with L{FieldTableCodec}.
 
 from __future__ import annotations
 
+import shlex
 import struct
 from io import BytesIO
 from typing import Any, Protocol as TypingProtocol
@@ -37,8 +38,9 @@ from mqtwist.amqp.url import BrokerURL
 
 class LoginFailed(Exception):
     """
-    The broker did not let us in: wrong credentials, unknown vhost or no
-    permission.
+    The broker did not let us in (wrong user or password, unknown vhost, no
+    access to it), or did not finish the handshake in time.  The message
+    says which, and what to do.
     """
 
 
@@ -75,6 +77,10 @@ class AMQPDelegate(TwistedDelegate):
         properties = {
             "product": "mqtwist",
             "platform": "Python/Twisted (txamqp)",
+            # without it RabbitMQ answers a wrong user or password by
+            # closing the TCP connection, 3 s later and without a word
+            # (as AMQP 0-9-1 says); with it, at once with 403 ACCESS_REFUSED
+            "capabilities": {"authentication_failure_close": True},
         }
         ch.connection_start_ok(
             client_properties=properties,
@@ -435,20 +441,100 @@ class AMQPProtocol(AMQClient):
     @defer.inlineCallbacks
     def login(self, url: BrokerURL):
         """
-        Authenticate and open the vhost of C{url}.
+        Authenticate and open the vhost of C{url}: the AMQP handshake, which
+        must be over within C{url.connectTimeout} seconds.
 
         @return: a Deferred that fires with C{None} once the connection is
-            open, or errbacks with L{LoginFailed} naming the broker, user
-            and vhost.
+            open, or errbacks with L{LoginFailed} saying what the broker
+            refused (the user and password, the vhost, the user's access to
+            it) or that it did not answer in time, and what to do.  The
+            connection is left as it is: closed by the broker, or still open
+            after a timeout.
         """
+        handshake = self.authenticate(url.username, url.password, mechanism=url.authMechanism)
         try:
-            yield self.authenticate(url.username, url.password, mechanism=url.authMechanism)
+            yield handshake.addTimeout(url.connectTimeout, self.clock)
         except Closed as e:
+            raise LoginFailed(_refusal(url, e, authenticated=self.tuned)) from None
+        except defer.TimeoutError:
             raise LoginFailed(
-                f"AMQP broker {url.redacted()} did not open vhost {url.vhost!r} "
-                f"for user {url.username!r} ({_describeClose(e)}): check the "
-                f"user name, password, vhost and the user's permissions"
+                f"AMQP broker {url.redacted()} accepted the connection but did not "
+                f"finish the AMQP handshake within {url.connectTimeout:g} s: check "
+                f"that {brokerAddress(url)} is the AMQP port of a broker (RabbitMQ "
+                f"listens on 5672, on 5671 for amqps://) and that the broker is "
+                f"not overloaded; connection_timeout in the URL sets the wait"
             ) from None
+
+
+def _refusal(url: BrokerURL, error: Closed, authenticated: bool) -> str:
+    """
+    Why the broker ended the handshake, and what to do about it.
+
+    @param authenticated: whether the broker had accepted the user and
+        password (it tunes the connection only then): a close before that
+        is about them, one after about the vhost.
+    """
+    broker = f"AMQP broker {url.redacted()}"
+    user = url.username
+    vhost = url.vhost
+    reason = error.args[0] if error.args else None
+    if isinstance(reason, Message):
+        said = f"{reason.reply_code} {reason.reply_text}"
+        if not authenticated and reason.reply_code == _ACCESS_REFUSED:
+            return (
+                f"{broker} refused the login of user {user!r} ({said}): the user "
+                f"does not exist or the password is wrong; check the user and "
+                f"password in the broker URL (--amqp), or create the user on the "
+                f"broker (rabbitmqctl add_user; 'rabbitmqctl authenticate_user "
+                f"USER PASSWORD' tests a password; RabbitMQ's guest user may log "
+                f"in from localhost only)"
+            )
+        if authenticated and reason.reply_code == _NOT_ALLOWED:
+            if "not found" in str(reason.reply_text):
+                return (
+                    f"{broker} has no vhost {vhost!r} ({said}): create it "
+                    f"(rabbitmqctl add_vhost {shlex.quote(vhost)}, then rabbitmqctl "
+                    f"set_permissions -p {shlex.quote(vhost)} {shlex.quote(user)} "
+                    f"'.*' '.*' '.*') or fix the vhost in the broker URL (--amqp; "
+                    f"the default vhost / is written %2f or left out)"
+                )
+            return (
+                f"{broker} does not let user {user!r} into vhost {vhost!r} "
+                f"({said}): grant the user access (rabbitmqctl set_permissions -p "
+                f"{shlex.quote(vhost)} {shlex.quote(user)} '.*' '.*' '.*') or use "
+                f"another user or vhost in the broker URL (--amqp)"
+            )
+        return (
+            f"{broker} ended the login of user {user!r} to vhost {vhost!r} "
+            f"({said}): check the user, password and vhost in the broker URL "
+            f"(--amqp) and the user's permissions"
+        )
+    lost = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
+    tls = (
+        "; for amqps://, also that the broker's certificate is valid for "
+        f"{url.host!r} and trusted here"
+        if url.tls
+        else ""
+    )
+    if not authenticated:
+        return (
+            f"{broker} closed the connection during the login of user {user!r} "
+            f"without saying why (connection closed: {lost}): a broker that does "
+            f"not report login failures closes the connection like this for a "
+            f"wrong user or password; check them in the broker URL (--amqp), and "
+            f"that {brokerAddress(url)} is an AMQP 0-9-1 broker{tls}"
+        )
+    return (
+        f"{broker} closed the connection while opening vhost {vhost!r} for user "
+        f"{user!r} without saying why (connection closed: {lost}): check the "
+        f"vhost in the broker URL (--amqp), the user's permissions, and the "
+        f"broker's log"
+    )
+
+
+#: AMQP 0-9-1 reply codes of connection.close
+_ACCESS_REFUSED = 403
+_NOT_ALLOWED = 530
 
 
 # The four functions below follow txamqp's Method and Header payloads, whose
@@ -541,15 +627,6 @@ def decodeHeader(spec: Spec, dec: FieldTableCodec) -> Header:
         if isPresent
     }
     return Header(klass, weight, size, **properties)
-
-
-def _describeClose(error: Closed) -> str:
-    reason = error.args[0] if error.args else None
-    if isinstance(reason, Message):
-        return f"{reason.reply_code} {reason.reply_text}"
-    if isinstance(reason, Failure):
-        return f"connection closed: {reason.getErrorMessage()}"
-    return str(reason)
 
 
 _METHOD, _HEADER, _BODY = 1, 2, 3
@@ -691,3 +768,12 @@ def brokerEndpoint(reactor: Any, url: BrokerURL) -> IStreamClientEndpoint:
     if url.tls:
         endpoint = wrapClientTLS(optionsForClientTLS(url.host), endpoint)
     return endpoint
+
+
+def brokerAddress(url: BrokerURL) -> str:
+    """
+    @return: C{host:port} of C{url} (an IPv6 address in brackets), for
+        messages.
+    """
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    return f"{host}:{url.port}"
