@@ -610,9 +610,10 @@ class _Session:
 
     def connectionLost(self, reason: Failure) -> None:
         self.client._sessionLost(self, reason)
-        # fail the publishes in the next turn: by then the ClientService
-        # knows the connection is gone, so publishers reacting at once to
-        # the failure find the client reconnecting, not this connection
+        # fail the publishes in the next turn, outside the transport's
+        # connectionLost: publishers reacting at once to the failure find
+        # the client without this connection (dropped just above) and
+        # waiting to reconnect
         self.client._reactor.callLater(
             0, self._failPending, f"the connection was lost ({reason.getErrorMessage()})"
         )

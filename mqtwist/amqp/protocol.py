@@ -119,8 +119,7 @@ class AMQPProtocol(AMQClient):
     def setListener(self, listener: ConnectionListener) -> None:
         """
         Report to C{listener} from now on.  (A method, not an attribute
-        assignment, so that it also works through the proxies of
-        L{twisted.application.internet.ClientService}.)
+        assignment, so that it also works through a protocol proxy.)
         """
         self.listener = listener
 
