@@ -354,11 +354,9 @@ class BrokerClient(Service):
             fields["log_failure"] = failure
         self.log.emit(
             LogLevel.warn if loud else LogLevel.info,
-            "{cause}. Attempt {attempt} failed; trying again in {delay} s. "
-            "mqtwist keeps trying (the broker, the user or the vhost may be set "
-            "up later), waiting up to about {maxDelay} s between attempts; it "
-            "warns again at attempt 2, 4, 8, ... or when the cause changes, and "
-            "logs every attempt at info",
+            "{cause}. Attempt {attempt} failed; trying again in {delay} s "
+            "(mqtwist keeps trying, at most {maxDelay} s apart: the broker, the "
+            "user or the vhost may be set up later)",
             cause=cause,
             attempt=attempt,
             delay=round(delay),
@@ -705,8 +703,9 @@ _CHANNEL_ADVICE: dict[int | None, str] = {
     405: "another connection holds the queue exclusively: stop that consumer",
     406: (
         "a queue exists with other arguments or properties than mqtwist "
-        "declares: delete it (its messages with it) or configure mqtwist "
-        "to declare it alike"
+        "declares (durable classic queues; the delay queues with their TTL "
+        "and dead-letter route): move its messages elsewhere and delete it, "
+        "so that mqtwist declares it, or give mqtwist other queue names"
     ),
     None: "fix what the broker names; if it is not clear, look in the broker's log",
 }

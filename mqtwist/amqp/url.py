@@ -9,7 +9,8 @@ The vhost is the path without its leading slash, percent-decoded, so the
 default vhost C{/} is written C{%2f}; an empty path also means C{/}.  Query
 parameters: C{heartbeat} (seconds, 0 switches heartbeats off),
 C{auth_mechanism} (C{PLAIN} or C{AMQPLAIN}) and C{connection_timeout}
-(seconds to wait for the TCP/TLS connection).
+(seconds to wait for the TCP/TLS connection, and again for the AMQP login
+that follows).
 """
 
 from __future__ import annotations
@@ -39,7 +40,8 @@ class BrokerURL:
     heartbeat: int = 60
     #: SASL mechanism for the login
     authMechanism: str = "PLAIN"
-    #: seconds to wait for the TCP (and TLS) connection to be made
+    #: seconds to wait for the TCP (and TLS) connection to be made, and
+    #: again for the AMQP login on it
     connectTimeout: float = 30.0
 
     @classmethod
