@@ -213,7 +213,7 @@ def test_queue_the_broker_has_with_other_arguments(clients, logged, rabbitmq, am
         f"consumer (406 PRECONDITION_FAILED - inequivalent arg 'x-max-length' for "
         f"queue 't-setup-mismatch'"
     )
-    assert "delete it (its messages with it) or configure mqtwist to declare it alike" in warnings[0]
+    assert "move its messages elsewhere and delete it, so that mqtwist declares it" in warnings[0]
     assertClean(logged, client)
 
 
