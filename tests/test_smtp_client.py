@@ -211,6 +211,22 @@ async def test_hostNameAndNoDelay(smtpServer) -> None:
 
 
 @pytest_twisted.ensureDeferred
+async def test_noFactoryLinesPerConnection(smtpServer) -> None:
+    """
+    A connection logs no "Starting factory" / "Stopping factory" lines: at
+    level info they would come twice per SMTP connection.
+    """
+    from twisted.logger import capturedLogs, formatEvent
+
+    with capturedLogs() as events:
+        client = await openConnection(
+            reactor, "127.0.0.1", smtpServer.port, ehloName="client.test", timeouts=TIMEOUTS
+        )
+        await client.quit()
+    assert [formatEvent(e) for e in events if "factory" in formatEvent(e).lower()] == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_ipv6Refused() -> None:
     probe = socket.socket(socket.AF_INET6)
     try:
