@@ -27,6 +27,7 @@ from twisted.internet import reactor
 from twisted.internet.protocol import Factory
 from twistdprocess import Twistd, brokerArguments, startTwistd
 
+import mqtwist
 from mqtwist.amqp.url import BrokerURL
 
 THIRD_PARTY_PLUGIN = '''
@@ -129,6 +130,7 @@ async def test_private_rabbitmq_node_when_no_broker_is_given(smtpServer):
         shutil.rmtree(brokerDir, ignore_errors=True)
     assert json.loads(result.body)["results"][0]["result"] == "accepted"
     assert smtpServer.messages[0].data == b"Subject: p\r\n\r\nprivate\r\n"
+    assert f"mqtwist {mqtwist.__version__} starting: outbox ".encode() in twistd.output
     assert b"mqtwist stopped" in twistd.output
     # the node stopped as asked: no error, no failure
     assert re.search(rb"\[mqtwist\.amqp\.localnode\.LocalRabbitMQ#info\] RabbitMQ node \S+ stopped\n", twistd.output)
