@@ -1,8 +1,18 @@
 """
-C{host:port} strings of the configuration (smarthost, name servers).
+C{host:port} strings: those of the configuration (smarthost, name servers),
+and those of log lines and error messages.
 """
 
 from __future__ import annotations
+
+from twisted.internet.abstract import isIPv6Address
+
+
+def hostPort(host: str, port: int) -> str:
+    """
+    C{host:port}, with brackets around an IPv6 address.
+    """
+    return f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
 
 
 def parseHostPort(text: str, defaultPort: int) -> tuple[str, int]:

@@ -30,10 +30,11 @@ from mqtwist.amqp.protocol import (
     AMQPFactory,
     AMQPProtocol,
     LoginFailed,
-    brokerAddress,
     brokerEndpoint,
+    describeClose,
 )
 from mqtwist.amqp.url import BrokerURL
+from mqtwist.hostport import hostPort
 
 PUBLISH_CHANNEL = 1
 CONSUME_CHANNEL = 2
@@ -633,7 +634,7 @@ def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
     connection up, and what to do about it.
     """
     broker = f"AMQP broker {url.redacted()}"
-    where = brokerAddress(url)
+    where = hostPort(url.host, url.port)
     if failure.check(LoginFailed):
         return str(failure.value)
     if failure.check(error.ConnectionRefusedError):
@@ -661,7 +662,7 @@ def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
             f"broker runs at {where} and that this machine can reach it"
         )
     if failure.check(ChannelClosed):
-        said = _closeReason(failure.value)
+        said = describeClose(failure.value)
         return (
             f"{broker} refused to set up mqtwist's queues or consumer ({said}): "
             f"{_CHANNEL_ADVICE.get(_closeCode(failure.value), _CHANNEL_ADVICE[None])}"
@@ -669,7 +670,7 @@ def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
     if failure.check(Closed):
         return (
             f"{broker} let mqtwist in, but the connection ended while its queues "
-            f"and consumer were set up ({_closeReason(failure.value)}): if this "
+            f"and consumer were set up ({describeClose(failure.value)}): if this "
             f"repeats, look for the cause in the broker's log"
         )
     return (
@@ -681,16 +682,6 @@ def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
 def _closeCode(closed: Closed) -> int | None:
     reason = closed.args[0] if closed.args else None
     return reason.reply_code if isinstance(reason, Message) else None
-
-
-def _closeReason(closed: Closed) -> str:
-    """The reply code and text of a close method, or why the connection ended."""
-    reason = closed.args[0] if closed.args else None
-    if isinstance(reason, Message):
-        return f"{reason.reply_code} {reason.reply_text}"
-    if isinstance(reason, Failure):
-        return f"connection closed: {reason.getErrorMessage()}"
-    return str(reason)
 
 
 #: what to do when the broker closes a channel while the queues and the

@@ -34,6 +34,7 @@ from txamqp.spec import Spec, pythonize
 from mqtwist.amqp.fieldtable import FieldTableCodec
 from mqtwist.amqp.spec import loadSpec
 from mqtwist.amqp.url import BrokerURL
+from mqtwist.hostport import hostPort
 
 
 class LoginFailed(Exception):
@@ -459,7 +460,7 @@ class AMQPProtocol(AMQClient):
             raise LoginFailed(
                 f"AMQP broker {url.redacted()} accepted the connection but did not "
                 f"finish the AMQP handshake within {url.connectTimeout:g} s: check "
-                f"that {brokerAddress(url)} is the AMQP port of a broker (RabbitMQ "
+                f"that {hostPort(url.host, url.port)} is the AMQP port of a broker (RabbitMQ "
                 f"listens on 5672, on 5671 for amqps://) and that the broker is "
                 f"not overloaded; connection_timeout in the URL sets the wait"
             ) from None
@@ -478,7 +479,7 @@ def _refusal(url: BrokerURL, error: Closed, authenticated: bool) -> str:
     vhost = url.vhost
     reason = error.args[0] if error.args else None
     if isinstance(reason, Message):
-        said = f"{reason.reply_code} {reason.reply_text}"
+        said = describeClose(error)
         if not authenticated and reason.reply_code == _ACCESS_REFUSED:
             return (
                 f"{broker} refused the login of user {user!r} ({said}): the user "
@@ -508,7 +509,7 @@ def _refusal(url: BrokerURL, error: Closed, authenticated: bool) -> str:
             f"({said}): check the user, password and vhost in the broker URL "
             f"(--amqp) and the user's permissions"
         )
-    lost = reason.getErrorMessage() if isinstance(reason, Failure) else str(reason)
+    lost = describeClose(error)
     tls = (
         "; for amqps://, also that the broker's certificate is valid for "
         f"{url.host!r} and trusted here"
@@ -518,14 +519,14 @@ def _refusal(url: BrokerURL, error: Closed, authenticated: bool) -> str:
     if not authenticated:
         return (
             f"{broker} closed the connection during the login of user {user!r} "
-            f"without saying why (connection closed: {lost}): a broker that does "
+            f"without saying why ({lost}): a broker that does "
             f"not report login failures closes the connection like this for a "
             f"wrong user or password; check them in the broker URL (--amqp), and "
-            f"that {brokerAddress(url)} is an AMQP 0-9-1 broker{tls}"
+            f"that {hostPort(url.host, url.port)} is an AMQP 0-9-1 broker{tls}"
         )
     return (
         f"{broker} closed the connection while opening vhost {vhost!r} for user "
-        f"{user!r} without saying why (connection closed: {lost}): check the "
+        f"{user!r} without saying why ({lost}): check the "
         f"vhost in the broker URL (--amqp), the user's permissions, and the "
         f"broker's log"
     )
@@ -769,10 +770,14 @@ def brokerEndpoint(reactor: Any, url: BrokerURL) -> IStreamClientEndpoint:
     return endpoint
 
 
-def brokerAddress(url: BrokerURL) -> str:
+def describeClose(error: Closed) -> str:
     """
-    @return: C{host:port} of C{url} (an IPv6 address in brackets), for
-        messages.
+    The reply code and text of the close method that ended a channel or
+    the connection, or why the connection ended without one.
     """
-    host = f"[{url.host}]" if ":" in url.host else url.host
-    return f"{host}:{url.port}"
+    reason = error.args[0] if error.args else None
+    if isinstance(reason, Message):
+        return f"{reason.reply_code} {reason.reply_text}"
+    if isinstance(reason, Failure):
+        return f"connection closed: {reason.getErrorMessage()}"
+    return str(reason)

@@ -19,6 +19,7 @@ from twisted.logger import Logger
 
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
+from mqtwist.hostport import hostPort
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.tls import OPPORTUNISTIC, VERIFIED, TLSSettings, tlsMandatory
 
@@ -37,13 +38,6 @@ class _ClientFactory(Factory):
 
     def buildProtocol(self, addr: Any) -> ESMTPClient:
         return ESMTPClient(self.ehloName, self.timeouts, self.clock)
-
-
-def hostPort(host: str, port: int) -> str:
-    """
-    C{host:port}, with brackets around an IPv6 address.
-    """
-    return f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
 
 
 @dataclass(frozen=True)

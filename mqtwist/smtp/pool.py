@@ -18,7 +18,8 @@ from twisted.python.failure import Failure
 
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
-from mqtwist.smtp.connect import Credentials, hostPort, openConnection
+from mqtwist.hostport import hostPort
+from mqtwist.smtp.connect import Credentials, openConnection
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply
 from mqtwist.smtp.tls import TLSSettings
