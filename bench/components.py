@@ -167,6 +167,18 @@ class ProcessStats:
         return found
 
 
+def cpuModel() -> str:
+    """The processor's model name (from /proc/cpuinfo), or C{"unknown"}."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
 def machineCPUSeconds() -> float:
     """Busy CPU seconds of the whole machine so far, all cores (from /proc/stat)."""
     with open("/proc/stat") as f:

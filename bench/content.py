@@ -32,6 +32,8 @@ from mqtwist.dkimsign import DKIMKeys, parseDKIM, sign  # noqa: E402
 from mqtwist.headeredits import applyHeaderEdits  # noqa: E402
 from mqtwist.mime import buildMime  # noqa: E402
 
+from components import cpuModel  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 EDITS = {
     "remove": ["X-Mailer"],
@@ -106,16 +108,8 @@ def throughput(function: Callable[[], object], threads: int, seconds: float) -> 
 
 
 def machine() -> str:
-    model = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return (
-        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {model}; "
+        f"machine: {os.cpu_count()} CPUs (nproc {len(os.sched_getaffinity(0))}), {cpuModel()}; "
         f"Python {platform.python_version()}; dkimpy {getattr(dkim, '__version__', '?')}"
     )
 

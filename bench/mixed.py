@@ -53,7 +53,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver  # noqa: E402
 
 from fixtures_dns import LoopbackDNS, MailHosts, mxConfig, mxDomain  # noqa: E402
 from fixtures_rabbitmq import AMQPHelper  # noqa: E402
-from components import ProcessStats  # noqa: E402
+from components import ProcessStats, cpuModel, freePort  # noqa: E402
 from mqtwist.amqp.localnode import LocalRabbitMQ  # noqa: E402
 from mqtwist.config import Config, SMTPTimeouts  # noqa: E402
 from mqtwist.loglevel import LogLevelService, parseLogLevel  # noqa: E402
@@ -118,7 +118,7 @@ async def run(
 
 async def main(arguments: argparse.Namespace) -> str:
     dataDir = tempfile.mkdtemp(prefix="mqtwist-bench-mixed-")
-    node = LocalRabbitMQ(dataDir, amqpPort=_freePort(), niceness=arguments.broker_nice, reactor=reactor)
+    node = LocalRabbitMQ(dataDir, amqpPort=freePort(), niceness=arguments.broker_nice, reactor=reactor)
     await node.start()
     url = f"amqp://{node.url.username}:{node.url.password}@{node.url.host}:{node.url.port}/"
     zone = LoopbackDNS()
@@ -160,7 +160,7 @@ async def main(arguments: argparse.Namespace) -> str:
             else "answers at once")
     lines = [
         f"bench/mixed.py  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.node()}  "
-        f"{platform.processor() or platform.machine()}  {os.cpu_count()} CPUs  Python {platform.python_version()}",
+        f"{platform.machine()}  {cpuModel()}  {os.cpu_count()} CPUs  Python {platform.python_version()}",
         f"{arguments.messages} messages for a fast destination (it {fast}; "
         f"{'PIPELINING' if arguments.pipelining else 'no PIPELINING'}); mixed run: as many "
         f"again, interleaved, for a destination that never greets (greeting time-out "
@@ -210,14 +210,6 @@ def _cpuSeconds() -> float:
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
-
-
-def _freePort() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 if __name__ == "__main__":

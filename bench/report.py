@@ -13,6 +13,8 @@ from typing import Any
 
 from twisted.internet import threads
 
+from components import cpuModel
+
 TARGET_POSTFIX_RATIO = 4.0
 TARGET_RSS_MB = 150
 TARGET_PIPELINING_RATIO = 2.0
@@ -27,12 +29,6 @@ def _command(argv: list[str]) -> str:
 
 
 def _machine(tree: str) -> dict[str, Any]:
-    cpu = "unknown"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.partition(":")[2].strip()
-                break
     with open("/proc/meminfo") as f:
         memory = int(f.readline().split()[1]) * 1024
     import twisted
@@ -51,7 +47,7 @@ def _machine(tree: str) -> dict[str, Any]:
         commit = f"tree {tree}"
     return {
         "nproc": os.cpu_count(),
-        "cpu": cpu,
+        "cpu": cpuModel(),
         "memoryGB": round(memory / 2**30, 1),
         "kernel": platform.release(),
         "python": platform.python_version(),
