@@ -360,8 +360,10 @@ class Message:
             message.nextattempt = _readNextAttempt(obj["nextattempt"])
         if "queues" in obj:
             _readQueues(obj["queues"])
-        if "results" in obj and not isinstance(obj["results"], list):
-            raise InvalidMessage("property 'results' must be a list of result entries")
+        if "results" in obj and not (
+            isinstance(obj["results"], list) and all(isinstance(entry, dict) for entry in obj["results"])
+        ):
+            raise InvalidMessage("property 'results' must be a list of result entries (objects)")
         if obj.get("headers") is not None:
             checkHeaderEdits(obj["headers"])
             message.headerEdits = obj["headers"]

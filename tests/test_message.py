@@ -89,6 +89,9 @@ def test_null_sender():
         ({"recipient": "a@b.c", "mime": "x", "smarthost": "relay"}, "'smarthost' must be an object"),
         ({"recipient": "a@b.c", "mime": "x", "smarthost": {"hostname": "r", "port": 0}}, "'smarthost.port'"),
         ({"recipient": "a@b.c", "mime": "x", "results": {}}, "'results' must be a list"),
+        # an entry that is not an object would break the attempt count
+        ({"recipient": "a@b.c", "mime": "x", "results": [None]}, "'results' must be a list"),
+        ({"recipient": "a@b.c", "mime": "x", "results": [{"state": "connect"}, "x"]}, "(objects)"),
         ({"recipient": "a@b.c", "mime": {"text": 5}}, "mime.text"),
         ({"recipient": "a@b.c", "mime": "x", "dkim": {}}, "dkim"),
         ({"recipient": "a@b.c", "mime": "x", "headers": {"append": {"X-A": "1\r\nBcc: x@y"}}}, "X-A"),
