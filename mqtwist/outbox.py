@@ -234,9 +234,12 @@ class OutboxProcessor:
             # the expiry clock runs from the first deferral of the row
             entry.connection["since"] = replaced.get("since", replaced.get("time"))
         message.record(entry)
+        # back by its expiry at the latest, to expire then rather than at
+        # the end of a long park
+        comeBack = min(entry.retryAt, self.schedule.expiryTime(message, now))
         # no retry notice: nothing was tried, so nothing failed; the entry
         # travels with the message into its final result
-        return self._retryLater(delivery, message, max(0.0, entry.retryAt - now), now, notify=False)
+        return self._retryLater(delivery, message, max(0.0, comeBack - now), now, notify=False)
 
     def _retryLater(
         self, delivery: Delivery, message: Message, delay: float, now: float, *, notify: bool = True
