@@ -37,6 +37,10 @@ from mqtwist.smtp.pool import Destination
 _SOFT_DNS_ERRORS = (DNSServerError, DNSTimeoutError, QueryTimeoutError, DNSLookupError, DomainError)
 
 
+#: seconds between two looks through a table for entries to forget
+SWEEP_INTERVAL = 60.0
+
+
 @dataclass(frozen=True)
 class Route:
     """
@@ -119,6 +123,8 @@ class Router:
         self.smarthostCredentials = smarthostCredentials
         self._resolver: Any = None
         self._cache: dict[str, _Exchange] = {}
+        #: when L{_dropExpired} next looks through the cache
+        self._nextSweep = float("-inf")
         #: the messages waiting for a domain's lookup
         self._pending: dict[str, list[Deferred[_Exchange]]] = {}
 
@@ -155,9 +161,11 @@ class Router:
         if direct is not None:
             return succeed(direct)
         cached = self._cache.get(domain)
-        if cached is not None and cached.expires > self.reactor.seconds():
-            # most messages: a cached answer needs no coroutine
-            return succeed(self._mxRoute(cached, bindAddress, security, domain=domain))
+        if cached is not None:
+            if cached.expires > self.reactor.seconds():
+                # most messages: a cached answer needs no coroutine
+                return succeed(self._mxRoute(cached, bindAddress, security, domain=domain))
+            del self._cache[domain]
         return self._sharedLookup(domain).addCallback(self._mxRoute, bindAddress, security, domain=domain)
 
     def destinationFor(self, message: Message) -> Deferred[Destination]:
@@ -248,6 +256,7 @@ class Router:
         # the shuffled order is kept while cached, so that messages to one
         # domain share one destination (and its connections)
         self._cache[domain] = exchange
+        self._dropExpired(self.reactor.seconds())
         self.log.debug(
             "MX of {domain}: {exchangers} at {addresses}",
             domain=domain,
@@ -255,6 +264,18 @@ class Router:
             addresses=list(exchange.addresses),
         )
         return exchange
+
+    def _dropExpired(self, now: float) -> None:
+        """
+        Forget the expired answers of domains no message asked for since,
+        at most once every C{minCacheTime} (and a minute): a bulk sender's
+        domains would otherwise stay cached for as long as the process runs.
+        """
+        if now < self._nextSweep:
+            return
+        self._nextSweep = now + max(self.minCacheTime, SWEEP_INTERVAL)
+        for domain in [domain for domain, exchange in self._cache.items() if exchange.expires <= now]:
+            del self._cache[domain]
 
     async def _mailExchangers(self, domain: str) -> tuple[list[str], float]:
         """

@@ -127,6 +127,28 @@ async def test_answers_cached_by_ttl_with_a_minimum(dnsServer):
     assert ("cached.test", 15) in dnsServer.queries[asked:]  # MX asked again
 
 
+async def test_expired_answers_are_forgotten(dnsServer):
+    """
+    The answers of domains no message asks for any more leave the cache
+    once expired, when a new domain is looked up (at most one look a
+    minute, or a C{minCacheTime}): a bulk sender's domains do not stay.
+    """
+    for n in range(5):
+        dnsServer.mx(f"d{n}.test", (10, "mx.d.test"), ttl=1)
+    dnsServer.mx("late.test", (10, "mx.d.test"), ttl=1)
+    dnsServer.address("mx.d.test", "127.0.0.2", ttl=1)
+    clock = FakeNow()
+    cache = router(dnsServer, minCacheTime=30)
+    for n in range(5):
+        await cache.route(message(f"a@d{n}.test"))
+        cache.reactor = clock  # the resolver keeps the real reactor
+    assert len(cache._cache) == 5
+    clock.offset = 61
+    await cache.route(message("a@d0.test"))  # an expired answer is asked for again
+    await cache.route(message("a@late.test"))
+    assert sorted(cache._cache) == ["d0.test", "late.test"]
+
+
 class FakeNow:
     """The real reactor's time plus an offset (the resolver keeps the real reactor)."""
 
