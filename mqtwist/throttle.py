@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from mqtwist.config import BackoffRule, Config, ThrottleRule
 from mqtwist.errors import AttemptFailed
-from mqtwist.routing import Route
+from mqtwist.routing import SWEEP_INTERVAL, Route
 from mqtwist.smtp.pool import Destination
 from mqtwist.timeformat import formatTime
 
@@ -208,6 +208,8 @@ class DeliveryPolicy:
         #: whose waiters went otherwise, by a pause or a cancel, stays listed
         #: until the next ends)
         self._overBacklog: dict[str, _State] = {}
+        #: when L{_dropForgettable} next looks through the table
+        self._nextSweep = float("-inf")
 
     @property
     def mostConnections(self) -> int:
@@ -240,6 +242,7 @@ class DeliveryPolicy:
         if state is None:
             limits = self._limits(rule)
             now = self.reactor.seconds()
+            self._dropForgettable(now)
             state = _State(
                 name,
                 limits,
@@ -443,17 +446,40 @@ class DeliveryPolicy:
 
     def _dropIfForgettable(self, state: _State) -> None:
         # keeps the table from growing with every destination ever seen
-        now = self.reactor.seconds()
-        if (
+        if self._forgettable(state, self.reactor.seconds()) and self._states.get(state.name) is state:
+            self._drop(state)
+
+    def _forgettable(self, state: _State, now: float) -> bool:
+        """
+        Whether C{state} holds nothing that a new state would not: no
+        delivery, waiter, pause, failure or spent rate.
+        """
+        return (
             state.active == 0
             and not state.waiters
             and state.pausedUntil <= now
             and state.reducedUntil <= now
             and state.failuresInRow == 0
             and all(bucket is None or bucket.full(now) for bucket in (state.messages, state.connections))
-            and self._states.get(state.name) is state
-        ):
-            del self._states[state.name]
+        )
+
+    def _drop(self, state: _State) -> None:
+        del self._states[state.name]
+        for timer in (state.timer, state.stuckCheck):
+            if timer is not None and timer.active():
+                timer.cancel()
+
+    def _dropForgettable(self, now: float) -> None:
+        """
+        Forget every destination that L{_forgettable} allows, at most once
+        a minute: one is looked at when its delivery ends, but a rate
+        limit's bucket is not full again yet then, nor a pause over.
+        """
+        if now < self._nextSweep:
+            return
+        self._nextSweep = now + SWEEP_INTERVAL
+        for state in [state for state in self._states.values() if self._forgettable(state, now)]:
+            self._drop(state)
 
     # -- what happened ---------------------------------------------------------
 

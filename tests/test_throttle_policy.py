@@ -228,6 +228,46 @@ def test_destinations_delivered_to_are_forgotten():
     assert p._states == {}
 
 
+def test_destinations_with_a_spent_rate_or_a_pause_are_forgotten_later():
+    """
+    A destination whose rate limit was just used, or that was paused, is
+    kept while that matters, and forgotten once it no longer does, when a
+    new destination comes (at most one look a minute).
+    """
+    p, clock = policy(messagesPerMinute=60, backoff=[BackoffRule("pause", 600, code="^421$")])
+    for n in range(100):
+        p.release(p.admit(route(f"d{n}.test", f"mx.d{n}.test")).result)
+    paused = p.admit(route("paused.test", "mx.paused.test")).result
+    p.release(paused)
+    p.failed(paused, AttemptFailed("intro", "error", "try again later", code=421))
+    assert len(p._states) == 101
+    clock.advance(61)  # the rates are full again, the pause is not over
+    p.admit(route("new.test", "mx.new.test"))
+    assert sorted(p._states) == ["mx mx.new.test", "mx mx.paused.test"]
+    clock.advance(3600)
+    p.admit(route("newer.test", "mx.newer.test"))
+    assert sorted(p._states) == ["mx mx.new.test", "mx mx.newer.test"]
+
+
+def test_a_forgotten_destination_leaves_no_timer():
+    """
+    A destination forgotten after its waiting messages were cancelled (as
+    a stop does) takes its stuck check with it: nothing is left to run
+    after L{DeliveryPolicy.close}.
+    """
+    p, clock = policy(maxConnectionsPerDestination=1, destinationBacklog=1)
+    permit = p.admit(route("a.test", "mx.a.test")).result
+    waiting = [p.admit(route("a.test", "mx.a.test")) for _ in range(2)]
+    assert clock.getDelayedCalls() != []  # one beyond the backlog: a stuck check
+    for waiter in waiting:
+        waiter.addErrback(lambda _: None)
+        waiter.cancel()
+    p.release(permit)
+    assert p._states == {}
+    p.close()
+    assert clock.getDelayedCalls() == []
+
+
 def test_too_many_connections_cuts_concurrency_for_a_while():
     p, clock = policy()
     permits = [p.admit(route("a.test", "mx.a.test")).result for _ in range(3)]
