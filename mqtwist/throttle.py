@@ -452,14 +452,15 @@ class DeliveryPolicy:
     def _forgettable(self, state: _State, now: float) -> bool:
         """
         Whether C{state} holds nothing that a new state would not: no
-        delivery, waiter, pause, failure or spent rate.
+        delivery, waiter, pause, spent rate, or failure in a row within
+        C{--down-time} (older ones no longer say that it keeps failing).
         """
         return (
             state.active == 0
             and not state.waiters
             and state.pausedUntil <= now
             and state.reducedUntil <= now
-            and state.failuresInRow == 0
+            and (state.failuresInRow == 0 or now - state.lastDone >= self.config.downTime)
             and all(bucket is None or bucket.full(now) for bucket in (state.messages, state.connections))
         )
 

@@ -240,10 +240,13 @@ def test_destinations_with_a_spent_rate_or_a_pause_are_forgotten_later():
     paused = p.admit(route("paused.test", "mx.paused.test")).result
     p.release(paused)
     p.failed(paused, AttemptFailed("intro", "error", "try again later", code=421))
-    assert len(p._states) == 101
-    clock.advance(61)  # the rates are full again, the pause is not over
+    refused = p.admit(route("refused.test", "mx.refused.test")).result
+    p.release(refused)
+    p.failed(refused, AttemptFailed("connect", "error", "connection refused"))
+    assert len(p._states) == 102
+    clock.advance(61)  # the rates are full again; the pause and the failure still count
     p.admit(route("new.test", "mx.new.test"))
-    assert sorted(p._states) == ["mx mx.new.test", "mx mx.paused.test"]
+    assert sorted(p._states) == ["mx mx.new.test", "mx mx.paused.test", "mx mx.refused.test"]
     clock.advance(3600)
     p.admit(route("newer.test", "mx.newer.test"))
     assert sorted(p._states) == ["mx mx.new.test", "mx mx.newer.test"]
