@@ -123,6 +123,8 @@ class Router:
         self.smarthostCredentials = smarthostCredentials
         self._resolver: Any = None
         self._cache: dict[str, _Exchange] = {}
+        #: the same answers by their exchangers, by preference
+        self._byExchangers: dict[tuple[frozenset[str], ...], _Exchange] = {}
         #: when L{_dropExpired} next looks through the cache
         self._nextSweep = float("-inf")
         #: the messages waiting for a domain's lookup
@@ -246,13 +248,24 @@ class Router:
 
     async def _lookUp(self, domain: str) -> _Exchange:
         now = self.reactor.seconds()
-        names, ttl = await self._mailExchangers(domain)
-        addresses, addressTTL = await self._addressesOf(domain, names)
-        exchange = _Exchange(
-            tuple(names),
-            tuple(addresses[: self.addressesPerAttempt]),
-            now + max(self.minCacheTime, min(ttl, addressTTL)),
-        )
+        groups, ttl = await self._mailExchangers(domain)
+        # domains with the same exchangers at the same preferences (those of
+        # one provider) get one order and one set of addresses while it is
+        # cached, and so one destination: they share its connections, and
+        # its idle ones count against its limits
+        shape = tuple(groups)
+        exchange = self._byExchangers.get(shape)
+        if exchange is None or exchange.expires <= now:
+            # hosts of the same preference in random order (RFC 5321 5.1)
+            names = [name for group in groups for name in random.sample(sorted(group), len(group))]
+            addresses, addressTTL = await self._addressesOf(domain, names)
+            exchange = self._byExchangers.get(shape)
+            if exchange is None or exchange.expires <= now:  # not looked up meanwhile
+                exchange = self._byExchangers[shape] = _Exchange(
+                    tuple(names),
+                    tuple(addresses[: self.addressesPerAttempt]),
+                    now + max(self.minCacheTime, min(ttl, addressTTL)),
+                )
         # the shuffled order is kept while cached, so that messages to one
         # domain share one destination (and its connections)
         self._cache[domain] = exchange
@@ -267,21 +280,24 @@ class Router:
 
     def _dropExpired(self, now: float) -> None:
         """
-        Forget the expired answers of domains no message asked for since,
+        Forget the expired answers of domains no message asked for since
+        (and of their exchangers),
         at most once every C{minCacheTime} (and a minute): a bulk sender's
         domains would otherwise stay cached for as long as the process runs.
         """
         if now < self._nextSweep:
             return
         self._nextSweep = now + max(self.minCacheTime, SWEEP_INTERVAL)
-        for domain in [domain for domain, exchange in self._cache.items() if exchange.expires <= now]:
-            del self._cache[domain]
+        for table in (self._cache, self._byExchangers):
+            for key in [key for key, exchange in table.items() if exchange.expires <= now]:
+                del table[key]
 
-    async def _mailExchangers(self, domain: str) -> tuple[list[str], float]:
+    async def _mailExchangers(self, domain: str) -> tuple[list[frozenset[str]], float]:
         """
-        The mail exchangers of C{domain}, most preferred first, hosts of the
-        same preference in random order; the domain itself when it has no
-        MX records (implicit MX); and the smallest TTL of the answer.
+        The mail exchangers of C{domain}, by preference, most preferred
+        first (a host listed at several preferences counts at its best);
+        the domain itself when it has no MX records (implicit MX); and the
+        smallest TTL of the answer.
         """
         try:
             answers, _, _ = await self.resolver.lookupMailExchange(domain, timeout=self.queryTimeout)
@@ -298,7 +314,7 @@ class Router:
         # MX records of a CNAME's target carry the target's name: take them all
         records = [answer for answer in answers if answer.type == dns.MX]
         if not records:
-            return [domain], self.minCacheTime
+            return [frozenset((domain,))], self.minCacheTime
         if any(record.payload.name.name in (b"", b".") for record in records):
             raise AttemptFailed(
                 "dns", "error", f"domain {domain} accepts no mail (null MX, RFC 7505)",
@@ -306,12 +322,14 @@ class Router:
             )
         ttl = min(record.ttl for record in records)
         payloads = sorted((record.payload for record in records), key=lambda mx: mx.preference)
-        ordered: list[str] = []
+        groups: list[frozenset[str]] = []
+        seen: set[str] = set()
         for _, group in groupby(payloads, key=lambda mx: mx.preference):
-            names = [mx.name.name.decode().lower() for mx in group]
-            random.shuffle(names)
-            ordered.extend(name for name in names if name not in ordered)
-        return ordered, ttl
+            names = frozenset(mx.name.name.decode().lower() for mx in group) - seen
+            if names:
+                groups.append(names)
+                seen |= names
+        return groups, ttl
 
     async def _addressesOf(self, domain: str, names: list[str]) -> tuple[list[tuple[str, str]], float]:
         """

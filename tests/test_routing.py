@@ -66,6 +66,28 @@ async def test_equal_preference_in_random_order(dnsServer):
 
 
 @pytest_twisted.ensureDeferred
+async def test_domains_of_the_same_exchangers_share_their_order(dnsServer):
+    """
+    The domains of one provider (the same exchangers at the same
+    preferences) get the same random order, so they share one destination
+    and its connections; the same hosts at other preferences keep theirs.
+    """
+    for n in range(8):
+        dnsServer.mx(f"d{n}.test", (10, "a.provider.test"), (10, "b.provider.test"), (10, "c.provider.test"))
+    dnsServer.mx("backup.test", (10, "c.provider.test"), (20, "a.provider.test"), (20, "b.provider.test"))
+    for name, address in [("a", "127.0.0.2"), ("b", "127.0.0.3"), ("c", "127.0.0.4")]:
+        dnsServer.address(f"{name}.provider.test", address)
+    shared = router(dnsServer)
+    routes = [await shared.route(message(f"x@d{n}.test")) for n in range(8)]
+    # 8 domains in one order by chance: 1 in 6**7 without the sharing
+    assert len({route.destination for route in routes}) == 1
+    assert len({route.exchangers for route in routes}) == 1
+    backup = await shared.route(message("x@backup.test"))
+    assert backup.exchangers[0] == "c.provider.test"
+    assert set(backup.exchangers[1:]) == {"a.provider.test", "b.provider.test"}
+
+
+@pytest_twisted.ensureDeferred
 async def test_implicit_mx_is_the_domain_itself(dnsServer):
     dnsServer.address("bare.test", "127.0.0.5")
     route = await router(dnsServer).route(message("a@bare.test"))
