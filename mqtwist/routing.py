@@ -288,7 +288,8 @@ class Router:
         if now < self._nextSweep:
             return
         self._nextSweep = now + max(self.minCacheTime, SWEEP_INTERVAL)
-        for table in (self._cache, self._byExchangers):
+        tables: tuple[dict[Any, _Exchange], ...] = (self._cache, self._byExchangers)
+        for table in tables:
             for key in [key for key, exchange in table.items() if exchange.expires <= now]:
                 del table[key]
 
