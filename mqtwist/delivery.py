@@ -290,4 +290,5 @@ class DeliveryEngine:
         """
         self.policy.close()
         self.deferrals.close()
+        self.router.close()
         return self.pool.closeAll()

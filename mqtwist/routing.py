@@ -37,6 +37,9 @@ from mqtwist.smtp.pool import Destination
 _SOFT_DNS_ERRORS = (DNSServerError, DNSTimeoutError, QueryTimeoutError, DNSLookupError, DomainError)
 
 
+#: where the system's name servers are listed
+RESOLV_CONF = "/etc/resolv.conf"
+
 #: seconds between two looks through a table for entries to forget
 SWEEP_INTERVAL = 60.0
 
@@ -133,15 +136,28 @@ class Router:
     @property
     def resolver(self) -> Any:
         """
-        The C{twisted.names} resolver, made on first use (a resolver that
-        reads C{/etc/resolv.conf} keeps a timer to read it again).
+        The C{twisted.names} resolver, made on first use: one that asks the
+        name servers given, or those of C{/etc/resolv.conf} (read again
+        when it changes).  Like Postfix's SMTP client, it looks in DNS only,
+        not in C{/etc/hosts}; answers are cached here (L{route}).
         """
         if self._resolver is None:
             if self.servers:
                 self._resolver = client.Resolver(servers=self.servers, reactor=self.reactor)
             else:
-                self._resolver = client.createResolver()
+                self._resolver = client.Resolver(resolv=RESOLV_CONF, reactor=self.reactor)
         return self._resolver
+
+    def close(self) -> None:
+        """
+        Stop re-reading C{/etc/resolv.conf}, so that no timer of the
+        resolver outlives the service.
+        """
+        # twisted.names has no public way to stop it (Twisted 24.x): its
+        # Resolver keeps the call that reads the file again every minute
+        rereading = getattr(self._resolver, "_parseCall", None)
+        if rereading is not None and rereading.active():
+            rereading.cancel()
 
     def route(self, message: Message) -> Deferred[Route]:
         """

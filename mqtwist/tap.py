@@ -63,7 +63,7 @@ _HELP: dict[str, str] = {
     "smarthost": "host:port of a relay that takes all mail instead of MX delivery",
     "mxPort": "TCP port used for delivery to MX hosts",
     "nameservers": "comma-separated host:port of the DNS servers for MX lookups "
-    "(empty: the system's)",
+    "(empty: those of /etc/resolv.conf)",
     "plugins": "comma-separated names of the data plugins to run, in order "
     "(not given: every plugin found, ordered by name; empty: none)",
     "pluginTimeout": "seconds a data plugin may take before it is cancelled",

@@ -171,6 +171,28 @@ async def test_expired_answers_are_forgotten(dnsServer):
     assert sorted(cache._cache) == ["d0.test", "late.test"]
 
 
+def test_the_system_resolver_leaves_no_timer_after_close(tmp_path, monkeypatch):
+    """
+    Without name servers of its own the router asks those of
+    C{/etc/resolv.conf}, re-read on the reactor it was given while it runs,
+    and not after L{Router.close}.
+    """
+    from twisted.internet.task import Clock
+
+    import mqtwist.routing
+
+    conf = tmp_path / "resolv.conf"
+    conf.write_text("nameserver 127.0.0.53\n")
+    monkeypatch.setattr(mqtwist.routing, "RESOLV_CONF", str(conf))
+    clock = Clock()
+    system = Router(smarthost=None, mxPort=PORT, nameservers=[], reactor=clock)
+    assert [server for server in system.resolver.dynServers] == [("127.0.0.53", 53)]
+    assert len(clock.getDelayedCalls()) == 1  # reading the file again
+    assert not [call for call in reactor.getDelayedCalls() if "ParseConfig" in repr(call.func)]
+    system.close()
+    assert clock.getDelayedCalls() == []
+
+
 class FakeNow:
     """The real reactor's time plus an offset (the resolver keeps the real reactor)."""
 
