@@ -11,8 +11,10 @@ environment.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import socket
+import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -55,6 +57,57 @@ def _tableValue(table: Mapping[str, Any], key: str, kind: type, what: str, where
     return value
 
 
+#: what a domain or mx pattern looks like
+_NAME_EXAMPLES = {
+    "domain": 'a glob pattern of the recipient\'s domain, e.g. "example.com" or "*.example.com"',
+    "mx": 'a glob pattern of a mail exchanger\'s host name, e.g. "*.google.com"',
+}
+
+#: the characters of an IPv4 or IPv6 address (an C{ip} pattern matches the
+#: local address as the message gives it, so both cases of hex digits)
+_IP_CHARACTERS = frozenset(string.hexdigits + ".:")
+
+
+def _ipPatternProblem(pattern: str) -> str | None:
+    """
+    Why no IPv4 or IPv6 address can match the C{fnmatch} pattern
+    C{pattern}, if that is so.
+
+    @return: the reason, or C{None} for a pattern that may match.
+    """
+    if not pattern:
+        return "an empty pattern matches no address"
+    glob = False
+    i = 0
+    while i < len(pattern):
+        char = pattern[i]
+        i += 1
+        if char in "*?":
+            glob = True
+        elif char == "[":
+            # as fnmatch reads a set: a leading '!' negates it
+            start = i + 1 if pattern[i : i + 1] == "!" else i
+            end = pattern.find("]", start)
+            if end < 0:
+                return "its '[' has no closing ']'"
+            for inner in pattern[start:end]:
+                if inner not in _IP_CHARACTERS and inner != "-":
+                    return f"{inner!r} is never in an IP address"
+            glob = True
+            i = end + 1
+        elif char not in _IP_CHARACTERS:
+            return (
+                f"{char!r} is never in an IP address (only hex digits, '.' and ':' are, "
+                "besides the glob characters * ? [ ])"
+            )
+    if not glob:
+        try:
+            ipaddress.ip_address(pattern)
+        except ValueError:
+            return "it has no glob characters (* ? [ ]) and is not an IPv4 or IPv6 address"
+    return None
+
+
 def _checkKeys(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
     unknown = sorted(set(table) - set(known))
     if unknown:
@@ -68,9 +121,10 @@ class ThrottleRule:
     in TOML).  A rule matches by the recipient's domain (C{domain}, a glob
     such as C{"*.example.com"}) or by a mail exchanger's host name (C{mx},
     e.g. C{"*.google.com"}), and optionally by the local address
-    (C{ip}).  All the messages a rule matches share its limits (per local
-    address); a limit left out is the default of L{Config}.  Limits hold
-    within one process.
+    (C{ip}, a glob such as C{"10.*"} or C{"2001:db8::*"}, matched against
+    the address as the message's C{ips} give it).  All the messages a rule
+    matches share its limits (per local address); a limit left out is the
+    default of L{Config}.  Limits hold within one process.
     """
 
     domain: str | None = None
@@ -108,6 +162,19 @@ class ThrottleRule:
             messagesPerMinute=_tableValue(table, "messages-per-minute", int, number, where),
             connectionsPerMinute=_tableValue(table, "connections-per-minute", int, number, where),
         )
+        for key in ("domain", "mx"):
+            pattern = getattr(rule, key)
+            if pattern is not None and not pattern.strip():
+                raise ValueError(f"{where}: {key!r} is {pattern!r}; give {_NAME_EXAMPLES[key]}")
+        if rule.ip is not None:
+            problem = _ipPatternProblem(rule.ip)
+            if problem is not None:
+                leaveOut = ", or leave 'ip' out to match every local address" if not rule.ip else ""
+                raise ValueError(
+                    f"{where}: 'ip' is {rule.ip!r}, which no local address can match: {problem}; "
+                    'give an IPv4 or IPv6 address or a glob pattern of one, e.g. "192.0.2.1", '
+                    f'"10.*", "10.0.0.[1-4]" or "2001:db8::*"{leaveOut}'
+                )
         if (rule.domain is None) == (rule.mx is None):
             raise ValueError(f"{where}: give either 'domain' or 'mx' (a glob pattern), not both or neither")
         if rule.connections == 0 or rule.messagesPerConnection == 0:
@@ -156,7 +223,7 @@ class BackoffRule:
     C{action} is one of:
       - C{"pause"}: no new attempts to the destination for C{seconds};
       - C{"reduce"}: at most C{connections} deliveries at once to the
-        destination for C{seconds};
+        destination for C{seconds} (1 when C{connections} is left out);
       - C{"retry"}: only this message is tried again after C{seconds}
         instead of its retry schedule (greylisting).
     """
@@ -166,6 +233,8 @@ class BackoffRule:
     code: str | None = None
     status: str | None = None
     text: str | None = None
+    #: deliveries at once while an C{action = "reduce"} lasts; 1 when left
+    #: out of the table; the other actions take none
     connections: int = 1
 
     KEYS = ("action", "seconds", "code", "status", "text", "connections")
@@ -197,7 +266,19 @@ class BackoffRule:
         if not any(patterns.values()):
             raise ValueError(f"{where}: give at least one of 'code', 'status', 'text' to match replies")
         connections = _tableValue(table, "connections", int, "a whole number", where)
-        return cls(action, seconds, connections=max(1, connections or 1), **patterns)
+        if connections is None:
+            connections = 1
+        elif action != "reduce":
+            raise ValueError(
+                f"{where}: 'connections' is only for action = \"reduce\" (the deliveries at once "
+                f"it leaves), not for {action!r}; leave 'connections' out, or give action = \"reduce\""
+            )
+        elif connections == 0:
+            raise ValueError(
+                f"{where}: 'connections' is 0; give 1 or more (to stop all deliveries for a "
+                'while, give action = "pause")'
+            )
+        return cls(action, seconds, connections=connections, **patterns)
 
 
 @dataclass
