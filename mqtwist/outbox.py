@@ -234,18 +234,39 @@ class OutboxProcessor:
             # the expiry clock runs from the first deferral of the row
             entry.connection["since"] = replaced.get("since", replaced.get("time"))
         message.record(entry)
-        # back by its expiry at the latest, to expire then rather than at
-        # the end of a long park
-        comeBack = min(entry.retryAt, self.schedule.expiryTime(message, now))
+        expiry = self.schedule.expiryTime(message, now)
         # no retry notice: nothing was tried, so nothing failed; the entry
         # travels with the message into its final result
-        return self._retryLater(delivery, message, max(0.0, comeBack - now), now, notify=False)
+        if entry.retryAt < expiry:
+            return self._retryLater(delivery, message, max(0.0, entry.retryAt - now), now, notify=False)
+        # back by its expiry, to expire then rather than at the end of a
+        # long park (it may come back a few times, for shorter parks)
+        return self._retryLater(delivery, message, max(0.0, expiry - now), now, notify=False, byThen=True)
 
     def _retryLater(
-        self, delivery: Delivery, message: Message, delay: float, now: float, *, notify: bool = True
+        self,
+        delivery: Delivery,
+        message: Message,
+        delay: float,
+        now: float,
+        *,
+        notify: bool = True,
+        byThen: bool = False,
     ) -> Deferred[None]:
-        message.json["nextattempt"] = {"time": formatTime(now + delay)}
-        publications = [self._toDelayQueue(message, delay)]
+        """
+        Put C{message} in a delay queue for C{delay} seconds, rounded up to
+        a queue's, or with C{byThen} rounded down: back by then at the
+        latest.
+        """
+        if byThen:
+            bucket = self.schedule.bucketAtMost(delay)
+            back = now + bucket
+        else:
+            bucket = self.schedule.bucketFor(delay)
+            # past the longest queue, it waits again for the rest when back
+            back = now + max(delay, bucket)
+        message.json["nextattempt"] = {"time": formatTime(back)}
+        publications = [self._toDelayQueue(message, bucket)]
         retry = message.queueFor("retry", self.config.retry) if notify else None
         if retry:
             publications.append((retry, message.resultJSON()))
@@ -262,6 +283,8 @@ class OutboxProcessor:
         return self._finish(delivery, message, success=False)
 
     def _finish(self, delivery: Delivery, message: Message, *, success: bool) -> Deferred[None]:
+        # there is no next attempt: a time left from a retry would say otherwise
+        message.json.pop("nextattempt", None)
         body = message.resultJSON()
         kinds = ("results", "success" if success else "failure")
         publications = [
@@ -277,11 +300,10 @@ class OutboxProcessor:
             message=message.label,
             delay=delay,
         )
-        publications = [self._toDelayQueue(message, delay)]
+        publications = [self._toDelayQueue(message, self.schedule.bucketFor(delay))]
         return self._publishThenAck(delivery, message.label, publications, message.priority)
 
-    def _toDelayQueue(self, message: Message, delay: float) -> tuple[str, bytes]:
-        bucket = self.schedule.bucketFor(delay)
+    def _toDelayQueue(self, message: Message, bucket: int) -> tuple[str, bytes]:
         return self.schedule.delayQueueName(bucket), message.outboxJSON()
 
     def _publishInvalid(self, delivery: Delivery, failure: InvalidMessage, now: float) -> Deferred[None]:

@@ -94,6 +94,15 @@ class RetrySchedule:
         index = bisect.bisect_left(self.buckets, delay)
         return self.buckets[min(index, len(self.buckets) - 1)]
 
+    def bucketAtMost(self, delay: float) -> int:
+        """
+        The largest bucket that is at most C{delay} seconds (the smallest
+        bucket for shorter delays): for a message that must be back by a
+        time, such as its expiry.
+        """
+        index = bisect.bisect_right(self.buckets, delay)
+        return self.buckets[max(index - 1, 0)]
+
     def expiryTime(self, message: Message, now: float) -> float:
         """
         The POSIX time after which C{message} is given up.

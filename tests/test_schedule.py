@@ -49,6 +49,14 @@ def test_delays_round_up_to_a_bucket():
     assert schedule.bucketFor(86400) == 600
 
 
+def test_delays_round_down_to_a_bucket_for_a_time_to_be_back_by():
+    assert schedule.bucketAtMost(0.5) == 1
+    assert schedule.bucketAtMost(1) == 1
+    assert schedule.bucketAtMost(59.9) == 10
+    assert schedule.bucketAtMost(60) == 60
+    assert schedule.bucketAtMost(86400) == 600
+
+
 def test_default_retries_with_the_last_repeating():
     delays = [schedule.afterSoftFailure(message(results=attempts(n)), NOW).delay for n in (1, 2, 3, 4, 5)]
     assert delays == [10, 60, 600, 600, 600]
@@ -179,8 +187,8 @@ def test_a_message_deferred_again_and_again_expires_on_time():
     assert result["results"][-1]["state"] == "process" and result["results"][-1]["result"] == "timeout"
     deferred = result["results"][-2]
     assert deferred["deferrals"] > 2 and parseTime(deferred["since"]) == NOW
-    # a park ends by the expiry at the latest: expired on the hour, not
-    # up to a 900 s park later
+    # parks end by the expiry at the latest (the last ones shorter): it
+    # expired on the hour, not up to a 900 s park or a queue's rounding later
     assert clock.seconds() == NOW + 3600
 
 
@@ -279,6 +287,51 @@ def test_a_results_entry_that_is_not_an_object_is_refused_and_acknowledged():
     entry = json.loads(published[1][1])["results"][-1]
     assert (entry["state"], entry["result"]) == ("process", "invalid")
     assert "'results' must be a list of result entries (objects)" in entry["description"]
+
+
+def test_nextattempt_is_the_time_the_message_comes_back_and_final_results_have_none():
+    """
+    The C{nextattempt} published with a retry is the time its delay queue
+    gives the message back (the delay rounded up to a bucket), and a final
+    result carries no C{nextattempt} left from an earlier retry.
+    """
+    from twisted.internet.defer import succeed
+    from twisted.internet.task import Clock
+
+    from mqtwist.config import Config
+    from mqtwist.message import ParseSettings, ResultEntry
+    from mqtwist.outbox import OutboxProcessor
+    from mqtwist.timeformat import parseTime
+
+    clock = Clock()
+    clock.advance(NOW)
+    published: list[tuple[str, bytes]] = []
+
+    class Publisher:
+        def publish(self, queue, body, *, priority=None):
+            published.append((queue, body))
+            return succeed(None)
+
+    outcomes = [
+        ResultEntry("rcptto", "error", NOW, False, code=450, description="mailbox busy"),
+        ResultEntry("message", "accepted", NOW, True, code=250),
+    ]
+    processor = OutboxProcessor(
+        Config(ehloName="x", smarthost="127.0.0.1:2525"), lambda message: succeed(outcomes.pop(0)), Publisher(),
+        RetrySchedule("outbox", [1, 5, 10, 30, 60], [11], 3600), clock, ParseSettings(hostname="x"),
+    )
+    processor.handle(_FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode()))
+    queues = {queue: json.loads(body) for queue, body in published}
+    assert set(queues) == {"outbox.delay.30s", "retry"}
+    # retries [11] go to the 30 s queue: back in 30 s, not 11
+    assert parseTime(queues["outbox.delay.30s"]["nextattempt"]["time"]) == NOW + 30
+    assert queues["retry"]["nextattempt"] == queues["outbox.delay.30s"]["nextattempt"]
+    published.clear()
+    clock.advance(30)
+    processor.handle(_FakeDelivery(json.dumps(queues["outbox.delay.30s"]).encode()))
+    final = {queue: json.loads(body) for queue, body in published}
+    assert set(final) == {"results", "success"}
+    assert "nextattempt" not in final["success"] and "nextattempt" not in final["results"]
 
 
 def test_stopping_while_results_await_their_confirms_says_so():
