@@ -3,14 +3,18 @@ The private RabbitMQ node: a missing package, a directory the node cannot
 reach, a restart on the same data directory, and (with a reactor that only
 records the processes it is asked to start) the Erlang cookie, the ports,
 the message when the node does not answer, and how the service reports a
-node that fails to start or ends on its own.
+node that fails to start or ends on its own; the Erlang distribution and
+epmd of a real node listen on loopback only.
 """
 
 import os
 import pwd
 import re
 import shutil
+import socket
 import stat
+import struct
+import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -20,6 +24,7 @@ import pytest_twisted
 from twisted.internet import defer, reactor
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ProcessDone, ProcessTerminated
+from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 from twisted.python.failure import Failure
@@ -110,6 +115,127 @@ def test_restart_on_same_directory_keeps_durable_queues(dataDir):
         for service in (first, second):
             if service.running:
                 yield service.stopService()
+
+
+class NodeWithOwnEpmd(LocalRabbitMQ):
+    """
+    A node whose VMs use (and so start) an epmd of their own on
+    C{epmdPort}, not the machine's shared one on 4369: an epmd that already
+    runs keeps the addresses it was started with.
+    """
+
+    def __init__(self, dataDir: str, epmdPort: int, **kwargs: Any) -> None:
+        super().__init__(dataDir, **kwargs)
+        self.epmdPort = epmdPort
+
+    def _environment(self) -> dict[str, str]:
+        return {**super()._environment(), "ERL_EPMD_PORT": str(self.epmdPort)}
+
+
+def freeLoopbackPort() -> int:
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in RABBITMQCTL_DIST_PORTS:
+            return port
+
+
+def epmdRequest(port: int, request: bytes) -> bytes:
+    """Send one request of the epmd protocol and return the whole answer."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+        s.sendall(struct.pack(">H", len(request)) + request)
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    return answer
+
+
+def epmdNames(port: int) -> dict[str, int]:
+    """The nodes registered with the epmd on C{port}, with their ports."""
+    # NAMES_REQ: the epmd port (4 bytes), then "name N at port P" lines
+    text = epmdRequest(port, b"n")[4:].decode()
+    return {name: int(p) for name, p in re.findall(r"^name (\S+) at port (\d+)$", text, re.M)}
+
+
+def listeningAddresses(port: int) -> set[str]:
+    """
+    The addresses that TCP sockets in the LISTEN state are bound to on
+    C{port}, read from /proc/net/tcp and /proc/net/tcp6.
+    """
+    found = set()
+    for table, family in (("/proc/net/tcp", socket.AF_INET), ("/proc/net/tcp6", socket.AF_INET6)):
+        if not os.path.exists(table):
+            continue
+        with open(table) as f:
+            next(f)
+            for line in f:
+                local, state = line.split()[1], line.split()[3]
+                address, hexPort = local.split(":")
+                if state != "0A" or int(hexPort, 16) != port:
+                    continue
+                # the address is printed as 32-bit words in host byte order
+                raw = bytes.fromhex(address)
+                if sys.byteorder == "little":
+                    raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+                found.add(socket.inet_ntop(family, raw))
+    return found
+
+
+@installed
+@pytest_twisted.inlineCallbacks
+def test_erlang_distribution_and_epmd_listen_on_loopback_only(dataDir):
+    """
+    The node's Erlang distribution port, which gives whoever reaches it
+    with the cookie control of the node, listens on 127.0.0.1 only, not on
+    every interface; so does the port of rabbitmqctl's own Erlang node, and
+    the epmd that the node starts.  rabbitmqctl still reaches the node.
+    """
+    epmdPort = freeLoopbackPort()
+    node = NodeWithOwnEpmd(dataDir, epmdPort, reactor=reactor)
+    nodeName = node.nodeName.partition("@")[0]
+    try:
+        yield node.start()
+        names = epmdNames(epmdPort)
+        assert set(names) == {nodeName}
+        distPort = names[nodeName]
+        assert listeningAddresses(distPort) == {"127.0.0.1"}
+        # epmd always listens on loopback, IPv6's too when there is one
+        assert "127.0.0.1" in listeningAddresses(epmdPort) <= {"127.0.0.1", "::1"}
+        status = yield node.rabbitmqctl("status")
+        assert f"Interface: 127.0.0.1, port: {distPort}, protocol: clustering" in status
+
+        # a rabbitmqctl command is its own Erlang node, registered with
+        # epmd while it runs
+        command = node.rabbitmqctl("eval", "timer:sleep(6000).")
+        cliPorts: dict[str, int] = {}
+        deadline = reactor.seconds() + 15
+        while not cliPorts and not command.called and reactor.seconds() < deadline:
+            yield deferLater(reactor, 0.1)
+            cliPorts = {n: p for n, p in epmdNames(epmdPort).items() if n != nodeName}
+        assert len(cliPorts) == 1, cliPorts
+        (cliPort,) = cliPorts.values()
+        assert listeningAddresses(cliPort) == {"127.0.0.1"}
+        assert (yield command).strip() == "ok"
+    finally:
+        yield node.stop()
+        yield stopEpmd(epmdPort)
+
+
+@defer.inlineCallbacks
+def stopEpmd(port: int):
+    """
+    Stop the epmd on C{port}, once no node is registered with it any more
+    (epmd refuses KILL_REQ before).
+    """
+    for _ in range(50):
+        try:
+            if epmdRequest(port, b"k") == b"OK":
+                return
+        except OSError:
+            return  # not running (any more)
+        yield deferLater(reactor, 0.1)
+    pytest.fail(f"the test's epmd on port {port} would not stop")
 
 
 def nicenessOfThreads(dataDir: str) -> list[int]:

@@ -48,6 +48,23 @@ RABBITMQCTL_DIST_PORTS = range(35672, 35683)
 
 COOKIE_FILE = ".erlang.cookie"
 
+# The Erlang distribution (the node's RABBITMQ_DIST_PORT, and the port of
+# each rabbitmqctl's own hidden node) listens on every interface unless told
+# otherwise, and anyone who reaches it with the cookie controls the node:
+# only rabbitmqctl, on this machine, talks to it, so loopback it is.  This is
+# the kernel parameter that RabbitMQ's 'distribution.listener.interface' maps
+# to (RabbitMQ's Networking guide); it binds the listener only, so
+# rabbitmqctl still connects to the node (named @localhost) over loopback.
+# A 'distribution.listener.interface' in DATA/rabbitmq.conf still wins.
+DIST_INTERFACE_ERL_ARGS = "-kernel inet_dist_use_interface {127,0,0,1}"
+
+# epmd (port 4369) listens where ERL_EPMD_ADDRESS says (plus loopback, always:
+# epmd(1)) when the node, or a rabbitmqctl, is the one that starts it.  An
+# epmd that already runs, started for another node, keeps its own addresses:
+# it is shared by every Erlang node of the machine, and stays up after ours
+# stops.
+EPMD_ADDRESS = "127.0.0.1"
+
 
 class RabbitMQNotInstalled(Exception):
     """
@@ -321,6 +338,11 @@ class LocalRabbitMQ:
             "RABBITMQ_NODE_IP_ADDRESS": self._interface,
             "RABBITMQ_NODE_PORT": str(self._amqpPort),
             "RABBITMQ_DIST_PORT": str(self._distPort),
+            # the distribution and epmd on loopback only: see
+            # DIST_INTERFACE_ERL_ARGS and EPMD_ADDRESS
+            "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": DIST_INTERFACE_ERL_ARGS,
+            "RABBITMQ_CTL_ERL_ARGS": DIST_INTERFACE_ERL_ARGS,
+            "ERL_EPMD_ADDRESS": EPMD_ADDRESS,
             "RABBITMQ_MNESIA_BASE": os.path.join(d, "mnesia"),
             "RABBITMQ_LOG_BASE": os.path.join(d, "log"),
             "RABBITMQ_FEATURE_FLAGS_FILE": os.path.join(d, "feature_flags"),
