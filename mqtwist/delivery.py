@@ -193,8 +193,11 @@ class DeliveryEngine:
         try:
             sent = await sendThroughPool(self.pool, route.destination, message, self.chain, release=release)
         except TransactionFailed as failure:
-            self.policy.succeeded(permit)
+            # the server answered, so the destination is up; but a reply
+            # that pauses it must do so before a probe that succeeded lets
+            # the messages waiting for it go
             backoff = self.policy.failed(permit, failure)
+            self.policy.succeeded(permit)
             return self._failed(message, failure, failure.facts, backoff)
         except AttemptFailed as failure:
             return self._failed(message, failure, backoff=self.policy.failed(permit, failure))

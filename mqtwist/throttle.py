@@ -164,8 +164,14 @@ class _State:
     #: one to this destination last ended or it became busy, whichever came
     #: later: what other destinations ended since is the difference
     endedMark: int = 0
+    #: a pause ended and no delivery reached the server since: one at a
+    #: time until one does, instead of every message that waited for the
+    #: pause at once, each counting an attempt
+    probing: bool = False
 
     def allowedAtOnce(self, now: float) -> int:
+        if self.probing:
+            return 1
         if self.reducedUntil > now:
             return min(self.reducedTo, self.limits.connections)
         return self.limits.connections
@@ -300,6 +306,8 @@ class DeliveryPolicy:
         now = self.reactor.seconds()
         if state.pausedUntil > now:
             return Deferral(state.name, state.pauseReason, state.pausedUntil)
+        if state.pausedUntil:
+            self._pauseEnded(state)
         if not state.waiters and self._wait(state, route.destination, now) == 0:
             return self._start(state, route.destination, now)
         if len(state.waiters) >= self.config.destinationBacklog:
@@ -315,6 +323,15 @@ class DeliveryPolicy:
                 state.stuckCheck = self.reactor.callLater(self.config.stuckAfter, self._checkStuck, state)
         self._serve(state)
         return waiter
+
+    def _pauseEnded(self, state: _State) -> None:
+        state.pausedUntil = 0.0
+        state.probing = True
+        self.log.info(
+            "destination {destination}: its pause is over; one delivery at a time until one "
+            "reaches the server",
+            destination=state.name,
+        )
 
     def _stuckReason(self, state: _State, now: float) -> str:
         """
@@ -452,15 +469,19 @@ class DeliveryPolicy:
     def _forgettable(self, state: _State, now: float) -> bool:
         """
         Whether C{state} holds nothing that a new state would not: no
-        delivery, waiter, pause, spent rate, or failure in a row within
-        C{--down-time} (older ones no longer say that it keeps failing).
+        delivery, waiter, pause, spent rate, or failure in a row or probe
+        after a pause within C{--down-time} (older ones no longer say that
+        it keeps failing).
         """
         return (
             state.active == 0
             and not state.waiters
             and state.pausedUntil <= now
             and state.reducedUntil <= now
-            and (state.failuresInRow == 0 or now - state.lastDone >= self.config.downTime)
+            and (
+                (state.failuresInRow == 0 and not state.probing)
+                or now - state.lastDone >= self.config.downTime
+            )
             and all(bucket is None or bucket.full(now) for bucket in (state.messages, state.connections))
         )
 
@@ -493,6 +514,9 @@ class DeliveryPolicy:
         state = self._states.get(permit._state.name)
         if state is not None:
             state.failuresInRow = 0
+            if state.probing:
+                state.probing = False
+                self._serve(state)
 
     def failed(self, permit: Permit, failure: AttemptFailed) -> Backoff | None:
         """
@@ -548,9 +572,12 @@ class DeliveryPolicy:
 
     def _pause(self, state: _State, action: str, reason: str, until: float) -> Backoff:
         if until > state.pausedUntil:
+            # deliveries that fail together extend the pause: one warning
+            # for the first of them
+            new = state.pausedUntil <= self.reactor.seconds()
             state.pausedUntil = until
             state.pauseReason = reason
-            self.log.warn(
+            (self.log.warn if new else self.log.debug)(
                 "destination {destination} {action} until {until}: {reason}",
                 destination=state.name,
                 action="paused" if action == "pause" else "marked down",

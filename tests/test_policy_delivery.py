@@ -212,3 +212,45 @@ async def test_messages_follow_each_other_on_a_pipelining_connection(rabbitmq, a
     assert len(server.connections) == 1
     assert sorted(r["results"][-1]["messages"] for r in success) == [1, 2, 3, 4, 5, 6]
     assert {kinds(r)[-1] for r in success} == {"message/accepted"}
+
+
+@pytest_twisted.ensureDeferred
+async def test_after_a_pause_a_destination_still_refusing_costs_one_attempt(dnsServer, mailHosts):
+    """
+    When a pause ends, the messages that come back for the destination are
+    tried one first: when its server answers 421 again, that reply pauses
+    the destination before the others are let go, so they are deferred
+    without an attempt.
+    """
+    from twisted.internet import reactor
+    from twisted.internet.defer import gatherResults
+
+    from mqtwist.config import Config
+    from mqtwist.delivery import DeliveryEngine, ScheduledEntry
+    from mqtwist.message import Message
+
+    asked: list[str] = []
+
+    def refuse(recipient: str, before: int) -> str:
+        asked.append(recipient)
+        return "421 4.7.0 try again later"
+
+    mailHosts.scripted("127.0.0.6", hostname="mx.refusing.test", rcpt=refuse)
+    mxDomain(dnsServer, "refusing.test", "127.0.0.6")
+    config = Config(nameservers=[dnsServer.nameserver], mxPort=mailHosts.port, ehloName="client.test")
+    engine = DeliveryEngine(config, [], reactor)
+
+    def message(n: int) -> Message:
+        return Message.fromJSON(json.dumps({"recipient": f"r{n}@refusing.test", "mime": "Subject: x\r\n\r\nx\r\n"}))
+
+    try:
+        first = await engine.deliver(message(0))
+        assert first.connection["backoff"] == "pause"
+        (state,) = engine.policy._states.values()
+        state.pausedUntil = reactor.seconds() - 1  # as if the minute were over
+        entries = await gatherResults([engine.deliver(message(n)) for n in range(1, 5)])
+    finally:
+        await engine.close()
+    assert asked == ["r0@refusing.test", "r1@refusing.test"]
+    assert (entries[0].state, entries[0].code) == ("rcptto", 421)
+    assert [(type(e), e.result) for e in entries[1:]] == [(ScheduledEntry, "deferred")] * 3

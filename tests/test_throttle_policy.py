@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from mqtwist.config import BackoffRule, Config, ThrottleRule
 from mqtwist.errors import AttemptFailed
@@ -269,6 +270,45 @@ def test_a_forgotten_destination_leaves_no_timer():
     assert p._states == {}
     p.close()
     assert clock.getDelayedCalls() == []
+
+
+def test_after_a_pause_one_delivery_at_a_time_until_one_reaches_the_server():
+    """
+    The messages that waited for a pause come back together: one of them
+    is tried first, and the others only once it reached the server, so a
+    destination still refusing costs one attempt, not one each.
+    """
+    p, clock = policy(maxConnectionsPerDestination=5, destinationBacklog=10)
+    first = p.admit(route("a.test", "mx.a.test")).result
+    p.release(first)
+    p.failed(first, AttemptFailed("intro", "error", "try again later", code=421))
+    clock.advance(61)
+    admitted = [p.admit(route("a.test", "mx.a.test")) for _ in range(4)]
+    assert [d.called for d in admitted] == [True, False, False, False]
+    # the probe fails to connect: still one at a time
+    probe = admitted[0].result
+    p.release(probe)
+    p.failed(probe, AttemptFailed("connect", "error", "connection refused"))
+    assert [d.called for d in admitted] == [True, True, False, False]
+    second = admitted[1].result
+    p.release(second)
+    p.succeeded(second)
+    assert all(d.called for d in admitted)
+    assert p._states["mx mx.a.test"].active == 2
+
+
+def test_deliveries_failing_together_log_one_pause():
+    p, clock = policy(maxConnectionsPerDestination=3)
+    permits = [p.admit(route("a.test", "mx.a.test")).result for _ in range(3)]
+    with capturedLogs() as events:
+        for permit in permits:
+            p.release(permit)
+            p.failed(permit, AttemptFailed("rcptto", "error", "try again later", code=421))
+            clock.advance(0.1)
+    warnings = [e for e in events if e["log_level"] == LogLevel.warn]
+    assert [formatEvent(e) for e in warnings] == [
+        "destination mx mx.a.test paused until 1970-01-01 00:17:40: paused after the reply 421 try again later"
+    ]
 
 
 def test_too_many_connections_cuts_concurrency_for_a_while():
