@@ -433,10 +433,9 @@ def labelsShown(labels: Sequence[str], shown: int = 3) -> str:
     The labels of several messages for the text of one log event: the
     first C{shown} and the last (the event's fields carry them all).
     """
-    text = ", ".join(labels[:shown])
-    if len(labels) > shown:
-        text += f", ... {labels[-1]}"
-    return text
+    if len(labels) <= shown + 1:
+        return ", ".join(labels)
+    return ", ".join(labels[:shown]) + f", ... {labels[-1]}"
 
 
 def _refuseConstant(name: str) -> None:

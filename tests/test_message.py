@@ -233,3 +233,12 @@ def test_secrets_never_reach_published_json():
     assert b"PRIVATE KEY" not in invalid and b"hunter2" not in invalid
     # the outbox copy keeps what the next attempt needs
     assert b"PRIVATE KEY" in message.outboxJSON()
+
+
+def test_labels_shown_leave_out_only_what_is_between():
+    from mqtwist.message import labelsShown
+
+    assert labelsShown(["a"]) == "a"
+    assert labelsShown(["a", "b", "c", "d"]) == "a, b, c, d"
+    assert labelsShown(["a", "b", "c", "d", "e"]) == "a, b, c, ... e"
+    assert labelsShown(["a", "b"], shown=1) == "a, b"
