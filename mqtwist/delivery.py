@@ -244,12 +244,19 @@ class DeliveryEngine:
         facts: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
     ) -> ResultEntry:
+        reply = f", {failure.code}" if failure.code is not None else ""
+        if failure.status:
+            reply += f" {failure.status}"
         self.log.info(
-            "attempt for {message} to {recipient} failed at {state}: {result} {description}",
+            "attempt for {message} to {recipient} failed at {state} ({kind}{reply}): {result} {description}",
             message=message.label,
             recipient=message.recipient,
             state=failure.state,
+            kind="permanent" if failure.permanent else "temporary",
+            reply=reply,
             result=failure.result,
+            code=failure.code,
+            status=failure.status,
             description=failure.description,
             permanent=failure.permanent,
         )

@@ -224,6 +224,7 @@ async def test_after_a_pause_a_destination_still_refusing_costs_one_attempt(dnsS
     """
     from twisted.internet import reactor
     from twisted.internet.defer import gatherResults
+    from twisted.logger import capturedLogs, formatEvent
 
     from mqtwist.config import Config
     from mqtwist.delivery import DeliveryEngine, ScheduledEntry
@@ -241,11 +242,22 @@ async def test_after_a_pause_a_destination_still_refusing_costs_one_attempt(dnsS
     engine = DeliveryEngine(config, [], reactor)
 
     def message(n: int) -> Message:
-        return Message.fromJSON(json.dumps({"recipient": f"r{n}@refusing.test", "mime": "Subject: x\r\n\r\nx\r\n"}))
+        return Message.fromJSON(
+            json.dumps({"id": f"m{n}", "recipient": f"r{n}@refusing.test", "mime": "Subject: x\r\n\r\nx\r\n"})
+        )
 
     try:
-        first = await engine.deliver(message(0))
+        with capturedLogs() as events:
+            first = await engine.deliver(message(0))
         assert first.connection["backoff"] == "pause"
+        # the log says what kind of failure it was, and the reply
+        assert any(
+            formatEvent(event).startswith(
+                "attempt for m0 to r0@refusing.test failed at rcptto (temporary, 421 4.7.0): "
+                "error try again later"
+            )
+            for event in events
+        ), [formatEvent(event) for event in events]
         (state,) = engine.policy._states.values()
         state.pausedUntil = reactor.seconds() - 1  # as if the minute were over
         entries = await gatherResults([engine.deliver(message(n)) for n in range(1, 5)])

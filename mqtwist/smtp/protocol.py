@@ -657,7 +657,8 @@ class ESMTPClient(Protocol):
     def _timedOut(self) -> None:
         self._timer = None
         late = self._queue[0]
-        self.log.info(
+        # the failure below says it, and the delivery that waited logs it
+        self.log.debug(
             "SMTP timeout: no reply to {verb} from {remote} within {timeout} seconds",
             verb=late.verb,
             remote=self.remoteAddress,
