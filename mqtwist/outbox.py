@@ -273,11 +273,15 @@ class OutboxProcessor:
         return self._publishThenAck(delivery, message.label, publications, message.priority)
 
     def _expire(self, delivery: Delivery, message: Message, reason: str, now: float) -> Deferred[None]:
+        last = _lastOutcome(message)
+        if last:
+            reason = f"{reason}; the last {last}"
         self.log.info(
             "{message} to {recipient} expired: {reason}",
             message=message.label,
             recipient=message.recipient,
             reason=reason,
+            destination=message.results[-1].get("destination") if message.results else None,
         )
         message.record(ResultEntry("process", "timeout", now, True, description=reason))
         return self._finish(delivery, message, success=False)
@@ -387,6 +391,21 @@ class OutboxProcessor:
                 shown=labelsShown(messages),
                 error=reason,
             )
+
+
+def _lastOutcome(message: Message) -> str:
+    """
+    What the message's last result entry says, for its expiry: the reply
+    of its last attempt, or why it was last deferred; C{""} without one.
+    """
+    if not message.results:
+        return ""
+    entry = message.results[-1]
+    if entry.get("result") == "deferred":
+        return f"deferral: {entry.get('description', '')}"
+    parts = [f"{entry.get('state')}/{entry.get('result')}"]
+    parts += [str(entry[key]) for key in ("code", "status", "description") if entry.get(key)]
+    return "attempt: " + " ".join(parts)
 
 
 def _outboxObject(body: bytes) -> Any:

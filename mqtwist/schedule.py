@@ -119,7 +119,7 @@ class RetrySchedule:
         Why C{message} must not be tried at all any more, or C{None}.
         """
         if message.maxattempts is not None and message.attempts >= message.maxattempts:
-            return f"gave up after {message.attempts} attempts (maxattempts {message.maxattempts})"
+            return f"gave up after {_attempts(message.attempts)} (maxattempts {message.maxattempts})"
         if now >= self.expiryTime(message, now):
             return "gave up: the message expired (maxdelivertime) before it could be delivered"
         return None
@@ -138,7 +138,7 @@ class RetrySchedule:
         if message.maxattempts is not None and attempts >= message.maxattempts:
             return RetryDecision(
                 True,
-                reason=f"gave up after {attempts} attempts (maxattempts {message.maxattempts})",
+                reason=f"gave up after {_attempts(attempts)} (maxattempts {message.maxattempts})",
             )
         if delay is None:
             retries = message.retries or self.defaultRetries
@@ -148,8 +148,12 @@ class RetrySchedule:
                 True,
                 delay,
                 reason=(
-                    f"gave up after {attempts} attempts: the next one would "
+                    f"gave up after {_attempts(attempts)}: the next one would "
                     f"come after maxdelivertime"
                 ),
             )
         return RetryDecision(False, delay)
+
+
+def _attempts(count: int) -> str:
+    return f"{count} attempt" if count == 1 else f"{count} attempts"

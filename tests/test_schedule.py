@@ -71,7 +71,10 @@ def test_message_retries_override_the_default():
 def test_maxattempts():
     m = message(maxattempts=2, results=attempts(2))
     decision = schedule.afterSoftFailure(m, NOW)
-    assert decision.expired and "maxattempts 2" in decision.reason
+    assert decision.expired and decision.reason == "gave up after 2 attempts (maxattempts 2)"
+    assert schedule.afterSoftFailure(message(maxattempts=1, results=attempts(1)), NOW).reason == (
+        "gave up after 1 attempt (maxattempts 1)"
+    )
     assert "maxattempts 2" in schedule.expiredBeforeAttempt(m, NOW)
     assert schedule.expiredBeforeAttempt(message(maxattempts=3, results=attempts(2)), NOW) is None
 
@@ -127,6 +130,9 @@ async def test_expiry_gives_process_timeout_on_failure(rabbitmq, amqp, smtpServe
     states = [(e["state"], e["result"]) for e in failure["results"]]
     assert states[-1] == ("process", "timeout") and "maxdelivertime" in failure["results"][-1]["description"]
     assert set(states[:-1]) == {("connect", "error")}
+    # the expiry says what the last attempt met
+    description = failure["results"][-1]["description"]
+    assert description.endswith(f"; the last attempt: connect/error {failure['results'][-2]['description']}")
 
 
 class _FakeDelivery:
@@ -185,6 +191,7 @@ def test_a_message_deferred_again_and_again_expires_on_time():
         clock.advance(parseTime(json.loads(body)["nextattempt"]["time"]) - clock.seconds())
     result = json.loads(body)
     assert result["results"][-1]["state"] == "process" and result["results"][-1]["result"] == "timeout"
+    assert result["results"][-1]["description"].endswith("; the last deferral: not tried: destination mx x paused")
     deferred = result["results"][-2]
     assert deferred["deferrals"] > 2 and parseTime(deferred["since"]) == NOW
     # parks end by the expiry at the latest (the last ones shorter): it
