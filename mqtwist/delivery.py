@@ -204,9 +204,11 @@ class DeliveryEngine:
         self.policy.succeeded(permit)
         reply = sent.reply
         self.log.info(
-            "delivered {message} to {recipient} via {mta}: {code} {text}",
+            "delivered {message} to {recipient} via {host} ({address}): {code} {text}",
             message=message.label,
             recipient=message.recipient,
+            host=sent.client.serverName or sent.client.remoteAddress,
+            address=sent.client.remoteAddress,
             mta=sent.client.mta,
             code=reply.code,
             text=reply.text,

@@ -79,7 +79,8 @@ def connectionFacts(client: ESMTPClient) -> dict[str, Any]:
     """
     The connection's part of a result entry: C{mta}, C{from}, C{to},
     C{messages}, C{sent}, C{dsn}, and C{cipher} and C{certificate} on a TLS
-    connection (C{spec/messages.md}).
+    connection (C{spec/messages.md}); and C{host}, the name C{to} was
+    reached by (the MX host), when it is not the address itself.
     """
     facts: dict[str, Any] = {
         "from": client.localAddress,
@@ -90,6 +91,8 @@ def connectionFacts(client: ESMTPClient) -> dict[str, Any]:
     }
     if client.mta:
         facts["mta"] = client.mta
+    if client.serverName and client.serverName != client.remoteAddress:
+        facts["host"] = client.serverName
     if client.tls is not None:
         facts.update(client.tls.facts())
     return facts

@@ -14,6 +14,7 @@ from fixtures_dns import *  # noqa: F403 (the dnsServer and mailHosts fixtures)
 from fixtures_dns import mxDomain
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.logger import capturedLogs, formatEvent
 
 from mqtwist.config import Config, SMTPTimeouts
 from mqtwist.delivery import DeliveryEngine
@@ -285,11 +286,19 @@ async def test_next_exchanger_when_one_refuses_times_out_or_answers_421(dnsServe
     )
     engine = DeliveryEngine(config, [], reactor)
     try:
-        entry = await engine.deliver(message("someone@fallback.test", envelope="s@example.org"))
+        with capturedLogs() as events:
+            entry = await engine.deliver(message("someone@fallback.test", envelope="s@example.org"))
     finally:
         await engine.close()
     assert entry.accepted, entry
     assert entry.connection["to"] == "127.0.0.5" and entry.connection["mta"] == "mx5.fallback.test"
+    assert entry.connection["host"] == "mx5.fallback.test"
+    # the log names the exchangers it passed over, and the one that took it
+    lines = [formatEvent(event) for event in events]
+    passed = [line.split(" of ")[0] for line in lines if line.startswith("cannot use SMTP server")]
+    assert passed == [f"cannot use SMTP server mx{n}.fallback.test (127.0.0.{n}:{mailHosts.port})" for n in (2, 3, 4)]
+    assert any(line.startswith("delivered to someone@fallback.test to someone@fallback.test via "
+                               "mx5.fallback.test (127.0.0.5): 250") for line in lines), lines
     assert [m.rcptTos for m in sink.messages] == [("someone@fallback.test",)]
     assert len(silent.connections) == 1 and len(busy.connections) == 1
 

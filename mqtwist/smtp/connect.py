@@ -120,6 +120,7 @@ async def _open(
     authCleartext: bool,
 ) -> ESMTPClient:
     client = await _introduced(reactor, host, port, ehloName, timeouts, bindAddress)
+    client.serverName = tlsName
     where = hostPort(host, port)
     try:
         if security is not None:

@@ -251,6 +251,7 @@ class ConnectionPool:
         if not destination.hosts:
             raise AttemptFailed("connect", "error", "no server to connect to (the destination has no hosts)")
         for index, (host, port) in enumerate(destination.hosts):
+            name = destination.tlsNames[index] if index < len(destination.tlsNames) else host
             try:
                 client: ESMTPClient = await self._connect(
                     self.reactor,
@@ -260,7 +261,7 @@ class ConnectionPool:
                     timeouts=self.timeouts,
                     bindAddress=destination.bindAddress,
                     security=destination.security,
-                    tlsName=destination.tlsNames[index] if index < len(destination.tlsNames) else host,
+                    tlsName=name,
                     tls=self.tls,
                     credentials=destination.credentials,
                     authCleartext=bool({"*", host} & self.authCleartextHosts),
@@ -270,8 +271,10 @@ class ConnectionPool:
                 if index == len(destination.hosts) - 1:
                     raise
                 self.log.info(
-                    "cannot use SMTP server {server}, trying the next: {failure}",
+                    "cannot use SMTP server {name} ({server}) of {destination}, trying the next: {failure}",
+                    name=name,
                     server=hostPort(host, port),
+                    destination=destination,
                     failure=str(failure),
                 )
         raise AssertionError("unreachable")

@@ -119,6 +119,9 @@ class ESMTPClient(Protocol):
         self.clock = clock
         self.greeting: Reply | None = None
         self.mta: str | None = None
+        #: the name the server was reached by (an MX host or a smarthost),
+        #: when the caller knows it
+        self.serverName: str | None = None
         self.extensions: dict[str, str] = {}
         self.esmtp = False
         self.localAddress = ""
