@@ -351,11 +351,19 @@ class DeliveryPolicy:
         return ""
 
     def _busy(self, state: _State, now: float, stuck: str) -> Deferral:
-        reason = (
-            f"busy: {state.active} deliveries in progress and {len(state.waiters)} waiting "
-            f"(limits {state.allowedAtOnce(now)} at once, "
-            f"{state.limits.messagesPerMinute or 'any'} a minute), {stuck}"
-        )
+        if state.active < state.allowedAtOnce(now):
+            # the messages wait for the rate, not for a server that hangs
+            reason = (
+                f"held back by its rate limit of {state.limits.messagesPerMinute or 'any'} a minute "
+                f"({state.limits.connectionsPerMinute or 'any'} new connections): "
+                f"{len(state.waiters)} waiting, {stuck}"
+            )
+        else:
+            reason = (
+                f"busy: {state.active} deliveries in progress and {len(state.waiters)} waiting "
+                f"(limits {state.allowedAtOnce(now)} at once, "
+                f"{state.limits.messagesPerMinute or 'any'} a minute), {stuck}"
+            )
         return Deferral(state.name, reason, now + self.config.parkDelay)
 
     def _checkStuck(self, state: _State) -> None:

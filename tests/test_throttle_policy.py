@@ -141,7 +141,10 @@ def test_a_destination_held_back_by_its_rate_limit_keeps_only_its_backlog_while_
     endFastDeliveries(p, 3)
     assert not waiting[0].called
     reasons = [deferral(w).reason for w in waiting[1:]]
-    assert reasons[0].startswith("busy: 0 deliveries in progress and 1 waiting (limits 10 at once, 60 a minute)")
+    assert reasons[0] == (
+        "held back by its rate limit of 60 a minute (any new connections): 1 waiting, "
+        "nothing ended while 3 deliveries to other destinations did"
+    )
     clock.advance(1)
     assert waiting[0].called
 
