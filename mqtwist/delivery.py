@@ -82,7 +82,7 @@ class DeliveryEngine:
             reactor=reactor,
         )
         self.policy = DeliveryPolicy(
-            config, reactor, lambda destination: self.pool.stats(destination)["idle"]
+            config, reactor, lambda destination: self.pool.stats(destination)["open"]
         )
         # waiting for a destination holds no slot: slots are for sending
         self.slots = DeferredSemaphore(config.concurrency)

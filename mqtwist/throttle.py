@@ -193,17 +193,18 @@ class DeliveryPolicy:
     """
     Throttles and backoff for the destinations of one process.
 
-    @param idleConnections: how many idle pooled connections a
-        L{Destination} has; a delivery that finds none opens a connection
-        and needs a token of C{connectionsPerMinute}.
+    @param openConnections: how many pooled connections a L{Destination}
+        has (idle, in use or opening); a delivery that finds each of them
+        taken by a delivery in progress opens one, and needs a token of
+        C{connectionsPerMinute}.
     """
 
     log = Logger()
 
-    def __init__(self, config: Config, reactor: Any, idleConnections: Callable[[Destination], int]) -> None:
+    def __init__(self, config: Config, reactor: Any, openConnections: Callable[[Destination], int]) -> None:
         self.config = config
         self.reactor = reactor
-        self.idleConnections = idleConnections
+        self.openConnections = openConnections
         self.rules: list[ThrottleRule] = list(config.throttles)
         self.backoff: list[BackoffRule] = list(config.backoff) + list(builtinBackoff(config.greylistDelay))
         self._states: dict[str, _State] = {}
@@ -429,19 +430,28 @@ class DeliveryPolicy:
         if state.active >= state.allowedAtOnce(now):
             return float("inf")
         wait = state.messages.wait(now) if state.messages is not None else 0.0
-        if state.connections is not None and not self.idleConnections(destination):
+        if state.connections is not None and self._needsConnection(state, destination):
             wait = max(wait, state.connections.wait(now))
         return wait
 
+    def _needsConnection(self, state: _State, destination: Destination) -> bool:
+        """
+        Whether the next delivery to C{destination} will open a connection:
+        the deliveries in progress have (or will take) every one it has.
+        Several started in one turn would otherwise all count on the same
+        idle connection.
+        """
+        return state.active >= self.openConnections(destination)
+
     def _start(self, state: _State, destination: Destination, now: float) -> Permit:
+        if state.connections is not None and self._needsConnection(state, destination):
+            state.connections.take(now)
         if not state.active:
             state.busySince = now
             state.endedMark = self._ended
         state.active += 1
         if state.messages is not None:
             state.messages.take(now)
-        if state.connections is not None and not self.idleConnections(destination):
-            state.connections.take(now)
         return Permit(state.name, state.limits.messagesPerConnection, state)
 
     def _serve(self, state: _State) -> None:

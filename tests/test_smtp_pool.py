@@ -112,7 +112,7 @@ def test_hostsTriedInOrder() -> None:
     client = connect.succeed(1)
     assert case.successResultOf(acquired) is client
     assert pool.connectionsOpened == 1
-    assert pool.stats(DEST) == {"idle": 0, "inUse": 1, "opening": 0, "waiting": 0}
+    assert pool.stats(DEST) == {"open": 1, "idle": 0, "inUse": 1, "opening": 0, "waiting": 0}
 
 
 def test_lastHostFailureReported() -> None:
@@ -122,7 +122,7 @@ def test_lastHostFailureReported() -> None:
     connect.fail(0)
     last = connect.fail(1, state="bind")
     assert case.failureResultOf(acquired, AttemptFailed).value is last
-    assert pool.stats(DEST) == {"idle": 0, "inUse": 0, "opening": 0, "waiting": 0}
+    assert pool.stats(DEST) == {"open": 0, "idle": 0, "inUse": 0, "opening": 0, "waiting": 0}
 
 
 def test_reuseAndIdleTimeout() -> None:
@@ -141,7 +141,7 @@ def test_reuseAndIdleTimeout() -> None:
     pool.release(client)
     clock.advance(10)
     assert client.quits == 1
-    assert pool.stats(DEST) == {"idle": 0, "inUse": 0, "opening": 0, "waiting": 0}
+    assert pool.stats(DEST) == {"open": 0, "idle": 0, "inUse": 0, "opening": 0, "waiting": 0}
     assert not clock.getDelayedCalls()
 
 

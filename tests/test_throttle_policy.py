@@ -22,10 +22,10 @@ def route(domain: str, *exchangers: str, ip: str | None = None) -> Route:
     return Route(Destination((("127.0.0.2", 25),), ip), domain, exchangers, domain)
 
 
-def policy(idle: int = 0, **settings) -> tuple[DeliveryPolicy, Clock]:
+def policy(connections: int = 0, **settings) -> tuple[DeliveryPolicy, Clock]:
     clock = Clock()
     clock.advance(1000)
-    return DeliveryPolicy(Config(ehloName="x", **settings), clock, lambda destination: idle), clock
+    return DeliveryPolicy(Config(ehloName="x", **settings), clock, lambda destination: connections), clock
 
 
 def deferral(deferred) -> Deferral:
@@ -312,6 +312,20 @@ def test_deliveries_failing_together_log_one_pause():
     assert [formatEvent(e) for e in warnings] == [
         "destination mx mx.a.test paused until 1970-01-01 00:17:40: paused after the reply 421 try again later"
     ]
+
+
+def test_deliveries_started_together_do_not_all_count_on_one_idle_connection():
+    """
+    With one pooled connection, the first delivery takes it and needs no
+    token of connections-per-minute; the others open connections, and
+    each needs a token.
+    """
+    p, clock = policy(connections=1, connectionsPerMinute=1)
+    permits = [p.admit(route("a.test", "mx.a.test")) for _ in range(4)]
+    # the pooled connection, and one new one: the minute's single token
+    assert [d.called for d in permits] == [True, True, False, False]
+    clock.advance(60)
+    assert [d.called for d in permits] == [True, True, True, False]
 
 
 def test_too_many_connections_cuts_concurrency_for_a_while():

@@ -206,11 +206,12 @@ class ConnectionPool:
 
     def stats(self, destination: Destination) -> dict[str, int]:
         """
-        The connections of C{destination}: C{idle}, C{inUse}, C{opening}
-        and the callers C{waiting}.
+        The connections of C{destination}: C{idle}, C{inUse}, C{opening},
+        all of them (C{open}) and the callers C{waiting}.
         """
         slots = self._slots.get(destination, _Slots())
         return {
+            "open": slots.count(),
             "idle": len(slots.idle),
             "inUse": len(slots.inUse),
             "opening": slots.opening,
