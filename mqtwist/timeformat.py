@@ -24,11 +24,15 @@ def _formatSecond(second: int) -> str:
     return datetime.fromtimestamp(second, timezone.utc).strftime(_FORMAT)
 
 
+# the messages parked together carry the same few times, read at every
+# park (strptime takes microseconds a call)
+@lru_cache(maxsize=128)
 def parseTime(text: str) -> float:
     """
     Parse the messages' UTC time string into a POSIX timestamp.
 
     @raise ValueError: when C{text} is not C{YYYY-MM-DD HH:MM:SS}.
+    @raise TypeError: when C{text} is not a string.
     """
     parsed = datetime.strptime(text, _FORMAT)
     return parsed.replace(tzinfo=timezone.utc).timestamp()
