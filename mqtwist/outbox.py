@@ -240,7 +240,7 @@ class OutboxProcessor:
         if entry.retryAt < expiry:
             return self._retryLater(delivery, message, max(0.0, entry.retryAt - now), now, notify=False)
         # back by its expiry, to expire then rather than at the end of a
-        # long park (it may come back a few times, for shorter parks)
+        # long park (it may come back early, for a shorter park)
         return self._retryLater(delivery, message, max(0.0, expiry - now), now, notify=False, byThen=True)
 
     def _retryLater(
@@ -255,11 +255,11 @@ class OutboxProcessor:
     ) -> Deferred[None]:
         """
         Put C{message} in a delay queue for C{delay} seconds, rounded up to
-        a queue's, or with C{byThen} rounded down: back by then at the
-        latest.
+        a queue's; with C{byThen}, to be back by then or soon after
+        (L{RetrySchedule.bucketBy}).
         """
         if byThen:
-            bucket = self.schedule.bucketAtMost(delay)
+            bucket = self.schedule.bucketBy(delay)
             back = now + bucket
         else:
             bucket = self.schedule.bucketFor(delay)

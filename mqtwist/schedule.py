@@ -94,14 +94,19 @@ class RetrySchedule:
         index = bisect.bisect_left(self.buckets, delay)
         return self.buckets[min(index, len(self.buckets) - 1)]
 
-    def bucketAtMost(self, delay: float) -> int:
+    def bucketBy(self, delay: float) -> int:
         """
-        The largest bucket that is at most C{delay} seconds (the smallest
-        bucket for shorter delays): for a message that must be back by a
-        time, such as its expiry.
+        A bucket for a message that must be back C{delay} seconds from now,
+        or soon after (for its expiry): the largest bucket of at most
+        C{delay} when it is at least half of it (the message comes back
+        early and waits the rest, so each return halves what is left), else
+        the next bucket up (late by at most what it exceeds twice the one
+        below it: 60 s with the default buckets).
         """
         index = bisect.bisect_right(self.buckets, delay)
-        return self.buckets[max(index - 1, 0)]
+        if index and self.buckets[index - 1] * 2 >= delay:
+            return self.buckets[index - 1]
+        return self.buckets[min(index, len(self.buckets) - 1)]
 
     def expiryTime(self, message: Message, now: float) -> float:
         """
