@@ -16,8 +16,10 @@ import re
 import socket
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from mqtwist.validation import canonicalIP
 
 
 @dataclass
@@ -122,7 +124,7 @@ class ThrottleRule:
     such as C{"*.example.com"}) or by a mail exchanger's host name (C{mx},
     e.g. C{"*.google.com"}), and optionally by the local address
     (C{ip}, a glob such as C{"10.*"} or C{"2001:db8::*"}, matched against
-    the address as the message's C{ips} give it).  All the messages a rule
+    the canonical form of the address: IPv6 in lower case, compressed).  All the messages a rule
     matches share its limits (per local address); a limit left out is the
     default of L{Config}.  Limits hold within one process.
     """
@@ -175,6 +177,8 @@ class ThrottleRule:
                     'give an IPv4 or IPv6 address or a glob pattern of one, e.g. "192.0.2.1", '
                     f'"10.*", "10.0.0.[1-4]" or "2001:db8::*"{leaveOut}'
                 )
+            # matched against the canonical form of the message's address
+            rule = replace(rule, ip=canonicalIP(rule.ip).lower())
         if (rule.domain is None) == (rule.mx is None):
             raise ValueError(f"{where}: give either 'domain' or 'mx' (a glob pattern), not both or neither")
         if rule.connections == 0 or rule.messagesPerConnection == 0:

@@ -22,7 +22,7 @@ from mqtwist.headeredits import checkHeaderEdits
 from mqtwist.mime import buildMime
 from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 from mqtwist.timeformat import formatTime, parseTime
-from mqtwist.validation import checkAddress, checkHeaderValue
+from mqtwist.validation import canonicalIP, checkAddress, checkHeaderValue
 
 #: the longest AMQP queue name, in bytes (a short string)
 MAX_QUEUE_NAME = 255
@@ -319,7 +319,7 @@ class Message:
             ips = _expect(obj, "ips", (list,), "a list of IP address strings")
             if not all(isinstance(ip, str) for ip in ips):
                 raise InvalidMessage("property 'ips' must be a list of IP address strings")
-            message.ips = [checkHeaderValue("ips", ip) for ip in ips]
+            message.ips = [canonicalIP(checkHeaderValue("ips", ip)) for ip in ips]
         if obj.get("smarthost") is not None:
             message.smarthost = Smarthost.fromJSON(obj["smarthost"])
         if obj.get("security") is not None:

@@ -6,6 +6,7 @@ L{InvalidMessage} naming what it is and what is wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 
@@ -88,3 +89,15 @@ def _wellFormedDomain(domain: str) -> bool:
     return len(domain) <= _MAX_DOMAIN and all(
         _DOMAIN_LABEL.match(label) for label in domain.rstrip(".").split(".")
     )
+
+
+def canonicalIP(text: str) -> str:
+    """
+    C{text} in the canonical form of its IP address (IPv6 in lower case and
+    compressed: C{"2001:DB8:0::1"} is C{"2001:db8::1"}), so that one address
+    written two ways is one; C{text} itself when it is no IP address.
+    """
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return text

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from twisted.python import usage
 
-from mqtwist.config import BackoffRule, ThrottleRule
+from mqtwist.config import BackoffRule, Config, ThrottleRule
 from mqtwist.tap import Options
+from mqtwist.validation import canonicalIP
 
 WHERE = "[[throttles]] number 1 in mqtwist.toml"
 BACKOFF = "[[backoff]] number 1 in mqtwist.toml"
@@ -57,7 +58,8 @@ class TestThrottleIP:
         ],
     )
     def test_accepted(self, pattern: str) -> None:
-        assert ThrottleRule.fromTable({"domain": "*", "ip": pattern}, WHERE).ip == pattern
+        # kept in the canonical form of an address (see below)
+        assert ThrottleRule.fromTable({"domain": "*", "ip": pattern}, WHERE).ip == canonicalIP(pattern).lower()
 
     def test_notAnAddressCharacter(self) -> None:
         assert throttleError({"domain": "*", "ip": "not-an-ip"}) == (
@@ -165,3 +167,24 @@ class TestBackoffConnections:
             f"{BACKOFF}: 'connections' is 0; give 1 or more (to stop all deliveries for a while, "
             'give action = "pause")'
         )
+
+
+def test_ip_rules_and_message_addresses_meet_in_canonical_form():
+    """
+    An IPv6 address written in capitals or uncompressed, in a rule or in a
+    message's C{ips}, is the same address: both are compared in canonical
+    form (lower case, compressed).
+    """
+    from mqtwist.message import Message
+    from mqtwist.routing import Route
+    from mqtwist.smtp.pool import Destination
+    from mqtwist.throttle import DeliveryPolicy
+
+    rule = ThrottleRule.fromTable({"domain": "*", "ip": "2001:DB8:0::1", "connections": 2}, "[[throttles]] number 1")
+    assert rule.ip == "2001:db8::1"
+    assert ThrottleRule.fromTable({"domain": "*", "ip": "2001:DB8::*"}, "here").ip == "2001:db8::*"
+    message = Message.fromJSON('{"recipient": "a@b.test", "mime": "x", "ips": ["2001:0DB8::0:1", "192.0.2.1"]}')
+    assert message.ips == ["2001:db8::1", "192.0.2.1"]
+    policy = DeliveryPolicy(Config(ehloName="x", throttles=[rule]), None, lambda destination: 0)
+    route = Route(Destination((("192.0.2.9", 25),), message.ips[0]), "b.test", ("mx.b.test",), "b.test")
+    assert policy.destinationOf(route) == ("domain * from 2001:db8::1", rule)
