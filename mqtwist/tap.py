@@ -419,12 +419,31 @@ class Options(usage.Options):
         Build C{self.config}, or list the data plugins and exit.
 
         @raise usage.UsageError: naming the option, variable or TOML key that
-            has a bad value, what is wrong with it and what is accepted.
+            has a bad value, what is wrong with it and what is accepted;
+            under C{twistd}, C{SystemExit} with that text instead.
         """
         if self["list-plugins"]:
             self._listPlugins()
             raise SystemExit(0)
         self._warnOfUnknownVariables()
+        try:
+            self.config = self._settings()
+        except usage.UsageError as error:
+            if getattr(self, "parent", None) is None:
+                raise
+            # under twistd (our parent options), whose answer to a usage
+            # error is its whole --help, about 190 lines, before the one
+            # that says what is wrong: a journal would hold those for
+            # every failed restart
+            raise SystemExit(f"twistd mqtwist: {error} (twistd mqtwist --help lists every setting)") from None
+
+    def _settings(self) -> Config:
+        """
+        The configuration from the TOML file, the environment and the
+        command line, the later winning.
+
+        @raise usage.UsageError: as L{postOptions} says.
+        """
         given: dict[str, tuple[object, str]] = {}
         configFile, configSource = self._configFile()
         if configFile is not None:
@@ -434,9 +453,10 @@ class Options(usage.Options):
                 given[setting.path] = (self.environ[setting.environ], setting.environ)
             if self[setting.option] is not None:
                 given[setting.path] = (self[setting.option], f"--{setting.option}")
-        self.config = _buildConfig(given)
-        if self.config.plugins is not None:
-            self._checkPluginNames(self.config.plugins, given["plugins"][1])
+        config = _buildConfig(given)
+        if config.plugins is not None:
+            self._checkPluginNames(config.plugins, given["plugins"][1])
+        return config
 
     def opt_version(self) -> None:
         """

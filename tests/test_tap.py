@@ -538,6 +538,41 @@ class TestDropIn:
         assert result.stdout.strip() == "[]"
 
 
+class TestUnderTwistd:
+    """
+    What C{twistd mqtwist} itself prints for a bad setting.
+    """
+
+    def twistd(self, *arguments: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "mqtwist", *arguments],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(TOP)),
+            cwd=TOP,
+            timeout=60,
+        )
+
+    def test_aBadSettingIsOneLine(self) -> None:
+        """
+        A bad value stops twistd with status 1 and the one line that names
+        it, not after twistd's whole --help.
+        """
+        result = self.twistd("--broker-nice", "99")
+        assert result.returncode == 1
+        assert result.stdout == ""
+        assert result.stderr == (
+            "twistd mqtwist: --broker-nice: 99 is not a niceness; give -20 (first) to 19 (last) "
+            "(twistd mqtwist --help lists every setting)\n"
+        )
+
+    def test_anUnknownOptionStillGetsTheHelp(self) -> None:
+        result = self.twistd("--no-such-option")
+        assert result.returncode == 1
+        assert "--max-connections-per-destination" in result.stdout
+        assert result.stdout.rstrip().endswith("option --no-such-option not recognized")
+
+
 class TestReadme:
     """
     README.rst documents every option.
