@@ -153,8 +153,8 @@ class Router:
         Stop re-reading C{/etc/resolv.conf}, so that no timer of the
         resolver outlives the service.
         """
-        # twisted.names has no public way to stop it (Twisted 24.x): its
-        # Resolver keeps the call that reads the file again every minute
+        # twisted.names has no public way to stop it (as of Twisted 26.10):
+        # its Resolver keeps the call that reads the file again every minute
         rereading = getattr(self._resolver, "_parseCall", None)
         if rereading is not None and rereading.active():
             rereading.cancel()
@@ -297,9 +297,9 @@ class Router:
     def _dropExpired(self, now: float) -> None:
         """
         Forget the expired answers of domains no message asked for since
-        (and of their exchangers),
-        at most once every C{minCacheTime} (and a minute): a bulk sender's
-        domains would otherwise stay cached for as long as the process runs.
+        (and of their exchangers), at most once every C{minCacheTime} (and
+        a minute): a bulk sender's domains would otherwise stay cached for
+        as long as the process runs.
         """
         if now < self._nextSweep:
             return
