@@ -20,6 +20,44 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FORBIDDEN_IN_ADDRESS = re.compile(r"[\s<>()\[\],;:\\\"]")
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
 _ADDRESS_LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]+\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$")
+#: the characters of a value that a description shows before it cuts it
+EXCERPT_LENGTH = 40
+
+
+def excerpt(value: object, limit: int = EXCERPT_LENGTH) -> str:
+    """
+    How a description or a log line quotes a value taken from JSON: in
+    quotes, at most C{limit} characters of it and how many more there are,
+    with control characters, quotes, backslashes and lone surrogates
+    escaped, so that a sender's megabyte or CR/LF never reaches a result or
+    a log line whole.  A value that is not a string is named by its type
+    and size (C{a list of 3 items}) or written as in JSON (numbers,
+    C{true}, C{null}).
+    """
+    if isinstance(value, str):
+        shown = value[:limit]
+        if not (shown.isprintable() and "'" not in shown and "\\" not in shown):
+            shown = "".join(_escapedCharacter(char) for char in shown)
+        more = f"... ({len(value) - limit} more characters)" if len(value) > limit else ""
+        return f"'{shown}'{more}"
+    if isinstance(value, list):
+        return f"a list of {len(value)} item{'' if len(value) == 1 else 's'}"
+    if isinstance(value, dict):
+        return f"an object of {len(value)} key{'' if len(value) == 1 else 's'}"
+    if value is None or isinstance(value, bool):
+        return {None: "null", True: "true", False: "false"}[value]
+    if isinstance(value, (int, float)):
+        return repr(value)[:limit]
+    return excerpt(str(value), limit)
+
+
+def _escapedCharacter(char: str) -> str:
+    if char in "'\\":
+        return "\\" + char
+    if char.isprintable():
+        return char
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def checkHeaderValue(name: str, value: str) -> str:
