@@ -425,6 +425,21 @@ class Config:
         default_factory=lambda: [1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200]
     )
 
+    #: queue that takes a copy of each outbox message that cannot be settled
+    #: with a result (empty: such a message is dropped, with a log line)
+    deadLetterQueue: str = "outbox.dead"
+    #: times the broker may fail to confirm a message's results before the
+    #: message, when it comes back, goes to the dead-letter queue
+    settleAttempts: int = 3
+    #: bytes an outbox job may have, C{mime} included
+    maxJobBytes: int = 64 * 1024 * 1024
+    #: objects and lists inside one another in an outbox job
+    maxJobDepth: int = 32
+    #: keys of one object, items of one list, in an outbox job
+    maxJobItems: int = 10_000
+    #: characters of one string of an outbox job outside its C{mime}
+    maxJobString: int = 65_536
+
     #: seconds that stopping the service waits for deliveries in flight
     shutdownTimeout: float = 30.0
     #: seconds between reconnection attempts to RabbitMQ grow up to this

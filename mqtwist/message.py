@@ -19,10 +19,11 @@ from typing import Any
 from mqtwist.dkimsign import DKIMKeys, DKIMSpec, parseDKIM, withoutKeys
 from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.headeredits import checkHeaderEdits
+from mqtwist.joblimits import JobLimits, checkLimits, checkSize, encodeJSON, tooDeep
 from mqtwist.mime import buildMime
 from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 from mqtwist.timeformat import formatTime, parseTime
-from mqtwist.validation import canonicalIP, checkAddress, checkHeaderValue
+from mqtwist.validation import canonicalIP, checkAddress, checkHeaderValue, excerpt
 
 #: the longest AMQP queue name, in bytes (a short string)
 MAX_QUEUE_NAME = 255
@@ -42,8 +43,7 @@ def _expect(obj: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str
         raise InvalidMessage(f"property {key!r} must be {what}, not a boolean")
     if not isinstance(value, kinds):
         raise InvalidMessage(
-            f"property {key!r} must be {what}, not {type(value).__name__} "
-            f"{json.dumps(value)[:60]}"
+            f"property {key!r} must be {what}, not {type(value).__name__} {excerpt(value)}"
         )
     return value
 
@@ -169,10 +169,12 @@ class ParseSettings:
     @ivar hostname: the domain of the Message-ID of generated messages.
     @ivar dkimKeys: signing keys by domain, for C{dkim} objects that name
         only their domain.
+    @ivar limits: how big a job may be.
     """
 
     hostname: str = "localhost"
     dkimKeys: DKIMKeys = field(default_factory=DKIMKeys)
+    limits: JobLimits = field(default_factory=JobLimits)
 
 
 @dataclass
@@ -278,7 +280,8 @@ class Message:
         @raise InvalidMessage: naming what is wrong; the caller publishes it
             as a C{process}/C{invalid} result.
         """
-        return cls.fromObject(decodeJSON(data), settings, now=now)
+        settings = settings or ParseSettings()
+        return cls.fromObject(decodeJSON(data, settings.limits), settings, now=now)
 
     @classmethod
     def fromObject(
@@ -389,14 +392,14 @@ class Message:
         published = withoutSecrets(self.json)
         if not self.keepmime:
             published.pop("mime", None)
-        return json.dumps(published, ensure_ascii=False).encode("utf-8")
+        return encodeJSON(published)
 
     def outboxJSON(self) -> bytes:
         """
         The object to put back on the outbox for another attempt: everything,
         C{mime} and earlier results included.
         """
-        return json.dumps(self.json, ensure_ascii=False).encode("utf-8")
+        return encodeJSON(self.json)
 
     def record(self, entry: "ResultEntry") -> None:
         """
@@ -408,12 +411,17 @@ class Message:
         self.json["results"].append(entry.toJSON())
 
 
+#: the characters of an id or recipient that name a message in logs
+LABEL_LENGTH = 100
+
+
 def labelOf(obj: object, default: str) -> str:
     """
     How logs name the outbox object C{obj}: its C{id} when the sender gave
     one, else its recipient, else C{default} (also when C{obj} is not an
     object at all).  Control characters come out escaped, so that text from
-    the sender cannot start a line of its own in the log.
+    the sender cannot start a line of its own in the log, and a label is
+    cut after L{LABEL_LENGTH} characters.
     """
     if not isinstance(obj, Mapping):
         return default
@@ -425,7 +433,10 @@ def labelOf(obj: object, default: str) -> str:
         label = f"to {recipient}"
     else:
         return default
-    return label if label.isprintable() else json.dumps(label, ensure_ascii=False)[1:-1]
+    if len(label) > LABEL_LENGTH:
+        label = label[:LABEL_LENGTH] + "..."
+    # escaped as descriptions quote values, without the quotes
+    return label if label.isprintable() else excerpt(label, len(label))[1:-1]
 
 
 def labelsShown(labels: Sequence[str], shown: int = 3) -> str:
@@ -455,24 +466,43 @@ def loadJSON(data: bytes | str) -> Any:
     return json.loads(data, parse_constant=_refuseConstant)
 
 
-def decodeJSON(data: bytes | str) -> dict[str, Any]:
+def decodeJSON(data: bytes | str, limits: JobLimits | None = None) -> dict[str, Any]:
     """
-    The JSON object of one outbox message.
+    The JSON object of one outbox message, within C{limits}.
 
-    @raise InvalidMessage: when C{data} is not UTF-8, not JSON or not an
-        object.
+    @raise InvalidMessage: when C{data} is not UTF-8, not JSON, not an
+        object, or past one of C{limits} (L{checkLimits}).
     """
+    limits = limits or JobLimits()
+    checkSize(len(data), limits)
     try:
-        obj = loadJSON(data.decode("utf-8") if isinstance(data, bytes) else data)
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        obj = loadJSON(text)
     except UnicodeDecodeError as e:
         raise InvalidMessage(f"the message is not UTF-8 text: {e}") from None
     except ValueError as e:
-        raise InvalidMessage(f"the message is not valid JSON: {e}") from None
+        raise InvalidMessage(f"the message is not valid JSON: {excerpt(str(e), 200)}") from None
+    except RecursionError:
+        raise tooDeep(limits) from None
     if not isinstance(obj, dict):
         raise InvalidMessage(
             f"the message must be a JSON object, not a JSON {type(obj).__name__}"
         )
+    # only a \u escape can make a lone surrogate: UTF-8 cannot carry one
+    checkLimits(obj, limits, mayHaveSurrogates="\\u" in text)
     return obj
+
+
+def readJob(data: bytes, limits: JobLimits | None = None) -> dict[str, Any] | None:
+    """
+    The JSON object of an outbox message that may be invalid, to name it
+    and route its result: C{None} when it is not an object within
+    C{limits}.  Never raises.
+    """
+    try:
+        return decodeJSON(data, limits)
+    except InvalidMessage:
+        return None
 
 
 def buildMimeProperty(
@@ -541,7 +571,7 @@ def _readMaxDeliverTime(message: Message, value: Any) -> None:
         except ValueError:
             pass
     raise InvalidMessage(
-        f"property 'maxdelivertime' is {json.dumps(value)[:60]}; give seconds or a "
+        f"property 'maxdelivertime' is {excerpt(value)}; give seconds or a "
         f"UTC time 'YYYY-MM-DD HH:MM:SS'"
     )
 
@@ -554,7 +584,7 @@ def _readNextAttempt(value: Any) -> float:
         except ValueError:
             pass
     raise InvalidMessage(
-        f"property 'nextattempt' is {json.dumps(value)[:60]}; give "
+        f"property 'nextattempt' is {excerpt(value)}; give "
         f'{{"time": "YYYY-MM-DD HH:MM:SS"}} in UTC'
     )
 
@@ -644,23 +674,40 @@ class ResultEntry:
         return entry
 
 
-def invalidResultJSON(data: bytes, failure: InvalidMessage, now: float) -> bytes:
+def invalidResultJSON(
+    data: bytes, failure: AttemptFailed, now: float, limits: JobLimits | None = None
+) -> bytes:
     """
-    The result object for outbox data that is not a usable message at all
-    (not JSON, not an object): the text as it arrived under C{input}, and
-    one C{process}/C{invalid} entry.  When the data is a JSON object, its
-    properties are kept as for any result, so the sender's ids travel back.
+    The result object for outbox data that is not a usable message: one
+    final C{process} entry made from C{failure} (C{invalid}, or C{error}
+    for a job that could not be handled), as L{rawResultJSON} makes it.
+    Never raises.
     """
-    entry = ResultEntry.fromFailure(failure, now).toJSON()
-    try:
-        obj = loadJSON(data)
-    except ValueError:
-        obj = None
-    if isinstance(obj, dict):
+    return rawResultJSON(data, ResultEntry.fromFailure(failure, now).toJSON(), limits)
+
+
+def rawResultJSON(data: bytes, entry: dict[str, Any], limits: JobLimits | None = None) -> bytes:
+    """
+    A result made straight from an outbox message's body and one result
+    entry, for a job that has no L{Message} to build it (it is invalid, or
+    handling it failed).  When the data is a JSON object within C{limits},
+    its properties are kept as for any result (no C{mime}, no secrets), so
+    the sender's ids travel back, and C{entry} follows its earlier results;
+    otherwise the result holds the text as it arrived under C{input}, cut
+    after C{limits.maxString} characters (its whole size in C{inputsize}
+    then).  Never raises.
+    """
+    limits = limits or JobLimits()
+    obj: dict[str, Any] | None = readJob(data, limits)
+    if obj is not None:
         obj = withoutSecrets(obj)
         obj.pop("mime", None)
         earlier = obj.get("results")
         obj["results"] = (earlier if isinstance(earlier, list) else []) + [entry]
     else:
-        obj = {"input": data.decode("utf-8", "replace"), "results": [entry]}
-    return json.dumps(obj, ensure_ascii=False).encode("utf-8")
+        # a character takes at most 4 bytes of UTF-8
+        text = data[: limits.maxString * 4].decode("utf-8", "replace")
+        obj = {"input": text[: limits.maxString], "results": [entry]}
+        if len(data) > limits.maxString * 4 or len(text) > limits.maxString:
+            obj["inputsize"] = len(data)
+    return encodeJSON(obj)

@@ -8,11 +8,20 @@ and acknowledge it on the outbox only once the broker confirmed every one of
 those publishes.  A crash at any point therefore loses nothing: the broker
 hands the unacknowledged message out again, and at worst an attempt is
 repeated.
+
+Whatever a message holds, and whatever goes wrong while it is handled (a
+bug included), it is settled: with a final result when one can be built and
+published, else by a copy on the dead-letter queue, else by a reject.  A
+message whose results the broker would not confirm several times in a row
+is dead-lettered when it comes back, so no message circles between the
+outbox and this process for ever, holding a prefetch slot each time.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from twisted.internet.defer import (
@@ -33,7 +42,7 @@ from twisted.python.failure import Failure
 from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
 from mqtwist.delivery import ScheduledEntry
-from mqtwist.errors import InvalidMessage
+from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.message import (
     Message,
     ParseSettings,
@@ -43,11 +52,13 @@ from mqtwist.message import (
     invalidResultJSON,
     labelOf,
     labelsShown,
-    loadJSON,
     queueFor,
+    rawResultJSON,
+    readJob,
 )
 from mqtwist.schedule import RetrySchedule
 from mqtwist.timeformat import formatTime
+from mqtwist.validation import excerpt
 
 
 class Publisher(Protocol):
@@ -56,7 +67,12 @@ class Publisher(Protocol):
     """
 
     def publish(
-        self, queue: str, body: bytes, *, priority: int | None = None
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        priority: int | None = None,
+        headers: Mapping[str, object] | None = None,
     ) -> Deferred[None]:
         """
         @return: a Deferred firing once the broker confirmed the message.
@@ -65,6 +81,20 @@ class Publisher(Protocol):
 
 #: how logs name an outbox message without a readable id or recipient
 _UNREADABLE = "(no id)"
+
+#: outbox messages whose results were not confirmed that are remembered (by
+#: a digest of their body) to dead-letter them after too many tries; the
+#: oldest are forgotten first
+_REMEMBERED_FAILURES = 10_000
+
+
+def bodyKey(body: bytes) -> bytes:
+    """
+    What tells one outbox message from another: a digest of its body, which
+    a redelivery repeats byte for byte (a retry from a delay queue carries
+    other bytes: its results grew).
+    """
+    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 class OutboxProcessor:
@@ -101,6 +131,9 @@ class OutboxProcessor:
         #: labels of messages whose results were not confirmed, by the
         #: reason, until they are logged together at the end of the turn
         self._unconfirmedLabels: dict[str, list[str]] = {}
+        #: how many times the results of a message were not confirmed, and
+        #: the last reason, by L{bodyKey}
+        self._settleFailures: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
 
     def handle(self, delivery: Delivery) -> None:
         """
@@ -112,16 +145,28 @@ class OutboxProcessor:
         started for a message that is parked at once, so a stuck
         destination's messages cost little of the time the others need.
         """
-        try:
-            done = self._handle(delivery)
-        except Exception:
-            # a bug here must not reach the AMQP connection, which would close
-            done = fail()
+        failures, reason = (
+            self._settleFailures.get(bodyKey(delivery.body), (0, ""))
+            if delivery.redelivered and self._settleFailures
+            else (0, "")
+        )
+        if failures >= self.config.settleAttempts:
+            done = self._deadLetter(
+                delivery,
+                f"its results were not confirmed by the broker {failures} times (last: {reason})",
+            )
+        else:
+            try:
+                done = self._handle(delivery)
+            except Exception:
+                # a bug here must not reach the AMQP connection, which would close
+                done = fail()
+            done.addErrback(self._handlingFailed, delivery)
         self.inFlight[done] = delivery
         done.addBoth(self._ended, done)
 
     def _ended(self, result: object, done: Deferred[None]) -> None:
-        self.inFlight.pop(done, None)
+        delivery = self.inFlight.pop(done, None)
         if not isinstance(result, Failure):
             return
         if result.check(CancelledError, ConnectingCancelledError):
@@ -131,10 +176,104 @@ class OutboxProcessor:
                 "unacknowledged and will be delivered again"
             )
         else:
+            # settling failed too: the message is in the outbox again only
+            # when its connection is gone
             self.log.failure(
-                "unexpected error handling an outbox message; it stays unacknowledged",
+                "could not settle outbox message {message}",
                 result,
+                message=labelOf(
+                    readJob(delivery.body if delivery else b"", self.parseSettings.limits), _UNREADABLE
+                ),
             )
+
+    def _handlingFailed(self, failure: Failure, delivery: Delivery) -> Deferred[None] | Failure:
+        """
+        Settle a message whose handling failed unexpectedly, a bug of
+        mqtwist's or a plugin's: with a final C{process}/C{error} result,
+        or on the dead-letter queue when not even that can be built.
+        """
+        if failure.check(CancelledError, ConnectingCancelledError):
+            # stopping the service cut the delivery short: see _ended
+            return failure
+        limits = self.parseSettings.limits
+        obj = readJob(delivery.body, limits)
+        label = labelOf(obj, _UNREADABLE)
+        self.log.failure(
+            "handling outbox message {message} failed; it ends as process/error", failure, message=label
+        )
+        error = AttemptFailed(
+            "process",
+            "error",
+            f"mqtwist could not handle the message ({failure.type.__name__}: "
+            f"{excerpt(str(failure.value), 200)}); it is not delivered: report this, with "
+            f"mqtwist's log, as a bug of mqtwist or of the plugin named in the log",
+            permanent=True,
+        )
+        try:
+            body = invalidResultJSON(delivery.body, error, self.reactor.seconds(), limits)
+            publications = self._resultPublications(obj, body, success=False)
+        except Exception:
+            self.log.failure("cannot build the result of outbox message {message}", message=label)
+            return self._deadLetter(delivery, f"handling and then building its result failed: {error.description}")
+        return self._publishThenAck(delivery, label, publications, None)
+
+    def _resultPublications(self, obj: object, body: bytes, *, success: bool) -> list[tuple[str, bytes]]:
+        """
+        The final result C{body} for the C{results} queue, and the
+        C{success} or C{failure} one, as the outbox object C{obj} routes it.
+        """
+        kinds = ("results", "success" if success else "failure")
+        return [
+            (queue, body)
+            for queue in (queueFor(obj, kind, getattr(self.config, kind)) for kind in kinds)
+            if queue
+        ]
+
+    def _deadLetter(self, delivery: Delivery, reason: str) -> Deferred[None]:
+        """
+        Settle a message that cannot be settled with a result: a copy of it,
+        with C{reason} in its C{x-mqtwist-reason} header, on the dead-letter
+        queue, then the ack; without a dead-letter queue, or when the broker
+        refuses the copy, a reject, which drops it.
+
+        @return: a Deferred firing when the message is settled, or back on
+            the outbox because its connection is gone.
+        """
+        label = labelOf(readJob(delivery.body, self.parseSettings.limits), _UNREADABLE)
+        queue = self.config.deadLetterQueue
+        if not queue:
+            return self._reject(delivery, label, reason, "no --dead-letter-queue is set")
+        if not delivery.current:
+            return succeed(None)
+        self.log.error(
+            "outbox message {message} goes to the dead-letter queue {queue}: {reason}",
+            message=label,
+            queue=queue,
+            reason=reason,
+        )
+        headers = {"x-mqtwist-reason": reason, "x-mqtwist-outbox": self.config.outbox}
+        try:
+            copied = self.publisher.publish(queue, delivery.body, headers=headers)
+        except Exception as e:
+            copied = fail(e)
+        return copied.addCallbacks(
+            lambda _: delivery.ack(),
+            lambda failure: self._reject(
+                delivery, label, reason, f"the dead-letter queue {queue!r} did not take it: {failure.value}"
+            ),
+        )
+
+    def _reject(self, delivery: Delivery, label: str, reason: str, why: str) -> Deferred[None]:
+        if delivery.current:
+            self.log.critical(
+                "outbox message {message} ({size} bytes) is dropped: {reason}, and {why}",
+                message=label,
+                size=len(delivery.body),
+                reason=reason,
+                why=why,
+            )
+            delivery.reject()
+        return succeed(None)
 
     def drain(self, timeout: float) -> Deferred[None]:
         """
@@ -154,7 +293,10 @@ class OutboxProcessor:
 
         def giveUp() -> None:
             # named before the cancel, which takes them out of inFlight
-            messages = [labelOf(_outboxObject(delivery.body), _UNREADABLE) for delivery in self.inFlight.values()]
+            messages = [
+                labelOf(readJob(delivery.body, self.parseSettings.limits), _UNREADABLE)
+                for delivery in self.inFlight.values()
+            ]
             self.log.warn(
                 "{count} of the deliveries in flight did not end within {timeout}s ({shown}); "
                 "they stay unacknowledged and will be delivered again",
@@ -176,7 +318,7 @@ class OutboxProcessor:
     def _handle(self, delivery: Delivery) -> Deferred[None]:
         now = self.reactor.seconds()
         try:
-            obj = decodeJSON(delivery.body)
+            obj = decodeJSON(delivery.body, self.parseSettings.limits)
             if isinstance(obj.get("mime"), dict):
                 return ensureDeferred(self._handleWithMime(delivery, obj, now))
             message = Message.fromObject(obj, self.parseSettings, now=now)
@@ -203,7 +345,23 @@ class OutboxProcessor:
             return self._expire(delivery, message, expired, now)
         if message.nextattempt is not None and message.nextattempt > now:
             return self._park(delivery, message, message.nextattempt - now)
-        return self.deliver(message).addCallback(self._conclude, delivery, message)
+        return self.deliver(message).addCallback(self._concluded, delivery, message)
+
+    def _concluded(self, entry: ResultEntry, delivery: Delivery, message: Message) -> Deferred[None]:
+        try:
+            return self._conclude(entry, delivery, message)
+        except Exception:
+            if not entry.accepted:
+                raise
+        # the mail is gone: it must have its result, never be sent again
+        self.log.failure(
+            "concluding the delivered outbox message {message} failed; its result is made "
+            "from the message as it arrived",
+            message=message.label,
+        )
+        body = rawResultJSON(delivery.body, entry.toJSON(), self.parseSettings.limits)
+        publications = self._resultPublications(message.json, body, success=True)
+        return self._publishThenAck(delivery, message.label, publications, message.priority)
 
     def _conclude(self, entry: ResultEntry, delivery: Delivery, message: Message) -> Deferred[None]:
         now = self.reactor.seconds()
@@ -289,13 +447,7 @@ class OutboxProcessor:
     def _finish(self, delivery: Delivery, message: Message, *, success: bool) -> Deferred[None]:
         # there is no next attempt: a time left from a retry would say otherwise
         message.json.pop("nextattempt", None)
-        body = message.resultJSON()
-        kinds = ("results", "success" if success else "failure")
-        publications = [
-            (queue, body)
-            for queue in (message.queueFor(kind, getattr(self.config, kind)) for kind in kinds)
-            if queue
-        ]
+        publications = self._resultPublications(message.json, message.resultJSON(), success=success)
         return self._publishThenAck(delivery, message.label, publications, message.priority)
 
     def _park(self, delivery: Delivery, message: Message, delay: float) -> Deferred[None]:
@@ -311,20 +463,15 @@ class OutboxProcessor:
         return self.schedule.delayQueueName(bucket), message.outboxJSON()
 
     def _publishInvalid(self, delivery: Delivery, failure: InvalidMessage, now: float) -> Deferred[None]:
-        obj = _outboxObject(delivery.body)
+        limits = self.parseSettings.limits
+        obj = readJob(delivery.body, limits)
         self.log.warn(
             "refused outbox message {message}: {description}",
             message=labelOf(obj, _UNREADABLE),
             description=failure.description,
         )
-        body = invalidResultJSON(delivery.body, failure, now)
-        publications = [
-            (queue, body)
-            for queue in (
-                queueFor(obj, kind, getattr(self.config, kind)) for kind in ("results", "failure")
-            )
-            if queue
-        ]
+        body = invalidResultJSON(delivery.body, failure, now, limits)
+        publications = self._resultPublications(obj, body, success=False)
         return self._publishThenAck(delivery, "an invalid message", publications, None)
 
     def _publishThenAck(
@@ -373,12 +520,20 @@ class OutboxProcessor:
             reason = "the service stopped before the broker confirmed them"
         else:
             reason = str(error) or type(error).__name__
+        self._countSettleFailure(delivery, reason)
         delivery.release()
         # a lost connection or a stop fails every pending confirm at once:
         # one warning for them all, not one per message
         if not self._unconfirmedLabels:
             self.reactor.callLater(0, self._logUnconfirmed)
         self._unconfirmedLabels.setdefault(reason, []).append(label)
+
+    def _countSettleFailure(self, delivery: Delivery, reason: str) -> None:
+        key = bodyKey(delivery.body)
+        failures, _ = self._settleFailures.pop(key, (0, ""))
+        self._settleFailures[key] = (failures + 1, reason)
+        if len(self._settleFailures) > _REMEMBERED_FAILURES:
+            self._settleFailures.popitem(last=False)
 
     def _logUnconfirmed(self) -> None:
         gathered, self._unconfirmedLabels = self._unconfirmedLabels, {}
@@ -407,10 +562,3 @@ def _lastOutcome(message: Message) -> str:
     parts += [str(entry[key]) for key in ("code", "status", "description") if entry.get(key)]
     return "attempt: " + " ".join(parts)
 
-
-def _outboxObject(body: bytes) -> Any:
-    """The JSON in an outbox message's body, or C{None} when it is not JSON."""
-    try:
-        return loadJSON(body)
-    except ValueError:
-        return None

@@ -12,7 +12,7 @@ callers, but stops nothing: whoever runs it decides.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import MultiService
@@ -35,6 +35,7 @@ from mqtwist.delivery import DeliveryEngine
 from mqtwist.discovery import selectPlugins
 from mqtwist.dkimsign import DKIMKeys
 from mqtwist.interfaces import IDataPlugin
+from mqtwist.joblimits import JobLimits
 from mqtwist.message import Message, ParseSettings, ResultEntry
 from mqtwist.outbox import OutboxProcessor
 from mqtwist.schedule import RetrySchedule
@@ -85,6 +86,7 @@ class MailerService(MultiService):
         self.plugins = list(plugins) if plugins is not None else selectPlugins(config.plugins)
         self.parseSettings = ParseSettings(
             hostname=config.ehloName,
+            limits=JobLimits(config.maxJobBytes, config.maxJobDepth, config.maxJobItems, config.maxJobString),
             dkimKeys=DKIMKeys(
                 {rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile} for rule in config.dkimKeys},
                 cacheSize=config.dkimKeyCache,
@@ -201,7 +203,7 @@ class MailerService(MultiService):
         queues = [QueueSpec(config.outbox)]
         queues += [
             QueueSpec(name)
-            for name in (config.results, config.success, config.failure, config.retry)
+            for name in (config.results, config.success, config.failure, config.retry, config.deadLetterQueue)
             if name
         ]
         queues += self.schedule.delayQueues()
@@ -223,7 +225,14 @@ class MailerService(MultiService):
         for waiter in waiters:
             self.broker.whenConnected().chainDeferred(waiter)
 
-    def publish(self, queue: str, body: bytes, *, priority: int | None = None) -> Deferred[None]:
+    def publish(
+        self,
+        queue: str,
+        body: bytes,
+        *,
+        priority: int | None = None,
+        headers: Mapping[str, object] | None = None,
+    ) -> Deferred[None]:
         """
         Publish to the broker with confirms (the L{OutboxProcessor}'s
         publisher).
@@ -231,7 +240,7 @@ class MailerService(MultiService):
         @return: a Deferred firing once the broker confirmed the message.
         """
         assert self.broker is not None
-        return self.broker.publish(queue, body, priority=priority)
+        return self.broker.publish(queue, body, priority=priority, headers=headers)
 
     def stopService(self) -> Deferred[None]:
         """

@@ -106,6 +106,16 @@ _HELP: dict[str, str] = {
     "'maxdelivertime' expires",
     "delayBuckets": "comma-separated delays, in seconds, that have a delay queue of their "
     "own; a retry delay is rounded up to the next one",
+    "deadLetterQueue": "queue that takes a copy of each outbox message that cannot be "
+    "settled with a result, the reason in its x-mqtwist-reason header (empty: such a "
+    "message is dropped, with a log line)",
+    "settleAttempts": "times the broker may fail to confirm the results of an outbox "
+    "message before the message, when it comes back, goes to the dead-letter queue",
+    "maxJobBytes": "bytes an outbox job may have, its mime included; a bigger one is "
+    "refused as process/invalid",
+    "maxJobDepth": "objects and lists inside one another that an outbox job may have",
+    "maxJobItems": "keys of one object, or items of one list, that an outbox job may have",
+    "maxJobString": "characters of one string of an outbox job outside its mime",
     "shutdownTimeout": "seconds that stopping waits for deliveries in flight",
     "reconnectMaxDelay": "the longest wait, in seconds, between reconnection attempts to "
     "RabbitMQ",
@@ -278,6 +288,11 @@ _CHECKS: dict[str, Callable[[Any], None]] = {
     "mxPort": _checkPort,
     "nameservers": _checkNameservers,
     "pluginRuns": _checkPositive,
+    "settleAttempts": _checkPositive,
+    "maxJobBytes": _checkPositive,
+    "maxJobDepth": _checkPositive,
+    "maxJobItems": _checkPositive,
+    "maxJobString": _checkPositive,
     "prefetch": _checkPositive,
     "concurrency": _checkPositive,
     "ehloName": _checkNotEmpty,

@@ -51,9 +51,12 @@ def excerpt(value: object, limit: int = EXCERPT_LENGTH) -> str:
     return excerpt(str(value), limit)
 
 
+_SHORT_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "'": "\\'", "\\": "\\\\"}
+
+
 def _escapedCharacter(char: str) -> str:
-    if char in "'\\":
-        return "\\" + char
+    if char in _SHORT_ESCAPES:
+        return _SHORT_ESCAPES[char]
     if char.isprintable():
         return char
     code = ord(char)

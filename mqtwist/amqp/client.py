@@ -118,6 +118,17 @@ class Delivery:
                 delivery_tag=self.deliveryTag, requeue=True
             ).addErrback(self._lost)
 
+    def reject(self) -> None:
+        """
+        Drop the message (C{basic.reject} without requeue; a queue with a
+        dead-letter exchange passes it on).  Does nothing when not
+        L{current} or already settled.
+        """
+        if self._canSettle("reject"):
+            self._channel.basic_reject(
+                delivery_tag=self.deliveryTag, requeue=False
+            ).addErrback(self._lost)
+
     def _canSettle(self, action: str) -> bool:
         if self._settled:
             return False
