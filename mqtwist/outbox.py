@@ -353,12 +353,12 @@ class OutboxProcessor:
         except Exception:
             if not entry.accepted:
                 raise
-        # the mail is gone: it must have its result, never be sent again
-        self.log.failure(
-            "concluding the delivered outbox message {message} failed; its result is made "
-            "from the message as it arrived",
-            message=message.label,
-        )
+            # the mail is gone: it must have its result, never be sent again
+            self.log.failure(
+                "concluding the delivered outbox message {message} failed; its result is made "
+                "from the message as it arrived",
+                message=message.label,
+            )
         body = rawResultJSON(delivery.body, entry.toJSON(), self.parseSettings.limits)
         publications = self._resultPublications(message.json, body, success=True)
         return self._publishThenAck(delivery, message.label, publications, message.priority)
