@@ -311,24 +311,9 @@ class PluginChain:
             runs, and handed to plugins in their context.
         @param config: C{pluginTimeout}, C{pluginRuns} and
             C{pluginRetryDelay} are read here; plugins see all of it.
-        @raise ValueError: if two plugins have the same name, or a plugin
-            setting is out of range.
+        @raise ValueError: if two plugins have the same name (the plugin
+            settings are checked by L{Config} itself).
         """
-        if config.pluginRuns < 1:
-            raise ValueError(
-                f"pluginRuns is {config.pluginRuns}: the plugin chain must "
-                f"run at least once; set it to 1 or more"
-            )
-        if config.pluginTimeout <= 0:
-            raise ValueError(
-                f"pluginTimeout is {config.pluginTimeout}: set a number of "
-                f"seconds greater than 0"
-            )
-        if config.pluginRetryDelay < 0:
-            raise ValueError(
-                f"pluginRetryDelay is {config.pluginRetryDelay}: set a number "
-                f"of seconds, 0 or more"
-            )
         self._plugins = tuple(plugins)
         self._contexts: dict[str, PluginContext] = {}
         for plugin in self._plugins:

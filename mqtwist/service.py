@@ -64,8 +64,9 @@ class MailerService(MultiService):
     @param config: the settings; see L{Config}.
     @param plugins: the data plugins to run, in order; by default those that
         C{config.plugins} names, found with Twisted's plugin system.
-    @raise ValueError: for a configuration that cannot work (a bad broker
-        URL, an unknown plugin name), with a message that says which.
+    @raise ValueError: for a configuration that cannot work (a setting that
+        L{Config.check} refuses, an unknown plugin name), with a message
+        that says which.
     """
 
     log = Logger()
@@ -78,6 +79,7 @@ class MailerService(MultiService):
         plugins: Sequence[IDataPlugin] | None = None,
     ) -> None:
         super().__init__()
+        config.check()
         if reactor is None:
             from twisted.internet import reactor
         self.config = config

@@ -562,19 +562,6 @@ def test_names() -> None:
     assert len(chain) == 2
 
 
-@pytest.mark.parametrize(
-    "settings, text",
-    [
-        ({"pluginRuns": 0}, "pluginRuns is 0"),
-        ({"pluginTimeout": 0}, "pluginTimeout is 0"),
-        ({"pluginRetryDelay": -1}, "pluginRetryDelay is -1"),
-    ],
-)
-def test_badSettings(settings: dict[str, Any], text: str) -> None:
-    with pytest.raises(ValueError, match=text):
-        makeChain([], **settings)
-
-
 def test_duplicateNames() -> None:
     with pytest.raises(ValueError, match="two data plugins are called 'a'"):
         makeChain([appending("a"), appending("a")])

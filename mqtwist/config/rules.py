@@ -1,49 +1,19 @@
 """
-The settings of one mqtwist service, with their defaults.
-
-Every limit and default of the service lives here, so that the command line
-(L{mqtwist.tap}), a TOML file, C{MQTWIST_*} environment variables and
-programs that embed L{mqtwist.service.MailerService} all describe the same
-thing.  Attribute names are the option names in camelCase: C{ehloName} is
-C{--ehlo-name}, C{ehlo-name} in TOML and C{MQTWIST_EHLO_NAME} in the
-environment.
+The settings that are tables of the TOML file only, one class a kind:
+C{[[throttles]]} (L{ThrottleRule}), C{[[dkim-keys]]} (L{DKIMKeyRule}) and
+C{[[backoff]]} (L{BackoffRule}).  Each reads and checks one table.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import re
-import socket
 import string
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mqtwist.validation import canonicalIP
-
-
-@dataclass
-class SMTPTimeouts:
-    """
-    Seconds to wait for each step of an SMTP conversation.  The defaults are
-    the minimums of RFC 5321 section 4.5.3.2, except C{connect}, which the
-    RFC leaves open.
-    """
-
-    connect: float = 30.0
-    greeting: float = 300.0
-    ehlo: float = 300.0
-    mailfrom: float = 300.0
-    rcptto: float = 300.0
-    data: float = 120.0
-    #: from the last byte of the body to the final reply
-    message: float = 600.0
-    rset: float = 60.0
-    quit: float = 10.0
-    #: for the reply to STARTTLS and then the TLS handshake
-    starttls: float = 120.0
-    #: for each reply of the AUTH exchange
-    auth: float = 120.0
 
 
 def _tableValue(table: Mapping[str, Any], key: str, kind: type, what: str, where: str) -> Any:
@@ -283,167 +253,3 @@ class BackoffRule:
                 'while, give action = "pause")'
             )
         return cls(action, seconds, connections=connections, **patterns)
-
-
-@dataclass
-class Config:
-    """
-    Everything a L{mqtwist.service.MailerService} needs to know.
-    """
-
-    #: RabbitMQ URL (C{amqp://user:pass@host:5672/vhost?heartbeat=30}); C{None}
-    #: starts a private RabbitMQ node from the Debian package.
-    amqp: str | None = None
-    #: where the private node keeps its data when C{amqp} is C{None}
-    brokerDir: str = ".state/rabbitmq"
-    #: AMQP port of the private node
-    brokerPort: int = 5672
-    #: CPU priority (nice) of the private node: on a shared machine mqtwist,
-    #: which the node is there to serve, gets the CPU first
-    brokerNice: int = 10
-
-    outbox: str = "outbox"
-    #: result queues; an empty name switches that queue off
-    results: str = "results"
-    success: str = "success"
-    failure: str = "failure"
-    retry: str = "retry"
-
-    #: C{host:port} of a relay that takes all mail instead of MX delivery
-    smarthost: str | None = None
-    #: TCP port used for MX delivery
-    mxPort: int = 25
-    #: C{host:port} name servers for MX lookups; empty means the system's
-    nameservers: list[str] = field(default_factory=list)
-    #: seconds a DNS query may take (with its retransmissions)
-    dnsTimeout: float = 20.0
-    #: seconds an MX answer stays cached at least, whatever its TTL
-    dnsMinCacheTime: float = 60.0
-    #: addresses of a domain's mail exchangers tried within one attempt
-    mxAddressesPerAttempt: int = 5
-
-    #: data plugins to run, in order; C{None} runs every discovered plugin
-    #: ordered by name
-    plugins: list[str] | None = None
-    #: seconds a data plugin's Deferred may take before it is cancelled
-    pluginTimeout: float = 30.0
-    #: how many times the plugin chain runs before the attempt fails
-    pluginRuns: int = 3
-    #: seconds between two runs of the plugin chain
-    pluginRetryDelay: float = 1.0
-
-    #: outbox messages handed to this process before it acknowledges any
-    prefetch: int = 200
-    #: deliveries in progress at once
-    concurrency: int = 100
-    #: the name this host gives in EHLO/HELO
-    ehloName: str = field(default_factory=socket.getfqdn)
-
-    #: TLS policy of messages without C{security}: C{optional},
-    #: C{opportunistic}, C{required} or C{verified}
-    security: str = "opportunistic"
-    #: PEM file with the client certificate (and its key, unless C{tlsKey})
-    #: shown to servers that ask for one
-    tlsCertificate: str | None = None
-    #: PEM file with the private key of C{tlsCertificate}
-    tlsKey: str | None = None
-    #: PEM file of the CA certificates that C{verified} trusts; C{None}: the
-    #: system's
-    tlsCaFile: str | None = None
-    #: AUTH user name for the configured C{smarthost}
-    smarthostUsername: str | None = None
-    #: AUTH password for the configured C{smarthost}
-    smarthostPassword: str | None = field(default=None, repr=False)
-    #: host names (or C{*}) to which AUTH may be sent without TLS
-    authCleartextHosts: list[str] = field(default_factory=list)
-
-    #: SMTP connections open at once to one destination
-    maxConnectionsPerDestination: int = 10
-    #: messages one SMTP connection carries before it is closed
-    maxMessagesPerConnection: int = 100
-    #: seconds an unused SMTP connection stays open for the next message
-    idleTimeout: float = 10.0
-    #: messages per minute to one destination (0: no limit)
-    messagesPerMinute: int = 0
-    #: new SMTP connections per minute to one destination (0: no limit)
-    connectionsPerMinute: int = 0
-    #: limits of particular destinations (TOML C{[[throttles]]} tables only)
-    throttles: list[ThrottleRule] = field(
-        default_factory=list, metadata={"toml": ThrottleRule.fromTable}
-    )
-    #: reply patterns that pause or slow a destination, checked before the
-    #: built-in ones (TOML C{[[backoff]]} tables only)
-    backoff: list[BackoffRule] = field(
-        default_factory=list, metadata={"toml": BackoffRule.fromTable}
-    )
-    #: messages per destination that wait in this process for a connection;
-    #: more are parked in a delay queue
-    destinationBacklog: int = 10
-    #: seconds without an ended delivery after which a busy destination
-    #: counts as stuck: then only C{destinationBacklog} of its messages wait
-    stuckAfter: float = 1.0
-    #: deliveries to other destinations that may end while a destination
-    #: with messages waiting ends none, before it counts as stuck (0: no
-    #: such limit): next to a fast destination, a slow one is found out in
-    #: milliseconds
-    stuckAfterOthers: int = 50
-    #: seconds a message is parked when its destination is busy
-    parkDelay: float = 30.0
-    #: the longest a message is parked: every deferral in a row doubles its
-    #: park time (from the pause or C{parkDelay}) up to this
-    parkDelayMax: float = 900.0
-    #: seconds over which the deferrals of one destination are gathered
-    #: into one log event (0: an event for each)
-    deferralLogInterval: float = 1.0
-    #: seconds until greylisted messages (450/451 that say so) are tried again
-    greylistDelay: float = 300.0
-    #: failed connections in a row after which a destination is marked down
-    downAfterFailures: int = 5
-    #: seconds a destination stays marked down
-    downTime: float = 300.0
-    timeouts: SMTPTimeouts = field(default_factory=SMTPTimeouts)
-
-    #: DKIM keys by signing domain (TOML C{[[dkim-keys]]} tables only)
-    dkimKeys: list[DKIMKeyRule] = field(
-        default_factory=list, metadata={"toml": DKIMKeyRule.fromTable}
-    )
-    #: private keys sent in messages that stay parsed (least recently used
-    #: dropped first)
-    dkimKeyCache: int = 1000
-
-    #: seconds between attempts when the message has no C{retries}; the last
-    #: one repeats
-    retries: list[int] = field(
-        default_factory=lambda: [600, 600, 1800, 1800, 3600, 3600, 7200]
-    )
-    #: seconds after the first attempt when a message without
-    #: C{maxdelivertime} expires
-    maxDeliverTime: int = 86400
-    #: the delays, in seconds, that have a delay queue of their own; a retry
-    #: delay is rounded up to the next one
-    delayBuckets: list[int] = field(
-        default_factory=lambda: [1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200]
-    )
-
-    #: queue that takes a copy of each outbox message that cannot be settled
-    #: with a result (empty: such a message is dropped, with a log line)
-    deadLetterQueue: str = "outbox.dead"
-    #: times the broker may fail to confirm a message's results before the
-    #: message, when it comes back, goes to the dead-letter queue
-    settleAttempts: int = 3
-    #: bytes an outbox job may have, C{mime} included
-    maxJobBytes: int = 64 * 1024 * 1024
-    #: objects and lists inside one another in an outbox job
-    maxJobDepth: int = 32
-    #: keys of one object, items of one list, in an outbox job
-    maxJobItems: int = 10_000
-    #: characters of one string of an outbox job outside its C{mime}
-    maxJobString: int = 65_536
-
-    #: seconds that stopping the service waits for deliveries in flight
-    shutdownTimeout: float = 30.0
-    #: seconds between reconnection attempts to RabbitMQ grow up to this
-    reconnectMaxDelay: float = 30.0
-    #: the lowest level of the log events written (C{debug}, C{info}, C{warn},
-    #: C{error}, C{critical}); lower ones are dropped before formatting
-    logLevel: str = "info"

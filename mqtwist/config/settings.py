@@ -1,0 +1,455 @@
+"""
+The settings of one mqtwist service: each declared once, here, with its
+type, default, help text and check.
+
+The command line, the environment variables, the TOML file
+(L{mqtwist.config.sources}) and the README's table are derived from these
+declarations, and L{Config} checks itself with them, so a program that
+embeds L{mqtwist.service.MailerService} gets the same checks as
+C{twistd mqtwist}.  Attribute names are the option names in camelCase:
+C{ehloName} is C{--ehlo-name}, C{ehlo-name} in TOML and
+C{MQTWIST_EHLO_NAME} in the environment; C{timeouts.connect} is
+C{--timeouts-connect} and C{connect} in a C{[timeouts]} table.
+
+To add a setting: one attribute with L{setting} here, then use it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from mqtwist.config.rules import BackoffRule, DKIMKeyRule, ThrottleRule
+
+#: what L{setting} keeps in a field's metadata
+HELP = "help"
+CHECK = "check"
+DEFAULT_TEXT = "defaultText"
+#: the reader of one TOML table, for the settings that are arrays of tables
+TOML_TABLE = "toml"
+
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    check: Callable[[Any], None] | None = None,
+    factory: Callable[[], Any] | None = None,
+    defaultText: str | None = None,
+    secret: bool = False,
+) -> Any:
+    """
+    Declare one setting: an attribute of L{Config} (or of a settings class
+    nested in it, such as L{SMTPTimeouts}).
+
+    @param help: what it does, as C{--help} and the README say it.
+    @param check: what its value must be beyond its type; raises
+        C{ValueError} saying what is wrong and what is accepted.  Without
+        one, a number must not be negative.
+    @param factory: makes the default, for a list.
+    @param defaultText: what C{--help} says of a default that is computed
+        (the host name), instead of computing it.
+    @param secret: a password: never in C{repr}.
+    """
+    metadata = {HELP: help, CHECK: check, DEFAULT_TEXT: defaultText}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata, repr=not secret)
+    return field(default=default, metadata=metadata, repr=not secret)
+
+
+def tables(reader: Callable[..., Any], *, help: str) -> Any:
+    """
+    Declare a setting that is a TOML array of tables only (C{[[throttles]]}),
+    each read by C{reader}.
+    """
+    return field(default_factory=list, metadata={HELP: help, TOML_TABLE: reader})
+
+
+def _notNegative(value: float) -> None:
+    if value < 0:
+        raise ValueError(f"{value:g} is negative; give 0 or more")
+
+
+def positive(value: int) -> None:
+    """
+    A whole number of 1 or more.
+    """
+    if value < 1:
+        raise ValueError(f"{value} is too small; give a whole number of 1 or more")
+
+
+def _positiveSeconds(value: float) -> None:
+    if value <= 0:
+        raise ValueError(f"{value:g} is too small; give a number of seconds greater than 0")
+
+
+def _port(value: int) -> None:
+    if not 0 < value < 65536:
+        raise ValueError(f"{value} is not a port number; give a port 1-65535")
+
+
+def _niceness(value: int) -> None:
+    if not -20 <= value <= 19:
+        raise ValueError(f"{value} is not a niceness; give -20 (first) to 19 (last)")
+
+
+def _notEmpty(value: str) -> None:
+    if not value:
+        raise ValueError("it is empty; give a name")
+
+
+def _hostPort(value: str | None) -> None:
+    from mqtwist.hostport import parseHostPort
+
+    if value is not None and parseHostPort(value, 0)[1] == 0:
+        raise ValueError(f"{value!r} has no port; use host:port, e.g. relay.example.com:587")
+
+
+def _nameservers(values: list[str]) -> None:
+    from mqtwist.hostport import parseHostPort
+
+    for value in values:
+        parseHostPort(value, 53)
+
+
+def _amqpURL(value: str | None) -> None:
+    from mqtwist.amqp.url import BrokerURL
+
+    if value is not None:
+        BrokerURL.parse(value)
+
+
+def _delays(values: list[int]) -> None:
+    if not values:
+        raise ValueError("the list is empty; give at least one number of seconds")
+    for value in values:
+        _notNegative(value)
+
+
+def _buckets(values: list[int]) -> None:
+    if not values:
+        raise ValueError("the list is empty; give at least one number of seconds")
+    for value in values:
+        if value < 1:
+            raise ValueError(f"{value} is too small; every delay queue holds messages 1 second or more")
+
+
+def _tlsPolicy(value: str) -> None:
+    # imported here: mqtwist.smtp imports this package
+    from mqtwist.smtp.tls import POLICIES
+
+    if value not in POLICIES:
+        raise ValueError(f"{value!r} is not a TLS policy; use one of {', '.join(POLICIES)}")
+
+
+def _logLevel(value: str) -> None:
+    from mqtwist.loglevel import parseLogLevel
+
+    parseLogLevel(value)
+
+
+@dataclass
+class SMTPTimeouts:
+    """
+    Seconds to wait for each step of an SMTP conversation.  The defaults are
+    the minimums of RFC 5321 section 4.5.3.2, except C{connect}, which the
+    RFC leaves open.
+    """
+
+    connect: float = setting(30.0, help="seconds to wait for a TCP connection to an SMTP server")
+    greeting: float = setting(300.0, help="seconds to wait for the SMTP greeting")
+    ehlo: float = setting(300.0, help="seconds to wait for the reply to EHLO/HELO")
+    mailfrom: float = setting(300.0, help="seconds to wait for the reply to MAIL FROM")
+    rcptto: float = setting(300.0, help="seconds to wait for the reply to RCPT TO")
+    data: float = setting(120.0, help="seconds to wait for the reply to DATA")
+    message: float = setting(600.0, help="seconds to wait for the reply after the message body")
+    rset: float = setting(60.0, help="seconds to wait for the reply to RSET")
+    quit: float = setting(10.0, help="seconds to wait for the reply to QUIT")
+    starttls: float = setting(
+        120.0, help="seconds to wait for the reply to STARTTLS, and then for the TLS handshake"
+    )
+    auth: float = setting(120.0, help="seconds to wait for each reply of the AUTH exchange")
+
+
+@dataclass
+class Config:
+    """
+    Everything a L{mqtwist.service.MailerService} needs to know.  Each
+    attribute is a setting (see L{setting}): its help says what it does.
+
+    @raise ValueError: at construction, and from L{check}, for a value that
+        the setting's check refuses, naming the setting and its option.
+    """
+
+    amqp: str | None = setting(
+        None,
+        help="RabbitMQ URL, amqp[s]://user:password@host:port/vhost?heartbeat=30; when not "
+        "given, mqtwist starts a private RabbitMQ node of its own",
+        check=_amqpURL,
+    )
+    brokerDir: str = setting(".state/rabbitmq", help="directory where the private RabbitMQ node keeps its data")
+    brokerPort: int = setting(5672, help="AMQP port of the private RabbitMQ node", check=_port)
+    brokerNice: int = setting(
+        10,
+        help="CPU priority (nice, -20 to 19) of the private RabbitMQ node; above 0 it leaves "
+        "the CPU to mqtwist first",
+        check=_niceness,
+    )
+
+    outbox: str = setting("outbox", help="queue that delivery jobs are taken from", check=_notEmpty)
+    results: str = setting("results", help="queue that receives every final result (empty: none)")
+    success: str = setting(
+        "success", help="queue that receives the results of delivered messages (empty: none)"
+    )
+    failure: str = setting("failure", help="queue that receives the results of failed messages (empty: none)")
+    retry: str = setting(
+        "retry", help="queue that receives a notice of every attempt to be retried (empty: none)"
+    )
+
+    smarthost: str | None = setting(
+        None, help="host:port of a relay that takes all mail instead of MX delivery", check=_hostPort
+    )
+    mxPort: int = setting(25, help="TCP port used for delivery to MX hosts", check=_port)
+    nameservers: list[str] = setting(
+        help="comma-separated host:port of the DNS servers for MX lookups (empty: those of "
+        "/etc/resolv.conf)",
+        factory=list,
+        check=_nameservers,
+    )
+    dnsTimeout: float = setting(20.0, help="seconds a DNS query may take, retransmissions included")
+    dnsMinCacheTime: float = setting(
+        60.0, help="seconds an MX lookup stays cached at least, whatever its TTL"
+    )
+    mxAddressesPerAttempt: int = setting(
+        5,
+        help="addresses of a domain's mail exchangers tried within one attempt, in MX order, "
+        "when one refuses, times out or answers 421",
+    )
+
+    plugins: list[str] | None = setting(
+        None,
+        help="comma-separated names of the data plugins to run, in order (not given: every "
+        "plugin found, ordered by name; empty: none)",
+    )
+    pluginTimeout: float = setting(
+        30.0, help="seconds a data plugin may take before it is cancelled", check=_positiveSeconds
+    )
+    pluginRuns: int = setting(
+        3, help="how many times the plugin chain runs before the attempt fails", check=positive
+    )
+    pluginRetryDelay: float = setting(1.0, help="seconds between two runs of the plugin chain")
+
+    prefetch: int = setting(
+        200, help="outbox messages handed to this process before it acknowledges any", check=positive
+    )
+    concurrency: int = setting(100, help="deliveries in progress at once", check=positive)
+    ehloName: str = setting(
+        help="the name this host gives in EHLO/HELO",
+        factory=socket.getfqdn,
+        check=_notEmpty,
+        defaultText="this host's fully qualified name",
+    )
+
+    security: str = setting(
+        "opportunistic",
+        help="TLS policy of messages without 'security': optional (TLS when offered), "
+        "opportunistic (TLS when offered, in clear if the handshake fails), required (TLS or no "
+        "delivery) or verified (TLS with a certificate valid for the MX host name)",
+        check=_tlsPolicy,
+    )
+    tlsCertificate: str | None = setting(
+        None,
+        help="PEM file with the client certificate (and key, unless --tls-key) shown to servers "
+        "that ask for one",
+    )
+    tlsKey: str | None = setting(None, help="PEM file with the private key of --tls-certificate")
+    tlsCaFile: str | None = setting(
+        None,
+        help="PEM file of the CA certificates trusted by the 'verified' policy (not given: the "
+        "system's)",
+    )
+    smarthostUsername: str | None = setting(None, help="AUTH user name for --smarthost")
+    smarthostPassword: str | None = setting(
+        None,
+        help="AUTH password for --smarthost (prefer the environment or the TOML file to the "
+        "command line); a login the server refuses fails the attempt as auth/error to be "
+        "retried, not bounced, since the credentials are at fault and not the message",
+        secret=True,
+    )
+    authCleartextHosts: list[str] = setting(
+        help="comma-separated host names (or *) to which AUTH may be sent on a connection "
+        "without TLS",
+        factory=list,
+    )
+
+    maxConnectionsPerDestination: int = setting(
+        10, help="SMTP connections open at once to one destination", check=positive
+    )
+    maxMessagesPerConnection: int = setting(
+        100, help="messages one SMTP connection carries before it is closed", check=positive
+    )
+    idleTimeout: float = setting(
+        10.0, help="seconds an unused SMTP connection stays open for the next message"
+    )
+    messagesPerMinute: int = setting(
+        0, help="messages per minute to one destination, in this process (0: no limit)"
+    )
+    connectionsPerMinute: int = setting(
+        0, help="new SMTP connections per minute to one destination, in this process (0: no limit)"
+    )
+    throttles: list[ThrottleRule] = tables(
+        ThrottleRule.fromTable, help="limits of particular destinations ([[throttles]] tables)"
+    )
+    backoff: list[BackoffRule] = tables(
+        BackoffRule.fromTable,
+        help="reply patterns that pause or slow a destination, checked before the built-in "
+        "ones ([[backoff]] tables)",
+    )
+    destinationBacklog: int = setting(
+        10,
+        help="messages per destination that wait in this process for a connection; more are "
+        "parked in a delay queue",
+    )
+    stuckAfter: float = setting(
+        1.0,
+        help="seconds without an ended delivery after which a busy destination counts as stuck, "
+        "and only --destination-backlog of its messages wait",
+    )
+    stuckAfterOthers: int = setting(
+        50,
+        help="deliveries to other destinations that may end while a destination with messages "
+        "waiting ends none, before it counts as stuck too (0: no such limit)",
+    )
+    parkDelay: float = setting(30.0, help="seconds a message is parked when its destination is busy")
+    parkDelayMax: float = setting(
+        900.0,
+        help="the longest a message is parked, in seconds: every deferral in a row doubles its "
+        "park time (from the pause or --park-delay) up to this",
+    )
+    deferralLogInterval: float = setting(
+        1.0,
+        help="seconds over which the deferrals of one destination are gathered into one log "
+        "line (0: a line for each)",
+    )
+    greylistDelay: float = setting(300.0, help="seconds until a greylisted message is tried again")
+    downAfterFailures: int = setting(
+        5, help="failed connections in a row after which a destination is marked down"
+    )
+    downTime: float = setting(300.0, help="seconds a destination stays marked down")
+    timeouts: SMTPTimeouts = field(default_factory=SMTPTimeouts)
+
+    dkimKeys: list[DKIMKeyRule] = tables(
+        DKIMKeyRule.fromTable, help="DKIM keys by signing domain ([[dkim-keys]] tables)"
+    )
+    dkimKeyCache: int = setting(
+        1000,
+        help="DKIM private keys sent in messages that stay parsed, least recently used dropped "
+        "first",
+    )
+
+    retries: list[int] = setting(
+        help="comma-separated seconds between attempts for messages without 'retries'; the "
+        "last one repeats",
+        factory=lambda: [600, 600, 1800, 1800, 3600, 3600, 7200],
+        check=_delays,
+    )
+    maxDeliverTime: int = setting(
+        86400,
+        help="seconds after the first attempt when a message without 'maxdelivertime' expires",
+    )
+    delayBuckets: list[int] = setting(
+        help="comma-separated delays, in seconds, that have a delay queue of their own; a retry "
+        "delay is rounded up to the next one",
+        factory=lambda: [1, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200],
+        check=_buckets,
+    )
+
+    deadLetterQueue: str = setting(
+        "outbox.dead",
+        help="queue that takes a copy of each outbox message that cannot be settled with a "
+        "result, the reason in its x-mqtwist-reason header (empty: such a message is dropped, "
+        "with a log line)",
+    )
+    settleAttempts: int = setting(
+        3,
+        help="times the broker may fail to confirm the results of an outbox message before the "
+        "message, when it comes back, goes to the dead-letter queue",
+        check=positive,
+    )
+    maxJobBytes: int = setting(
+        64 * 1024 * 1024,
+        help="bytes an outbox job may have, its mime included; a bigger one is refused as "
+        "process/invalid",
+        check=positive,
+    )
+    maxJobDepth: int = setting(
+        32, help="objects and lists inside one another that an outbox job may have", check=positive
+    )
+    maxJobItems: int = setting(
+        10_000, help="keys of one object, or items of one list, that an outbox job may have", check=positive
+    )
+    maxJobString: int = setting(
+        65_536, help="characters of one string (or key) of an outbox job outside its mime", check=positive
+    )
+
+    shutdownTimeout: float = setting(30.0, help="seconds that stopping waits for deliveries in flight")
+    reconnectMaxDelay: float = setting(
+        30.0, help="the longest wait, in seconds, between reconnection attempts to RabbitMQ"
+    )
+    logLevel: str = setting(
+        "info",
+        help="lowest level of the log events written: debug (every SMTP command and reply), "
+        "info, warn, error or critical; lower ones are dropped before they are formatted",
+        check=_logLevel,
+    )
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """
+        Check every setting's value as C{twistd mqtwist} checks what it is
+        given: for a program that builds or changes a L{Config} itself.
+
+        @raise ValueError: naming the first setting (attribute and option)
+            whose value is refused, and why.
+        """
+        for path, declaration, value in _values(self):
+            try:
+                checkValue(declaration, value)
+            except ValueError as e:
+                option = "--" + "-".join(kebab(name) for name in path.split("."))
+                raise ValueError(f"setting {path} ({option}): {e}") from None
+
+
+def checkValue(declaration: dataclasses.Field[Any], value: Any) -> None:
+    """
+    Check C{value} against the declaration of its setting.
+
+    @raise ValueError: saying what is wrong and what is accepted.
+    """
+    check = declaration.metadata.get(CHECK)
+    if check is not None:
+        check(value)
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        _notNegative(value)
+
+
+def kebab(name: str) -> str:
+    """
+    The option spelling of an attribute name: C{ehloName} is C{ehlo-name}.
+    """
+    return "".join(f"-{char.lower()}" if char.isupper() else char for char in name)
+
+
+def _values(settings: Any, prefix: str = "") -> typing.Iterator[tuple[str, dataclasses.Field[Any], Any]]:
+    for declaration in dataclasses.fields(settings):
+        value = getattr(settings, declaration.name)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            yield from _values(value, f"{prefix}{declaration.name}.")
+        elif TOML_TABLE not in declaration.metadata:
+            yield f"{prefix}{declaration.name}", declaration, value

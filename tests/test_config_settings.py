@@ -1,0 +1,44 @@
+"""
+L{Config} checks itself with the declarations of its settings, so that a
+program that embeds mqtwist gets the checks of C{twistd mqtwist}.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from mqtwist.config import Config, SMTPTimeouts
+from mqtwist.service import MailerService
+
+
+@pytest.mark.parametrize(
+    "settings, text",
+    [
+        ({"pluginRuns": 0}, "setting pluginRuns (--plugin-runs): 0 is too small; give a whole number of 1 or more"),
+        ({"pluginTimeout": 0}, "setting pluginTimeout (--plugin-timeout): 0 is too small; give a number of seconds"),
+        ({"pluginRetryDelay": -1}, "setting pluginRetryDelay (--plugin-retry-delay): -1 is negative; give 0 or more"),
+        ({"brokerPort": 70000}, "setting brokerPort (--broker-port): 70000 is not a port number"),
+        ({"security": "maybe"}, "setting security (--security): 'maybe' is not a TLS policy; use one of optional"),
+        ({"delayBuckets": [0, 5]}, "setting delayBuckets (--delay-buckets): 0 is too small"),
+        ({"amqp": "http://x"}, "setting amqp (--amqp): "),
+        ({"logLevel": "loud"}, "setting logLevel (--log-level): "),
+        ({"timeouts": SMTPTimeouts(connect=-1)}, "setting timeouts.connect (--timeouts-connect): -1 is negative"),
+    ],
+)
+def test_a_bad_value_is_refused_at_construction(settings: dict[str, Any], text: str) -> None:
+    with pytest.raises(ValueError) as raised:
+        Config(ehloName="x", **settings)
+    assert str(raised.value).startswith(text)
+
+
+def test_a_value_changed_later_is_refused_by_the_service() -> None:
+    """
+    A program may change a L{Config} after making it: L{MailerService}
+    checks it again.
+    """
+    config = Config(ehloName="x", amqp="amqp://guest:guest@127.0.0.1:5672/")
+    config.prefetch = 0
+    with pytest.raises(ValueError, match=r"^setting prefetch \(--prefetch\): 0 is too small"):
+        MailerService(config, plugins=[])
