@@ -2,6 +2,7 @@
 mqtwist's benchmark: throughput, memory and CPU against Postfix, in one run.
 
     python3 bench/run.py [--count 50000] [--repeat 2] [--name NAME] ...
+    python3 bench/run.py --compare before=/tmp/mqtwist-before --compare after=/work/main ...
 
 See bench/README.rst for what it measures and how; results go to
 bench/results/NAME-DATE.json and .md.
@@ -14,6 +15,7 @@ import datetime
 import gzip
 import json
 import os
+import re
 import shlex
 import shutil
 import sys
@@ -52,6 +54,44 @@ import report  # noqa: E402
 log = Logger()
 
 SCENARIOS = ("mqtwist-1", "mqtwist-n", "postfix", "delay", "waiting", "profile")
+#: the scenarios that run once per variant (--compare) in every round
+COMPARED = ("mqtwist-1", "mqtwist-n")
+
+
+@dataclass
+class Variant:
+    """
+    One mqtwist to measure: a source tree and the options added for it
+    (after --mqtwist-args).  Without --compare there is one, named "".
+    """
+
+    name: str
+    tree: str
+    args: str = ""
+
+    def labelled(self, label: str) -> str:
+        return f"{label}, {self.name}" if self.name else label
+
+
+def parseVariant(text: str, defaultTree: str) -> Variant:
+    """
+    Read C{NAME=[TREE][::ARGS]}: an empty TREE is C{defaultTree}; ARGS is
+    everything after the first C{::}.
+
+    @raise ValueError: the text says why it is not one.
+    """
+    name, equals, rest = text.partition("=")
+    if not equals or not re.fullmatch(r"[A-Za-z0-9._+-]+", name):
+        raise ValueError(f"--compare {text!r}: expected NAME=[TREE][::ARGS], NAME of letters, digits and ._+-")
+    tree, _, args = rest.partition("::")
+    tree = os.path.abspath(tree or defaultTree)
+    if not os.path.isfile(os.path.join(tree, "mqtwist", "__init__.py")):
+        raise ValueError(f"--compare {text!r}: {tree} is not an mqtwist source tree (no mqtwist/__init__.py)")
+    try:
+        shlex.split(args)
+    except ValueError as e:
+        raise ValueError(f"--compare {text!r}: its arguments do not parse: {e}")
+    return Variant(name, tree, args.strip())
 
 
 @dataclass
@@ -63,6 +103,9 @@ class Run:
     processes: int
     messages: int
     size: int
+    #: the --compare variant that ran ("" without --compare), and in which round
+    variant: str | None = None
+    round: int | None = None
     seconds: float = 0.0
     #: mqtwist processes: peak RSS (VmHWM) of each, bytes
     peakRSS: list[int] = field(default_factory=list)
@@ -152,10 +195,10 @@ class Bench:
         return {kind: f"{base}.{kind}" for kind in ("outbox", "results", "success", "failure", "retry")}
 
     async def startMqtwist(self, queues: dict[str, str], smarthostPort: int, processes: int,
-                           extra: list[str]) -> list[tuple[Program, ProcessStats, float, float]]:
+                           extra: list[str], variant: Variant) -> list[tuple[Program, ProcessStats, float, float]]:
         """
-        Start C{processes} twistd mqtwist processes and wait until each
-        consumes.
+        Start C{processes} twistd mqtwist processes of C{variant} and wait
+        until each consumes.
 
         @return: (a coroutine returning) per process: the program, its
             stats, and when it started consuming and its CPU seconds then.
@@ -164,11 +207,11 @@ class Bench:
                      "--smarthost", f"127.0.0.1:{smarthostPort}", "--plugins="]
         for kind, name in queues.items():
             arguments += [f"--{kind}", name]
-        arguments += shlex.split(self.options.mqtwist_args) + extra
+        arguments += shlex.split(self.options.mqtwist_args) + shlex.split(variant.args) + extra
         programs = []
         for n in range(processes):
             program = Program(f"twistd mqtwist #{n + 1}", self.reactor)
-            program.start(twistdArgv(arguments), env=twistdEnvironment(self.options.tree), path=self.directory)
+            program.start(twistdArgv(arguments), env=twistdEnvironment(variant.tree), path=self.directory)
             self.stoppable.append(program)
             programs.append(program)
         started = []
@@ -195,8 +238,10 @@ class Bench:
 
     async def mqtwistRun(self, scenario: str, label: str, *, count: int, processes: int,
                          smarthostPort: int, extra: list[str] = [], connections: int | None = None,
-                         pipelining: bool | None = True, profileSeconds: float = 0.0) -> Run:
-        run = Run(scenario, label, processes, count, self.options.size,
+                         pipelining: bool | None = True, profileSeconds: float = 0.0,
+                         variant: Variant | None = None, inRound: int | None = None) -> Run:
+        variant = variant or self.options.variants[0]
+        run = Run(scenario, label, processes, count, self.options.size, variant=variant.name, round=inRound,
                   connections=connections, pipelining=pipelining)
         queues = self.queueNames(scenario)
         for name in queues.values():
@@ -204,7 +249,7 @@ class Bench:
         run.extra["publishSeconds"] = round(await self.publish(queues["outbox"], count, queues["outbox"]), 1)
         counter, channel = await self.broker.countArrivals(queues["success"])
         machineBefore = machineCPUSeconds()
-        started = await self.startMqtwist(queues, smarthostPort, processes, extra)
+        started = await self.startMqtwist(queues, smarthostPort, processes, extra, variant)
         startedAt = min(s[2] for s in started)
         profiling = None
         if profileSeconds:
@@ -329,15 +374,23 @@ class Bench:
             relay = PostfixRelay(self.reactor, os.path.join(self.directory, "postfix"), self.sink.port)
             self.stoppable.append(relay)
             await relay.start()
+        throughput = [("mqtwist-1", "mqtwist, 1 process", 1)]
+        if cores > 1:
+            throughput.append(("mqtwist-n", f"mqtwist, {cores} processes", cores))
         for r in range(o.repeat):
-            if "mqtwist-1" in scenarios:
-                await self.record(self.mqtwistRun("mqtwist-1", "mqtwist, 1 process", count=o.count,
-                                                  processes=1, smarthostPort=self.sink.port))
-            if "mqtwist-n" in scenarios and cores > 1:
-                await self.record(self.mqtwistRun("mqtwist-n", f"mqtwist, {cores} processes", count=o.count,
-                                                  processes=cores, smarthostPort=self.sink.port))
+            # the variants take turns, first in a different order each round
+            # (A B, B A, A B ... ), so that neither always follows Postfix's run
+            variants = o.variants[r % len(o.variants):] + o.variants[:r % len(o.variants)]
+            for scenario, label, processes in throughput:
+                if scenario not in scenarios:
+                    continue
+                for variant in variants:
+                    await self.record(self.mqtwistRun(scenario, variant.labelled(label), count=o.count,
+                                                      processes=processes, smarthostPort=self.sink.port,
+                                                      variant=variant, inRound=r),
+                                      variant=variant.name, inRound=r)
             if relay is not None:
-                await self.record(self.postfixRun(relay, o.count))
+                await self.record(self.postfixRun(relay, o.count), inRound=r)
         if "delay" in scenarios:
             await self.delayRuns()
         if "waiting" in scenarios:
@@ -349,12 +402,14 @@ class Bench:
                                               count=count, processes=1, smarthostPort=self.sink.port,
                                               profileSeconds=o.profile_seconds))
 
-    async def record(self, running: Any) -> None:
+    async def record(self, running: Any, variant: str | None = None, inRound: int | None = None) -> None:
         try:
             run = await running
         except BenchError as e:
             log.error("run failed: {error}", error=e)
-            run = Run("failed", "failed run", 0, 0, self.options.size, error=str(e))
+            run = Run("failed", "failed run", 0, 0, self.options.size, variant=variant, round=inRound,
+                      error=str(e))
+        run.round = inRound
         self.runs.append(run)
         log.info("{label}: {messages} messages in {seconds:.1f} s = {rate:.0f}/s; peak RSS {rss}; "
                  "CPU {cpu}; {error}", label=run.label, messages=run.messages, seconds=run.seconds,
@@ -392,7 +447,7 @@ class Bench:
             await self.broker.declare(name)
         run.extra["publishSeconds"] = round(await self.publish(queues["outbox"], o.waiting, queues["outbox"]), 1)
         counter, channel = await self.broker.countArrivals(queues["success"])
-        started = await self.startMqtwist(queues, self.sink.port, 1, [])
+        started = await self.startMqtwist(queues, self.sink.port, 1, [], self.options.variants[0])
         stats = started[0][1]
         samples = []
         try:
@@ -461,6 +516,13 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
                    "e.g. an export of a commit: git archive COMMIT | tar -x -C DIR")
     p.add_argument("--mqtwist-args", default="",
                    help="more options for every twistd mqtwist process, e.g. '--destination-backlog 100'")
+    p.add_argument("--compare", action="append", default=[], metavar="NAME=[TREE][::ARGS]",
+                   help="repeatable: measure this variant in the throughput scenarios (mqtwist-1, mqtwist-n), "
+                   "taking turns with the others in every round; TREE is a source tree (default: --tree), "
+                   "ARGS more twistd mqtwist options for it (after --mqtwist-args); the report gives each "
+                   "variant's runs, median, CPU per message and ratio to the first variant. The other "
+                   "scenarios run the first variant. E.g. --compare before=/tmp/mqtwist-31c10b7 "
+                   "--compare after=. or --compare p200= --compare 'p500=::--prefetch 500'")
     p.add_argument("--note", default="", help="a remark for the report, e.g. what else ran on the machine")
     p.add_argument("--name", default=None, help="name of the results files (default: derived from the options)")
     p.add_argument("--results-dir", default=os.path.join(REPOSITORY, "bench", "results"))
@@ -471,8 +533,17 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
         p.error(f"unknown scenarios {', '.join(sorted(unknown))}; choose from {', '.join(SCENARIOS)}")
     if o.count < 1 or o.repeat < 1 or o.delay_connections < 1:
         p.error("--count, --repeat and --delay-connections must be at least 1")
+    try:
+        o.variants = [parseVariant(text, o.tree) for text in o.compare] or [Variant("", os.path.abspath(o.tree))]
+    except ValueError as e:
+        p.error(str(e))
+    names = [v.name for v in o.variants]
+    if len(set(names)) != len(names):
+        p.error(f"--compare: each variant needs a name of its own, not {', '.join(names)}")
     if o.name is None:
         o.name = f"{o.size // 1000}k" + ("-dkim" if o.dkim else "")
+        if o.compare:
+            o.name += "-" + "-vs-".join(names)
     return o
 
 
@@ -483,7 +554,8 @@ async def main(reactor: Any, argv: list[str]) -> None:
     started = datetime.datetime.now(datetime.timezone.utc)
     try:
         await bench.setUp()
-        machine = await report.machine(reactor, options.tree)
+        machine = await report.machine(reactor, options.variants[0].tree)
+        variants = [dict(asdict(v), commit=await report.describeTree(reactor, v.tree)) for v in options.variants]
         await bench.execute()
     finally:
         await bench.tearDown()
@@ -491,10 +563,13 @@ async def main(reactor: Any, argv: list[str]) -> None:
     stem = os.path.join(options.results_dir, f"{options.name}-{bench.stamp}")
     data = {
         "started": started.isoformat(timespec="seconds"),
-        "options": {k: v for k, v in vars(options).items() if k != "results_dir"},
+        "options": {k: v for k, v in vars(options).items() if k not in ("results_dir", "variants")},
         "machine": machine,
+        "variants": variants,
         "runs": [dict(asdict(run), rate=run.rate) for run in bench.runs],
     }
+    if options.compare:
+        data["comparison"] = report.comparison(data)
     with open(stem + ".json", "w") as f:
         json.dump(data, f, indent=2)
     with open(stem + ".md", "w") as f:
