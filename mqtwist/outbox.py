@@ -19,7 +19,6 @@ outbox and this process for ever, holding a prefetch slot each time.
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -43,6 +42,7 @@ from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
 from mqtwist.delivery import ScheduledEntry
 from mqtwist.errors import AttemptFailed, InvalidMessage
+from mqtwist.journal import DeliveryJournal
 from mqtwist.message import (
     Message,
     ParseSettings,
@@ -83,18 +83,9 @@ class Publisher(Protocol):
 _UNREADABLE = "(no id)"
 
 #: outbox messages whose results were not confirmed that are remembered (by
-#: a digest of their body) to dead-letter them after too many tries; the
-#: oldest are forgotten first
+#: the digest of their body, L{DeliveryJournal.keyOf}) to dead-letter them
+#: after too many tries; the oldest are forgotten first
 _REMEMBERED_FAILURES = 10_000
-
-
-def bodyKey(body: bytes) -> bytes:
-    """
-    What tells one outbox message from another: a digest of its body, which
-    a redelivery repeats byte for byte (a retry from a delay queue carries
-    other bytes: its results grew).
-    """
-    return hashlib.blake2b(body, digest_size=16).digest()
 
 
 class OutboxProcessor:
@@ -106,6 +97,9 @@ class OutboxProcessor:
         deferral for a destination that cannot take more, so every outbox
         message is acknowledged soon and none waits behind another
         destination's.
+    @param journal: where accepted deliveries are recorded, and looked up
+        for a message the broker hands out again (C{redelivered}): one
+        found there is not sent again, its result is published again.
     """
 
     log = Logger()
@@ -118,8 +112,10 @@ class OutboxProcessor:
         schedule: RetrySchedule,
         reactor: Any,
         parseSettings: ParseSettings,
+        journal: DeliveryJournal,
     ) -> None:
         self.config = config
+        self.journal = journal
         self.parseSettings = parseSettings
         self.deliver = deliver
         self.publisher = publisher
@@ -132,7 +128,7 @@ class OutboxProcessor:
         #: reason, until they are logged together at the end of the turn
         self._unconfirmedLabels: dict[str, list[str]] = {}
         #: how many times the results of a message were not confirmed, and
-        #: the last reason, by L{bodyKey}
+        #: the last reason, by L{DeliveryJournal.keyOf}
         self._settleFailures: OrderedDict[bytes, tuple[int, str]] = OrderedDict()
 
     def handle(self, delivery: Delivery) -> None:
@@ -145,16 +141,22 @@ class OutboxProcessor:
         started for a message that is parked at once, so a stuck
         destination's messages cost little of the time the others need.
         """
-        failures, reason = (
-            self._settleFailures.get(bodyKey(delivery.body), (0, ""))
-            if delivery.redelivered and self._settleFailures
-            else (0, "")
-        )
+        if delivery.redelivered:
+            # only a message handed out again can have been handled before
+            key = self.journal.keyOf(delivery.body)
+            delivered = self.journal.lookup(key)
+            failures, reason = self._settleFailures.get(key, (0, ""))
+        else:
+            delivered, failures = None, 0
         if failures >= self.config.settleAttempts:
+            # before the journal: its result may be what the broker refuses
             done = self._deadLetter(
                 delivery,
-                f"its results were not confirmed by the broker {failures} times (last: {reason})",
+                f"its results were not confirmed by the broker {failures} times (last: {reason})"
+                + (f"; it was delivered at {delivered.get('time')}" if delivered is not None else ""),
             )
+        elif delivered is not None:
+            done = self._publishDeliveredAgain(delivery, delivered)
         else:
             try:
                 done = self._handle(delivery)
@@ -216,6 +218,24 @@ class OutboxProcessor:
             self.log.failure("cannot build the result of outbox message {message}", message=label)
             return self._deadLetter(delivery, f"handling and then building its result failed: {error.description}")
         return self._publishThenAck(delivery, label, publications, None)
+
+    def _publishDeliveredAgain(self, delivery: Delivery, entry: dict[str, Any]) -> Deferred[None]:
+        """
+        Publish the result of a message that was delivered already, from
+        the journal's entry, instead of sending it again: the broker lost
+        the acknowledgement (it crashed), or the results were not confirmed.
+        """
+        limits = self.parseSettings.limits
+        obj = readJob(delivery.body, limits)
+        label = labelOf(obj, _UNREADABLE)
+        self.log.info(
+            "{message} was handed out again, but it was delivered at {time}: its result is "
+            "published again instead of sending it a second time",
+            message=label,
+            time=entry.get("time"),
+        )
+        body = rawResultJSON(delivery.body, entry, limits)
+        return self._publishThenAck(delivery, label, self._resultPublications(obj, body, success=True), None)
 
     def _resultPublications(self, obj: object, body: bytes, *, success: bool) -> list[tuple[str, bytes]]:
         """
@@ -348,6 +368,8 @@ class OutboxProcessor:
         return self.deliver(message).addCallback(self._concluded, delivery, message)
 
     def _concluded(self, entry: ResultEntry, delivery: Delivery, message: Message) -> Deferred[None]:
+        if entry.accepted:
+            self.journal.record(self.journal.keyOf(delivery.body), entry.toJSON())
         try:
             return self._conclude(entry, delivery, message)
         except Exception:
@@ -529,7 +551,7 @@ class OutboxProcessor:
         self._unconfirmedLabels.setdefault(reason, []).append(label)
 
     def _countSettleFailure(self, delivery: Delivery, reason: str) -> None:
-        key = bodyKey(delivery.body)
+        key = self.journal.keyOf(delivery.body)
         failures, _ = self._settleFailures.pop(key, (0, ""))
         self._settleFailures[key] = (failures + 1, reason)
         if len(self._settleFailures) > _REMEMBERED_FAILURES:

@@ -36,6 +36,7 @@ from mqtwist.discovery import selectPlugins
 from mqtwist.dkimsign import DKIMKeys
 from mqtwist.interfaces import IDataPlugin
 from mqtwist.joblimits import JobLimits
+from mqtwist.journal import DeliveryJournal, DeliveryJournalError
 from mqtwist.message import Message, ParseSettings, ResultEntry
 from mqtwist.outbox import OutboxProcessor
 from mqtwist.schedule import RetrySchedule
@@ -95,6 +96,7 @@ class MailerService(MultiService):
             ),
         )
         self.engine = DeliveryEngine(config, self.plugins, reactor)
+        self.journal = DeliveryJournal(config.deliveryJournal or None, config.deliveryJournalSize)
         self.schedule = RetrySchedule(
             config.outbox, config.delayBuckets, config.retries, config.maxDeliverTime
         )
@@ -168,6 +170,12 @@ class MailerService(MultiService):
             outbox=self.config.outbox,
             plugins=[plugin.name for plugin in self.plugins],
         )
+        try:
+            # before the first message: a redelivered one is looked up in it
+            self.journal.open()
+        except DeliveryJournalError:
+            self._failed(Failure())
+            return
         if self.localNode is not None:
             self.localNode.whenEnded().addErrback(self._failed)
         ensureDeferred(self._startBroker()).addErrback(self._brokerFailed)
@@ -185,7 +193,9 @@ class MailerService(MultiService):
             return
         self._failure = failure
         advice = _NODE_FAILURE_ADVICE.get(failure.type)
-        if advice is None:
+        if failure.check(DeliveryJournalError):
+            self.log.critical("mqtwist cannot deliver: {error}", error=failure.value)
+        elif advice is None:
             self.log.failure("mqtwist cannot deliver: could not start the AMQP client", failure)
         else:
             self.log.critical(
@@ -210,7 +220,7 @@ class MailerService(MultiService):
         ]
         queues += self.schedule.delayQueues()
         self.processor = OutboxProcessor(
-            config, self.engine.deliver, self, self.schedule, self.reactor, self.parseSettings
+            config, self.engine.deliver, self, self.schedule, self.reactor, self.parseSettings, self.journal
         )
         self.broker = BrokerClient(
             self.brokerURL,
@@ -265,6 +275,7 @@ class MailerService(MultiService):
         if self.processor is not None:
             await self.processor.drain(self.config.shutdownTimeout)
         await self.engine.close()
+        self.journal.close()
         await super().stopService()
         self.log.info("mqtwist stopped")
         self._stopped = True

@@ -20,6 +20,7 @@ from twisted.logger import capturedLogs, formatEvent
 from mqtwist.amqp.client import PublishFailed
 from mqtwist.config import Config
 from mqtwist.joblimits import JobLimits
+from mqtwist.journal import DeliveryJournal
 from mqtwist.message import Message, ParseSettings, ResultEntry
 from mqtwist.outbox import OutboxProcessor
 from mqtwist.schedule import RetrySchedule
@@ -68,11 +69,14 @@ def processor(
     deliver: Callable[[Message], Deferred[ResultEntry]],
     publisher: Publisher,
     limits: JobLimits | None = None,
+    journal: DeliveryJournal | None = None,
     **settings: Any,
 ) -> OutboxProcessor:
     config = Config(ehloName="x", smarthost="127.0.0.1:2525", **settings)
     parseSettings = ParseSettings(hostname="x", limits=limits or JobLimits())
-    return OutboxProcessor(config, deliver, publisher, RetrySchedule("outbox", [1], [1], 60), Clock(), parseSettings)
+    return OutboxProcessor(
+        config, deliver, publisher, RetrySchedule("outbox", [1], [1], 60), Clock(), parseSettings, journal or DeliveryJournal(None, 100)
+    )
 
 
 def accepted(message: Message) -> Deferred[ResultEntry]:
@@ -161,7 +165,7 @@ def test_results_refused_again_and_again_send_the_message_to_the_dead_letter_que
     assert body == JOB
     assert headers == {
         "x-mqtwist-reason": "its results were not confirmed by the broker 2 times (last: the broker "
-        "refused a message to 'results' (basic.nack))",
+        "refused a message to 'results' (basic.nack)); it was delivered at 1970-01-01 00:00:00",
         "x-mqtwist-outbox": "outbox",
     }
     (line,) = [formatEvent(e) for e in events if "dead-letter" in e.get("log_format", "")]

@@ -10,6 +10,7 @@ from test_end_to_end import makeConfig, publishAll, queues, running  # noqa: F40
 from twisted.internet import reactor
 from twisted.logger import formatEvent
 
+from mqtwist.journal import DeliveryJournal
 from mqtwist.message import Message
 from mqtwist.schedule import RetrySchedule
 from mqtwist.service import MailerService
@@ -189,7 +190,7 @@ def test_a_message_deferred_again_and_again_expires_on_time():
 
     processor = OutboxProcessor(
         config, stillPaused, Publisher(), RetrySchedule("outbox", config.delayBuckets, [600], 3600), clock,
-        ParseSettings(hostname="x"),
+        ParseSettings(hostname="x"), DeliveryJournal(None, 100),
     )
     body = json.dumps({"recipient": "a@example.com", "mime": "x"}).encode()
     for _ in range(100):
@@ -235,7 +236,7 @@ def test_a_publish_that_raises_gives_the_message_back():
     config = Config(ehloName="x", smarthost="127.0.0.1:2525")
     accepted = lambda message: succeed(ResultEntry("message", "accepted", 0, True, code=250))  # noqa: E731
     processor = OutboxProcessor(
-        config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x")
+        config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x"), DeliveryJournal(None, 100)
     )
     delivery = _FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode())
     processor.handle(delivery)
@@ -266,7 +267,7 @@ def test_a_results_entry_that_is_not_an_object_is_refused_and_acknowledged():
     accepted = lambda message: succeed(ResultEntry("message", "accepted", 0, True, code=250))  # noqa: E731
     processor = OutboxProcessor(
         Config(ehloName="x", smarthost="127.0.0.1:2525"), accepted, Publisher(),
-        RetrySchedule("outbox", [1], [1], 60), Clock(), ParseSettings(hostname="x"),
+        RetrySchedule("outbox", [1], [1], 60), Clock(), ParseSettings(hostname="x"), DeliveryJournal(None, 100),
     )
     delivery = _FakeDelivery(json.dumps({"id": "p", "recipient": "a@example.com", "mime": "x", "results": [None]}).encode())
     processor.handle(delivery)
@@ -306,7 +307,7 @@ def test_nextattempt_is_the_time_the_message_comes_back_and_final_results_have_n
     ]
     processor = OutboxProcessor(
         Config(ehloName="x", smarthost="127.0.0.1:2525"), lambda message: succeed(outcomes.pop(0)), Publisher(),
-        RetrySchedule("outbox", [1, 5, 10, 30, 60], [11], 3600), clock, ParseSettings(hostname="x"),
+        RetrySchedule("outbox", [1, 5, 10, 30, 60], [11], 3600), clock, ParseSettings(hostname="x"), DeliveryJournal(None, 100),
     )
     processor.handle(_FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode()))
     queues = {queue: json.loads(body) for queue, body in published}
@@ -347,7 +348,7 @@ def test_stopping_while_results_await_their_confirms_says_so():
         clock = Clock()
         config = Config(ehloName="x", smarthost="127.0.0.1:2525", results="results", success=success)
         processor = OutboxProcessor(
-            config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x")
+            config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x"), DeliveryJournal(None, 100)
         )
         delivery = _FakeDelivery(json.dumps({"id": "m1", "recipient": "a@example.com", "mime": "x"}).encode())
         with capturedLogs() as events:
@@ -388,7 +389,7 @@ def test_results_left_unconfirmed_together_are_logged_together():
     clock = Clock()
     config = Config(ehloName="x", smarthost="127.0.0.1:2525", results="results")
     processor = OutboxProcessor(
-        config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x")
+        config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x"), DeliveryJournal(None, 100)
     )
     deliveries = [
         _FakeDelivery(json.dumps({"id": f"m{n}", "recipient": "a@example.com", "mime": "x"}).encode())

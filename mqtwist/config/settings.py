@@ -380,6 +380,19 @@ class Config:
         "message, when it comes back, goes to the dead-letter queue",
         check=positive,
     )
+    deliveryJournal: str = setting(
+        ".state/delivered.journal",
+        help="file that records the outbox messages delivered recently, so that one the broker "
+        "hands out again after a crash is not sent twice (its result is published again "
+        "instead); one for each mqtwist process (empty: in memory only, which covers a crash of "
+        "the broker, not of mqtwist)",
+    )
+    deliveryJournalSize: int = setting(
+        100_000,
+        help="deliveries the journal remembers at least (it keeps up to twice as many, about "
+        "0.5 KB of memory and 0.35 KB of disk each)",
+        check=positive,
+    )
     maxJobBytes: int = setting(
         64 * 1024 * 1024,
         help="bytes an outbox job may have, its mime included; a bigger one is refused as "
