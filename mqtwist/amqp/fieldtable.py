@@ -43,6 +43,12 @@ Encoded values
     - C{list}, C{tuple}: C{A}; any C{Mapping} with C{str} keys: C{F}
 
 Anything else raises L{FieldTableError} naming where in the table it is.
+
+L{FieldTableCodec} replaces txamqp's C{Codec.enc_str}, C{encode_shortstr},
+C{encode_table} and C{decode_table}, extends C{read}, and relies on its
+C{dec_str} returning C{bytes} for a string that is not UTF-8 (txamqp 0.8.1
+and later): C{tests/test_txamqp_contract.py} checks them against the
+installed txamqp.
 """
 
 from __future__ import annotations

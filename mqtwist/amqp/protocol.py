@@ -9,6 +9,12 @@ integers and timestamps, would break the connection).  L{AMQPProtocol} and
 L{AMQPDelegate} instead pass deliveries, confirms and channel/connection loss
 straight to one L{ConnectionListener}, with bodies always as bytes, and
 read and write every frame with L{FieldTableCodec}.
+
+Several of the txamqp methods replaced here are private (C{_pack_frame},
+C{_unpack_frame}) or internal to its frame handling (C{process_frame},
+C{dataReceived}, the heartbeat timers): the docstring of L{mqtwist.amqp}
+lists them and says why, and C{tests/test_txamqp_contract.py} fails, naming
+the method, when a txamqp release changes one of them.
 """
 
 from __future__ import annotations
