@@ -1,6 +1,6 @@
 """
-L{mqtwist.chain.PluginChain}: the table of C{spec/plugins.md}, row by row,
-on a L{MemoryReactorClock}.
+L{mqtwist.chain.PluginChain}: the table of C{docs/plugins.rst}, "Handing
+control back", row by row, on a L{MemoryReactorClock}.
 """
 
 from __future__ import annotations

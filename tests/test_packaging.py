@@ -103,6 +103,9 @@ def test_sdistHasNoPluginCache(source: Path, tmp_path: Path) -> None:
     names = tarfile.open(sdist).getnames()
     assert any(name.endswith("twisted/plugins/mqtwist_plugin.py") for name in names)
     assert [name for name in names if name.endswith("dropin.cache")] == []
+    # the reference that README.rst links to
+    for document in ("docs/README.rst", "docs/messages.rst", "docs/plugins.rst"):
+        assert any(name.endswith(document) for name in names), document
 
 
 @pytest.fixture(scope="module")
