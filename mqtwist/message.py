@@ -562,8 +562,9 @@ def _readMaxDeliverTime(message: Message, value: Any) -> None:
         message.maxdeliverseconds = float(value)
         return
     if isinstance(value, str):
-        if value.isdigit():
-            message.maxdeliverseconds = float(value)
+        if value.isascii() and value.isdigit():
+            # seconds as digits, refused alike when 0
+            _readMaxDeliverTime(message, int(value))
             return
         try:
             message.maxdelivertime = parseTime(value)

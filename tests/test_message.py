@@ -77,6 +77,9 @@ def test_null_sender():
         ({"recipient": "a@b.c", "mime": "x", "maxattempts": True}, "'maxattempts' must be a whole number, not a boolean"),
         ({"recipient": "a@b.c", "mime": "x", "maxattempts": 0}, "at least 1"),
         ({"recipient": "a@b.c", "mime": "x", "maxdelivertime": "tomorrow"}, "'maxdelivertime'"),
+        # digits are seconds, refused alike when 0 (they meant the default)
+        ({"recipient": "a@b.c", "mime": "x", "maxdelivertime": "0"}, "'maxdelivertime' in seconds must be positive"),
+        ({"recipient": "a@b.c", "mime": "x", "maxdelivertime": "\u00b2"}, "'maxdelivertime' is '\u00b2'; give seconds"),
         ({"recipient": "a@b.c", "mime": "x", "nextattempt": "2026-01-01"}, "'nextattempt'"),
         ({"recipient": "a@b.c", "mime": "x", "queues": []}, "'queues' must be an object"),
         ({"recipient": "a@b.c", "mime": "x", "queues": {"bogus": "q"}}, "unknown key 'bogus'"),

@@ -281,7 +281,7 @@ class Config:
         secret=True,
     )
     authCleartextHosts: list[str] = setting(
-        help="comma-separated host names (or *) to which AUTH may be sent on a connection "
+        help="comma-separated host names (or '*' for every host) to which AUTH may be sent on a connection "
         "without TLS",
         factory=list,
     )
