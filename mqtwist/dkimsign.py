@@ -57,6 +57,7 @@ from mqtwist.errors import InvalidMessage
 from mqtwist.headeredits import splitHeaderBlock
 from mqtwist.smtp.body import normaliseLineEnds
 from mqtwist.timeformat import parseTime
+from mqtwist.validation import excerpt
 
 __all__ = [
     "DEFAULT_HEADERS",
@@ -264,7 +265,7 @@ def _checkDomain(what: str, value: Any) -> str:
         ascii = ""
     labels = ascii.split(".")
     if len(ascii) > 253 or len(labels) < 2 or not all(_DOMAIN_LABEL.fullmatch(x) for x in labels):
-        raise InvalidMessage(f"{what} {value[:80]!r} is not a valid domain name")
+        raise InvalidMessage(f"{what} {excerpt(value)} is not a valid domain name")
     return ascii.lower()
 
 
@@ -272,7 +273,7 @@ def _checkSelector(what: str, value: Any) -> str:
     if not isinstance(value, str) or not _SELECTOR.fullmatch(value) or len(value) > 253:
         raise InvalidMessage(
             f"{what} must be a DKIM selector (letters, digits, '-', '_', dots), "
-            f"not {str(value)[:80]!r}"
+            f"not {excerpt(value)}"
         )
     return value
 
@@ -283,7 +284,7 @@ def _checkHeaders(what: str, value: Any) -> tuple[str, ...]:
     names = []
     for name in value:
         if not _FIELD_NAME.fullmatch(name):
-            raise InvalidMessage(f"{what}: {name[:80]!r} is not a header field name")
+            raise InvalidMessage(f"{what}: {excerpt(name)} is not a header field name")
         if name.lower() in _FORBIDDEN_TO_SIGN:
             raise InvalidMessage(
                 f"{what}: {name} must not be signed: it is changed or added "
@@ -320,7 +321,7 @@ def _parseOne(what: str, value: Any, keys: DKIMKeys) -> DKIMSpec:
     unknown = set(value) - set(_DKIM_KEYS)
     if unknown:
         raise InvalidMessage(
-            f"property {what!r} has unknown key {sorted(unknown)[0]!r}; use "
+            f"property {what!r} has unknown key {excerpt(sorted(unknown)[0])}; use "
             f"{', '.join(_DKIM_KEYS)}"
         )
     domain = _checkDomain(f"property '{what}.domain'", value.get("domain"))
@@ -339,7 +340,7 @@ def _parseOne(what: str, value: Any, keys: DKIMKeys) -> DKIMSpec:
             selector = _checkSelector(f"property '{what}.selector'", value["selector"])
     else:
         raise InvalidMessage(
-            f"property {what!r}: no key for domain {domain!r}: give 'key' (and "
+            f"property {what!r}: no key for domain {excerpt(domain)}: give 'key' (and "
             f"'selector') in the message or configure a key for the domain"
         )
     spec: dict[str, Any] = {}
@@ -353,7 +354,7 @@ def _parseOne(what: str, value: Any, keys: DKIMKeys) -> DKIMSpec:
             policy = CanonicalizationPolicy.from_c_value(c.encode("ascii"))
         except (InvalidCanonicalizationPolicyError, UnicodeError):
             raise InvalidMessage(
-                f"property '{what}.canonicalization' is {str(c)[:40]!r}; use "
+                f"property '{what}.canonicalization' is {excerpt(c)}; use "
                 f"header/body, each simple or relaxed (e.g. relaxed/simple)"
             ) from None
         spec["canonicalization"] = policy.to_c_value().decode("ascii")

@@ -40,7 +40,7 @@ from email.errors import HeaderParseError
 from typing import Any
 
 from mqtwist.errors import InvalidMessage
-from mqtwist.validation import checkHeaderValue
+from mqtwist.validation import checkHeaderValue, excerpt, shownName
 
 __all__ = [
     "EDIT_KINDS",
@@ -70,7 +70,7 @@ def checkHeaderName(what: str, name: Any) -> str:
     """
     if not isinstance(name, str) or not _FIELD_NAME.fullmatch(name):
         raise InvalidMessage(
-            f"{what}: {name!r} is not a header field name; use printable "
+            f"{what}: {excerpt(name)} is not a header field name; use printable "
             f"ASCII without spaces or ':' (RFC 5322)"
         )
     return name
@@ -78,12 +78,11 @@ def checkHeaderName(what: str, name: Any) -> str:
 
 def _values(what: str, name: str, value: Any) -> list[str]:
     values = value if isinstance(value, list) else [value]
+    field = f"{what}.{shownName(name)}"
     if not values or not all(isinstance(v, str) for v in values):
-        raise InvalidMessage(
-            f"{what}.{name} must be a string or a non-empty list of strings"
-        )
+        raise InvalidMessage(f"{field} must be a string or a non-empty list of strings")
     for v in values:
-        checkHeaderValue(f"{what}.{name}", v)
+        checkHeaderValue(field, v)
     return values
 
 
@@ -103,7 +102,7 @@ def checkHeaderEdits(edits: Any) -> None:
         what = f"headers.{kind}"
         if kind not in EDIT_KINDS:
             raise InvalidMessage(
-                f"property 'headers' has unknown key {kind!r}; use "
+                f"property 'headers' has unknown key {excerpt(kind)}; use "
                 f"{', '.join(EDIT_KINDS)}"
             )
         if kind == "remove":
@@ -130,17 +129,26 @@ def foldHeader(what: str, name: str, value: str, linesep: bytes = b"\r\n") -> by
         field cannot be written within the line length limit of RFC 5322.
     """
     checkHeaderName(what, name)
-    checkHeaderValue(f"{what}.{name}", value)
+    field = f"{what}.{shownName(name)}"
+    checkHeaderValue(field, value)
     policy = email.policy.SMTP.clone(linesep=linesep.decode("ascii"))
     try:
         # through the header registry, so that address fields get their
         # display names encoded and free text its encoded words
         folded = policy.header_factory(name, value).fold(policy=policy).encode("ascii")
     except (HeaderParseError, ValueError, UnicodeError) as e:
-        raise InvalidMessage(f"{what}.{name}: the value cannot be written as a header: {e}") from None
+        raise InvalidMessage(f"{field}: the value cannot be written as a header: {e}") from None
+    except (IndexError, AttributeError, TypeError):
+        # the email package's parser of structured fields fails so on some
+        # malformed values (To: "<", Reply-To: ".:?:"); uncaught, it would
+        # end the delivery attempt as a bug instead of refusing the message
+        raise InvalidMessage(
+            f"{field}: {excerpt(value)} cannot be written as a {shownName(name)} "
+            f"field; check its syntax (RFC 5322)"
+        ) from None
     if any(len(line) > _MAX_LINE for line in folded.split(linesep)):
         raise InvalidMessage(
-            f"{what}.{name} has a word too long for a header line of "
+            f"{field} has a word too long for a header line of "
             f"{_MAX_LINE} characters (RFC 5322); shorten it"
         )
     return folded

@@ -7,12 +7,21 @@ from __future__ import annotations
 
 from twisted.internet.abstract import isIPv6Address
 
+from mqtwist.validation import shownName
+
+#: characters of the longest DNS name (RFC 1035 section 2.3.4, less the root)
+LONGEST_HOST_NAME = 253
+
 
 def hostPort(host: str, port: int) -> str:
     """
-    C{host:port}, with brackets around an IPv6 address.
+    C{host:port}, with brackets around an IPv6 address.  A host that cannot
+    be a name (a message's smarthost of a megabyte, or with spaces) is shown
+    as an excerpt.
     """
-    return f"[{host}]:{port}" if isIPv6Address(host) else f"{host}:{port}"
+    if isIPv6Address(host):
+        return f"[{host}]:{port}"
+    return f"{shownName(host, LONGEST_HOST_NAME)}:{port}"
 
 
 def parseHostPort(text: str, defaultPort: int) -> tuple[str, int]:

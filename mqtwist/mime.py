@@ -45,7 +45,7 @@ from typing import Any
 
 from mqtwist.errors import InvalidMessage
 from mqtwist.headeredits import checkHeaderName
-from mqtwist.validation import checkAddress, checkHeaderValue
+from mqtwist.validation import checkAddress, checkHeaderValue, excerpt, shownName
 
 __all__ = ["buildMime"]
 
@@ -77,6 +77,10 @@ _KNOWN_TYPES = {
 # Controls other than TAB, LF and CR make text unfit for 7bit (RFC 2045 2.7).
 _NOT_7BIT = re.compile(r"[^\t\n\r\x20-\x7e]")
 _WHITESPACE = re.compile(rb"\s+")
+# how the email package's parser of structured fields (To, Message-ID, ...)
+# fails on some malformed values (To: "<", Reply-To: ".:?:") instead of
+# raising HeaderParseError
+_PARSER_FAILURES = (IndexError, AttributeError, TypeError)
 
 
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -115,7 +119,7 @@ def _address(what: str, value: Any) -> Address:
         unknown = set(value) - {"name", "address"}
         if unknown:
             raise InvalidMessage(
-                f"property {what!r} has unknown key {sorted(unknown)[0]!r}; give "
+                f"property {what!r} has unknown key {excerpt(sorted(unknown)[0])}; give "
                 f"{{\"name\": ..., \"address\": ...}}"
             )
         if not isinstance(name, str) or not isinstance(address, str):
@@ -130,13 +134,13 @@ def _address(what: str, value: Any) -> Address:
     local, _, domain = address.rpartition("@")
     if not local.isascii():
         raise InvalidMessage(
-            f"property {what!r} {address!r} has a non-ASCII local part, which "
+            f"property {what!r} {excerpt(address)} has a non-ASCII local part, which "
             f"needs SMTPUTF8; send such a message as a 'mime' string"
         )
     try:
         domain = domain.encode("idna").decode("ascii")
     except UnicodeError:
-        raise InvalidMessage(f"property {what!r} has a domain {domain!r} that is not valid IDNA") from None
+        raise InvalidMessage(f"property {what!r} has a domain {excerpt(domain)} that is not valid IDNA") from None
     try:
         return Address(display_name=name, username=local, domain=domain)
     except (ValueError, HeaderParseError) as e:
@@ -154,18 +158,18 @@ def _addresses(what: str, value: Any) -> list[Address]:
 def _contentType(what: str, value: Any) -> tuple[str, str]:
     if not isinstance(value, str) or not _CONTENT_TYPE.fullmatch(value):
         raise InvalidMessage(
-            f"property {what!r} is {value!r}; give a MIME type type/subtype "
+            f"property {what!r} is {excerpt(value)}; give a MIME type type/subtype "
             f"such as application/pdf"
         )
     maintype, subtype = value.lower().split("/")
     if maintype not in _KNOWN_TYPES and not maintype.startswith("x-"):
         raise InvalidMessage(
-            f"property {what!r} has the unknown top-level type {maintype!r}; use "
+            f"property {what!r} has the unknown top-level type {excerpt(maintype)}; use "
             f"one of {', '.join(sorted(_KNOWN_TYPES))}"
         )
     if maintype in ("multipart", "message"):
         raise InvalidMessage(
-            f"property {what!r} is {value!r}; attachments of type {maintype}/* "
+            f"property {what!r} is {excerpt(value)}; attachments of type {maintype}/* "
             f"would change the structure of the message: send it as "
             f"application/octet-stream or build the MIME yourself"
         )
@@ -204,7 +208,7 @@ def _attachment(index: int, value: Any) -> MIMEPart:
     unknown = set(value) - {"name", "type", "data"}
     if unknown:
         raise InvalidMessage(
-            f"property {what!r} has unknown key {sorted(unknown)[0]!r}; give "
+            f"property {what!r} has unknown key {excerpt(sorted(unknown)[0])}; give "
             f"name, type and data"
         )
     name, data = value.get("name"), value.get("data")
@@ -234,8 +238,39 @@ def _attachment(index: int, value: Any) -> MIMEPart:
 def _setHeader(message: EmailMessage, what: str, name: str, value: Any) -> None:
     try:
         message[name] = value
-    except (ValueError, TypeError, MessageError, HeaderParseError) as e:
+    except (ValueError, MessageError, HeaderParseError) as e:
         raise InvalidMessage(f"property {what!r} cannot be written as a header: {e}") from None
+    except _PARSER_FAILURES:
+        raise InvalidMessage(
+            f"property {what!r} is {excerpt(value)}, which cannot be written as a "
+            f"{shownName(name)} field; check its syntax (RFC 5322)"
+        ) from None
+
+
+def _unwritable(message: EmailMessage, extra: Mapping[str, Any]) -> InvalidMessage:
+    """
+    Why C{message} cannot be written: the field that the email package
+    cannot fold, malformed or (in a field it writes without encoded words,
+    such as C{Message-ID}) not ASCII.
+
+    @param extra: the C{mime.headers} property, to name the field by.
+    """
+    given = {key.lower() for key in extra}
+    for name, value in message.items():
+        what = f"mime.headers.{shownName(name)}" if name.lower() in given else "mime"
+        try:
+            _POLICY.fold_binary(name, value)
+        except UnicodeEncodeError:
+            return InvalidMessage(
+                f"property {what!r} makes the {shownName(name)} field {excerpt(str(value))}, "
+                f"which cannot hold non-ASCII characters; write it in ASCII"
+            )
+        except _PARSER_FAILURES:
+            return InvalidMessage(
+                f"property {what!r} makes the {shownName(name)} field {excerpt(str(value))}, "
+                f"which cannot be written; check its syntax (RFC 5322)"
+            )
+    return InvalidMessage("property 'mime' makes a header field that cannot be written")
 
 
 def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
@@ -257,7 +292,7 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
     unknown = set(obj) - set(MIME_KEYS)
     if unknown:
         raise InvalidMessage(
-            f"property 'mime' has unknown key {sorted(unknown)[0]!r}; use "
+            f"property 'mime' has unknown key {excerpt(sorted(unknown)[0])}; use "
             f"{', '.join(MIME_KEYS)}"
         )
     text, html = _string(obj, "text"), _string(obj, "html")
@@ -301,11 +336,12 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
                 f"'mime.{_FROM_PROPERTIES[lower]}'; give it once"
             )
         values = value if isinstance(value, list) else [value]
+        what = f"mime.headers.{shownName(name)}"
         for item in values:
             if not isinstance(item, str):
-                raise InvalidMessage(f"property 'mime.headers.{name}' must be a string or a list of strings")
-            checkHeaderValue(f"mime.headers.{name}", item)
-            _setHeader(message, f"mime.headers.{name}", name, item)
+                raise InvalidMessage(f"property '{what}' must be a string or a list of strings")
+            checkHeaderValue(what, item)
+            _setHeader(message, what, name, item)
 
     if "Date" not in message:
         message["Date"] = _rfc5322Date(now)
@@ -332,7 +368,10 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
         message["Content-Type"] = "multipart/mixed"
         for part in parts:
             message.attach(part)  # type: ignore[arg-type]
-    built = message.as_bytes(policy=_POLICY)
+    try:
+        built = message.as_bytes(policy=_POLICY)
+    except (UnicodeEncodeError, *_PARSER_FAILURES):
+        raise _unwritable(message, extra) from None
     head = built[: built.find(b"\r\n\r\n")]
     field = b""
     for line in head.split(b"\r\n"):
@@ -340,7 +379,7 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
             field = line.partition(b":")[0]
         if len(line) > _HARD_LINE:
             raise InvalidMessage(
-                f"the {field.decode('ascii')} header has a word longer than a "
+                f"the {shownName(field.decode('ascii'))} header has a word longer than a "
                 f"line may be ({_HARD_LINE} characters, RFC 5322); shorten it"
             )
     return built

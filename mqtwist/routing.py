@@ -29,10 +29,11 @@ from twisted.names import client, dns
 from twisted.names.error import DNSNameError, DNSServerError, DomainError
 
 from mqtwist.errors import AttemptFailed
-from mqtwist.hostport import parseHostPort
+from mqtwist.hostport import LONGEST_HOST_NAME, parseHostPort
 from mqtwist.message import Message
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import Destination
+from mqtwist.validation import shownName
 
 _SOFT_DNS_ERRORS = (DNSServerError, DNSTimeoutError, QueryTimeoutError, DNSLookupError, DomainError)
 
@@ -201,7 +202,9 @@ class Router:
         """
         if message.smarthost is not None:
             host = (message.smarthost.hostname, message.smarthost.port)
-            name = f"{host[0]}:{host[1]}"
+            # a host name from the message that cannot be one (a megabyte of
+            # it) names the throttle group, log lines and deferrals by an excerpt
+            name = f"{shownName(host[0], LONGEST_HOST_NAME)}:{host[1]}"
             login = message.smarthost
             credentials = Credentials(login.username, login.password or "") if login.username else None
             return Route(

@@ -37,6 +37,7 @@ from mqtwist.errors import AttemptFailed
 from mqtwist.routing import SWEEP_INTERVAL, Route
 from mqtwist.smtp.pool import Destination
 from mqtwist.timeformat import formatTime
+from mqtwist.validation import shownName
 
 #: the steps whose failure means the destination's servers could not be
 #: talked to (as opposed to refusing one message)
@@ -231,7 +232,8 @@ class DeliveryPolicy:
         applies to it, if one does.
         """
         ip = route.destination.bindAddress or ""
-        suffix = f" from {ip}" if ip else ""
+        # a message's ips entry that is no address is named by an excerpt
+        suffix = f" from {shownName(ip)}" if ip else ""
         for rule in self.rules:
             if rule.ip is not None and not fnmatchcase(ip, rule.ip):
                 continue

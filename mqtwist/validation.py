@@ -20,6 +20,7 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _FORBIDDEN_IN_ADDRESS = re.compile(r"[\s<>()\[\],;:\\\"]")
 _DOMAIN_LABEL = re.compile(r"^(?!-)[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?<!-)$")
 _ADDRESS_LITERAL = re.compile(r"^\[[0-9A-Fa-f:.]+\]$|^\[IPv6:[0-9A-Fa-f:.]+\]$")
+_NOT_PLAIN = re.compile(r"[ '\\]")
 #: the characters of a value that a description shows before it cuts it
 EXCERPT_LENGTH = 40
 
@@ -54,6 +55,19 @@ def excerpt(value: object, limit: int = EXCERPT_LENGTH) -> str:
 _SHORT_ESCAPES = {"\r": "\\r", "\n": "\\n", "\t": "\\t", "'": "\\'", "\\": "\\\\"}
 
 
+def shownName(name: str, limit: int = EXCERPT_LENGTH) -> str:
+    """
+    How a description or a log line names something by a string taken from
+    JSON (a header name, an object's key, a host name): as it is when it is
+    plain (at most C{limit} characters, printable, no space, quote or
+    backslash), so that C{headers.append.X-Tag} reads as it should; else
+    quoted as L{excerpt} quotes a value.
+    """
+    if 0 < len(name) <= limit and name.isprintable() and not _NOT_PLAIN.search(name):
+        return name
+    return excerpt(name)
+
+
 def _escapedCharacter(char: str) -> str:
     if char in _SHORT_ESCAPES:
         return _SHORT_ESCAPES[char]
@@ -69,7 +83,8 @@ def checkHeaderValue(name: str, value: str) -> str:
     header when it holds CR, LF or another control character (header or
     command injection).
 
-    @param name: what the value is, for the description (C{"recipient"}).
+    @param name: what the value is, for the description (C{"recipient"});
+        a key from JSON in it goes through L{shownName}.
     @return: C{value} unchanged.
     @raise InvalidMessage: when it holds a control character.
     """
@@ -92,32 +107,40 @@ def checkAddress(name: str, address: str) -> str:
     @raise InvalidMessage: naming C{name} and what is wrong.
     """
     checkHeaderValue(name, address)
-    if len(address.encode("utf-8")) > _MAX_ADDRESS:
+    try:
+        size = len(address.encode("utf-8"))
+    except UnicodeEncodeError as e:
+        # JSON lets a lone surrogate ("\ud800") through; no command can carry it
         raise InvalidMessage(
-            f"{name} {address!r} is longer than {_MAX_ADDRESS} bytes (RFC 5321)"
+            f"{name} {excerpt(address)} has a lone surrogate at position {e.start}, which "
+            f"UTF-8 cannot encode; escape only characters, and both halves of a pair"
+        ) from None
+    if size > _MAX_ADDRESS:
+        raise InvalidMessage(
+            f"{name} {excerpt(address)} is longer than {_MAX_ADDRESS} bytes (RFC 5321)"
         )
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain:
         raise InvalidMessage(
-            f"{name} {address!r} is not an address of the form local@domain"
+            f"{name} {excerpt(address)} is not an address of the form local@domain"
         )
     forbidden = _FORBIDDEN_IN_ADDRESS.search(local)
     if forbidden is not None:
         raise InvalidMessage(
-            f"{name} {address!r} contains {forbidden.group()!r}; give the bare "
+            f"{name} {excerpt(address)} contains {forbidden.group()!r}; give the bare "
             f"address (local@domain) without brackets, quotes or spaces"
         )
     if len(local.encode("utf-8")) > _MAX_LOCAL_PART:
         raise InvalidMessage(
-            f"{name} {address!r} has a local part longer than "
+            f"{name} {excerpt(address)} has a local part longer than "
             f"{_MAX_LOCAL_PART} bytes (RFC 5321)"
         )
     if "@" in local or local.startswith(".") or local.endswith(".") or ".." in local:
         raise InvalidMessage(
-            f"{name} {address!r} has a malformed local part {local!r}"
+            f"{name} {excerpt(address)} has a malformed local part {excerpt(local)}"
         )
     if not _wellFormedDomain(domain):
-        raise InvalidMessage(f"{name} {address!r} has a malformed domain {domain!r}")
+        raise InvalidMessage(f"{name} {excerpt(address)} has a malformed domain {excerpt(domain)}")
     return address
 
 

@@ -19,9 +19,10 @@ from twisted.logger import Logger
 
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
-from mqtwist.hostport import hostPort
+from mqtwist.hostport import LONGEST_HOST_NAME, hostPort
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.tls import OPPORTUNISTIC, VERIFIED, TLSSettings, tlsMandatory
+from mqtwist.validation import excerpt, shownName
 
 log = Logger()
 
@@ -191,7 +192,8 @@ async def _secure(client: ESMTPClient, tlsName: str, where: str, security: str, 
             raise AttemptFailed(
                 "starttls",
                 "error",
-                f"{tlsName} at {where} is not trusted under the TLS policy 'verified': {problem} "
+                f"{shownName(tlsName, LONGEST_HOST_NAME)} at {where} is not trusted under the "
+                f"TLS policy 'verified': {problem} "
                 f"(tls-ca-file: {tls.caFile or 'the system CAs'})",
             )
 
@@ -223,8 +225,8 @@ async def _logIn(client: ESMTPClient, where: str, credentials: Credentials, auth
         raise AttemptFailed(
             "auth",
             failure.result,
-            f"{where} refused the login as {credentials.username}: {failure.description}; "
-            f"check the credentials (the message will be retried)",
+            f"{where} refused the login as {shownName(credentials.username)}: "
+            f"{failure.description}; check the credentials (the message will be retried)",
             code=failure.code,
             status=failure.status,
         ) from None
@@ -260,6 +262,16 @@ async def _introduced(
         ) from None
     except (error.ConnectError, error.DNSLookupError, OSError) as failure:
         raise AttemptFailed("connect", "error", f"cannot connect to {where}: {failure}") from None
+    except ValueError:
+        # HostnameEndpoint's for a name that IDNA cannot encode (a space, a
+        # label of more than 63 characters): a smarthost's, from a message
+        # or the configuration
+        raise AttemptFailed(
+            "connect",
+            "error",
+            f"cannot connect to port {port} of {excerpt(host)}: it is not a valid host "
+            f"name; correct the smarthost's hostname",
+        ) from None
     log.debug(
         "TCP connection {local} -> {where} made", local=client.localAddress, where=where
     )
@@ -276,7 +288,7 @@ def _endpoint(
             raise AttemptFailed(
                 "bind",
                 "error",
-                f"local address {bindAddress!r} for connecting to {hostPort(host, port)} "
+                f"local address {excerpt(bindAddress)} for connecting to {hostPort(host, port)} "
                 f"is not an IP address; give an IPv4 or IPv6 address of this host",
             )
         bind = (bindAddress, 0)

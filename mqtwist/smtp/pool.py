@@ -18,11 +18,12 @@ from twisted.python.failure import Failure
 
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
-from mqtwist.hostport import hostPort
+from mqtwist.hostport import LONGEST_HOST_NAME, hostPort
 from mqtwist.smtp.connect import Credentials, openConnection
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply
 from mqtwist.smtp.tls import TLSSettings
+from mqtwist.validation import shownName
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,11 @@ class Destination:
     def __str__(self) -> str:
         text = ", ".join(hostPort(host, port) for host, port in self.hosts)
         if self.bindAddress:
-            text += f" from {self.bindAddress}"
+            text += f" from {shownName(self.bindAddress)}"
         if self.security:
             text += f" (TLS {self.security})"
         if self.credentials is not None:
-            text += f" as {self.credentials.username}"
+            text += f" as {shownName(self.credentials.username)}"
         return text
 
 
@@ -273,7 +274,7 @@ class ConnectionPool:
                     raise
                 self.log.info(
                     "cannot use SMTP server {name} ({server}) of {destination}, trying the next: {failure}",
-                    name=name,
+                    name=shownName(name, LONGEST_HOST_NAME),
                     server=hostPort(host, port),
                     destination=destination,
                     failure=str(failure),

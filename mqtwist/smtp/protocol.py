@@ -37,12 +37,16 @@ from mqtwist.loglevel import debugEvents
 from mqtwist.smtp.body import encodeBody
 from mqtwist.smtp.reply import MalformedReply, Reply, ReplyParser
 from mqtwist.smtp.tls import ClientTLS
+from mqtwist.validation import excerpt
 
 #: SASL mechanisms in the order they are preferred on a TLS connection
 #: (one round trip first); without TLS, CRAM-MD5 (which does not reveal the
 #: password) comes first
 _MECHANISMS_TLS = ("PLAIN", "LOGIN", "CRAM-MD5")
 _MECHANISMS_CLEAR = ("CRAM-MD5", "PLAIN", "LOGIN")
+#: characters of a command line without its CRLF (RFC 5321 section
+#: 4.5.3.1.4: 512 with it)
+_LONGEST_COMMAND = 510
 
 
 class _Command:
@@ -533,12 +537,15 @@ class ESMTPClient(Protocol):
                 AttemptFailed(
                     state,
                     "invalid",
-                    f"{verb} {address!r} with parameters {list(params)!r} contains a line break; "
-                    f"fix the address in the message",
+                    f"the {verb} command {excerpt(line)} contains a line break; fix the "
+                    f"address in the message",
                     permanent=True,
                 )
             )
-        return self._issue(state, verb, line, timeout)
+        # the debug log shows a line of a sender's making (its address, ORCPT,
+        # ENVID) whole only as long as SMTP allows a command line to be
+        shown = line if len(line) <= _LONGEST_COMMAND else excerpt(line, _LONGEST_COMMAND)
+        return self._enqueue(_Command(state, verb, line.encode("utf-8") + b"\r\n", timeout, shown))
 
     def _issue(self, state: str, verb: str, line: str, timeout: float) -> Deferred[Reply]:
         command = _Command(state, verb, line.encode("utf-8") + b"\r\n", timeout, line)
