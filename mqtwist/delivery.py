@@ -250,7 +250,7 @@ class DeliveryEngine:
         if failure.status:
             reply += f" {failure.status}"
         self.log.info(
-            "attempt for {message} to {recipient} failed at {state} ({kind}{reply}): {result} {description}",
+            "attempt for {message} to {recipient} failed at {state}/{result} ({kind}{reply}): {description}",
             message=message.label,
             recipient=message.recipient,
             state=failure.state,

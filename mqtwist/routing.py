@@ -329,7 +329,7 @@ class Router:
             raise AttemptFailed(
                 "dns",
                 "error",
-                f"MX lookup for {domain} failed ({_describe(e)}); will retry",
+                f"MX lookup for {domain} failed ({_describe(e)}), a temporary DNS failure",
             ) from None
         # MX records of a CNAME's target carry the target's name: take them all
         records = [answer for answer in answers if answer.type == dns.MX]
@@ -379,7 +379,8 @@ class Router:
             raise AttemptFailed(
                 "dns",
                 "error",
-                f"no address for the mail exchangers of {domain} ({'; '.join(softErrors)}); will retry",
+                f"no address for the mail exchangers of {domain} ({'; '.join(softErrors)}), "
+                f"a temporary DNS failure",
             )
         raise AttemptFailed(
             "dns",

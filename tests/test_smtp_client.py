@@ -12,6 +12,7 @@ import pytest
 import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.error import TimeoutError
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -168,6 +169,64 @@ async def test_lockStepServer(startSMTPServer) -> None:
         assert await send(client, "a@example.org", f"b{n}@example.net", b"hello\n") == (250, 250, 354, 250)
     await client.quit()
     assert len(await server.waitForMessages(3)) == 3
+
+
+#: 1.6 MB: more than socket buffers hold, so that most of it is still unsent
+BIG_BODY = (b"x" * 78 + b"\n") * 20000
+
+
+class DropsMidBody(Protocol):
+    """
+    An SMTP server that answers the envelope and DATA, then aborts the
+    connection once 64 KB of the body have come in.
+    """
+
+    def connectionMade(self) -> None:
+        self.buffer = b""
+        self.bodyBytes: int | None = None
+        self.transport.write(b"220 dropper.test ESMTP\r\n")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.bodyBytes is not None:
+            self.bodyBytes += len(data)
+            if self.bodyBytes >= 65536:
+                self.transport.abortConnection()
+            return
+        self.buffer += data
+        while b"\r\n" in self.buffer and self.bodyBytes is None:
+            line, self.buffer = self.buffer.split(b"\r\n", 1)
+            if line.upper() == b"DATA":
+                self.transport.write(b"354 go ahead\r\n")
+                self.bodyBytes = 0
+            else:
+                self.transport.write(b"250 dropper.test\r\n")
+
+
+@pytest_twisted.ensureDeferred
+async def test_droppedWhileTheBodyWasBeingSent() -> None:
+    """
+    A server that goes away in the middle of a body: the description says
+    that the body was being sent (and how big it is), and that the message
+    may have arrived.
+    """
+    port = reactor.listenTCP(0, Factory.forProtocol(DropsMidBody), interface="127.0.0.1")
+    try:
+        client = await openConnection(
+            reactor, "127.0.0.1", port.getHost().port, ehloName="client.test", timeouts=TIMEOUTS
+        )
+        await client.mailFrom("a@example.org")
+        await client.rcptTo("b@example.net")
+        assert (await client.data()).code == 354
+        with pytest.raises(AttemptFailed) as caught:
+            await client.sendBody(BIG_BODY)
+    finally:
+        await port.stopListening()
+    size = len(encodeBody(BIG_BODY))
+    assert (caught.value.state, caught.value.result) == ("message", "lost")
+    assert caught.value.description == (
+        f"the connection to 127.0.0.1 was reset or broken off while the message body ({size} bytes) "
+        f"was being sent or before the reply to it; the server may or may not have the message"
+    )
 
 
 @pytest_twisted.ensureDeferred

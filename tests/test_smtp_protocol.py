@@ -10,7 +10,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.interfaces import ITCPTransport
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
-from twisted.internet.error import ConnectionLost
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 
@@ -397,6 +397,60 @@ def test_connectionLostMidCommand() -> None:
     assert resultOf(closed) is None
     assert failureOf(client.mailFrom("x@example.com")).result == "lost"
     assert not client.usable and not connection.clock.getDelayedCalls()
+
+
+@pytest.mark.parametrize(
+    "reason, ended",
+    [
+        (ConnectionDone(), "198.51.100.5 closed the connection"),
+        (ConnectionLost(), "the connection to 198.51.100.5 was reset or broken off"),
+        (ConnectionLost("peer reset"), "the connection to 198.51.100.5 was reset or broken off (peer reset)"),
+    ],
+)
+def test_aLostConnectionSaysItOnce(reason: Exception, ended: str) -> None:
+    """
+    The result C{lost} says that the connection went: the description says
+    how, without "lost" again.  Results and log lines show the two side by
+    side ("rcptto/lost ..."), which read "lost connection to ... lost while
+    waiting for the reply to RCPT TO: Connection to the other side was lost
+    in a non-clean fashion: Connection lost." before.
+    """
+    connection = Connection()
+    connection.client.connectionLost(Failure(reason))
+    failure = failureOf(connection.client.ready)
+    assert (failure.state, failure.result, failure.description) == ("intro", "lost", f"{ended} before the greeting")
+
+    connection = Connection()
+    client = connection.introduce()
+    mail, rcpt = client.mailFrom("a@example.com"), client.rcptTo("b@example.net")
+    connection.reply(b"250 ok\r\n")
+    client.connectionLost(Failure(reason))
+    failure = failureOf(rcpt)
+    assert (failure.state, failure.result) == ("rcptto", "lost")
+    assert failure.description == f"{ended} before the reply to RCPT TO"
+
+
+def test_lostWhileTheBodyWasBeingSent() -> None:
+    """
+    A connection that ends after the 354 and before the reply to the body
+    says that the body was being sent, as far as the client can tell (it
+    goes out in one write, and how much the server read is not known), and
+    that the message may have arrived.
+    """
+    connection = Connection()
+    client = connection.introduce()
+    client.mailFrom("a@example.com"), client.rcptTo("b@example.net")
+    data = client.data()
+    connection.reply(b"250 ok\r\n250 ok\r\n354 go ahead\r\n")
+    assert resultOf(data).code == 354
+    done = client.sendBody(b"Subject: x\n\nhi\n")
+    client.connectionLost(Failure(ConnectionDone()))
+    failure = failureOf(done)
+    assert (failure.state, failure.result, failure.permanent) == ("message", "lost", False)
+    assert failure.description == (
+        "198.51.100.5 closed the connection while the message body (21 bytes) was being sent "
+        "or before the reply to it; the server may or may not have the message"
+    )
 
 
 def test_421MarksUnusable() -> None:

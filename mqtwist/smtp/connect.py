@@ -226,7 +226,7 @@ async def _logIn(client: ESMTPClient, where: str, credentials: Credentials, auth
             "auth",
             failure.result,
             f"{where} refused the login as {shownName(credentials.username)}: "
-            f"{failure.description}; check the credentials (the message will be retried)",
+            f"{failure.description}; check the credentials",
             code=failure.code,
             status=failure.status,
         ) from None

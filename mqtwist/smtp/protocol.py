@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import Any, cast
 
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import (
     IDelayedCall,
     IHandshakeListener,
@@ -195,14 +196,8 @@ class ESMTPClient(Protocol):
             remote=self.remoteAddress,
             reason=reason.getErrorMessage(),
         )
-        self._failAll(
-            lambda command: AttemptFailed(
-                command.state,
-                "lost",
-                f"connection to {self.remoteAddress} lost while waiting for the reply "
-                f"to {command.verb}: {reason.getErrorMessage()}",
-            )
-        )
+        ended = _howItEnded(self.remoteAddress, reason)
+        self._failAll(lambda command: _lostWhileWaiting(command, ended))
         if self._handshake is not None:
             _, handshake, timer = self._handshake
             self._handshake = None
@@ -211,7 +206,7 @@ class ESMTPClient(Protocol):
                 AttemptFailed(
                     "starttls",
                     "error",
-                    f"TLS handshake with {self.remoteAddress} failed: {reason.getErrorMessage()}",
+                    f"TLS handshake with {self.remoteAddress} failed: {ended}",
                 )
             )
         waiters, self._closeWaiters = self._closeWaiters, []
@@ -693,6 +688,40 @@ class ESMTPClient(Protocol):
                 f"{self.remoteAddress} within {late.timeout:g} seconds",
             )
         )
+
+
+def _howItEnded(remote: str, reason: Failure) -> str:
+    """
+    How the connection to C{remote} ended, for a description: in words of
+    its own, since the result (C{lost}) already says that it is gone and
+    Twisted's texts say it twice more ("Connection to the other side was
+    lost in a non-clean fashion: Connection lost.").
+    """
+    if reason.check(ConnectionDone):
+        return f"{remote} closed the connection"
+    if reason.check(ConnectionLost):
+        detail = " ".join(str(arg) for arg in reason.value.args)
+        return f"the connection to {remote} was reset or broken off" + (f" ({detail})" if detail else "")
+    return f"the connection to {remote} failed: {reason.getErrorMessage()}"
+
+
+def _lostWhileWaiting(command: _Command, ended: str) -> AttemptFailed:
+    """
+    The failure of a C{command} still waiting for its reply when the
+    connection C{ended} (L{_howItEnded}).
+    """
+    if command.state == "message":
+        # the body goes out in one write, and how much of it the server has
+        # read when the connection ends cannot be known here
+        assert command.data is not None
+        return AttemptFailed(
+            "message",
+            "lost",
+            f"{ended} while the message body ({len(command.data)} bytes) was being sent "
+            f"or before the reply to it; the server may or may not have the message",
+        )
+    waitingFor = command.verb if command.data is None else f"the reply to {command.verb}"
+    return AttemptFailed(command.state, "lost", f"{ended} before {waitingFor}")
 
 
 def _b64(data: bytes) -> str:
