@@ -93,12 +93,12 @@ def checkLimits(job: dict[str, Any], limits: JobLimits, *, mayHaveSurrogates: bo
         if isinstance(value, str):
             if not inMime and len(value) > limits.maxString:
                 raise InvalidMessage(
-                    f"property {where!r} is {len(value)} characters long, more than the "
+                    f"property {_place(where)} is {len(value)} characters long, more than the "
                     f"{limits.maxString} a string of an outbox job may have outside 'mime' "
                     f"({_SETTING['maxString']}): {excerpt(value)}"
                 )
             if mayHaveSurrogates:
-                _checkSurrogates(where, value)
+                _checkSurrogates(f"property {_place(where)}", value)
             continue
         if isinstance(value, dict):
             items: Any = value.items()
@@ -106,7 +106,7 @@ def checkLimits(job: dict[str, Any], limits: JobLimits, *, mayHaveSurrogates: bo
             items = ((f"{where}[{index}]", item) for index, item in enumerate(value))
         else:
             continue
-        name = repr(where) if where else "the message"
+        name = _place(where) if where else "the message"
         if depth > limits.maxDepth:
             raise InvalidMessage(
                 f"property {name} is nested {depth} levels deep, more than the "
@@ -132,11 +132,16 @@ def checkLimits(job: dict[str, Any], limits: JobLimits, *, mayHaveSurrogates: bo
             stack.append((key, item, depth + 1, inMime or key == "mime"))
 
 
-def _checkSurrogates(where: str, text: str) -> None:
+def _place(where: str) -> str:
+    # a path of long keys must not make a long description
+    return excerpt(where, 60)
+
+
+def _checkSurrogates(named: str, text: str) -> None:
     match = _LONE_SURROGATE.search(text)
     if match is not None:
         raise InvalidMessage(
-            f"property {where!r} holds a lone surrogate (\\u{ord(match.group()):04x}) at "
+            f"{named} holds a lone surrogate (\\u{ord(match.group()):04x}) at "
             f"character {match.start()}, which is no Unicode character and cannot be written "
             f"as UTF-8: {excerpt(text)}; escape only characters, and both halves of a pair"
         )

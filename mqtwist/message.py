@@ -11,6 +11,7 @@ the object is kept as it is and travels into every result.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -170,11 +171,15 @@ class ParseSettings:
     @ivar dkimKeys: signing keys by domain, for C{dkim} objects that name
         only their domain.
     @ivar limits: how big a job may be.
+    @ivar reservedQueues: the queues of mqtwist's own (the outbox, its
+        delay queues, the dead-letter queue), which a job's C{queues} may
+        not name: a result published there would come back as a job.
     """
 
     hostname: str = "localhost"
     dkimKeys: DKIMKeys = field(default_factory=DKIMKeys)
     limits: JobLimits = field(default_factory=JobLimits)
+    reservedQueues: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -362,7 +367,7 @@ class Message:
         if obj.get("nextattempt") is not None:
             message.nextattempt = _readNextAttempt(obj["nextattempt"])
         if "queues" in obj:
-            _readQueues(obj["queues"])
+            _readQueues(obj["queues"], settings.reservedQueues)
         if "results" in obj and not (
             isinstance(obj["results"], list) and all(isinstance(entry, dict) for entry in obj["results"])
         ):
@@ -382,7 +387,8 @@ class Message:
 
         @return: a queue name, or C{None} when this result is not published.
         """
-        return queueFor(self.json, kind, default)
+        # parsing refused a reserved or malformed name already
+        return queueFor(self.json, kind, default, frozenset())
 
     def resultJSON(self) -> bytes:
         """
@@ -455,6 +461,14 @@ def _refuseConstant(name: str) -> None:
     raise ValueError(f"{name} is not a JSON number (RFC 8259); give digits or null")
 
 
+def _finiteFloat(text: str) -> float:
+    # 1e999 reads as infinity, which would be written back as Infinity
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"{text[:40]} is too big for a number of 64 bits (RFC 8259 section 6)")
+    return number
+
+
 def loadJSON(data: bytes | str) -> Any:
     """
     Parse strict JSON (RFC 8259): C{NaN}, C{Infinity} and C{-Infinity} are
@@ -463,7 +477,7 @@ def loadJSON(data: bytes | str) -> Any:
     @raise ValueError: when C{data} is not JSON (L{UnicodeDecodeError} when
         bytes are not UTF-8).
     """
-    return json.loads(data, parse_constant=_refuseConstant)
+    return json.loads(data, parse_constant=_refuseConstant, parse_float=_finiteFloat)
 
 
 def decodeJSON(data: bytes | str, limits: JobLimits | None = None) -> dict[str, Any]:
@@ -537,19 +551,22 @@ def withoutSecrets(obj: dict[str, Any]) -> dict[str, Any]:
     return published
 
 
-def queueFor(obj: Any, kind: str, default: str) -> str | None:
+def queueFor(obj: Any, kind: str, default: str, reserved: frozenset[str]) -> str | None:
     """
     The result queue of C{kind} for the outbox object C{obj}, which need not
-    be a valid message: its C{queues} entry when that is a name or C{null},
-    else C{default}.
+    be a valid message: its C{queues} entry when that is C{null} or a name
+    that parsing would take (not one of C{reserved}, no control character,
+    at most 255 bytes), else C{default}.
 
     @return: a queue name, or C{None} when the result is switched off.
     """
     queues = obj.get("queues") if isinstance(obj, dict) else None
     if isinstance(queues, dict) and kind in queues:
         name = queues[kind]
-        if name is None or (isinstance(name, str) and len(name.encode("utf-8")) <= MAX_QUEUE_NAME):
-            return name or None
+        if name is None or name == "":
+            return None
+        if isinstance(name, str) and _queueNameProblem(kind, name, reserved) is None:
+            return name
     return default or None
 
 
@@ -590,7 +607,7 @@ def _readNextAttempt(value: Any) -> float:
     )
 
 
-def _readQueues(value: Any) -> None:
+def _readQueues(value: Any, reserved: frozenset[str]) -> None:
     if not isinstance(value, dict):
         raise InvalidMessage(
             "property 'queues' must be an object {results, success, failure, retry}"
@@ -598,17 +615,37 @@ def _readQueues(value: Any) -> None:
     for kind, name in value.items():
         if kind not in QUEUE_KINDS:
             raise InvalidMessage(
-                f"property 'queues' has unknown key {kind!r}; use {', '.join(QUEUE_KINDS)}"
+                f"property 'queues' has unknown key {excerpt(kind)}; use {', '.join(QUEUE_KINDS)}"
             )
         if name is not None and not isinstance(name, str):
             raise InvalidMessage(f"property 'queues.{kind}' must be a queue name or null")
         if name:
-            checkHeaderValue(f"queues.{kind}", name)
-            if len(name.encode("utf-8")) > MAX_QUEUE_NAME:
-                raise InvalidMessage(
-                    f"property 'queues.{kind}' is {len(name.encode('utf-8'))} bytes long; "
-                    f"AMQP queue names are at most {MAX_QUEUE_NAME} bytes"
-                )
+            problem = _queueNameProblem(kind, name, reserved)
+            if problem is not None:
+                raise problem
+
+
+def _queueNameProblem(kind: str, name: str, reserved: frozenset[str]) -> InvalidMessage | None:
+    """
+    Why C{name} cannot be the C{kind} result queue of a job, or C{None}.
+    """
+    try:
+        checkHeaderValue(f"queues.{kind}", name)
+    except InvalidMessage as e:
+        return e
+    size = len(name.encode("utf-8", "surrogatepass"))
+    if size > MAX_QUEUE_NAME:
+        return InvalidMessage(
+            f"property 'queues.{kind}' is {size} bytes long; AMQP queue names are at most "
+            f"{MAX_QUEUE_NAME} bytes"
+        )
+    if name in reserved:
+        return InvalidMessage(
+            f"property 'queues.{kind}' names {excerpt(name)}, a queue of mqtwist's own (the "
+            f"outbox, a delay queue or the dead-letter queue): results published there would "
+            f"come back as jobs; give a queue for results"
+        )
+    return None
 
 
 @dataclass
@@ -708,7 +745,28 @@ def rawResultJSON(data: bytes, entry: dict[str, Any], limits: JobLimits | None =
     else:
         # a character takes at most 4 bytes of UTF-8
         text = data[: limits.maxString * 4].decode("utf-8", "replace")
-        obj = {"input": text[: limits.maxString], "results": [entry]}
+        obj = {**identityOf(data, limits), "input": text[: limits.maxString], "results": [entry]}
         if len(data) > limits.maxString * 4 or len(text) > limits.maxString:
             obj["inputsize"] = len(data)
     return encodeJSON(obj)
+
+
+def identityOf(data: bytes, limits: JobLimits) -> dict[str, Any]:
+    """
+    C{{"id": ...}} of a job that is past its limits but still JSON, when
+    its C{id} is a string or number within C{limits.maxString}, for its
+    result and the log to name it; C{{}} when none can be read.  Never
+    raises.
+    """
+    if len(data) > limits.maxBytes:
+        return {}
+    try:
+        obj = loadJSON(data)
+    except (ValueError, RecursionError):
+        return {}
+    ident = obj.get("id") if isinstance(obj, dict) else None
+    if isinstance(ident, (int, float)) and not isinstance(ident, bool):
+        return {"id": ident}
+    if isinstance(ident, str) and len(ident) <= limits.maxString:
+        return {"id": ident}
+    return {}

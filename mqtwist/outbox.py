@@ -49,6 +49,7 @@ from mqtwist.message import (
     ResultEntry,
     buildMimeProperty,
     decodeJSON,
+    identityOf,
     invalidResultJSON,
     labelOf,
     labelsShown,
@@ -183,9 +184,7 @@ class OutboxProcessor:
             self.log.failure(
                 "could not settle outbox message {message}",
                 result,
-                message=labelOf(
-                    readJob(delivery.body if delivery else b"", self.parseSettings.limits), _UNREADABLE
-                ),
+                message=self._labelOf(delivery.body if delivery else b""),
             )
 
     def _handlingFailed(self, failure: Failure, delivery: Delivery) -> Deferred[None] | Failure:
@@ -199,7 +198,7 @@ class OutboxProcessor:
             return failure
         limits = self.parseSettings.limits
         obj = readJob(delivery.body, limits)
-        label = labelOf(obj, _UNREADABLE)
+        label = self._labelOf(delivery.body, obj)
         self.log.failure(
             "handling outbox message {message} failed; it ends as process/error", failure, message=label
         )
@@ -227,7 +226,7 @@ class OutboxProcessor:
         """
         limits = self.parseSettings.limits
         obj = readJob(delivery.body, limits)
-        label = labelOf(obj, _UNREADABLE)
+        label = self._labelOf(delivery.body, obj)
         self.log.info(
             "{message} was handed out again, but it was delivered at {time}: its result is "
             "published again instead of sending it a second time",
@@ -237,6 +236,16 @@ class OutboxProcessor:
         body = rawResultJSON(delivery.body, entry, limits)
         return self._publishThenAck(delivery, label, self._resultPublications(obj, body, success=True), None)
 
+    def _labelOf(self, body: bytes, job: dict[str, Any] | None = None) -> str:
+        """
+        How logs name the outbox message C{body} (whose object, when read
+        already, is C{job}), also when it is past its limits.
+        """
+        limits = self.parseSettings.limits
+        if job is None:
+            job = readJob(body, limits) or identityOf(body, limits)
+        return labelOf(job, _UNREADABLE)
+
     def _resultPublications(self, obj: object, body: bytes, *, success: bool) -> list[tuple[str, bytes]]:
         """
         The final result C{body} for the C{results} queue, and the
@@ -245,7 +254,10 @@ class OutboxProcessor:
         kinds = ("results", "success" if success else "failure")
         return [
             (queue, body)
-            for queue in (queueFor(obj, kind, getattr(self.config, kind)) for kind in kinds)
+            for queue in (
+                queueFor(obj, kind, getattr(self.config, kind), self.parseSettings.reservedQueues)
+                for kind in kinds
+            )
             if queue
         ]
 
@@ -259,7 +271,7 @@ class OutboxProcessor:
         @return: a Deferred firing when the message is settled, or back on
             the outbox because its connection is gone.
         """
-        label = labelOf(readJob(delivery.body, self.parseSettings.limits), _UNREADABLE)
+        label = self._labelOf(delivery.body)
         queue = self.config.deadLetterQueue
         if not queue:
             return self._reject(delivery, label, reason, "no --dead-letter-queue is set")
@@ -314,7 +326,7 @@ class OutboxProcessor:
         def giveUp() -> None:
             # named before the cancel, which takes them out of inFlight
             messages = [
-                labelOf(readJob(delivery.body, self.parseSettings.limits), _UNREADABLE)
+                self._labelOf(delivery.body)
                 for delivery in self.inFlight.values()
             ]
             self.log.warn(
@@ -489,7 +501,7 @@ class OutboxProcessor:
         obj = readJob(delivery.body, limits)
         self.log.warn(
             "refused outbox message {message}: {description}",
-            message=labelOf(obj, _UNREADABLE),
+            message=self._labelOf(delivery.body, obj),
             description=failure.description,
         )
         body = invalidResultJSON(delivery.body, failure, now, limits)

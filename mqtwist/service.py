@@ -87,9 +87,16 @@ class MailerService(MultiService):
         self.reactor = reactor
         self.brokerURL = BrokerURL.parse(config.amqp) if config.amqp else None
         self.plugins = list(plugins) if plugins is not None else selectPlugins(config.plugins)
+        self.schedule = RetrySchedule(
+            config.outbox, config.delayBuckets, config.retries, config.maxDeliverTime
+        )
         self.parseSettings = ParseSettings(
             hostname=config.ehloName,
             limits=JobLimits(config.maxJobBytes, config.maxJobDepth, config.maxJobItems, config.maxJobString),
+            # a result published to one of these would come back as a job
+            reservedQueues=frozenset(
+                [config.outbox, config.deadLetterQueue] + [queue.name for queue in self.schedule.delayQueues()]
+            ),
             dkimKeys=DKIMKeys(
                 {rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile} for rule in config.dkimKeys},
                 cacheSize=config.dkimKeyCache,
@@ -97,9 +104,6 @@ class MailerService(MultiService):
         )
         self.engine = DeliveryEngine(config, self.plugins, reactor)
         self.journal = DeliveryJournal(config.deliveryJournal or None, config.deliveryJournalSize)
-        self.schedule = RetrySchedule(
-            config.outbox, config.delayBuckets, config.retries, config.maxDeliverTime
-        )
         self.broker: BrokerClient | None = None
         self.processor: OutboxProcessor | None = None
         self.localNode: LocalRabbitMQService | None = None

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mqtwist.errors import AttemptFailed, InvalidMessage
-from mqtwist.message import Message, ResultEntry, invalidResultJSON, queueFor
+from mqtwist.message import Message, ParseSettings, ResultEntry, invalidResultJSON, queueFor
 from mqtwist.timeformat import formatTime, parseTime
 
 GOOD = {"envelope": "sender@example.org", "recipient": "rcpt@example.com", "mime": "Subject: x\r\n\r\nhi\r\n"}
@@ -134,11 +134,35 @@ def test_queue_overrides():
     assert message.queueFor("results", "results") == "results"
     assert message.queueFor("results", "") is None
     # an invalid message's object still routes its results where it asked
-    assert queueFor({"queues": {"failure": "f2"}}, "failure", "failure") == "f2"
-    assert queueFor({"queues": {"failure": 7}}, "failure", "failure") == "failure"
-    # the refusal of a name too long for AMQP goes to the default queue
-    assert queueFor({"queues": {"failure": "f" * 256}}, "failure", "failure") == "failure"
-    assert queueFor(None, "results", "results") == "results"
+    none: frozenset[str] = frozenset()
+    assert queueFor({"queues": {"failure": "f2"}}, "failure", "failure", none) == "f2"
+    assert queueFor({"queues": {"failure": 7}}, "failure", "failure", none) == "failure"
+    # the refusal of a name too long for AMQP, with a control character or
+    # of mqtwist's own goes to the default queue
+    assert queueFor({"queues": {"failure": "f" * 256}}, "failure", "failure", none) == "failure"
+    assert queueFor({"queues": {"failure": "a\nb"}}, "failure", "failure", none) == "failure"
+    assert queueFor({"queues": {"failure": "outbox"}}, "failure", "failure", frozenset(["outbox"])) == "failure"
+    assert queueFor(None, "results", "results", none) == "results"
+
+
+@pytest.mark.parametrize("kind", ["results", "success", "failure", "retry"])
+def test_a_job_cannot_send_its_results_to_a_queue_of_mqtwists_own(kind):
+    """
+    A result published to the outbox (or a delay queue, or the dead-letter
+    queue) would come back as a job, round after round.
+    """
+    settings = ParseSettings(reservedQueues=frozenset(["outbox", "outbox.delay.60s"]))
+    with pytest.raises(InvalidMessage) as raised:
+        Message.fromJSON(json.dumps({"recipient": "a@b.c", "mime": "x", "queues": {kind: "outbox.delay.60s"}}), settings)
+    assert raised.value.description == (
+        f"property 'queues.{kind}' names 'outbox.delay.60s', a queue of mqtwist's own (the outbox, a delay "
+        "queue or the dead-letter queue): results published there would come back as jobs; give a queue for results"
+    )
+
+
+def test_a_number_too_big_for_a_float_is_refused():
+    with pytest.raises(InvalidMessage, match="1e999 is too big for a number of 64 bits"):
+        Message.fromJSON('{"recipient": "a@b.c", "mime": "x", "campaign": 1e999}')
 
 
 def test_result_json_strips_mime_keeps_unknown_properties_and_secrets_out():

@@ -108,17 +108,10 @@ The reproductions
 After the fuzz test come plain tests: the issue's two reproductions (214
 jobs nested 1,000 levels deep ahead of 50 good ones with a prefetch of 200;
 a good job with C{"campaign": "\\ud800"}, then a restart), a 1 MB recipient
-(a short description and log line), and the bugs found (C{xfail}).
-
-Known bugs
-==========
-
-The tests marked C{xfail(strict=True)} with a reason starting C{BUG} are
-bugs this file found; each passes (and so fails as XPASS, to be unmarked)
-once its bug is fixed.  The inputs of two of them (a number too big for a
-float, a property path of long keys) are also left out of the fuzz
-strategies until they are fixed, so that the fuzz test stays a guard for
-everything else; C{MQTWIST_FUZZ_KNOWN_BUGS=1} puts them in.
+(a short description and log line), and the four bugs this file found when
+it was written, each fixed since: a job routing its results into the
+outbox, a description naming a path of long keys whole, 1e999 written back
+as Infinity, and a job refused by a limit losing its id.
 """
 
 from __future__ import annotations
@@ -157,8 +150,6 @@ from mqtwist.smtp.tls import OPPORTUNISTIC, OPTIONAL
 EXAMPLES = int(os.environ.get("MQTWIST_FUZZ_EXAMPLES", "100"))
 #: whether a failing batch is shrunk (each step is a batch through the broker)
 SHRINK = os.environ.get("MQTWIST_FUZZ_SHRINK") == "1"
-#: whether the inputs of the known bugs are fuzzed too
-KNOWN_BUGS = os.environ.get("MQTWIST_FUZZ_KNOWN_BUGS") == "1"
 
 #: the limits of the fuzzed service: small, so that past them is cheap
 LIMITS = JobLimits(maxBytes=128 * 1024, maxDepth=32, maxItems=64, maxString=1024)
@@ -350,9 +341,9 @@ def jsonValues(
     )
 
 
-#: keys inside copied values: short, since a description names a property
-#: by its whole path (the long path bug)
-KEY_SIZE = 24 if KNOWN_BUGS else 6
+#: keys inside copied values (a description names a property by its
+#: path, cut short)
+KEY_SIZE = 24
 cleanValues = jsonValues(cleanText, 10, st.text(cleanChar, max_size=KEY_SIZE))
 anyValues = jsonValues(anyText, 12, st.one_of(st.text(cleanChar, max_size=KEY_SIZE), lone))
 small = jsonValues(st.text(cleanChar, max_size=5), 5)
@@ -536,7 +527,7 @@ def anyJobs(draw: Any) -> Item:
     fields.update(draw(st.dictionaries(copiedKeys, anyValues, max_size=3)))
     ascii = draw(st.booleans())
     template = objectText([(key, js(value, ascii)) for key, value in fields.items()], ascii)
-    if KNOWN_BUGS and draw(st.booleans()):
+    if draw(st.booleans()):
         # a number too big for a float (test_a_number_too_big_for_a_float_...)
         overflow = draw(st.sampled_from(["1e999", "-1e999", "[1e400]", '{"n": 2e308}']))
         template = template[:-1] + b', "overflow": ' + overflow.encode() + b"}"
@@ -670,7 +661,7 @@ NOT_UTF8 = ("not UTF-8",)
 def limitJobs(draw: Any) -> Item:
     kinds = ["deep", "wide list", "wide object", "wide job", "long string", "long key", "huge", "surrogate",
              "surrogate bytes"]
-    kind = draw(st.sampled_from(kinds + (["long path"] if KNOWN_BUGS else [])))
+    kind = draw(st.sampled_from(kinds + ["long path"]))
     where = draw(st.sampled_from(["x", "campaign", "headers", "tags", "mime", "results", "dkim"]))
     if kind == "deep":
         depth = draw(st.one_of(st.integers(33, 120), st.sampled_from([500, 990, 999, 1000, 1001, 1200, 3000, 5000])))
@@ -1351,11 +1342,6 @@ async def test_a_megabyte_recipient_is_quoted_in_a_few_words(
     assert max(map(len, lines)) < 1000, max(lines, key=len)[:300]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issue 14, part 2): a limit's description names the property by its whole path, "
-    "keys uncut: a key of 60,000 characters gives a description (and log line) of 60,000+",
-)
 @pytest.mark.parametrize("case", ["a long key holding a lone surrogate", "nesting under long keys"])
 @pytest_twisted.ensureDeferred
 async def test_a_long_property_path_is_quoted_in_a_few_words(rabbitmq, rabbitmqNode, amqp, smtpServer, queues, case):
@@ -1376,11 +1362,6 @@ async def test_a_long_property_path_is_quoted_in_a_few_words(rabbitmq, rabbitmqN
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a number too big for a float (1e999) is read as inf and written back as Infinity: "
-    "the result is not JSON (NaN and Infinity themselves are refused as invalid)",
-)
 @pytest.mark.parametrize("where", ["campaign", "priority"])
 @pytest_twisted.ensureDeferred
 async def test_a_number_too_big_for_a_float_gives_a_strict_json_result(
@@ -1395,12 +1376,6 @@ async def test_a_number_too_big_for_a_float_gives_a_strict_json_result(
     strictResult(received.body)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (issue 14, part 1: a final result 'with ... the job's id when one can be read'): a job "
-    "refused by a limit or a lone surrogate is a JSON object whose id can be read, yet its result "
-    "has no 'id' (only the text, cut, under 'input') and the log names it '(no id)'",
-)
 @pytest.mark.parametrize("poison", ["campaign", "recipient", "depth"])
 @pytest_twisted.ensureDeferred
 async def test_a_job_refused_by_a_limit_keeps_its_id(rabbitmq, rabbitmqNode, amqp, smtpServer, queues, poison):
@@ -1421,12 +1396,6 @@ async def test_a_job_refused_by_a_limit_keeps_its_id(rabbitmq, rabbitmqNode, amq
     assert (result.get("id"), refused.split(":")[0]) == ("keep-me", "refused outbox message keep-me")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a job whose 'queues' sends its results to the outbox circles: each result is "
-    "consumed as a new job, until its 'results' list passes --max-job-items (10,000 by default); "
-    "with keepmime every round delivers the mail again (21 times here, with --max-job-items 20)",
-)
 @pytest.mark.parametrize("keepmime", [False, True], ids=["without mime", "keepmime"])
 @pytest_twisted.ensureDeferred
 async def test_a_job_cannot_route_its_results_into_the_outbox(
