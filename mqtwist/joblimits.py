@@ -75,14 +75,11 @@ def tooDeep(limits: JobLimits) -> InvalidMessage:
     )
 
 
-def checkLimits(job: dict[str, Any], limits: JobLimits, *, mayHaveSurrogates: bool = True) -> None:
+def checkLimits(job: dict[str, Any], limits: JobLimits) -> None:
     """
     Walk the parsed job C{job} without recursion and refuse it at the first
     value past C{limits} or holding a lone surrogate.
 
-    @param mayHaveSurrogates: C{False} when the JSON text had no C{\\u}
-        escape, so that no string can hold a surrogate and the search for
-        them is skipped.
     @raise InvalidMessage: naming where in the job the value is (C{x[0][1]},
         C{mime.html}), the limit and the setting that raises it.
     """
@@ -97,7 +94,8 @@ def checkLimits(job: dict[str, Any], limits: JobLimits, *, mayHaveSurrogates: bo
                     f"{limits.maxString} a string of an outbox job may have outside 'mime' "
                     f"({_SETTING['maxString']}): {excerpt(value)}"
                 )
-            if mayHaveSurrogates:
+            # isascii() is a flag, not a scan: the megabytes of a mime cost nothing
+            if not value.isascii():
                 _checkSurrogates(f"property {_place(where)}", value)
             continue
         if isinstance(value, dict):
@@ -126,7 +124,7 @@ def checkLimits(job: dict[str, Any], limits: JobLimits, *, mayHaveSurrogates: bo
                         f"a key of {name} is {len(key)} characters long, more than the "
                         f"{limits.maxString} allowed ({_SETTING['maxString']}): {excerpt(key)}"
                     )
-                if mayHaveSurrogates:
+                if not key.isascii():
                     _checkSurrogates(f"a key of {name}", key)
                 key = f"{where}.{key}" if where else key
             stack.append((key, item, depth + 1, inMime or key == "mime"))

@@ -502,8 +502,7 @@ def decodeJSON(data: bytes | str, limits: JobLimits | None = None) -> dict[str, 
         raise InvalidMessage(
             f"the message must be a JSON object, not a JSON {type(obj).__name__}"
         )
-    # only a \u escape can make a lone surrogate: UTF-8 cannot carry one
-    checkLimits(obj, limits, mayHaveSurrogates="\\u" in text)
+    checkLimits(obj, limits)
     return obj
 
 
