@@ -211,7 +211,12 @@ class Bench:
         programs = []
         for n in range(processes):
             program = Program(f"twistd mqtwist #{n + 1}", self.reactor)
-            program.start(twistdArgv(arguments), env=twistdEnvironment(variant.tree), path=self.directory)
+            # a directory of its own for each process of each run: what it
+            # keeps there (its delivery journal) is neither shared nor
+            # carried over to the next run
+            workDir = os.path.join(self.directory, f"{queues['outbox']}-{n + 1}")
+            os.makedirs(workDir)
+            program.start(twistdArgv(arguments), env=twistdEnvironment(variant.tree), path=workDir)
             self.stoppable.append(program)
             programs.append(program)
         started = []

@@ -194,6 +194,19 @@ def _fieldName(field: bytes) -> bytes:
     return match.group()[:-1].lower() if match else b""
 
 
+def editedLength(edits: Mapping[str, Any]) -> int:
+    """
+    The characters of the values of C{edits} (checked ones, see
+    L{checkHeaderEdits}): what applying them costs grows with it.
+    """
+    return sum(
+        len(value) if isinstance(value, str) else sum(map(len, value))
+        for kind, fields in edits.items()
+        if kind != "remove"
+        for value in fields.values()
+    )
+
+
 def applyHeaderEdits(mime: bytes, edits: Mapping[str, Any]) -> bytes:
     """
     Apply the C{headers} edits of an outbox message to C{mime} (see the

@@ -215,6 +215,9 @@ class Message:
     nextattempt: float | None = None
     #: the C{headers} edits, applied to the body of every attempt
     headerEdits: dict[str, Any] | None = None
+    #: C{mime} with C{headerEdits} applied, when that was done in a thread
+    #: before the attempt (long edits); else the attempt applies them
+    editedMime: bytes | None = None
     #: the DKIM signatures to add after the data plugins ran
     dkim: list[DKIMSpec] = field(default_factory=list)
 

@@ -242,7 +242,12 @@ async def sendMessage(
     try:
         mailParams, rcptParams = envelopeParameters(client, message)
         # edited for every attempt, never saved: a retry would edit twice
-        mime = applyHeaderEdits(message.mime, message.headerEdits) if message.headerEdits else message.mime
+        if message.editedMime is not None:
+            mime = message.editedMime
+        elif message.headerEdits:
+            mime = applyHeaderEdits(message.mime, message.headerEdits)
+        else:
+            mime = message.mime
     except AttemptFailed as failure:
         raise TransactionFailed(failure, midTransaction=False) from None
     mailReply = client.mailFrom(message.envelope, mailParams)

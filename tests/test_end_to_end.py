@@ -425,3 +425,43 @@ async def test_what_stopping_cannot_finish_goes_back_to_the_outbox(rabbitmq, amq
     (again,) = await amqp.collect(queues["outbox"], 1)
     assert again.redelivered
     assert json.loads(again.body)["id"] == "job-1"
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_header_edits_are_applied_off_the_reactor_thread(rabbitmq, amqp, smtpServer, queues, monkeypatch):
+    """
+    The email package parses some header values in quadratic time (an
+    8,000-character To of quotes takes 0.7 s): edits longer than a few
+    hundred characters are applied in a thread before the attempt, short
+    ones on the reactor thread when the message is sent; both arrive.
+    """
+    import threading
+
+    import mqtwist.outbox
+    import mqtwist.transaction
+
+    threads: list[tuple[str, bool]] = []
+
+    def recording(module: Any) -> Any:
+        apply = module.applyHeaderEdits
+
+        def applyHeaderEdits(mime: bytes, edits: Any) -> bytes:
+            threads.append((next(iter(edits["append"])), threading.current_thread() is threading.main_thread()))
+            return apply(mime, edits)
+
+        return applyHeaderEdits
+
+    for module in (mqtwist.outbox, mqtwist.transaction):
+        monkeypatch.setattr(module, "applyHeaderEdits", recording(module))
+    short = job(1, headers={"append": {"X-Short": "s" * 20}})
+    words = " ".join(["long"] * 70)
+    long = job(2, headers={"append": {"X-Long": words}})
+    service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], [short, long])
+        await amqp.collect(queues["success"], 2)
+        received = await smtpServer.waitForMessages(2)
+    assert sorted(threads) == [("X-Long", False), ("X-Short", True)]
+    data = {m.rcptTos[0]: m.data for m in received}
+    assert b"\r\nX-Short: " + b"s" * 20 + b"\r\n" in data["rcpt1@example.com"]
+    assert b"\r\nX-Long: " + words.encode() + b"\r\n" in data["rcpt2@example.com"].replace(b"\r\n ", b" ")
