@@ -24,7 +24,7 @@ from mqtwist.joblimits import JobLimits, checkLimits, checkSize, encodeJSON, too
 from mqtwist.mime import buildMime
 from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 from mqtwist.timeformat import formatTime, parseTime
-from mqtwist.validation import canonicalIP, checkAddress, checkHeaderValue, excerpt
+from mqtwist.validation import checkAddress, checkHeaderValue, checkHostName, checkIP, excerpt
 
 #: the longest AMQP queue name, in bytes (a short string)
 MAX_QUEUE_NAME = 255
@@ -36,6 +36,9 @@ DSN_NOTIFY = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
 
 #: the values of C{dsn.ret} (RFC 3461 section 4.3)
 DSN_RET = ("FULL", "HDRS")
+
+#: the longest C{dsn.orcpt} (RFC 3461 section 4.2)
+MAX_ORCPT = 500
 
 def _expect(obj: Mapping[str, Any], key: str, kinds: tuple[type, ...], what: str) -> Any:
     value = obj[key]
@@ -76,9 +79,9 @@ class Smarthost:
         hostname = value.get("hostname")
         if not isinstance(hostname, str) or not hostname:
             raise InvalidMessage("property 'smarthost.hostname' must be a non-empty string")
-        checkHeaderValue("smarthost.hostname", hostname)
+        checkHostName("smarthost.hostname", hostname)
         port = value.get("port", 25)
-        if isinstance(port, str) and port.isdigit():
+        if isinstance(port, str) and port.isascii() and port.isdigit():
             port = int(port)
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise InvalidMessage("property 'smarthost.port' must be a port number 1-65535")
@@ -87,6 +90,9 @@ class Smarthost:
             item = value.get(key)
             if item is not None and not isinstance(item, str):
                 raise InvalidMessage(f"property 'smarthost.{key}' must be a string")
+            if item:
+                # names the character and its place, never the value
+                checkHeaderValue(f"smarthost.{key}", item)
             credentials.append(item or None)
         return cls(hostname, port, *credentials)
 
@@ -122,7 +128,7 @@ class DSN:
         unknown = sorted(set(value) - {"notify", "ret", "orcpt", "envid"})
         if unknown:
             raise InvalidMessage(
-                f"property 'dsn' has unknown key {unknown[0]!r}; use notify, ret, orcpt, envid"
+                f"property 'dsn' has unknown key {excerpt(unknown[0])}; use notify, ret, orcpt, envid"
             )
         dsn = cls()
         notify = value.get("notify")
@@ -139,13 +145,13 @@ class DSN:
                 "NEVER" in dsn.notify and len(dsn.notify) > 1
             ):
                 raise InvalidMessage(
-                    f"property 'dsn.notify' is {notify!r}; give NEVER alone, or some of "
+                    f"property 'dsn.notify' is {excerpt(value.get('notify'))}; give NEVER alone, or some of "
                     f"SUCCESS, FAILURE, DELAY"
                 )
         ret = value.get("ret")
         if ret is not None:
             if not isinstance(ret, str) or ret.upper() not in DSN_RET:
-                raise InvalidMessage(f"property 'dsn.ret' is {ret!r}; give FULL or HDRS")
+                raise InvalidMessage(f"property 'dsn.ret' is {excerpt(ret)}; give FULL or HDRS")
             dsn.ret = ret.upper()
         for key in ("orcpt", "envid"):
             item = value.get(key)
@@ -155,6 +161,11 @@ class DSN:
                 raise InvalidMessage(f"property 'dsn.{key}' must be a non-empty string")
             checkHeaderValue(f"dsn.{key}", item)
             setattr(dsn, key, item)
+        if dsn.orcpt is not None and len(dsn.orcpt) > MAX_ORCPT:
+            raise InvalidMessage(
+                f"property 'dsn.orcpt' is {len(dsn.orcpt)} characters long, more than the "
+                f"{MAX_ORCPT} of RFC 3461 (section 4.2)"
+            )
         if dsn.orcpt is not None and ";" not in dsn.orcpt:
             dsn.orcpt = "rfc822;" + dsn.orcpt
         if dsn.envid is not None and len(dsn.envid) > 100:
@@ -330,14 +341,14 @@ class Message:
             ips = _expect(obj, "ips", (list,), "a list of IP address strings")
             if not all(isinstance(ip, str) for ip in ips):
                 raise InvalidMessage("property 'ips' must be a list of IP address strings")
-            message.ips = [canonicalIP(checkHeaderValue("ips", ip)) for ip in ips]
+            message.ips = [checkIP("ips", ip) for ip in ips]
         if obj.get("smarthost") is not None:
             message.smarthost = Smarthost.fromJSON(obj["smarthost"])
         if obj.get("security") is not None:
             security = _expect(obj, "security", (str,), "a string")
             if security not in TLS_POLICIES:
                 raise InvalidMessage(
-                    f"property 'security' is {security!r}; use one of "
+                    f"property 'security' is {excerpt(security)}; use one of "
                     f"{', '.join(TLS_POLICIES)}"
                 )
             message.security = security

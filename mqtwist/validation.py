@@ -155,6 +155,41 @@ def _wellFormedDomain(domain: str) -> bool:
     )
 
 
+def checkIP(name: str, text: str) -> str:
+    """
+    Check that C{text} is an IPv4 or IPv6 address.
+
+    @return: its canonical form (L{canonicalIP}).
+    @raise InvalidMessage: naming C{name} and the value.
+    """
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise InvalidMessage(f"{name} holds {excerpt(text)}, which is no IPv4 or IPv6 address") from None
+
+
+def checkHostName(name: str, text: str) -> str:
+    """
+    Check that C{text} is a host name (a domain of letters, digits and
+    hyphens, or an internationalised one) or an IP address.
+
+    @return: C{text} unchanged.
+    @raise InvalidMessage: naming C{name} and the value.
+    """
+    checkHeaderValue(name, text)
+    try:
+        ipaddress.ip_address(text)
+        return text
+    except ValueError:
+        pass
+    if not _wellFormedDomain(text) or text.startswith("["):
+        raise InvalidMessage(
+            f"{name} is {excerpt(text)}, which is no host name or IP address; give a name "
+            f"such as relay.example.com"
+        )
+    return text
+
+
 def canonicalIP(text: str) -> str:
     """
     C{text} in the canonical form of its IP address (IPv6 in lower case and

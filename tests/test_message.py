@@ -269,3 +269,35 @@ def test_labels_shown_leave_out_only_what_is_between():
     assert labelsShown(["a", "b", "c", "d"]) == "a, b, c, d"
     assert labelsShown(["a", "b", "c", "d", "e"]) == "a, b, c, ... e"
     assert labelsShown(["a", "b"], shown=1) == "a, b"
+
+
+@pytest.mark.parametrize(
+    "job, description",
+    [
+        ({"ips": ["x"]}, "ips holds 'x', which is no IPv4 or IPv6 address"),
+        ({"smarthost": {"hostname": "exa mple.com"}},
+         "smarthost.hostname is 'exa mple.com', which is no host name or IP address; give a name such as "
+         "relay.example.com"),
+        ({"smarthost": {"hostname": "relay.example.com", "port": "\u00b2"}},
+         "property 'smarthost.port' must be a port number 1-65535"),
+        ({"smarthost": {"hostname": "relay.example.com", "username": "u\r\nRSET"}},
+         "smarthost.username contains the control character '\\r' at position 1"),
+        ({"dsn": {"orcpt": "a" * 501 + "@b.c"}},
+         "property 'dsn.orcpt' is 505 characters long, more than the 500 of RFC 3461 (section 4.2)"),
+    ],
+)
+def test_values_sent_to_servers_are_checked_when_read(job, description):
+    """
+    Local addresses, a smarthost's name and credentials and the ORCPT are
+    refused when the job is read, instead of failing every attempt until
+    the job expires (or reaching a command line).
+    """
+    with pytest.raises(InvalidMessage) as raised:
+        Message.fromObject({"recipient": "a@b.c", "mime": "x", **job})
+    assert raised.value.description.startswith(description)
+
+
+def test_a_password_with_a_control_character_is_refused_without_quoting_it():
+    with pytest.raises(InvalidMessage) as raised:
+        Message.fromObject({"recipient": "a@b.c", "mime": "x", "smarthost": {"hostname": "r.example", "password": "se\x00cret"}})
+    assert "se" not in raised.value.description.replace("smarthost.password", "")
