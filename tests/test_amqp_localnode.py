@@ -4,9 +4,13 @@ reach, a restart on the same data directory, and (with a reactor that only
 records the processes it is asked to start) the Erlang cookie, the ports,
 the message when the node does not answer, and how the service reports a
 node that fails to start or ends on its own; the Erlang distribution and
-epmd of a real node listen on loopback only.
+epmd of a real node listen on loopback only; the node and rabbitmqctl run in
+a session of their own (out of reach of a terminal's Ctrl-C); one node at a
+time on a data directory, whose lock its processes hold until they end.
 """
 
+import fcntl
+import json
 import os
 import pwd
 import re
@@ -14,6 +18,7 @@ import shutil
 import socket
 import stat
 import struct
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -32,6 +37,7 @@ from twisted.python.failure import Failure
 from fixtures_rabbitmq import AMQPHelper
 from mqtwist.amqp.localnode import (
     COOKIE_FILE,
+    LOCK_FILE,
     RABBITMQCTL_DIST_PORTS,
     LocalRabbitMQ,
     LocalRabbitMQService,
@@ -217,6 +223,11 @@ def test_erlang_distribution_and_epmd_listen_on_loopback_only(dataDir):
         (cliPort,) = cliPorts.values()
         assert listeningAddresses(cliPort) == {"127.0.0.1"}
         assert (yield command).strip() == "ok"
+        # the epmd that the node started runs on (it answers), and does not
+        # hold the data directory's lock
+        yield node.stop()
+        assert epmdRequest(epmdPort, b"n")
+        assert not lockHeld(dataDir)
     finally:
         yield node.stop()
         yield stopEpmd(epmdPort)
@@ -264,6 +275,7 @@ class Spawned:
     protocol: Any
     cookie: os.stat_result | None
     cookieBytes: bytes | None
+    childFDs: dict[int, Any] | None
 
     def isRabbitmqctl(self) -> bool:
         return any(arg.endswith("/rabbitmqctl") for arg in self.argv)
@@ -325,7 +337,9 @@ class RecordingReactor(MemoryReactorClock):
             with open(cookiePath, "rb") as f:
                 cookieBytes = f.read()
         transport = FakeProcess(self.spawned)
-        self.spawned.append(Spawned(list(args), dict(env or {}), processProtocol, cookie, cookieBytes))
+        self.spawned.append(
+            Spawned(list(args), dict(env or {}), processProtocol, cookie, cookieBytes, kwargs.get("childFDs"))
+        )
         processProtocol.makeConnection(transport)
         return transport
 
@@ -423,7 +437,7 @@ def test_niceness_is_set_before_the_node_starts(dataDir):
     node.start()
     server, ctl = fake.spawned
     assert server.argv[0].endswith("/nice") and server.argv[1:3] == ["-n", "10"]
-    assert server.argv[3].endswith("/setpriv") and server.argv[-1].endswith("/rabbitmq-server")
+    assert server.argv[3].endswith("/setsid") and server.argv[-1].endswith("/rabbitmq-server")
     assert not ctl.argv[0].endswith("/nice")
     ctl.end()
     node.stop()
@@ -574,3 +588,183 @@ def test_service_stopped_during_the_start_is_no_failure(dataDir):
     started = service.whenStarted()
     assert started.result.check(RabbitMQStartFailed)
     started.addErrback(lambda _: None)
+
+
+def lockHeld(dataDir: str) -> bool:
+    """Whether a process holds the lock of the node's data directory."""
+    fd = os.open(os.path.join(dataDir, LOCK_FILE), os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def snapshot(dataDir: str) -> dict[str, tuple[bytes, int, int, int]]:
+    """Every file under C{dataDir}: its bytes, mode, owner and modification time."""
+    files = {}
+    for directory, _, names in os.walk(dataDir):
+        for name in names:
+            path = os.path.join(directory, name)
+            st = os.stat(path)
+            with open(path, "rb") as f:
+                files[path] = (f.read(), st.st_mode, st.st_uid, st.st_mtime_ns)
+    return files
+
+
+def secondInstanceAdvice(port: int) -> str:
+    return (
+        "Nothing in that directory was changed. To run a second mqtwist beside the first, give it "
+        "a data directory and an AMQP port of its own (--broker-dir DIR --broker-port PORT), or give "
+        f"--amqp amqp://guest:guest@127.0.0.1:{port}/ to share the running node; from the same working "
+        "directory, also a delivery journal of its own (--delivery-journal FILE)"
+    )
+
+
+@installed
+def test_node_and_rabbitmqctl_run_in_a_session_of_their_own(dataDir):
+    """
+    A terminal's Ctrl-C signals the terminal's foreground process group:
+    the server and each rabbitmqctl start under setsid, in a session (and
+    process group) of their own, and still under setpriv --pdeathsig TERM,
+    so that they end when this process dies; the server shares the data
+    directory's lock, as its file descriptor 3.
+    """
+    fake = RecordingReactor()
+    node = LocalRabbitMQ(dataDir, amqpPort=40001, distPort=40003, reactor=fake)
+    node.start()
+    server, ctl = fake.spawned
+    for process in (server, ctl):
+        assert process.argv[0].endswith("/setsid") and process.argv[1].endswith("/setpriv"), process.argv
+        assert process.argv[process.argv.index("--pdeathsig") + 1] == "TERM"
+    assert os.path.samestat(os.fstat(server.childFDs[3]), os.stat(os.path.join(dataDir, LOCK_FILE)))
+    assert set(server.childFDs) == {0, 1, 2, 3}
+    assert ctl.childFDs is None  # getProcessOutputAndValue's stdio, nothing more
+    ctl.end()
+    node.stop()
+
+
+@installed
+@pytest_twisted.inlineCallbacks
+def test_real_node_leads_a_session_of_its_own(dataDir):
+    """
+    The process spawned for the node (the start script, which signals
+    reach) leads a session of its own, setsid having run in place; the
+    node's Erlang VM, its child, is in that session, out of this process's
+    session and process group.
+    """
+    node = LocalRabbitMQ(dataDir, reactor=reactor)
+    try:
+        yield node.start()
+        with open(os.path.join(dataDir, "rabbitmq.pid")) as f:
+            vm = int(f.read())
+        session = os.getsid(vm)
+        assert session != os.getsid(0)
+        assert os.getpgid(vm) == session != os.getpgid(0)
+        with open(f"/proc/{vm}/stat") as f:
+            parent = int(f.read().rpartition(")")[2].split()[1])
+        assert parent == session
+        with open(f"/proc/{session}/cmdline", "rb") as f:
+            assert f.read().split(b"\0")[1].endswith(b"/rabbitmq-server")
+    finally:
+        yield node.stop()
+
+
+@installed
+def test_second_start_on_a_running_nodes_directory_changes_nothing(dataDir):
+    """
+    A node runs on the data directory: a second start there fails at once,
+    says who runs the node there and how to run a second instance, logs
+    nothing (not even that it starts), starts no process and changes no
+    file; once the first node has stopped, the directory can be used.
+    """
+    fake = RecordingReactor()
+    first = LocalRabbitMQ(dataDir, amqpPort=40001, distPort=40003, reactor=fake)
+    first.start()
+    fake.spawned[1].end()
+    before = snapshot(dataDir)
+    assert json.loads(before[os.path.join(dataDir, LOCK_FILE)][0]) == {
+        "pid": os.getpid(), "host": "127.0.0.1", "port": 40001
+    }
+
+    second = LocalRabbitMQ(dataDir, amqpPort=40005, distPort=40007, reactor=fake)
+    with capturedLogs() as events:
+        started = second.start()
+    failure = started.result
+    started.addErrback(lambda _: None)
+    assert failure.check(RabbitMQStartFailed)
+    assert str(failure.value) == (
+        f"private RabbitMQ node {second.nodeName} was not started: a node already runs on its data "
+        f"directory {second.dataDir}, started by process {os.getpid()}, with AMQP on 127.0.0.1:40001. "
+        + secondInstanceAdvice(40001)
+    )
+    assert len(fake.spawned) == 2
+    assert nodeEvents(events) == []
+    assert snapshot(dataDir) == before
+
+    first.stop()
+    assert not lockHeld(dataDir)
+    restarted = second.start()
+    fake.spawned[3].end()
+    assert restarted.result == second.url
+    assert lockHeld(dataDir)
+    second.stop()
+    assert not lockHeld(dataDir)
+
+
+@installed
+def test_second_start_names_a_node_whose_starter_has_ended(dataDir):
+    """
+    The process that started the node has ended (killed) while the node
+    still shuts down, holding the lock: the message says so, and where the
+    Erlang VM's pid is, in case it does not stop.
+    """
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    lockPath = os.path.join(dataDir, LOCK_FILE)
+    with open(lockPath, "w") as holder:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        holder.write(json.dumps({"pid": ended.pid, "host": "127.0.0.1", "port": 5672}))
+        holder.flush()
+        node = LocalRabbitMQ(dataDir, reactor=RecordingReactor())
+        started = node.start()
+        failure = started.result
+        started.addErrback(lambda _: None)
+    assert str(failure.value) == (
+        f"private RabbitMQ node {node.nodeName} was not started: a node already runs on its data "
+        f"directory {node.dataDir}, started by process {ended.pid}, which has ended: that node stops "
+        f"on its own within seconds (else stop its Erlang VM, whose pid is in "
+        f"{node.dataDir}/rabbitmq.pid), with AMQP on 127.0.0.1:5672. " + secondInstanceAdvice(5672)
+    )
+
+
+@installed
+@pytest_twisted.inlineCallbacks
+def test_the_nodes_processes_hold_the_lock_until_the_node_ends(dataDir):
+    """
+    When this process dies, its node shuts down (setpriv's pdeathsig) but
+    takes seconds: its processes hold the data directory's lock until they
+    have ended, so that a restarted mqtwist does not start a second node on
+    the directory meanwhile (a second Erlang VM with the same node name
+    fails, writes erl_crash.dump, and rabbitmqctl would answer for the
+    first one).
+    """
+    node = LocalRabbitMQ(dataDir, reactor=reactor)
+    try:
+        yield node.start()
+        # as if this process had died: only the node's processes hold it
+        node._unlock()
+        assert lockHeld(dataDir)
+        kept = {name: snapshot(dataDir)[os.path.join(dataDir, name)] for name in (COOKIE_FILE, "rabbitmq.pid")}
+        other = LocalRabbitMQ(dataDir, reactor=reactor)
+        with pytest.raises(RabbitMQStartFailed, match="a node already runs on its data directory"):
+            yield other.start()
+        assert {name: snapshot(dataDir)[os.path.join(dataDir, name)] for name in kept} == kept
+        assert not os.path.exists(os.path.join(dataDir, "erl_crash.dump"))
+        # the node still answers
+        assert "ok" in (yield node.rabbitmqctl("eval", "ok."))
+    finally:
+        yield node.stop()
+    assert not lockHeld(dataDir)

@@ -11,12 +11,25 @@ Started as root, the node runs as the C{rabbitmq} system user (like Debian's
 own wrapper does), so its data directory belongs to that user.  The server is
 started through C{setpriv --pdeathsig TERM}: if this process dies without
 stopping the node, the node is told to shut down all the same.
+
+The node, and each C{rabbitmqctl}, runs in a session (and process group) of
+its own (C{setsid}): a Ctrl-C in the terminal that runs this process, which
+signals the terminal's foreground process group, reaches this process only,
+which settles what it is doing before it stops the node.
+
+One node at a time runs on a data directory: the node's processes and this
+process hold an exclusive lock on C{DATA/mqtwist.lock} for as long as the
+node runs (also after this process dies, until the node has stopped), and a
+second start on the directory fails at once, before it changes anything in
+it.
 """
 
 from __future__ import annotations
 
 import collections
+import fcntl
 import hashlib
+import json
 import os
 import pwd
 import secrets
@@ -48,6 +61,14 @@ RABBITMQCTL_DIST_PORTS = range(35672, 35683)
 
 COOKIE_FILE = ".erlang.cookie"
 
+#: the lock of a data directory, in it; it says which process started the
+#: node, and the node's AMQP address, as a JSON object
+LOCK_FILE = "mqtwist.lock"
+
+# the node's file descriptor of the lock: its processes share the lock with
+# this one, so that it is held until they have all ended
+_NODE_LOCK_FD = 3
+
 # The Erlang distribution (the node's RABBITMQ_DIST_PORT, and the port of
 # each rabbitmqctl's own hidden node) listens on every interface unless told
 # otherwise, and anyone who reaches it with the cookie controls the node:
@@ -75,7 +96,8 @@ class RabbitMQNotInstalled(Exception):
 
 class RabbitMQStartFailed(Exception):
     """
-    The node did not start, or a C{rabbitmqctl} command failed.
+    The node did not start (also when another node runs on its data
+    directory), or a C{rabbitmqctl} command failed.
     """
 
 
@@ -200,6 +222,9 @@ class LocalRabbitMQ:
         self._server = os.path.join(rabbitmqBin, "rabbitmq-server")
         self._ctl = os.path.join(rabbitmqBin, "rabbitmqctl")
         self._process: _ServerProcess | None = None
+        #: this process's descriptor of the data directory's lock, from the
+        #: start until the node has ended
+        self._lockFd: int | None = None
         self.url = BrokerURL(host=interface, port=amqpPort)
 
     # -- start -------------------------------------------------------------
@@ -212,32 +237,19 @@ class LocalRabbitMQ:
         @return: a Deferred that fires with the L{BrokerURL} of the node
             (user guest, vhost C{/}), or errbacks with
             L{RabbitMQNotInstalled}, or with L{RabbitMQStartFailed} carrying
-            the node's last output and where its log is.
+            the node's last output and where its log is, or saying that a
+            node already runs on the data directory (which is then left
+            untouched).
         """
         if self._process is not None:
             raise RabbitMQStartFailed(f"RabbitMQ node {self.nodeName} is already running")
-        setpriv = self._checkInstalled()
-        self._prepareDirectory()
-        if self._amqpPort == 0:
-            self._amqpPort = yield self._freePort()
-        if self._distPort == 0:
-            self._distPort = yield self._freePort()
-        self.url = BrokerURL(host=self._interface, port=self._amqpPort)
-        self.log.info(
-            "starting private RabbitMQ node {node} on {url} (data in {dataDir})",
-            node=self.nodeName,
-            url=self.url.redacted(),
-            dataDir=self.dataDir,
-        )
-        process = _ServerProcess()
-        argv = self._asNodeUser(setpriv, self._server)
-        if self._niceness:
-            # set before the node's first thread starts: every thread
-            # inherits it (a renice afterwards would miss the running ones)
-            argv = [self._tool("nice", "coreutils"), "-n", str(self._niceness), *argv]
-        self._reactor.spawnProcess(
-            process, argv[0], argv, env=self._environment(), path=self.dataDir
-        )
+        self._checkInstalled()
+        self._lockFd = self._lockDataDirectory()
+        try:
+            process = yield self._spawnServer()
+        except BaseException:
+            self._unlock()
+            raise
         self._process = process
         process.ended.addCallback(self._serverEnded, process)
         try:
@@ -249,7 +261,40 @@ class LocalRabbitMQ:
         self.log.info("RabbitMQ node {node} is up", node=self.nodeName)
         return self.url
 
-    def _checkInstalled(self) -> str:
+    @defer.inlineCallbacks
+    def _spawnServer(self):  # -> Deferred[_ServerProcess]
+        """
+        Prepare the locked data directory, pick the ports and start the
+        server, which shares the lock.
+
+        @return: a Deferred firing with the server's L{_ServerProcess}.
+        """
+        self._prepareDirectory()
+        if self._amqpPort == 0:
+            self._amqpPort = yield self._freePort()
+        if self._distPort == 0:
+            self._distPort = yield self._freePort()
+        self._recordLockHolder()
+        self.url = BrokerURL(host=self._interface, port=self._amqpPort)
+        self.log.info(
+            "starting private RabbitMQ node {node} on {url} (data in {dataDir})",
+            node=self.nodeName,
+            url=self.url.redacted(),
+            dataDir=self.dataDir,
+        )
+        process = _ServerProcess()
+        argv = self._nodeCommand(self._server)
+        if self._niceness:
+            # set before the node's first thread starts: every thread
+            # inherits it (a renice afterwards would miss the running ones)
+            argv = [self._tool("nice", "coreutils"), "-n", str(self._niceness), *argv]
+        self._reactor.spawnProcess(
+            process, argv[0], argv, env=self._environment(), path=self.dataDir,
+            childFDs={0: "w", 1: "r", 2: "r", _NODE_LOCK_FD: self._lockFd},
+        )
+        return process
+
+    def _checkInstalled(self) -> None:
         for program in (self._server, self._ctl):
             if not os.access(program, os.X_OK):
                 raise RabbitMQNotInstalled(
@@ -257,7 +302,8 @@ class LocalRabbitMQ:
                     f"missing (package rabbitmq-server not installed?); "
                     + INSTALL_HINT
                 )
-        return self._tool("setpriv", "util-linux")
+        for tool in ("setsid", "setpriv"):
+            self._tool(tool, "util-linux")
 
     @staticmethod
     def _tool(name: str, package: str) -> str:
@@ -270,16 +316,97 @@ class LocalRabbitMQ:
             )
         return path
 
-    def _asNodeUser(self, setpriv: str, program: str, *args: str) -> list[str]:
-        argv = [setpriv]
+    def _nodeCommand(self, program: str, *args: str) -> list[str]:
+        """
+        The command line that runs a program of the node (the server or
+        C{rabbitmqctl}): in a session of its own, as the node's user, told
+        to end when this process does.
+        """
+        # A session of its own, and so a process group of its own: a
+        # terminal's Ctrl-C signals the foreground process group, and a node
+        # in ours would stop at once, while deliveries in flight still have
+        # results to publish.  setsid execs in place (the process a reactor
+        # spawns leads no process group, so setsid need not fork): the pid
+        # stays that of the server, which signals reach.
+        argv = [self._tool("setsid", "util-linux"), self._tool("setpriv", "util-linux")]
         if os.geteuid() == 0:
             argv += ["--reuid", self._user, "--regid", self._user, "--init-groups"]
         # TERM on our death: the node then shuts down cleanly on its own
         return argv + ["--pdeathsig", "TERM", "--", program, *args]
 
+    def _lockDataDirectory(self) -> int:
+        """
+        Lock the data directory for the node about to start, creating the
+        directory if need be.
+
+        @return: the lock's file descriptor (close-on-exec).
+        @raise RabbitMQStartFailed: when another node holds the lock (or the
+            lock file cannot be opened); nothing in the directory was
+            changed.
+        """
+        path = os.path.join(self.dataDir, LOCK_FILE)
+        try:
+            os.makedirs(self.dataDir, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise RabbitMQStartFailed(
+                f"cannot start private RabbitMQ node {self.nodeName}: cannot open {path}, "
+                f"the lock of its data directory ({e.strerror}): choose a data directory "
+                f"this user can write to (--broker-dir)"
+            ) from e
+        try:
+            # flock, not fcntl's record locks: it belongs to the open file,
+            # which the node's processes inherit, and so outlives this process
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _readLockHolder(fd)
+            os.close(fd)
+            raise RabbitMQStartFailed(self._alreadyRunning(holder)) from None
+        return fd
+
+    def _alreadyRunning(self, holder: dict[str, Any]) -> str:
+        pid = holder.get("pid")
+        host, port = holder.get("host"), holder.get("port")
+        found = f"a node already runs on its data directory {self.dataDir}"
+        if isinstance(pid, int):
+            if _processExists(pid):
+                found += f", started by process {pid}"
+            else:
+                found += (
+                    f", started by process {pid}, which has ended: that node stops on "
+                    f"its own within seconds (else stop its Erlang VM, whose pid is in "
+                    f"{os.path.join(self.dataDir, 'rabbitmq.pid')})"
+                )
+        share = "give --amqp with that node's URL"
+        if isinstance(host, str) and isinstance(port, int):
+            found += f", with AMQP on {host}:{port}"
+            share = f"give --amqp amqp://guest:guest@{host}:{port}/"
+        return (
+            f"private RabbitMQ node {self.nodeName} was not started: {found}. Nothing "
+            f"in that directory was changed. To run a second mqtwist beside the first, "
+            f"give it a data directory and an AMQP port of its own (--broker-dir DIR "
+            f"--broker-port PORT), or {share} to share the running node; from the same "
+            f"working directory, also a delivery journal of its own (--delivery-journal FILE)"
+        )
+
+    def _recordLockHolder(self) -> None:
+        # for the message of a second start: who runs the node, and where
+        assert self._lockFd is not None
+        record = json.dumps({"pid": os.getpid(), "host": self._interface, "port": self._amqpPort})
+        os.ftruncate(self._lockFd, 0)
+        os.pwrite(self._lockFd, record.encode() + b"\n", 0)
+
+    def _unlock(self) -> None:
+        """
+        Let go of this process's share of the data directory's lock (the
+        node's processes keep theirs until they end).
+        """
+        if self._lockFd is not None:
+            os.close(self._lockFd)
+            self._lockFd = None
+
     def _prepareDirectory(self) -> None:
         owner = pwd.getpwnam(self._user) if os.geteuid() == 0 else None
-        os.makedirs(self.dataDir, exist_ok=True)
         if owner is not None:
             self._checkReachable(owner)
         enabledPlugins = os.path.join(self.dataDir, "enabled_plugins")
@@ -404,6 +531,7 @@ class LocalRabbitMQ:
     def _serverEnded(self, reason: BaseException, process: _ServerProcess) -> BaseException:
         if self._process is process:
             self._process = None
+            self._unlock()
         if process.stopRequested:
             self.log.info("RabbitMQ node {node} stopped", node=self.nodeName)
             return reason
@@ -461,8 +589,8 @@ class LocalRabbitMQ:
             or errbacks with L{RabbitMQStartFailed} naming the command, its
             exit code and its output when it exits with an error.
         """
-        setpriv = self._checkInstalled()
-        argv = self._asNodeUser(setpriv, self._ctl, "-n", self.nodeName, *args)
+        self._checkInstalled()
+        argv = self._nodeCommand(self._ctl, "-n", self.nodeName, *args)
         d = getProcessOutputAndValue(
             argv[0], argv[1:], env=self._environment(), path=self.dataDir,
             reactor=self._reactor,
@@ -523,6 +651,29 @@ class LocalRabbitMQ:
             process.transport.signalProcess(name)
         except error.ProcessExitedAlready:
             pass
+
+
+def _readLockHolder(fd: int) -> dict[str, Any]:
+    """
+    What the lock file open on C{fd} says of the node that holds it: C{pid},
+    C{host}, C{port}; nothing when it says nothing readable (the node that
+    holds it may be picking its ports).
+    """
+    try:
+        holder = json.loads(os.pread(fd, 4096, 0))
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _processExists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # it runs, as another user
+    return True
 
 
 def _howItEnded(reason: BaseException) -> str:
