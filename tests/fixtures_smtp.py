@@ -29,6 +29,8 @@ A L{SMTPServer} has C{host}, C{port}, C{messages} (accepted, in order),
 C{rejected}, C{connections} (by number: peer, commands seen, closed) and
 C{waitForMessages(n)}, C{waitUntil(predicate, what)} returning Deferreds
 that fail with a clear message after C{timeout} seconds (10 by default).
+A server started with C{holdData=True} holds its reply to every body
+(C{held} counts them) until C{release()}; from then on it answers at once.
 """
 
 from __future__ import annotations
@@ -118,6 +120,8 @@ class SMTPServer(ProcessProtocol):
         self.port: int | None = None
         self.messages: list[ReceivedMessage] = []
         self.rejected: list[ReceivedMessage] = []
+        #: bodies whose reply was held (C{holdData=True}), by their recipients
+        self.held: list[tuple[str, ...]] = []
         self.connections: dict[int, ServerConnection] = {}
         self.events: list[dict[str, Any]] = []
         self.stderr = b""
@@ -176,6 +180,8 @@ class SMTPServer(ProcessProtocol):
             self.connections[number].messages += 1
         elif kind == "rejected":
             self.rejected.append(ReceivedMessage.fromEvent(event))
+        elif kind == "held":
+            self.held.append(tuple(event["rcpt_tos"]))
         for entry in list(self._waits):
             predicate, waiter = entry
             if predicate(self):
@@ -235,6 +241,13 @@ class SMTPServer(ProcessProtocol):
             f"{count} closed connections",
             timeout,
         )
+
+    def release(self) -> None:
+        """
+        Answer the bodies held (C{holdData=True}), and every body to come at
+        once.
+        """
+        self.transport.write(b"release\n")
 
     def stop(self) -> Deferred[None]:
         """

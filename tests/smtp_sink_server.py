@@ -43,7 +43,13 @@ C{--auth USER:PASSWORD} offers AUTH PLAIN and LOGIN (over TLS only, unless
 C{--auth-cleartext}); C{--size N} announces SIZE N; C{--no-8bitmime} leaves
 8BITMIME out; C{--smtputf8} offers SMTPUTF8; C{--dsn} offers DSN and keeps
 its parameters (RET, ENVID on MAIL; NOTIFY, ORCPT on RCPT) in the options;
-C{--host} the address to listen on (C{::1} for IPv6).
+C{--host} the address to listen on (C{::1} for IPv6).  C{--hold-data} holds
+the reply to every body (C{{"event": "held", "connection": N, "rcpt_tos":
+[...]}} says that one is held) until a line C{release} on stdin, after
+which every body held or to come is answered at once: a test can act while
+deliveries are known to be in flight, without waiting for a fixed time.  A
+body whose connection closes while it is held is not reported as a message
+(aiosmtpd ends its handler): its client never learnt that it was accepted.
 """
 
 from __future__ import annotations
@@ -124,10 +130,12 @@ class RecordingSMTP(SMTP):
 class ScriptedHandler:
     """aiosmtpd hooks: record events, fail on the scripted addresses."""
 
-    def __init__(self, pipelining: bool, eightBitMIME: bool, dsn: bool) -> None:
+    def __init__(self, pipelining: bool, eightBitMIME: bool, dsn: bool, released: asyncio.Event) -> None:
         self.pipelining = pipelining
         self.eightBitMIME = eightBitMIME
         self.dsn = dsn
+        #: set when the replies to bodies may go (at once without --hold-data)
+        self.released = released
 
     async def handle_EHLO(
         self, server: RecordingSMTP, session: Session, envelope: Envelope, hostname: str, responses: list[str]
@@ -202,6 +210,9 @@ class ScriptedHandler:
         locals_ = {localPart(rcpt) for rcpt in envelope.rcpt_tos}
         if "hangdata" in locals_:
             await asyncio.Future()
+        if not self.released.is_set():
+            emit("held", connection=server.connectionNumber, rcpt_tos=envelope.rcpt_tos)
+            await self.released.wait()
         reply = "250 2.0.0 OK queued"
         if locals_ == {"lenient"}:
             reply = "554 5.5.1 no valid recipients"
@@ -226,8 +237,14 @@ class ScriptedHandler:
 
 async def serve(arguments: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
+    released = asyncio.Event()
+    if not arguments.hold_data:
+        released.set()
     handler = ScriptedHandler(
-        pipelining=not arguments.no_pipelining, eightBitMIME=not arguments.no_8bitmime, dsn=arguments.dsn
+        pipelining=not arguments.no_pipelining,
+        eightBitMIME=not arguments.no_8bitmime,
+        dsn=arguments.dsn,
+        released=released,
     )
 
     class Server(RecordingSMTP):
@@ -260,7 +277,7 @@ async def serve(arguments: argparse.Namespace) -> None:
     stdinClosed = loop.create_future()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    loop.create_task(_untilEOF(reader, stdinClosed))
+    loop.create_task(_readCommands(reader, released, stdinClosed))
     await stdinClosed
     server.close()
 
@@ -281,9 +298,10 @@ class Authenticator:
         return AuthResult(success=ok, handled=False)
 
 
-async def _untilEOF(reader: asyncio.StreamReader, done: asyncio.Future[None]) -> None:
-    while await reader.read(4096):
-        pass
+async def _readCommands(reader: asyncio.StreamReader, released: asyncio.Event, done: asyncio.Future[None]) -> None:
+    while line := await reader.readline():
+        if line.strip() == b"release":
+            released.set()
     done.set_result(None)
 
 
@@ -304,6 +322,7 @@ def main() -> None:
     parser.add_argument("--no-8bitmime", action="store_true")
     parser.add_argument("--smtputf8", action="store_true")
     parser.add_argument("--dsn", action="store_true")
+    parser.add_argument("--hold-data", action="store_true")
     asyncio.run(serve(parser.parse_args()))
 
 

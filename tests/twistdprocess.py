@@ -63,17 +63,24 @@ class Twistd(ProcessProtocol):
         self.ended.callback(None)
 
 
-def startTwistd(*arguments: str, env: dict[str, str] | None = None) -> Twistd:
+def startTwistd(*arguments: str, env: dict[str, str] | None = None, usePTY: bool = False) -> Twistd:
     """
     Start C{twistd -n mqtwist ARGUMENTS} with this interpreter; C{env}
     entries are added to this process's environment.
+
+    @param usePTY: run it as a terminal runs a command: in a session of its
+        own whose controlling terminal is a pseudo-terminal, its standard
+        input, output and error; writing C{b"\\x03"} (Ctrl-C) to the
+        transport then sends SIGINT to the terminal's foreground process
+        group, the process and its children that stayed in its group.
+        Its output arrives with the terminal's line ends (CR LF).
     """
     process = Twistd()
     command = [
         sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
         "-n", "--pidfile=", "mqtwist", *arguments,
     ]
-    reactor.spawnProcess(process, sys.executable, command, env={**os.environ, **(env or {})})
+    reactor.spawnProcess(process, sys.executable, command, env={**os.environ, **(env or {})}, usePTY=usePTY)
     return process
 
 
