@@ -22,11 +22,12 @@ from __future__ import annotations
 import shlex
 import struct
 from io import BytesIO
-from typing import Any, Protocol as TypingProtocol
+from typing import Any, Callable, Protocol as TypingProtocol
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
-from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
+from twisted.internet.task import LoopingCall
 from twisted.internet.ssl import optionsForClientTLS
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -72,7 +73,9 @@ class ConnectionListener(TypingProtocol):
         """The connection is gone."""
 
 
-class AMQPDelegate(TwistedDelegate):
+# (txamqp has no type hints: mypy sees its classes as Any, and --strict
+# refuses Any as a base class)
+class AMQPDelegate(TwistedDelegate):  # type: ignore[misc]
     """
     Routes what the broker sends on its own initiative to the protocol's
     listener.
@@ -110,7 +113,8 @@ class AMQPDelegate(TwistedDelegate):
         self.client.listener.publishRejected(ch, msg.delivery_tag, msg.multiple)
 
 
-class AMQPProtocol(AMQClient):
+# (a txamqp class: Any to mypy, as for AMQPDelegate)
+class AMQPProtocol(AMQClient):  # type: ignore[misc]
     """
     An AMQP 0-9-1 client connection with TCP_NODELAY, bytes bodies, and
     events for a L{ConnectionListener}.
@@ -118,8 +122,8 @@ class AMQPProtocol(AMQClient):
 
     listener: ConnectionListener
     #: txamqp's heartbeat timers (set when heartbeats are on)
-    checkHB: Any
-    sendHB: Any
+    checkHB: IDelayedCall
+    sendHB: LoopingCall
 
     log = Logger()
 
@@ -156,12 +160,12 @@ class AMQPProtocol(AMQClient):
         self._lastSent = now
         self._lastReceived = now
         self._publishMethods: dict[tuple[int, str, str], bytes] = {}
-        self._propertyCache: dict[tuple[tuple[str, Any], ...], bytes] = {}
+        self._propertyCache: dict[tuple[tuple[str, object], ...], bytes] = {}
         #: the properties of content headers read, by their encoding
         self._decodedProperties: dict[bytes, dict[str, Any]] = {}
         basic = self.spec.classes.byname["basic"].methods.byname
         #: the methods read without the codec, by their class and method ids
-        self._fastMethods: dict[bytes, tuple[Any, Any]] = {
+        self._fastMethods: dict[bytes, tuple[Any, _ArgumentDecoder]] = {
             struct.pack("!HH", _BASIC_CLASS, 60): (basic["deliver"], _decodeDeliver),
             struct.pack("!HH", _BASIC_CLASS, _ACK_ID): (basic["ack"], _decodeAck),
         }
@@ -275,15 +279,16 @@ class AMQPProtocol(AMQClient):
                 method = assembly.method
                 self.delegate.dispatch(channel, Message(method.method, method.args, content))
         except Exception:
-            # as txamqp's worker does with a failed dispatch
-            self.close(Failure())
+            # as txamqp's worker does with a failed dispatch; (Twisted's
+            # Failure() is not annotated)
+            self.close(Failure())  # type: ignore[no-untyped-call]
 
     # The two methods sent for every message, packed directly: txamqp
     # builds each frame through a generic codec and a generator, and writes
     # a published message's method, header and body frames one by one.
 
     def basicPublish(
-        self, channel: int, exchange: str, routingKey: str, body: bytes, properties: dict[str, Any]
+        self, channel: int, exchange: str, routingKey: str, body: bytes, properties: dict[str, object]
     ) -> None:
         """
         Send C{basic.publish} with C{body} and its content C{properties}
@@ -322,7 +327,7 @@ class AMQPProtocol(AMQClient):
         self._lastSent = self.clock.seconds()
         self.transport.write(_frame(_METHOD, channel, _ACK.pack(_BASIC_CLASS, _ACK_ID, deliveryTag, 0)))
 
-    def _encodeProperties(self, properties: dict[str, Any]) -> bytes:
+    def _encodeProperties(self, properties: dict[str, object]) -> bytes:
         """
         The property flags and the properties of a basic content header.
         """
@@ -440,12 +445,11 @@ class AMQPProtocol(AMQClient):
     def channel_failed(self, channel: AMQChannel, reason: Failure) -> None:
         self.listener.channelClosed(channel, reason)
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure) -> None:
         AMQClient.connectionLost(self, reason)
         self.listener.connectionLost(reason)
 
-    @defer.inlineCallbacks
-    def login(self, url: BrokerURL):
+    def login(self, url: BrokerURL) -> defer.Deferred[None]:
         """
         Authenticate and open the vhost of C{url}: the AMQP handshake, which
         must be over within C{url.connectTimeout} seconds.
@@ -457,9 +461,12 @@ class AMQPProtocol(AMQClient):
             connection is left as it is: closed by the broker, or still open
             after a timeout.
         """
+        return defer.ensureDeferred(self._login(url))
+
+    async def _login(self, url: BrokerURL) -> None:
         handshake = self.authenticate(url.username, url.password, mechanism=url.authMechanism)
         try:
-            yield handshake.addTimeout(url.connectTimeout, self.clock)
+            await handshake.addTimeout(url.connectTimeout, self.clock)
         except Closed as e:
             raise LoginFailed(_refusal(url, e, authenticated=self.tuned)) from None
         except defer.TimeoutError:
@@ -665,6 +672,11 @@ def _shortstr(text: str) -> bytes:
     return bytes((len(data),)) + data
 
 
+#: reads the arguments of a method from a frame, at the offset after the
+#: class and method ids
+_ArgumentDecoder = Callable[[bytes, int], tuple[object, ...]]
+
+
 def _shortstrAt(data: bytes, offset: int) -> tuple[str | bytes, int]:
     """
     The short string at C{offset} (text when it is UTF-8, as txamqp's codec
@@ -678,7 +690,9 @@ def _shortstrAt(data: bytes, offset: int) -> tuple[str | bytes, int]:
         return raw, end
 
 
-def _decodeDeliver(data: bytes, offset: int) -> tuple[Any, ...]:
+def _decodeDeliver(
+    data: bytes, offset: int
+) -> tuple[str | bytes, int, bool, str | bytes, str | bytes]:
     """basic.deliver: consumer tag, delivery tag, redelivered, exchange, routing key."""
     consumerTag, offset = _shortstrAt(data, offset)
     (deliveryTag, bits) = _TAG_AND_BITS.unpack_from(data, offset)
@@ -687,7 +701,7 @@ def _decodeDeliver(data: bytes, offset: int) -> tuple[Any, ...]:
     return consumerTag, deliveryTag, bool(bits & 1), exchange, routingKey
 
 
-def _decodeAck(data: bytes, offset: int) -> tuple[Any, ...]:
+def _decodeAck(data: bytes, offset: int) -> tuple[int, bool]:
     """basic.ack: delivery tag, multiple."""
     deliveryTag, bits = _TAG_AND_BITS.unpack_from(data, offset)
     return deliveryTag, bool(bits & 1)
