@@ -11,6 +11,7 @@ loss; what was in flight on the old one fails (publishes) or becomes stale
 
 from __future__ import annotations
 
+from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
@@ -143,9 +144,19 @@ class Delivery:
         self._settled = True
         return True
 
-    def _lost(self, failure: Failure) -> None:
-        failure.trap(Closed)
+    def _lost(self, failure: Failure) -> Failure | None:
+        if not isinstance(failure.value, Closed):
+            return failure
         self.log.debug("delivery {tag} not settled: {error}", tag=self.deliveryTag, error=failure.value)
+        return None
+
+
+def _ignoreClosed(failure: Failure) -> Failure | None:
+    """
+    An errback for a method whose reply no one waits for: the loss of its
+    channel or connection is reported elsewhere; anything else is passed on.
+    """
+    return None if isinstance(failure.value, Closed) else failure
 
 
 def _checkTable(what: str, table: Mapping[str, object]) -> None:
@@ -236,15 +247,15 @@ class BrokerClient(Service):
     # -- service -----------------------------------------------------------
 
     def startService(self) -> None:
-        Service.startService(self)
+        # Twisted's Service is not annotated
+        Service.startService(self)  # type: ignore[no-untyped-call]
         self._stopped = False
         self._failures = 0
         self._lastCause = None
         self.log.info("connecting to AMQP broker {url}", url=self.url.redacted())
         self._connect()
 
-    @defer.inlineCallbacks
-    def stopService(self):  # -> Deferred[None]
+    def stopService(self) -> defer.Deferred[None]:
         """
         Close the connection cleanly (C{connection.close}) and stop
         reconnecting; an attempt under way is abandoned.  Unconfirmed
@@ -254,7 +265,11 @@ class BrokerClient(Service):
         @return: a Deferred that fires with C{None} once the connection is
             closed.
         """
-        Service.stopService(self)
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
+        # Twisted's Service is not annotated
+        Service.stopService(self)  # type: ignore[no-untyped-call]
         self._stopped = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
@@ -262,15 +277,15 @@ class BrokerClient(Service):
         attempt = self._attempt
         if attempt is not None:
             attempt.cancel()
-            yield attempt
+            await attempt
         session = self._session
         connected = session is not None and session.ready
         if session is not None:
             if session.ready:
-                yield session.close(self._closeTimeout)
+                await session.close(self._closeTimeout)
             elif not session.protocol.closed:
                 session.protocol.transport.abortConnection()
-            yield session.protocol.disconnected.wait()
+            await session.protocol.disconnected.wait()
         waiters, self._waiters = self._waiters, []
         for waiter in waiters:
             waiter.errback(defer.CancelledError())
@@ -303,23 +318,27 @@ class BrokerClient(Service):
         self._retry = None
         # the endpoint's Deferred is typed for any IProtocol: it is ours
         connecting: defer.Deferred[Any] = self._endpoint.connect(self._factory)
-        self._attempt = connecting.addCallback(self._setUp).addCallbacks(
-            self._connected, self._attemptFailed
-        )
+        self._attempt = connecting.addCallback(
+            lambda protocol: defer.ensureDeferred(self._setUp(protocol))
+        ).addCallbacks(self._connected, self._attemptFailed)
 
-    def _setUp(self, protocol: AMQPProtocol):  # -> Deferred[_Session]
+    async def _setUp(self, protocol: AMQPProtocol) -> _Session:
         session = _Session(self, protocol)
         protocol.setListener(session)
         self._session = session
-
-        def failed(failure: Failure):  # -> Deferred[Failure]
+        try:
+            await session.setUp()
+        except Exception:
             # the next attempt starts once this connection is gone: two
             # never overlap, and stopService finds nothing left behind
             if not protocol.closed:
                 protocol.transport.abortConnection()
-            return protocol.disconnected.wait().addBoth(lambda _: failure)
-
-        return session.setUp().addCallbacks(lambda _: session, failed)
+            # however the wait ends (stopService cancels it), the attempt
+            # fails with what went wrong in the set-up
+            with suppress(Exception):
+                await protocol.disconnected.wait()
+            raise
+        return session
 
     def _connected(self, session: _Session) -> None:
         self._attempt = None
@@ -361,7 +380,7 @@ class BrokerClient(Service):
         # (even a stop) finds the client in its waiting state
         self._retry = self._reactor.callLater(delay, self._connect)
         fields: dict[str, object] = {}
-        if loud and not failure.check(LoginFailed, Closed, error.ConnectError):
+        if loud and not isinstance(failure.value, (LoginFailed, Closed, error.ConnectError)):
             # a traceback where the cause is a bug rather than the broker
             fields["log_failure"] = failure
         self.log.emit(
@@ -403,7 +422,7 @@ class BrokerClient(Service):
         *,
         priority: int | None = None,
         headers: Mapping[str, object] | None = None,
-    ):  # -> Deferred[None]
+    ) -> defer.Deferred[None]:
         """
         Publish C{body} persistently to C{queue} through the default
         exchange, as C{application/json}.  Does not wait for earlier
@@ -439,7 +458,7 @@ class BrokerClient(Service):
 
     # -- consuming -----------------------------------------------------------
 
-    def stopConsuming(self):  # -> Deferred[None]
+    def stopConsuming(self) -> defer.Deferred[None]:
         """
         Cancel the consumer (C{basic.cancel}) and do not consume again after
         a reconnect.
@@ -451,7 +470,7 @@ class BrokerClient(Service):
         session = self._session
         if session is None:
             return defer.succeed(None)
-        return session.stopConsuming()
+        return defer.ensureDeferred(session.stopConsuming())
 
     def _deliver(self, delivery: Delivery) -> None:
         try:
@@ -485,38 +504,48 @@ class _Session:
         self.consumerTag: str | None = None
         self._consumeStarting: defer.Deferred[None] | None = None
 
-    @defer.inlineCallbacks
-    def setUp(self):
+    async def setUp(self) -> None:
+        """
+        Log in, open the channels, declare the queues and start the
+        consumer (if wanted); L{ready} once done.
+        """
         client = self.client
-        yield self.protocol.login(client.url)
-        channel = yield self.protocol.channel(PUBLISH_CHANNEL)
-        yield channel.channel_open()
-        yield channel.confirm_select()
+        await self.protocol.login(client.url)
+        channel = await self.protocol.channel(PUBLISH_CHANNEL)
+        await channel.channel_open()
+        await channel.confirm_select()
         self.publishChannel = channel
         for queue in client.queues:
-            yield self._declare(queue)
+            await self._declare(queue)
         if client._consumeWanted and client.consumeFrom is not None:
-            self._consumeStarting = self._startConsuming(client.consumeFrom)
-            yield self._consumeStarting
+            # a Deferred, not a coroutine: stopConsuming waits on it too
+            self._consumeStarting = defer.ensureDeferred(
+                self._startConsuming(client.consumeFrom)
+            )
+            await self._consumeStarting
         self.ready = True
 
-    def _declare(self, queue: QueueSpec):  # -> Deferred
+    def _declare(self, queue: QueueSpec) -> defer.Deferred[Any]:
+        """
+        @return: txamqp's Deferred of the C{queue.declare}: it fires with
+            the C{declare-ok} reply.
+        """
         channel = self.publishChannel
         assert channel is not None, "declared on the publish channel, after it is open"
         self.declared.add(queue.name)
-        return channel.queue_declare(
+        declaring: defer.Deferred[Any] = channel.queue_declare(
             queue=queue.name, durable=True, arguments=dict(queue.arguments)
         )
+        return declaring
 
-    @defer.inlineCallbacks
-    def _startConsuming(self, queue: str):
+    async def _startConsuming(self, queue: str) -> None:
         if queue not in self.declared:
-            yield self._declare(QueueSpec(queue))
-        channel = yield self.protocol.channel(CONSUME_CHANNEL)
-        yield channel.channel_open()
-        yield channel.basic_qos(prefetch_count=self.client.prefetch)
+            await self._declare(QueueSpec(queue))
+        channel = await self.protocol.channel(CONSUME_CHANNEL)
+        await channel.channel_open()
+        await channel.basic_qos(prefetch_count=self.client.prefetch)
         self.consumeChannel = channel
-        reply = yield channel.basic_consume(queue=queue)
+        reply = await channel.basic_consume(queue=queue)
         self.consumerTag = reply.consumer_tag
 
     def publish(
@@ -525,7 +554,7 @@ class _Session:
         body: bytes,
         priority: int | None,
         headers: Mapping[str, object] | None,
-    ):  # -> Deferred[None]
+    ) -> defer.Deferred[None]:
         channel = self.publishChannel
         assert channel is not None
         if channel.closed:
@@ -539,7 +568,7 @@ class _Session:
         if queue not in self.declared:
             # same channel, so the broker declares it before it routes the
             # publish below: no need to wait for declare-ok
-            self._declare(QueueSpec(queue)).addErrback(lambda f: f.trap(Closed))
+            self._declare(QueueSpec(queue)).addErrback(_ignoreClosed)
         properties = {
             "content-type": "application/json",
             "delivery-mode": 2,
@@ -550,11 +579,13 @@ class _Session:
         self.protocol.basicPublish(channel.id, "", queue, body, properties)
         return confirmed
 
-    @defer.inlineCallbacks
-    def stopConsuming(self):
+    async def stopConsuming(self) -> None:
+        """
+        Cancel the consumer, once it has started (if it does).
+        """
         if self._consumeStarting is not None:
             try:
-                yield self._consumeStarting
+                await self._consumeStarting
             except Exception:
                 pass  # the connection failed: nothing to cancel
         tag, self.consumerTag = self.consumerTag, None
@@ -564,12 +595,18 @@ class _Session:
         try:
             # the broker sends cancel-ok after every delivery it made, and
             # txamqp hands deliveries over in order: none can come later
-            yield channel.basic_cancel(consumer_tag=tag)
+            await channel.basic_cancel(consumer_tag=tag)
         except Closed:
             pass  # the channel is gone, and its deliveries with it
 
-    def close(self, timeout: float):  # -> Deferred[None]
-        return self.protocol.close(within=timeout)
+    def close(self, timeout: float) -> defer.Deferred[None]:
+        """
+        @return: a Deferred that fires with C{None} once the broker
+            answered C{connection.close} (or C{timeout} seconds passed) and
+            the channels are closed.
+        """
+        closing: defer.Deferred[None] = self.protocol.close(within=timeout)
+        return closing
 
     # -- ConnectionListener --------------------------------------------------
 
@@ -646,47 +683,48 @@ def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
     """
     broker = f"AMQP broker {url.redacted()}"
     where = hostPort(url.host, url.port)
-    if failure.check(LoginFailed):
-        return str(failure.value)
-    if failure.check(error.ConnectionRefusedError):
+    value = failure.value
+    if isinstance(value, LoginFailed):
+        return str(value)
+    if isinstance(value, error.ConnectionRefusedError):
         return (
             f"cannot reach {broker}: {where} refused the connection (nothing "
             f"listens there): check that the broker runs and listens at {where}, "
             f"and the host and port in the broker URL (--amqp)"
         )
-    if failure.check(error.DNSLookupError):
+    if isinstance(value, error.DNSLookupError):
         return (
             f"cannot reach {broker}: the host name {url.host!r} does not resolve "
             f"({failure.getErrorMessage()}): check the host in the broker URL "
             f"(--amqp) and this machine's DNS"
         )
-    if failure.check(error.TimeoutError):
+    if isinstance(value, error.TimeoutError):
         return (
             f"cannot reach {broker}: no answer from {where} within "
             f"{url.connectTimeout:g} s (connection timed out): check that the "
             f"broker runs at {where} and that no firewall drops the connection; "
             f"connection_timeout in the URL sets the wait"
         )
-    if failure.check(error.ConnectError):
+    if isinstance(value, error.ConnectError):
         return (
             f"cannot reach {broker}: {failure.getErrorMessage()}: check that the "
             f"broker runs at {where} and that this machine can reach it"
         )
-    if failure.check(ChannelClosed):
-        said = describeClose(failure.value)
+    if isinstance(value, ChannelClosed):
+        said = describeClose(value)
         return (
             f"{broker} refused to set up mqtwist's queues or consumer ({said}): "
-            f"{_CHANNEL_ADVICE.get(_closeCode(failure.value), _CHANNEL_ADVICE[None])}"
+            f"{_CHANNEL_ADVICE.get(_closeCode(value), _CHANNEL_ADVICE[None])}"
         )
-    if failure.check(Closed):
+    if isinstance(value, Closed):
         return (
             f"{broker} let mqtwist in, but the connection ended while its queues "
-            f"and consumer were set up ({describeClose(failure.value)}): if this "
+            f"and consumer were set up ({describeClose(value)}): if this "
             f"repeats, look for the cause in the broker's log"
         )
     return (
         f"could not set up the connection to {broker}: "
-        f"{failure.type.__name__}: {failure.getErrorMessage()}"
+        f"{type(value).__name__}: {failure.getErrorMessage()}"
     )
 
 
