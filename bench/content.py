@@ -28,9 +28,9 @@ import dkim  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
-from mqtwist.dkimsign import DKIMKeys, parseDKIM, sign  # noqa: E402
-from mqtwist.headeredits import applyHeaderEdits  # noqa: E402
-from mqtwist.mime import buildMime  # noqa: E402
+from mqtwist.content.dkimsign import DKIMKeys, parseDKIM, sign  # noqa: E402
+from mqtwist.content.headeredits import applyHeaderEdits  # noqa: E402
+from mqtwist.content.mime import buildMime  # noqa: E402
 
 from components import cpuModel  # noqa: E402
 

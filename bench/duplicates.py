@@ -38,7 +38,7 @@ from zope.interface import implementer  # noqa: E402
 
 from mqtwist.amqp.client import BrokerClient  # noqa: E402
 from mqtwist.amqp.localnode import LocalRabbitMQ, RabbitMQEnded  # noqa: E402
-from mqtwist.publish import jobBodies, publishJobs  # noqa: E402
+from mqtwist.loadgen import jobBodies, publishJobs  # noqa: E402
 
 from broker import BenchBroker  # noqa: E402
 from components import REPOSITORY, BenchError, Program, twistdEnvironment  # noqa: E402
@@ -58,7 +58,7 @@ class CountingSink:
     """
     An SMTP server (Twisted's, on 127.0.0.1) that accepts every message and
     counts the deliveries of each recipient: a job's recipient is
-    C{rcptN@example.com} (L{mqtwist.publish.makeJob}), so a recipient
+    C{rcptN@example.com} (L{mqtwist.loadgen.makeJob}), so a recipient
     stands for one job.  A delivery counts when the end of its data has
     arrived, just before the server answers 250, as a real server's queue
     would have it.

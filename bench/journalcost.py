@@ -1,5 +1,5 @@
 """
-What the delivery journal (mqtwist/journal.py) costs: microseconds per
+What the delivery journal (mqtwist/outbox/journal.py) costs: microseconds per
 keyOf by body size, per record (file and memory) and per lookup, bytes of
 memory per record, and how fast open() reads a journal back.
 
@@ -24,7 +24,7 @@ from typing import Any, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mqtwist.journal import DeliveryJournal  # noqa: E402
+from mqtwist.outbox.journal import DeliveryJournal  # noqa: E402
 
 from components import cpuModel  # noqa: E402
 

@@ -1,7 +1,7 @@
 """
 How many acknowledgements a RabbitMQ node loses when it is killed (kill -9),
 and whether the messages they settled come back with C{redelivered} set:
-what the delivery journal's capacity must cover (mqtwist/journal.py).
+what the delivery journal's capacity must cover (mqtwist/outbox/journal.py).
 
     python3 bench/lostacks.py [--messages 40000] [--acks 16000]
 
@@ -29,7 +29,7 @@ from twisted.internet import defer, task  # noqa: E402
 
 from mqtwist.amqp.client import BrokerClient, Delivery, QueueSpec  # noqa: E402
 from mqtwist.amqp.localnode import LocalRabbitMQ, RabbitMQEnded  # noqa: E402
-from mqtwist.publish import publishJobs  # noqa: E402
+from mqtwist.loadgen import publishJobs  # noqa: E402
 
 QUEUE = "lostacks"
 

@@ -31,7 +31,7 @@ from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noq
 
 from mqtwist.amqp.client import BrokerClient, QueueSpec  # noqa: E402
 from mqtwist.amqp.localnode import LocalRabbitMQ  # noqa: E402
-from mqtwist.publish import jobBodies, publishJobs  # noqa: E402
+from mqtwist.loadgen import jobBodies, publishJobs  # noqa: E402
 
 from components import (  # noqa: E402
     POSTFIX_INSTALL,

@@ -13,7 +13,7 @@ C{twistd} drop-in in C{twisted/plugins/} imports it.
 """
 
 from mqtwist.errors import PermanentFailure
-from mqtwist.interfaces import COMPLETE, CONTINUE, IDataPlugin
+from mqtwist.dataplugin.interfaces import COMPLETE, CONTINUE, IDataPlugin
 
 #: the release; setup.cfg reads it from here
 __version__ = "0.1.0"

@@ -14,7 +14,7 @@ class AttemptFailed(Exception):
     A delivery attempt ended without the message being accepted.
 
     @ivar state: the step that ended the attempt, one of the C{state} values
-        of C{spec/messages.md} (C{"connect"}, C{"rcptto"}, ...).
+        of C{docs/messages.rst} (C{"connect"}, C{"rcptto"}, ...).
     @ivar result: C{"error"}, C{"timeout"}, C{"lost"} or C{"invalid"}.
     @ivar description: human-readable cause, published in the result entry.
     @ivar code: the SMTP reply code, when a server replied.

@@ -3,10 +3,10 @@ Publish test delivery jobs to an outbox queue, fast, with publisher confirms.
 
 For trying mqtwist out and for the benchmarks (C{bench/})::
 
-    python -m mqtwist.publish --amqp amqp://guest:guest@localhost:5672/ \\
+    python -m mqtwist.loadgen --amqp amqp://guest:guest@localhost:5672/ \\
         --queue outbox --count 1000 --size 5000
 
-Each job is a persistent JSON message in the format of C{spec/messages.md}:
+Each job is a persistent JSON message in the format of C{docs/messages.rst}:
 an C{id} (C{PREFIX-N}), an C{envelope}, a C{recipient} (C{rcptN@DOMAIN})
 and a C{mime} string of about C{--size} bytes: a few headers and a plain
 ASCII body of 76-character lines.  With C{--dkim-key} every job also asks
@@ -143,7 +143,7 @@ def readDKIM(keyFile: str, domain: str, selector: str) -> dict[str, Any]:
 
 def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m mqtwist.publish",
+        prog="python -m mqtwist.loadgen",
         description="Publish persistent test delivery jobs to an mqtwist outbox queue, "
         "with publisher confirms.",
     )

@@ -31,15 +31,15 @@ from mqtwist.amqp.localnode import (
 )
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
-from mqtwist.delivery import DeliveryEngine
-from mqtwist.discovery import selectPlugins
-from mqtwist.dkimsign import DKIMKeys
-from mqtwist.interfaces import IDataPlugin
-from mqtwist.joblimits import JobLimits
-from mqtwist.journal import DeliveryJournal, DeliveryJournalError
-from mqtwist.message import Message, ParseSettings, ResultEntry
-from mqtwist.outbox import OutboxProcessor
-from mqtwist.schedule import RetrySchedule
+from mqtwist.delivery.engine import DeliveryEngine
+from mqtwist.dataplugin.discovery import selectPlugins
+from mqtwist.content.dkimsign import DKIMKeys
+from mqtwist.dataplugin.interfaces import IDataPlugin
+from mqtwist.content.joblimits import JobLimits
+from mqtwist.outbox.journal import DeliveryJournal, DeliveryJournalError
+from mqtwist.content.message import Message, ParseSettings, ResultEntry
+from mqtwist.outbox.processor import OutboxProcessor
+from mqtwist.outbox.schedule import RetrySchedule
 
 
 #: What to do when the private RabbitMQ node fails, by the type of its error

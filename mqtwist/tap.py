@@ -101,7 +101,7 @@ class Options(usage.Options):
         raise SystemExit(0)
 
     def _listPlugins(self) -> None:
-        from mqtwist.discovery import describePlugins
+        from mqtwist.dataplugin.discovery import describePlugins
 
         try:
             sys.stdout.write(describePlugins())
@@ -109,7 +109,7 @@ class Options(usage.Options):
             raise usage.UsageError(f"--list-plugins: {e}")
 
     def _checkPluginNames(self, names: list[str], source: str) -> None:
-        from mqtwist.discovery import selectPlugins
+        from mqtwist.dataplugin.discovery import selectPlugins
 
         try:
             selectPlugins(names)

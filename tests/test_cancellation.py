@@ -19,8 +19,8 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.task import deferLater
 
 from mqtwist.config import Config, SMTPTimeouts
-from mqtwist.delivery import DeliveryEngine
-from mqtwist.message import Message
+from mqtwist.delivery.engine import DeliveryEngine
+from mqtwist.content.message import Message
 
 
 class ConnectionsNoted:

@@ -1,5 +1,5 @@
 """
-L{mqtwist.chain.PluginChain}: the table of C{docs/plugins.rst}, "Handing
+L{mqtwist.dataplugin.chain.PluginChain}: the table of C{docs/plugins.rst}, "Handing
 control back", row by row, on a L{MemoryReactorClock}.
 """
 
@@ -18,15 +18,15 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
-from mqtwist.chain import PluginBug, PluginChain
+from mqtwist.dataplugin.chain import PluginBug, PluginChain
 from mqtwist.errors import AttemptFailed
-from mqtwist.interfaces import (
+from mqtwist.dataplugin.interfaces import (
     IConnectionInfo,
     IDataPlugin,
     IPluginContext,
     IPluginMessage,
 )
-from mqtwist.testing import makeConfig, makeConnection, makeMessage
+from mqtwist.dataplugin.testing import makeConfig, makeConnection, makeMessage
 
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
 

@@ -15,9 +15,9 @@ from test_dkimsign import RSA_KEY, nameServer, needsMailDKIM, pem, verify  # noq
 from test_end_to_end import decoded, makeConfig, publishAll, queues, running  # noqa: F401
 from zope.interface import implementer
 
-import mqtwist.message
-from mqtwist.interfaces import IDataPlugin
-from mqtwist.mime import buildMime
+import mqtwist.content.message
+from mqtwist.dataplugin.interfaces import IDataPlugin
+from mqtwist.content.mime import buildMime
 from mqtwist.service import MailerService
 
 
@@ -39,7 +39,7 @@ async def test_built_edited_changed_and_signed(rabbitmq, amqp, smtpServer, queue
         builders.append(threading.current_thread())
         return buildMime(*args, **kwargs)
 
-    monkeypatch.setattr(mqtwist.message, "buildMime", recordingBuild)
+    monkeypatch.setattr(mqtwist.content.message, "buildMime", recordingBuild)
     records.publish("s1", "example.com", RSA_KEY)
     job = {
         "id": "content-1",

@@ -1,5 +1,5 @@
 """
-Unit tests of L{mqtwist.deferrallog.DeferralLog}: deferrals gathered per
+Unit tests of L{mqtwist.delivery.deferrallog.DeferralLog}: deferrals gathered per
 destination into one log event an interval, on a fake clock.
 """
 
@@ -10,7 +10,7 @@ from typing import Any
 from twisted.internet.task import Clock
 from twisted.logger import formatEvent, globalLogPublisher
 
-from mqtwist.deferrallog import DeferralLog
+from mqtwist.delivery.deferrallog import DeferralLog
 from mqtwist.timeformat import formatTime
 
 
@@ -23,7 +23,7 @@ class Recorded:
         return self.events
 
     def _observe(self, event: dict[str, Any]) -> None:
-        if event.get("log_namespace", "").startswith("mqtwist.deferrallog"):
+        if event.get("log_namespace", "").startswith("mqtwist.delivery.deferrallog"):
             self.events.append(event)
 
     def __exit__(self, *exc: object) -> None:

@@ -1,5 +1,5 @@
 """
-L{mqtwist.discovery}: plugins installed by other distributions, into an
+L{mqtwist.dataplugin.discovery}: plugins installed by other distributions, into an
 C{mqtwist/plugins/} folder of their own on C{sys.path}, are found and run.
 """
 
@@ -17,15 +17,15 @@ from twisted.internet.testing import MemoryReactorClock
 from zope.interface import implementer
 
 import mqtwist.plugins
-from mqtwist.chain import PluginChain
-from mqtwist.discovery import (
+from mqtwist.dataplugin.chain import PluginChain
+from mqtwist.dataplugin.discovery import (
     describePlugins,
     discoverPlugins,
     findPlugins,
     selectPlugins,
 )
-from mqtwist.interfaces import IDataPlugin
-from mqtwist.testing import makeConfig, makeConnection, makeMessage, verifyPlugin
+from mqtwist.dataplugin.interfaces import IDataPlugin
+from mqtwist.dataplugin.testing import makeConfig, makeConnection, makeMessage, verifyPlugin
 
 PLUGIN_SOURCE = '''
 """Plugins of the {dist} distribution."""
@@ -254,11 +254,11 @@ def test_moduleBrokenAfterCachingIsSkipped(
 
     from twisted.logger import Logger
 
-    import mqtwist.discovery
+    import mqtwist.dataplugin.discovery
 
     events: list[dict[str, Any]] = []
     logger = Logger(observer=events.append)  # type: ignore[arg-type]
-    monkeypatch.setattr(mqtwist.discovery, "log", logger)
+    monkeypatch.setattr(mqtwist.dataplugin.discovery, "log", logger)
     installPlugin("good", tagPlugin("good"))
     path = installPlugin("flaky", tagPlugin("flaky"))
     assert list(discoverPlugins()) == ["flaky", "good"]

@@ -1,5 +1,5 @@
 """
-Tests for L{mqtwist.dkimsign}: signatures checked by Perl's Mail::DKIM
+Tests for L{mqtwist.content.dkimsign}: signatures checked by Perl's Mail::DKIM
 (independent of dkimpy) against public keys served by a name server on
 loopback; keys from messages and from configuration; bad keys, domains and
 options refused without quoting the key.
@@ -28,9 +28,9 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.names import dns, error, server
 from twisted.names.common import ResolverBase
 
-from mqtwist.dkimsign import DKIMKeys, parseDKIM, sign, signInThread, withoutKeys
+from mqtwist.content.dkimsign import DKIMKeys, parseDKIM, sign, signInThread, withoutKeys
 from mqtwist.errors import InvalidMessage
-from mqtwist.mime import buildMime
+from mqtwist.content.mime import buildMime
 
 HERE = Path(__file__).parent
 NOW = 1_700_000_000.0

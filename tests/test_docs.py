@@ -8,7 +8,7 @@ checked mechanically:
     C{docs/messages.rst} (found in the source, wherever it is, so that
     moving a module does not break the check);
   - every attribute and method of the plugin interfaces, every helper of
-    L{mqtwist.testing} and every name exported for plugin authors appear in
+    L{mqtwist.dataplugin.testing} and every name exported for plugin authors appear in
     C{docs/plugins.rst};
   - every C{--option} named in C{docs/} exists, and a default given as
     C{``--option`` (default ``X``)} is the option's default;
@@ -316,10 +316,10 @@ def test_pluginInterfaces() -> None:
 
 def test_pluginAuthorsNames() -> None:
     import mqtwist
-    import mqtwist.testing
+    import mqtwist.dataplugin.testing
 
     text = document("plugins.rst")
-    assert missing(set(mqtwist.testing.__all__), text) == []
+    assert missing(set(mqtwist.dataplugin.testing.__all__), text) == []
     assert missing(set(mqtwist.__all__) - {"__version__"}, text) == []
 
 

@@ -22,8 +22,8 @@ from zope.interface import implementer
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
 from mqtwist.config import Config
-from mqtwist.interfaces import IDataPlugin
-from mqtwist.message import Message
+from mqtwist.dataplugin.interfaces import IDataPlugin
+from mqtwist.content.message import Message
 from mqtwist.service import MailerService
 
 KINDS = ("outbox", "results", "success", "failure", "retry")
@@ -437,8 +437,8 @@ async def test_long_header_edits_are_applied_off_the_reactor_thread(rabbitmq, am
     """
     import threading
 
-    import mqtwist.outbox
-    import mqtwist.transaction
+    import mqtwist.outbox.processor
+    import mqtwist.delivery.transaction
 
     threads: list[tuple[str, bool]] = []
 
@@ -451,7 +451,7 @@ async def test_long_header_edits_are_applied_off_the_reactor_thread(rabbitmq, am
 
         return applyHeaderEdits
 
-    for module in (mqtwist.outbox, mqtwist.transaction):
+    for module in (mqtwist.outbox.processor, mqtwist.delivery.transaction):
         monkeypatch.setattr(module, "applyHeaderEdits", recording(module))
     short = job(1, headers={"append": {"X-Short": "s" * 20}})
     words = " ".join(["long"] * 70)

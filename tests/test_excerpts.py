@@ -14,16 +14,16 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from mqtwist.config import Config, SMTPTimeouts
-from mqtwist.dkimsign import DKIMKeys, parseDKIM
+from mqtwist.content.dkimsign import DKIMKeys, parseDKIM
 from mqtwist.errors import AttemptFailed, InvalidMessage
-from mqtwist.headeredits import applyHeaderEdits, checkHeaderEdits, checkHeaderName, foldHeader
+from mqtwist.content.headeredits import applyHeaderEdits, checkHeaderEdits, checkHeaderName, foldHeader
 from mqtwist.hostport import hostPort
-from mqtwist.message import Message
-from mqtwist.mime import buildMime
-from mqtwist.routing import Router
+from mqtwist.content.message import Message
+from mqtwist.content.mime import buildMime
+from mqtwist.delivery.routing import Router
 from mqtwist.smtp.connect import Credentials, openConnection
 from mqtwist.smtp.pool import Destination
-from mqtwist.throttle import DeliveryPolicy
+from mqtwist.delivery.policy import DeliveryPolicy
 from mqtwist.validation import checkAddress, excerpt, shownName
 from test_smtp_protocol import Connection, failureOf
 

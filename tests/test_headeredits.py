@@ -1,5 +1,5 @@
 """
-Tests for L{mqtwist.headeredits}: each edit, their order, bodies kept byte
+Tests for L{mqtwist.content.headeredits}: each edit, their order, bodies kept byte
 for byte, LF-only messages, and injection attempts refused.
 """
 
@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from mqtwist.errors import InvalidMessage
-from mqtwist.headeredits import applyHeaderEdits, checkHeaderEdits
-from mqtwist.mime import buildMime
+from mqtwist.content.headeredits import applyHeaderEdits, checkHeaderEdits
+from mqtwist.content.mime import buildMime
 
 BODY = b"\r\nline one\r\nX-Not-A-Header: body\r\n\r\n.\r\nend \x00\xff\r\n"
 MESSAGE = (

@@ -1,5 +1,5 @@
 """
-L{mqtwist.interfaces} and the objects of L{mqtwist.chain} that implement
+L{mqtwist.dataplugin.interfaces} and the objects of L{mqtwist.dataplugin.chain} that implement
 them.
 """
 
@@ -18,10 +18,10 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import mqtwist
-from mqtwist.chain import ConnectionInfo, PluginContext, PluginMessage
+from mqtwist.dataplugin.chain import ConnectionInfo, PluginContext, PluginMessage
 from mqtwist.config import Config
 from mqtwist.errors import PermanentFailure
-from mqtwist.interfaces import (
+from mqtwist.dataplugin.interfaces import (
     COMPLETE,
     CONTINUE,
     Control,
@@ -61,7 +61,7 @@ def test_importingMqtwistIsLight() -> None:
     code = (
         "import sys, mqtwist; "
         "print(sorted(m for m in sys.modules if m == 'twisted.internet.reactor' "
-        "or m.startswith(('mqtwist.chain', 'mqtwist.smtp', 'mqtwist.amqp', "
+        "or m.startswith(('mqtwist.dataplugin.chain', 'mqtwist.smtp', 'mqtwist.amqp', "
         "'twisted.mail', 'txamqp'))))"
     )
     out = subprocess.run(
@@ -176,7 +176,7 @@ def test_setMimeWantsBytes(body: Any) -> None:
 def test_interfaceDoctest() -> None:
     import doctest
 
-    import mqtwist.interfaces
+    import mqtwist.dataplugin.interfaces
 
-    result = doctest.testmod(mqtwist.interfaces)
+    result = doctest.testmod(mqtwist.dataplugin.interfaces)
     assert result.attempted > 0 and result.failed == 0

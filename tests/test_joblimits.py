@@ -1,5 +1,5 @@
 """
-The limits of an outbox job (L{mqtwist.joblimits}) as L{decodeJSON} applies
+The limits of an outbox job (L{mqtwist.content.joblimits}) as L{decodeJSON} applies
 them: each refused with a description that names the place, the limit and
 the option; each at its exact boundary.
 """
@@ -11,8 +11,8 @@ import json
 import pytest
 
 from mqtwist.errors import InvalidMessage
-from mqtwist.joblimits import JobLimits, encodeJSON
-from mqtwist.message import decodeJSON, invalidResultJSON
+from mqtwist.content.joblimits import JobLimits, encodeJSON
+from mqtwist.content.message import decodeJSON, invalidResultJSON
 
 
 def refusal(data: bytes, **limits: int) -> str:

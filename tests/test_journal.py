@@ -1,5 +1,5 @@
 """
-L{mqtwist.journal.DeliveryJournal}: the bounded record of recent deliveries
+L{mqtwist.outbox.journal.DeliveryJournal}: the bounded record of recent deliveries
 that keeps a message the broker hands out again from being sent twice.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import pytest
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from mqtwist.journal import DeliveryJournal, DeliveryJournalError
+from mqtwist.outbox.journal import DeliveryJournal, DeliveryJournalError
 
 
 def entry(n: int, **more: Any) -> dict[str, Any]:
@@ -51,7 +51,7 @@ def fileLines(path: str) -> list[bytes]:
 
 
 def journalEvents(events: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [e for e in events if e.get("log_namespace") == "mqtwist.journal.DeliveryJournal"]
+    return [e for e in events if e.get("log_namespace") == "mqtwist.outbox.journal.DeliveryJournal"]
 
 
 @pytest.fixture

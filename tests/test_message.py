@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mqtwist.errors import AttemptFailed, InvalidMessage
-from mqtwist.message import Message, ParseSettings, ResultEntry, invalidResultJSON, queueFor
+from mqtwist.content.message import Message, ParseSettings, ResultEntry, invalidResultJSON, queueFor
 from mqtwist.timeformat import formatTime, parseTime
 
 GOOD = {"envelope": "sender@example.org", "recipient": "rcpt@example.com", "mime": "Subject: x\r\n\r\nhi\r\n"}
@@ -263,7 +263,7 @@ def test_secrets_never_reach_published_json():
 
 
 def test_labels_shown_leave_out_only_what_is_between():
-    from mqtwist.message import labelsShown
+    from mqtwist.content.message import labelsShown
 
     assert labelsShown(["a"]) == "a"
     assert labelsShown(["a", "b", "c", "d"]) == "a, b, c, d"

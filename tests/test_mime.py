@@ -1,5 +1,5 @@
 """
-Tests for L{mqtwist.mime}: messages built from C{mime} objects, read back by
+Tests for L{mqtwist.content.mime}: messages built from C{mime} objects, read back by
 Perl's MIME::Parser (independent of Python's C{email}) and by C{email}, and
 compared field by field; bad input refused with the property named.
 """
@@ -18,7 +18,7 @@ import pytest
 from perlmodules import needsPerl
 
 from mqtwist.errors import InvalidMessage
-from mqtwist.mime import buildMime
+from mqtwist.content.mime import buildMime
 
 HERE = Path(__file__).parent
 NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 +0000

@@ -1,5 +1,5 @@
 """
-Every outbox message is settled (L{mqtwist.outbox.OutboxProcessor}), with
+Every outbox message is settled (L{mqtwist.outbox.processor.OutboxProcessor}), with
 the broker and the delivery core replaced by fakes: a final result when one
 can be built and published, the dead-letter queue when not, a reject when
 not even that; never left unacknowledged, never back on the outbox for
@@ -19,11 +19,11 @@ from twisted.logger import capturedLogs, formatEvent
 
 from mqtwist.amqp.client import PublishFailed
 from mqtwist.config import Config
-from mqtwist.joblimits import JobLimits
-from mqtwist.journal import DeliveryJournal
-from mqtwist.message import Message, ParseSettings, ResultEntry
-from mqtwist.outbox import OutboxProcessor
-from mqtwist.schedule import RetrySchedule
+from mqtwist.content.joblimits import JobLimits
+from mqtwist.outbox.journal import DeliveryJournal
+from mqtwist.content.message import Message, ParseSettings, ResultEntry
+from mqtwist.outbox.processor import OutboxProcessor
+from mqtwist.outbox.schedule import RetrySchedule
 
 
 class FakeDelivery:

@@ -1,6 +1,6 @@
 """
 The example plugins of C{examples/}: loaded from their distribution
-layouts, tested with L{mqtwist.testing}, and (for C{http_body}) against a
+layouts, tested with L{mqtwist.dataplugin.testing}, and (for C{http_body}) against a
 real HTTP server on the loopback address.
 """
 
@@ -27,10 +27,10 @@ from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from mqtwist import CONTINUE, PermanentFailure
-from mqtwist.chain import PluginChain
-from mqtwist.discovery import discoverPlugins
+from mqtwist.dataplugin.chain import PluginChain
+from mqtwist.dataplugin.discovery import discoverPlugins
 from mqtwist.errors import AttemptFailed
-from mqtwist.testing import (
+from mqtwist.dataplugin.testing import (
     makeConfig,
     makeConnection,
     makeContext,

@@ -139,8 +139,8 @@ from twisted.logger import formatEvent, globalLogPublisher
 
 from mqtwist.config import Config
 from mqtwist.errors import InvalidMessage
-from mqtwist.joblimits import JobLimits
-from mqtwist.message import Message, ParseSettings
+from mqtwist.content.joblimits import JobLimits
+from mqtwist.content.message import Message, ParseSettings
 from mqtwist.service import MailerService
 from mqtwist.smtp.tls import OPPORTUNISTIC, OPTIONAL
 
@@ -700,7 +700,8 @@ def limitJobs(draw: Any) -> Item:
         # keys as long as allowed, nested until a limit (test_a_long_property_path_...)
         key = "p" * LIMITS.maxString
         levels = draw(st.integers(2, LIMITS.maxDepth + 1))
-        bad, needles = ('"\\ud800"', SURROGATE) if levels <= LIMITS.maxDepth else ("1", DEPTH)
+        # the job is level 1: the innermost object is at levels + 1
+        bad, needles = ('"\\ud800"', SURROGATE) if levels < LIMITS.maxDepth else ("1", DEPTH)
         value = f'{{"{key}": ' * levels + bad + "}" * levels
         return limitItem(baseFields() + [("campaign", value)], needles)
     if kind == "huge":

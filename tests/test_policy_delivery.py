@@ -227,8 +227,8 @@ async def test_after_a_pause_a_destination_still_refusing_costs_one_attempt(dnsS
     from twisted.logger import capturedLogs, formatEvent
 
     from mqtwist.config import Config
-    from mqtwist.delivery import DeliveryEngine, ScheduledEntry
-    from mqtwist.message import Message
+    from mqtwist.delivery.engine import DeliveryEngine, ScheduledEntry
+    from mqtwist.content.message import Message
 
     asked: list[str] = []
 

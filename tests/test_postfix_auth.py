@@ -44,8 +44,8 @@ from fixtures_postfix import (  # noqa: F401 (fixtures)
     startRecordingProxy,
 )
 from mqtwist.config import Config
-from mqtwist.delivery import DeliveryEngine
-from mqtwist.message import Message, ResultEntry
+from mqtwist.delivery.engine import DeliveryEngine
+from mqtwist.content.message import Message, ResultEntry
 from test_postfix_receiver import BODIES, _improperPipelining
 from test_smtp_session import TIMEOUTS, certificates, job  # noqa: F401 (fixture)
 

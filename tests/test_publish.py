@@ -1,5 +1,5 @@
 """
-C{mqtwist.publish}: test jobs of the requested size, published with
+C{mqtwist.loadgen}: test jobs of the requested size, published with
 confirms to a real RabbitMQ node, and the command line.
 """
 
@@ -15,8 +15,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.utils import getProcessOutputAndValue
 
-from mqtwist.message import Message
-from mqtwist.publish import makeJob, makeMime, parseArguments, publishFromArguments
+from mqtwist.content.message import Message
+from mqtwist.loadgen import makeJob, makeMime, parseArguments, publishFromArguments
 
 
 @pytest.mark.parametrize("size", [0, 200, 301, 5000, 100_000])
@@ -83,7 +83,7 @@ async def test_command_line(rabbitmq, amqp, tmp_path):
     try:
         out, err, code = await getProcessOutputAndValue(
             sys.executable,
-            ["-m", "mqtwist.publish", "--amqp", url, "--queue", queue, "--count", "3",
+            ["-m", "mqtwist.loadgen", "--amqp", url, "--queue", queue, "--count", "3",
              "--size", "500", "--dkim-key", str(key), "--dkim-selector", "sel"],
             env=dict(os.environ),
             path=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
@@ -102,7 +102,7 @@ async def test_command_line(rabbitmq, amqp, tmp_path):
 async def test_command_line_names_an_unreachable_broker(tmp_path):
     out, err, code = await getProcessOutputAndValue(
         sys.executable,
-        ["-m", "mqtwist.publish", "--amqp", "amqp://guest:guest@127.0.0.1:1/?connection_timeout=2"],
+        ["-m", "mqtwist.loadgen", "--amqp", "amqp://guest:guest@127.0.0.1:1/?connection_timeout=2"],
         env=dict(os.environ),
         path=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
         reactor=reactor,

@@ -17,10 +17,10 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import capturedLogs, formatEvent
 
 from mqtwist.config import Config, SMTPTimeouts
-from mqtwist.delivery import DeliveryEngine
+from mqtwist.delivery.engine import DeliveryEngine
 from mqtwist.errors import AttemptFailed
-from mqtwist.message import Message
-from mqtwist.routing import Router
+from mqtwist.content.message import Message
+from mqtwist.delivery.routing import Router
 
 PORT = 2525
 
@@ -180,11 +180,11 @@ def test_the_system_resolver_leaves_no_timer_after_close(tmp_path, monkeypatch):
     """
     from twisted.internet.task import Clock
 
-    import mqtwist.routing
+    import mqtwist.delivery.routing
 
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 127.0.0.53\n")
-    monkeypatch.setattr(mqtwist.routing, "RESOLV_CONF", str(conf))
+    monkeypatch.setattr(mqtwist.delivery.routing, "RESOLV_CONF", str(conf))
     clock = Clock()
     system = Router(smarthost=None, mxPort=PORT, nameservers=[], reactor=clock)
     assert [server for server in system.resolver.dynServers] == [("127.0.0.53", 53)]

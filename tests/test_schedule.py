@@ -10,9 +10,9 @@ from test_end_to_end import makeConfig, publishAll, queues, running  # noqa: F40
 from twisted.internet import reactor
 from twisted.logger import formatEvent
 
-from mqtwist.journal import DeliveryJournal
-from mqtwist.message import Message
-from mqtwist.schedule import RetrySchedule
+from mqtwist.outbox.journal import DeliveryJournal
+from mqtwist.content.message import Message
+from mqtwist.outbox.schedule import RetrySchedule
 from mqtwist.service import MailerService
 from mqtwist.timeformat import formatTime
 
@@ -168,10 +168,10 @@ def test_a_message_deferred_again_and_again_expires_on_time():
     from twisted.internet.task import Clock
 
     from mqtwist.config import Config
-    from mqtwist.delivery import DeliveryEngine
-    from mqtwist.message import ParseSettings
-    from mqtwist.outbox import OutboxProcessor
-    from mqtwist.throttle import Deferral
+    from mqtwist.delivery.engine import DeliveryEngine
+    from mqtwist.content.message import ParseSettings
+    from mqtwist.outbox.processor import OutboxProcessor
+    from mqtwist.delivery.policy import Deferral
     from mqtwist.timeformat import parseTime
 
     clock = Clock()
@@ -221,8 +221,8 @@ def test_a_publish_that_raises_gives_the_message_back():
     from twisted.internet.task import Clock
 
     from mqtwist.config import Config
-    from mqtwist.message import ParseSettings, ResultEntry
-    from mqtwist.outbox import OutboxProcessor
+    from mqtwist.content.message import ParseSettings, ResultEntry
+    from mqtwist.outbox.processor import OutboxProcessor
 
     first: Deferred[None] = Deferred()
 
@@ -254,8 +254,8 @@ def test_a_results_entry_that_is_not_an_object_is_refused_and_acknowledged():
     from twisted.internet.task import Clock
 
     from mqtwist.config import Config
-    from mqtwist.message import ParseSettings, ResultEntry
-    from mqtwist.outbox import OutboxProcessor
+    from mqtwist.content.message import ParseSettings, ResultEntry
+    from mqtwist.outbox.processor import OutboxProcessor
 
     published: list[tuple[str, bytes]] = []
 
@@ -288,8 +288,8 @@ def test_nextattempt_is_the_time_the_message_comes_back_and_final_results_have_n
     from twisted.internet.task import Clock
 
     from mqtwist.config import Config
-    from mqtwist.message import ParseSettings, ResultEntry
-    from mqtwist.outbox import OutboxProcessor
+    from mqtwist.content.message import ParseSettings, ResultEntry
+    from mqtwist.outbox.processor import OutboxProcessor
     from mqtwist.timeformat import parseTime
 
     clock = Clock()
@@ -334,8 +334,8 @@ def test_stopping_while_results_await_their_confirms_says_so():
     from twisted.logger import capturedLogs
 
     from mqtwist.config import Config
-    from mqtwist.message import ParseSettings, ResultEntry
-    from mqtwist.outbox import OutboxProcessor
+    from mqtwist.content.message import ParseSettings, ResultEntry
+    from mqtwist.outbox.processor import OutboxProcessor
 
     class Publisher:
         def publish(self, queue, body, *, priority=None):
@@ -375,8 +375,8 @@ def test_results_left_unconfirmed_together_are_logged_together():
     from twisted.logger import capturedLogs
 
     from mqtwist.config import Config
-    from mqtwist.message import ParseSettings, ResultEntry
-    from mqtwist.outbox import OutboxProcessor
+    from mqtwist.content.message import ParseSettings, ResultEntry
+    from mqtwist.outbox.processor import OutboxProcessor
 
     awaited: list[Deferred[None]] = []
 

@@ -23,14 +23,14 @@ from hypothesis import strategies as st
 from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
-from mqtwist.chain import PluginChain
+from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.config import Config, SMTPTimeouts
 from mqtwist.errors import AttemptFailed
-from mqtwist.message import Message, ResultEntry
+from mqtwist.content.message import Message, ResultEntry
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.tls import TLSSettings
-from mqtwist.transaction import TransactionFailed, sendThroughPool
+from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
 
 TIMEOUTS = SMTPTimeouts(
     connect=5, greeting=5, ehlo=5, mailfrom=5, rcptto=5, data=5, message=5, rset=5, quit=5, starttls=5, auth=5

@@ -1,5 +1,5 @@
 """
-Unit tests of L{mqtwist.transaction}: what goes on the wire and when, on a
+Unit tests of L{mqtwist.delivery.transaction}: what goes on the wire and when, on a
 string transport, with plugins whose Deferreds the test fires by hand.
 """
 
@@ -13,11 +13,11 @@ from typing import Any
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from zope.interface import implementer
 
-from mqtwist.chain import PluginChain
+from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.config import Config
-from mqtwist.interfaces import IDataPlugin
-from mqtwist.message import Message
-from mqtwist.transaction import TransactionFailed, envelopeParameters, sendMessage, sendThroughPool, xtext
+from mqtwist.dataplugin.interfaces import IDataPlugin
+from mqtwist.content.message import Message
+from mqtwist.delivery.transaction import TransactionFailed, envelopeParameters, sendMessage, sendThroughPool, xtext
 from test_smtp_protocol import EHLO_PIPELINING, EHLO_PLAIN, TIMEOUTS, Connection, failureOf, resultOf
 
 
@@ -332,7 +332,7 @@ def test_aStaleConnectionDoesNotCostThePermit() -> None:
     """
     from twisted.internet.task import Clock
 
-    from mqtwist.delivery import DeliveryEngine
+    from mqtwist.delivery.engine import DeliveryEngine
 
     clock = Clock()
     engine = DeliveryEngine(

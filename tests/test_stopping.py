@@ -75,7 +75,7 @@ async def test_stopping_cancels_every_wait_and_flushes_the_deferral_log(
     assert not [e for e in events if e.get("log_failure") is not None]
     assert sum("stopped unfinished" in e.get("log_format", "") for e in events) == 4
     assert service.engine.deferrals._timer is None
-    flushed = [e for e in events if e.get("log_namespace", "").startswith("mqtwist.deferrallog")]
+    flushed = [e for e in events if e.get("log_namespace", "").startswith("mqtwist.delivery.deferrallog")]
     assert [m for e in flushed for m in e["messages"]] == [f"slow-{n}" for n in range(2, 6)]
     for kind in ("results", "success", "failure", "retry"):
         assert await amqp.count(queues[kind]) == 0, kind

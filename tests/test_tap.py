@@ -22,10 +22,10 @@ from twisted.python import usage
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
-import mqtwist.discovery
+import mqtwist.dataplugin.discovery
 from mqtwist import CONTINUE, IDataPlugin
 from mqtwist.config import Config, DKIMKeyRule, SMTPTimeouts
-from mqtwist.discovery import FoundPlugin
+from mqtwist.dataplugin.discovery import FoundPlugin
 from mqtwist.loglevel import LogLevelService
 from mqtwist.config.sources import SETTINGS, TABLE_SETTINGS, readmeTable
 from mqtwist.tap import Options, makeService
@@ -404,7 +404,7 @@ def installedStamp(monkeypatch: pytest.MonkeyPatch) -> None:
     Make discovery find one plugin, C{stamp}, whatever is installed.
     """
     found = {"stamp": FoundPlugin(StampPlugin(), "mqtwist.plugins.stamp", "Adds a stamp.")}
-    monkeypatch.setattr(mqtwist.discovery, "findPlugins", lambda: dict(found))
+    monkeypatch.setattr(mqtwist.dataplugin.discovery, "findPlugins", lambda: dict(found))
 
 
 class TestPlugins:
@@ -613,7 +613,7 @@ class TestReadme:
         block = re.split(r"\n(?=\S)", readme[start:], maxsplit=1)[0]
         path = writeTOML(tmp_path, "\n".join(line[4:] for line in block.splitlines()))
         found = FoundPlugin(StampPlugin(), "mqtwist.plugins.stamp_header", "")
-        monkeypatch.setattr(mqtwist.discovery, "findPlugins", lambda: {"stamp_header": found})
+        monkeypatch.setattr(mqtwist.dataplugin.discovery, "findPlugins", lambda: {"stamp_header": found})
         config = parse(["--config", path])
         assert config.amqp == "amqps://mailer:secret@mq.example.org:5671/mail?heartbeat=30"
         assert (config.failure, config.retry, config.prefetch) == ("bounces", "", 500)

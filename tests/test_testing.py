@@ -1,5 +1,5 @@
 """
-L{mqtwist.testing}: the helpers plugin authors test with.
+L{mqtwist.dataplugin.testing}: the helpers plugin authors test with.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ from zope.interface import Invalid, implementer
 from zope.interface.verify import verifyObject
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
-from mqtwist.chain import PluginBug
+from mqtwist.dataplugin.chain import PluginBug
 from mqtwist.errors import AttemptFailed
-from mqtwist.interfaces import (
+from mqtwist.dataplugin.interfaces import (
     IConnectionInfo,
     IDataPlugin,
     IPluginContext,
     IPluginMessage,
 )
-from mqtwist.testing import (
+from mqtwist.dataplugin.testing import (
     DEFAULT_MIME,
     PluginOutcome,
     makeConfig,

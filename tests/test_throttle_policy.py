@@ -13,9 +13,9 @@ from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from mqtwist.config import BackoffRule, Config, ThrottleRule
 from mqtwist.errors import AttemptFailed
-from mqtwist.routing import Route
+from mqtwist.delivery.routing import Route
 from mqtwist.smtp.pool import Destination
-from mqtwist.throttle import Deferral, DeliveryPolicy, TokenBucket
+from mqtwist.delivery.policy import Deferral, DeliveryPolicy, TokenBucket
 
 
 def route(domain: str, *exchangers: str, ip: str | None = None) -> Route:
@@ -379,8 +379,8 @@ def test_deferrals_in_a_row_park_longer_and_longer():
     """
     from twisted.internet.defer import ensureDeferred
 
-    from mqtwist.delivery import DeliveryEngine, ScheduledEntry
-    from mqtwist.message import Message
+    from mqtwist.delivery.engine import DeliveryEngine, ScheduledEntry
+    from mqtwist.content.message import Message
 
     clock = Clock()
     clock.advance(1000)

@@ -37,7 +37,7 @@ from twisted.internet.task import deferLater
 from zope.interface import implementer
 
 from mqtwist import CONTINUE
-from mqtwist.interfaces import IDataPlugin
+from mqtwist.dataplugin.interfaces import IDataPlugin
 
 
 @implementer(IDataPlugin)

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mqtwist.config.rules import BackoffRule, DKIMKeyRule, ThrottleRule
+from mqtwist.smtp.timeouts import SMTPTimeouts
+from mqtwist.smtp.tls import POLICIES
 
 #: what L{setting} keeps in a field's metadata
 HELP = "help"
@@ -139,9 +141,6 @@ def _buckets(values: list[int]) -> None:
 
 
 def _tlsPolicy(value: str) -> None:
-    # imported here: mqtwist.smtp imports this package
-    from mqtwist.smtp.tls import POLICIES
-
     if value not in POLICIES:
         raise ValueError(f"{value!r} is not a TLS policy; use one of {', '.join(POLICIES)}")
 
@@ -150,29 +149,6 @@ def _logLevel(value: str) -> None:
     from mqtwist.loglevel import parseLogLevel
 
     parseLogLevel(value)
-
-
-@dataclass
-class SMTPTimeouts:
-    """
-    Seconds to wait for each step of an SMTP conversation.  The defaults are
-    the minimums of RFC 5321 section 4.5.3.2, except C{connect}, which the
-    RFC leaves open.
-    """
-
-    connect: float = setting(30.0, help="seconds to wait for a TCP connection to an SMTP server")
-    greeting: float = setting(300.0, help="seconds to wait for the SMTP greeting")
-    ehlo: float = setting(300.0, help="seconds to wait for the reply to EHLO/HELO")
-    mailfrom: float = setting(300.0, help="seconds to wait for the reply to MAIL FROM")
-    rcptto: float = setting(300.0, help="seconds to wait for the reply to RCPT TO")
-    data: float = setting(120.0, help="seconds to wait for the reply to DATA")
-    message: float = setting(600.0, help="seconds to wait for the reply after the message body")
-    rset: float = setting(60.0, help="seconds to wait for the reply to RSET")
-    quit: float = setting(10.0, help="seconds to wait for the reply to QUIT")
-    starttls: float = setting(
-        120.0, help="seconds to wait for the reply to STARTTLS, and then for the TLS handshake"
-    )
-    auth: float = setting(120.0, help="seconds to wait for each reply of the AUTH exchange")
 
 
 @dataclass
@@ -407,7 +383,7 @@ class Config:
         10_000, help="keys of one object, or items of one list, that an outbox job may have", check=positive
     )
     maxJobString: int = setting(
-        65_536, help="characters of one string (or key) of an outbox job outside its mime", check=positive
+        65_536, help="characters of one key of an outbox job, and of one string outside its mime", check=positive
     )
 
     shutdownTimeout: float = setting(30.0, help="seconds that stopping waits for deliveries in flight")

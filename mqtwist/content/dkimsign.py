@@ -54,7 +54,7 @@ from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
 from mqtwist.errors import InvalidMessage
-from mqtwist.headeredits import splitHeaderBlock
+from mqtwist.content.headeredits import splitHeaderBlock
 from mqtwist.smtp.body import normaliseLineEnds
 from mqtwist.timeformat import parseTime
 from mqtwist.validation import excerpt

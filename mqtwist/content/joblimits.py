@@ -8,7 +8,7 @@ JSON's grammar lets through but UTF-8 cannot encode: it would break every
 result built from the job).  The walk is a loop over an explicit stack, so
 no input can exhaust Python's recursion; only C{json.loads} itself recurses,
 and its own guard turns a job nested too deep for it into a L{RecursionError}
-that L{mqtwist.message.decodeJSON} reports like any other limit.
+that L{mqtwist.content.message.decodeJSON} reports like any other limit.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ class JobLimits:
     maxDepth: int = 32
     #: keys of one object, items of one list
     maxItems: int = 10_000
-    #: characters of one string or key outside the C{mime} property, whose
-    #: size only C{maxBytes} bounds
+    #: characters of one key, and of one string outside the C{mime}
+    #: property (whose content only C{maxBytes} bounds)
     maxString: int = 65_536
 
 
@@ -119,7 +119,8 @@ def checkLimits(job: dict[str, Any], limits: JobLimits) -> None:
             )
         for key, item in items:
             if isinstance(value, dict):
-                if not inMime and len(key) > limits.maxString:
+                # keys are names, never content: limited inside mime too
+                if len(key) > limits.maxString:
                     raise InvalidMessage(
                         f"a key of {name} is {len(key)} characters long, more than the "
                         f"{limits.maxString} allowed ({_SETTING['maxString']}): {excerpt(key)}"

@@ -1,7 +1,7 @@
 """
 Outbox JSON to L{Message}, and L{Message} plus what happened to result JSON.
 
-The format is the one of C{spec/messages.md}: MailerQ's, so that existing
+The format is the one of C{docs/messages.rst}: MailerQ's, so that existing
 publishers and result consumers work unchanged.  Parsing checks every
 property that mqtwist acts on and reports the first problem as an
 L{InvalidMessage} whose description names the property; everything else in
@@ -17,11 +17,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqtwist.dkimsign import DKIMKeys, DKIMSpec, parseDKIM, withoutKeys
+from mqtwist.content.dkimsign import DKIMKeys, DKIMSpec, parseDKIM, withoutKeys
 from mqtwist.errors import AttemptFailed, InvalidMessage
-from mqtwist.headeredits import checkHeaderEdits
-from mqtwist.joblimits import JobLimits, checkLimits, checkSize, encodeJSON, tooDeep
-from mqtwist.mime import buildMime
+from mqtwist.content.headeredits import checkHeaderEdits
+from mqtwist.content.joblimits import JobLimits, checkLimits, checkSize, encodeJSON, tooDeep
+from mqtwist.content.mime import buildMime
 from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 from mqtwist.timeformat import formatTime, parseTime
 from mqtwist.validation import checkAddress, checkHeaderValue, checkHostName, checkIP, excerpt
@@ -665,7 +665,7 @@ def _queueNameProblem(kind: str, name: str, reserved: frozenset[str]) -> Invalid
 class ResultEntry:
     """
     What one attempt (or one decision about a message) came to: one entry of
-    the C{results} list of C{spec/messages.md}.
+    the C{results} list of C{docs/messages.rst}.
 
     @ivar final: C{True} when the message is done (delivered, or failed for
         good); C{False} when it is to be tried again.

@@ -2,7 +2,7 @@
 The C{mime} property as an object: a message described in JSON, built into
 RFC 5322 / MIME bytes with the standard library's C{email} package.
 
-The object (C{spec/messages.md}):
+The object (C{docs/messages.rst}):
 
   - C{from} (required), C{replyTo}: a string C{"local@domain"} or an object
     C{{"name": ..., "address": ...}};
@@ -44,7 +44,7 @@ from email.message import EmailMessage, MIMEPart
 from typing import Any
 
 from mqtwist.errors import InvalidMessage
-from mqtwist.headeredits import checkHeaderName
+from mqtwist.content.headeredits import checkHeaderName
 from mqtwist.validation import checkAddress, checkHeaderValue, excerpt, shownName
 
 __all__ = ["buildMime"]

@@ -3,7 +3,8 @@ Running the data plugins of one delivery: L{PluginChain}, and the objects
 handed to each plugin (L{PluginContext}, L{ConnectionInfo},
 L{PluginMessage}).
 
-The rules are those of C{spec/plugins.md}; the choices the spec leaves open:
+The rules are those of C{docs/plugins.rst} ("Handing control back"), which
+writes down these choices too:
 
   - every run of the chain starts from the body the delivery started with,
     so a body half-changed by a run that failed is never sent;
@@ -29,7 +30,7 @@ from zope.interface import implementer
 
 from mqtwist.config import Config
 from mqtwist.errors import AttemptFailed, PermanentFailure
-from mqtwist.interfaces import (
+from mqtwist.dataplugin.interfaces import (
     COMPLETE,
     CONTINUE,
     Control,

@@ -16,7 +16,7 @@ from twisted.logger import Logger
 from twisted.plugin import getCache
 
 import mqtwist.plugins
-from mqtwist.interfaces import IDataPlugin
+from mqtwist.dataplugin.interfaces import IDataPlugin
 
 __all__ = [
     "FoundPlugin",

@@ -1,5 +1,5 @@
 """
-The interfaces of the data plugin protocol (C{spec/plugins.md}).
+The interfaces of the data plugin protocol (C{docs/plugins.rst}).
 
 A data plugin is called once per delivery attempt, when the SMTP
 transaction has sent its envelope (C{MAIL FROM}, C{RCPT TO}) and before any
@@ -7,7 +7,7 @@ byte of the body goes out.  It may read the outbox message, replace the
 body, and take as long as it needs, as long as it never blocks the reactor:
 
     >>> from zope.interface import implementer
-    >>> from mqtwist.interfaces import IDataPlugin
+    >>> from mqtwist.dataplugin.interfaces import IDataPlugin
     >>> @implementer(IDataPlugin)
     ... class Signature:
     ...     "Append a signature to every body."
@@ -41,6 +41,17 @@ import enum
 
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
+
+
+__all__ = [
+    "COMPLETE",
+    "CONTINUE",
+    "Control",
+    "IConnectionInfo",
+    "IDataPlugin",
+    "IPluginContext",
+    "IPluginMessage",
+]
 
 
 class Control(enum.Enum):
@@ -122,7 +133,7 @@ class IPluginMessage(Interface):
     """
 
     json = Attribute(
-        "The outbox JSON object as a C{dict} (C{spec/messages.md}), including "
+        "The outbox JSON object as a C{dict} (C{docs/messages.rst}), including "
         "properties that mqtwist does not know (C{'id'}, C{'campaign'}, ...). "
         "Treat it as read-only: the envelope is already out, and the body "
         "that is sent is the one set with L{setMime}."

@@ -7,7 +7,7 @@ at what came out::
     from twisted.trial.unittest import SynchronousTestCase
 
     from mqtwist import COMPLETE
-    from mqtwist.testing import makeMessage, runPlugin, verifyPlugin
+    from mqtwist.dataplugin.testing import makeMessage, runPlugin, verifyPlugin
     from mqtwist.plugins.myplugin import plugin
 
     class MyPluginTests(SynchronousTestCase):
@@ -45,7 +45,7 @@ from twisted.plugin import IPlugin
 from zope.interface import Invalid
 from zope.interface.verify import verifyObject
 
-from mqtwist.chain import (
+from mqtwist.dataplugin.chain import (
     ConnectionInfo,
     PluginChain,
     PluginContext,
@@ -53,7 +53,7 @@ from mqtwist.chain import (
     invokePlugin,
 )
 from mqtwist.config import Config
-from mqtwist.interfaces import CONTINUE, Control, IDataPlugin
+from mqtwist.dataplugin.interfaces import CONTINUE, Control, IDataPlugin
 
 __all__ = [
     "PluginOutcome",
@@ -210,7 +210,7 @@ def runPlugin(
         its C{forPlugin(plugin.name)}.
     @return: a Deferred that fires with a L{PluginOutcome}, or fails with
         what the plugin raised or failed with (a
-        L{mqtwist.chain.PluginBug} for a return value that means nothing).
+        L{mqtwist.dataplugin.chain.PluginBug} for a return value that means nothing).
         Cancelling it cancels the plugin's Deferred.
     """
     if message is None:

@@ -19,7 +19,7 @@ from typing import Any
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
-from mqtwist.message import labelsShown
+from mqtwist.content.message import labelsShown
 from mqtwist.timeformat import formatTime
 
 @dataclass

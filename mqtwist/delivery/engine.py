@@ -2,7 +2,7 @@
 The delivery core: one message in, one result entry out.
 
 Nothing here knows about AMQP.  L{DeliveryEngine.deliver} routes a message,
-asks the delivery policy (L{mqtwist.throttle}) for leave to send to its
+asks the delivery policy (L{mqtwist.delivery.policy}) for leave to send to its
 destination, takes a connection from the pool, runs the transaction with the
 data plugins and says what happened, so any Twisted program can send mail
 with it.
@@ -19,20 +19,20 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mqtwist.chain import PluginChain
+from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.config import Config
-from mqtwist.deferrallog import DeferralLog
+from mqtwist.delivery.deferrallog import DeferralLog
 from mqtwist.errors import AttemptFailed
-from mqtwist.interfaces import IDataPlugin
-from mqtwist.message import Message, ResultEntry
-from mqtwist.routing import Route, Router
+from mqtwist.dataplugin.interfaces import IDataPlugin
+from mqtwist.content.message import Message, ResultEntry
+from mqtwist.delivery.routing import Route, Router
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.tls import TLSSettings
-from mqtwist.throttle import Backoff, Deferral, DeliveryPolicy, Permit
+from mqtwist.delivery.policy import Backoff, Deferral, DeliveryPolicy, Permit
 from mqtwist.timeformat import formatTime
-from mqtwist.transaction import TransactionFailed, sendThroughPool
+from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
 
 #: what a cancelled delivery fails with: cancelled while it waited, or
 #: while it was connecting

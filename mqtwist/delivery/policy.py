@@ -34,7 +34,7 @@ from twisted.logger import Logger
 
 from mqtwist.config import BackoffRule, Config, ThrottleRule
 from mqtwist.errors import AttemptFailed
-from mqtwist.routing import SWEEP_INTERVAL, Route
+from mqtwist.delivery.routing import SWEEP_INTERVAL, Route
 from mqtwist.smtp.pool import Destination
 from mqtwist.timeformat import formatTime
 from mqtwist.validation import shownName

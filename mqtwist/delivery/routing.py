@@ -30,7 +30,7 @@ from twisted.names.error import DNSNameError, DNSServerError, DomainError
 
 from mqtwist.errors import AttemptFailed
 from mqtwist.hostport import LONGEST_HOST_NAME, parseHostPort
-from mqtwist.message import Message
+from mqtwist.content.message import Message
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import Destination
 from mqtwist.validation import shownName

@@ -4,7 +4,7 @@ body, reply.
 
 The data plugins run while the envelope's replies are on their way and
 always finish before the first byte of the body is sent
-(C{spec/plugins.md}).  With PIPELINING (RFC 2920), DATA follows as soon as
+(C{docs/plugins.rst}).  With PIPELINING (RFC 2920), DATA follows as soon as
 the plugins are done, without waiting for the envelope's replies; a failed
 envelope cancels the plugins still running.
 """
@@ -20,11 +20,11 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
-from mqtwist.chain import ConnectionInfo, PluginChain, PluginMessage
-from mqtwist.dkimsign import signInThread
+from mqtwist.dataplugin.chain import ConnectionInfo, PluginChain, PluginMessage
+from mqtwist.content.dkimsign import signInThread
 from mqtwist.errors import AttemptFailed
-from mqtwist.headeredits import applyHeaderEdits
-from mqtwist.message import Message
+from mqtwist.content.headeredits import applyHeaderEdits
+from mqtwist.content.message import Message
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply
@@ -79,7 +79,7 @@ def connectionFacts(client: ESMTPClient) -> dict[str, Any]:
     """
     The connection's part of a result entry: C{mta}, C{from}, C{to},
     C{messages}, C{sent}, C{dsn}, and C{cipher} and C{certificate} on a TLS
-    connection (C{spec/messages.md}); and C{host}, the name C{to} was
+    connection (C{docs/messages.rst}); and C{host}, the name C{to} was
     reached by (the MX host), when it is not the address itself.
     """
     facts: dict[str, Any] = {

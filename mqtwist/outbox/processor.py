@@ -40,11 +40,11 @@ from twisted.python.failure import Failure
 
 from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
-from mqtwist.delivery import ScheduledEntry
+from mqtwist.delivery.engine import ScheduledEntry
 from mqtwist.errors import AttemptFailed, InvalidMessage
-from mqtwist.headeredits import applyHeaderEdits, editedLength
-from mqtwist.journal import DeliveryJournal
-from mqtwist.message import (
+from mqtwist.content.headeredits import applyHeaderEdits, editedLength
+from mqtwist.outbox.journal import DeliveryJournal
+from mqtwist.content.message import (
     Message,
     ParseSettings,
     ResultEntry,
@@ -58,7 +58,7 @@ from mqtwist.message import (
     rawResultJSON,
     readJob,
 )
-from mqtwist.schedule import RetrySchedule
+from mqtwist.outbox.schedule import RetrySchedule
 from mqtwist.timeformat import formatTime
 from mqtwist.validation import excerpt
 

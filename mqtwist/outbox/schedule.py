@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mqtwist.amqp.client import QueueSpec
-from mqtwist.message import Message
+from mqtwist.content.message import Message
 
 
 @dataclass(frozen=True)

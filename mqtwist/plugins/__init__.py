@@ -1,7 +1,7 @@
 """
-Where mqtwist finds its data plugins (L{mqtwist.interfaces.IDataPlugin}).
+Where mqtwist finds its data plugins (L{mqtwist.dataplugin.interfaces.IDataPlugin}).
 
-Discovery (L{mqtwist.discovery}) runs C{twisted.plugin.getPlugins(IDataPlugin,
+Discovery (L{mqtwist.dataplugin.discovery}) runs C{twisted.plugin.getPlugins(IDataPlugin,
 mqtwist.plugins)} over the modules of this package.  Besides this folder,
 the package spans every C{mqtwist/plugins/} folder found on C{sys.path} when
 it is first imported (L{twisted.plugin.pluginPackagePaths}), so a third

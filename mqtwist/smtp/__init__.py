@@ -11,7 +11,7 @@ The ESMTP client side of mqtwist.
     L{Destination}.
 
 Every failure of this layer is an L{mqtwist.errors.AttemptFailed} whose
-C{state} and C{result} are those of the result entry (C{spec/messages.md}).
+C{state} and C{result} are those of the result entry (C{docs/messages.rst}).
 """
 
 from mqtwist.smtp.body import encodeBody

@@ -42,7 +42,7 @@ def encodeBody(body: bytes, *, crlf: bool = False) -> bytes:
     over lines, so this stays cheap for large messages.
 
     @param crlf: C{True} when every line ending of C{body} is known to be
-        CRLF already (a message that L{mqtwist.dkimsign.sign} returned):
+        CRLF already (a message that L{mqtwist.content.dkimsign.sign} returned):
         the check, about a third of the cost for a large body, is skipped.
     """
     if not crlf:

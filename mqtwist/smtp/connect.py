@@ -17,7 +17,7 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from mqtwist.config import SMTPTimeouts
+from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.hostport import LONGEST_HOST_NAME, hostPort
 from mqtwist.smtp.protocol import ESMTPClient

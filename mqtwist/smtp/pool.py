@@ -16,7 +16,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mqtwist.config import SMTPTimeouts
+from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.hostport import LONGEST_HOST_NAME, hostPort
 from mqtwist.smtp.connect import Credentials, openConnection

@@ -32,7 +32,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mqtwist.config import SMTPTimeouts
+from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.loglevel import debugEvents
 from mqtwist.smtp.body import encodeBody

@@ -163,7 +163,7 @@ class ClientTLS:
     def facts(self) -> dict[str, Any]:
         """
         The C{cipher} and C{certificate} parts of a result entry
-        (C{spec/messages.md}) for the connection after its handshake.
+        (C{docs/messages.rst}) for the connection after its handshake.
         """
         assert self.connection is not None
         connection = self.connection
