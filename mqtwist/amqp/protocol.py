@@ -279,8 +279,8 @@ class AMQPProtocol(AMQClient):  # type: ignore[misc]
                 method = assembly.method
                 self.delegate.dispatch(channel, Message(method.method, method.args, content))
         except Exception:
-            # as txamqp's worker does with a failed dispatch; (Twisted's
-            # Failure() is not annotated)
+            # as txamqp's worker does with a failed dispatch (the ignore:
+            # Twisted's Failure() is not annotated)
             self.close(Failure())  # type: ignore[no-untyped-call]
 
     # The two methods sent for every message, packed directly: txamqp
