@@ -31,7 +31,11 @@ from mqtwist.amqp.localnode import (
 )
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
+from mqtwist.dataplugin.chain import PluginChain
+from mqtwist.delivery.deferrallog import DeferralLog
 from mqtwist.delivery.engine import DeliveryEngine
+from mqtwist.delivery.policy import DeliveryPolicy, mostConnections
+from mqtwist.delivery.routing import Router
 from mqtwist.dataplugin.discovery import selectPlugins
 from mqtwist.content.dkimsign import DKIMKeys
 from mqtwist.dataplugin.interfaces import IDataPlugin
@@ -40,6 +44,9 @@ from mqtwist.outbox.journal import DeliveryJournal, DeliveryJournalError
 from mqtwist.content.message import Message, ParseSettings, ResultEntry
 from mqtwist.outbox.processor import OutboxProcessor
 from mqtwist.outbox.schedule import RetrySchedule
+from mqtwist.smtp.connect import Credentials
+from mqtwist.smtp.pool import ConnectionPool
+from mqtwist.smtp.tls import TLSSettings
 
 
 #: What to do when the private RabbitMQ node fails, by the type of its error
@@ -56,6 +63,56 @@ _NODE_FAILURE_ADVICE: dict[type, str] = {
         "then start mqtwist again; or give the URL of a running broker with --amqp."
     ),
 }
+
+
+def deliveryEngine(config: Config, plugins: Sequence[IDataPlugin], reactor: Any) -> DeliveryEngine:
+    """
+    The delivery core of C{config}, with its router, policy, connection pool
+    and plugin chain: what L{MailerService} delivers with, and what a
+    program that has its own queue can use alone.
+
+    @param plugins: the data plugins, in the order they run.
+    @raise ValueError: when the configured TLS files cannot be loaded.
+    """
+    tls = TLSSettings(config.tlsCertificate, config.tlsKey, config.tlsCaFile)
+    # loaded now, so that a bad file stops the start instead of every
+    # STARTTLS later on
+    tls.context()
+    pool = ConnectionPool(
+        reactor,
+        ehloName=config.ehloName,
+        timeouts=config.timeouts,
+        maxConnectionsPerDestination=mostConnections(config),
+        maxMessagesPerConnection=config.maxMessagesPerConnection,
+        idleTimeout=config.idleTimeout,
+        tls=tls,
+        authCleartextHosts=config.authCleartextHosts,
+    )
+    router = Router(
+        smarthost=config.smarthost,
+        mxPort=config.mxPort,
+        nameservers=config.nameservers,
+        dnsTimeout=config.dnsTimeout,
+        minCacheTime=config.dnsMinCacheTime,
+        addressesPerAttempt=config.mxAddressesPerAttempt,
+        security=config.security,
+        smarthostCredentials=(
+            Credentials(config.smarthostUsername, config.smarthostPassword or "")
+            if config.smarthostUsername
+            else None
+        ),
+        reactor=reactor,
+    )
+    return DeliveryEngine(
+        router,
+        DeliveryPolicy(config, reactor, pool.openConnections),
+        pool,
+        PluginChain(plugins, reactor=reactor, config=config),
+        DeferralLog(config.deferralLogInterval, reactor),
+        concurrency=config.concurrency,
+        parkDelayMax=config.parkDelayMax,
+        reactor=reactor,
+    )
 
 
 class MailerService(MultiService):
@@ -102,7 +159,7 @@ class MailerService(MultiService):
                 cacheSize=config.dkimKeyCache,
             ),
         )
-        self.engine = DeliveryEngine(config, self.plugins, reactor)
+        self.engine = deliveryEngine(config, self.plugins, reactor)
         self.journal = DeliveryJournal(config.deliveryJournal or None, config.deliveryJournalSize)
         self.broker: BrokerClient | None = None
         self.processor: OutboxProcessor | None = None

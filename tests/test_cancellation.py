@@ -19,7 +19,7 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.task import deferLater
 
 from mqtwist.config import Config, SMTPTimeouts
-from mqtwist.delivery.engine import DeliveryEngine
+from mqtwist.service import deliveryEngine
 from mqtwist.content.message import Message
 
 
@@ -70,7 +70,7 @@ async def test_deliveries_cancelled_together_start_no_connection(mailHosts, phas
         destinationBacklog=10, stuckAfter=600, stuckAfterOthers=0, timeouts=SMTPTimeouts(greeting=600),
     )
     noted = ConnectionsNoted()
-    engine = DeliveryEngine(config, [], noted)
+    engine = deliveryEngine(config, [], noted)
     deliveries = []
     try:
         deliveries.append(engine.deliver(message("a@[127.0.0.3]")))

@@ -227,7 +227,8 @@ async def test_after_a_pause_a_destination_still_refusing_costs_one_attempt(dnsS
     from twisted.logger import capturedLogs, formatEvent
 
     from mqtwist.config import Config
-    from mqtwist.delivery.engine import DeliveryEngine, ScheduledEntry
+    from mqtwist.delivery.engine import ScheduledEntry
+    from mqtwist.service import deliveryEngine
     from mqtwist.content.message import Message
 
     asked: list[str] = []
@@ -239,7 +240,7 @@ async def test_after_a_pause_a_destination_still_refusing_costs_one_attempt(dnsS
     mailHosts.scripted("127.0.0.6", hostname="mx.refusing.test", rcpt=refuse)
     mxDomain(dnsServer, "refusing.test", "127.0.0.6")
     config = Config(nameservers=[dnsServer.nameserver], mxPort=mailHosts.port, ehloName="client.test")
-    engine = DeliveryEngine(config, [], reactor)
+    engine = deliveryEngine(config, [], reactor)
 
     def message(n: int) -> Message:
         return Message.fromJSON(

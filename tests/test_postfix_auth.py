@@ -45,6 +45,7 @@ from fixtures_postfix import (  # noqa: F401 (fixtures)
 )
 from mqtwist.config import Config
 from mqtwist.delivery.engine import DeliveryEngine
+from mqtwist.service import deliveryEngine
 from mqtwist.content.message import Message, ResultEntry
 from test_postfix_receiver import BODIES, _improperPipelining
 from test_smtp_session import TIMEOUTS, certificates, job  # noqa: F401 (fixture)
@@ -73,7 +74,7 @@ def logEvents() -> Iterator[list[dict[str, Any]]]:
 def _engine(port: int, **options: Any) -> DeliveryEngine:
     """A delivery engine whose configured smarthost is 127.0.0.1:C{port}."""
     config = Config(ehloName="client.test", timeouts=TIMEOUTS, smarthost=f"127.0.0.1:{port}", **options)
-    return DeliveryEngine(config, [], reactor)
+    return deliveryEngine(config, [], reactor)
 
 
 def _message(recipient: str, **extra: Any) -> Message:

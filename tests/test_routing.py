@@ -17,7 +17,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import capturedLogs, formatEvent
 
 from mqtwist.config import Config, SMTPTimeouts
-from mqtwist.delivery.engine import DeliveryEngine
+from mqtwist.service import deliveryEngine
 from mqtwist.errors import AttemptFailed
 from mqtwist.content.message import Message
 from mqtwist.delivery.routing import Router
@@ -284,7 +284,7 @@ async def test_next_exchanger_when_one_refuses_times_out_or_answers_421(dnsServe
         ehloName="client.test",
         timeouts=SMTPTimeouts(greeting=0.5),
     )
-    engine = DeliveryEngine(config, [], reactor)
+    engine = deliveryEngine(config, [], reactor)
     try:
         with capturedLogs() as events:
             entry = await engine.deliver(message("someone@fallback.test", envelope="s@example.org"))
@@ -310,7 +310,7 @@ async def test_the_last_exchangers_failure_when_all_fail(dnsServer, mailHosts):
     dnsServer.address("mx2.allbad.test", "127.0.0.2")
     dnsServer.address("mx3.allbad.test", "127.0.0.3")
     config = Config(nameservers=[dnsServer.nameserver], mxPort=mailHosts.port, ehloName="client.test")
-    engine = DeliveryEngine(config, [], reactor)
+    engine = deliveryEngine(config, [], reactor)
     try:
         entry = await engine.deliver(message("someone@allbad.test"))
     finally:

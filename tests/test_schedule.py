@@ -168,7 +168,7 @@ def test_a_message_deferred_again_and_again_expires_on_time():
     from twisted.internet.task import Clock
 
     from mqtwist.config import Config
-    from mqtwist.delivery.engine import DeliveryEngine
+    from mqtwist.service import deliveryEngine
     from mqtwist.content.message import ParseSettings
     from mqtwist.outbox.processor import OutboxProcessor
     from mqtwist.delivery.policy import Deferral
@@ -177,7 +177,7 @@ def test_a_message_deferred_again_and_again_expires_on_time():
     clock = Clock()
     clock.advance(NOW)
     config = Config(ehloName="x", smarthost="127.0.0.1:2525", parkDelayMax=900, maxDeliverTime=3600)
-    engine = DeliveryEngine(config, [], clock)
+    engine = deliveryEngine(config, [], clock)
     published: list[tuple[str, bytes]] = []
 
     class Publisher:

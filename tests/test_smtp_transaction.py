@@ -332,10 +332,10 @@ def test_aStaleConnectionDoesNotCostThePermit() -> None:
     """
     from twisted.internet.task import Clock
 
-    from mqtwist.delivery.engine import DeliveryEngine
+    from mqtwist.service import deliveryEngine
 
     clock = Clock()
-    engine = DeliveryEngine(
+    engine = deliveryEngine(
         Config(ehloName="x", smarthost="127.0.0.1:2525", maxConnectionsPerDestination=2), [], clock
     )
     stale, fresh = Connection(), Connection()

@@ -379,7 +379,8 @@ def test_deferrals_in_a_row_park_longer_and_longer():
     """
     from twisted.internet.defer import ensureDeferred
 
-    from mqtwist.delivery.engine import DeliveryEngine, ScheduledEntry
+    from mqtwist.delivery.engine import ScheduledEntry
+    from mqtwist.service import deliveryEngine
     from mqtwist.content.message import Message
 
     clock = Clock()
@@ -388,7 +389,7 @@ def test_deferrals_in_a_row_park_longer_and_longer():
         ehloName="x", smarthost="127.0.0.1:2525", parkDelay=30, parkDelayMax=100,
         backoff=[BackoffRule("pause", 5, code="^421$")],
     )
-    engine = DeliveryEngine(config, [], clock)
+    engine = deliveryEngine(config, [], clock)
     first = Message.fromObject({"recipient": "a@example.com", "mime": "x"})
     route = ensureDeferred(engine.router.route(first)).result
     permit = engine.policy.admit(route).result

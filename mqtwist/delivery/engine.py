@@ -10,7 +10,7 @@ with it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,16 +20,12 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from mqtwist.dataplugin.chain import PluginChain
-from mqtwist.config import Config
 from mqtwist.delivery.deferrallog import DeferralLog
 from mqtwist.errors import AttemptFailed
-from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.content.message import Message, ResultEntry
 from mqtwist.delivery.routing import Route, Router
-from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.protocol import ESMTPClient
-from mqtwist.smtp.tls import TLSSettings
 from mqtwist.delivery.policy import Backoff, Deferral, DeliveryPolicy, Permit
 from mqtwist.timeformat import formatTime
 from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
@@ -56,53 +52,42 @@ class ScheduledEntry(ResultEntry):
 class DeliveryEngine:
     """
     Routes and sends messages over pooled SMTP connections, within the
-    limits of the delivery policy and at most C{config.concurrency} at once.
+    limits of the delivery policy and at most C{concurrency} at once.
+    L{mqtwist.service.deliveryEngine} makes one from the configuration.
 
-    @param plugins: the data plugins, in the order they run.
-    @raise ValueError: when the configured TLS files cannot be loaded.
+    @param router: finds the servers of each message.
+    @param policy: admits, defers and backs off deliveries by destination;
+        it counts the connections of C{pool}.
+    @param pool: the SMTP connections, by destination.
+    @param chain: the data plugins, run on every body.
+    @param deferrals: where the deferrals made are reported.
+    @param concurrency: deliveries in progress at once.
+    @param parkDelayMax: the longest a deferred message is parked, seconds.
     """
 
     log = Logger()
 
-    def __init__(self, config: Config, plugins: Sequence[IDataPlugin], reactor: Any) -> None:
+    def __init__(
+        self,
+        router: Router,
+        policy: DeliveryPolicy,
+        pool: ConnectionPool,
+        chain: PluginChain,
+        deferrals: DeferralLog,
+        *,
+        concurrency: int,
+        parkDelayMax: float,
+        reactor: Any,
+    ) -> None:
         self.reactor = reactor
-        self.router = Router(
-            smarthost=config.smarthost,
-            mxPort=config.mxPort,
-            nameservers=config.nameservers,
-            dnsTimeout=config.dnsTimeout,
-            minCacheTime=config.dnsMinCacheTime,
-            addressesPerAttempt=config.mxAddressesPerAttempt,
-            security=config.security,
-            smarthostCredentials=(
-                Credentials(config.smarthostUsername, config.smarthostPassword or "")
-                if config.smarthostUsername
-                else None
-            ),
-            reactor=reactor,
-        )
-        self.policy = DeliveryPolicy(
-            config, reactor, lambda destination: self.pool.stats(destination)["open"]
-        )
+        self.router = router
+        self.policy = policy
+        self.pool = pool
+        self.chain = chain
+        self.deferrals = deferrals
         # waiting for a destination holds no slot: slots are for sending
-        self.slots = DeferredSemaphore(config.concurrency)
-        tls = TLSSettings(config.tlsCertificate, config.tlsKey, config.tlsCaFile)
-        # loaded now, so that a bad file stops the start instead of every
-        # STARTTLS later on
-        tls.context()
-        self.pool = ConnectionPool(
-            reactor,
-            ehloName=config.ehloName,
-            timeouts=config.timeouts,
-            maxConnectionsPerDestination=self.policy.mostConnections,
-            maxMessagesPerConnection=config.maxMessagesPerConnection,
-            idleTimeout=config.idleTimeout,
-            tls=tls,
-            authCleartextHosts=config.authCleartextHosts,
-        )
-        self.chain = PluginChain(plugins, reactor=reactor, config=config)
-        self.parkDelayMax = config.parkDelayMax
-        self.deferrals = DeferralLog(config.deferralLogInterval, reactor)
+        self.slots = DeferredSemaphore(concurrency)
+        self.parkDelayMax = parkDelayMax
 
     def deliver(self, message: Message) -> Deferred[ResultEntry]:
         """

@@ -190,6 +190,14 @@ class Permit:
     _state: _State = field(repr=False, compare=False)
 
 
+def mostConnections(config: Config) -> int:
+    """
+    The highest C{connections} limit of any destination: how many
+    connections the pool may hold to one.
+    """
+    return max([config.maxConnectionsPerDestination] + [rule.connections or 0 for rule in config.throttles])
+
+
 class DeliveryPolicy:
     """
     Throttles and backoff for the destinations of one process.
@@ -219,10 +227,6 @@ class DeliveryPolicy:
         #: when L{_dropForgettable} next looks through the table
         self._nextSweep = float("-inf")
 
-    @property
-    def mostConnections(self) -> int:
-        """The highest C{connections} limit of any destination."""
-        return max([self.config.maxConnectionsPerDestination] + [r.connections or 0 for r in self.rules])
 
     # -- grouping ----------------------------------------------------------
 

@@ -205,6 +205,12 @@ class ConnectionPool:
         self._checkAllClosed()
         return closed
 
+    def openConnections(self, destination: Destination) -> int:
+        """
+        The connections of C{destination}, idle, in use or opening.
+        """
+        return self._slots.get(destination, _Slots()).count()
+
     def stats(self, destination: Destination) -> dict[str, int]:
         """
         The connections of C{destination}: C{idle}, C{inUse}, C{opening},
@@ -212,7 +218,7 @@ class ConnectionPool:
         """
         slots = self._slots.get(destination, _Slots())
         return {
-            "open": slots.count(),
+            "open": self.openConnections(destination),
             "idle": len(slots.idle),
             "inUse": len(slots.inUse),
             "opening": slots.opening,
