@@ -73,7 +73,7 @@ class Program(protocol.ProcessProtocol):
     def pid(self) -> int:
         return self.transport.pid
 
-    def start(self, argv: list[str], *, env: dict[str, str] | None = None, path: str | None = None) -> "Program":
+    def start(self, argv: list[str], *, env: dict[str, str] | None = None, path: str | None = None) -> Program:
         self.argv = argv
         self.reactor.spawnProcess(self, argv[0], argv, env=env if env is not None else dict(os.environ), path=path)
         return self
@@ -258,7 +258,7 @@ async def waitForPort(reactor: Any, port: int, timeout: float, what: str, progra
             connected = await TCP4ClientEndpoint(reactor, "127.0.0.1", port, timeout=2).connect(factory)
         except error.ConnectError:
             if reactor.seconds() > deadline:
-                raise BenchError(f"{what} is not listening on port {port} after {timeout:g} s")
+                raise BenchError(f"{what} is not listening on port {port} after {timeout:g} s") from None
             await task.deferLater(reactor, 0.1, lambda: None)
         else:
             connected.transport.abortConnection()

@@ -19,20 +19,19 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import dkim  # noqa: E402
+from components import cpuModel  # noqa: E402
 from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa  # noqa: E402
 
 from mqtwist.content.dkimsign import DKIMKeys, parseDKIM, sign  # noqa: E402
 from mqtwist.content.headeredits import applyHeaderEdits  # noqa: E402
 from mqtwist.content.mime import buildMime  # noqa: E402
-
-from components import cpuModel  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EDITS = {
@@ -156,7 +155,7 @@ def main() -> None:
             two = throughput(step, 2, seconds)
             threadRows.append((label, name, one, two))
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     out = [
         f"mqtwist content benchmark, {now:%Y-%m-%d %H:%M} UTC",
         machine(),

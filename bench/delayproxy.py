@@ -26,7 +26,7 @@ from twisted.logger import Logger
 class _ServerSide(protocol.Protocol):
     """The relay's connection to the real server."""
 
-    def __init__(self, client: "_ClientSide") -> None:
+    def __init__(self, client: _ClientSide) -> None:
         self.client = client
 
     def connectionMade(self) -> None:

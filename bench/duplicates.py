@@ -31,18 +31,17 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import report  # noqa: E402
+from broker import BenchBroker  # noqa: E402
+from components import REPOSITORY, BenchError, Program, twistdEnvironment  # noqa: E402
 from twisted.internet import defer, endpoints, protocol, task  # noqa: E402
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
 from twisted.mail import smtp  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from mqtwist.amqp.client import BrokerClient  # noqa: E402
-from mqtwist.amqp.localnode import LocalRabbitMQ, RabbitMQEnded  # noqa: E402
 from mqtwist.loadgen import jobBodies, publishJobs  # noqa: E402
-
-from broker import BenchBroker  # noqa: E402
-from components import REPOSITORY, BenchError, Program, twistdEnvironment  # noqa: E402
-import report  # noqa: E402
+from mqtwist.localnode import LocalRabbitMQ, RabbitMQEnded  # noqa: E402
 
 log = Logger()
 
@@ -187,7 +186,7 @@ class Bench:
         self.mqtwist: Program | None = None
         self.rounds: list[Round] = []
         self.tornDown = False
-        self.stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
+        self.stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M")
         # a signal stops the reactor without unwinding main(): clean up then too
         reactor.addSystemEventTrigger("before", "shutdown", self.tearDown)
 
@@ -513,7 +512,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
     if options.name is None:
         options.name = checkout["commit"].split()[0]
     bench = Bench(reactor, options)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     try:
         await bench.setUp()
         machine = await report.machine(reactor, options.checkout)

@@ -20,13 +20,14 @@ import tempfile
 import time
 import timeit
 import tracemalloc
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mqtwist.outbox.journal import DeliveryJournal  # noqa: E402
-
 from components import cpuModel  # noqa: E402
+
+from mqtwist.outbox.journal import DeliveryJournal  # noqa: E402
 
 #: an accepted entry as a delivery over a plain connection records it (about 250 bytes of JSON)
 ENTRY: dict[str, Any] = {

@@ -28,8 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import defer, task  # noqa: E402
 
 from mqtwist.amqp.client import BrokerClient, Delivery, QueueSpec  # noqa: E402
-from mqtwist.amqp.localnode import LocalRabbitMQ, RabbitMQEnded  # noqa: E402
 from mqtwist.loadgen import publishJobs  # noqa: E402
+from mqtwist.localnode import LocalRabbitMQ, RabbitMQEnded  # noqa: E402
 
 QUEUE = "lostacks"
 

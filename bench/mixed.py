@@ -41,21 +41,21 @@ import statistics
 import sys
 import tempfile
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 TOP = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(TOP))
 sys.path.insert(0, str(TOP / "tests"))
 
+from components import ProcessStats, cpuModel, freePort  # noqa: E402
+from fixtures_dns import LoopbackDNS, MailHosts, mxConfig, mxDomain  # noqa: E402
+from fixtures_rabbitmq import AMQPHelper  # noqa: E402
 from twisted.internet import defer, reactor, task  # noqa: E402
 from twisted.logger import globalLogBeginner, textFileLogObserver  # noqa: E402
 
-from fixtures_dns import LoopbackDNS, MailHosts, mxConfig, mxDomain  # noqa: E402
-from fixtures_rabbitmq import AMQPHelper  # noqa: E402
-from components import ProcessStats, cpuModel, freePort  # noqa: E402
-from mqtwist.amqp.localnode import LocalRabbitMQ  # noqa: E402
 from mqtwist.config import Config, SMTPTimeouts  # noqa: E402
+from mqtwist.localnode import LocalRabbitMQ  # noqa: E402
 from mqtwist.loglevel import LogLevelService, parseLogLevel  # noqa: E402
 from mqtwist.service import MailerService  # noqa: E402
 
@@ -159,7 +159,7 @@ async def main(arguments: argparse.Namespace) -> str:
     fast = (f"accepts each message after {arguments.message_delay * 1000:g} ms" if arguments.message_delay
             else "answers at once")
     lines = [
-        f"bench/mixed.py  {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC  {platform.node()}  "
+        f"bench/mixed.py  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  {platform.node()}  "
         f"{platform.machine()}  {cpuModel()}  {os.cpu_count()} CPUs  Python {platform.python_version()}",
         f"{arguments.messages} messages for a fast destination (it {fast}; "
         f"{'PIPELINING' if arguments.pipelining else 'no PIPELINING'}); mixed run: as many "
@@ -239,6 +239,6 @@ if __name__ == "__main__":
         piped = "-pipelining" if options.pipelining else ""
         pinned = "-pinned" if options.pin else ""
         nice = "" if options.broker_nice == Config().brokerNice else f"-nice{options.broker_nice}"
-        (RESULTS / f"mixed-{datetime.now(timezone.utc):%Y-%m-%d-%H%M}{delay}{piped}{pinned}{nice}.txt").write_text(text)
+        (RESULTS / f"mixed-{datetime.now(UTC):%Y-%m-%d-%H%M}{delay}{piped}{pinned}{nice}.txt").write_text(text)
 
     task.react(lambda r: defer.ensureDeferred(go(r)))

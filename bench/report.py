@@ -11,9 +11,8 @@ import statistics
 import subprocess
 from typing import Any
 
-from twisted.internet import threads
-
 from components import cpuModel
+from twisted.internet import threads
 
 TARGET_POSTFIX_RATIO = 4.0
 TARGET_RSS_MB = 150
@@ -52,8 +51,9 @@ def describeTree(reactor: Any, tree: str) -> Any:
 def _machine(tree: str) -> dict[str, Any]:
     with open("/proc/meminfo") as f:
         memory = int(f.readline().split()[1]) * 1024
-    import twisted
     import txamqp  # noqa: F401
+
+    import twisted
 
     try:
         from importlib.metadata import version
@@ -175,7 +175,7 @@ def _comparisonMarkdown(data: dict[str, Any]) -> list[str]:
     ]
     for v in data["variants"]:
         out.append(f"| {v['name']} | {v['commit']} | {('`' + v['args'] + '`') if v['args'] else '-'} |")
-    for scenario, rows in compared.items():
+    for rows in compared.values():
         out += [
             "", f"### {rows[0]['label'].rsplit(', ', 1)[0]}", "",
             "| variant | messages/s, run by run | median | × first | × first per round | × Postfix "

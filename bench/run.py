@@ -21,35 +21,35 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from twisted.internet import defer, task, threads  # noqa: E402
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
-
-from mqtwist.amqp.client import BrokerClient, QueueSpec  # noqa: E402
-from mqtwist.amqp.localnode import LocalRabbitMQ  # noqa: E402
-from mqtwist.loadgen import jobBodies, publishJobs  # noqa: E402
-
+import profiles  # noqa: E402
+import report  # noqa: E402
+from broker import BenchBroker  # noqa: E402
 from components import (  # noqa: E402
     POSTFIX_INSTALL,
     REPOSITORY,
     BenchError,
     DelayProxy,
     PostfixRelay,
-    Program,
     ProcessStats,
+    Program,
     SmtpSink,
     machineCPUSeconds,
     requireProgram,
     twistdArgv,
     twistdEnvironment,
 )
-from broker import BenchBroker  # noqa: E402
-import profiles  # noqa: E402
-import report  # noqa: E402
+from twisted.internet import defer, task, threads  # noqa: E402
+from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
+
+from mqtwist.amqp.client import BrokerClient  # noqa: E402
+from mqtwist.loadgen import jobBodies, publishJobs  # noqa: E402
+from mqtwist.localnode import LocalRabbitMQ  # noqa: E402
 
 log = Logger()
 
@@ -90,7 +90,7 @@ def parseVariant(text: str, defaultTree: str) -> Variant:
     try:
         shlex.split(args)
     except ValueError as e:
-        raise ValueError(f"--compare {text!r}: its arguments do not parse: {e}")
+        raise ValueError(f"--compare {text!r}: its arguments do not parse: {e}") from None
     return Variant(name, tree, args.strip())
 
 
@@ -137,7 +137,7 @@ class Bench:
         self.runs: list[Run] = []
         self.dkim: dict[str, Any] | None = None
         self.tornDown = False
-        self.stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%d-%H%M")
+        self.stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M")
         # a signal stops the reactor without unwinding main(): clean up then too
         reactor.addSystemEventTrigger("before", "shutdown", self.tearDown)
 
@@ -195,7 +195,7 @@ class Bench:
         return {kind: f"{base}.{kind}" for kind in ("outbox", "results", "success", "failure", "retry")}
 
     async def startMqtwist(self, queues: dict[str, str], smarthostPort: int, processes: int,
-                           extra: list[str], variant: Variant) -> list[tuple[Program, ProcessStats, float, float]]:
+                           extra: Sequence[str], variant: Variant) -> list[tuple[Program, ProcessStats, float, float]]:
         """
         Start C{processes} twistd mqtwist processes of C{variant} and wait
         until each consumes.
@@ -207,7 +207,7 @@ class Bench:
                      "--smarthost", f"127.0.0.1:{smarthostPort}", "--plugins="]
         for kind, name in queues.items():
             arguments += [f"--{kind}", name]
-        arguments += shlex.split(self.options.mqtwist_args) + shlex.split(variant.args) + extra
+        arguments += shlex.split(self.options.mqtwist_args) + shlex.split(variant.args) + list(extra)
         programs = []
         for n in range(processes):
             program = Program(f"twistd mqtwist #{n + 1}", self.reactor)
@@ -242,7 +242,7 @@ class Bench:
             await self.broker.delete(name)
 
     async def mqtwistRun(self, scenario: str, label: str, *, count: int, processes: int,
-                         smarthostPort: int, extra: list[str] = [], connections: int | None = None,
+                         smarthostPort: int, extra: Sequence[str] = (), connections: int | None = None,
                          pipelining: bool | None = True, profileSeconds: float = 0.0,
                          variant: Variant | None = None, inRound: int | None = None) -> Run:
         variant = variant or self.options.variants[0]
@@ -434,7 +434,7 @@ class Bench:
             await proxy.start()
             self.stoppable.append(proxy)
             proxies[pipelining] = proxy
-        for r in range(o.delay_repeat):
+        for _ in range(o.delay_repeat):
             for pipelining in (True, False):
                 label = (f"{o.delay_ms:g} ms replies, {c} connection{'s' if c > 1 else ''}, "
                          f"{'PIPELINING' if pipelining else 'lock-step (no PIPELINING)'}")
@@ -504,11 +504,13 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated, from: " + ", ".join(SCENARIOS) + " (default: all)")
     p.add_argument("--source-sessions", type=int, default=20,
                    help="parallel smtp-source sessions injecting into Postfix (default: %(default)s)")
-    p.add_argument("--delay-ms", type=float, default=20, help="reply delay of the round-trip test (default: %(default)s)")
+    p.add_argument("--delay-ms", type=float, default=20,
+                   help="reply delay of the round-trip test (default: %(default)s)")
     p.add_argument("--delay-count", type=int, default=600, help="messages per round-trip run (default: %(default)s)")
     p.add_argument("--delay-connections", type=int, default=2,
                    help="--max-connections-per-destination in the round-trip test (default: %(default)s)")
-    p.add_argument("--delay-repeat", type=int, default=1, help="runs of each round-trip configuration (default: %(default)s)")
+    p.add_argument("--delay-repeat", type=int, default=1,
+                   help="runs of each round-trip configuration (default: %(default)s)")
     p.add_argument("--waiting", type=int, default=100_000,
                    help="messages in the outbox for the memory test (default: %(default)s)")
     p.add_argument("--waiting-seconds", type=float, default=30,
@@ -556,7 +558,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
     options = parseArguments(argv)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stderr)], redirectStandardIO=False)
     bench = Bench(reactor, options)
-    started = datetime.datetime.now(datetime.timezone.utc)
+    started = datetime.datetime.now(datetime.UTC)
     try:
         await bench.setUp()
         machine = await report.machine(reactor, options.variants[0].tree)

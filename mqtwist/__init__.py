@@ -12,8 +12,8 @@ This module stays light (no reactor, no protocol code) because the
 C{twistd} drop-in in C{twisted/plugins/} imports it.
 """
 
-from mqtwist.errors import PermanentFailure
 from mqtwist.dataplugin.interfaces import COMPLETE, CONTINUE, IDataPlugin
+from mqtwist.errors import PermanentFailure
 
 #: the release; setup.cfg reads it from here
 __version__ = "0.1.0"

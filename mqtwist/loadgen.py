@@ -20,7 +20,8 @@ import argparse
 import json
 import sys
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 from twisted.internet import defer, task
 

@@ -49,11 +49,16 @@ def parseLogLevel(name: str) -> LogLevel:
     @raise ValueError: for another name, naming the accepted ones.
     """
     try:
-        return LogLevel.levelWithName(name.strip().lower())
+        level: LogLevel = LogLevel.levelWithName(name.strip().lower())
+        return level
     except Exception:
         raise ValueError(
             f"{name!r} is not a log level; use one of {', '.join(LEVEL_NAMES)}"
         ) from None
+
+
+_NO: PredicateResult = PredicateResult.no
+_MAYBE: PredicateResult = PredicateResult.maybe
 
 
 @implementer(ILogFilterPredicate)
@@ -70,9 +75,8 @@ class _AtLeast:
         )
 
     def __call__(self, event: LogEvent) -> PredicateResult:
-        if event.get("log_level") in self.dropped:
-            return PredicateResult.no
-        return PredicateResult.maybe
+        # Twisted's constants are untyped: named here once
+        return _NO if event.get("log_level") in self.dropped else _MAYBE
 
 
 #: what Twisted writes, at level info, for every port and connection it
@@ -95,8 +99,8 @@ def _withoutTwistedChatter(event: LogEvent) -> PredicateResult:
     if event.get("log_namespace") == "log_legacy" and _TWISTED_CHATTER.fullmatch(
         event.get("log_text") or ""
     ):
-        return PredicateResult.no
-    return PredicateResult.maybe
+        return _NO
+    return _MAYBE
 
 
 class LogLevelService(Service):

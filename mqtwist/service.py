@@ -22,32 +22,31 @@ from twisted.python.failure import Failure
 
 from mqtwist import __version__
 from mqtwist.amqp.client import BrokerClient, QueueSpec
-from mqtwist.amqp.localnode import (
+from mqtwist.amqp.url import BrokerURL
+from mqtwist.config import Config
+from mqtwist.content.dkimsign import DKIMKeys
+from mqtwist.content.joblimits import JobLimits
+from mqtwist.content.message import Message, ParseSettings, ResultEntry
+from mqtwist.dataplugin.chain import PluginChain
+from mqtwist.dataplugin.discovery import selectPlugins
+from mqtwist.dataplugin.interfaces import IDataPlugin
+from mqtwist.delivery.deferrallog import DeferralLog
+from mqtwist.delivery.engine import DeliveryEngine
+from mqtwist.delivery.policy import DeliveryPolicy, mostConnections
+from mqtwist.delivery.routing import Router
+from mqtwist.localnode import (
     LocalRabbitMQ,
     LocalRabbitMQService,
     RabbitMQEnded,
     RabbitMQNotInstalled,
     RabbitMQStartFailed,
 )
-from mqtwist.amqp.url import BrokerURL
-from mqtwist.config import Config
-from mqtwist.dataplugin.chain import PluginChain
-from mqtwist.delivery.deferrallog import DeferralLog
-from mqtwist.delivery.engine import DeliveryEngine
-from mqtwist.delivery.policy import DeliveryPolicy, mostConnections
-from mqtwist.delivery.routing import Router
-from mqtwist.dataplugin.discovery import selectPlugins
-from mqtwist.content.dkimsign import DKIMKeys
-from mqtwist.dataplugin.interfaces import IDataPlugin
-from mqtwist.content.joblimits import JobLimits
 from mqtwist.outbox.journal import DeliveryJournal, DeliveryJournalError
-from mqtwist.content.message import Message, ParseSettings, ResultEntry
 from mqtwist.outbox.processor import OutboxProcessor
 from mqtwist.outbox.schedule import RetrySchedule
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.tls import TLSSettings
-
 
 #: What to do when the private RabbitMQ node fails, by the type of its error
 #: (whose message says what happened).
@@ -231,14 +230,17 @@ class MailerService(MultiService):
             outbox=self.config.outbox,
             plugins=[plugin.name for plugin in self.plugins],
         )
+        if self.localNode is not None:
+            # first: a node that cannot start (one already runs on its data
+            # directory) fails at once, and says so better than the journal
+            # that the same other mqtwist holds
+            self.localNode.whenEnded().addErrback(self._failed)
         try:
             # before the first message: a redelivered one is looked up in it
             self.journal.open()
         except DeliveryJournalError:
             self._failed(Failure())
             return
-        if self.localNode is not None:
-            self.localNode.whenEnded().addErrback(self._failed)
         ensureDeferred(self._startBroker()).addErrback(self._brokerFailed)
 
     def _brokerFailed(self, failure: Failure) -> None:
@@ -253,7 +255,7 @@ class MailerService(MultiService):
             # node that could not start fails the client's start as well
             return
         self._failure = failure
-        advice = _NODE_FAILURE_ADVICE.get(failure.type)
+        advice = _NODE_FAILURE_ADVICE.get(type(failure.value))
         if failure.check(DeliveryJournalError):
             self.log.critical("mqtwist cannot deliver: {error}", error=failure.value)
         elif advice is None:

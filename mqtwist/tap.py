@@ -106,7 +106,7 @@ class Options(usage.Options):
         try:
             sys.stdout.write(describePlugins())
         except ValueError as e:
-            raise usage.UsageError(f"--list-plugins: {e}")
+            raise usage.UsageError(f"--list-plugins: {e}") from None
 
     def _checkPluginNames(self, names: list[str], source: str) -> None:
         from mqtwist.dataplugin.discovery import selectPlugins
@@ -114,7 +114,7 @@ class Options(usage.Options):
         try:
             selectPlugins(names)
         except ValueError as e:
-            raise usage.UsageError(f"{source}: {e}")
+            raise usage.UsageError(f"{source}: {e}") from None
 
 
 def makeService(options: Options) -> IService:

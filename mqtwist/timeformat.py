@@ -5,7 +5,7 @@ The time format of the JSON messages: UTC C{YYYY-MM-DD HH:MM:SS}.
 from __future__ import annotations
 
 import math
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import lru_cache
 
 _FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -21,7 +21,7 @@ def formatTime(seconds: float) -> str:
 # every message formats the same few seconds several times over
 @lru_cache(maxsize=128)
 def _formatSecond(second: int) -> str:
-    return datetime.fromtimestamp(second, timezone.utc).strftime(_FORMAT)
+    return datetime.fromtimestamp(second, UTC).strftime(_FORMAT)
 
 
 # the messages parked together carry the same few times, read at every
@@ -35,4 +35,4 @@ def parseTime(text: str) -> float:
     @raise TypeError: when C{text} is not a string.
     """
     parsed = datetime.strptime(text, _FORMAT)
-    return parsed.replace(tzinfo=timezone.utc).timestamp()
+    return parsed.replace(tzinfo=UTC).timestamp()

@@ -133,7 +133,7 @@ async def test_private_rabbitmq_node_when_no_broker_is_given(smtpServer):
     assert f"mqtwist {mqtwist.__version__} starting: outbox ".encode() in twistd.output
     assert b"mqtwist stopped" in twistd.output
     # the node stopped as asked: no error, no failure
-    assert re.search(rb"\[mqtwist\.amqp\.localnode\.LocalRabbitMQ#info\] RabbitMQ node \S+ stopped\n", twistd.output)
+    assert re.search(rb"\[mqtwist\.localnode\.LocalRabbitMQ#info\] RabbitMQ node \S+ stopped\n", twistd.output)
     assert b"#error]" not in twistd.output and b"#critical]" not in twistd.output
 
 
@@ -223,7 +223,7 @@ async def test_private_node_killed_makes_twistd_exit_1():
     )
     (error,) = levels(twistd.output, "error")
     assert error.decode().endswith(
-        f"[mqtwist.amqp.localnode.LocalRabbitMQ#error] private RabbitMQ node {nodeName(output)} "
+        f"[mqtwist.localnode.LocalRabbitMQ#error] private RabbitMQ node {nodeName(output)} "
         f"{ended}; its last output:"
     ), output
     assert "\tKilled\n" in output  # the start script's last words

@@ -11,9 +11,10 @@ loss; what was in flight on the old one fails (publishes) or becomes stale
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service

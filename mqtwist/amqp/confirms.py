@@ -10,7 +10,7 @@ including its C{delivery-tag}.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
 

@@ -62,7 +62,7 @@ from typing import Any
 
 from txamqp.codec import EOF, Codec
 
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 _ONE_SECOND = datetime.timedelta(seconds=1)
 
 #: the Python types L{FieldTableCodec} can encode, for error messages

@@ -21,14 +21,16 @@ from __future__ import annotations
 
 import shlex
 import struct
+from collections.abc import Callable
 from io import BytesIO
-from typing import Any, Callable, Protocol as TypingProtocol
+from typing import Any
+from typing import Protocol as TypingProtocol
 
 from twisted.internet import defer, protocol
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.task import LoopingCall
 from twisted.internet.ssl import optionsForClientTLS
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from txamqp.client import Closed, TwistedDelegate

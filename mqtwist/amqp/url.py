@@ -15,8 +15,9 @@ that follows).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import TypeVar
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}

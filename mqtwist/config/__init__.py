@@ -9,6 +9,7 @@ C{[[dkim-keys]]}).
 """
 
 from mqtwist.config.rules import BackoffRule, DKIMKeyRule, ThrottleRule
-from mqtwist.config.settings import Config, SMTPTimeouts
+from mqtwist.config.settings import Config
+from mqtwist.smtp.timeouts import SMTPTimeouts
 
 __all__ = ["BackoffRule", "Config", "DKIMKeyRule", "SMTPTimeouts", "ThrottleRule"]

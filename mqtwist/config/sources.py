@@ -133,7 +133,7 @@ class Setting:
             return str(text)
         value: Any = self.declaration.default
         if value is dataclasses.MISSING:
-            value = self.declaration.default_factory()  # type: ignore[misc]
+            value = self.declaration.default_factory()  # type: ignore[operator]
         if value is None:
             return ""
         if isinstance(value, list):
@@ -355,8 +355,9 @@ def readmeTable() -> str:
     rows = []
     for setting in SETTINGS:
         default = setting.default
-        if default and DEFAULT_TEXT not in setting.declaration.metadata or not setting.declaration.metadata[DEFAULT_TEXT]:
-            default = f"``{default}``" if default else ""
+        # a default described in words is no literal to quote
+        if default and not setting.declaration.metadata.get(DEFAULT_TEXT):
+            default = f"``{default}``"
         rows.append(
             f"   * - ``--{setting.option}``\n"
             f"     - ``{setting.environ}``\n"

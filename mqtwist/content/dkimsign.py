@@ -38,7 +38,7 @@ import re
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
@@ -53,8 +53,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorThreads
 from twisted.internet.threads import deferToThreadPool
 
-from mqtwist.errors import InvalidMessage
 from mqtwist.content.headeredits import splitHeaderBlock
+from mqtwist.errors import InvalidMessage
 from mqtwist.smtp.body import normaliseLineEnds
 from mqtwist.timeformat import parseTime
 from mqtwist.validation import excerpt
@@ -70,7 +70,7 @@ __all__ = [
     "withoutKeys",
 ]
 
-PrivateKey = Union[rsa.RSAPrivateKey, ed25519.Ed25519PrivateKey]
+PrivateKey = rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 #: header fields signed by default, those the message has (RFC 6376
 #: section 5.4.1's list, less the rarely used resent-* fields, plus the

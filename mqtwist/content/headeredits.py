@@ -135,7 +135,7 @@ def foldHeader(what: str, name: str, value: str, linesep: bytes = b"\r\n") -> by
     try:
         # through the header registry, so that address fields get their
         # display names encoded and free text its encoded words
-        folded = policy.header_factory(name, value).fold(policy=policy).encode("ascii")
+        folded: bytes = policy.header_factory(name, value).fold(policy=policy).encode("ascii")
     except (HeaderParseError, ValueError, UnicodeError) as e:
         raise InvalidMessage(f"{field}: the value cannot be written as a header: {e}") from None
     except (IndexError, AttributeError, TypeError):

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mqtwist.content.dkimsign import DKIMKeys, DKIMSpec, parseDKIM, withoutKeys
-from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.content.headeredits import checkHeaderEdits
 from mqtwist.content.joblimits import JobLimits, checkLimits, checkSize, encodeJSON, tooDeep
 from mqtwist.content.mime import buildMime
+from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 from mqtwist.timeformat import formatTime, parseTime
 from mqtwist.validation import checkAddress, checkHeaderValue, checkHostName, checkIP, excerpt
@@ -64,7 +64,7 @@ class Smarthost:
     password: str | None = field(default=None, repr=False)
 
     @classmethod
-    def fromJSON(cls, value: Any) -> "Smarthost":
+    def fromJSON(cls, value: Any) -> Smarthost:
         """
         Read the C{smarthost} property.
 
@@ -116,7 +116,7 @@ class DSN:
     envid: str | None = None
 
     @classmethod
-    def fromJSON(cls, value: Any) -> "DSN":
+    def fromJSON(cls, value: Any) -> DSN:
         """
         Read the C{dsn} property.
 
@@ -290,7 +290,7 @@ class Message:
     @classmethod
     def fromJSON(
         cls, data: bytes | str, settings: ParseSettings | None = None, *, now: float | None = None
-    ) -> "Message":
+    ) -> Message:
         """
         Parse and check one outbox message.
 
@@ -305,7 +305,7 @@ class Message:
     @classmethod
     def fromObject(
         cls, obj: dict[str, Any], settings: ParseSettings | None = None, *, now: float | None = None
-    ) -> "Message":
+    ) -> Message:
         """
         Check one outbox message that is already a parsed JSON object.  A
         C{mime} object is built into the message text here (see
@@ -421,7 +421,7 @@ class Message:
         """
         return encodeJSON(self.json)
 
-    def record(self, entry: "ResultEntry") -> None:
+    def record(self, entry: ResultEntry) -> None:
         """
         Append a result entry to the message's C{results}.
         """
@@ -692,7 +692,7 @@ class ResultEntry:
     @classmethod
     def fromFailure(
         cls, failure: AttemptFailed, time: float, connection: dict[str, Any] | None = None
-    ) -> "ResultEntry":
+    ) -> ResultEntry:
         """
         The entry for an attempt that ended with C{failure}.
         """

@@ -35,16 +35,16 @@ import base64
 import binascii
 import email.policy
 import re
+import time
 import uuid
 from collections.abc import Mapping
-import time
 from email.errors import HeaderParseError, MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage, MIMEPart
 from typing import Any
 
-from mqtwist.errors import InvalidMessage
 from mqtwist.content.headeredits import checkHeaderName
+from mqtwist.errors import InvalidMessage
 from mqtwist.validation import checkAddress, checkHeaderValue, excerpt, shownName
 
 __all__ = ["buildMime"]
@@ -356,7 +356,7 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
         alternative = MIMEPart(_POLICY)
         alternative["Content-Type"] = "multipart/alternative"
         for body in bodies:
-            alternative.attach(body)  # type: ignore[arg-type]
+            alternative.attach(body)
         bodies = [alternative]
     if not parts:
         # a single part's content fields become the message's own

@@ -29,7 +29,6 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from mqtwist.config import Config
-from mqtwist.errors import AttemptFailed, PermanentFailure
 from mqtwist.dataplugin.interfaces import (
     COMPLETE,
     CONTINUE,
@@ -39,6 +38,7 @@ from mqtwist.dataplugin.interfaces import (
     IPluginContext,
     IPluginMessage,
 )
+from mqtwist.errors import AttemptFailed, PermanentFailure
 
 __all__ = [
     "COMPLETE",

@@ -42,7 +42,6 @@ import enum
 from twisted.plugin import IPlugin
 from zope.interface import Attribute, Interface
 
-
 __all__ = [
     "COMPLETE",
     "CONTINUE",

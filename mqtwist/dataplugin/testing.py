@@ -45,6 +45,7 @@ from twisted.plugin import IPlugin
 from zope.interface import Invalid
 from zope.interface.verify import verifyObject
 
+from mqtwist.config import Config
 from mqtwist.dataplugin.chain import (
     ConnectionInfo,
     PluginChain,
@@ -52,7 +53,6 @@ from mqtwist.dataplugin.chain import (
     PluginMessage,
     invokePlugin,
 )
-from mqtwist.config import Config
 from mqtwist.dataplugin.interfaces import CONTINUE, Control, IDataPlugin
 
 __all__ = [
@@ -171,7 +171,7 @@ def verifyPlugin(plugin: object) -> bool:
     """
     verifyObject(IPlugin, plugin)
     verifyObject(IDataPlugin, plugin)
-    name = getattr(plugin, "name")
+    name = getattr(plugin, "name", None)
     if not isinstance(name, str) or not name:
         raise Invalid(
             f"{plugin!r} has the name {name!r}: a data plugin's name must be "

@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from mqtwist.content.message import labelsShown
 from mqtwist.timeformat import formatTime
 
+
 @dataclass
 class _Gathered:
     """The deferrals of one destination since the last event."""

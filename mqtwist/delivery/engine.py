@@ -19,16 +19,16 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtwist.content.message import Message, ResultEntry
 from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.delivery.deferrallog import DeferralLog
-from mqtwist.errors import AttemptFailed
-from mqtwist.content.message import Message, ResultEntry
+from mqtwist.delivery.policy import Backoff, Deferral, DeliveryPolicy, Permit
 from mqtwist.delivery.routing import Route, Router
+from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
+from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.protocol import ESMTPClient
-from mqtwist.delivery.policy import Backoff, Deferral, DeliveryPolicy, Permit
 from mqtwist.timeformat import formatTime
-from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
 
 #: what a cancelled delivery fails with: cancelled while it waited, or
 #: while it was connecting
@@ -112,6 +112,7 @@ class DeliveryEngine:
 
     def _unroutable(self, failure: Failure, message: Message) -> ResultEntry:
         failure.trap(AttemptFailed)
+        assert isinstance(failure.value, AttemptFailed)
         return self._failed(message, failure.value)
 
     def _admit(self, route: Route, message: Message) -> ResultEntry | Deferred[ResultEntry]:

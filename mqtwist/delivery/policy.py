@@ -33,8 +33,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from mqtwist.config import BackoffRule, Config, ThrottleRule
-from mqtwist.errors import AttemptFailed
 from mqtwist.delivery.routing import SWEEP_INTERVAL, Route
+from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.pool import Destination
 from mqtwist.timeformat import formatTime
 from mqtwist.validation import shownName

@@ -28,9 +28,9 @@ from twisted.logger import Logger
 from twisted.names import client, dns
 from twisted.names.error import DNSNameError, DNSServerError, DomainError
 
+from mqtwist.content.message import Message
 from mqtwist.errors import AttemptFailed
 from mqtwist.hostport import LONGEST_HOST_NAME, parseHostPort
-from mqtwist.content.message import Message
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import Destination
 from mqtwist.validation import shownName

@@ -20,11 +20,11 @@ from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import ITCPTransport
 from twisted.python.failure import Failure
 
-from mqtwist.dataplugin.chain import ConnectionInfo, PluginChain, PluginMessage
 from mqtwist.content.dkimsign import signInThread
-from mqtwist.errors import AttemptFailed
 from mqtwist.content.headeredits import applyHeaderEdits
 from mqtwist.content.message import Message
+from mqtwist.dataplugin.chain import ConnectionInfo, PluginChain, PluginMessage
+from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply

@@ -79,7 +79,8 @@ import hashlib
 import json
 import os
 import stat
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from twisted.logger import Logger
 

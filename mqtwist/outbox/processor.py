@@ -40,10 +40,7 @@ from twisted.python.failure import Failure
 
 from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
-from mqtwist.delivery.engine import ScheduledEntry
-from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.content.headeredits import applyHeaderEdits, editedLength
-from mqtwist.outbox.journal import DeliveryJournal
 from mqtwist.content.message import (
     Message,
     ParseSettings,
@@ -58,6 +55,9 @@ from mqtwist.content.message import (
     rawResultJSON,
     readJob,
 )
+from mqtwist.delivery.engine import ScheduledEntry
+from mqtwist.errors import AttemptFailed, InvalidMessage
+from mqtwist.outbox.journal import DeliveryJournal
 from mqtwist.outbox.schedule import RetrySchedule
 from mqtwist.timeformat import formatTime
 from mqtwist.validation import excerpt
@@ -211,7 +211,7 @@ class OutboxProcessor:
         error = AttemptFailed(
             "process",
             "error",
-            f"mqtwist could not handle the message ({failure.type.__name__}: "
+            f"mqtwist could not handle the message ({type(failure.value).__name__}: "
             f"{excerpt(str(failure.value), 200)}); it is not delivered: report this, with "
             f"mqtwist's log, as a bug of mqtwist or of the plugin named in the log",
             permanent=True,

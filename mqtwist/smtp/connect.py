@@ -8,7 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-
 from twisted.internet import error
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred, ensureDeferred
@@ -17,10 +16,10 @@ from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 
-from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.hostport import LONGEST_HOST_NAME, hostPort
 from mqtwist.smtp.protocol import ESMTPClient
+from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.smtp.tls import OPPORTUNISTIC, VERIFIED, TLSSettings, tlsMandatory
 from mqtwist.validation import excerpt, shownName
 

@@ -16,12 +16,12 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.hostport import LONGEST_HOST_NAME, hostPort
 from mqtwist.smtp.connect import Credentials, openConnection
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply
+from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.smtp.tls import TLSSettings
 from mqtwist.validation import shownName
 

@@ -32,11 +32,11 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.loglevel import debugEvents
 from mqtwist.smtp.body import encodeBody
 from mqtwist.smtp.reply import MalformedReply, Reply, ReplyParser
+from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.smtp.tls import ClientTLS
 from mqtwist.validation import excerpt
 
@@ -287,7 +287,7 @@ class ESMTPClient(Protocol):
         return self
 
     def _introFailed(self, failure: Failure) -> Failure:
-        if failure.check(AttemptFailed) and failure.value.result == "error":
+        if isinstance(failure.value, AttemptFailed) and failure.value.result == "error":
             # the server answered: say goodbye properly
             self.quit()
         elif self._connected and not self._broken:
@@ -699,7 +699,7 @@ def _howItEnded(remote: str, reason: Failure) -> str:
     """
     if reason.check(ConnectionDone):
         return f"{remote} closed the connection"
-    if reason.check(ConnectionLost):
+    if isinstance(reason.value, ConnectionLost):
         detail = " ".join(str(arg) for arg in reason.value.args)
         return f"the connection to {remote} was reset or broken off" + (f" ({detail})" if detail else "")
     return f"the connection to {remote} failed: {reason.getErrorMessage()}"

@@ -152,7 +152,7 @@ class _ServerProcess(protocol.ProcessProtocol):
         self.endReason = reason.value
         # the exception as a value: given the Failure itself, the Deferred
         # would skip every callback for its errbacks
-        self.ended.callback(reason.value)
+        self.ended.callback(reason.value or Exception("the process ended"))
 
 
 class LocalRabbitMQ:
@@ -229,8 +229,7 @@ class LocalRabbitMQ:
 
     # -- start -------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def start(self):  # -> Deferred[BrokerURL]
+    def start(self) -> defer.Deferred[BrokerURL]:
         """
         Start the node and wait until it accepts AMQP connections.
 
@@ -241,39 +240,41 @@ class LocalRabbitMQ:
             node already runs on the data directory (which is then left
             untouched).
         """
+        return defer.ensureDeferred(self._start())
+
+    async def _start(self) -> BrokerURL:
         if self._process is not None:
             raise RabbitMQStartFailed(f"RabbitMQ node {self.nodeName} is already running")
         self._checkInstalled()
         self._lockFd = self._lockDataDirectory()
         try:
-            process = yield self._spawnServer()
+            process = await self._spawnServer()
         except BaseException:
             self._unlock()
             raise
         self._process = process
         process.ended.addCallback(self._serverEnded, process)
         try:
-            yield self._awaitStartup(process)
+            await self._awaitStartup(process)
         except BaseException:
-            yield self.stop()
+            await self.stop()
             raise
         process.up = True
         self.log.info("RabbitMQ node {node} is up", node=self.nodeName)
         return self.url
 
-    @defer.inlineCallbacks
-    def _spawnServer(self):  # -> Deferred[_ServerProcess]
+    async def _spawnServer(self) -> _ServerProcess:
         """
         Prepare the locked data directory, pick the ports and start the
         server, which shares the lock.
 
-        @return: a Deferred firing with the server's L{_ServerProcess}.
+        @return: the server's L{_ServerProcess}.
         """
         self._prepareDirectory()
         if self._amqpPort == 0:
-            self._amqpPort = yield self._freePort()
+            self._amqpPort = await self._freePort()
         if self._distPort == 0:
-            self._distPort = yield self._freePort()
+            self._distPort = await self._freePort()
         self._recordLockHolder()
         self.url = BrokerURL(host=self._interface, port=self._amqpPort)
         self.log.info(
@@ -482,21 +483,19 @@ class LocalRabbitMQ:
             "ERL_CRASH_DUMP": os.path.join(d, "erl_crash.dump"),
         }
 
-    @defer.inlineCallbacks
-    def _freePort(self):  # -> Deferred[int]
+    async def _freePort(self) -> int:
         factory = protocol.Factory()
         factory.noisy = False
         # a port refused stays bound until a good one is found, so that the
         # next pick cannot return it again
-        picked = []
+        picked: list[Any] = []
         while not picked or picked[-1].getHost().port in RABBITMQCTL_DIST_PORTS:
             picked.append(self._reactor.listenTCP(0, factory, interface=self._interface))
-        number = picked[-1].getHost().port
-        yield defer.gatherResults([port.stopListening() for port in picked])
+        number: int = picked[-1].getHost().port
+        await defer.gatherResults([port.stopListening() for port in picked])
         return number
 
-    @defer.inlineCallbacks
-    def _awaitStartup(self, process: _ServerProcess):
+    async def _awaitStartup(self, process: _ServerProcess) -> None:
         deadline = self._reactor.seconds() + self._startTimeout
         lastAnswer = "nothing yet"
         while True:
@@ -512,12 +511,12 @@ class LocalRabbitMQ:
                     f"last answer of rabbitmqctl was: {lastAnswer}",
                 )
             try:
-                yield self.rabbitmqctl("await_startup", "--timeout", str(remaining))
+                await self.rabbitmqctl("await_startup", "--timeout", str(remaining))
             except RabbitMQStartFailed as e:
                 # 'await_startup' gives up at once while the node has not
                 # registered with epmd yet: ask again shortly
                 lastAnswer = str(e)
-                yield task.deferLater(self._reactor, 0.5, lambda: None)
+                await task.deferLater(self._reactor, 0.5, lambda: None)
             else:
                 return
 
@@ -581,7 +580,7 @@ class LocalRabbitMQ:
 
     # -- commands ----------------------------------------------------------
 
-    def rabbitmqctl(self, *args: str):  # -> Deferred[str]
+    def rabbitmqctl(self, *args: str) -> defer.Deferred[str]:
         """
         Run C{rabbitmqctl -n NODE ARGS...} against this node.
 
@@ -605,12 +604,12 @@ class LocalRabbitMQ:
                 )
             return out.decode("utf-8", "replace")
 
-        return d.addCallback(check)
+        checked: defer.Deferred[str] = d.addCallback(check)
+        return checked
 
     # -- stop --------------------------------------------------------------
 
-    @defer.inlineCallbacks
-    def stop(self):  # -> Deferred[None]
+    def stop(self) -> defer.Deferred[None]:
         """
         Stop the node: SIGTERM, which RabbitMQ answers with a clean
         shutdown; after C{stopTimeout} seconds the Erlang VM is killed.
@@ -618,6 +617,9 @@ class LocalRabbitMQ:
         @return: a Deferred that fires with C{None} once the node has
             exited (at once if it is not running).
         """
+        return defer.ensureDeferred(self._stop())
+
+    async def _stop(self) -> None:
         process = self._process
         if process is None:
             return
@@ -625,7 +627,7 @@ class LocalRabbitMQ:
         process.stopRequested = True
         self._signal(process, "TERM")
         killer = self._reactor.callLater(self._stopTimeout, self._kill, process)
-        yield process.ended
+        await process.ended
         if killer.active():
             killer.cancel()
 
