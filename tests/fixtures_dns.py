@@ -40,7 +40,7 @@ from twisted.names.error import DomainError
 from twisted.protocols.basic import LineReceiver
 
 __all__ = [
-    "dnsServer", "mailHosts", "LoopbackDNS", "MailHosts", "ScriptedSMTPServer", "mxDomain", "mxConfig",
+    "LoopbackDNS", "MailHosts", "ScriptedSMTPServer", "mxDomain", "mxConfig",
 ]
 
 

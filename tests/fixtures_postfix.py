@@ -38,8 +38,8 @@ Fixtures:
 
   - C{postfixReceiver} (module scope): a started L{PostfixReceiver} with
     the listeners C{"pipelining"}, C{"lockstep"} (PIPELINING not
-    announced) and C{"tls"} (STARTTLS with the C{certificates} fixture's
-    server certificate, which the test module provides); unless
+    announced) and C{"tls"} (STARTTLS with the server certificate of the
+    C{certificates} fixture, L{fixtures_tls}); unless
     L{saslUnavailable}, for AUTH as L{SASL_USERNAME} with
     L{SASL_PASSWORD}: C{"auth-plain"}, C{"auth-login"} and
     C{"auth-cram-md5"} (no TLS, that one mechanism each), C{"auth"} (no
@@ -564,6 +564,30 @@ def sessionsIn(lines: list[str]) -> list[dict[str, str]]:
         if found:
             sessions.append(dict(item.split("=", 1) for item in found.group(1).split()))
     return sessions
+
+
+#: what the client sends -> what must be on the wire (CRLF line ends, unstuffed)
+BODIES = [
+    (b"Subject: bare LF\n\nline one\nline two\n", b"Subject: bare LF\r\n\r\nline one\r\nline two\r\n"),
+    (b"Subject: bare CR\r\n\r\na\rb\r\n", b"Subject: bare CR\r\n\r\na\r\nb\r\n"),
+    (
+        b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\nmid.dle\r\n.\r\nno final newline",
+        b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\nmid.dle\r\n.\r\nno final newline\r\n",
+    ),
+    (
+        b"Subject: 8-bit\r\n\r\ncaf\xc3\xa9 \xe9\xff\x80\x00\r\n",
+        b"Subject: 8-bit\r\n\r\ncaf\xc3\xa9 \xe9\xff\x80\x00\r\n",
+    ),
+    (
+        b"Subject: long lines\r\nX-Long: " + b"h" * 980 + b"\r\n\r\n" + b"x" * 998 + b"\r\n" + b"y" * 997 + b"\n.",
+        b"Subject: long lines\r\nX-Long: " + b"h" * 980 + b"\r\n\r\n" + b"x" * 998 + b"\r\n" + b"y" * 997
+        + b"\r\n.\r\n",
+    ),
+]
+
+
+def _improperPipelining(postfix: PostfixReceiver, mark: int) -> list[str]:
+    return [line for line in postfix.logLines[mark:] if "improper command pipelining" in line]
 
 
 class _InputAndOutput(ProcessProtocol):

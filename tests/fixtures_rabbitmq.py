@@ -6,7 +6,7 @@ Fixtures
 ========
 
 C{rabbitmqNode} (session)
-    A started L{mqtwist.amqp.localnode.LocalRabbitMQ} on free ports in a
+    A started L{mqtwist.localnode.LocalRabbitMQ} on free ports in a
     temporary directory; stopped (and its directory removed) at the end of
     the session, whatever the tests did.  Use C{rabbitmqNode.rabbitmqctl(...)}
     (a Deferred of its output) for broker-side facts, e.g.
@@ -36,6 +36,16 @@ C{amqp} (function)
     C{redelivered}.  C{publish} does not declare the queue: declare it
     first (with C{declare}, or by the code under test).
 
+C{clients} (function)
+    A function that makes started L{mqtwist.amqp.client.BrokerClient}s for
+    that node (C{clients(queues, consumeFrom=..., prefetch=...,
+    onDelivery=...)}, deliveries to a L{Deliveries} unless C{onDelivery}
+    is given); the clients still running after the test are stopped.
+
+C{dataDir} (function)
+    An empty directory for the data of a node that a test starts itself,
+    removed after the test.
+
 Queue names are shared by the whole session: use names unique to the test
 (e.g. the test's name) or purge them first.
 """
@@ -50,15 +60,16 @@ from typing import Any, Mapping
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer
+from twisted.internet import defer, reactor
 from twisted.python.failure import Failure
 from txamqp.client import Closed
 from txamqp.content import Content
 from txamqp.message import Message
 from txamqp.protocol import AMQChannel
 
+from mqtwist.amqp.client import BrokerClient, Delivery
 from mqtwist.amqp.confirms import PendingConfirms
-from mqtwist.amqp.localnode import LocalRabbitMQ, RabbitMQNotInstalled
+from mqtwist.localnode import LocalRabbitMQ, RabbitMQNotInstalled
 from mqtwist.amqp.protocol import AMQPFactory, AMQPProtocol, bodyBytes, brokerEndpoint
 from mqtwist.amqp.url import BrokerURL
 
@@ -288,3 +299,77 @@ class AMQPHelper:
         for collector in self._collectors.values():
             if not collector.done.called:
                 collector.done.errback(Closed(reason))
+
+
+# -- mqtwist's own clients of the node ---------------------------------------
+
+
+class Deliveries:
+    """
+    Collects what a BrokerClient hands to onDelivery and lets a test wait
+    for the n-th one.
+    """
+
+    def __init__(self) -> None:
+        self.received: list[Delivery] = []
+        self._waiting: list[tuple[int, defer.Deferred]] = []
+
+    def __call__(self, delivery: Delivery) -> None:
+        self.received.append(delivery)
+        still = []
+        for n, d in self._waiting:
+            if len(self.received) >= n:
+                d.callback(self.received[:n])
+            else:
+                still.append((n, d))
+        self._waiting = still
+
+    def atLeast(self, n: int, timeout: float = 30.0) -> defer.Deferred:
+        d: defer.Deferred = defer.Deferred()
+        if len(self.received) >= n:
+            d.callback(self.received[:n])
+        else:
+            self._waiting.append((n, d))
+        return d.addTimeout(timeout, reactor)
+
+
+@pytest.fixture
+def clients(rabbitmq):
+    """
+    Makes started BrokerClients for the test's node and stops them all
+    afterwards.
+    """
+    made: list[BrokerClient] = []
+
+    def make(queues=(), *, consumeFrom=None, prefetch=10, onDelivery=None, **kwargs):
+        client = BrokerClient(
+            rabbitmq, list(queues), consumeFrom=consumeFrom, prefetch=prefetch,
+            onDelivery=onDelivery or Deliveries(), reactor=reactor, **kwargs,
+        )
+        client.startService()
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        if client.running:
+            pytest_twisted.blockon(client.stopService())
+
+
+@defer.inlineCallbacks
+def connectionOf(client: BrokerClient):
+    """The protocol of the client's connection, once set up (test-only peek)."""
+    yield client.whenConnected()
+    return client._session.protocol
+
+
+# -- other nodes ---------------------------------------------------------------
+
+
+@pytest.fixture
+def dataDir():
+    # not pytest's tmp_path: its parents are private to root, and the node
+    # runs as the rabbitmq user
+    path = tempfile.mkdtemp(prefix="mqtwist-test-node-")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

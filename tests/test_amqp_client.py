@@ -6,73 +6,15 @@ from __future__ import annotations
 
 import pytest
 import pytest_twisted
+from fixtures_rabbitmq import Deliveries, connectionOf
 from twisted.internet import defer, reactor
 
-from mqtwist.amqp.client import BrokerClient, Delivery, PublishFailed, QueueSpec
+from mqtwist.amqp.client import BrokerClient, PublishFailed, QueueSpec
 
 # txamqp still uses defer.returnValue
 pytestmark = pytest.mark.filterwarnings(
     "ignore:twisted.internet.defer.returnValue was deprecated:DeprecationWarning"
 )
-
-
-class Deliveries:
-    """
-    Collects what a BrokerClient hands to onDelivery and lets a test wait
-    for the n-th one.
-    """
-
-    def __init__(self) -> None:
-        self.received: list[Delivery] = []
-        self._waiting: list[tuple[int, defer.Deferred]] = []
-
-    def __call__(self, delivery: Delivery) -> None:
-        self.received.append(delivery)
-        still = []
-        for n, d in self._waiting:
-            if len(self.received) >= n:
-                d.callback(self.received[:n])
-            else:
-                still.append((n, d))
-        self._waiting = still
-
-    def atLeast(self, n: int, timeout: float = 30.0) -> defer.Deferred:
-        d: defer.Deferred = defer.Deferred()
-        if len(self.received) >= n:
-            d.callback(self.received[:n])
-        else:
-            self._waiting.append((n, d))
-        return d.addTimeout(timeout, reactor)
-
-
-@pytest.fixture
-def clients(rabbitmq):
-    """
-    Makes started BrokerClients for the test's node and stops them all
-    afterwards.
-    """
-    made: list[BrokerClient] = []
-
-    def make(queues=(), *, consumeFrom=None, prefetch=10, onDelivery=None, **kwargs):
-        client = BrokerClient(
-            rabbitmq, list(queues), consumeFrom=consumeFrom, prefetch=prefetch,
-            onDelivery=onDelivery or Deliveries(), reactor=reactor, **kwargs,
-        )
-        client.startService()
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        if client.running:
-            pytest_twisted.blockon(client.stopService())
-
-
-@defer.inlineCallbacks
-def connectionOf(client: BrokerClient):
-    """The protocol of the client's connection, once set up (test-only peek)."""
-    yield client.whenConnected()
-    return client._session.protocol
 
 
 @pytest_twisted.inlineCallbacks

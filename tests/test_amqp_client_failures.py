@@ -351,7 +351,7 @@ def test_login_closed_without_a_word():
     authentication_failure_close) closes the connection after start-ok:
     the error says that this means a wrong user or password.
     """
-    from test_amqp_protocol import makeProtocol
+    from helpers_amqpprotocol import makeProtocol
 
     protocol, _, _, _ = makeProtocol()
     url = BrokerURL(host="127.0.0.1", port=5672, username="mailer", password=PASSWORD)

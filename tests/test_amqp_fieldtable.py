@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from fixtures_rabbitmq import Deliveries, connectionOf
 from hypothesis import given, strategies as st
 from twisted.internet import reactor
 from txamqp.connection import Frame, Header, Method
@@ -25,7 +26,6 @@ from mqtwist.amqp.protocol import AMQPDelegate, AMQPProtocol
 from mqtwist.amqp.spec import loadSpec
 
 # the BrokerClient helpers of its own tests, fixture included
-from test_amqp_client import Deliveries, clients, connectionOf  # noqa: F401
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:twisted.internet.defer.returnValue was deprecated:DeprecationWarning"

@@ -9,8 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest_twisted
-from test_amqp_protocol import RecordingListener, makeProtocol, method
-from test_smtp_session import certificates  # noqa: F401 (fixture)
+from helpers_amqpprotocol import RecordingListener, makeProtocol, method
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint, wrapClientTLS

@@ -11,8 +11,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from fixtures_dns import *  # noqa: F403 (mailHosts)
-from test_routing import outcome
+from helpers_deferred import outcome
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.error import ConnectingCancelledError

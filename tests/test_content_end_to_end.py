@@ -11,8 +11,8 @@ import json
 import threading
 
 import pytest_twisted
-from test_dkimsign import RSA_KEY, nameServer, needsMailDKIM, pem, verify  # noqa: F401
-from test_end_to_end import decoded, makeConfig, publishAll, queues, running  # noqa: F401
+from helpers_dkim import RSA_KEY, needsMailDKIM, pem, verify
+from helpers_endtoend import decoded, makeConfig, publishAll, running
 from zope.interface import implementer
 
 import mqtwist.content.message

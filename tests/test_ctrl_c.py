@@ -34,10 +34,9 @@ import pytest
 import pytest_twisted
 from fixtures_rabbitmq import AMQPHelper
 from fixtures_smtp import ReceivedMessage
-from test_amqp_localnode import freeLoopbackPort, installed, lockHeld, secondInstanceAdvice, snapshot
-from test_twistd_mqtwist import endTwistd, exitStatus, nodeName
+from helpers_localnode import freeLoopbackPort, installed, lockHeld, secondInstanceAdvice, snapshot
 from twisted.internet import reactor
-from twistdprocess import Twistd, startTwistd
+from twistdprocess import Twistd, endTwistd, exitStatus, nodeName, startTwistd
 
 from mqtwist.amqp.url import BrokerURL
 

@@ -5,10 +5,8 @@ C{mqtwist/plugins/} folder of their own on C{sys.path}, are found and run.
 
 from __future__ import annotations
 
-import importlib
 import sys
-import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,43 +51,6 @@ class Tag:
 
 plugin = Tag("{name}")
 '''
-
-
-@pytest.fixture
-def installPlugin(tmp_path: Path) -> Iterator[Callable[..., Path]]:
-    """
-    Install plugin modules as separate distributions would: each into
-    C{SITE/mqtwist/plugins/MODULE.py} (no C{__init__.py} anywhere), with
-    C{SITE} on C{sys.path} before L{mqtwist.plugins} is (re)imported.
-    Afterwards C{sys.path}, the imported plugin modules and the package path
-    are as before; the C{dropin.cache} files go with C{tmp_path}.
-    """
-    sites: list[str] = []
-
-    def install(module: str, source: str, site: str = "site") -> Path:
-        folder = tmp_path / site / "mqtwist" / "plugins"
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{module}.py"
-        path.write_text(textwrap.dedent(source))
-        root = str(tmp_path / site)
-        if root not in sys.path:
-            sys.path.append(root)
-            sites.append(root)
-        importlib.invalidate_caches()
-        importlib.reload(mqtwist.plugins)
-        return path
-
-    try:
-        yield install
-    finally:
-        for root in sites:
-            sys.path.remove(root)
-        for name in [n for n in sys.modules if n.startswith("mqtwist.plugins.")]:
-            module = sys.modules[name]
-            if getattr(module, "__file__", "").startswith(str(tmp_path)):
-                del sys.modules[name]
-        importlib.reload(mqtwist.plugins)
-        assert not any(str(tmp_path) in p for p in mqtwist.plugins.__path__)
 
 
 def tagPlugin(name: str, dist: str = "thirdparty") -> str:

@@ -12,34 +12,23 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from perlmodules import needsPerl
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from fixtures_dkim import KeyRecords
+from helpers_dkim import NODE_PATH, RSA_KEY, needsMailDKIM, pem, rsaKey, verify
 from twisted.internet import reactor
-from twisted.internet.defer import fail, succeed
-from twisted.internet.utils import getProcessOutputAndValue
-from twisted.names import dns, error, server
-from twisted.names.common import ResolverBase
 
 from mqtwist.content.dkimsign import DKIMKeys, parseDKIM, sign, signInThread, withoutKeys
 from mqtwist.errors import InvalidMessage
 from mqtwist.content.mime import buildMime
 
-HERE = Path(__file__).parent
 NOW = 1_700_000_000.0
 
-needsMailDKIM = needsPerl("Mail::DKIM::Verifier", "Net::DNS::Resolver", package="libmail-dkim-perl")
-
-# mailauth (npm) verifies Ed25519 too; it is looked for in NODE_PATH, else
-# in .state/node (npm install --prefix .state/node mailauth)
-NODE_PATH = os.environ.get("NODE_PATH") or str(HERE.parent / ".state" / "node" / "node_modules")
 _mailauthMissing = (
     shutil.which("node") is None
     or subprocess.run(
@@ -55,93 +44,8 @@ needsMailauth = pytest.mark.skipif(
 )
 
 
-def pem(key: Any) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
-
-
-def rsaKey() -> rsa.RSAPrivateKey:
-    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
-
-
-RSA_KEY = rsaKey()
 RSA_KEY_2 = rsaKey()
 ED_KEY = ed25519.Ed25519PrivateKey.generate()
-
-
-def keyRecord(key: Any) -> bytes:
-    """
-    The TXT record of C{key}'s public half (RFC 6376 3.6.1, RFC 8463).
-    """
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        raw = key.public_key().public_bytes(
-            serialization.Encoding.Raw, serialization.PublicFormat.Raw
-        )
-        return b"v=DKIM1; k=ed25519; p=" + base64.b64encode(raw)
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return b"v=DKIM1; k=rsa; p=" + base64.b64encode(der)
-
-
-class KeyRecords(ResolverBase):
-    """
-    An authority that answers TXT queries for DKIM key records.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: dict[bytes, bytes] = {}
-
-    def publish(self, selector: str, domain: str, key: Any) -> None:
-        self.records[f"{selector}._domainkey.{domain}".encode("ascii")] = keyRecord(key)
-
-    def _lookup(self, name: Any, cls: int, type: int, timeout: Any) -> Any:
-        name = name if isinstance(name, bytes) else name.encode("ascii")
-        record = self.records.get(name.lower())
-        if type != dns.TXT or record is None:
-            return fail(error.DomainError(name))
-        # a character-string holds at most 255 bytes
-        strings = [record[i : i + 255] for i in range(0, len(record), 255)]
-        answer = dns.RRHeader(name, dns.TXT, dns.IN, 60, dns.Record_TXT(*strings), auth=True)
-        return succeed(([answer], [], []))
-
-
-@pytest.fixture
-def nameServer() -> Iterator[tuple[KeyRecords, int]]:
-    """
-    A name server on 127.0.0.1 (UDP and TCP, same port) that serves
-    L{KeyRecords}.
-    """
-    records = KeyRecords()
-    factory = server.DNSServerFactory(authorities=[records])
-    udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-    port = udp.getHost().port
-    tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
-    yield records, port
-    pytest_twisted.blockon(udp.stopListening())
-    pytest_twisted.blockon(tcp.stopListening())
-
-
-async def verify(port: int, message: bytes, verifier: str = "perl") -> list[list[str]]:
-    """
-    The verdicts of Mail::DKIM (C{verifier="perl"}: one C{[result, domain,
-    selector, algorithm, detail]} per signature, then C{["overall",
-    result]}) or of mailauth (C{"node"}: C{[result, domain, selector,
-    algorithm]} per signature, then C{["overall", passed]}) on C{message}.
-    """
-    script = HERE / ("dkimverify.pl" if verifier == "perl" else "dkimverify.mjs")
-    with tempfile.NamedTemporaryFile(suffix=".eml") as f:
-        f.write(message)
-        f.flush()
-        out, err, code = await getProcessOutputAndValue(
-            verifier, [str(script), str(port), f.name], env={**os.environ, "NODE_PATH": NODE_PATH}
-        )
-    assert code == 0, err
-    return [line.split(" ") for line in out.decode().splitlines()]
 
 
 def signatureField(signed: bytes) -> bytes:

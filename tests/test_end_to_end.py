@@ -8,91 +8,30 @@ from __future__ import annotations
 
 import json
 import re
-import uuid
-from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers_endtoend import decoded, job, makeConfig, publishAll, running, stopLogging
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
-from twisted.logger import capturedLogs, formatEvent, globalLogPublisher
+from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
-from mqtwist.config import Config
 from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.content.message import Message
 from mqtwist.service import MailerService
 
-KINDS = ("outbox", "results", "success", "failure", "retry")
 
 #: messages in the byte-exactness run
 MESSAGES = 1000
 
 
-@pytest.fixture
-def queues(request: pytest.FixtureRequest) -> dict[str, str]:
-    """
-    Queue names of this test only, so tests never see each other's results.
-    """
-    base = re.sub(r"\W+", "-", request.node.name)[:40] + "-" + uuid.uuid4().hex[:6]
-    return {kind: f"{base}.{kind}" for kind in KINDS}
-
-
-def brokerURL(url: Any) -> str:
-    return f"amqp://{url.username}:{url.password}@{url.host}:{url.port}/"
-
-
-def makeConfig(rabbitmq: Any, server: Any, queues: dict[str, str], **settings: Any) -> Config:
-    config = Config(
-        amqp=brokerURL(rabbitmq),
-        smarthost=f"{server.host}:{server.port}",
-        ehloName="client.test",
-        delayBuckets=[1],
-        pluginRetryDelay=0.01,
-        **queues,
-    )
-    for key, value in settings.items():
-        setattr(config, key, value)
-    return config
-
-
-@asynccontextmanager
-async def running(service: MailerService):
-    service.startService()
-    try:
-        await service.whenConnected()
-        yield service
-    finally:
-        await service.stopService()
-
-
-def job(number: int, **extra: Any) -> bytes:
-    obj = {
-        "id": f"job-{number}",
-        "envelope": "sender@example.org",
-        "recipient": f"rcpt{number}@example.com",
-        "mime": f"Subject: {number}\r\n\r\nbody {number}\r\n",
-    }
-    obj.update(extra)
-    return json.dumps(obj).encode()
-
-
 def normalised(body: str) -> bytes:
     data = body.encode().replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
     return data if data.endswith(b"\r\n") else data + b"\r\n"
-
-
-async def publishAll(amqp: Any, queue: str, bodies: list[bytes]) -> None:
-    await amqp.declare(queue)
-    for body in bodies:
-        await amqp.publish(queue, body)
-
-
-def decoded(received: list[Any]) -> list[dict[str, Any]]:
-    return [json.loads(r.body) for r in received]
 
 
 @pytest_twisted.ensureDeferred
@@ -391,21 +330,6 @@ async def test_embedded_in_an_application_and_deliver_without_amqp(rabbitmq, amq
     assert entry.accepted and entry.code == 250
     (received,) = smtpServer.messages
     assert received.rcptTos == ("rcpt7@example.com",)
-
-
-async def stopLogging(service: MailerService) -> list[dict]:
-    """
-    Stop C{service}.
-
-    @return: the log events emitted while it stopped.
-    """
-    events: list[dict] = []
-    globalLogPublisher.addObserver(events.append)
-    try:
-        await service.stopService()
-    finally:
-        globalLogPublisher.removeObserver(events.append)
-    return events
 
 
 @pytest_twisted.ensureDeferred

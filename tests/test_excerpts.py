@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pytest
+from helpers_smtpprotocol import Connection, failureOf
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -25,7 +26,6 @@ from mqtwist.smtp.connect import Credentials, openConnection
 from mqtwist.smtp.pool import Destination
 from mqtwist.delivery.policy import DeliveryPolicy
 from mqtwist.validation import checkAddress, excerpt, shownName
-from test_smtp_protocol import Connection, failureOf
 
 #: a megabyte: what the 1 MB recipient of the issue was
 MB = 1_000_000
@@ -190,7 +190,7 @@ def test_parseDKIM(value: dict[str, Any], says: list[str]) -> None:
 
 
 def _configuredKey() -> str:
-    from test_dkimsign import RSA_KEY, pem
+    from helpers_dkim import RSA_KEY, pem
 
     return pem(RSA_KEY)
 

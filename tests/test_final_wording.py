@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 
 import pytest_twisted
-from test_end_to_end import makeConfig, publishAll, queues, running  # noqa: F401 (fixture)
+from helpers_endtoend import makeConfig, publishAll, running
 
 from mqtwist.service import MailerService
 

@@ -40,9 +40,6 @@ from mqtwist.dataplugin.testing import (
     verifyPlugin,
 )
 
-# The fixture that installs plugin modules on a temporary sys.path entry.
-from test_discovery import installPlugin  # noqa: F401
-
 EXAMPLES = Path(__file__).parent.parent / "examples"
 
 
@@ -93,7 +90,7 @@ def test_examplesAreValidPlugins(module: ModuleType) -> None:
     assert verifyPlugin(module.plugin)
 
 
-def test_examplesAreDiscovered(installPlugin: Callable[..., Path]) -> None:  # noqa: F811
+def test_examplesAreDiscovered(installPlugin: Callable[..., Path]) -> None:
     for name in ("stamp_header", "http_body"):
         installPlugin(name, examplePath(name).read_text(), site=name)
     found = discoverPlugins()

@@ -9,28 +9,12 @@ import json
 from typing import Any
 
 import pytest_twisted
-from fixtures_dns import *  # noqa: F403 (dnsServer, mailHosts, mxDomain, mxConfig)
 from fixtures_dns import mxConfig, mxDomain
-from test_end_to_end import brokerURL, decoded, publishAll, queues, running  # noqa: F401 (fixture)
+from helpers_endtoend import brokerURL, decoded, publishAll, running
+from helpers_mxdelivery import collectIds, job
 
 from mqtwist.config import BackoffRule, SMTPTimeouts
 from mqtwist.service import MailerService
-
-
-def job(recipient: str, ident: str, **extra: Any) -> bytes:
-    return json.dumps({"id": ident, "recipient": recipient, "envelope": "s@example.org",
-                       "mime": f"Subject: {ident}\r\n\r\nx\r\n", **extra}).encode()
-
-
-async def collectIds(amqp: Any, queue: str, wanted: set[str], until: Any = lambda results: True) -> list[dict]:
-    """
-    Results from C{queue} until every id of C{wanted} was seen and
-    C{until(results)} holds.
-    """
-    results: list[dict] = []
-    while not (wanted <= {r["id"] for r in results} and until(results)):
-        results += decoded(await amqp.collect(queue, 1, timeout=30))
-    return results
 
 
 def kinds(result: dict) -> list[str]:

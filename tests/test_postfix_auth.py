@@ -28,7 +28,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
 
-from fixtures_postfix import (  # noqa: F401 (fixtures)
+from fixtures_postfix import (
+    BODIES,
     DOMAIN,
     SASL_MECHANISMS,
     SASL_PASSWORD,
@@ -38,17 +39,15 @@ from fixtures_postfix import (  # noqa: F401 (fixtures)
     PostfixReceiver,
     RecordedConnection,
     RecordingProxy,
-    postfixReceiver,
+    _improperPipelining,
     postfixUnavailable,
     saslUnavailable,
-    startRecordingProxy,
 )
 from mqtwist.config import Config
 from mqtwist.delivery.engine import DeliveryEngine
 from mqtwist.service import deliveryEngine
 from mqtwist.content.message import Message, ResultEntry
-from test_postfix_receiver import BODIES, _improperPipelining
-from test_smtp_session import TIMEOUTS, certificates, job  # noqa: F401 (fixture)
+from helpers_smtpsession import TIMEOUTS, job
 
 _UNAVAILABLE = postfixUnavailable() or saslUnavailable()
 pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")

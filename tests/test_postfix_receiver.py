@@ -20,39 +20,20 @@ import pytest
 import pytest_twisted
 from twisted.internet.defer import ensureDeferred, gatherResults
 
-from fixtures_postfix import (  # noqa: F401 (fixtures)
+from fixtures_postfix import (
+    BODIES,
     DOMAIN,
     PostfixReceiver,
     RecordedConnection,
     RecordingProxy,
-    postfixReceiver,
+    _improperPipelining,
     postfixUnavailable,
-    startRecordingProxy,
 )
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.tls import TLSSettings
-from test_smtp_session import attempt, certificates, job, makePool  # noqa: F401 (fixture)
+from helpers_smtpsession import attempt, job, makePool
 
 pytestmark = pytest.mark.skipif(postfixUnavailable() is not None, reason=postfixUnavailable() or "")
-
-#: what the client sends -> what must be on the wire (CRLF line ends, unstuffed)
-BODIES = [
-    (b"Subject: bare LF\n\nline one\nline two\n", b"Subject: bare LF\r\n\r\nline one\r\nline two\r\n"),
-    (b"Subject: bare CR\r\n\r\na\rb\r\n", b"Subject: bare CR\r\n\r\na\r\nb\r\n"),
-    (
-        b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\nmid.dle\r\n.\r\nno final newline",
-        b"Subject: dots\r\n\r\n.\r\n..\r\n.leading\r\nmid.dle\r\n.\r\nno final newline\r\n",
-    ),
-    (
-        b"Subject: 8-bit\r\n\r\ncaf\xc3\xa9 \xe9\xff\x80\x00\r\n",
-        b"Subject: 8-bit\r\n\r\ncaf\xc3\xa9 \xe9\xff\x80\x00\r\n",
-    ),
-    (
-        b"Subject: long lines\r\nX-Long: " + b"h" * 980 + b"\r\n\r\n" + b"x" * 998 + b"\r\n" + b"y" * 997 + b"\n.",
-        b"Subject: long lines\r\nX-Long: " + b"h" * 980 + b"\r\n\r\n" + b"x" * 998 + b"\r\n" + b"y" * 997
-        + b"\r\n.\r\n",
-    ),
-]
 
 
 def _message(recipient: str, body: bytes) -> Any:
@@ -77,10 +58,6 @@ async def _finish(
 
 def _envelopeChunks(connection: RecordedConnection) -> list[bytes]:
     return [chunk for chunk in connection.clientChunks if chunk.startswith(b"MAIL FROM:")]
-
-
-def _improperPipelining(postfix: PostfixReceiver, mark: int) -> list[str]:
-    return [line for line in postfix.logLines[mark:] if "improper command pipelining" in line]
 
 
 @pytest_twisted.ensureDeferred

@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest_twisted
+from helpers_endtoend import decoded, job, makeConfig, running
 
 from mqtwist.service import MailerService
-from test_end_to_end import decoded, job, makeConfig, queues, running  # noqa: F401 (fixture)
 
 
 async def handOutAgain(amqp: Any, queue: str) -> None:

@@ -6,14 +6,13 @@ next mail exchanger within one attempt against real SMTP servers.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import pytest
 import pytest_twisted
-from fixtures_dns import *  # noqa: F403 (the dnsServer and mailHosts fixtures)
 from fixtures_dns import mxDomain
+from helpers_deferred import outcome
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.logger import capturedLogs, formatEvent
 
 from mqtwist.config import Config, SMTPTimeouts
@@ -201,14 +200,6 @@ class FakeNow:
 
     def seconds(self) -> float:
         return reactor.seconds() + self.offset
-
-
-async def outcome(deferred: Deferred[Any]) -> Any:
-    """What C{deferred} fires with, or the class of what it fails with."""
-    try:
-        return await deferred
-    except Exception as e:
-        return type(e)
 
 
 @pytest_twisted.ensureDeferred

@@ -6,7 +6,7 @@ import json
 
 import pytest_twisted
 from fixtures_smtp import unusedPort
-from test_end_to_end import makeConfig, publishAll, queues, running  # noqa: F401 (fixture)
+from helpers_endtoend import makeConfig, publishAll, running
 from twisted.internet import reactor
 from twisted.logger import formatEvent
 

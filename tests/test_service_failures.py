@@ -1,13 +1,13 @@
 """
 L{MailerService.whenFailed}: what an application that embeds mqtwist learns
 when the private RabbitMQ node fails, with a reactor that only records the
-processes it is asked to start (see L{test_amqp_localnode.RecordingReactor}).
+processes it is asked to start (see L{helpers_localnode.RecordingReactor}).
 """
 
-from test_amqp_localnode import RecordingReactor, dataDir, failStart, installed  # noqa: F401 (a fixture)
+from helpers_localnode import RecordingReactor, failStart, installed
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from mqtwist.amqp.localnode import RabbitMQEnded, RabbitMQStartFailed
+from mqtwist.localnode import RabbitMQEnded, RabbitMQStartFailed
 from mqtwist.config import Config
 from mqtwist.service import MailerService
 

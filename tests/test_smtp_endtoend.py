@@ -6,10 +6,10 @@ L{MailerService}, and real SMTP servers (see L{test_end_to_end}).
 from __future__ import annotations
 
 import pytest_twisted
+from helpers_endtoend import decoded, job, makeConfig, publishAll, running
+from helpers_smtpsession import PASSWORD
 
 from mqtwist.service import MailerService
-from test_end_to_end import decoded, job, makeConfig, publishAll, queues, running  # noqa: F401 (fixture)
-from test_smtp_session import PASSWORD, certificates  # noqa: F401 (fixture)
 
 
 @pytest_twisted.ensureDeferred

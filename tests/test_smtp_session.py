@@ -6,123 +6,22 @@ pipelining with a refused recipient, IPv6, and random bodies byte-exact.
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import json
 import socket
 from typing import Any
 
 import pytest
 import pytest_twisted
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from helpers_smtpsession import PASSWORD, attempt, job, makePool
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from twisted.internet import reactor
 from twisted.logger import formatEvent, globalLogPublisher
 
-from mqtwist.dataplugin.chain import PluginChain
-from mqtwist.config import Config, SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.content.message import Message, ResultEntry
 from mqtwist.smtp.connect import Credentials
-from mqtwist.smtp.pool import ConnectionPool, Destination
+from mqtwist.smtp.pool import Destination
 from mqtwist.smtp.tls import TLSSettings
-from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
-
-TIMEOUTS = SMTPTimeouts(
-    connect=5, greeting=5, ehlo=5, mailfrom=5, rcptto=5, data=5, message=5, rset=5, quit=5, starttls=5, auth=5
-)
-PASSWORD = "s3cret-Pa55word"
-
-
-@pytest.fixture(scope="module")
-def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """
-    A CA and a server certificate it issued for C{localhost} and 127.0.0.1,
-    as PEM files: C{ca}, C{cert}, C{key}.
-    """
-    directory = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def make(subject: str, issuer: Any, issuerKey: Any, ca: bool) -> tuple[Any, Any]:
-        key = ec.generate_private_key(ec.SECP256R1())
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(issuer or name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(days=1))
-            .not_valid_after(now + datetime.timedelta(days=30))
-            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-        )
-        if not ca:
-            builder = builder.add_extension(
-                x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-                ),
-                critical=False,
-            )
-        else:
-            builder = builder.add_extension(
-                x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True
-            )
-        return builder.sign(issuerKey or key, hashes.SHA256()), key
-
-    caCert, caKey = make("mqtwist test CA", None, None, True)
-    cert, key = make("localhost", caCert.subject, caKey, False)
-    paths = {"ca": directory / "ca.pem", "cert": directory / "cert.pem", "key": directory / "key.pem"}
-    paths["ca"].write_bytes(caCert.public_bytes(serialization.Encoding.PEM))
-    paths["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths["key"].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return {name: str(path) for name, path in paths.items()}
-
-
-def makePool(**options: Any) -> ConnectionPool:
-    """A pool to real servers: 2 connections a destination unless C{options} say otherwise."""
-    settings: dict[str, Any] = dict(
-        ehloName="client.test",
-        timeouts=TIMEOUTS,
-        maxConnectionsPerDestination=2,
-        maxMessagesPerConnection=100,
-        idleTimeout=30,
-    )
-    return ConnectionPool(reactor, **{**settings, **options})
-
-
-CHAIN = PluginChain([], reactor=reactor, config=Config(ehloName="client.test"))
-
-
-def job(recipient: str = "rcpt@example.com", **extra: Any) -> Message:
-    obj = {"envelope": "sender@example.org", "recipient": recipient, "mime": "Subject: t\r\n\r\nbody\r\n"}
-    obj.update(extra)
-    return Message.fromObject(obj)
-
-
-async def attempt(pool: ConnectionPool, destination: Destination, message: Message) -> dict[str, Any]:
-    """
-    One delivery attempt; the result entry as published (JSON), with
-    C{final} added.
-    """
-    try:
-        sent = await sendThroughPool(pool, destination, message, CHAIN)
-        reply = sent.reply
-        entry = ResultEntry("message", "accepted", 0, True, reply.code, reply.status, reply.text, None, sent.facts)
-    except TransactionFailed as failure:
-        entry = ResultEntry.fromFailure(failure, 0, failure.facts)
-    except AttemptFailed as failure:
-        entry = ResultEntry.fromFailure(failure, 0)
-    result = entry.toJSON()
-    result["final"] = entry.final
-    return result
 
 
 def server(smtp: Any, **options: Any) -> Destination:

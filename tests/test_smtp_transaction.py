@@ -10,6 +10,7 @@ import hashlib
 import hmac
 from typing import Any
 
+from helpers_smtpprotocol import EHLO_PIPELINING, EHLO_PLAIN, TIMEOUTS, Connection, failureOf, resultOf
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from zope.interface import implementer
 
@@ -18,7 +19,6 @@ from mqtwist.config import Config
 from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.content.message import Message
 from mqtwist.delivery.transaction import TransactionFailed, envelopeParameters, sendMessage, sendThroughPool, xtext
-from test_smtp_protocol import EHLO_PIPELINING, EHLO_PLAIN, TIMEOUTS, Connection, failureOf, resultOf
 
 
 @implementer(IDataPlugin)

@@ -10,9 +10,8 @@ import json
 from typing import Any
 
 import pytest_twisted
-from fixtures_dns import *  # noqa: F403 (dnsServer, mailHosts)
 from fixtures_dns import mxConfig, mxDomain
-from test_end_to_end import brokerURL, decoded, publishAll, queues, stopLogging  # noqa: F401 (fixture)
+from helpers_endtoend import brokerURL, decoded, publishAll, stopLogging
 from twisted.internet.defer import Deferred
 
 from mqtwist.config import SMTPTimeouts

@@ -6,12 +6,9 @@ keep each test to a few seconds.
 from __future__ import annotations
 
 import pytest_twisted
-from fixtures_dns import *  # noqa: F403 (dnsServer, mailHosts)
 from fixtures_dns import mxConfig, mxDomain
-from test_end_to_end import brokerURL, publishAll, queues  # noqa: F401 (fixture)
-from test_policy_delivery import collectIds, job
-
-from test_end_to_end import running
+from helpers_endtoend import brokerURL, publishAll, running
+from helpers_mxdelivery import collectIds, job
 
 from mqtwist.config import ThrottleRule
 from mqtwist.service import MailerService

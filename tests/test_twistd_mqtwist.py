@@ -22,10 +22,10 @@ from pathlib import Path
 import pytest_twisted
 from fixtures_rabbitmq import AMQPHelper
 from fixtures_smtp import unusedPort
-from test_amqp_localnode import nicenessOfThreads
+from helpers_localnode import nicenessOfThreads
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
-from twistdprocess import Twistd, brokerArguments, startTwistd
+from twistdprocess import brokerArguments, endTwistd, exitStatus, nodeName, startTwistd
 
 import mqtwist
 from mqtwist.amqp.url import BrokerURL
@@ -142,22 +142,6 @@ def levels(output: bytes, level: str) -> list[bytes]:
     return re.findall(rb"^\S+ \[[^]]*#" + level.encode() + rb"\] .*$", bytes(output), re.M)
 
 
-async def exitStatus(twistd: Twistd, timeout: float = 120) -> int:
-    """
-    Wait for twistd to log its last line and exit; its exit status.
-    """
-    await twistd.waitForOutput(b"Server Shut Down.", timeout=timeout)
-    await twistd.ended
-    return os.waitstatus_to_exitcode(twistd.transport.status)
-
-
-async def endTwistd(twistd: Twistd) -> None:
-    """Kill twistd if a failed test left it running."""
-    if not twistd.ended.called:
-        twistd.transport.signalProcess("KILL")
-        await twistd.ended
-
-
 @pytest_twisted.ensureDeferred
 async def test_private_node_that_cannot_start_makes_twistd_exit_1():
     """
@@ -233,8 +217,3 @@ async def test_private_node_killed_makes_twistd_exit_1():
     assert "What to do: find in the node's log, and in its last output logged above, why it ended" in output
     assert output.index("#critical]") < output.index("mqtwist stopped") < output.index("Server Shut Down.")
     assert "without apparent errors" not in output
-
-
-def nodeName(output: str) -> str:
-    (name,) = set(re.findall(r"starting private RabbitMQ node (\S+) ", output))
-    return name

@@ -5,6 +5,7 @@ Run C{twistd -n mqtwist} as a child process in tests, as a user would.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from typing import Any
 
@@ -89,3 +90,24 @@ def brokerArguments(url: Any) -> list[str]:
     The C{--amqp} option for the test broker at C{url} (a L{BrokerURL}).
     """
     return ["--amqp", f"amqp://{url.username}:{url.password}@{url.host}:{url.port}/"]
+
+
+async def exitStatus(twistd: Twistd, timeout: float = 120) -> int:
+    """
+    Wait for twistd to log its last line and exit; its exit status.
+    """
+    await twistd.waitForOutput(b"Server Shut Down.", timeout=timeout)
+    await twistd.ended
+    return os.waitstatus_to_exitcode(twistd.transport.status)
+
+
+async def endTwistd(twistd: Twistd) -> None:
+    """Kill twistd if a failed test left it running."""
+    if not twistd.ended.called:
+        twistd.transport.signalProcess("KILL")
+        await twistd.ended
+
+
+def nodeName(output: str) -> str:
+    (name,) = set(re.findall(r"starting private RabbitMQ node (\S+) ", output))
+    return name
