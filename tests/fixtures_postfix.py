@@ -64,6 +64,7 @@ from typing import Any, TypeVar
 
 import pytest
 import pytest_twisted
+from fixtures_smtp import unusedPort
 from twisted.internet import inotify, reactor
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
@@ -71,8 +72,6 @@ from twisted.internet.protocol import Factory, ProcessProtocol, Protocol, Server
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-
-from fixtures_smtp import unusedPort
 
 #: seconds a wait for a delivery or a log line may take before the test fails
 DEFAULT_TIMEOUT = 10.0
@@ -692,7 +691,7 @@ class RecordedConnection:
                 if final < 0:
                     break
                 stuffed = stream[position : final + 2]
-                bodies.append(b"\r\n".join(l[1:] if l.startswith(b".") else l for l in stuffed.split(b"\r\n")))
+                bodies.append(b"\r\n".join(line[1:] if line.startswith(b".") else line for line in stuffed.split(b"\r\n")))
                 position = final + 5
                 reply += 1
         return commands, bodies

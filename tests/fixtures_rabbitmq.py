@@ -55,8 +55,9 @@ from __future__ import annotations
 import itertools
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import pytest
 import pytest_twisted
@@ -69,9 +70,9 @@ from txamqp.protocol import AMQChannel
 
 from mqtwist.amqp.client import BrokerClient, Delivery
 from mqtwist.amqp.confirms import PendingConfirms
-from mqtwist.localnode import LocalRabbitMQ, RabbitMQNotInstalled
 from mqtwist.amqp.protocol import AMQPFactory, AMQPProtocol, bodyBytes, brokerEndpoint
 from mqtwist.amqp.url import BrokerURL
+from mqtwist.localnode import LocalRabbitMQ, RabbitMQNotInstalled
 
 
 @pytest.fixture(scope="session")

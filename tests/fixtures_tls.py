@@ -29,7 +29,7 @@ def certificates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     as PEM files: C{ca}, C{cert}, C{key}.
     """
     directory = tmp_path_factory.mktemp("tls")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
 
     def make(subject: str, issuer: Any, issuerKey: Any, ca: bool) -> tuple[Any, Any]:
         key = ec.generate_private_key(ec.SECP256R1())

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import pytest
 import pytest_twisted

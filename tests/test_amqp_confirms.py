@@ -15,8 +15,9 @@ class Rejected(Exception):
 def outcomes(deferreds: list[Deferred]) -> list[str]:
     results = []
     for d in deferreds:
-        box = []
-        d.addCallbacks(lambda _: box.append("ok"), lambda f: box.append(f"failed:{f.value}"))
+        box: list[str] = []
+        # called at once or never: box is this iteration's
+        d.addCallbacks(lambda _, box=box: box.append("ok"), lambda f, box=box: box.append(f"failed:{f.value}"))
         results.append(box[0] if box else "pending")
     return results
 

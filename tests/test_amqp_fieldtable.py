@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 import pytest_twisted
 from fixtures_rabbitmq import Deliveries, connectionOf
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet import reactor
 from txamqp.connection import Frame, Header, Method
-from txamqp.content import Content
 
-from mqtwist.amqp.client import BrokerClient, QueueSpec
+from mqtwist.amqp.client import QueueSpec
 from mqtwist.amqp.fieldtable import FieldTableCodec, FieldTableError, checkFieldTable
 from mqtwist.amqp.protocol import AMQPDelegate, AMQPProtocol
 from mqtwist.amqp.spec import loadSpec
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.filterwarnings(
     "ignore:twisted.internet.defer.returnValue was deprecated:DeprecationWarning"
 )
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 
 
 def encodeTable(table: dict[str, Any]) -> bytes:

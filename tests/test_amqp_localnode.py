@@ -23,10 +23,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet import defer, reactor
-from twisted.internet.task import deferLater
-from twisted.logger import LogLevel, capturedLogs, formatEvent
-
 from fixtures_rabbitmq import AMQPHelper
 from helpers_localnode import (
     RecordingReactor,
@@ -38,6 +34,10 @@ from helpers_localnode import (
     secondInstanceAdvice,
     snapshot,
 )
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
+from twisted.logger import LogLevel, capturedLogs, formatEvent
+
 from mqtwist.localnode import (
     COOKIE_FILE,
     LOCK_FILE,

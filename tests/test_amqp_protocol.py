@@ -7,7 +7,8 @@ assembled from its frames, heartbeats sent and checked from timestamps.
 from __future__ import annotations
 
 from helpers_amqpprotocol import makeProtocol, method
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.testing import StringTransport
 from txamqp.connection import Body, Frame, Header
 

@@ -18,8 +18,8 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.internet.task import deferLater
 
 from mqtwist.config import Config, SMTPTimeouts
-from mqtwist.service import deliveryEngine
 from mqtwist.content.message import Message
+from mqtwist.service import deliveryEngine
 
 
 class ConnectionsNoted:

@@ -19,7 +19,6 @@ from zope.interface.verify import verifyObject
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
 from mqtwist.dataplugin.chain import PluginBug, PluginChain
-from mqtwist.errors import AttemptFailed
 from mqtwist.dataplugin.interfaces import (
     IConnectionInfo,
     IDataPlugin,
@@ -27,6 +26,7 @@ from mqtwist.dataplugin.interfaces import (
     IPluginMessage,
 )
 from mqtwist.dataplugin.testing import makeConfig, makeConnection, makeMessage
+from mqtwist.errors import AttemptFailed
 
 BODY = b"Subject: hi\r\n\r\nbody\r\n"
 

@@ -176,9 +176,9 @@ def test_ip_rules_and_message_addresses_meet_in_canonical_form():
     form (lower case, compressed).
     """
     from mqtwist.content.message import Message
+    from mqtwist.delivery.policy import DeliveryPolicy
     from mqtwist.delivery.routing import Route
     from mqtwist.smtp.pool import Destination
-    from mqtwist.delivery.policy import DeliveryPolicy
 
     rule = ThrottleRule.fromTable({"domain": "*", "ip": "2001:DB8:0::1", "connections": 2}, "[[throttles]] number 1")
     assert rule.ip == "2001:db8::1"

@@ -16,8 +16,8 @@ from helpers_endtoend import decoded, makeConfig, publishAll, running
 from zope.interface import implementer
 
 import mqtwist.content.message
-from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.content.mime import buildMime
+from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.service import MailerService
 
 

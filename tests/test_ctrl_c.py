@@ -27,7 +27,6 @@ import re
 import shutil
 import signal
 import tempfile
-
 from collections.abc import Iterable
 
 import pytest
@@ -35,8 +34,8 @@ import pytest_twisted
 from fixtures_rabbitmq import AMQPHelper
 from fixtures_smtp import ReceivedMessage
 from helpers_localnode import freeLoopbackPort, installed, lockHeld, secondInstanceAdvice, snapshot
-from twisted.internet import reactor
 from twistdprocess import Twistd, endTwistd, exitStatus, nodeName, startTwistd
+from twisted.internet import reactor
 
 from mqtwist.amqp.url import BrokerURL
 

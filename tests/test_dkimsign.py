@@ -24,8 +24,8 @@ from helpers_dkim import NODE_PATH, RSA_KEY, needsMailDKIM, pem, rsaKey, verify
 from twisted.internet import reactor
 
 from mqtwist.content.dkimsign import DKIMKeys, parseDKIM, sign, signInThread, withoutKeys
-from mqtwist.errors import InvalidMessage
 from mqtwist.content.mime import buildMime
+from mqtwist.errors import InvalidMessage
 
 NOW = 1_700_000_000.0
 

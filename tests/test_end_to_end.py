@@ -20,10 +20,9 @@ from twisted.logger import capturedLogs, formatEvent
 from zope.interface import implementer
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
-from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.content.message import Message
+from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.service import MailerService
-
 
 #: messages in the byte-exactness run
 MESSAGES = 1000
@@ -361,8 +360,8 @@ async def test_long_header_edits_are_applied_off_the_reactor_thread(rabbitmq, am
     """
     import threading
 
-    import mqtwist.outbox.processor
     import mqtwist.delivery.transaction
+    import mqtwist.outbox.processor
 
     threads: list[tuple[str, bool]] = []
 

@@ -7,7 +7,8 @@ problem, with no CR, LF or lone surrogate of the value in it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from helpers_smtpprotocol import Connection, failureOf
@@ -16,15 +17,15 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from mqtwist.config import Config, SMTPTimeouts
 from mqtwist.content.dkimsign import DKIMKeys, parseDKIM
-from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.content.headeredits import applyHeaderEdits, checkHeaderEdits, checkHeaderName, foldHeader
-from mqtwist.hostport import hostPort
 from mqtwist.content.message import Message
 from mqtwist.content.mime import buildMime
+from mqtwist.delivery.policy import DeliveryPolicy
 from mqtwist.delivery.routing import Router
+from mqtwist.errors import AttemptFailed, InvalidMessage
+from mqtwist.hostport import hostPort
 from mqtwist.smtp.connect import Credentials, openConnection
 from mqtwist.smtp.pool import Destination
-from mqtwist.delivery.policy import DeliveryPolicy
 from mqtwist.validation import checkAddress, excerpt, shownName
 
 #: a megabyte: what the 1 MB recipient of the issue was

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from mqtwist.errors import InvalidMessage
 from mqtwist.content.headeredits import applyHeaderEdits, checkHeaderEdits
 from mqtwist.content.mime import buildMime
+from mqtwist.errors import InvalidMessage
 
 BODY = b"\r\nline one\r\nX-Not-A-Header: body\r\n\r\n.\r\nend \x00\xff\r\n"
 MESSAGE = (

@@ -18,9 +18,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import mqtwist
-from mqtwist.dataplugin.chain import ConnectionInfo, PluginContext, PluginMessage
 from mqtwist.config import Config
-from mqtwist.errors import PermanentFailure
+from mqtwist.dataplugin.chain import ConnectionInfo, PluginContext, PluginMessage
 from mqtwist.dataplugin.interfaces import (
     COMPLETE,
     CONTINUE,
@@ -30,6 +29,7 @@ from mqtwist.dataplugin.interfaces import (
     IPluginContext,
     IPluginMessage,
 )
+from mqtwist.errors import PermanentFailure
 
 
 def makeInfo(**overrides: Any) -> ConnectionInfo:

@@ -10,9 +10,9 @@ import json
 
 import pytest
 
-from mqtwist.errors import InvalidMessage
 from mqtwist.content.joblimits import JobLimits, encodeJSON
 from mqtwist.content.message import decodeJSON, invalidResultJSON
+from mqtwist.errors import InvalidMessage
 
 
 def refusal(data: bytes, **limits: int) -> str:

@@ -10,7 +10,8 @@ import json
 import os
 import resource
 import signal
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from twisted.logger import LogLevel, capturedLogs, formatEvent

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.content.message import Message, ParseSettings, ResultEntry, invalidResultJSON, queueFor
+from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.timeformat import formatTime, parseTime
 
 GOOD = {"envelope": "sender@example.org", "recipient": "rcpt@example.com", "mime": "Subject: x\r\n\r\nhi\r\n"}

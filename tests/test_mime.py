@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 from perlmodules import needsPerl
 
-from mqtwist.errors import InvalidMessage
 from mqtwist.content.mime import buildMime
+from mqtwist.errors import InvalidMessage
 
 HERE = Path(__file__).parent
 NOW = 1_700_000_000.0  # Tue, 14 Nov 2023 22:13:20 +0000

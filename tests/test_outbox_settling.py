@@ -20,8 +20,8 @@ from twisted.logger import capturedLogs, formatEvent
 from mqtwist.amqp.client import PublishFailed
 from mqtwist.config import Config
 from mqtwist.content.joblimits import JobLimits
-from mqtwist.outbox.journal import DeliveryJournal
 from mqtwist.content.message import Message, ParseSettings, ResultEntry
+from mqtwist.outbox.journal import DeliveryJournal
 from mqtwist.outbox.processor import OutboxProcessor
 from mqtwist.outbox.schedule import RetrySchedule
 

@@ -29,7 +29,6 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 from mqtwist import CONTINUE, PermanentFailure
 from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.dataplugin.discovery import discoverPlugins
-from mqtwist.errors import AttemptFailed
 from mqtwist.dataplugin.testing import (
     makeConfig,
     makeConnection,
@@ -39,6 +38,7 @@ from mqtwist.dataplugin.testing import (
     runPlugin,
     verifyPlugin,
 )
+from mqtwist.errors import AttemptFailed
 
 EXAMPLES = Path(__file__).parent.parent / "examples"
 

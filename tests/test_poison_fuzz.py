@@ -138,9 +138,9 @@ from twisted.internet.threads import blockingCallFromThread, deferToThread
 from twisted.logger import formatEvent, globalLogPublisher
 
 from mqtwist.config import Config
-from mqtwist.errors import InvalidMessage
 from mqtwist.content.joblimits import JobLimits
 from mqtwist.content.message import Message, ParseSettings
+from mqtwist.errors import InvalidMessage
 from mqtwist.service import MailerService
 from mqtwist.smtp.tls import OPPORTUNISTIC, OPTIONAL
 
@@ -1248,7 +1248,7 @@ async def test_jobs_too_deep_for_the_parser_do_not_hold_up_the_good_ones(
     them were never delivered.
     """
     deep = [
-        ('{"id":"p%d","recipient":"a@example.com","mime":"x","x":%s}' % (n, nested(1000, "list"))).encode()
+        ('{"id":"p' + str(n) + '","recipient":"a@example.com","mime":"x","x":' + nested(1000, "list") + "}").encode()
         for n in range(214)
     ]
     good = {f"g{n}": goodJob(f"g{n}") for n in range(50)}
@@ -1260,7 +1260,7 @@ async def test_jobs_too_deep_for_the_parser_do_not_hold_up_the_good_ones(
         await assertOutboxSettled(rabbitmqNode, queues["outbox"])
     invalid = [r for r in results if "input" in r]
     assert sorted(r["input"][: r["input"].index(",")] for r in invalid) == sorted(
-        '{"id":"p%d"' % n for n in range(214)
+        f'{{"id":"p{n}"' for n in range(214)
     )
     for result in invalid:
         (entry,) = result["results"]

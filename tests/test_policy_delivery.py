@@ -211,9 +211,9 @@ async def test_after_a_pause_a_destination_still_refusing_costs_one_attempt(dnsS
     from twisted.logger import capturedLogs, formatEvent
 
     from mqtwist.config import Config
+    from mqtwist.content.message import Message
     from mqtwist.delivery.engine import ScheduledEntry
     from mqtwist.service import deliveryEngine
-    from mqtwist.content.message import Message
 
     asked: list[str] = []
 

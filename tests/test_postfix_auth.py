@@ -25,9 +25,6 @@ from typing import Any, cast
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
-
 from fixtures_postfix import (
     BODIES,
     DOMAIN,
@@ -43,11 +40,14 @@ from fixtures_postfix import (
     postfixUnavailable,
     saslUnavailable,
 )
+from helpers_smtpsession import TIMEOUTS, job
+from twisted.internet import reactor
+from twisted.logger import ILogObserver, formatEvent, globalLogPublisher
+
 from mqtwist.config import Config
+from mqtwist.content.message import Message, ResultEntry
 from mqtwist.delivery.engine import DeliveryEngine
 from mqtwist.service import deliveryEngine
-from mqtwist.content.message import Message, ResultEntry
-from helpers_smtpsession import TIMEOUTS, job
 
 _UNAVAILABLE = postfixUnavailable() or saslUnavailable()
 pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=_UNAVAILABLE or "")

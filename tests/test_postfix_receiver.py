@@ -18,8 +18,6 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import ensureDeferred, gatherResults
-
 from fixtures_postfix import (
     BODIES,
     DOMAIN,
@@ -29,9 +27,11 @@ from fixtures_postfix import (
     _improperPipelining,
     postfixUnavailable,
 )
+from helpers_smtpsession import attempt, job, makePool
+from twisted.internet.defer import ensureDeferred, gatherResults
+
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.tls import TLSSettings
-from helpers_smtpsession import attempt, job, makePool
 
 pytestmark = pytest.mark.skipif(postfixUnavailable() is not None, reason=postfixUnavailable() or "")
 

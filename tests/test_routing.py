@@ -16,10 +16,10 @@ from twisted.internet.defer import CancelledError
 from twisted.logger import capturedLogs, formatEvent
 
 from mqtwist.config import Config, SMTPTimeouts
-from mqtwist.service import deliveryEngine
-from mqtwist.errors import AttemptFailed
 from mqtwist.content.message import Message
 from mqtwist.delivery.routing import Router
+from mqtwist.errors import AttemptFailed
+from mqtwist.service import deliveryEngine
 
 PORT = 2525
 

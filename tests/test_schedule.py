@@ -10,8 +10,8 @@ from helpers_endtoend import makeConfig, publishAll, running
 from twisted.internet import reactor
 from twisted.logger import formatEvent
 
-from mqtwist.outbox.journal import DeliveryJournal
 from mqtwist.content.message import Message
+from mqtwist.outbox.journal import DeliveryJournal
 from mqtwist.outbox.schedule import RetrySchedule
 from mqtwist.service import MailerService
 from mqtwist.timeformat import formatTime
@@ -168,10 +168,10 @@ def test_a_message_deferred_again_and_again_expires_on_time():
     from twisted.internet.task import Clock
 
     from mqtwist.config import Config
-    from mqtwist.service import deliveryEngine
     from mqtwist.content.message import ParseSettings
-    from mqtwist.outbox.processor import OutboxProcessor
     from mqtwist.delivery.policy import Deferral
+    from mqtwist.outbox.processor import OutboxProcessor
+    from mqtwist.service import deliveryEngine
     from mqtwist.timeformat import parseTime
 
     clock = Clock()

@@ -7,8 +7,8 @@ processes it is asked to start (see L{helpers_localnode.RecordingReactor}).
 from helpers_localnode import RecordingReactor, failStart, installed
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
-from mqtwist.localnode import RabbitMQEnded, RabbitMQStartFailed
 from mqtwist.config import Config
+from mqtwist.localnode import RabbitMQEnded, RabbitMQStartFailed
 from mqtwist.service import MailerService
 
 

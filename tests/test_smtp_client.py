@@ -10,6 +10,7 @@ import socket
 
 import pytest
 import pytest_twisted
+from fixtures_smtp import unusedPort
 from twisted.internet import reactor
 from twisted.internet.error import TimeoutError
 from twisted.internet.protocol import Factory, Protocol
@@ -17,7 +18,6 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from fixtures_smtp import unusedPort
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.body import encodeBody

@@ -9,12 +9,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from fixtures_smtp import unusedPort
 from twisted.internet import reactor
 from twisted.internet.defer import CancelledError, Deferred, gatherResults, succeed
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
-from fixtures_smtp import unusedPort
 from mqtwist.config import SMTPTimeouts
 from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.pool import ConnectionPool, Destination

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import pytest
 from helpers_smtpprotocol import EHLO_PIPELINING, EHLO_PLAIN, Connection, failureOf, resultOf
-from twisted.python.failure import Failure
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.python.failure import Failure
 
 from mqtwist.smtp.reply import MalformedReply, Reply, ReplyParser
-
 
 # -- replies ---------------------------------------------------------------
 
@@ -352,7 +351,8 @@ def test_aLostConnectionSaysItOnce(reason: Exception, ended: str) -> None:
 
     connection = Connection()
     client = connection.introduce()
-    mail, rcpt = client.mailFrom("a@example.com"), client.rcptTo("b@example.net")
+    client.mailFrom("a@example.com")
+    rcpt = client.rcptTo("b@example.net")
     connection.reply(b"250 ok\r\n")
     client.connectionLost(Failure(reason))
     failure = failureOf(rcpt)

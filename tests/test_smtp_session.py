@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from twisted.logger import formatEvent, globalLogPublisher
 
-from mqtwist.errors import AttemptFailed
 from mqtwist.content.message import Message, ResultEntry
+from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import Destination
 from mqtwist.smtp.tls import TLSSettings

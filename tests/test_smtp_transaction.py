@@ -14,10 +14,10 @@ from helpers_smtpprotocol import EHLO_PIPELINING, EHLO_PLAIN, TIMEOUTS, Connecti
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from zope.interface import implementer
 
-from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.config import Config
-from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.content.message import Message
+from mqtwist.dataplugin.chain import PluginChain
+from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.delivery.transaction import TransactionFailed, envelopeParameters, sendMessage, sendThroughPool, xtext
 
 

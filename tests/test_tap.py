@@ -25,9 +25,9 @@ from zope.interface.verify import verifyObject
 import mqtwist.dataplugin.discovery
 from mqtwist import CONTINUE, IDataPlugin
 from mqtwist.config import Config, DKIMKeyRule, SMTPTimeouts
+from mqtwist.config.sources import SETTINGS, TABLE_SETTINGS, readmeTable
 from mqtwist.dataplugin.discovery import FoundPlugin
 from mqtwist.loglevel import LogLevelService
-from mqtwist.config.sources import SETTINGS, TABLE_SETTINGS, readmeTable
 from mqtwist.tap import Options, makeService
 
 TOP = Path(__file__).resolve().parent.parent

@@ -16,7 +16,6 @@ from zope.interface.verify import verifyObject
 
 from mqtwist import COMPLETE, CONTINUE, PermanentFailure
 from mqtwist.dataplugin.chain import PluginBug
-from mqtwist.errors import AttemptFailed
 from mqtwist.dataplugin.interfaces import (
     IConnectionInfo,
     IDataPlugin,
@@ -34,6 +33,7 @@ from mqtwist.dataplugin.testing import (
     runPlugin,
     verifyPlugin,
 )
+from mqtwist.errors import AttemptFailed
 
 
 @implementer(IDataPlugin)

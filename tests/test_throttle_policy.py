@@ -12,10 +12,10 @@ from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from mqtwist.config import BackoffRule, Config, ThrottleRule
-from mqtwist.errors import AttemptFailed
-from mqtwist.delivery.routing import Route
-from mqtwist.smtp.pool import Destination
 from mqtwist.delivery.policy import Deferral, DeliveryPolicy, TokenBucket
+from mqtwist.delivery.routing import Route
+from mqtwist.errors import AttemptFailed
+from mqtwist.smtp.pool import Destination
 
 
 def route(domain: str, *exchangers: str, ip: str | None = None) -> Route:
@@ -341,7 +341,7 @@ def test_too_many_connections_cuts_concurrency_for_a_while():
 
 def test_failing_connections_mark_the_destination_down():
     p, clock = policy(downAfterFailures=3, downTime=120)
-    for n in range(3):
+    for _ in range(3):
         permit = p.admit(route("a.test", "mx.a.test")).result
         backoff = p.failed(permit, AttemptFailed("connect", "timeout", "no TCP connection"))
         p.release(permit)
@@ -379,9 +379,9 @@ def test_deferrals_in_a_row_park_longer_and_longer():
     """
     from twisted.internet.defer import ensureDeferred
 
+    from mqtwist.content.message import Message
     from mqtwist.delivery.engine import ScheduledEntry
     from mqtwist.service import deliveryEngine
-    from mqtwist.content.message import Message
 
     clock = Clock()
     clock.advance(1000)

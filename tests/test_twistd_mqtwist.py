@@ -23,9 +23,9 @@ import pytest_twisted
 from fixtures_rabbitmq import AMQPHelper
 from fixtures_smtp import unusedPort
 from helpers_localnode import nicenessOfThreads
+from twistdprocess import brokerArguments, endTwistd, exitStatus, nodeName, startTwistd
 from twisted.internet import reactor
 from twisted.internet.protocol import Factory
-from twistdprocess import brokerArguments, endTwistd, exitStatus, nodeName, startTwistd
 
 import mqtwist
 from mqtwist.amqp.url import BrokerURL
