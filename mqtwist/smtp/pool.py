@@ -65,6 +65,10 @@ class _Slots:
     #: (connection, idle timer), the most recently used last
     idle: list[tuple[ESMTPClient, IDelayedCall]] = field(default_factory=list)
     inUse: set[ESMTPClient] = field(default_factory=set)
+    #: connections given back with the reply to their last body still due
+    #: (PIPELINING), the oldest first: not idle (no idle timer: it would QUIT
+    #: a transaction in flight), but the next message may follow that body
+    draining: list[ESMTPClient] = field(default_factory=list)
     opening: int = 0
     #: of C{opening}, the connections opened for a waiter (not for a caller)
     openingForWaiters: int = 0
@@ -73,7 +77,7 @@ class _Slots:
     waiters: deque[Deferred[ESMTPClient]] = field(default_factory=deque)
 
     def count(self) -> int:
-        return len(self.idle) + len(self.inUse) + self.opening
+        return len(self.idle) + len(self.inUse) + len(self.draining) + self.opening
 
 
 class ConnectionPool:
@@ -136,8 +140,10 @@ class ConnectionPool:
         with L{release}.
 
         @return: a Deferred firing with an idle usable connection, or else
-            one that is being reset after a failed transaction, or else a
-            new one (C{destination.hosts} tried in order), or else, when the
+            one given back with the reply to its last body still due (with
+            PIPELINING the message follows that body, as the delivery
+            policy counts on), or else one that is being reset after a
+            failed transaction, or else a new one (C{destination.hosts} tried in order), or else, when the
             destination has its maximum of connections, the first one
             released.  It errbacks with the L{AttemptFailed} of the last host
             when no connection could be opened, and with C{connect}/C{error}
@@ -148,6 +154,8 @@ class ConnectionPool:
             return fail(self._closingFailure(destination))
         slots = self._slots.setdefault(destination, _Slots())
         client = self._takeIdle(slots)
+        if client is None and slots.draining:
+            client = self._takeDraining(slots)
         if client is not None:
             slots.inUse.add(client)
             self.connectionsReused += 1
@@ -169,7 +177,9 @@ class ConnectionPool:
 
         A connection that is not usable any more or has carried
         C{maxMessagesPerConnection} messages is closed (QUIT); otherwise it
-        goes to the first waiter, or waits idle for the next acquisition.
+        goes to the first waiter, or waits idle for the next acquisition; a
+        connection given back before the reply to its body (PIPELINING) is
+        idle, and its idle time-out runs, only from that reply on.
         """
         destination = self._destinationOf.get(connection)
         slots = self._slots.get(destination) if destination is not None else None
@@ -186,7 +196,7 @@ class ConnectionPool:
     def closeAll(self) -> Deferred[None]:
         """
         Close the pool: QUIT idle connections now and connections in use as
-        they are released; waiters errback with C{connect}/C{error}.
+        they are released (after the reply to their last body); waiters errback with C{connect}/C{error}.
 
         @return: a Deferred firing with C{None} when every connection is
             closed.
@@ -213,14 +223,15 @@ class ConnectionPool:
 
     def stats(self, destination: Destination) -> dict[str, int]:
         """
-        The connections of C{destination}: C{idle}, C{inUse}, C{opening},
+        The connections of C{destination}: C{idle}, C{inUse} (those waiting
+        for the reply to a body given back early included), C{opening},
         all of them (C{open}) and the callers C{waiting}.
         """
         slots = self._slots.get(destination, _Slots())
         return {
             "open": self.openConnections(destination),
             "idle": len(slots.idle),
-            "inUse": len(slots.inUse),
+            "inUse": len(slots.inUse) + len(slots.draining),
             "opening": slots.opening,
             "waiting": len(slots.waiters),
         }
@@ -335,19 +346,43 @@ class ConnectionPool:
             client.quit()
         return None
 
+    def _takeDraining(self, slots: _Slots) -> ESMTPClient | None:
+        # the oldest first: its reply is the nearest; an unusable one is
+        # dropped when its reply is in or it is closed
+        for client in slots.draining:
+            if client.usable:
+                slots.draining.remove(client)
+                return client
+        return None
+
     def _makeAvailable(self, client: ESMTPClient, destination: Destination, slots: _Slots) -> None:
         """
-        Hand an in-use connection to the first waiter, or keep it idle.
+        Hand an in-use connection to the first waiter, or keep it idle (once
+        the reply to its last body is in).
         """
         if not client.usable or self._closing:
             self._retire(client, destination, slots)
         elif slots.waiters:
             self.connectionsReused += 1
             slots.waiters.popleft().callback(client)
+        elif getattr(client, "awaitingReplies", False):  # (test doubles may lack it)
+            # given back right after its body (PIPELINING): a transaction is
+            # still in flight, so no idle timer yet
+            slots.inUse.discard(client)
+            slots.draining.append(client)
+            client.whenQuiet().addCallback(self._quiet, client, destination, slots)
         else:
             slots.inUse.discard(client)
             timer = self.reactor.callLater(self.idleTimeout, self._idleTimedOut, client, destination, slots)
             slots.idle.append((client, timer))
+
+    def _quiet(self, _: None, client: ESMTPClient, destination: Destination, slots: _Slots) -> None:
+        # the reply is in: idle from now on (or closed, or to a waiter); not
+        # if it was taken again meanwhile, or closed (_connectionClosed)
+        if client in slots.draining:
+            slots.draining.remove(client)
+            slots.inUse.add(client)
+            self._makeAvailable(client, destination, slots)
 
     def _resetDone(
         self, result: Reply | Failure, client: ESMTPClient, destination: Destination, slots: _Slots
@@ -379,6 +414,8 @@ class ConnectionPool:
         slots = self._slots.get(destination)
         if slots is not None and client not in slots.inUse:
             # an idle connection died: drop it (one in use is dropped on release)
+            if client in slots.draining:
+                slots.draining.remove(client)
             for idle, timer in slots.idle:
                 if idle is client:
                     timer.cancel()

@@ -155,6 +155,7 @@ class ESMTPClient(Protocol):
         self._closed = False
         self._closeTimer: IDelayedCall | None = None
         self._closeWaiters: list[Deferred[None]] = []
+        self._quietWaiters: list[Deferred[None]] = []
         self._greetingCommand = _Command("intro", "the greeting", None, timeouts.greeting)
         self.ready: Deferred[ESMTPClient] = self._greetingCommand.deferred.addCallback(
             self._greeted
@@ -212,6 +213,8 @@ class ESMTPClient(Protocol):
         waiters, self._closeWaiters = self._closeWaiters, []
         for waiter in waiters:
             waiter.callback(None)
+        # after the close waiters: nothing is awaited on a closed connection
+        self._fireQuiet()
 
     def whenClosed(self) -> Deferred[None]:
         """
@@ -223,6 +226,30 @@ class ESMTPClient(Protocol):
         waiter: Deferred[None] = Deferred()
         self._closeWaiters.append(waiter)
         return waiter
+
+    @property
+    def awaitingReplies(self) -> bool:
+        """
+        C{True} while a command issued on this connection has no reply yet
+        (with PIPELINING: the body of a message given back before its reply).
+        """
+        return bool(self._queue)
+
+    def whenQuiet(self) -> Deferred[None]:
+        """
+        @return: a Deferred that fires with C{None} once no command waits for
+            its reply (at once if none does), or the connection is closed.
+        """
+        if not self._queue or self._closed:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._quietWaiters.append(waiter)
+        return waiter
+
+    def _fireQuiet(self) -> None:
+        waiters, self._quietWaiters = self._quietWaiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     @property
     def pipelining(self) -> bool:
@@ -624,6 +651,9 @@ class ESMTPClient(Protocol):
         if self._connected:
             self._writeQueued()
         command.deferred.callback(reply)
+        # after the reply's own callbacks, which may issue the next command
+        if self._quietWaiters and not self._queue:
+            self._fireQuiet()
 
     def _protocolError(self, description: str) -> None:
         self.log.info(
