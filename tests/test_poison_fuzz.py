@@ -187,7 +187,7 @@ KNOWN = (
 #: keys a copied property may not have
 RESERVED = frozenset(KNOWN) | {"id"}
 QUEUE_KINDS = ("results", "success", "failure", "retry")
-EDIT_KINDS = ("remove", "replace", "update", "prepend", "append")
+EDIT_KINDS = ("remove", "replace", "update", "prepend", "append", "add")
 
 
 def parseSettings(limits: JobLimits = LIMITS) -> ParseSettings:
@@ -460,8 +460,10 @@ WRONG: dict[str, st.SearchStrategy[Any]] = {
                          listWith(st.just({}), st.one_of(st.none(), nonDict))),
     "headers": st.one_of(
         st.booleans(), st.integers(), floats, cleanText, lists,
-        st.builds(lambda k: {k: {}}, st.text(cleanChar, min_size=1, max_size=8).filter(lambda k: k not in EDIT_KINDS)),
-        st.builds(lambda v: {"remove": v}, st.one_of(st.none(), nonList)),
+        # a key that is not an edit is ignored, a bad edit beside it is not
+        st.builds(lambda k: {k: {}, "remove": 5}, st.text(cleanChar, min_size=1, max_size=8).filter(lambda k: k not in EDIT_KINDS)),
+        st.builds(lambda v: {"remove": v}, st.one_of(st.none(), st.booleans(), st.integers(), floats, dicts)),
+        st.builds(lambda n: {"remove": n}, badHeaderName.filter(lambda n: isinstance(n, str))),
         st.builds(lambda n: {"remove": [n]}, badHeaderName),
         st.builds(lambda k, v: {k: v}, st.sampled_from(EDIT_KINDS[1:]), st.one_of(st.none(), nonDict)),
         st.builds(lambda k, n: {k: {n: "v"}}, st.sampled_from(EDIT_KINDS[1:]),

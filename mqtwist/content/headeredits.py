@@ -1,23 +1,29 @@
 """
 The C{headers} property of an outbox message: edits of the header block
-applied to the message before it is signed and sent.
+applied to the message before it is signed and sent, with the meaning
+MailerQ 5.6 gives them ("Changing the MIME headers").
 
-C{headers} is an object with any of five keys; they are applied in this
+C{headers} is an object with any of these keys; they are applied in this
 order, whatever their order in the JSON:
 
-  1. C{remove}: a list of header names.  Every field of each name is
-     deleted.
+  1. C{remove}: a header name, or a list of them.  Every field of each name
+     is deleted.
   2. C{replace}: an object name -> value (or list of values).  When the
-     message has fields of that name, all of them are deleted and the new
-     value(s) take the place of the first one; a name the message does not
-     have is left out (replace never adds).
+     message has fields of that name, the new value(s) take the place of
+     the first one and the others are deleted; a name the message does not
+     have is added at the end of the header block.
   3. C{update}: like C{replace}, but a name the message does not have is
-     added at the end of the header block (set, whatever was there).
+     left out (update never adds).
   4. C{prepend}: an object name -> value (or list of values), added at the
      top of the header block in the order given (the first one ends up
      first), before anything already there, as trace fields are.
-  5. C{append}: an object name -> value (or list of values), added at the
-     end of the header block in the order given.
+  5. C{append}, then C{add} (MailerQ's other name for it): an object
+     name -> value (or list of values), added at the end of the header block
+     in the order given.
+
+A key that is none of these is not an edit: it is ignored (with a C{debug}
+log line when the job is parsed) and, like every part of the job, copied
+into its results, as MailerQ does with what it does not know.
 
 Header names are matched without regard to case.  Names must be RFC 5322
 field names (printable ASCII but C{":"}); values must not hold CR, LF or
@@ -39,6 +45,8 @@ from collections.abc import Mapping
 from email.errors import HeaderParseError
 from typing import Any
 
+from twisted.logger import Logger
+
 from mqtwist.errors import InvalidMessage
 from mqtwist.validation import checkHeaderValue, excerpt, shownName
 
@@ -51,7 +59,11 @@ __all__ = [
 ]
 
 #: the keys of the C{headers} property, in the order they are applied
-EDIT_KINDS = ("remove", "replace", "update", "prepend", "append")
+EDIT_KINDS = ("remove", "replace", "update", "prepend", "append", "add")
+#: the edits whose value is an object header name -> value(s)
+_VALUED_KINDS = EDIT_KINDS[1:]
+
+_log = Logger()
 
 # RFC 5322 section 2.2 / 3.6.8: ftext = %d33-57 / %d59-126
 _FIELD_NAME = re.compile(r"[!-9;-~]+")
@@ -86,36 +98,54 @@ def _values(what: str, name: str, value: Any) -> list[str]:
     return values
 
 
-def checkHeaderEdits(edits: Any) -> None:
+def _unknownKinds(edits: Any) -> list[str]:
     """
-    Check the C{headers} property of an outbox message, so that a bad one is
-    refused when the message is parsed rather than when it is sent.
+    Check the C{headers} property (see L{checkHeaderEdits}).
 
-    @raise InvalidMessage: naming the edit and the header at fault.
+    @return: its keys that are not edits, which are ignored.
     """
     if not isinstance(edits, dict):
         raise InvalidMessage(
             "property 'headers' must be an object with any of "
             f"{', '.join(EDIT_KINDS)}"
         )
+    unknown = []
     for kind, value in edits.items():
         what = f"headers.{kind}"
         if kind not in EDIT_KINDS:
-            raise InvalidMessage(
-                f"property 'headers' has unknown key {excerpt(kind)}; use "
-                f"{', '.join(EDIT_KINDS)}"
-            )
-        if kind == "remove":
-            if not isinstance(value, list):
-                raise InvalidMessage(f"{what} must be a list of header names")
-            for name in value:
-                checkHeaderName(what, name)
-            continue
-        if not isinstance(value, dict):
+            unknown.append(kind)
+        elif kind == "remove":
+            if isinstance(value, str):
+                checkHeaderName(what, value)
+            elif isinstance(value, list):
+                for name in value:
+                    checkHeaderName(what, name)
+            else:
+                raise InvalidMessage(f"{what} must be a header name or a list of them")
+        elif not isinstance(value, dict):
             raise InvalidMessage(f"{what} must be an object header name -> value")
-        for name, item in value.items():
-            checkHeaderName(what, name)
-            _values(what, name, item)
+        else:
+            for name, item in value.items():
+                checkHeaderName(what, name)
+                _values(what, name, item)
+    return unknown
+
+
+def checkHeaderEdits(edits: Any) -> None:
+    """
+    Check the C{headers} property of an outbox message, so that a bad one is
+    refused when the message is parsed rather than when it is sent.  Keys
+    that are not edits are ignored (logged at C{debug}).
+
+    @raise InvalidMessage: naming the edit and the header at fault.
+    """
+    unknown = _unknownKinds(edits)
+    if unknown:
+        _log.debug(
+            "headers: ignoring {keys}, which are not edits (edits are {kinds})",
+            keys=", ".join(excerpt(kind) for kind in unknown),
+            kinds=", ".join(EDIT_KINDS),
+        )
 
 
 def foldHeader(what: str, name: str, value: str, linesep: bytes = b"\r\n") -> bytes:
@@ -197,13 +227,13 @@ def _fieldName(field: bytes) -> bytes:
 def editedLength(edits: Mapping[str, Any]) -> int:
     """
     The characters of the values of C{edits} (checked ones, see
-    L{checkHeaderEdits}): what applying them costs grows with it.
+    L{checkHeaderEdits}): what applying them costs grows with it.  Names
+    to remove and keys that are not edits cost nothing.
     """
     return sum(
         len(value) if isinstance(value, str) else sum(map(len, value))
-        for kind, fields in edits.items()
-        if kind != "remove"
-        for value in fields.values()
+        for kind in _VALUED_KINDS
+        for value in edits.get(kind, {}).values()
     )
 
 
@@ -218,7 +248,7 @@ def applyHeaderEdits(mime: bytes, edits: Mapping[str, Any]) -> bytes:
     @raise InvalidMessage: when C{edits} is malformed (see
         L{checkHeaderEdits}).
     """
-    checkHeaderEdits(edits)
+    _unknownKinds(edits)
     fields, linesep, rest = splitHeaderBlock(mime)
 
     def rendered(kind: str, name: str, value: Any) -> list[bytes]:
@@ -227,7 +257,10 @@ def applyHeaderEdits(mime: bytes, edits: Mapping[str, Any]) -> bytes:
             for v in _values(f"headers.{kind}", name, value)
         ]
 
-    removed = {name.lower().encode("ascii") for name in edits.get("remove", ())}
+    remove = edits.get("remove", ())
+    if isinstance(remove, str):
+        remove = [remove]
+    removed = {name.lower().encode("ascii") for name in remove}
     if removed:
         fields = [f for f in fields if _fieldName(f) not in removed]
 
@@ -240,7 +273,7 @@ def applyHeaderEdits(mime: bytes, edits: Mapping[str, Any]) -> bytes:
                 first = positions[0]
                 kept = [f for i, f in enumerate(fields) if i not in positions[1:]]
                 fields = kept[:first] + new + kept[first + 1 :]
-            elif kind == "update":
+            elif kind == "replace":
                 fields.extend(new)
 
     prepended = [
@@ -250,8 +283,9 @@ def applyHeaderEdits(mime: bytes, edits: Mapping[str, Any]) -> bytes:
     ]
     appended = [
         f
-        for name, value in edits.get("append", {}).items()
-        for f in rendered("append", name, value)
+        for kind in ("append", "add")
+        for name, value in edits.get(kind, {}).items()
+        for f in rendered(kind, name, value)
     ]
     if not rest:
         rest = linesep
