@@ -2,19 +2,30 @@
 The C{mime} property as an object: a message described in JSON, built into
 RFC 5322 / MIME bytes with the standard library's C{email} package.
 
-The object (C{docs/messages.rst}):
+The object (C{docs/messages.rst}), in MailerQ's form (its "JSON
+specification" and "Responsive email" pages) and mqtwist's earlier one:
 
   - C{from} (required), C{replyTo}: a string C{"local@domain"} or an object
-    C{{"name": ..., "address": ...}};
+    C{{"name": ..., "email": ...}} (MailerQ's form; C{"address"} is taken
+    for C{"email"} too);
   - C{to}, C{cc}: one of those, or a list of them;
   - C{subject}: a string;
   - C{headers}: an object name -> value (or list of values) of further
     header fields;
-  - C{text}, C{html}: the body as plain text and as HTML;
-  - C{attachments}: a list of C{{"name", "type", "data"}}, C{type} a MIME
-    type C{type/subtype} and C{data} the content in base64.
+  - C{text} or C{textVersion}: the plain text body;
+  - C{html}, or C{content} as a string: the HTML body;
+  - C{attachments}: a list of C{{"name", "type", "data"}}, C{data} the
+    content in base64, C{type} a MIME type C{type/subtype} (guessed from
+    C{name} when missing) and C{name} the file name (optional).
 
-What is built: C{text} or C{html} alone is a single part; both are a
+What needs a download when the message is built -- C{content} as an object
+(the responsive-email blocks) and attachments by C{url} -- is refused,
+naming the key: mqtwist fetches nothing from the network.  Keys the object
+or its addresses and attachments may have that are not listed here (the
+responsive-email's C{bcc}, C{background}, C{font}, ...) are ignored: they
+change nothing in the message.
+
+What is built: a text or an HTML body alone is a single part; both are a
 C{multipart/alternative}; with attachments, a C{multipart/mixed} whose
 first part is the text, the HTML or the alternative (attachments alone
 are a C{multipart/mixed} of them).  Non-ASCII in names
@@ -34,6 +45,7 @@ from __future__ import annotations
 import base64
 import binascii
 import email.policy
+import mimetypes
 import re
 import time
 import uuid
@@ -49,8 +61,17 @@ from mqtwist.validation import checkAddress, checkHeaderValue, excerpt, shownNam
 
 __all__ = ["buildMime"]
 
-#: the keys of the C{mime} object
-MIME_KEYS = ("from", "replyTo", "to", "cc", "subject", "headers", "text", "html", "attachments")
+#: the keys of the C{mime} object that mqtwist reads; others are ignored
+MIME_KEYS = (
+    "from", "replyTo", "to", "cc", "subject", "headers", "text", "textVersion", "html", "content",
+    "attachments",
+)
+# the types of attachments given without one, from their names: the
+# standard library's own table only, not the host's /etc/mime.types, so
+# that a job builds the same message on every host
+_GUESSED_TYPES = mimetypes.MimeTypes()
+# at most this many keys are named in a refusal of downloads
+_NAMED_DOWNLOADS = 3
 
 # RFC 5322 lines: 78 characters recommended (soft), 998 at most (hard).
 _SOFT_LINE = 78
@@ -108,27 +129,41 @@ def _string(obj: Mapping[str, Any], key: str) -> str | None:
 
 def _address(what: str, value: Any) -> Address:
     """
-    An address given as C{"local@domain"} or C{{"name", "address"}}.
+    An address given as C{"local@domain"} or C{{"name", "email"}} (or
+    C{{"name", "address"}}); other keys of the object are ignored.
     """
     name: Any
     address: Any
     if isinstance(value, str):
         name, address = "", value
     elif isinstance(value, dict):
-        name, address = value.get("name", ""), value.get("address", None)
-        unknown = set(value) - {"name", "address"}
-        if unknown:
+        name = value.get("name")
+        email, given = value.get("email"), value.get("address")
+        if email is not None and given is not None and email != given:
             raise InvalidMessage(
-                f"property {what!r} has unknown key {excerpt(sorted(unknown)[0])}; give "
-                f"{{\"name\": ..., \"address\": ...}}"
+                f"property {what!r} has both 'email' {excerpt(email)} and 'address' "
+                f"{excerpt(given)}; give one"
             )
-        if not isinstance(name, str) or not isinstance(address, str):
-            raise InvalidMessage(f"property {what!r} needs string 'name' and 'address'")
+        key = "email" if email is not None else "address"
+        address = email if email is not None else given
+        if address is None:
+            raise InvalidMessage(
+                f"property {what!r} has no 'email'; give {{\"name\": ..., \"email\": ...}}"
+            )
+        if name is None:
+            name = ""
+        if not isinstance(name, str):
+            raise InvalidMessage(f"property '{what}.name' must be a string, not {type(name).__name__}")
+        if not isinstance(address, str):
+            raise InvalidMessage(
+                f"property '{what}.{key}' must be a string, not {type(address).__name__}"
+            )
         checkHeaderValue(f"{what}.name", name)
+        what = f"{what}.{key}"
     else:
         raise InvalidMessage(
             f"property {what!r} must be an address string or "
-            f"{{\"name\": ..., \"address\": ...}}, not {type(value).__name__}"
+            f"{{\"name\": ..., \"email\": ...}}, not {type(value).__name__}"
         )
     checkAddress(what, address)
     local, _, domain = address.rpartition("@")
@@ -201,21 +236,40 @@ def _textPart(text: str, subtype: str) -> MIMEPart:
     return part
 
 
+def _guessedType(name: str | None) -> tuple[str, str]:
+    """
+    The type of an attachment given without one: from its file name's
+    extension, C{application/octet-stream} when that says nothing (or
+    names a type that would change the structure of the message).
+    """
+    guessed = _GUESSED_TYPES.guess_type(name, strict=False)[0] if name else None
+    if guessed is not None:
+        maintype, _, subtype = guessed.partition("/")
+        if maintype not in ("multipart", "message"):
+            return maintype, subtype
+    return "application", "octet-stream"
+
+
 def _attachment(index: int, value: Any) -> MIMEPart:
+    """
+    An attachment given inline: C{{"name", "type", "data"}}, C{data} in
+    base64 (required), C{type} and C{name} optional; other keys are ignored
+    (C{url} was refused before, see L{_downloads}).
+    """
     what = f"mime.attachments[{index}]"
     if not isinstance(value, dict):
         raise InvalidMessage(f"property {what!r} must be an object {{name, type, data}}")
-    unknown = set(value) - {"name", "type", "data"}
-    if unknown:
-        raise InvalidMessage(
-            f"property {what!r} has unknown key {excerpt(sorted(unknown)[0])}; give "
-            f"name, type and data"
-        )
     name, data = value.get("name"), value.get("data")
-    if not isinstance(name, str) or not name:
-        raise InvalidMessage(f"property '{what}.name' must be a non-empty string (the file name)")
-    checkHeaderValue(f"{what}.name", name)
-    maintype, subtype = _contentType(f"{what}.type", value.get("type"))
+    if name is not None:
+        if not isinstance(name, str) or not name:
+            raise InvalidMessage(f"property '{what}.name' must be a non-empty string (the file name)")
+        checkHeaderValue(f"{what}.name", name)
+    if value.get("type") is None:
+        maintype, subtype = _guessedType(name)
+    else:
+        maintype, subtype = _contentType(f"{what}.type", value.get("type"))
+    if data is None:
+        raise InvalidMessage(f"property '{what}.data' is missing; give the content as a base64 string")
     if not isinstance(data, str):
         raise InvalidMessage(f"property '{what}.data' must be the content as a base64 string")
     try:
@@ -231,8 +285,60 @@ def _attachment(index: int, value: Any) -> MIMEPart:
     part["Content-Type"] = f"{maintype}/{subtype}"
     part["Content-Transfer-Encoding"] = "base64"
     part.set_payload(base64.encodebytes(content).decode("ascii"))
-    part.add_header("Content-Disposition", "attachment", filename=name)
+    if name is None:
+        part.add_header("Content-Disposition", "attachment")
+    else:
+        part.add_header("Content-Disposition", "attachment", filename=name)
     return part
+
+
+def _downloads(obj: Mapping[str, Any]) -> None:
+    """
+    Refuse what would need a download to build the message: C{content} as
+    an object (MailerQ's responsive-email blocks, whose images are fetched)
+    and attachments by C{url}.  mqtwist fetches nothing while it delivers.
+
+    @raise InvalidMessage: naming every such key (the first few of them).
+    """
+    content = obj.get("content")
+    if isinstance(content, dict) and "blocks" not in content:
+        raise InvalidMessage(
+            "property 'mime.content' is an object, a responsive-email layout, which "
+            "mqtwist does not build; give the HTML as a string in 'content' or 'html'"
+        )
+    keys = ["mime.content.blocks"] if isinstance(content, dict) else []
+    attachments = obj.get("attachments")
+    if isinstance(attachments, list):
+        keys += [
+            f"mime.attachments[{i}].url"
+            for i, attachment in enumerate(attachments)
+            if isinstance(attachment, dict) and attachment.get("url") is not None
+        ]
+    if keys:
+        named = [repr(key) for key in keys[:_NAMED_DOWNLOADS]]
+        if len(keys) > _NAMED_DOWNLOADS:
+            named.append(f"{len(keys) - _NAMED_DOWNLOADS} more")
+        listed = " and ".join([", ".join(named[:-1]), named[-1]] if len(named) > 1 else named)
+        raise InvalidMessage(
+            f"{'property' if len(keys) == 1 else 'properties'} {listed} "
+            f"{'is' if len(keys) == 1 else 'are'} not supported: "
+            f"mqtwist downloads nothing to build a message (responsive-email blocks, "
+            f"attachments by URL); give the HTML as a string in 'content' or 'html' "
+            f"and attachments inline, in base64 'data'"
+        )
+
+
+def _body(obj: Mapping[str, Any], key: str, alias: str) -> str | None:
+    """
+    A body given by C{key} or by its other name C{alias}.
+    """
+    value, other = _string(obj, key), _string(obj, alias)
+    if value is not None and other is not None and value != other:
+        raise InvalidMessage(
+            f"properties 'mime.{key}' and 'mime.{alias}' both give the "
+            f"{'text' if key == 'text' else 'HTML'} body; give one"
+        )
+    return value if value is not None else other
 
 
 def _setHeader(message: EmailMessage, what: str, name: str, value: Any) -> None:
@@ -285,23 +391,22 @@ def buildMime(obj: Mapping[str, Any], *, now: float, hostname: str) -> bytes:
         characters and every generated line within 78.
     @raise InvalidMessage: naming the property at fault: a wrong type, a
         bad address, a control character in a header, bad base64, a
-        malformed content type, a message with no content.
+        malformed content type, a message with no content, something that
+        would need a download.  Keys the object does not use are ignored.
     """
     if not isinstance(obj, Mapping):
         raise InvalidMessage("property 'mime' must be a string or an object")
-    unknown = set(obj) - set(MIME_KEYS)
-    if unknown:
-        raise InvalidMessage(
-            f"property 'mime' has unknown key {excerpt(sorted(unknown)[0])}; use "
-            f"{', '.join(MIME_KEYS)}"
-        )
-    text, html = _string(obj, "text"), _string(obj, "html")
-    attachments = obj.get("attachments", [])
+    _downloads(obj)
+    text, html = _body(obj, "text", "textVersion"), _body(obj, "html", "content")
+    attachments = obj.get("attachments")
+    if attachments is None:
+        attachments = []
     if not isinstance(attachments, list):
         raise InvalidMessage("property 'mime.attachments' must be a list of {name, type, data}")
     if text is None and html is None and not attachments:
         raise InvalidMessage(
-            "property 'mime' has no content: give 'text', 'html' or 'attachments'"
+            "property 'mime' has no content: give 'text' (or 'textVersion'), 'html' "
+            "(or 'content') or 'attachments'"
         )
 
     message = EmailMessage(_POLICY)
