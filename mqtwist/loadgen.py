@@ -65,10 +65,12 @@ def makeJob(
     sender: str = "sender@example.org",
     domain: str = "example.com",
     dkim: dict[str, Any] | None = None,
+    priority: int | None = None,
 ) -> dict[str, Any]:
     """
     @param dkim: a C{dkim} object (C{{domain, selector, key}}) to add to the
         job, or C{None}.
+    @param priority: the job's C{priority}, or C{None}.
     @return: one outbox job as a JSON-ready dict.
     """
     recipient = f"rcpt{number}@{domain}"
@@ -80,15 +82,22 @@ def makeJob(
     }
     if dkim is not None:
         job["dkim"] = dkim
+    if priority is not None:
+        job["priority"] = priority
     return job
 
 
 async def publishJobs(
-    client: BrokerClient, queue: str, bodies: Iterable[bytes], *, window: int = 2000
+    client: BrokerClient,
+    queue: str,
+    bodies: Iterable[bytes],
+    *,
+    window: int = 2000,
+    priority: int | None = None,
 ) -> int:
     """
     Publish C{bodies} to C{queue}, at most C{window} of them unconfirmed at
-    a time.
+    a time, with the AMQP C{priority} (none when C{None}).
 
     @return: (a coroutine returning) how many messages were published and
         confirmed.
@@ -100,7 +109,7 @@ async def publishJobs(
     published = 0
     batch: list[defer.Deferred[None]] = []
     for body in bodies:
-        batch.append(client.publish(queue, body))
+        batch.append(client.publish(queue, body, priority=priority))
         if len(batch) >= window:
             await defer.gatherResults(batch, consumeErrors=True).addErrback(_firstError)
             published += len(batch)
@@ -164,6 +173,11 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--window", type=int, default=2000,
                         help="messages published before waiting for their confirms "
                         "(default: %(default)s)")
+    parser.add_argument("--priority", type=int,
+                        help="the jobs' priority, 0-255, in the JSON and as the AMQP priority")
+    parser.add_argument("--max-priority", type=int, default=0,
+                        help="declare the queue as a priority queue with this x-max-priority, "
+                        "as mqtwist --max-priority does (default: %(default)s, an ordinary queue)")
     parser.add_argument("--dkim-key", metavar="FILE",
                         help="PEM private key: every job asks to be DKIM-signed with it")
     parser.add_argument("--dkim-domain", default="example.org",
@@ -174,6 +188,10 @@ def parseArguments(argv: Sequence[str]) -> argparse.Namespace:
     for name in ("count", "size", "window"):
         if getattr(arguments, name) < (1 if name == "window" else 0):
             parser.error(f"--{name} {getattr(arguments, name)} is out of range")
+    for name in ("priority", "max_priority"):
+        value = getattr(arguments, name)
+        if value is not None and not 0 <= value <= 255:
+            parser.error(f"--{name.replace('_', '-')} {value} is out of range (0-255)")
     try:
         arguments.url = BrokerURL.parse(arguments.amqp)
     except ValueError as e:
@@ -194,7 +212,7 @@ async def publishFromArguments(reactor: Any, arguments: argparse.Namespace) -> i
     )
     client = BrokerClient(
         arguments.url,
-        [QueueSpec(arguments.queue)],
+        [QueueSpec(arguments.queue, {"x-max-priority": arguments.max_priority} if arguments.max_priority else {})],
         consumeFrom=None,
         prefetch=0,
         onDelivery=lambda delivery: None,
@@ -211,8 +229,11 @@ async def publishFromArguments(reactor: Any, arguments: argparse.Namespace) -> i
             sender=arguments.sender,
             domain=arguments.domain,
             dkim=dkim,
+            priority=arguments.priority,
         )
-        return await publishJobs(client, arguments.queue, bodies, window=arguments.window)
+        return await publishJobs(
+            client, arguments.queue, bodies, window=arguments.window, priority=arguments.priority
+        )
     finally:
         await client.stopService()
 

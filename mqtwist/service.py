@@ -275,7 +275,10 @@ class MailerService(MultiService):
             assert self.localNode is not None
             self.brokerURL = await self.localNode.whenStarted()
         config = self.config
-        queues = [QueueSpec(config.outbox)]
+        # a priority queue orders the jobs by their AMQP priority, which
+        # the copies put back in it keep (OutboxProcessor, delay queues)
+        outboxArguments = {"x-max-priority": config.maxPriority} if config.maxPriority else {}
+        queues = [QueueSpec(config.outbox, outboxArguments)]
         queues += [
             QueueSpec(name)
             for name in (config.results, config.success, config.failure, config.retry, config.deadLetterQueue)

@@ -31,6 +31,7 @@ class FakeDelivery:
         self.body = body
         self.current = True
         self.redelivered = redelivered
+        self.priority: int | None = None
         self.settled: str | None = None
 
     def ack(self) -> None:

@@ -147,6 +147,7 @@ class _FakeDelivery:
         self.body = body
         self.current = True
         self.redelivered = False
+        self.priority: int | None = None
         self.settled: str | None = None
 
     def ack(self) -> None:

@@ -11,6 +11,7 @@ loss; what was in flight on the old one fails (publishes) or becomes stale
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
@@ -367,7 +368,7 @@ class BrokerClient(Service):
         self._failures += 1
         attempt = self._failures
         delay = self._retryDelay(attempt)
-        cause = _whyAttemptFailed(self.url, failure)
+        cause = _whyAttemptFailed(self.url, failure, self.consumeFrom)
         # Warn at attempts 1, 2, 4, 8, ... and whenever the cause changes;
         # log the others at info.  The waits grow to reconnectMaxDelay (30 s
         # by default), so a warning for every attempt would come twice a
@@ -677,10 +678,13 @@ class _Session:
         )
 
 
-def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
+def _whyAttemptFailed(url: BrokerURL, failure: Failure, consumeFrom: str | None = None) -> str:
     """
     What went wrong with an attempt to connect to C{url} and set the
     connection up, and what to do about it.
+
+    @param consumeFrom: the queue consumed (the outbox, the one queue whose
+        priorities a setting chooses).
     """
     broker = f"AMQP broker {url.redacted()}"
     where = hostPort(url.host, url.port)
@@ -713,9 +717,11 @@ def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
         )
     if isinstance(value, ChannelClosed):
         said = describeClose(value)
+        code = _closeCode(value)
+        advice = _priorityAdvice(said, consumeFrom) if code == 406 else None
         return (
             f"{broker} refused to set up mqtwist's queues or consumer ({said}): "
-            f"{_CHANNEL_ADVICE.get(_closeCode(value), _CHANNEL_ADVICE[None])}"
+            f"{advice or _CHANNEL_ADVICE.get(code, _CHANNEL_ADVICE[None])}"
         )
     if isinstance(value, Closed):
         return (
@@ -726,6 +732,44 @@ def _whyAttemptFailed(url: BrokerURL, failure: Failure) -> str:
     return (
         f"could not set up the connection to {broker}: "
         f"{type(value).__name__}: {failure.getErrorMessage()}"
+    )
+
+
+#: RabbitMQ's words for a queue whose x-max-priority is not the one
+#: declared: "inequivalent arg 'x-max-priority' for queue 'outbox' in vhost
+#: '/': received none but current is the value '10' of type 'signedint'"
+#: (or "received the value '10' of type 'signedint' but current is none",
+#: or "received '10' but current is '5'")
+_PRIORITY_MISMATCH = re.compile(
+    r"inequivalent arg 'x-max-priority' for queue '(?P<queue>.*)' in vhost .*"
+    r"received (?:none|(?:the value )?'(?P<declared>\d+)'.*?) but current is "
+    r"(?:none|(?:the value )?'(?P<current>\d+)')",
+    re.DOTALL,
+)
+
+
+def _priorityAdvice(said: str, consumeFrom: str | None) -> str | None:
+    """
+    What to do about the outbox (C{consumeFrom}) when it exists with another
+    C{x-max-priority} than mqtwist declares (C{--max-priority}), or C{None}
+    when the broker's C{said} is about something else.
+    """
+    match = _PRIORITY_MISMATCH.search(said)
+    if match is None or match["queue"] != consumeFrom:
+        return None
+    queue = match["queue"]
+    current = match["current"]
+    declared = match["declared"]
+    has = f"x-max-priority {current}" if current else "no x-max-priority (an ordinary queue)"
+    wants = f"x-max-priority {declared}" if declared else "none"
+    return (
+        f"the outbox {queue!r} exists with {has}, and mqtwist declares it with {wants} "
+        f"(--max-priority {declared or 0}); RabbitMQ cannot change the priorities of "
+        f"an existing queue, not even by a policy. Either start mqtwist with "
+        f"--max-priority {current or 0} to use the queue as it is, or, to "
+        f"{'make it a priority queue' if declared else 'change it'}, stop what publishes "
+        f"to it, move its messages to another queue (a shovel), delete it, start "
+        f"mqtwist, which declares it anew, and move the messages back"
     )
 
 
@@ -744,8 +788,9 @@ _CHANNEL_ADVICE: dict[int | None, str] = {
     405: "another connection holds the queue exclusively: stop that consumer",
     406: (
         "a queue exists with other arguments or properties than mqtwist "
-        "declares (durable classic queues; the delay queues with their TTL "
-        "and dead-letter route): move its messages elsewhere and delete it, "
+        "declares (durable classic queues; the outbox with x-max-priority when "
+        "--max-priority is set; the delay queues with their TTL and dead-letter "
+        "route): move its messages elsewhere and delete it, "
         "so that mqtwist declares it, or give mqtwist other queue names"
     ),
     None: "fix what the broker names; if it is not clear, look in the broker's log",

@@ -99,6 +99,11 @@ def _niceness(value: int) -> None:
         raise ValueError(f"{value} is not a niceness; give -20 (first) to 19 (last)")
 
 
+def _maxPriority(value: int) -> None:
+    if not 0 <= value <= 255:
+        raise ValueError(f"{value} is not a priority; give 0 (no priority queue) or 1-255 (10 at most is advised)")
+
+
 def _notEmpty(value: str) -> None:
     if not value:
         raise ValueError("it is empty; give a name")
@@ -177,6 +182,15 @@ class Config:
     )
 
     outbox: str = setting("outbox", help="queue that delivery jobs are taken from", check=_notEmpty)
+    maxPriority: int = setting(
+        0,
+        help="highest priority of the outbox, declared as a RabbitMQ priority queue "
+        "(x-max-priority) when 1-255; RabbitMQ recommends 10 at most, as every level costs "
+        "memory and CPU (0: an ordinary queue); a job's 'priority' is also the AMQP priority "
+        "of every copy mqtwist puts back in the outbox; an existing outbox must have the same "
+        "x-max-priority, which RabbitMQ cannot change",
+        check=_maxPriority,
+    )
     results: str = setting("results", help="queue that receives every final result (empty: none)")
     success: str = setting(
         "success", help="queue that receives the results of delivered messages (empty: none)"

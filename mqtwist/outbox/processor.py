@@ -291,7 +291,7 @@ class OutboxProcessor:
         )
         headers = {"x-mqtwist-reason": reason, "x-mqtwist-outbox": self.config.outbox}
         try:
-            copied = self.publisher.publish(queue, delivery.body, headers=headers)
+            copied = self.publisher.publish(queue, delivery.body, priority=delivery.priority, headers=headers)
         except Exception as e:
             copied = fail(e)
         return copied.addCallbacks(
@@ -533,10 +533,16 @@ class OutboxProcessor:
         priority: int | None,
     ) -> Deferred[None]:
         """
+        @param priority: the AMQP priority of the publications: the job's
+            C{priority}; C{None} for the one the outbox message came with
+            (none, or the sender's), so that a job keeps its place in a
+            priority outbox however it comes back to it.
         @return: a Deferred firing once every publication is confirmed and
             the outbox message acknowledged, or, when one is not, once the
             message went back to the outbox.
         """
+        if priority is None:
+            priority = delivery.priority
         if not delivery.current:
             # the broker already took the message back and hands it out again
             self.log.info(
