@@ -8,10 +8,13 @@ C{nameServer} fixture, L{fixtures_dkim}).
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from perlmodules import needsPerl
@@ -24,6 +27,17 @@ needsMailDKIM = needsPerl("Mail::DKIM::Verifier", "Net::DNS::Resolver", package=
 # mailauth (npm) verifies Ed25519 too; it is looked for in NODE_PATH, else
 # in .state/node (npm install --prefix .state/node mailauth)
 NODE_PATH = os.environ.get("NODE_PATH") or str(HERE.parent / ".state" / "node" / "node_modules")
+
+needsMailauth = pytest.mark.skipif(
+    shutil.which("node") is None
+    or subprocess.run(
+        ["node", "-e", "require('mailauth/lib/dkim/verify')"],
+        capture_output=True,
+        env={**os.environ, "NODE_PATH": NODE_PATH},
+    ).returncode
+    != 0,
+    reason="needs node and mailauth: npm install --prefix .state/node mailauth",
+)
 
 
 def pem(key: Any) -> str:
@@ -54,6 +68,29 @@ async def verify(port: int, message: bytes, verifier: str = "perl") -> list[list
         f.flush()
         out, err, code = await getProcessOutputAndValue(
             verifier, [str(script), str(port), f.name], env={**os.environ, "NODE_PATH": NODE_PATH}
+        )
+    assert code == 0, err
+    return [line.split(" ") for line in out.decode().splitlines()]
+
+
+async def verifyARC(port: int, message: bytes, verifier: str = "node") -> list[list[str]]:
+    """
+    The verdict of mailauth (C{verifier="node"}) on the ARC chain of
+    C{message}: C{["arc", result, instance]}, then C{["comment", ...]} when
+    there is one, C{["aar", authserv-id, arc result]} from the last
+    ARC-Authentication-Results and C{["ams", result, domain, selector]} for
+    the last ARC-Message-Signature (see tests/arcverify.mjs); or of
+    Mail::DKIM's ARC::Verifier (C{"perl"}): C{["arc", result]} then
+    C{["detail", text]} (tests/arcverify.pl).
+    """
+    script = HERE / ("arcverify.pl" if verifier == "perl" else "arcverify.mjs")
+    with tempfile.NamedTemporaryFile(suffix=".eml") as f:
+        f.write(message)
+        f.flush()
+        out, err, code = await getProcessOutputAndValue(
+            verifier,
+            [str(script), str(port), f.name],
+            env={**os.environ, "NODE_PATH": NODE_PATH},
         )
     assert code == 0, err
     return [line.split(" ") for line in out.decode().splitlines()]

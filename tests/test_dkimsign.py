@@ -1,16 +1,16 @@
 """
 Tests for L{mqtwist.content.dkimsign}: signatures checked by Perl's Mail::DKIM
 (independent of dkimpy) against public keys served by a name server on
-loopback; keys from messages and from configuration; bad keys, domains and
-options refused without quoting the key.
+loopback, ARC chains by mailauth and by Mail::DKIM's ARC verifier; keys from
+messages and from configuration; MailerQ's extra C{headers}, C{report}
+(C{r=y}) and C{protocols}; bad keys, domains and options refused without
+quoting the key, unknown keys kept.
 """
 
 from __future__ import annotations
 
 import base64
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,28 +20,20 @@ import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from fixtures_dkim import KeyRecords
-from helpers_dkim import NODE_PATH, RSA_KEY, needsMailDKIM, pem, rsaKey, verify
+from helpers_dkim import RSA_KEY, needsMailauth, needsMailDKIM, pem, rsaKey, verify, verifyARC
 from twisted.internet import reactor
 
+from mqtwist.config import DKIMKeyRule
 from mqtwist.content.dkimsign import DKIMKeys, parseDKIM, sign, signInThread, withoutKeys
 from mqtwist.content.mime import buildMime
 from mqtwist.errors import InvalidMessage
 
 NOW = 1_700_000_000.0
 
-_mailauthMissing = (
-    shutil.which("node") is None
-    or subprocess.run(
-        ["node", "-e", "require('mailauth/lib/dkim/verify')"],
-        capture_output=True,
-        env={**os.environ, "NODE_PATH": NODE_PATH},
-    ).returncode
-    != 0
-)
-needsMailauth = pytest.mark.skipif(
-    _mailauthMissing,
-    reason="needs node and mailauth: npm install --prefix .state/node mailauth",
-)
+
+_mailDKIMMissing = subprocess.run(
+    ["perl", "-MMail::DKIM::ARC::Verifier", "-MNet::DNS::Resolver", "-e", "1"], capture_output=True
+).returncode != 0
 
 
 RSA_KEY_2 = rsaKey()
@@ -168,7 +160,9 @@ async def test_headersAndExpireAndConfiguredKey(
 ) -> None:
     """
     A key from configuration (a key file), the message naming only the
-    domain; chosen headers; an expiry C{x=}.
+    domain; extra headers, signed besides the usual set (From and Subject
+    are in it, X-Campaign is not, Feedback-ID is absent: its absence is
+    signed); an expiry C{x=}.
     """
     records, port = nameServer
     records.publish("conf", "example.com", RSA_KEY)
@@ -176,17 +170,55 @@ async def test_headersAndExpireAndConfiguredKey(
     keyfile.write_text(pem(RSA_KEY))
     keys = DKIMKeys({"example.com": {"selector": "conf", "keyfile": str(keyfile)}})
     specs = parseDKIM(
-        {"domain": "Example.COM", "headers": ["From", "Subject", "From"], "expire": 86400},
+        {"domain": "Example.COM", "headers": ["From", "Subject", "X-Campaign", "Feedback-ID"],
+         "expire": 86400},
         keys,
     )
     now = 4_000_000_000.0  # Mail::DKIM compares x= with the real clock
-    signed = sign(message(), specs, now=now)
+    plain = b"X-Campaign: c1\r\n" + message()
+    signed = sign(plain, specs, now=now)
     unfolded = signatureField(signed)
     assert b" s=conf;" in unfolded and b" d=example.com;" in unfolded
-    assert b" h=from:subject:from;" in unfolded
+    default = signatureField(sign(plain, parseDKIM({"domain": "example.com"}, keys), now=now))
+    usual = re.search(rb" h=([^;]*):from;", default).group(1)
+    assert {b"from", b"to", b"subject", b"date", b"message-id"} <= set(usual.split(b":"))
+    assert b" h=" + usual + b":x-campaign:feedback-id:from;" in unfolded
     assert b" t=4000000000; x=4000086400;" in unfolded
     verdicts = await verify(port, signed)
     assert verdicts[0][:4] == ["pass", "example.com", "conf", "rsa-sha256"]
+    # X-Campaign and Feedback-ID are signed: changing one, or adding the
+    # other, breaks the signature
+    changed = signed.replace(b"X-Campaign: c1", b"X-Campaign: c2")
+    assert (await verify(port, changed))[0][0] == "fail"
+    added = signed.replace(b"X-Campaign: c1", b"X-Campaign: c1\r\nFeedback-ID: 1:2:3")
+    assert (await verify(port, added))[0][0] == "fail"
+
+
+@needsMailDKIM
+@pytest_twisted.ensureDeferred
+async def test_reportAsksForReports(nameServer: tuple[KeyRecords, int]) -> None:
+    """
+    C{report: true} puts C{r=y} (RFC 6651) in the signature, which still
+    verifies; without it (or with C{false}) there is no C{r=} tag.
+    """
+    records, port = nameServer
+    records.publish("s", "example.com", RSA_KEY)
+    base = {"domain": "example.com", "selector": "s", "key": pem(RSA_KEY)}
+    signed = sign(message(), parseDKIM({**base, "report": True}, KEYS), now=NOW)
+    assert _tags(signatureField(signed))["r"] == "y"
+    assert (await verify(port, signed))[0][:4] == ["pass", "example.com", "s", "rsa-sha256"]
+    for options in ({}, {"report": False}):
+        plain = sign(message(), parseDKIM({**base, **options}, KEYS), now=NOW)
+        assert "r" not in _tags(signatureField(plain))
+
+
+def _tags(field: bytes) -> dict[str, str]:
+    """
+    The tags of an unfolded DKIM-Signature field, by name (RFC 6376 3.2).
+    """
+    value = field.split(b":", 1)[1].decode("ascii")
+    pairs = [t.split("=", 1) for t in value.split(";") if t.strip()]
+    return {name.strip(): "".join(v.split()) for name, v in pairs}
 
 
 @needsMailDKIM
@@ -311,8 +343,8 @@ ENCRYPTED = RSA_KEY.private_bytes(
         ({"domain": "example.com", "selector": "s", "key": SMALL_RSA}, "dkim.key"),
         ({"domain": "example.com", "selector": "s", "key": EC_KEY}, "dkim.key"),
         ({"domain": "example.com", "selector": "s", "key": ENCRYPTED}, "dkim.key"),
-        ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY), "headers": ["To"]},
-         "From"),
+        ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY), "headers": "X-A"},
+         "dkim.headers"),
         ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY),
           "headers": ["From", "Received"]}, "Received"),
         ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY),
@@ -323,8 +355,18 @@ ENCRYPTED = RSA_KEY.private_bytes(
          "dkim.expire"),
         ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY), "expire": "tomorrow"},
          "dkim.expire"),
-        ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY), "algorithm": "rsa"},
-         "'algorithm'"),
+        ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY), "report": "yes"},
+         "dkim.report"),
+        ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY), "report": 1},
+         "dkim.report"),
+        ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY), "protocols": "arc"},
+         "dkim.protocols"),
+        ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY), "protocols": []},
+         "dkim.protocols"),
+        ({"domain": "example.com", "selector": "s", "key": pem(RSA_KEY),
+          "protocols": ["dkim", "bimi"]}, "dkim.protocols"),
+        ({"domain": "example.com", "selector": "s", "key": pem(ED_KEY), "protocols": ["arc"]},
+         "RSA keys only"),
         ([{"domain": "example.com", "selector": "s", "key": pem(RSA_KEY)}, {"domain": "x"}],
          "dkim[1].domain"),
     ],
@@ -363,3 +405,153 @@ def test_withoutKeys() -> None:
     assert withoutKeys({"domain": "a.example", "key": "PEM"}) == {"domain": "a.example"}
     assert value[0]["key"] == "PEM"  # the message itself is not changed
     assert withoutKeys("nonsense") == "nonsense"
+
+
+def test_unknownKeysKept() -> None:
+    """
+    Keys a C{dkim} object may have that mean nothing to mqtwist do not
+    refuse the job; they stay in the object that goes to results, without
+    the private key.
+    """
+    value = {"domain": "example.com", "selector": "s", "key": pem(RSA_KEY),
+             "algorithm": "rsa", "x-note": {"a": [1]}}
+    specs = parseDKIM(value, KEYS)
+    assert [(s.domain, s.selector, s.dkim, s.arc) for s in specs] == [
+        ("example.com", "s", True, False)
+    ]
+    assert withoutKeys(value) == {"domain": "example.com", "selector": "s",
+                                  "algorithm": "rsa", "x-note": {"a": [1]}}
+    assert withoutKeys([value]) == [withoutKeys(value)]
+
+
+def test_protocolsParsed(tmp_path: Path) -> None:
+    """
+    C{protocols} of the message, else of the configured key, else DKIM
+    only; a key given in the message does not take the configured one's.
+    """
+    keyfile = tmp_path / "k.pem"
+    keyfile.write_text(pem(RSA_KEY))
+    keys = DKIMKeys({
+        "example.com": {"selector": "c", "keyfile": str(keyfile), "protocols": ["arc"]},
+        "example.net": {"selector": "c", "keyfile": str(keyfile)},
+    })
+
+    def protocols(value: dict[str, Any]) -> tuple[bool, bool]:
+        (spec,) = parseDKIM(value, keys)
+        return spec.dkim, spec.arc
+
+    assert protocols({"domain": "example.com"}) == (False, True)
+    assert protocols({"domain": "example.com", "protocols": ["DKIM", "arc"]}) == (True, True)
+    assert protocols({"domain": "example.com", "protocols": ["dkim"]}) == (True, False)
+    assert protocols({"domain": "example.com", "selector": "m", "key": pem(RSA_KEY)}) == (True, False)
+    assert protocols({"domain": "example.net"}) == (True, False)
+    # as the service passes a [[dkim-keys]] table's (DKIMKeyRule.protocols)
+    rule = DKIMKeyRule.fromTable(
+        {"domain": "example.org", "selector": "c", "keyfile": str(keyfile), "protocols": ["dkim", "arc"]},
+        "[[dkim-keys]] number 1",
+    )
+    fromRule = DKIMKeys({rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile,
+                                       "protocols": rule.protocols}})
+    (spec,) = parseDKIM({"domain": "example.org"}, fromRule)
+    assert (spec.dkim, spec.arc) == (True, True)
+    with pytest.raises(ValueError, match="protocols"):
+        DKIMKeys({"example.org": {"selector": "c", "keyfile": str(keyfile), "protocols": ["x"]}})
+    edfile = tmp_path / "ed.pem"
+    edfile.write_text(pem(ED_KEY))
+    with pytest.raises(ValueError, match="RSA keys only"):
+        DKIMKeys({"example.org": {"selector": "c", "keyfile": str(edfile), "protocols": ["arc"]}})
+
+
+def test_arcOnlyAndAlreadySealed() -> None:
+    """
+    A key with C{protocols: ["arc"]} adds no DKIM-Signature; a message that
+    already carries ARC fields is not sealed again (mqtwist starts chains,
+    it does not verify others').
+    """
+    specs = parseDKIM(
+        {"domain": "example.com", "selector": "a", "key": pem(RSA_KEY), "protocols": ["arc"]}, KEYS
+    )
+    signed = sign(message(), specs, now=NOW, authservId="mx.example.com")
+    head = signed[: signed.index(b"\r\n\r\n")]
+    assert b"DKIM-Signature:" not in head
+    assert head.startswith(b"ARC-Seal: i=1; cv=none; a=rsa-sha256; d=example.com; s=a;")
+    assert head.count(b"ARC-Message-Signature: i=1;") == 1
+    assert head.count(b"ARC-Authentication-Results: i=1; mx.example.com;") == 1
+    with pytest.raises(InvalidMessage, match="already has ARC fields"):
+        sign(signed, specs, now=NOW, authservId="mx.example.com")
+
+
+@needsMailauth
+@pytest_twisted.ensureDeferred
+async def test_arcVerifiedByMailauth(nameServer: tuple[KeyRecords, int]) -> None:
+    """
+    MailerQ's example: key x for DKIM and ARC, key y for ARC only.  One
+    DKIM-Signature (x, with r=y and the extra header), and a chain of two
+    ARC sets (i=1 by x with cv=none, i=2 by y with cv=pass): mailauth passes
+    the DKIM signature and the whole chain, whose last
+    ARC-Authentication-Results names the EHLO name.  An Authentication-Results
+    field the sender put in the message in mqtwist's name is not copied
+    into the ARC sets.  A changed body fails the chain.
+    """
+    records, port = nameServer
+    records.publish("x", "example.com", RSA_KEY)
+    records.publish("y", "example.com", RSA_KEY_2)
+    specs = parseDKIM(
+        [
+            {"domain": "example.com", "selector": "x", "key": pem(RSA_KEY),
+             "protocols": ["dkim", "arc"], "report": True, "headers": ["X-Campaign"]},
+            {"domain": "example.com", "selector": "y", "key": pem(RSA_KEY_2),
+             "protocols": ["arc"]},
+        ],
+        KEYS,
+    )
+    forged = b"Authentication-Results: mx.example.com; dkim=pass header.d=bank.example\r\n"
+    plain = b"X-Campaign: c1\r\n" + forged + message()
+    signed = await signInThread(reactor, plain, specs, now=NOW, authservId="mx.example.com")
+    head = signed[: signed.index(b"\r\n\r\n")]
+    assert head.count(b"DKIM-Signature:") == 1
+    assert head.count(b"ARC-Seal:") == 2
+    assert b"bank.example" not in head.replace(forged.rstrip(), b"")
+    dkimField = signatureField(signed[signed.index(b"DKIM-Signature:"):])
+    assert _tags(dkimField)["r"] == "y" and _tags(dkimField)["s"] == "x"
+    assert (await verify(port, signed, "node"))[0] == ["pass", "example.com", "x", "rsa-sha256"]
+    assert await verifyARC(port, signed) == [
+        ["arc", "pass", "2"],
+        ["comment", "i=2"],
+        ["aar", "mx.example.com", "pass"],
+        ["ams", "pass", "example.com", "y"],
+    ]
+    tampered = signed.replace(b"Hello\r\nHello", b"Hullo\r\nHello", 1)
+    assert (await verifyARC(port, tampered))[0][:2] == ["arc", "fail"]
+    if not _mailDKIMMissing:
+        # and Mail::DKIM's ARC verifier agrees
+        assert (await verifyARC(port, signed, "perl"))[0] == ["arc", "pass"]
+        assert (await verifyARC(port, tampered, "perl"))[0] == ["arc", "fail"]
+    # one ARC key: one set, cv=none, the EHLO name with arc=none
+    (first,) = parseDKIM(
+        {"domain": "example.com", "selector": "x", "key": pem(RSA_KEY), "protocols": ["arc"]}, KEYS
+    )
+    single = sign(message(), [first], now=NOW, authservId="mx.example.com")
+    if not _mailDKIMMissing:
+        assert (await verifyARC(port, single, "perl"))[0] == ["arc", "pass"]
+    assert await verifyARC(port, single) == [
+        ["arc", "pass", "1"],
+        ["comment", "i=1"],
+        ["aar", "mx.example.com", "none"],
+        ["ams", "pass", "example.com", "x"],
+    ]
+
+
+def test_dkimKeyRuleProtocols() -> None:
+    """
+    A C{[[dkim-keys]]} table may say which protocols its key makes, as a
+    message's C{dkim.protocols}; DKIM only when left out.
+    """
+    where = "[[dkim-keys]] number 1"
+    table = {"domain": "example.org", "selector": "s", "keyfile": "/k.pem"}
+    assert DKIMKeyRule.fromTable(table, where).protocols == ("dkim",)
+    rule = DKIMKeyRule.fromTable({**table, "protocols": ["dkim", "arc"]}, where)
+    assert rule.protocols == ("dkim", "arc")
+    for bad in ("arc", [], ["dkim", "spf"], [1]):
+        with pytest.raises(ValueError, match=r"number 1: 'protocols' is .*\"dkim\" and/or \"arc\""):
+            DKIMKeyRule.fromTable({**table, "protocols": bad}, where)

@@ -473,8 +473,12 @@ WRONG: dict[str, st.SearchStrategy[Any]] = {
     ),
     "dkim": st.one_of(
         st.just([]), st.booleans(), st.integers(), floats, cleanText, st.just({}),
-        st.builds(lambda k: {"domain": "example.com", k: 1}, st.text(cleanChar, min_size=1, max_size=8).filter(
-            lambda k: k not in ("domain", "selector", "key", "headers", "canonicalization", "expire"))),
+        # a key that means nothing is kept, a bad value beside it is not
+        st.builds(lambda k, v: {"domain": "example.com", k: 1, "report": v}, st.text(cleanChar, min_size=1, max_size=8).filter(
+            lambda k: k not in ("domain", "selector", "key", "headers", "canonicalization", "expire", "report", "protocols")),
+            st.one_of(st.integers(), cleanText, lists, dicts)),
+        st.builds(lambda v: {"domain": "example.com", "protocols": v},
+                  st.one_of(st.just([]), st.integers(), cleanText, st.lists(cleanText.filter(lambda t: t.lower() not in ("dkim", "arc")), min_size=1, max_size=2))),
         st.just({"domain": "example.com"}),
         st.builds(lambda d: {"domain": d}, st.one_of(st.none(), nonStr, withControl, st.just(""))),
         st.just({"domain": "example.com", "selector": "s", "key": 5}),

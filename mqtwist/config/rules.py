@@ -168,8 +168,14 @@ class DKIMKeyRule:
     selector: str
     #: path of the PEM private key (RSA or Ed25519), read at start
     keyfile: str
+    #: what the key makes, as a message's C{dkim.protocols}: C{("dkim",)}
+    #: (the default), C{("dkim", "arc")} or C{("arc",)}; a message's own
+    #: C{protocols} wins
+    protocols: tuple[str, ...] = ("dkim",)
 
-    KEYS = ("domain", "selector", "keyfile")
+    KEYS = ("domain", "selector", "keyfile", "protocols")
+    REQUIRED = ("domain", "selector", "keyfile")
+    PROTOCOLS = ("dkim", "arc")
 
     @classmethod
     def fromTable(cls, table: Mapping[str, Any], where: str) -> DKIMKeyRule:
@@ -179,11 +185,22 @@ class DKIMKeyRule:
         @raise ValueError: naming C{where} and the missing or wrong key.
         """
         _checkKeys(table, cls.KEYS, where)
-        values = [_tableValue(table, key, str, "a string", where) for key in cls.KEYS]
-        for key, value in zip(cls.KEYS, values):
+        values = [_tableValue(table, key, str, "a string", where) for key in cls.REQUIRED]
+        for key, value in zip(cls.REQUIRED, values):
             if not value:
                 raise ValueError(f"{where}: {key!r} is missing; give domain, selector and keyfile")
-        return cls(*values)
+        protocols = table.get("protocols", ["dkim"])
+        if (
+            not isinstance(protocols, list)
+            or not protocols
+            or not all(isinstance(p, str) and p.lower() in cls.PROTOCOLS for p in protocols)
+        ):
+            raise ValueError(
+                f'{where}: \'protocols\' is {protocols!r}; give a list of "dkim" and/or "arc", '
+                f'e.g. ["dkim", "arc"]'
+            )
+        domain, selector, keyfile = values
+        return cls(domain, selector, keyfile, tuple(dict.fromkeys(p.lower() for p in protocols)))
 
 
 @dataclass(frozen=True)

@@ -390,7 +390,7 @@ class Message:
             checkHeaderEdits(obj["headers"])
             message.headerEdits = obj["headers"]
         if obj.get("dkim") is not None:
-            message.dkim = parseDKIM(obj["dkim"], settings.dkimKeys)
+            message.dkim = parseDKIM(obj["dkim"], settings.dkimKeys, authservId=settings.hostname)
         return message
 
     def queueFor(self, kind: str, default: str) -> str | None:
