@@ -343,6 +343,9 @@ async def test_what_stopping_cannot_finish_goes_back_to_the_outbox(rabbitmq, amq
     events = await stopLogging(service)
     assert not [e for e in events if e.get("log_failure") is not None]
     assert any("stopped unfinished" in e.get("log_format", "") for e in events)
+    # the plugin run was cancelled with the delivery: none goes on (a run
+    # left behind timed out 60 s later, in another test's log, and ran again)
+    assert [d.called for d in gate.waiting] == [True]
     assert smtpServer.messages == []
     assert await amqp.count(queues["results"]) == 0
     (again,) = await amqp.collect(queues["outbox"], 1)

@@ -197,9 +197,10 @@ async def _checkEnvelope(mailReply: Deferred[Reply], rcptReply: Deferred[Reply])
 def _unlessEnvelopeFails(body: Deferred[bytes], envelope: Deferred[None]) -> Deferred[bytes]:
     """
     The body from the plugins, or the envelope's failure as soon as there is
-    one (which cancels the plugins still running).
+    one (which cancels the plugins still running).  Cancelling it cancels
+    the plugins too: a stopped delivery leaves no plugin run behind.
     """
-    result: Deferred[bytes] = Deferred()
+    result: Deferred[bytes] = Deferred(lambda _: body.cancel())
 
     def bodyDone(outcome: bytes | Failure) -> None:
         if result.called:
@@ -281,6 +282,12 @@ async def sendMessage(
         midTransaction = await _abandon(client, body, envelope, dataReply)
         untouched = failure.state == "mailfrom" and failure.result == "lost"
         raise TransactionFailed(failure, midTransaction=midTransaction, untouched=untouched) from None
+    except CancelledError:
+        # the delivery was stopped: no one waits for the envelope's replies
+        envelope.addErrback(lambda _: None)
+        if dataReply is not None:
+            dataReply.addErrback(lambda _: None)
+        raise
     # a signed message comes back with CRLF line endings only
     finalReply = client.sendBody(encodedBody, crlf=bool(message.dkim))
     if bodySent is not None:
