@@ -154,7 +154,10 @@ class MailerService(MultiService):
                 [config.outbox, config.deadLetterQueue] + [queue.name for queue in self.schedule.delayQueues()]
             ),
             dkimKeys=DKIMKeys(
-                {rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile} for rule in config.dkimKeys},
+                {
+                    rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile, "protocols": rule.protocols}
+                    for rule in config.dkimKeys
+                },
                 cacheSize=config.dkimKeyCache,
             ),
         )

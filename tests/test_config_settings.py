@@ -42,3 +42,26 @@ def test_a_value_changed_later_is_refused_by_the_service() -> None:
     config.prefetch = 0
     with pytest.raises(ValueError, match=r"^setting prefetch \(--prefetch\): 0 is too small"):
         MailerService(config, plugins=[])
+
+
+def test_dkim_key_protocols_reach_the_service(tmp_path) -> None:
+    """
+    A C{[[dkim-keys]]} rule's C{protocols} is what the service signs with
+    for a job that names only the domain.
+    """
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from mqtwist.config import DKIMKeyRule
+
+    keyfile = tmp_path / "example.org.pem"
+    keyfile.write_bytes(
+        rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    rule = DKIMKeyRule("example.org", "s1", str(keyfile), protocols=("dkim", "arc"))
+    config = Config(ehloName="x", amqp="amqp://guest:guest@127.0.0.1:5672/", dkimKeys=[rule])
+    service = MailerService(config, plugins=[])
+    configured = service.parseSettings.dkimKeys.configured("example.org")
+    assert configured is not None and configured.protocols == (True, True)
