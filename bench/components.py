@@ -13,6 +13,7 @@ import os
 import shutil
 import socket
 import sys
+import tempfile
 from typing import Any
 
 from twisted.internet import defer, error, protocol, task
@@ -31,6 +32,16 @@ POSTFIX_INSTALL = (
 
 class BenchError(Exception):
     """A benchmark step could not be done; the message says which and why."""
+
+
+def workDirectory(prefix: str) -> str:
+    """
+    A new temporary directory for one invocation's files, which the private
+    RabbitMQ node can enter (it runs as user rabbitmq when we are root).
+    """
+    directory = tempfile.mkdtemp(prefix=prefix)
+    os.chmod(directory, 0o755)
+    return directory
 
 
 def freePort() -> int:

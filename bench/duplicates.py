@@ -24,7 +24,6 @@ import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -33,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import report  # noqa: E402
 from broker import BenchBroker  # noqa: E402
-from components import REPOSITORY, BenchError, Program, twistdEnvironment  # noqa: E402
+from components import REPOSITORY, BenchError, Program, twistdEnvironment, workDirectory  # noqa: E402
 from twisted.internet import defer, endpoints, protocol, task  # noqa: E402
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
 from twisted.mail import smtp  # noqa: E402
@@ -177,9 +176,7 @@ class Bench:
     def __init__(self, reactor: Any, options: argparse.Namespace) -> None:
         self.reactor = reactor
         self.options = options
-        self.directory = tempfile.mkdtemp(prefix="mqtwist-duplicates-")
-        # the RabbitMQ node runs as user rabbitmq when we are root
-        os.chmod(self.directory, 0o755)
+        self.directory = workDirectory("mqtwist-duplicates-")
         self.node = LocalRabbitMQ(os.path.join(self.directory, "rabbitmq"), reactor=reactor)
         self.sink = CountingSink(reactor)
         self.broker: BenchBroker | None = None

@@ -19,7 +19,6 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 import uuid
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -43,6 +42,7 @@ from components import (  # noqa: E402
     requireProgram,
     twistdArgv,
     twistdEnvironment,
+    workDirectory,
 )
 from twisted.internet import defer, task, threads  # noqa: E402
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
@@ -129,9 +129,7 @@ class Bench:
     def __init__(self, reactor: Any, options: argparse.Namespace) -> None:
         self.reactor = reactor
         self.options = options
-        self.directory = tempfile.mkdtemp(prefix="mqtwist-bench-")
-        # the RabbitMQ node runs as user rabbitmq when we are root
-        os.chmod(self.directory, 0o755)
+        self.directory = workDirectory("mqtwist-bench-")
         self.node = LocalRabbitMQ(os.path.join(self.directory, "rabbitmq"), reactor=reactor)
         self.stoppable: list[Any] = []
         self.runs: list[Run] = []

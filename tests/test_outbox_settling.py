@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
+from helpers_outbox import FakeDelivery
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.logger import capturedLogs, formatEvent
@@ -24,24 +25,6 @@ from mqtwist.content.message import Message, ParseSettings, ResultEntry
 from mqtwist.outbox.journal import DeliveryJournal
 from mqtwist.outbox.processor import OutboxProcessor
 from mqtwist.outbox.schedule import RetrySchedule
-
-
-class FakeDelivery:
-    def __init__(self, body: bytes, *, redelivered: bool = False) -> None:
-        self.body = body
-        self.current = True
-        self.redelivered = redelivered
-        self.priority: int | None = None
-        self.settled: str | None = None
-
-    def ack(self) -> None:
-        self.settled = "ack"
-
-    def release(self) -> None:
-        self.settled = "release"
-
-    def reject(self) -> None:
-        self.settled = "reject"
 
 
 class Publisher:

@@ -7,6 +7,7 @@ import json
 import pytest_twisted
 from fixtures_smtp import unusedPort
 from helpers_endtoend import makeConfig, publishAll, running
+from helpers_outbox import FakeDelivery
 from twisted.internet import reactor
 from twisted.logger import formatEvent
 
@@ -142,24 +143,6 @@ async def test_expiry_gives_process_timeout_on_failure(rabbitmq, amqp, smtpServe
     assert description.endswith(f"; the last attempt: connect/error {failure['results'][-2]['description']}")
 
 
-class _FakeDelivery:
-    def __init__(self, body: bytes) -> None:
-        self.body = body
-        self.current = True
-        self.redelivered = False
-        self.priority: int | None = None
-        self.settled: str | None = None
-
-    def ack(self) -> None:
-        self.settled = "ack"
-
-    def release(self) -> None:
-        self.settled = "release"
-
-    def reject(self) -> None:
-        self.settled = "reject"
-
-
 def test_a_message_deferred_again_and_again_expires_on_time():
     """
     Deferrals in a row share one result entry, stamped with the latest;
@@ -196,7 +179,7 @@ def test_a_message_deferred_again_and_again_expires_on_time():
     body = json.dumps({"recipient": "a@example.com", "mime": "x"}).encode()
     for _ in range(100):
         published.clear()
-        processor.handle(_FakeDelivery(body))
+        processor.handle(FakeDelivery(body))
         ((queue, body), *rest) = published
         if queue != "outbox.delay.900s" and not queue.startswith("outbox.delay."):
             break
@@ -239,7 +222,7 @@ def test_a_publish_that_raises_gives_the_message_back():
     processor = OutboxProcessor(
         config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x"), DeliveryJournal(None, 100)
     )
-    delivery = _FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode())
+    delivery = FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode())
     processor.handle(delivery)
     assert delivery.settled == "release"
     first.errback(RuntimeError("nack"))  # handled: no unhandled error in the log
@@ -270,7 +253,7 @@ def test_a_results_entry_that_is_not_an_object_is_refused_and_acknowledged():
         Config(ehloName="x", smarthost="127.0.0.1:2525"), accepted, Publisher(),
         RetrySchedule("outbox", [1], [1], 60), Clock(), ParseSettings(hostname="x"), DeliveryJournal(None, 100),
     )
-    delivery = _FakeDelivery(json.dumps({"id": "p", "recipient": "a@example.com", "mime": "x", "results": [None]}).encode())
+    delivery = FakeDelivery(json.dumps({"id": "p", "recipient": "a@example.com", "mime": "x", "results": [None]}).encode())
     processor.handle(delivery)
     assert delivery.settled == "ack"
     assert [queue for queue, _ in published] == ["results", "failure"]
@@ -310,7 +293,7 @@ def test_nextattempt_is_the_time_the_message_comes_back_and_final_results_have_n
         Config(ehloName="x", smarthost="127.0.0.1:2525"), lambda message: succeed(outcomes.pop(0)), Publisher(),
         RetrySchedule("outbox", [1, 5, 10, 30, 60], [11], 3600), clock, ParseSettings(hostname="x"), DeliveryJournal(None, 100),
     )
-    processor.handle(_FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode()))
+    processor.handle(FakeDelivery(json.dumps({"recipient": "a@example.com", "mime": "x"}).encode()))
     queues = {queue: json.loads(body) for queue, body in published}
     assert set(queues) == {"outbox.delay.30s", "retry"}
     # retries [11] go to the 30 s queue: back in 30 s, not 11
@@ -318,7 +301,7 @@ def test_nextattempt_is_the_time_the_message_comes_back_and_final_results_have_n
     assert queues["retry"]["nextattempt"] == queues["outbox.delay.30s"]["nextattempt"]
     published.clear()
     clock.advance(30)
-    processor.handle(_FakeDelivery(json.dumps(queues["outbox.delay.30s"]).encode()))
+    processor.handle(FakeDelivery(json.dumps(queues["outbox.delay.30s"]).encode()))
     final = {queue: json.loads(body) for queue, body in published}
     assert set(final) == {"results", "success"}
     assert "nextattempt" not in final["success"] and "nextattempt" not in final["results"]
@@ -351,7 +334,7 @@ def test_stopping_while_results_await_their_confirms_says_so():
         processor = OutboxProcessor(
             config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x"), DeliveryJournal(None, 100)
         )
-        delivery = _FakeDelivery(json.dumps({"id": "m1", "recipient": "a@example.com", "mime": "x"}).encode())
+        delivery = FakeDelivery(json.dumps({"id": "m1", "recipient": "a@example.com", "mime": "x"}).encode())
         with capturedLogs() as events:
             processor.handle(delivery)
             drained = processor.drain(5)
@@ -393,7 +376,7 @@ def test_results_left_unconfirmed_together_are_logged_together():
         config, accepted, Publisher(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x"), DeliveryJournal(None, 100)
     )
     deliveries = [
-        _FakeDelivery(json.dumps({"id": f"m{n}", "recipient": "a@example.com", "mime": "x"}).encode())
+        FakeDelivery(json.dumps({"id": f"m{n}", "recipient": "a@example.com", "mime": "x"}).encode())
         for n in range(5)
     ]
     with capturedLogs() as events:
