@@ -47,6 +47,7 @@ from mqtwist.outbox.schedule import RetrySchedule
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.tls import TLSSettings
+from mqtwist.validation import canonicalIP
 
 #: What to do when the private RabbitMQ node fails, by the type of its error
 #: (whose message says what happened).
@@ -153,6 +154,8 @@ class MailerService(MultiService):
             reservedQueues=frozenset(
                 [config.outbox, config.deadLetterQueue] + [queue.name for queue in self.schedule.delayQueues()]
             ),
+            pools={pool.name: pool.ips for pool in config.pools},
+            defaultIps=tuple(canonicalIP(ip) for ip in config.defaultIps),
             dkimKeys=DKIMKeys(
                 {
                     rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile, "protocols": rule.protocols}

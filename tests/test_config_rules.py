@@ -7,6 +7,7 @@ names the file, the rule, the key, the value and what to give.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -188,3 +189,22 @@ def test_ip_rules_and_message_addresses_meet_in_canonical_form():
     policy = DeliveryPolicy(Config(ehloName="x", throttles=[rule]), None, lambda destination: 0)
     route = Route(Destination((("192.0.2.9", 25),), message.ips[0]), "b.test", ("mx.b.test",), "b.test")
     assert policy.destinationOf(route) == ("domain * from 2001:db8::1", rule)
+
+
+def test_pools_are_read_and_checked(tmp_path) -> None:
+    from mqtwist.config import PoolRule
+
+    path = tmp_path / "pools.toml"
+    path.write_text('[[pools]]\nname = "bulk"\nips = ["192.0.2.10", "2001:DB8::1"]\n')
+    options = Options({})
+    options.parseOptions(["--config", str(path), "--plugins="])
+    assert options.config.pools == [PoolRule("bulk", ("192.0.2.10", "2001:db8::1"))]
+    for table, words in [
+        ('name = "bulk"\nips = []', "'ips' must be a non-empty list"),
+        ('name = "bulk"\nips = ["mx.example.com"]', "'mx.example.com' in 'ips' is no IPv4 or IPv6 address"),
+        ('ips = ["192.0.2.1"]', "'name' is missing or empty"),
+        ('name = "b"\nips = ["192.0.2.1"]\ncolour = "red"', "unknown key 'colour'"),
+    ]:
+        path.write_text("[[pools]]\n" + table + "\n")
+        with pytest.raises(usage.UsageError, match=re.escape(words)):
+            Options({}).parseOptions(["--config", str(path), "--plugins="])

@@ -391,3 +391,25 @@ async def test_long_header_edits_are_applied_off_the_reactor_thread(rabbitmq, am
     data = {m.rcptTos[0]: m.data for m in received}
     assert b"\r\nX-Short: " + b"s" * 20 + b"\r\n" in data["rcpt1@example.com"]
     assert b"\r\nX-Long: " + words.encode() + b"\r\n" in data["rcpt2@example.com"].replace(b"\r\n ", b" ")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_pool_and_the_default_addresses_choose_where_mail_comes_from(rabbitmq, amqp, smtpServer, queues):
+    """
+    A job's C{pool} sends from that pool's addresses, one without C{ips} or
+    C{pool} from C{--default-ips}: the receiving server sees the connection
+    come from them (loopback addresses, which this host has).
+    """
+    from mqtwist.config import PoolRule
+
+    config = makeConfig(
+        rabbitmq, smtpServer, queues, pools=[PoolRule("bulk", ("127.0.0.7",))], defaultIps=["127.0.0.8"]
+    )
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], [job(1, pool="bulk"), job(2)])
+        await amqp.collect(queues["success"], 2)
+        received = await smtpServer.waitForMessages(2)
+    assert {m.rcptTos[0]: m.peer[0] for m in received} == {
+        "rcpt1@example.com": "127.0.0.7",
+        "rcpt2@example.com": "127.0.0.8",
+    }

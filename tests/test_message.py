@@ -301,3 +301,36 @@ def test_a_password_with_a_control_character_is_refused_without_quoting_it():
     with pytest.raises(InvalidMessage) as raised:
         Message.fromObject({"recipient": "a@b.c", "mime": "x", "smarthost": {"hostname": "r.example", "password": "se\x00cret"}})
     assert "se" not in raised.value.description.replace("smarthost.password", "")
+
+
+POOLS = ParseSettings(pools={"bulk": ("192.0.2.10", "192.0.2.11")}, defaultIps=("192.0.2.1",))
+
+
+@pytest.mark.parametrize(
+    "job, ips",
+    [
+        ({"pool": "bulk"}, ["192.0.2.10", "192.0.2.11"]),
+        # as MailerQ documents: ips, more precise, wins over pool
+        ({"pool": "bulk", "ips": ["192.0.2.20"]}, ["192.0.2.20"]),
+        ({"pool": "no-such-pool", "ips": ["192.0.2.20"]}, ["192.0.2.20"]),
+        ({}, ["192.0.2.1"]),
+        ({"ips": []}, []),
+    ],
+)
+def test_a_pool_selects_its_addresses(job, ips):
+    message = Message.fromObject({"recipient": "a@b.c", "mime": "x", **job}, POOLS)
+    assert message.ips == ips
+
+
+@pytest.mark.parametrize(
+    "pool, description",
+    [
+        ("other", "property 'pool' names 'other', which is no [[pools]] table of mqtwist's configuration (bulk); "
+         "give a configured pool, or 'ips'"),
+        (["bulk"], "property 'pool' must be the name of a pool (a string), not a list of 1 item"),
+    ],
+)
+def test_an_unknown_pool_is_invalid(pool, description):
+    with pytest.raises(InvalidMessage) as raised:
+        Message.fromObject({"recipient": "a@b.c", "mime": "x", "pool": pool}, POOLS)
+    assert raised.value.description == description

@@ -86,6 +86,7 @@ SPECIAL_SAMPLES = {
     "amqp": ("amqp://guest:guest@localhost:5672/%2f", "amqp://guest:guest@localhost:5672/%2f"),
     "security": ("verified", "verified"),
     "logLevel": ("debug", "debug"),
+    "defaultIps": ("192.0.2.1,2001:db8::1", ["192.0.2.1", "2001:db8::1"]),
 }
 
 

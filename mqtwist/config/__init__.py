@@ -8,8 +8,8 @@ reads the settings that are TOML tables (C{[[throttles]]}, C{[[backoff]]},
 C{[[dkim-keys]]}).
 """
 
-from mqtwist.config.rules import BackoffRule, DKIMKeyRule, ThrottleRule
+from mqtwist.config.rules import BackoffRule, DKIMKeyRule, PoolRule, ThrottleRule
 from mqtwist.config.settings import Config
 from mqtwist.smtp.timeouts import SMTPTimeouts
 
-__all__ = ["BackoffRule", "Config", "DKIMKeyRule", "SMTPTimeouts", "ThrottleRule"]
+__all__ = ["BackoffRule", "Config", "DKIMKeyRule", "PoolRule", "SMTPTimeouts", "ThrottleRule"]

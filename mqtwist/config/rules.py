@@ -1,7 +1,8 @@
 """
 The settings that are tables of the TOML file only, one class a kind:
-C{[[throttles]]} (L{ThrottleRule}), C{[[dkim-keys]]} (L{DKIMKeyRule}) and
-C{[[backoff]]} (L{BackoffRule}).  Each reads and checks one table.
+C{[[throttles]]} (L{ThrottleRule}), C{[[dkim-keys]]} (L{DKIMKeyRule}),
+C{[[backoff]]} (L{BackoffRule}) and C{[[pools]]} (L{PoolRule}).  Each
+reads and checks one table.
 """
 
 from __future__ import annotations
@@ -270,3 +271,39 @@ class BackoffRule:
                 'while, give action = "pause")'
             )
         return cls(action, seconds, connections=connections, **patterns)
+
+
+@dataclass(frozen=True)
+class PoolRule:
+    """
+    A named set of local addresses (a C{[[pools]]} table in TOML): a message
+    whose C{pool} names it is sent from one of them, as MailerQ's IP pools.
+    """
+
+    name: str
+    #: the addresses, in canonical form (IPv6 lower case, compressed)
+    ips: tuple[str, ...]
+
+    KEYS = ("name", "ips")
+
+    @classmethod
+    def fromTable(cls, table: Mapping[str, Any], where: str) -> PoolRule:
+        """
+        Read one C{[[pools]]} table.
+
+        @raise ValueError: naming C{where}, the key and what is accepted.
+        """
+        _checkKeys(table, cls.KEYS, where)
+        name = _tableValue(table, "name", str, "a string", where)
+        if not name or not name.strip():
+            raise ValueError(f"{where}: 'name' is missing or empty; give the name messages use in 'pool'")
+        ips = table.get("ips")
+        if not isinstance(ips, list) or not ips or not all(isinstance(ip, str) for ip in ips):
+            raise ValueError(f"{where}: 'ips' must be a non-empty list of IPv4 or IPv6 addresses")
+        addresses = []
+        for ip in ips:
+            try:
+                addresses.append(str(ipaddress.ip_address(ip)))
+            except ValueError:
+                raise ValueError(f"{where}: {ip!r} in 'ips' is no IPv4 or IPv6 address") from None
+        return cls(name, tuple(addresses))

@@ -17,13 +17,14 @@ To add a setting: one attribute with L{setting} here, then use it.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import socket
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqtwist.config.rules import BackoffRule, DKIMKeyRule, ThrottleRule
+from mqtwist.config.rules import BackoffRule, DKIMKeyRule, PoolRule, ThrottleRule
 from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.smtp.tls import POLICIES
 
@@ -128,6 +129,14 @@ def _amqpURL(value: str | None) -> None:
 
     if value is not None:
         BrokerURL.parse(value)
+
+
+def _addresses(values: list[str]) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is no IPv4 or IPv6 address") from None
 
 
 def _delays(values: list[int]) -> None:
@@ -332,6 +341,15 @@ class Config:
     downTime: float = setting(300.0, help="seconds a destination stays marked down")
     timeouts: SMTPTimeouts = field(default_factory=SMTPTimeouts)
 
+    pools: list[PoolRule] = tables(
+        PoolRule.fromTable, help="named sets of local addresses that a message's 'pool' selects ([[pools]] tables)"
+    )
+    defaultIps: list[str] = setting(
+        help="comma-separated local addresses to send from when a message gives neither 'ips' nor "
+        "'pool' (empty: the system's choice)",
+        factory=list,
+        check=_addresses,
+    )
     dkimKeys: list[DKIMKeyRule] = tables(
         DKIMKeyRule.fromTable, help="DKIM keys by signing domain ([[dkim-keys]] tables)"
     )

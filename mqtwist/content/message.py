@@ -185,12 +185,18 @@ class ParseSettings:
     @ivar reservedQueues: the queues of mqtwist's own (the outbox, its
         delay queues, the dead-letter queue), which a job's C{queues} may
         not name: a result published there would come back as a job.
+    @ivar pools: the configured C{[[pools]]}.
+    @ivar defaultIps: C{--default-ips}.
     """
 
     hostname: str = "localhost"
     dkimKeys: DKIMKeys = field(default_factory=DKIMKeys)
     limits: JobLimits = field(default_factory=JobLimits)
     reservedQueues: frozenset[str] = frozenset()
+    #: local addresses by pool name, for a message's C{pool}
+    pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    #: local addresses of a message that gives neither C{ips} nor C{pool}
+    defaultIps: tuple[str, ...] = ()
 
 
 @dataclass
@@ -342,6 +348,11 @@ class Message:
             if not all(isinstance(ip, str) for ip in ips):
                 raise InvalidMessage("property 'ips' must be a list of IP address strings")
             message.ips = [checkIP("ips", ip) for ip in ips]
+        elif obj.get("pool") is not None:
+            # as MailerQ: 'ips', more precise, wins over 'pool'
+            message.ips = list(_poolAddresses(obj["pool"], settings.pools))
+        else:
+            message.ips = list(settings.defaultIps)
         if obj.get("smarthost") is not None:
             message.smarthost = Smarthost.fromJSON(obj["smarthost"])
         if obj.get("security") is not None:
@@ -581,6 +592,18 @@ def queueFor(obj: Any, kind: str, default: str, reserved: frozenset[str]) -> str
         if isinstance(name, str) and _queueNameProblem(kind, name, reserved) is None:
             return name
     return default or None
+
+
+def _poolAddresses(name: Any, pools: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    if not isinstance(name, str):
+        raise InvalidMessage(f"property 'pool' must be the name of a pool (a string), not {excerpt(name)}")
+    if name not in pools:
+        known = ", ".join(sorted(pools)[:10]) or "none is configured"
+        raise InvalidMessage(
+            f"property 'pool' names {excerpt(name)}, which is no [[pools]] table of mqtwist's "
+            f"configuration ({known}); give a configured pool, or 'ips'"
+        )
+    return pools[name]
 
 
 def _readMaxDeliverTime(message: Message, value: Any) -> None:
