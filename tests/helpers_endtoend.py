@@ -56,6 +56,12 @@ def job(number: int, **extra: Any) -> bytes:
     return json.dumps(obj).encode()
 
 
+def normalised(body: str) -> bytes:
+    """A body as it must arrive: every line end CRLF, a CRLF at the end."""
+    data = body.encode().replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
+    return data if data.endswith(b"\r\n") else data + b"\r\n"
+
+
 async def publishAll(amqp: Any, queue: str, bodies: list[bytes]) -> None:
     await amqp.declare(queue)
     for body in bodies:

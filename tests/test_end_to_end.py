@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import pytest_twisted
-from helpers_endtoend import decoded, job, makeConfig, publishAll, running, stopLogging
+from helpers_endtoend import decoded, job, makeConfig, normalised, publishAll, running, stopLogging
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
@@ -26,11 +26,6 @@ from mqtwist.service import MailerService
 
 #: messages in the byte-exactness run
 MESSAGES = 1000
-
-
-def normalised(body: str) -> bytes:
-    data = body.encode().replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 @pytest_twisted.ensureDeferred

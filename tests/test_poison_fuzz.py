@@ -129,6 +129,8 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers_endtoend import makeConfig as endToEndConfig
+from helpers_endtoend import normalised
 from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from twisted.internet import reactor
@@ -272,12 +274,6 @@ def _refuse(name: str) -> None:
 def rawKey(data: bytes) -> str:
     """The C{input} of the result of raw data: its text, cut."""
     return data.decode("utf-8", "replace")[: LIMITS.maxString]
-
-
-def normalised(body: str) -> bytes:
-    """A body as it must arrive: every line end CRLF, a CRLF at the end."""
-    data = body.encode().replace(b"\r\n", b"\n").replace(b"\r", b"\n").replace(b"\n", b"\r\n")
-    return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
 def routesElsewhere(body: bytes) -> list[str]:
@@ -856,23 +852,9 @@ def edgesBatch() -> list[Item]:
 # -- the service and the accounting ----------------------------------------------
 
 
-def brokerURL(url: Any) -> str:
-    return f"amqp://{url.username}:{url.password}@{url.host}:{url.port}/"
-
-
 def makeConfig(rabbitmq: Any, server: Any, queues: dict[str, Any], **settings: Any) -> Config:
-    config = Config(
-        amqp=brokerURL(rabbitmq),
-        smarthost=f"{server.host}:{server.port}",
-        ehloName="client.test",
-        delayBuckets=[1],
-        retries=[1],
-        pluginRetryDelay=0.01,
-        **queues,
-    )
-    for key, value in settings.items():
-        setattr(config, key, value)
-    return config
+    # soft failures come back within the test: one second between attempts
+    return endToEndConfig(rabbitmq, server, queues, retries=[1], **settings)
 
 
 async def queueCounts(node: Any, queue: str) -> tuple[int, int]:

@@ -35,6 +35,8 @@ class FakeClient:
         self.rsets: list[Deferred[Reply]] = []
         self._closed: list[Deferred[None]] = []
         self.isClosed = False
+        #: the pool gives back a connection at once when no reply is due
+        self.awaitingReplies = False
 
     def rset(self) -> Deferred[Reply]:
         reply: Deferred[Reply] = Deferred()

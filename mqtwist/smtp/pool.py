@@ -365,7 +365,7 @@ class ConnectionPool:
         elif slots.waiters:
             self.connectionsReused += 1
             slots.waiters.popleft().callback(client)
-        elif getattr(client, "awaitingReplies", False):  # (test doubles may lack it)
+        elif client.awaitingReplies:
             # given back right after its body (PIPELINING): a transaction is
             # still in flight, so no idle timer yet
             slots.inUse.discard(client)
