@@ -12,6 +12,7 @@ callers, but stops nothing: whoever runs it decides.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,6 +25,7 @@ from mqtwist import __version__
 from mqtwist.amqp.client import BrokerClient, QueueSpec
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
+from mqtwist.config.settings import kebab
 from mqtwist.content.dkimsign import DKIMKeys
 from mqtwist.content.joblimits import JobLimits
 from mqtwist.content.message import Message, ParseSettings, ResultEntry
@@ -63,6 +65,21 @@ _NODE_FAILURE_ADVICE: dict[type, str] = {
         "then start mqtwist again; or give the URL of a running broker with --amqp."
     ),
 }
+
+
+#: the settings that L{MailerService.reconfigure} applies while running
+_LIVE_SETTINGS = frozenset({"pools", "defaultIps"})
+
+
+def _sourceAddresses(config: Config) -> dict[str, Any]:
+    """
+    The L{ParseSettings} fields that come from C{config}'s IP pools and
+    default source addresses.
+    """
+    return {
+        "pools": {pool.name: pool.ips for pool in config.pools},
+        "defaultIps": tuple(canonicalIP(ip) for ip in config.defaultIps),
+    }
 
 
 def deliveryEngine(config: Config, plugins: Sequence[IDataPlugin], reactor: Any) -> DeliveryEngine:
@@ -154,8 +171,7 @@ class MailerService(MultiService):
             reservedQueues=frozenset(
                 [config.outbox, config.deadLetterQueue] + [queue.name for queue in self.schedule.delayQueues()]
             ),
-            pools={pool.name: pool.ips for pool in config.pools},
-            defaultIps=tuple(canonicalIP(ip) for ip in config.defaultIps),
+            **_sourceAddresses(config),
             dkimKeys=DKIMKeys(
                 {
                     rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile, "protocols": rule.protocols}
@@ -181,6 +197,34 @@ class MailerService(MultiService):
         self._failureWaiters: list[Deferred[None]] = []
         self._stopping = False
         self._stopped = False
+
+    def reconfigure(self, config: Config) -> list[str]:
+        """
+        Apply a new configuration to the running service, as far as it can
+        change without a restart: the IP pools (C{pools}) and the default
+        source addresses (C{defaultIps}), for the jobs read from now on.
+
+        @return: the option names (C{max-job-bytes}) of the other settings
+            that differ in C{config}, which wait for a restart.
+        @raise ValueError: when C{config} does not pass L{Config.check};
+            nothing is changed then.
+        """
+        config.check()
+        waiting = [
+            kebab(field.name)
+            for field in dataclasses.fields(Config)
+            if field.name not in _LIVE_SETTINGS and getattr(config, field.name) != getattr(self.config, field.name)
+        ]
+        self.config.pools, self.config.defaultIps = config.pools, config.defaultIps
+        self.parseSettings = dataclasses.replace(self.parseSettings, **_sourceAddresses(config))
+        if self.processor is not None:
+            self.processor.parseSettings = self.parseSettings
+        self.log.info(
+            "IP pools now {pools}; default source addresses {defaultIps}",
+            pools={name: list(ips) for name, ips in self.parseSettings.pools.items()},
+            defaultIps=list(self.parseSettings.defaultIps) or "the system's choice",
+        )
+        return waiting
 
     def deliver(self, message: Message) -> Deferred[ResultEntry]:
         """

@@ -121,10 +121,13 @@ def makeService(options: Options) -> IService:
     """
     The service of C{twistd mqtwist}: a L{mqtwist.service.MailerService}
     with the parsed configuration, and a L{LogLevelService} child that
-    keeps events below C{logLevel} from twistd's log.  When the service
+    keeps events below C{logLevel} from twistd's log, and a
+    L{ReloadOnHangup} child that applies the configuration read again on
+    SIGHUP (see L{mqtwist.reload}).  When the service
     cannot work (see L{MailerService.whenFailed}), twistd stops it as on
     SIGTERM and exits with L{mqtwist.twistdexit.FAILURE_EXIT_STATUS}.
     """
+    from mqtwist.reload import ReloadOnHangup
     from mqtwist.service import MailerService
 
     try:
@@ -136,6 +139,9 @@ def makeService(options: Options) -> IService:
     # the level holds until the process ends: the services stopped beside
     # it log as they wind down
     LogLevelService(parseLogLevel(options.config.logLevel), untilExit=True).setServiceParent(service)
+    ReloadOnHangup(
+        service, lambda: configFrom(options, options.environ, options["config"]), service.reactor
+    ).setServiceParent(service)
     service.whenFailed().addErrback(_failed, service.reactor)
     return service
 
