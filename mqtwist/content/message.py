@@ -120,16 +120,13 @@ class DSN:
         """
         Read the C{dsn} property.
 
-        @raise InvalidMessage: when it is not C{{notify?, ret?, orcpt?,
-            envid?}} with values RFC 3461 allows.
+        @raise InvalidMessage: when it is not an object whose C{notify},
+            C{ret}, C{orcpt} and C{envid} have values RFC 3461 allows.
         """
         if not isinstance(value, dict):
             raise InvalidMessage("property 'dsn' must be an object {notify, ret, orcpt, envid}")
-        unknown = sorted(set(value) - {"notify", "ret", "orcpt", "envid"})
-        if unknown:
-            raise InvalidMessage(
-                f"property 'dsn' has unknown key {excerpt(unknown[0])}; use notify, ret, orcpt, envid"
-            )
+        # other keys are the sender's own, as MailerQ has it: they stay in
+        # the job, and so reach its results
         dsn = cls()
         notify = value.get("notify")
         if notify is not None:
@@ -650,9 +647,8 @@ def _readQueues(value: Any, reserved: frozenset[str]) -> None:
         )
     for kind, name in value.items():
         if kind not in QUEUE_KINDS:
-            raise InvalidMessage(
-                f"property 'queues' has unknown key {excerpt(kind)}; use {', '.join(QUEUE_KINDS)}"
-            )
+            # the sender's own key, as in MailerQ: kept, and copied to results
+            continue
         if name is not None and not isinstance(name, str):
             raise InvalidMessage(f"property 'queues.{kind}' must be a queue name or null")
         if name:
