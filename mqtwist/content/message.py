@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -491,15 +492,37 @@ def _finiteFloat(text: str) -> float:
     return number
 
 
+#: a JSON string, or the white space and comma after a value that only
+#: white space separates from the end of its object or array
+_STRING_OR_TRAILING_COMMA = re.compile(r'("(?:[^"\\]|\\.)*")|(?<=[^\s,\[{])(\s*),(?=\s*[}\]])')
+
+
+def _keepStringsDropComma(match: re.Match[str]) -> str:
+    string, space = match.groups()
+    return string if string is not None else space
+
+
 def loadJSON(data: bytes | str) -> Any:
     """
-    Parse strict JSON (RFC 8259): C{NaN}, C{Infinity} and C{-Infinity} are
-    refused like any other text that is not JSON.
+    Parse JSON (RFC 8259), with one leniency: a comma after the last member
+    of an object or array is allowed, since MailerQ's own documentation
+    prints jobs that way.  C{NaN}, C{Infinity} and C{-Infinity} are refused
+    like any other text that is not JSON.
 
     @raise ValueError: when C{data} is not JSON (L{UnicodeDecodeError} when
-        bytes are not UTF-8).
+        bytes are not UTF-8); the error is the strict parser's.
     """
-    return json.loads(data, parse_constant=_refuseConstant, parse_float=_finiteFloat)
+    try:
+        return json.loads(data, parse_constant=_refuseConstant, parse_float=_finiteFloat)
+    except ValueError as strictError:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        lenient = _STRING_OR_TRAILING_COMMA.sub(_keepStringsDropComma, text)
+        if lenient == text:
+            raise
+        try:
+            return json.loads(lenient, parse_constant=_refuseConstant, parse_float=_finiteFloat)
+        except ValueError:
+            raise strictError from None
 
 
 def decodeJSON(data: bytes | str, limits: JobLimits | None = None) -> dict[str, Any]:
