@@ -184,7 +184,9 @@ class Bench:
         started = self.reactor.seconds()
         await publishJobs(
             self.publisher, queue,
-            jobBodies(count, self.options.size, prefix=prefix, dkim=self.dkim),
+            templateBodies(self.options.job_template, count, prefix=prefix, dkim=self.dkim)
+            if self.options.job_template
+            else jobBodies(count, self.options.size, prefix=prefix, dkim=self.dkim),
         )
         return self.reactor.seconds() - started
 
@@ -490,6 +492,22 @@ def makeDKIM(directory: str) -> dict[str, Any]:
     return {"domain": "example.org", "selector": "bench", "key": pem}
 
 
+def templateBodies(path: str, count: int, *, prefix: str, dkim: dict[str, Any] | None) -> Any:
+    """
+    The JSON bodies of C{count} jobs made from the job in the file C{path}:
+    each with an id, envelope and recipient of its own (a personalization
+    template sees them as C{{$recipient}}), and C{dkim} when given.
+    """
+    with open(path, encoding="utf-8") as f:
+        template = json.load(f)
+    for number in range(count):
+        job = dict(template, id=f"{prefix}-{number}", envelope="sender@example.org",
+                   recipient=f"rcpt{number}@example.com")
+        if dkim is not None:
+            job["dkim"] = dkim
+        yield json.dumps(job).encode("utf-8")
+
+
 def parseArguments(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python3 bench/run.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -497,6 +515,10 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--size", type=int, default=5000, help="message size in bytes (default: %(default)s)")
     p.add_argument("--dkim", action="store_true",
                    help="every job asks to be DKIM-signed with a 2048-bit RSA key made for the run")
+    p.add_argument("--job-template", metavar="FILE",
+                   help="a JSON outbox job that every message copies, with an id, envelope and recipient "
+                   "of its own (--size is ignored), e.g. the data + inlinecss job bench/inlinecss.py "
+                   "--write-job writes")
     p.add_argument("--repeat", type=int, default=2, help="runs of each throughput configuration (default: %(default)s)")
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help="comma-separated, from: " + ", ".join(SCENARIOS) + " (default: all)")
@@ -546,7 +568,8 @@ def parseArguments(argv: list[str]) -> argparse.Namespace:
     if len(set(names)) != len(names):
         p.error(f"--compare: each variant needs a name of its own, not {', '.join(names)}")
     if o.name is None:
-        o.name = f"{o.size // 1000}k" + ("-dkim" if o.dkim else "")
+        o.name = (os.path.splitext(os.path.basename(o.job_template))[0] if o.job_template
+                  else f"{o.size // 1000}k") + ("-dkim" if o.dkim else "")
         if o.compare:
             o.name += "-" + "-vs-".join(names)
     return o

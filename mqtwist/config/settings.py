@@ -358,6 +358,12 @@ class Config:
         help="DKIM private keys sent in messages that stay parsed, least recently used dropped "
         "first",
     )
+    contentThreadBytes: int = setting(
+        16 * 1024,
+        help="bytes of mime above which a job's 'data' (personalization) and 'inlinecss' are "
+        "applied in a thread rather than on the reactor thread",
+        check=positive,
+    )
 
     retries: list[int] = setting(
         help="comma-separated seconds between attempts for messages without 'retries'; the "

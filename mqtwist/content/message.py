@@ -206,7 +206,9 @@ class Message:
         (unknown ones included); results are built from it.
     @ivar envelope: the MAIL FROM address, C{""} for the null sender.
     @ivar recipient: the RCPT TO address.
-    @ivar mime: the message to send, as bytes (UTF-8 of the JSON string).
+    @ivar mime: the message to send, as bytes (UTF-8 of the JSON string);
+        personalized (C{data}) and its CSS inlined (C{inlinecss}) before
+        the first attempt, while C{json} keeps the template.
     """
 
     json: dict[str, Any]
@@ -235,6 +237,10 @@ class Message:
     editedMime: bytes | None = None
     #: the DKIM signatures to add after the data plugins ran
     dkim: list[DKIMSpec] = field(default_factory=list)
+    #: the C{data} object: C{mime} is a personalization template
+    data: dict[str, Any] | None = None
+    #: the C{inlinecss} property: CSS rules become style attributes
+    inlinecss: bool = False
 
     @property
     def results(self) -> list[dict[str, Any]]:
@@ -400,6 +406,10 @@ class Message:
             message.headerEdits = obj["headers"]
         if obj.get("dkim") is not None:
             message.dkim = parseDKIM(obj["dkim"], settings.dkimKeys, authservId=settings.hostname)
+        if obj.get("data") is not None:
+            message.data = _expect(obj, "data", (dict,), "an object whose keys are the template's variables")
+        if obj.get("inlinecss") is not None:
+            message.inlinecss = _expect(obj, "inlinecss", (bool,), "true or false")
         return message
 
     def queueFor(self, kind: str, default: str) -> str | None:

@@ -55,6 +55,7 @@ from mqtwist.content.message import (
     rawResultJSON,
     readJob,
 )
+from mqtwist.content.personalize import personalize
 from mqtwist.delivery.engine import ScheduledEntry
 from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.outbox.journal import DeliveryJournal
@@ -88,6 +89,32 @@ _UNREADABLE = "(no id)"
 #: when the message is sent; longer ones are applied in a thread first
 #: (parsing a 1,000-character To value may take 17 ms, 8,000 characters 0.7 s)
 _EDITS_ON_THE_REACTOR = 256
+
+
+
+def _rewritesContent(message: Message) -> bool:
+    """
+    Whether C{message} is to be personalized or have its CSS inlined.
+    """
+    return message.data is not None or message.inlinecss
+
+
+def _rewrittenContent(message: Message) -> bytes:
+    """
+    The message to send for C{message}: its C{data} and C{inlinecss}
+    applied to C{mime}, which the outbox object keeps as it is, so that
+    each attempt starts from the template.
+
+    @raise InvalidMessage: see L{personalize}.
+    """
+    return personalize(
+        message.mime,
+        message.data,
+        inlinecss=message.inlinecss,
+        recipient=message.recipient,
+        envelope=message.envelope,
+    )
+
 
 #: outbox messages whose results were not confirmed that are remembered (by
 #: the digest of their body, L{DeliveryJournal.keyOf}) to dead-letter them
@@ -360,6 +387,11 @@ class OutboxProcessor:
             if isinstance(obj.get("mime"), dict):
                 return ensureDeferred(self._handleInThreads(delivery, obj, None, now))
             message = Message.fromObject(obj, self.parseSettings, now=now)
+            rewrite = _rewritesContent(message)
+            if rewrite and len(message.mime) > self.config.contentThreadBytes:
+                return ensureDeferred(self._handleInThreads(delivery, obj, message, now, rewrite=True))
+            if rewrite:
+                message.mime = _rewrittenContent(message)
         except InvalidMessage as failure:
             return self._publishInvalid(delivery, failure, now)
         if message.headerEdits and editedLength(message.headerEdits) > _EDITS_ON_THE_REACTOR:
@@ -367,18 +399,23 @@ class OutboxProcessor:
         return self._process(delivery, message, now)
 
     async def _handleInThreads(
-        self, delivery: Delivery, obj: dict[str, Any], message: Message | None, now: float
+        self, delivery: Delivery, obj: dict[str, Any], message: Message | None, now: float, *, rewrite: bool = False
     ) -> None:
         """
         Handle a message whose preparation costs milliseconds, off the
-        reactor thread: a C{mime} object to build, or long C{headers} edits
-        (the email package parses some header values in quadratic time).
+        reactor thread: a C{mime} object to build, personalization
+        (C{data}) or C{inlinecss} of a big message (C{rewrite}), or long
+        C{headers} edits (the email package parses some header values in
+        quadratic time).  Personalization comes before the edits.
         """
         threads = self.reactor.getThreadPool()
         try:
             if message is None:
                 await deferToThreadPool(self.reactor, threads, buildMimeProperty, obj, self.parseSettings, now)
                 message = Message.fromObject(obj, self.parseSettings, now=now)
+                rewrite = _rewritesContent(message)
+            if rewrite:
+                message.mime = await deferToThreadPool(self.reactor, threads, _rewrittenContent, message)
             if message.headerEdits:
                 message.editedMime = await deferToThreadPool(
                     self.reactor, threads, applyHeaderEdits, message.mime, message.headerEdits

@@ -1,0 +1,306 @@
+"""
+A job's C{data} and C{inlinecss} applied to its message: the Subject, From
+and To fields and every text/plain and text/html part are personalization
+templates (L{mqtwist.content.template}), and the HTML parts' C{<style>}
+rules become C{style} attributes (L{mqtwist.content.inlinecss}).
+
+The message is rewritten in place, as bytes: only the fields and parts that
+change are touched, the rest of the message (other fields, their folding,
+attachments, boundaries) stays byte for byte.  A part is decoded from its
+Content-Transfer-Encoding and charset, changed, and encoded again: in its
+own encoding while that can carry the new text (quoted-printable and
+base64 are encoded anew; 7bit stays 7bit while the text is ASCII and its
+lines short enough, 8bit while its lines are), else as quoted-printable;
+in its charset while that can write every character, else in UTF-8 (the
+Content-Type then says so).  A header field that becomes non-ASCII is
+encoded as RFC 2047 says (display names only, in From and To).
+
+This costs milliseconds on big messages: the caller runs it in a thread
+above a size (L{mqtwist.outbox.processor}).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import codecs
+import email.message
+import email.policy
+import email.utils
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mqtwist.content.inlinecss import inlineCSS
+from mqtwist.content.template import UnsafeValue, hasTemplate, render
+from mqtwist.errors import InvalidMessage
+
+__all__ = ["PERSONALIZED_FIELDS", "personalize"]
+
+#: the header fields that are templates (MailerQ: the subject, the "from"
+#: and the "to" address)
+PERSONALIZED_FIELDS = ("subject", "from", "to")
+
+#: the longest line RFC 5321 lets a message have, without its CRLF
+_MAX_LINE = 998
+
+_FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+_LINE = re.compile(rb"[^\n]*\n|[^\n]+")
+_TRANSFORMED_TYPES = ("text/plain", "text/html")
+
+
+@dataclass(frozen=True)
+class _Job:
+    """
+    What every part of one message is rewritten with.
+    """
+
+    variables: Mapping[str, Any] | None
+    inlinecss: bool
+
+
+def personalize(
+    mime: bytes,
+    data: Mapping[str, Any] | None,
+    *,
+    inlinecss: bool = False,
+    recipient: str = "",
+    envelope: str = "",
+) -> bytes:
+    """
+    C{mime} with C{data} substituted and, with C{inlinecss}, its CSS inlined.
+
+    @param data: the job's C{data} object, or C{None} to leave variables
+        as written (C{inlinecss} alone).  C{recipient} and C{envelope} are
+        variables too, unless C{data} has its own.
+    @return: the new message.
+    @raise InvalidMessage: a variable would put a line break or a control
+        character in a header field.
+    """
+    variables = None if data is None else {"recipient": recipient, "envelope": envelope, **data}
+    try:
+        return _entity(mime, _Job(variables, inlinecss), top=True)
+    except UnsafeValue as failure:
+        raise InvalidMessage(
+            f"property 'data': {failure}; remove line breaks and control characters "
+            "from the values used in the Subject, From and To fields"
+        ) from None
+    except ValueError as failure:
+        # css_inline's InlineError
+        raise InvalidMessage(
+            f"property 'inlinecss': the CSS of an HTML part cannot be read ({failure}); "
+            "correct its <style> rules, or send the message without inlinecss"
+        ) from None
+
+
+def _entity(data: bytes, job: _Job, *, top: bool, inDigest: bool = False) -> bytes:
+    """
+    One MIME entity (the message, or one part of a multipart) rewritten.
+
+    @param inDigest: whether it is a part of a multipart/digest, whose
+        parts are messages unless they say otherwise (RFC 2046 5.1.5).
+    """
+    fields, blank, body = _split(data)
+    contentType = _fieldValue(fields, b"content-type")
+    if contentType is None and inDigest:
+        return data
+    info = email.message.Message()
+    if contentType is not None:
+        info["Content-Type"] = contentType
+    kind = info.get_content_type()
+    if top and job.variables is not None:
+        eol = b"\n" if fields and not fields[0].endswith(b"\r\n") else b"\r\n"
+        fields = [_personalizedField(field, job.variables, eol) for field in fields]
+    if kind.startswith("multipart/"):
+        boundary = info.get_param("boundary")
+        if isinstance(boundary, str) and boundary:
+            body = _multipart(body, boundary.encode("utf-8", "surrogateescape"), job, kind == "multipart/digest")
+    elif kind in _TRANSFORMED_TYPES and not _isAttachment(fields):
+        before = fields
+        fields, body = _textPart(fields, body, info, job, html=kind == "text/html")
+        if top and fields is not before and _fieldValue(fields, b"mime-version") is None:
+            # a charset or transfer encoding means something only in MIME
+            fields = _withField(fields, b"mime-version", b"MIME-Version: 1.0")
+    return b"".join(fields) + blank + body
+
+
+def _split(data: bytes) -> tuple[list[bytes], bytes, bytes]:
+    """
+    An entity's header fields (each with its continuation lines and line
+    ends), the empty line after them, and its body.
+    """
+    fields: list[bytes] = []
+    position = 0
+    for match in _LINE.finditer(data):
+        line = match.group()
+        if line in (b"\r\n", b"\n"):
+            return fields, line, data[match.end() :]
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1] += line
+        else:
+            fields.append(line)
+        position = match.end()
+    return fields, b"", data[position:]
+
+
+def _fieldName(field: bytes) -> bytes:
+    match = _FIELD_NAME.match(field)
+    return match.group(1).lower() if match else b""
+
+
+def _fieldValue(fields: list[bytes], name: bytes) -> str | None:
+    for field in fields:
+        if _fieldName(field) == name:
+            value = field.split(b":", 1)[1]
+            return re.sub(rb"\r?\n[ \t]", b" ", value).strip().decode("ascii", "replace")
+    return None
+
+
+def _isAttachment(fields: list[bytes]) -> bool:
+    disposition = _fieldValue(fields, b"content-disposition")
+    return disposition is not None and disposition.split(";")[0].strip().lower() == "attachment"
+
+
+def _personalizedField(field: bytes, variables: Mapping[str, Any], eol: bytes) -> bytes:
+    name = _fieldName(field)
+    if name.decode("ascii") not in PERSONALIZED_FIELDS or b"{$" not in field:
+        return field
+    head, raw = field.split(b":", 1)
+    ending = b"\r\n" if raw.endswith(b"\r\n") else b"\n" if raw.endswith(b"\n") else b""
+    value = raw[: len(raw) - len(ending)].decode("utf-8", "surrogateescape")
+    rendered = render(value, variables, header=True)
+    encoded = rendered.encode("utf-8", "surrogateescape")
+    if encoded.isascii() and all(len(line) <= _MAX_LINE for line in encoded.split(b"\n")):
+        return head + b":" + encoded + ending
+    # non-ASCII or too long: folded anew, RFC 2047 words for the non-ASCII text
+    unfolded = re.sub(r"\r?\n(?=[ \t])", "", rendered).strip()
+    policy = email.policy.SMTP.clone(linesep=eol.decode("ascii"))
+    if name != b"subject" and not all(address.isascii() for _, address in email.utils.getaddresses([unfolded])):
+        # an internationalized address cannot be an encoded word: sent as
+        # UTF-8, which needs SMTPUTF8 (the transaction checks the server's)
+        policy = email.policy.SMTPUTF8.clone(linesep=eol.decode("ascii"))
+    folded: str = policy.header_factory(head.decode("ascii").strip(), unfolded).fold(policy=policy)
+    return folded.encode("utf-8", "surrogateescape")
+
+
+def _multipart(body: bytes, boundary: bytes, job: _Job, digest: bool) -> bytes:
+    """
+    A multipart body with each of its parts rewritten; the preamble, the
+    delimiter lines and the epilogue stay as they are.
+    """
+    delimiter = re.compile(rb"(?:\A|\r?\n)--" + re.escape(boundary) + rb"(--)?[ \t]*(?:\r?\n|\Z)")
+    pieces: list[bytes] = []
+    position = 0
+    inPart = False
+    for match in delimiter.finditer(body):
+        content = body[position : match.start()]
+        pieces.append(_entity(content, job, top=False, inDigest=digest) if inPart else content)
+        pieces.append(match.group())
+        position = match.end()
+        if match.group(1):
+            # the close delimiter: what follows is the epilogue
+            pieces.append(body[position:])
+            return b"".join(pieces)
+        inPart = True
+    # no close delimiter: the last part runs to the end of the body
+    rest = body[position:]
+    pieces.append(_entity(rest, job, top=False, inDigest=digest) if inPart else rest)
+    return b"".join(pieces)
+
+
+def _textPart(
+    fields: list[bytes], body: bytes, info: email.message.Message, job: _Job, *, html: bool
+) -> tuple[list[bytes], bytes]:
+    encoding = (_fieldValue(fields, b"content-transfer-encoding") or "7bit").lower()
+    decoder = _DECODERS.get(encoding)
+    charset = info.get_content_charset() or "us-ascii"
+    try:
+        codec = codecs.lookup(charset).name
+    except LookupError:
+        return fields, body
+    if decoder is None:
+        return fields, body
+    try:
+        raw = decoder(body)
+    except binascii.Error:
+        # broken base64: sent as it came, like a part that is no text
+        return fields, body
+    if codec == "ascii" and not raw.isascii():
+        # 8-bit text that says it is ASCII: UTF-8, as a JSON mime string is
+        codec = "utf-8"
+    text = raw.decode(codec, "surrogateescape")
+    changed = text
+    if job.variables is not None and hasTemplate(text):
+        newline = "\r\n" if "\r\n" in text else "\n"
+        changed = render(text, job.variables, html=html, newline=newline)
+    if html and job.inlinecss:
+        changed = inlineCSS(changed)
+    if changed == text:
+        return fields, body
+    return _encodedPart(fields, changed, encoding, codec, body)
+
+
+def _encodedPart(
+    fields: list[bytes], text: str, encoding: str, codec: str, original: bytes
+) -> tuple[list[bytes], bytes]:
+    """
+    The fields and body of a text part that now holds C{text}: its charset
+    and transfer encoding kept when they can carry it, else changed.
+    """
+    try:
+        data = text.encode(codec, "surrogateescape")
+    except UnicodeEncodeError:
+        codec, data = "utf-8", text.encode("utf-8", "surrogateescape")
+        fields = _withCharset(fields, "utf-8")
+    eol = b"\r\n" if b"\r\n" in original or not original else b"\n"
+    if encoding in ("7bit", "8bit"):
+        fits = all(len(line.rstrip(b"\r")) <= _MAX_LINE for line in data.split(b"\n"))
+        if fits and (encoding == "8bit" or data.isascii()):
+            return fields, data
+        encoding = "quoted-printable"
+        fields = _withField(fields, b"content-transfer-encoding", b"Content-Transfer-Encoding: quoted-printable")
+    if encoding == "base64":
+        encoded = base64.encodebytes(data).replace(b"\n", eol)
+        return fields, encoded if original.endswith(b"\n") else encoded.removesuffix(eol)
+    if encoding == "quoted-printable":
+        return fields, _quotedPrintable(data, eol)
+    return fields, data
+
+
+def _quotedPrintable(data: bytes, eol: bytes) -> bytes:
+    # every line break of the text becomes eol; b2a_qp keeps CRLF only
+    # when the text's first line break is one
+    lines = re.split(rb"\r\n|\n", data)
+    return eol.join(binascii.b2a_qp(line, istext=False, header=False).replace(b"=\n", b"=" + eol) for line in lines)
+
+
+def _withField(fields: list[bytes], name: bytes, line: bytes) -> list[bytes]:
+    """
+    C{fields} with the field C{name} replaced by C{line} (added when missing).
+    """
+    eol = b"\n" if fields and not fields[0].endswith(b"\r\n") else b"\r\n"
+    for index, field in enumerate(fields):
+        if _fieldName(field) == name:
+            return fields[:index] + [line + eol] + [f for f in fields[index + 1 :] if _fieldName(f) != name]
+    return fields + [line + eol]
+
+
+def _withCharset(fields: list[bytes], charset: str) -> list[bytes]:
+    info = email.message.Message()
+    info["Content-Type"] = _fieldValue(fields, b"content-type") or "text/plain"
+    info.set_param("charset", charset)
+    return _withField(fields, b"content-type", b"Content-Type: " + info["Content-Type"].encode("ascii"))
+
+
+def _identity(body: bytes) -> bytes:
+    return body
+
+
+_DECODERS: dict[str, Callable[[bytes], bytes]] = {
+    "7bit": _identity,
+    "8bit": _identity,
+    "binary": _identity,
+    "base64": binascii.a2b_base64,
+    "quoted-printable": binascii.a2b_qp,
+}

@@ -1,0 +1,389 @@
+"""
+MailerQ's personalization templates: C{{$name}}, C{{$a.b}} and modifiers
+(C{{$name|tolower|ucfirst}}, C{{$name|default:"friend"}}) replaced by the
+values of a job's C{data}.
+
+What is supported, and what happens to the rest (the README says the same):
+
+  - a variable is C{{$} and a path of names joined by dots (C{{$a.b.c}});
+    a number in the path indexes a list (C{{$children.0}});
+  - a value is written as JSON writes it (C{33}, C{1.5}, C{true}); a
+    string as it is; a list or object as compact JSON; C{null} or a
+    missing variable as nothing (unless C{default} gives something);
+  - modifiers follow C{|}, their arguments C{:}, each a double- or
+    single-quoted string, a number, C{true}/C{false} or another variable
+    (C{$path}); every modifier of MailerQ's table is implemented (see
+    L{MODIFIERS}); a modifier name that is not in the table has no effect,
+    as MailerQ documents;
+  - anything else between braces (C{{if ...}}, C{{foreach ...}}, C{{/if}},
+    a variable with a malformed modifier or argument, CSS rules) is left
+    exactly as written;
+  - in an HTML part every value is HTML-escaped when it is written,
+    unless a modifier already made it HTML (C{escape}, C{escape:"html"},
+    C{nl2br}, which escapes its input first there).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import json
+import re
+import urllib.parse
+from collections.abc import Callable, Mapping
+from typing import Any
+
+__all__ = ["MODIFIERS", "UnsafeValue", "hasTemplate", "render"]
+
+
+class UnsafeValue(ValueError):
+    """
+    A variable's value cannot be written where it goes (a line break or
+    another control character in a header field).
+
+    @ivar variable: the variable's path as written (C{name}, C{a.b}).
+    """
+
+    def __init__(self, variable: str, why: str) -> None:
+        super().__init__(f"variable {variable!r} {why}")
+        self.variable = variable
+
+
+class _Missing:
+    """
+    The value of a variable that C{data} does not have.
+    """
+
+    def __repr__(self) -> str:
+        return "MISSING"
+
+
+MISSING: Any = _Missing()
+
+
+class _HTML(str):
+    """
+    A string that is HTML already: it is not escaped again in HTML parts.
+    """
+
+
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_PATH = rf"{_NAME}(?:\.[A-Za-z0-9_]+)*"
+_ARGUMENT = r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^|:}"'\s]+"""
+_MODIFIER = rf"\|{_NAME}(?::(?:{_ARGUMENT}))*"
+_VARIABLE = re.compile(rf"\{{\$(?P<path>{_PATH})(?P<modifiers>(?:{_MODIFIER})*)\}}")
+_ONE_MODIFIER = re.compile(rf"\|(?P<name>{_NAME})(?P<arguments>(?::(?:{_ARGUMENT}))*)")
+_ONE_ARGUMENT = re.compile(rf":({_ARGUMENT})")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?\Z")
+#: only quotes and backslashes are escaped: a regex_replace pattern keeps its \d
+_QUOTED_ESCAPE = re.compile(r"""\\([\\"'])""")
+#: characters a header field value must not receive from a variable
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def hasTemplate(text: str) -> bool:
+    """
+    Whether C{text} may hold a variable (a cheap test before L{render}).
+    """
+    return "{$" in text
+
+
+def render(
+    text: str,
+    variables: Mapping[str, Any],
+    *,
+    html: bool = False,
+    header: bool = False,
+    newline: str = "\n",
+) -> str:
+    """
+    C{text} with every variable replaced by its value.
+
+    @param variables: the values by name (a job's C{data}, with
+        C{recipient} and C{envelope}).
+    @param html: whether C{text} is HTML: values are HTML-escaped.
+    @param header: whether C{text} is a header field value: a value with
+        a line break or another control character is refused.
+    @param newline: what line breaks in values become (the text's own).
+    @raise UnsafeValue: for such a value in a header field.
+    """
+
+    def replace(match: re.Match[str]) -> str:
+        path = match.group("path")
+        value = _lookup(variables, path)
+        for modifier in _ONE_MODIFIER.finditer(match.group("modifiers")):
+            function = MODIFIERS.get(modifier.group("name"))
+            if function is None:
+                # MailerQ: "if you call a modifier that does not exist, no effect takes place"
+                continue
+            arguments = [_argument(a, variables) for a in _ONE_ARGUMENT.findall(modifier.group("arguments"))]
+            try:
+                value = function(value, arguments, html)
+            except (TypeError, ValueError, OverflowError, re.error):
+                # an argument of the wrong kind: the modifier has no effect
+                continue
+        written = _written(value)
+        if header and _CONTROL.search(written):
+            raise UnsafeValue(path, "would put a line break or a control character in a header field")
+        if html and not isinstance(written, _HTML):
+            written = _escape(written)
+        if newline != "\n" or "\r" in written:
+            written = _LINE_BREAK.sub(newline, written)
+        return written
+
+    return _VARIABLE.sub(replace, text)
+
+
+def _lookup(variables: Mapping[str, Any], path: str) -> Any:
+    value: Any = variables
+    for name in path.split("."):
+        if isinstance(value, Mapping) and name in value:
+            value = value[name]
+        elif isinstance(value, list) and name.isdigit() and int(name) < len(value):
+            value = value[int(name)]
+        else:
+            return MISSING
+    return value
+
+
+def _argument(text: str, variables: Mapping[str, Any]) -> Any:
+    if text[0] in "\"'":
+        return _QUOTED_ESCAPE.sub(r"\1", text[1:-1])
+    if text in ("true", "false"):
+        return text == "true"
+    if _NUMBER.match(text):
+        return float(text) if "." in text else int(text)
+    if text.startswith("$") and re.fullmatch(_PATH, text[1:]):
+        return _lookup(variables, text[1:])
+    return text
+
+
+def _written(value: Any) -> str:
+    """
+    A value as the text puts it: strings as they are, numbers and booleans
+    as JSON writes them, lists and objects as compact JSON, nothing for
+    C{null} or a missing variable.
+    """
+    if isinstance(value, str):
+        return value
+    if value is MISSING or value is None:
+        return ""
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _escape(text: str) -> _HTML:
+    return _HTML(html.escape(text, quote=True))
+
+
+def _isList(value: Any) -> bool:
+    return isinstance(value, (list, dict))
+
+
+def _isEmpty(value: Any) -> bool:
+    return value is MISSING or value is None or value == "" or value == [] or value == {}
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.lower() not in ("", "0", "false")
+    return bool(value)
+
+
+Modifier = Callable[[Any, list[Any], bool], Any]
+
+
+def _onText(function: Callable[..., Any]) -> Modifier:
+    """
+    A modifier of strings: a list or object is left as it is (MailerQ: "on
+    an array this modifier is ignored"), anything else is written first.
+    """
+
+    def modifier(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+        if _isList(value):
+            return value
+        return function(_written(value), *arguments)
+
+    return modifier
+
+
+def _countOfText(function: Callable[..., int]) -> Modifier:
+    """
+    A count over a string: 0 for a list or an object.
+    """
+
+    def modifier(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+        if _isList(value):
+            return 0
+        return function(_written(value), *arguments)
+
+    return modifier
+
+
+def _digest(name: str) -> Modifier:
+    def modifier(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+        # on a list, over its items without the keys, as MailerQ documents
+        if isinstance(value, dict):
+            text = "".join(_written(item) for item in value.values())
+        elif isinstance(value, list):
+            text = "".join(_written(item) for item in value)
+        else:
+            text = _written(value)
+        return hashlib.new(name, text.encode("utf-8")).hexdigest()
+
+    return modifier
+
+
+def _base64Decode(text: str) -> str:
+    try:
+        return base64.b64decode(text, validate=True).decode("utf-8", "replace")
+    except ValueError:
+        return text
+
+
+def _cat(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+    suffix = _written(arguments[0]) if arguments else ""
+    # MailerQ: "if the variable is an array, the string will be used"
+    return suffix if _isList(value) else _written(value) + suffix
+
+
+def _count(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+    return len(value) if _isList(value) else 0
+
+
+def _countCharacters(text: str, whitespace: Any = False) -> int:
+    # as Smarty, whose syntax MailerQ's follows: spaces count when asked
+    return len(text) if _bool(whitespace) else len("".join(text.split()))
+
+
+def _countParagraphs(text: str) -> int:
+    return len([p for p in re.split(r"[\r\n]+", text) if p])
+
+
+def _default(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+    if _isEmpty(value) and arguments:
+        return arguments[0]
+    return value
+
+
+def _empty(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+    return _isEmpty(value)
+
+
+def _escapeAs(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+    if _isList(value):
+        return value
+    text = _written(value)
+    kind = arguments[0] if arguments else "html"
+    if kind == "html":
+        return _escape(text)
+    if kind == "url":
+        return _HTML(urllib.parse.quote(text, safe=""))
+    if kind == "base64":
+        return _HTML(base64.b64encode(text.encode("utf-8")).decode("ascii"))
+    return value
+
+
+def _indent(text: str, count: Any = 1, character: Any = " ") -> str:
+    prefix = _written(character) * int(count)
+    return "".join(prefix + line for line in text.splitlines(keepends=True))
+
+
+def _nl2br(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+    if _isList(value):
+        return value
+    text = _written(value)
+    if inHTML and not isinstance(value, _HTML):
+        text = _escape(text)
+    return _HTML(_LINE_BREAK.sub(lambda m: "<br />" + m.group(), text))
+
+
+def _range(value: Any, arguments: list[Any], inHTML: bool) -> Any:
+    if not isinstance(value, list):
+        return value
+    start = int(arguments[0]) if arguments else 0
+    end = int(arguments[1]) if len(arguments) > 1 else len(value)
+    return value[start:end]
+
+
+def _regexReplace(text: str, pattern: Any, replacement: Any = "") -> str:
+    # Python's regular expression syntax (MailerQ does not say whose)
+    return re.sub(_written(pattern), _written(replacement), text)
+
+
+def _replace(text: str, old: Any, new: Any = "") -> str:
+    old = _written(old)
+    return text.replace(old, _written(new)) if old else text
+
+
+def _spacify(text: str, separator: Any = " ") -> str:
+    return _written(separator).join(text)
+
+
+def _strstr(text: str, needle: Any, before: Any = False) -> str:
+    position = text.find(_written(needle))
+    if position < 0:
+        return ""
+    return text[:position] if _bool(before) else text[position:]
+
+
+def _substr(text: str, start: Any = 0, length: Any = None) -> str:
+    begin = int(start)
+    if begin < 0:
+        begin = max(0, len(text) + begin)
+    if length is None:
+        return text[begin:]
+    return text[begin : begin + max(0, int(length))]
+
+
+def _truncate(text: str, length: Any = 80, etc: Any = "...", breakWords: Any = False) -> str:
+    # Smarty's definition: etc counts in the length; whole words unless asked
+    limit, tail = int(length), _written(etc)
+    if len(text) <= limit:
+        return text
+    keep = limit - min(limit, len(tail))
+    if not _bool(breakWords):
+        text = re.sub(r"\s+?(\S+)?\Z", "", text[: keep + 1])
+    return text[:keep] + tail
+
+
+def _ucfirst(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+#: MailerQ's modifiers by name: each takes the value, the arguments and
+#: whether the text is HTML, and returns the new value
+MODIFIERS: dict[str, Modifier] = {
+    "base64_encode": _onText(lambda text: base64.b64encode(text.encode("utf-8")).decode("ascii")),
+    "base64_decode": _onText(_base64Decode),
+    "cat": _cat,
+    "count": _count,
+    "count_characters": _countOfText(_countCharacters),
+    "count_paragraphs": _countOfText(_countParagraphs),
+    "count_words": _countOfText(lambda text: len(text.split())),
+    "default": _default,
+    "empty": _empty,
+    "escape": _escapeAs,
+    "indent": _onText(_indent),
+    "md5": _digest("md5"),
+    "nl2br": _nl2br,
+    "range": _range,
+    "regex_replace": _onText(_regexReplace),
+    "replace": _onText(_replace),
+    "sha1": _digest("sha1"),
+    "sha256": _digest("sha256"),
+    "sha512": _digest("sha512"),
+    "spacify": _onText(_spacify),
+    "strlen": _countOfText(len),
+    "strstr": _onText(_strstr),
+    "substr": _onText(_substr),
+    "tolower": _onText(str.lower),
+    "toupper": _onText(str.upper),
+    # MailerQ: spaces, tabs, newlines, carriage returns, vertical tabs, NULs
+    "trim": _onText(lambda text: text.strip(" \t\n\r\x0b\x00")),
+    "truncate": _onText(_truncate),
+    "ucfirst": _onText(_ucfirst),
+    "urlencode": _onText(urllib.parse.quote_plus),
+    "urldecode": _onText(urllib.parse.unquote_plus),
+}

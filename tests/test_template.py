@@ -1,0 +1,195 @@
+"""
+The personalization template engine (L{mqtwist.content.template}): each
+construct, each of MailerQ's modifiers, values written as JSON writes
+them, HTML escaping, what is left as written, and values refused in
+header fields.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import pytest
+
+from mqtwist.content.template import MODIFIERS, UnsafeValue, render
+
+DATA: dict[str, Any] = {
+    "ourname": "The MailerQ test team",
+    "name": "John Doe",
+    "lower": "jOHN dOE",
+    "age": 33,
+    "ratio": 1.5,
+    "big": 1e20,
+    "yes": True,
+    "nothing": None,
+    "empty": "",
+    "children": ["Peter", "Angela", "Brandon"],
+    "address": {"city": "Amsterdam", "street": {"name": "Damrak", "number": 1}},
+    "html": '<b class="x">Tom & Jerry\'s</b>',
+    "text": "  line one\nline two  \n",
+    "words": "Hello world!",
+    "digits": "0123456789",
+    "encoded": "SGVsbG8=",
+    "url": "a b&c=d/é",
+    "urlencoded": "a+b%26c",
+    "paragraphs": "one\n\ntwo\nthree",
+    "long": "The quick brown fox jumps over the lazy dog",
+}
+
+CASES = [
+    # variables
+    ("{$name}", "John Doe"),
+    ("Hi {$name}, {$age}!", "Hi John Doe, 33!"),
+    ("{$address.city}", "Amsterdam"),
+    ("{$address.street.name} {$address.street.number}", "Damrak 1"),
+    ("{$children.1}", "Angela"),
+    ("{$children.3}", ""),
+    ("{$missing}", ""),
+    ("{$address.missing.deeper}", ""),
+    ("{$name.first}", ""),
+    # values as JSON writes them
+    ("{$age}", "33"),
+    ("{$ratio}", "1.5"),
+    ("{$big}", "1e+20"),
+    ("{$yes}", "true"),
+    ("{$nothing}", ""),
+    ("{$children}", '["Peter","Angela","Brandon"]'),
+    ("{$address.street}", '{"name":"Damrak","number":1}'),
+    # left as written
+    ("{if $name}x{/if}", "{if $name}x{/if}"),
+    ("{foreach $children as $child}{$child}{/foreach}", "{foreach $children as $child}{/foreach}"),
+    ("{ $name}", "{ $name}"),
+    ("{$name", "{$name"),
+    ("{$name|}", "{$name|}"),
+    ("{$name|default:}", "{$name|default:}"),
+    ("{$1abc}", "{$1abc}"),
+    ("p { color: red; }", "p { color: red; }"),
+    ("{name}", "{name}"),
+    # an unknown modifier has no effect (MailerQ)
+    ("{$name|nosuchmodifier}", "John Doe"),
+    ("{$name|nosuchmodifier:1|toupper}", "JOHN DOE"),
+    # chains
+    ("{$lower|tolower|ucfirst}", "John doe"),
+    # modifiers, in MailerQ's table order
+    ("{$words|base64_encode}", "SGVsbG8gd29ybGQh"),
+    ("{$encoded|base64_decode}", "Hello"),
+    ("{$words|base64_decode}", "Hello world!"),
+    ('{$name|cat:" Jr."}', "John Doe Jr."),
+    ('{$children|cat:"all"}', "all"),
+    ("{$name|cat:$age}", "John Doe33"),
+    ("{$children|count}", "3"),
+    ("{$name|count}", "0"),
+    ("{$words|count_characters}", "11"),
+    ("{$words|count_characters:true}", "12"),
+    ("{$paragraphs|count_paragraphs}", "3"),
+    ("{$long|count_words}", "9"),
+    ('{$missing|default:"friend"}', "friend"),
+    ('{$empty|default:"friend"}', "friend"),
+    ('{$nothing|default:"friend"}', "friend"),
+    ('{$name|default:"friend"}', "John Doe"),
+    ("{$missing|default:'single'}", "single"),
+    ('{$missing|default:"say \\"hi\\""}', 'say "hi"'),
+    ("{$missing|default:42}", "42"),
+    ("{$missing|default:$name}", "John Doe"),
+    ("{$missing|empty}", "true"),
+    ("{$name|empty}", "false"),
+    ("{$html|escape}", "&lt;b class=&quot;x&quot;&gt;Tom &amp; Jerry&#x27;s&lt;/b&gt;"),
+    ('{$html|escape:"html"}', "&lt;b class=&quot;x&quot;&gt;Tom &amp; Jerry&#x27;s&lt;/b&gt;"),
+    ('{$url|escape:"url"}', "a%20b%26c%3Dd%2F%C3%A9"),
+    ('{$words|escape:"base64"}', "SGVsbG8gd29ybGQh"),
+    ("{$paragraphs|indent}", " one\n \n two\n three"),
+    ('{$paragraphs|indent:2:"-"}', "--one\n--\n--two\n--three"),
+    ("{$name|md5}", hashlib.md5(b"John Doe").hexdigest()),
+    ("{$children|md5}", hashlib.md5(b"PeterAngelaBrandon").hexdigest()),
+    ("{$name|sha1}", hashlib.sha1(b"John Doe").hexdigest()),
+    ("{$name|sha256}", hashlib.sha256(b"John Doe").hexdigest()),
+    ("{$name|sha512}", hashlib.sha512(b"John Doe").hexdigest()),
+    ("{$paragraphs|nl2br}", "one<br />\n<br />\ntwo<br />\nthree"),
+    ("{$children|range:1:3}", '["Angela","Brandon"]'),
+    ("{$children|range:1}", '["Angela","Brandon"]'),
+    ("{$name|range:1}", "John Doe"),
+    ('{$digits|regex_replace:"\\d":"#"}', "##########"),
+    ('{$words|replace:"world":"there"}', "Hello there!"),
+    ('{$name|spacify:"."}', "J.o.h.n. .D.o.e"),
+    ("{$name|strlen}", "8"),
+    ("{$children|strlen}", "0"),
+    ('{$words|strstr:" ":true}', "Hello"),
+    ('{$words|strstr:"w":false}', "world!"),
+    ('{$words|strstr:"w"}', "world!"),
+    ('{$words|strstr:"z"}', ""),
+    ("{$digits|substr:2}", "23456789"),
+    ("{$digits|substr:4:3}", "456"),
+    ("{$name|tolower}", "john doe"),
+    ("{$name|toupper}", "JOHN DOE"),
+    ("[{$text|trim}]", "[line one\nline two]"),
+    ("{$long|truncate}", "The quick brown fox jumps over the lazy dog"),
+    ("{$long|truncate:20}", "The quick brown..."),
+    ('{$long|truncate:20:"":true}', "The quick brown fox "),
+    ('{$long|truncate:20:"..":true}', "The quick brown fo.."),
+    ("{$lower|ucfirst}", "JOHN dOE"),
+    ("{$url|urlencode}", "a+b%26c%3Dd%2F%C3%A9"),
+    ("{$urlencoded|urldecode}", "a b&c"),
+    # a modifier whose argument is of the wrong kind has no effect
+    ('{$digits|substr:"x"}', "0123456789"),
+    ('{$digits|regex_replace:"(":"x"}', "0123456789"),
+]
+
+
+@pytest.mark.parametrize(("template", "expected"), CASES)
+def test_render(template: str, expected: str) -> None:
+    assert render(template, DATA) == expected
+
+
+def test_everyModifierOfMailerQIsImplemented() -> None:
+    # the table of personalization-modifiers.md
+    documented = {
+        "base64_encode", "base64_decode", "cat", "count", "count_characters", "count_paragraphs",
+        "count_words", "default", "empty", "escape", "indent", "md5", "nl2br", "range",
+        "regex_replace", "replace", "sha1", "sha256", "sha512", "spacify", "strlen", "strstr",
+        "substr", "tolower", "toupper", "trim", "truncate", "ucfirst", "urlencode", "urldecode",
+    }
+    assert set(MODIFIERS) == documented
+    tested = {name for template, _ in CASES for name in documented if f"|{name}" in template}
+    assert tested == documented
+
+
+HTML_CASES = [
+    ("<p>{$html}</p>", "<p>&lt;b class=&quot;x&quot;&gt;Tom &amp; Jerry&#x27;s&lt;/b&gt;</p>"),
+    # escaped once, not twice
+    ("{$html|escape}", "&lt;b class=&quot;x&quot;&gt;Tom &amp; Jerry&#x27;s&lt;/b&gt;"),
+    # nl2br makes HTML of escaped text
+    ('{$html|cat:"\n"|nl2br}', "&lt;b class=&quot;x&quot;&gt;Tom &amp; Jerry&#x27;s&lt;/b&gt;<br />\n"),
+    ("{$age}", "33"),
+    ('<a href="https://example.com/?q={$url|urlencode}">', '<a href="https://example.com/?q=a+b%26c%3Dd%2F%C3%A9">'),
+    ('{$missing|default:"<none>"}', "&lt;none&gt;"),
+]
+
+
+@pytest.mark.parametrize(("template", "expected"), HTML_CASES)
+def test_renderHTML(template: str, expected: str) -> None:
+    assert render(template, DATA, html=True) == expected
+
+
+def test_newlinesOfValuesFollowTheText() -> None:
+    assert render("a\r\n{$paragraphs}\r\n", DATA, newline="\r\n") == "a\r\none\r\n\r\ntwo\r\nthree\r\n"
+    assert render("{$x}", {"x": "a\r\nb\rc"}) == "a\nb\nc"
+
+
+@pytest.mark.parametrize("value", ["a\r\nBcc: x@example.com", "a\nb", "a\rb", "a\x00b", "a\x1bb", "a\x7fb"])
+def test_headerValuesWithControlCharactersAreRefused(value: str) -> None:
+    with pytest.raises(UnsafeValue) as caught:
+        render("Hello {$who.name}", {"who": {"name": value}}, header=True)
+    assert caught.value.variable == "who.name"
+    assert "'who.name'" in str(caught.value)
+
+
+def test_headerValuesMadeUnsafeByAModifierAreRefused() -> None:
+    with pytest.raises(UnsafeValue):
+        render("{$x|base64_decode}", {"x": "YQ0KYg=="}, header=True)
+
+
+def test_headerValuesWithoutControlCharacters() -> None:
+    assert render("Hello {$name}\t!", DATA, header=True) == "Hello John Doe\t!"
+    # the same value is fine in a body
+    assert render("{$x}", {"x": "a\r\nb"}) == "a\nb"
