@@ -63,6 +63,13 @@ class PublishFailed(Exception):
     """
 
 
+class PublishReturned(PublishFailed):
+    """
+    A message published with C{mandatory} reached no queue (the broker
+    returned it): nothing was stored.
+    """
+
+
 class Delivery:
     """
     One message consumed from the consumed queue.  Settle it with L{ack} or
@@ -201,6 +208,7 @@ class BrokerClient(Service):
         reactor: Any = None,
         reconnectMaxDelay: float = 30.0,
         closeTimeout: float = 10.0,
+        onAttemptFailed: Callable[[str], None] | None = None,
     ) -> None:
         """
         @param url: the broker.
@@ -216,6 +224,9 @@ class BrokerClient(Service):
             attempts (the wait grows from 1 s).
         @param closeTimeout: seconds L{stopService} waits for the broker to
             answer C{connection.close}.
+        @param onAttemptFailed: called with the cause of each failed
+            connection attempt (what the warning says: what went wrong and
+            what to do), for a caller that would rather give up than wait.
         """
         if not 0 <= prefetch <= 65535:
             raise ValueError(f"prefetch {prefetch} is outside 0..65535 (AMQP basic.qos)")
@@ -228,6 +239,7 @@ class BrokerClient(Service):
         self.consumeFrom = consumeFrom
         self.prefetch = prefetch
         self.onDelivery = onDelivery
+        self._onAttemptFailed = onAttemptFailed
         self._reactor = reactor
         self._closeTimeout = closeTimeout
         self._consumeWanted = consumeFrom is not None
@@ -378,6 +390,8 @@ class BrokerClient(Service):
         # broker gives 7 warnings, a night 10.
         loud = attempt & (attempt - 1) == 0 or cause != self._lastCause
         self._lastCause = cause
+        if self._onAttemptFailed is not None:
+            self._onAttemptFailed(cause)
         # scheduled before the log event goes out: whatever it sets off
         # (even a stop) finds the client in its waiting state
         self._retry = self._reactor.callLater(delay, self._connect)
@@ -424,23 +438,29 @@ class BrokerClient(Service):
         *,
         priority: int | None = None,
         headers: Mapping[str, object] | None = None,
+        mandatory: bool = False,
     ) -> defer.Deferred[None]:
         """
         Publish C{body} persistently to C{queue} through the default
         exchange, as C{application/json}.  Does not wait for earlier
         publishes to be confirmed.  A queue not among the configured ones is
         declared durable (no arguments) before the first publish to it on
-        each connection.
+        each connection, unless C{mandatory}.
 
         @param priority: AMQP priority 0..255 (used by queues declared with
             C{x-max-priority}).
         @param headers: message headers: a field table
             (L{mqtwist.amqp.fieldtable}).
+        @param mandatory: publish to C{queue} as it is, without declaring
+            it: when no such queue exists the broker returns the message,
+            and the Deferred errbacks with L{PublishReturned} (for a sender
+            to whom a mistyped queue name must be an error, not a new queue
+            that no one reads).
         @return: a Deferred that fires with C{None} when the broker has
             confirmed the message, or errbacks with L{PublishFailed} when
-            the broker rejects it (C{basic.nack}), when the connection or
-            channel is lost before the confirm, or at once when not
-            connected.
+            the broker rejects it (C{basic.nack}) or returns it, when the
+            connection or channel is lost before the confirm, or at once
+            when not connected.
         @raise ValueError: C{priority} or C{headers} cannot be encoded.
         """
         if priority is not None and not 0 <= priority <= 255:
@@ -456,7 +476,34 @@ class BrokerClient(Service):
                     f"whenConnected() fires"
                 )
             )
-        return session.publish(queue, body, priority, headers)
+        return session.publish(queue, body, priority, headers, mandatory)
+
+    def deleteQueue(self, queue: str) -> defer.Deferred[None]:
+        """
+        Delete C{queue} and the messages in it (C{queue.delete}); a queue
+        that does not exist is no error.  It is not declared again after a
+        reconnect unless it is among the configured ones.
+
+        @return: a Deferred that fires with C{None} once the broker has
+            deleted it, or errbacks with L{PublishFailed} when not
+            connected or the channel is lost first.
+        """
+        session = self._session
+        if session is None or not session.ready or session.publishChannel is None:
+            return defer.fail(
+                PublishFailed(f"not connected to AMQP broker {self.url.redacted()}: queue {queue!r} not deleted")
+            )
+        session.declared.discard(queue)
+        deleting: defer.Deferred[Any] = session.publishChannel.queue_delete(queue=queue)
+        return deleting.addCallback(lambda reply: None).addErrback(self._notDeleted, queue)
+
+    def _notDeleted(self, failure: Failure, queue: str) -> Failure:
+        if not isinstance(failure.value, Closed):
+            return failure
+        raise PublishFailed(
+            f"the channel to AMQP broker {self.url.redacted()} was lost before queue {queue!r} "
+            f"was deleted ({failure.getErrorMessage()}): delete it with rabbitmqctl delete_queue"
+        )
 
     # -- consuming -----------------------------------------------------------
 
@@ -556,6 +603,7 @@ class _Session:
         body: bytes,
         priority: int | None,
         headers: Mapping[str, object] | None,
+        mandatory: bool,
     ) -> defer.Deferred[None]:
         channel = self.publishChannel
         assert channel is not None
@@ -567,7 +615,7 @@ class _Session:
                     f"it again after whenConnected() fires"
                 )
             )
-        if queue not in self.declared:
+        if queue not in self.declared and not mandatory:
             # same channel, so the broker declares it before it routes the
             # publish below: no need to wait for declare-ok
             self._declare(QueueSpec(queue)).addErrback(_ignoreClosed)
@@ -577,8 +625,8 @@ class _Session:
             "priority": priority,
             "headers": dict(headers) if headers else None,
         }
-        confirmed = self.confirms.add(queue)
-        self.protocol.basicPublish(channel.id, "", queue, body, properties)
+        confirmed = self.confirms.add(queue, body if mandatory else None)
+        self.protocol.basicPublish(channel.id, "", queue, body, properties, mandatory)
         return confirmed
 
     async def stopConsuming(self) -> None:
@@ -639,6 +687,25 @@ class _Session:
                 f"failed to store it; publish it again later"
             ),
         )
+
+    def publishReturned(self, channel: AMQChannel, message: Message) -> None:
+        queue = message.routing_key
+        url = self.client.url.redacted()
+        error = PublishReturned(
+            f"AMQP broker {url} returned the message published to queue {queue!r} "
+            f"({message.reply_code} {message.reply_text}): no queue of that name exists "
+            f"in vhost {self.client.url.vhost!r}, so nothing was stored; check the queue "
+            f"name, or start mqtwist, which declares its outbox"
+        )
+        if not self.confirms.returned(queue, message.content.body, error):
+            self.log.warn(
+                "AMQP broker {url} returned a message published to queue {queue} "
+                "that is no longer awaited: {code} {text}",
+                url=url,
+                queue=queue,
+                code=message.reply_code,
+                text=message.reply_text,
+            )
 
     def channelClosed(self, channel: AMQChannel, reason: Failure) -> None:
         close = reason.value

@@ -68,6 +68,13 @@ class ConnectionListener(TypingProtocol):
     def publishRejected(self, channel: AMQChannel, deliveryTag: int, multiple: bool) -> None:
         """A C{basic.nack} from the broker (publisher confirm)."""
 
+    def publishReturned(self, channel: AMQChannel, message: Message) -> None:
+        """
+        A C{basic.return}: a message published with C{mandatory} could not
+        be routed (C{message.routing_key}, C{message.reply_text}); its
+        confirm follows.  C{message.content.body} is bytes.
+        """
+
     def channelClosed(self, channel: AMQChannel, reason: Failure) -> None:
         """The broker closed C{channel} (C{reason.value} is its close method)."""
 
@@ -113,6 +120,10 @@ class AMQPDelegate(TwistedDelegate):  # type: ignore[misc]
 
     def basic_nack(self, ch: AMQChannel, msg: Message) -> None:
         self.client.listener.publishRejected(ch, msg.delivery_tag, msg.multiple)
+
+    # (txamqp's name for basic.return: "return" is a Python keyword)
+    def basic_return_(self, ch: AMQChannel, msg: Message) -> None:
+        self.client.listener.publishReturned(ch, msg)
 
 
 # (a txamqp class: Any to mypy, as for AMQPDelegate)
@@ -161,7 +172,7 @@ class AMQPProtocol(AMQClient):  # type: ignore[misc]
         now = self.clock.seconds()
         self._lastSent = now
         self._lastReceived = now
-        self._publishMethods: dict[tuple[int, str, str], bytes] = {}
+        self._publishMethods: dict[tuple[int, str, str, bool], bytes] = {}
         self._propertyCache: dict[tuple[tuple[str, object], ...], bytes] = {}
         #: the properties of content headers read, by their encoding
         self._decodedProperties: dict[bytes, dict[str, Any]] = {}
@@ -290,19 +301,30 @@ class AMQPProtocol(AMQClient):  # type: ignore[misc]
     # a published message's method, header and body frames one by one.
 
     def basicPublish(
-        self, channel: int, exchange: str, routingKey: str, body: bytes, properties: dict[str, object]
+        self,
+        channel: int,
+        exchange: str,
+        routingKey: str,
+        body: bytes,
+        properties: dict[str, object],
+        mandatory: bool = False,
     ) -> None:
         """
         Send C{basic.publish} with C{body} and its content C{properties}
         (spec names, C{None} for absent) on C{channel}, in one write.  The
         caller checks that the channel is open.
+
+        @param mandatory: the broker returns the message (C{basic.return})
+            when no queue takes it, instead of dropping it.
         """
-        method = self._publishMethods.get((channel, exchange, routingKey))
+        methodKey = (channel, exchange, routingKey, mandatory)
+        method = self._publishMethods.get(methodKey)
         if method is None:
-            method = self._publishMethods[(channel, exchange, routingKey)] = _frame(
+            method = self._publishMethods[methodKey] = _frame(
                 _METHOD,
                 channel,
-                _PUBLISH_IDS + _shortstr(exchange) + _shortstr(routingKey) + b"\x00",
+                # the bits octet: mandatory is bit 0, immediate (never set) bit 1
+                _PUBLISH_IDS + _shortstr(exchange) + _shortstr(routingKey) + bytes((int(mandatory),)),
             )
         key = tuple(properties.items())
         cacheable = True
