@@ -172,6 +172,7 @@ class MailerService(MultiService):
                 [config.outbox, config.deadLetterQueue] + [queue.name for queue in self.schedule.delayQueues()]
             ),
             **_sourceAddresses(config),
+            outbox=config.outbox,
             dkimKeys=DKIMKeys(
                 {
                     rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile, "protocols": rule.protocols}
@@ -334,6 +335,8 @@ class MailerService(MultiService):
             for name in (config.results, config.success, config.failure, config.retry, config.deadLetterQueue)
             if name
         ]
+        if config.dsnQueue and config.dsnQueue != config.outbox:
+            queues.append(QueueSpec(config.dsnQueue))
         queues += self.schedule.delayQueues()
         self.processor = OutboxProcessor(
             config, self.engine.deliver, self, self.schedule, self.reactor, self.parseSettings, self.journal

@@ -188,7 +188,7 @@ KNOWN = (
 )
 #: keys a copied property may not have
 RESERVED = frozenset(KNOWN) | {"id"}
-QUEUE_KINDS = ("results", "success", "failure", "retry")
+QUEUE_KINDS = ("results", "success", "failure", "retry", "dsn")
 EDIT_KINDS = ("remove", "replace", "update", "prepend", "append", "add")
 
 

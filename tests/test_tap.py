@@ -87,6 +87,8 @@ SPECIAL_SAMPLES = {
     "security": ("verified", "verified"),
     "logLevel": ("debug", "debug"),
     "defaultIps": ("192.0.2.1,2001:db8::1", ["192.0.2.1", "2001:db8::1"]),
+    "dsnNotify": ("DELAY,FAILURE", "DELAY,FAILURE"),
+    "dsnRet": ("FULL", "FULL"),
 }
 
 

@@ -110,6 +110,19 @@ def _notEmpty(value: str) -> None:
         raise ValueError("it is empty; give a name")
 
 
+def _dsnDefault(key: str) -> Callable[[str], None]:
+    def check(value: str) -> None:
+        from mqtwist.content.message import DSN
+        from mqtwist.errors import InvalidMessage
+
+        try:
+            DSN.fromJSON({key: value})
+        except InvalidMessage as e:
+            raise ValueError(e.description.replace(f"property 'dsn.{key}' is", "it is")) from None
+
+    return check
+
+
 def _hostPort(value: str | None) -> None:
     from mqtwist.hostport import parseHostPort
 
@@ -207,6 +220,24 @@ class Config:
     failure: str = setting("failure", help="queue that receives the results of failed messages (empty: none)")
     retry: str = setting(
         "retry", help="queue that receives a notice of every attempt to be retried (empty: none)"
+    )
+    dsnQueue: str = setting(
+        "",
+        help="queue that receives the delivery status notifications (bounces, RFC 3464) mqtwist "
+        "makes, as jobs to the envelope sender; the outbox delivers them itself (empty: none are "
+        "made; a job's queues.dsn overrides)",
+    )
+    dsnNotify: str = setting(
+        "FAILURE",
+        help="comma-separated events reported to the envelope sender of a job without "
+        "dsn.notify: FAILURE, DELAY, SUCCESS, or NEVER (with --dsn-queue)",
+        check=_dsnDefault("notify"),
+    )
+    dsnRet: str = setting(
+        "HDRS",
+        help="what of the original a report carries for a job without dsn.ret: HDRS (its header "
+        "block) or FULL (the whole message)",
+        check=_dsnDefault("ret"),
     )
 
     smarthost: str | None = setting(

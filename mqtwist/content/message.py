@@ -30,7 +30,7 @@ from mqtwist.validation import checkAddress, checkHeaderValue, checkHostName, ch
 #: the longest AMQP queue name, in bytes (a short string)
 MAX_QUEUE_NAME = 255
 #: result queue kinds, in the order of the C{queues} property
-QUEUE_KINDS = ("results", "success", "failure", "retry")
+QUEUE_KINDS = ("results", "success", "failure", "retry", "dsn")
 
 #: the values of C{dsn.notify} (RFC 3461 section 4.1)
 DSN_NOTIFY = ("NEVER", "SUCCESS", "FAILURE", "DELAY")
@@ -195,6 +195,9 @@ class ParseSettings:
     pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: local addresses of a message that gives neither C{ips} nor C{pool}
     defaultIps: tuple[str, ...] = ()
+    #: the outbox, the one reserved queue that C{queues.dsn} may name: the
+    #: reports are jobs, delivered like any other
+    outbox: str = ""
 
 
 @dataclass
@@ -396,7 +399,7 @@ class Message:
         if obj.get("nextattempt") is not None:
             message.nextattempt = _readNextAttempt(obj["nextattempt"])
         if "queues" in obj:
-            _readQueues(obj["queues"], settings.reservedQueues)
+            _readQueues(obj["queues"], settings.reservedQueues, settings.outbox)
         if "results" in obj and not (
             isinstance(obj["results"], list) and all(isinstance(entry, dict) for entry in obj["results"])
         ):
@@ -415,7 +418,7 @@ class Message:
     def queueFor(self, kind: str, default: str) -> str | None:
         """
         The queue to publish a result of C{kind} (C{"results"}, C{"success"},
-        C{"failure"}, C{"retry"}) to: the message's own C{queues} entry when
+        C{"failure"}, C{"retry"}), or a report (C{"dsn"}), to: the message's own C{queues} entry when
         it has one (C{null} or C{""} switch it off), else C{default}.
 
         @return: a queue name, or C{None} when this result is not published.
@@ -673,10 +676,10 @@ def _readNextAttempt(value: Any) -> float:
     )
 
 
-def _readQueues(value: Any, reserved: frozenset[str]) -> None:
+def _readQueues(value: Any, reserved: frozenset[str], outbox: str) -> None:
     if not isinstance(value, dict):
         raise InvalidMessage(
-            "property 'queues' must be an object {results, success, failure, retry}"
+            "property 'queues' must be an object {results, success, failure, retry, dsn}"
         )
     for kind, name in value.items():
         if kind not in QUEUE_KINDS:
@@ -685,7 +688,7 @@ def _readQueues(value: Any, reserved: frozenset[str]) -> None:
         if name is not None and not isinstance(name, str):
             raise InvalidMessage(f"property 'queues.{kind}' must be a queue name or null")
         if name:
-            problem = _queueNameProblem(kind, name, reserved)
+            problem = _queueNameProblem(kind, name, reserved - {outbox} if kind == "dsn" else reserved)
             if problem is not None:
                 raise problem
 
@@ -703,6 +706,12 @@ def _queueNameProblem(kind: str, name: str, reserved: frozenset[str]) -> Invalid
         return InvalidMessage(
             f"property 'queues.{kind}' is {size} bytes long; AMQP queue names are at most "
             f"{MAX_QUEUE_NAME} bytes"
+        )
+    if name in reserved and kind == "dsn":
+        return InvalidMessage(
+            f"property 'queues.dsn' names {excerpt(name)}, a delay queue or the dead-letter "
+            f"queue of mqtwist's: reports published there would not be delivered; give the "
+            f"outbox, or a queue for reports"
         )
     if name in reserved:
         return InvalidMessage(

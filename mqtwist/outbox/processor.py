@@ -40,6 +40,7 @@ from twisted.python.failure import Failure
 
 from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
+from mqtwist.content.bounce import DELAYED, FAILED, RELAYED, BounceSettings, bounceJob
 from mqtwist.content.headeredits import applyHeaderEdits, editedLength
 from mqtwist.content.message import (
     Message,
@@ -151,6 +152,7 @@ class OutboxProcessor:
         self.config = config
         self.journal = journal
         self.parseSettings = parseSettings
+        self.bounceSettings = BounceSettings.fromConfig(config, parseSettings.limits)
         self.deliver = deliver
         self.publisher = publisher
         self.schedule = schedule
@@ -516,6 +518,8 @@ class OutboxProcessor:
         retry = message.queueFor("retry", self.config.retry) if notify else None
         if retry:
             publications.append((retry, message.resultJSON()))
+        if notify:
+            publications += self._report(message, DELAYED, now, self.schedule.expiryTime(message, now))
         return self._publishThenAck(delivery, message.label, publications, message.priority)
 
     def _expire(self, delivery: Delivery, message: Message, reason: str, now: float) -> Deferred[None]:
@@ -536,7 +540,32 @@ class OutboxProcessor:
         # there is no next attempt: a time left from a retry would say otherwise
         message.json.pop("nextattempt", None)
         publications = self._resultPublications(message.json, message.resultJSON(), success=success)
+        publications += self._report(message, RELAYED if success else FAILED, self.reactor.seconds())
         return self._publishThenAck(delivery, message.label, publications, message.priority)
+
+    def _report(
+        self, message: Message, action: str, now: float, willRetryUntil: float | None = None
+    ) -> list[tuple[str, bytes]]:
+        """
+        The delivery status notification of C{action} on C{message} for its
+        DSN queue, confirmed like its results before the outbox message is
+        acknowledged; none without a DSN queue or when none is due
+        (L{bounceJob}).
+        """
+        queue = message.queueFor("dsn", self.config.dsnQueue)
+        if not queue:
+            return []
+        try:
+            job = bounceJob(message, action, now, self.bounceSettings, willRetryUntil=willRetryUntil)
+        except Exception:
+            # a bug in the report must not cost the message its result
+            self.log.failure(
+                "could not build the {action} report of {message} for its sender; it is not sent",
+                action=action,
+                message=message.label,
+            )
+            return []
+        return [(queue, job)] if job is not None else []
 
     def _park(self, delivery: Delivery, message: Message, delay: float) -> Deferred[None]:
         self.log.debug(
