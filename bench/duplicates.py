@@ -33,13 +33,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import report  # noqa: E402
 from broker import BenchBroker  # noqa: E402
 from components import REPOSITORY, BenchError, Program, twistdEnvironment, workDirectory  # noqa: E402
+from loadgen import jobBodies  # noqa: E402
 from twisted.internet import defer, endpoints, protocol, task  # noqa: E402
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
 from twisted.mail import smtp  # noqa: E402
 from zope.interface import implementer  # noqa: E402
 
 from mqtwist.amqp.client import BrokerClient  # noqa: E402
-from mqtwist.loadgen import jobBodies, publishJobs  # noqa: E402
+from mqtwist.cli.publishing import publishBodies  # noqa: E402
 from mqtwist.localnode import LocalRabbitMQ, RabbitMQEnded  # noqa: E402
 
 log = Logger()
@@ -56,7 +57,7 @@ class CountingSink:
     """
     An SMTP server (Twisted's, on 127.0.0.1) that accepts every message and
     counts the deliveries of each recipient: a job's recipient is
-    C{rcptN@example.com} (L{mqtwist.loadgen.makeJob}), so a recipient
+    C{rcptN@example.com} (L{loadgen.makeJob}), so a recipient
     stands for one job.  A delivery counts when the end of its data has
     arrived, just before the server answers 250, as a real server's queue
     would have it.
@@ -328,7 +329,7 @@ class Bench:
         publisher.startService()
         try:
             await publisher.whenConnected()
-            await publishJobs(publisher, queue, jobBodies(self.options.count, self.options.size, prefix=prefix))
+            await publishBodies(publisher, queue, jobBodies(self.options.count, self.options.size, prefix=prefix))
         finally:
             # not left to reconnect while the node is down
             await publisher.stopService()

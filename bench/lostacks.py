@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from twisted.internet import defer, task  # noqa: E402
 
 from mqtwist.amqp.client import BrokerClient, Delivery, QueueSpec  # noqa: E402
-from mqtwist.loadgen import publishJobs  # noqa: E402
+from mqtwist.cli.publishing import publishBodies  # noqa: E402
 from mqtwist.localnode import LocalRabbitMQ, RabbitMQEnded  # noqa: E402
 
 QUEUE = "lostacks"
@@ -44,7 +44,7 @@ async def main(reactor: Any, o: argparse.Namespace) -> None:
                                  onDelivery=lambda d: None, reactor=reactor)
         publisher.startService()
         await publisher.whenConnected()
-        await publishJobs(publisher, QUEUE, (json.dumps({"n": n}).encode() for n in range(o.messages)))
+        await publishBodies(publisher, QUEUE, (json.dumps({"n": n}).encode() for n in range(o.messages)))
         await publisher.stopService()
 
         acked: set[int] = set()

@@ -44,11 +44,12 @@ from components import (  # noqa: E402
     twistdEnvironment,
     workDirectory,
 )
+from loadgen import jobBodies  # noqa: E402
 from twisted.internet import defer, task, threads  # noqa: E402
 from twisted.logger import Logger, globalLogBeginner, textFileLogObserver  # noqa: E402
 
 from mqtwist.amqp.client import BrokerClient  # noqa: E402
-from mqtwist.loadgen import jobBodies, publishJobs  # noqa: E402
+from mqtwist.cli.publishing import publishBodies  # noqa: E402
 from mqtwist.localnode import LocalRabbitMQ  # noqa: E402
 
 log = Logger()
@@ -182,7 +183,7 @@ class Bench:
 
     async def publish(self, queue: str, count: int, prefix: str) -> float:
         started = self.reactor.seconds()
-        await publishJobs(
+        await publishBodies(
             self.publisher, queue,
             templateBodies(self.options.job_template, count, prefix=prefix, dkim=self.dkim)
             if self.options.job_template

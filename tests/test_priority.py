@@ -18,7 +18,6 @@ from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from mqtwist.amqp.client import _priorityAdvice
 from mqtwist.config import Config
-from mqtwist.loadgen import parseArguments, publishFromArguments
 from mqtwist.outbox.processor import OutboxProcessor
 from mqtwist.service import MailerService
 
@@ -179,28 +178,3 @@ def test_advice_only_for_the_outbox():
     assert "--max-priority 10 to use the queue as it is" in _priorityAdvice(both, "results")
     other = "406 PRECONDITION_FAILED - inequivalent arg 'x-max-length' for queue 'outbox' in vhost '/': ..."
     assert _priorityAdvice(other, "outbox") is None
-
-
-@pytest_twisted.ensureDeferred
-async def test_loadgen_declares_a_priority_queue_and_publishes_priorities(rabbitmq, amqp, queues):
-    outbox = queues["outbox"]
-    url = f"amqp://{rabbitmq.username}:{rabbitmq.password}@{rabbitmq.host}:{rabbitmq.port}/"
-    arguments = parseArguments(
-        ["--amqp", url, "--queue", outbox, "--count", "2", "--size", "300", "--max-priority", "10", "--priority", "4"]
-    )
-    try:
-        assert await publishFromArguments(reactor, arguments) == 2
-        # the queue is what mqtwist --max-priority 10 declares: no 406
-        await amqp.declare(outbox, {"x-max-priority": 10})
-        received = await amqp.collect(outbox, 2)
-        assert [r.properties.get("priority") for r in received] == [4, 4]
-        assert [job["priority"] for job in decoded(received)] == [4, 4]
-    finally:
-        await amqp.delete(outbox)
-
-
-@pytest.mark.parametrize("option", ["--priority", "--max-priority"])
-def test_loadgen_refuses_priorities_past_255(option, capsys):
-    with pytest.raises(SystemExit):
-        parseArguments([option, "256"])
-    assert f"{option} 256 is out of range (0-255)" in capsys.readouterr().err

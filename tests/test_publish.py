@@ -1,22 +1,22 @@
 """
-C{mqtwist.loadgen}: test jobs of the requested size, published with
-confirms to a real RabbitMQ node, and the command line.
+Publishing with confirms: L{mqtwist.cli.publishing.publishBodies} and the
+C{mandatory} publishes of L{mqtwist.amqp.client.BrokerClient} against a real
+RabbitMQ node, and the benchmarks' jobs (C{bench/loadgen.py}).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import sys
 import uuid
 
 import pytest
 import pytest_twisted
-from twisted.internet import reactor
-from twisted.internet.utils import getProcessOutputAndValue
+from twisted.internet import defer
 
+from bench.loadgen import jobBodies, makeJob, makeMime
+from mqtwist.amqp.client import PublishReturned, QueueSpec
+from mqtwist.cli.publishing import publishBodies
 from mqtwist.content.message import Message
-from mqtwist.loadgen import makeJob, makeMime, parseArguments, publishFromArguments
 
 
 @pytest.mark.parametrize("size", [0, 200, 301, 5000, 100_000])
@@ -45,26 +45,18 @@ def test_job_is_a_valid_outbox_message():
     assert message.recipient == "rcpt3@example.com"
 
 
-def test_bad_arguments_are_refused(capsys):
-    with pytest.raises(SystemExit):
-        parseArguments(["--count", "-1"])
-    assert "--count -1 is out of range" in capsys.readouterr().err
-    with pytest.raises(SystemExit):
-        parseArguments(["--amqp", "http://localhost/"])
-    assert "is not amqp:// or amqps://" in capsys.readouterr().err
-
-
 @pytest_twisted.ensureDeferred
-async def test_publishes_every_job_confirmed(rabbitmq, amqp):
+async def test_publishes_every_job_confirmed(clients, amqp):
     queue = f"publish-{uuid.uuid4().hex[:8]}"
-    url = f"amqp://{rabbitmq.username}:{rabbitmq.password}@{rabbitmq.host}:{rabbitmq.port}/"
-    arguments = parseArguments(
-        ["--amqp", url, "--queue", queue, "--count", "25", "--size", "3000",
-         "--start", "100", "--prefix", "t", "--window", "7"]
-    )
+    client = clients([QueueSpec(queue)])
+    await client.whenConnected()
+    confirmed: list[int] = []
     try:
-        published = await publishFromArguments(reactor, arguments)
+        published = await publishBodies(
+            client, queue, jobBodies(25, 3000, start=100, prefix="t"), window=7, onConfirmed=confirmed.append
+        )
         assert published == 25
+        assert confirmed == [7, 14, 21, 25]
         received = await amqp.collect(queue, 25)
         jobs = [json.loads(r.body) for r in received]
         assert sorted(job["id"] for job in jobs) == sorted(f"t-{n}" for n in range(100, 125))
@@ -75,37 +67,32 @@ async def test_publishes_every_job_confirmed(rabbitmq, amqp):
 
 
 @pytest_twisted.ensureDeferred
-async def test_command_line(rabbitmq, amqp, tmp_path):
-    queue = f"publish-cli-{uuid.uuid4().hex[:8]}"
-    key = tmp_path / "key.pem"
-    key.write_text("-----BEGIN PRIVATE KEY-----\nnot a real key\n-----END PRIVATE KEY-----\n")
-    url = f"amqp://{rabbitmq.username}:{rabbitmq.password}@{rabbitmq.host}:{rabbitmq.port}/"
+async def test_mandatory_publishes_to_a_missing_queue_fail_the_others_not(clients, amqp):
+    present = f"mandatory-{uuid.uuid4().hex[:8]}"
+    missing = f"mandatory-missing-{uuid.uuid4().hex[:8]}"
+    await amqp.declare(present)
+    client = clients()
+    await client.whenConnected()
     try:
-        out, err, code = await getProcessOutputAndValue(
-            sys.executable,
-            ["-m", "mqtwist.loadgen", "--amqp", url, "--queue", queue, "--count", "3",
-             "--size", "500", "--dkim-key", str(key), "--dkim-selector", "sel"],
-            env=dict(os.environ),
-            path=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            reactor=reactor,
+        # interleaved in one window, some bodies alike: each return finds
+        # its own publish
+        sent = [(present if n % 3 else missing, b"same" if n % 2 else b"%d" % n) for n in range(12)]
+        outcomes = await defer.DeferredList(
+            [client.publish(queue, body, mandatory=True) for queue, body in sent], consumeErrors=True
         )
-        assert code == 0, (out + err).decode()
-        assert out.startswith(f"published 3 messages to queue '{queue}'".encode())
-        received = await amqp.collect(queue, 3)
-        job = json.loads(received[0].body)
-        assert job["dkim"] == {"domain": "example.org", "selector": "sel", "key": key.read_text()}
+        for (queue, _), (ok, value) in zip(sent, outcomes):
+            if queue == present:
+                assert ok, value
+            else:
+                assert not ok and isinstance(value.value, PublishReturned)
+                assert f"queue {missing!r} (312 NO_ROUTE)" in str(value.value)
+        assert sorted(r.body for r in await amqp.collect(present, 8)) == sorted(
+            body for queue, body in sent if queue == present
+        )
+        # the connection is still good
+        await client.publish(present, b"after", mandatory=True)
     finally:
-        await amqp.delete(queue)
-
-
-@pytest_twisted.ensureDeferred
-async def test_command_line_names_an_unreachable_broker(tmp_path):
-    out, err, code = await getProcessOutputAndValue(
-        sys.executable,
-        ["-m", "mqtwist.loadgen", "--amqp", "amqp://guest:guest@127.0.0.1:1/?connection_timeout=2"],
-        env=dict(os.environ),
-        path=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-        reactor=reactor,
-    )
-    assert code == 1
-    assert b"could not connect to AMQP broker amqp://guest:***@127.0.0.1:1/" in err
+        await amqp.delete(present)
+    # mandatory publishes declare nothing (this closes the helper's channel)
+    with pytest.raises(Exception, match="NOT_FOUND"):
+        await amqp.count(missing)
