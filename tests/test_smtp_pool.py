@@ -37,6 +37,7 @@ class FakeClient:
         self.isClosed = False
         #: the pool gives back a connection at once when no reply is due
         self.awaitingReplies = False
+        self.bodyBytesSent = 0
 
     def rset(self) -> Deferred[Reply]:
         reply: Deferred[Reply] = Deferred()
@@ -428,3 +429,24 @@ async def test_closedPortThenLiveHost(smtpServer) -> None:
     with pytest.raises(AttemptFailed) as caught:
         await realPool().acquire(Destination((("127.0.0.1", dead),)))
     assert (caught.value.state, caught.value.result) == ("connect", "error")
+
+
+def test_figures_of_servers_and_bytes_sent() -> None:
+    """
+    What the pool reports for metrics: connections (open and idle) by the
+    first server of a destination, and the body bytes of every connection,
+    those closed since included.
+    """
+    connect = FakeConnect()
+    pool = makePool(connect)
+    pool.acquire(DEST)
+    pool.acquire(DEST)
+    first, second = connect.succeed(0), connect.succeed(1)
+    first.bodyBytesSent, second.bodyBytesSent = 1000, 500
+    pool.release(first)
+    assert [(f.server, f.connections, f.idle) for f in pool.serverFigures()] == [("192.0.2.1:25", 2, 1)]
+    assert pool.bodyBytesSent() == 1500
+    second.die()
+    pool.release(second, clean=False)
+    assert pool.bodyBytesSent() == 1500
+    assert [(f.server, f.connections, f.idle) for f in pool.serverFigures()] == [("192.0.2.1:25", 1, 1)]

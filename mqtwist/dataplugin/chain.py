@@ -39,6 +39,7 @@ from mqtwist.dataplugin.interfaces import (
     IPluginMessage,
 )
 from mqtwist.errors import AttemptFailed, PermanentFailure
+from mqtwist.metrics import Metrics
 
 __all__ = [
     "COMPLETE",
@@ -306,10 +307,12 @@ class PluginChain:
         *,
         reactor: IReactorTime,
         config: Config,
+        metrics: Metrics | None = None,
     ) -> None:
         """
         @param reactor: used for the plugin timeout and the delay between
             runs, and handed to plugins in their context.
+        @param metrics: where each plugin call is counted and timed.
         @param config: C{pluginTimeout}, C{pluginRuns} and
             C{pluginRetryDelay} are read here; plugins see all of it.
         @raise ValueError: if two plugins have the same name (the plugin
@@ -329,6 +332,7 @@ class PluginChain:
         #: the reactor the plugins and the chain's timers run on
         self.reactor = reactor
         self._config = config
+        self.metrics = metrics if metrics is not None else Metrics()
 
     def __len__(self) -> int:
         return len(self._plugins)
@@ -387,6 +391,7 @@ class _ChainRun:
         self._steps = chain._pluginsWithContexts()
         self._reactor = chain.reactor
         self._config = chain._config
+        self._metrics = chain.metrics
         self._connection = connection
         self._message = message
         self._originalBody = message.mime
@@ -397,6 +402,8 @@ class _ChainRun:
         self._timedOut = False
         self._nextRunCall: IDelayedCall | None = None
         self._cancelled = False
+        #: when the plugin in progress was called
+        self._calledAt = 0.0
 
     def start(self) -> Deferred[bytes]:
         self._startRun()
@@ -413,6 +420,7 @@ class _ChainRun:
         # recursion.
         while index < len(self._steps):
             plugin, context = self._steps[index]
+            self._calledAt = self._reactor.seconds()
             pending = invokePlugin(
                 plugin,
                 context,
@@ -422,6 +430,7 @@ class _ChainRun:
             if pending is not None:
                 self._waitFor(index, pending)
                 return
+            self._counted(index, "continue")
             index += 1
         self._done.callback(self._message.mime)
 
@@ -451,10 +460,16 @@ class _ChainRun:
         assert self._pending is not None
         self._pending.cancel()
 
+    def _counted(self, index: int, outcome: str) -> None:
+        seconds = self._reactor.seconds() - self._calledAt
+        self._metrics.pluginRan(self._steps[index][0].name, outcome, seconds)
+
     def _pluginDone(self, control: Control, index: int) -> None:
         self._settle()
         if self._cancelled:
+            self._counted(index, "cancelled")
             return
+        self._counted(index, "complete" if control is COMPLETE else "continue")
         if control is COMPLETE:
             self._done.callback(self._message.mime)
         else:
@@ -464,16 +479,18 @@ class _ChainRun:
         self._settle()
         if self._cancelled:
             # run() was cancelled: its Deferred has failed already.
+            self._counted(index, "cancelled")
             return
         name = self._steps[index][0].name
         runs = self._config.pluginRuns
+        permanent = failure.check(PermanentFailure) is not None
+        self._counted(index, "timeout" if self._timedOut else "permanent" if permanent else "error")
         if self._timedOut:
             # Whatever the cancelled plugin failed with (CancelledError, or
             # its own error for it), the cause is the timeout.
             error = f"timed out after {self._config.pluginTimeout:g} s"
         else:
             error = _errorText(failure)
-        permanent = failure.check(PermanentFailure) is not None
         self.log.warn(
             "data plugin {plugin} failed in run {run} of {runs} of the chain "
             "(message {messageId}): {error}",

@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 
 from mqtwist.errors import AttemptFailed
 from mqtwist.hostport import LONGEST_HOST_NAME, hostPort
+from mqtwist.metrics import ServerFigures
 from mqtwist.smtp.connect import Credentials, openConnection
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply
@@ -126,6 +127,8 @@ class ConnectionPool:
         self._connect = connect
         self.connectionsOpened = 0
         self.connectionsReused = 0
+        #: message bytes written on the connections closed so far
+        self._closedBodyBytes = 0
         self._slots: dict[Destination, _Slots] = {}
         self._destinationOf: dict[ESMTPClient, Destination] = {}
         self._live: set[ESMTPClient] = set()
@@ -235,6 +238,26 @@ class ConnectionPool:
             "opening": slots.opening,
             "waiting": len(slots.waiters),
         }
+
+    def serverFigures(self) -> list[ServerFigures]:
+        """
+        The connections of each server (the first host of a destination)
+        that has any: open (idle, in use or opening) and idle.
+        """
+        figures: dict[str, list[int]] = {}
+        for destination, slots in self._slots.items():
+            host, port = destination.hosts[0]
+            counts = figures.setdefault(hostPort(host, port), [0, 0])
+            counts[0] += slots.count()
+            counts[1] += len(slots.idle)
+        return [ServerFigures(server, opened, idle) for server, (opened, idle) in figures.items()]
+
+    def bodyBytesSent(self) -> int:
+        """
+        Message bytes (as encoded for DATA) written on every connection,
+        open or closed, since the pool was made.
+        """
+        return self._closedBodyBytes + sum(client.bodyBytesSent for client in self._live)
 
     # -- opening -----------------------------------------------------------
 
@@ -410,7 +433,9 @@ class ConnectionPool:
         self._dropIfUnused(destination, slots)
 
     def _connectionClosed(self, _: None, client: ESMTPClient, destination: Destination) -> None:
-        self._live.discard(client)
+        if client in self._live:
+            self._live.discard(client)
+            self._closedBodyBytes += client.bodyBytesSent
         slots = self._slots.get(destination)
         if slots is not None and client not in slots.inUse:
             # an idle connection died: drop it (one in use is dropped on release)

@@ -1,0 +1,281 @@
+"""
+What operators steer while mqtwist runs: pauses and cancels.
+
+A L{Pause} holds back the messages that match it (a destination, a
+recipient domain, a source address, a tag, or several of these at once):
+they are parked, as for a destination paused by a reply, and come back
+when it ends.  A L{Cancel} ends the messages that match it (a recipient
+domain or a tag) with a final C{process}/C{cancelled} result, for as long
+as it lasts: the messages taken from the outbox then, and those that come
+back from a delay queue.
+
+Both live in this process's memory: a restart forgets them.  The admin API
+(L{mqtwist.admin.api}) makes and lists them; the delivery engine asks
+L{Controls.pauseFor} before each attempt, the outbox processor
+L{Controls.cancelFor} before each delivery.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from mqtwist.errors import InvalidMessage
+from mqtwist.timeformat import formatTime
+from mqtwist.validation import checkHeaderValue, checkHostName, checkIP, excerpt
+
+#: what a pause can match on, and what a cancel can
+PAUSE_KEYS = ("destination", "domain", "mta", "tag")
+CANCEL_KEYS = ("domain", "tag")
+
+#: what an operator may write in C{reason} and C{by}
+MAX_TEXT = 200
+
+
+class ControlError(ValueError):
+    """
+    A pause or cancel that cannot be made; the text says which field is
+    wrong and what is accepted.
+    """
+
+
+@dataclass(frozen=True)
+class Selector:
+    """
+    Which messages a pause or cancel matches: all the fields it gives, at
+    once (a domain and a tag: that campaign's mail to that domain).
+    """
+
+    destination: str | None = None
+    domain: str | None = None
+    mta: str | None = None
+    tag: str | None = None
+
+    @classmethod
+    def fromJSON(cls, obj: Mapping[str, Any], keys: Iterable[str]) -> Selector:
+        """
+        Read the selector fields of a request.
+
+        @param keys: the fields this kind of control takes.
+        @raise ControlError: for a field of the wrong type or form, or none
+            given at all.
+        """
+        keys = tuple(keys)
+        values: dict[str, str] = {}
+        for key in keys:
+            value = obj.get(key)
+            if value is None:
+                continue
+            if not isinstance(value, str) or not value:
+                raise ControlError(f"'{key}' must be a non-empty string, not {excerpt(value)}")
+            try:
+                if key == "domain":
+                    value = checkHostName(key, value.lower().rstrip("."))
+                elif key == "mta":
+                    value = checkIP(key, value)
+                else:
+                    checkHeaderValue(key, value)
+            except InvalidMessage as e:
+                raise ControlError(e.description) from None
+            values[key] = value
+        if not values:
+            raise ControlError(f"give at least one of {', '.join(keys)}")
+        return cls(**values)
+
+    def matches(self, *, destination: str, domain: str, mtas: Iterable[str], tags: Iterable[str]) -> bool:
+        """
+        Whether a message with these facts is selected.
+
+        @param mtas: the addresses the message may be sent from (none: the
+            system's choice, which no C{mta} selects).
+        """
+        return (
+            (self.destination is None or self.destination == destination)
+            and (self.domain is None or self.domain == domain)
+            and (self.mta is None or self.mta in mtas)
+            and (self.tag is None or self.tag in tags)
+        )
+
+    def toJSON(self) -> dict[str, str]:
+        return {key: value for key, value in vars(self).items() if value is not None}
+
+    def __str__(self) -> str:
+        return " ".join(f"{key}={value}" for key, value in self.toJSON().items())
+
+
+@dataclass(frozen=True)
+class Control:
+    """
+    One pause or cancel: what it selects, until when (C{inf}: until it is
+    lifted), why and by whom.
+    """
+
+    selector: Selector
+    until: float
+    reason: str
+    by: str
+    since: float
+
+    def toJSON(self) -> dict[str, Any]:
+        shown: dict[str, Any] = self.selector.toJSON()
+        shown.update(
+            until=None if math.isinf(self.until) else formatTime(self.until),
+            since=formatTime(self.since),
+            reason=self.reason,
+            by=self.by,
+        )
+        return shown
+
+
+def readDuration(obj: Mapping[str, Any]) -> float:
+    """
+    The C{seconds} of a request: a positive number, or absent or C{null}
+    for "until lifted" (C{inf}).
+
+    @raise ControlError: for anything else.
+    """
+    seconds = obj.get("seconds")
+    if seconds is None:
+        return math.inf
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+        raise ControlError(f"'seconds' must be a positive number (or left out: until lifted), not {excerpt(seconds)}")
+    return float(seconds)
+
+
+def readText(obj: Mapping[str, Any], key: str, default: str) -> str:
+    """
+    A free-text field (C{reason}, C{by}) of a request: a string without
+    control characters, at most L{MAX_TEXT} characters.
+
+    @raise ControlError: for anything else.
+    """
+    value = obj.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, str) or len(value) > MAX_TEXT:
+        raise ControlError(f"'{key}' must be a string of at most {MAX_TEXT} characters, not {excerpt(value)}")
+    try:
+        checkHeaderValue(key, value)
+    except InvalidMessage as e:
+        raise ControlError(e.description) from None
+    return value
+
+
+class Controls:
+    """
+    The pauses and cancels in force in this process.
+
+    @param reactor: its C{seconds()} is the clock controls expire by.
+    """
+
+    def __init__(self, reactor: Any) -> None:
+        self.reactor = reactor
+        self._pauses: dict[Selector, Control] = {}
+        self._cancels: dict[Selector, Control] = {}
+
+    # -- making and lifting ----------------------------------------------------
+
+    def pause(self, selector: Selector, seconds: float, reason: str, by: str) -> Control:
+        """
+        Pause what C{selector} matches for C{seconds} (C{inf}: until
+        resumed), replacing a pause of the same selector.
+
+        @return: the pause.
+        """
+        return self._add(self._pauses, selector, seconds, reason, by)
+
+    def resume(self, selector: Selector) -> Control | None:
+        """
+        Lift the pause of exactly C{selector}.
+
+        @return: the pause lifted, or C{None} when there was none.
+        """
+        self._expire(self._pauses)
+        return self._pauses.pop(selector, None)
+
+    def cancel(self, selector: Selector, seconds: float, reason: str, by: str) -> Control:
+        """
+        Cancel what C{selector} matches for C{seconds} (C{inf}: until
+        lifted), replacing a cancel of the same selector.
+
+        @return: the cancel.
+        """
+        return self._add(self._cancels, selector, seconds, reason, by)
+
+    def uncancel(self, selector: Selector) -> Control | None:
+        """
+        Lift the cancel of exactly C{selector}.
+
+        @return: the cancel lifted, or C{None} when there was none.
+        """
+        self._expire(self._cancels)
+        return self._cancels.pop(selector, None)
+
+    def pauses(self) -> list[Control]:
+        """The pauses in force, oldest first."""
+        self._expire(self._pauses)
+        return list(self._pauses.values())
+
+    def cancels(self) -> list[Control]:
+        """The cancels in force, oldest first."""
+        self._expire(self._cancels)
+        return list(self._cancels.values())
+
+    # -- asking ------------------------------------------------------------------
+
+    @property
+    def pausing(self) -> bool:
+        """Whether a pause may be in force (an expired one may be listed still)."""
+        return bool(self._pauses)
+
+    @property
+    def cancelling(self) -> bool:
+        """Whether a cancel may be in force (an expired one may be listed still)."""
+        return bool(self._cancels)
+
+    def pauseFor(
+        self, *, destination: str, domain: str, mtas: Iterable[str], tags: Iterable[str]
+    ) -> Control | None:
+        """
+        The pause that holds back a message with these facts, the one that
+        lasts longest when several do; C{None} when none does.
+        """
+        if not self._pauses:
+            return None
+        found = self._matching(self._pauses, destination=destination, domain=domain, mtas=mtas, tags=tags)
+        return max(found, key=lambda control: control.until, default=None)
+
+    def cancelFor(self, *, domain: str, tags: Iterable[str]) -> Control | None:
+        """
+        The cancel that ends a message with these facts, or C{None}.
+        """
+        if not self._cancels:
+            return None
+        found = self._matching(self._cancels, destination="", domain=domain, mtas=(), tags=tags)
+        return found[0] if found else None
+
+    # -- the tables ------------------------------------------------------------
+
+    def _add(
+        self, table: dict[Selector, Control], selector: Selector, seconds: float, reason: str, by: str
+    ) -> Control:
+        now = self.reactor.seconds()
+        table.pop(selector, None)
+        control = Control(selector, now + seconds, reason, by, now)
+        table[selector] = control
+        return control
+
+    def _matching(self, table: dict[Selector, Control], **facts: Any) -> list[Control]:
+        self._expire(table)
+        tags = tuple(facts.pop("tags"))
+        mtas = tuple(facts.pop("mtas"))
+        return [
+            control for control in table.values() if control.selector.matches(mtas=mtas, tags=tags, **facts)
+        ]
+
+    def _expire(self, table: dict[Selector, Control]) -> None:
+        now = self.reactor.seconds()
+        for selector in [s for s, control in table.items() if control.until <= now]:
+            del table[selector]

@@ -1,0 +1,310 @@
+"""
+What mqtwist counts: the figures that C{--metrics} serves to Prometheus and
+that the admin dashboard draws.
+
+One L{Metrics} object per service holds every instrument, so that the code
+that counts calls one method with a plain name (C{metrics.consumed()}) and
+knows nothing of Prometheus.  Counting costs a dictionary look-up and a
+locked addition; the figures that describe the present (connections, in
+flight, outbox depth) are not counted at all but read when Prometheus
+scrapes, from the providers given to L{Metrics.watch}.
+
+Label values are bounded: no address or message id is ever a label, and
+destinations beyond the first C{maxDestinations} seen are counted together
+as C{other}.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+#: the label value of the destinations beyond C{maxDestinations}
+OTHER = "other"
+
+#: upper bounds (seconds) of the delivery latency histogram: from a
+#: fraction of a second (delivered at once) to the default 24 h expiry
+LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+
+#: upper bounds (seconds) of the plugin time histogram
+PLUGIN_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30)
+
+
+class DestinationFigures(Protocol):
+    """
+    What one destination of the delivery policy has now (see
+    L{mqtwist.delivery.policy.DestinationState}).
+
+    @ivar destination: its name: the recipient's domain, or the name of
+        the C{[[throttles]]} rule it falls under.
+    """
+
+    @property
+    def destination(self) -> str: ...
+
+    @property
+    def inFlight(self) -> int: ...
+
+    @property
+    def waiting(self) -> int: ...
+
+
+@dataclass(frozen=True)
+class ServerFigures:
+    """
+    The pooled SMTP connections to one server (C{host:port}) now.
+    """
+
+    server: str
+    connections: int
+    idle: int
+
+
+class PresentSource(Protocol):
+    """
+    What reports the present: the delivery engine.
+    """
+
+    def destinationFigures(self) -> Iterable[DestinationFigures]:
+        """The destinations with messages in flight or waiting."""
+
+    def serverFigures(self) -> Iterable[ServerFigures]:
+        """The servers with pooled connections."""
+
+    def bodyBytesSent(self) -> int:
+        """Message bytes written in DATA since the start."""
+
+
+class Metrics:
+    """
+    The instruments of one service, in their own registry (so that two
+    services in one process, or tests, do not share counts).
+
+    @param maxDestinations: how many destinations get a label of their
+        own; the others are counted as C{other}.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None, *, maxDestinations: int = 50) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.maxDestinations = maxDestinations
+        self._labels: dict[str, str] = {}
+        self._outboxDepth: int | None = None
+        self._sources: list[PresentSource] = []
+        registry = self.registry
+        self._consumed = Counter(
+            "mqtwist_consumed", "outbox messages taken for handling (redeliveries included)", registry=registry
+        )
+        self._outcomes = Counter(
+            "mqtwist_outcomes",
+            "what handling an outbox message came to: delivered, failed, retried, deferred, parked, "
+            "expired, invalid, cancelled or dead-lettered; with the state and result of its entry",
+            ["outcome", "state", "result"],
+            registry=registry,
+        )
+        self._attempts = Counter(
+            "mqtwist_attempts", "delivery attempts (SMTP transactions) by destination", ["destination"],
+            registry=registry,
+        )
+        self._latency = Histogram(
+            "mqtwist_delivery_latency_seconds",
+            "from the first attempt (or the first handling, when that came earlier) to the final result",
+            ["outcome"],
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
+        self._throttled = Counter(
+            "mqtwist_throttle_waits",
+            "messages that waited for a throttle (connections, rate) of their destination",
+            ["destination"],
+            registry=registry,
+        )
+        self._parked = Counter(
+            "mqtwist_parked",
+            "messages deferred without an attempt (destination paused, down or too busy) and parked",
+            ["destination"],
+            registry=registry,
+        )
+        self._pauses = Counter(
+            "mqtwist_pauses",
+            "pauses of a destination: by a reply (pause, down, reduce) or by an operator (admin)",
+            ["destination", "action"],
+            registry=registry,
+        )
+        self._pluginCalls = Counter(
+            "mqtwist_plugin_calls",
+            "data plugin calls by plugin and outcome (continue, complete, retry, error, timeout, cancelled)",
+            ["plugin", "outcome"],
+            registry=registry,
+        )
+        self._pluginSeconds = Histogram(
+            "mqtwist_plugin_seconds", "time a data plugin took", ["plugin"], buckets=PLUGIN_BUCKETS,
+            registry=registry,
+        )
+        self._amqp = Counter(
+            "mqtwist_amqp_events",
+            "publishes, confirms, nacks and returns of mqtwist's own publications, and reconnects",
+            ["event"],
+            registry=registry,
+        )
+        registry.register(_PresentFigures(self))
+
+    # -- the outbox ---------------------------------------------------------
+
+    def consumed(self) -> None:
+        """An outbox message was taken for handling."""
+        self._consumed.inc()
+
+    def concluded(self, outcome: str, state: str = "", result: str = "") -> None:
+        """
+        Handling an outbox message came to C{outcome} (C{delivered},
+        C{failed}, ...), with its last entry's C{state} and C{result}.
+        """
+        self._outcomes.labels(outcome, state, result).inc()
+
+    def finalAfter(self, outcome: str, seconds: float) -> None:
+        """
+        A message got its final result (C{delivered}, C{failed},
+        C{expired}, C{cancelled}) C{seconds} after it was first tried.
+        """
+        self._latency.labels(outcome).observe(max(seconds, 0.0))
+
+    # -- deliveries ---------------------------------------------------------
+
+    def attempted(self, destination: str) -> None:
+        """One attempt to C{destination} was made."""
+        self._attempts.labels(self._destination(destination)).inc()
+
+    def throttled(self, destination: str) -> None:
+        """A message waits for a throttle of C{destination}."""
+        self._throttled.labels(self._destination(destination)).inc()
+
+    def parked(self, destination: str) -> None:
+        """A message for C{destination} was deferred without an attempt."""
+        self._parked.labels(self._destination(destination)).inc()
+
+    def paused(self, destination: str, action: str) -> None:
+        """C{destination} was paused (C{action}: pause, down, reduce, admin)."""
+        self._pauses.labels(self._destination(destination), action).inc()
+
+    def pluginRan(self, plugin: str, outcome: str, seconds: float) -> None:
+        """The data plugin C{plugin} ended with C{outcome} after C{seconds}."""
+        self._pluginCalls.labels(plugin, outcome).inc()
+        self._pluginSeconds.labels(plugin).observe(seconds)
+
+    # -- the broker ---------------------------------------------------------
+
+    def amqp(self, event: str) -> None:
+        """
+        An AMQP event of mqtwist's own: C{publish}, C{confirm}, C{nack},
+        C{return} or C{reconnect}.
+        """
+        self._amqp.labels(event).inc()
+
+    def outboxDepth(self, messages: int) -> None:
+        """The broker said the outbox holds C{messages} ready messages."""
+        self._outboxDepth = messages
+
+    # -- the present ----------------------------------------------------------
+
+    def watch(self, source: PresentSource) -> None:
+        """
+        Read the figures of the present from C{source} at each scrape.
+        """
+        self._sources.append(source)
+
+    def totals(self, name: str, by: str) -> dict[str, float]:
+        """
+        The values of the series C{name} (C{mqtwist_outcomes_total}) added
+        up by their label C{by} (C{outcome}).
+        """
+        totals: dict[str, float] = {}
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and by in sample.labels:
+                    key = sample.labels[by]
+                    totals[key] = totals.get(key, 0.0) + sample.value
+        return totals
+
+    def value(self, name: str, **labels: str) -> float:
+        """
+        The value of one series (C{mqtwist_consumed_total}), the series of
+        every other label value added up; 0 when it has none yet.
+        """
+        total = 0.0
+        for metric in self.registry.collect():
+            for sample in metric.samples:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    total += sample.value
+        return total
+
+    def _destination(self, name: str) -> str:
+        label = self._labels.get(name)
+        if label is None:
+            label = name if len(self._labels) < self.maxDestinations else OTHER
+            if label != OTHER:
+                self._labels[name] = label
+        return label
+
+
+class _PresentFigures(Collector):
+    """
+    The figures of the present, read from L{Metrics}' sources at scrape
+    time, with the same folding of destinations into C{other}.
+    """
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        return list(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        families = self._families()
+        inFlight, waiting, connections, idle, sent, depth = families
+        byDestination: dict[str, list[int]] = {}
+        byServer: dict[str, list[int]] = {}
+        bodyBytes = 0
+        for source in self.metrics._sources:
+            for d in source.destinationFigures():
+                sums = byDestination.setdefault(self.metrics._destination(d.destination), [0, 0])
+                sums[0] += d.inFlight
+                sums[1] += d.waiting
+            for s in source.serverFigures():
+                sums = byServer.setdefault(self.metrics._destination(s.server), [0, 0])
+                sums[0] += s.connections
+                sums[1] += s.idle
+            bodyBytes += source.bodyBytesSent()
+        for label, (flying, waits) in sorted(byDestination.items()):
+            inFlight.add_metric([label], flying)
+            waiting.add_metric([label], waits)
+        for label, (opened, idling) in sorted(byServer.items()):
+            connections.add_metric([label], opened)
+            idle.add_metric([label], idling)
+        sent.add_metric([], bodyBytes)
+        if self.metrics._outboxDepth is not None:
+            depth.add_metric([], self.metrics._outboxDepth)
+        yield from families
+
+    def _families(
+        self,
+    ) -> tuple[
+        GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily, CounterMetricFamily,
+        GaugeMetricFamily,
+    ]:
+        return (
+            GaugeMetricFamily("mqtwist_in_flight", "messages being delivered", labels=["destination"]),
+            GaugeMetricFamily(
+                "mqtwist_waiting", "messages waiting for a throttle of their destination", labels=["destination"]
+            ),
+            GaugeMetricFamily(
+                "mqtwist_connections", "open SMTP connections (in use, idle or opening)", labels=["server"]
+            ),
+            GaugeMetricFamily("mqtwist_idle_connections", "idle SMTP connections", labels=["server"]),
+            CounterMetricFamily("mqtwist_sent_bytes", "message bytes written in DATA"),
+            GaugeMetricFamily("mqtwist_outbox_depth", "ready messages in the outbox, as last seen"),
+        )

@@ -1,0 +1,184 @@
+"""
+The admin HTTP API over real HTTP: the token, the answers to bad requests,
+pauses and cancels, drain, and the dashboard's files.  The service behind
+it is a stand-in here; tests/test_admin_end_to_end.py runs the real one.
+"""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+
+import pytest
+import pytest_twisted
+from twisted.internet import reactor
+from twisted.internet.defer import Deferred, succeed
+from twisted.logger import LogEvent, formatEvent, globalLogPublisher
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
+
+from mqtwist.admin.api import adminRoot
+from mqtwist.admin.controls import Controls
+from mqtwist.listening import HTTPService
+
+TOKEN = "s3cret-token-of-the-test"
+
+
+class Backend:
+    """What the API reads and steers, without a service."""
+
+    def __init__(self) -> None:
+        self.controls = Controls(reactor)
+        self.state = "consuming"
+
+    def status(self) -> dict[str, Any]:
+        return {"state": self.state}
+
+    def destinations(self) -> dict[str, Any]:
+        return {"destinations": [], "servers": []}
+
+    def history(self) -> dict[str, Any]:
+        return {"interval": 5, "samples": []}
+
+    def drain(self) -> Deferred[None]:
+        self.state = "drained"
+        return succeed(None)
+
+    def undrain(self) -> None:
+        self.state = "consuming"
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+        self.agent = Agent(reactor)
+
+    async def call(
+        self, method: str, path: str, body: object = None, token: str | None = TOKEN, raw: bytes | None = None
+    ) -> tuple[int, Any, Headers]:
+        headers = Headers({"content-type": ["application/json"]})
+        if token is not None:
+            headers.addRawHeader("authorization", f"Bearer {token}")
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        producer = FileBodyProducer(BytesIO(data)) if data is not None else None
+        response = await self.agent.request(method.encode(), (self.base + path).encode(), headers, producer)
+        content = await readBody(response)
+        kind = response.headers.getRawHeaders("content-type", [""])[0]
+        value = json.loads(content) if kind == "application/json" else content
+        return response.code, value, response.headers
+
+
+@pytest.fixture
+def logged():
+    events: list[LogEvent] = []
+    globalLogPublisher.addObserver(events.append)
+    yield events
+    globalLogPublisher.removeObserver(events.append)
+
+
+@pytest.fixture
+def api():
+    backend = Backend()
+    failures: list[Any] = []
+    service = HTTPService("admin", "tcp:0", adminRoot(backend, TOKEN), reactor, failures.append)
+    service.startService()
+    port = service._listening.result  # type: ignore[union-attr]
+    yield backend, Client(port.getHost().port)
+    pytest_twisted.blockon(service.stopService() or succeed(None))
+    assert failures == []
+
+
+@pytest.mark.parametrize("token", [None, "Zz9-guess", TOKEN + "x", ""])
+@pytest_twisted.ensureDeferred
+async def test_without_the_right_token_nothing_changes(api, logged, token) -> None:
+    backend, client = api
+    code, answer, headers = await client.call("POST", "/api/pauses", {"domain": "example.com"}, token=token)
+    assert code == 401
+    assert answer == {"error": "give the admin token: Authorization: Bearer <token>"}
+    assert headers.getRawHeaders("www-authenticate") == ['Bearer realm="mqtwist"']
+    assert backend.controls.pauses() == []
+    code, _, _ = await client.call("POST", "/api/drain", token=token)
+    assert code == 401 and backend.state == "consuming"
+    text = "\n".join(formatEvent(event) for event in logged)
+    assert "admin API: POST /api/pauses from 127.0.0.1 refused" in text
+    # neither the right token nor a wrong one is logged
+    assert TOKEN not in text and "Zz9-guess" not in text
+
+
+@pytest.mark.parametrize(
+    "method, path, raw, code, error",
+    [
+        ("GET", "/api/nothing", None, 404, "no such API call: /api/nothing"),
+        ("PUT", "/api/pauses", None, 405, "/api/pauses takes DELETE, GET, POST"),
+        ("POST", "/api/pauses", b"{not json", 400, "the request body is not JSON"),
+        ("POST", "/api/pauses", b"[1, 2]", 400, "the request body must be a JSON object"),
+        ("POST", "/api/pauses", b'{"domain": 7}', 400, "'domain' must be a non-empty string, not 7"),
+        ("POST", "/api/pauses", b'{"domain": "a.b", "seconds": -5}', 400, "'seconds' must be a positive number"),
+        ("POST", "/api/cancels", b'{"mta": "192.0.2.1"}', 400, "give at least one of domain, tag"),
+        ("DELETE", "/api/pauses", b'{"domain": "never.paused"}', 404, "no pause of exactly domain=never.paused"),
+        ("POST", "/api/pauses", b"x" * 70_000, 413, "the request body is larger than 65536 bytes"),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_requests_are_answered_clearly(api, method, path, raw, code, error) -> None:
+    backend, client = api
+    got, answer, _ = await client.call(method, path, raw=raw)
+    assert got == code
+    assert answer["error"].startswith(error)
+    assert backend.controls.pauses() == [] and backend.controls.cancels() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_pause_list_and_resume(api, logged) -> None:
+    backend, client = api
+    code, pause, _ = await client.call(
+        "POST", "/api/pauses", {"domain": "Example.com", "tag": "spring", "seconds": 600, "reason": "complaints", "by": "kim"}
+    )
+    assert code == 200
+    assert {k: pause[k] for k in ("domain", "tag", "reason", "by")} == {
+        "domain": "example.com", "tag": "spring", "reason": "complaints", "by": "kim",
+    }
+    assert pause["until"] is not None
+    code, listed, _ = await client.call("GET", "/api/pauses")
+    assert listed == [pause]
+    assert backend.controls.pauseFor(destination="x", domain="example.com", mtas=(), tags=("spring",)) is not None
+    text = "\n".join(formatEvent(event) for event in logged)
+    assert "admin API: pause domain=example.com tag=spring until" in text and "asked by kim: complaints" in text
+    code, resumed, _ = await client.call("DELETE", "/api/pauses", {"domain": "example.com", "tag": "spring"})
+    assert code == 200 and resumed == pause
+    assert (await client.call("GET", "/api/pauses"))[1] == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancel_until_lifted(api) -> None:
+    backend, client = api
+    code, cancel, _ = await client.call("POST", "/api/cancels", {"tag": "bad-list"})
+    assert code == 200
+    assert cancel["until"] is None and cancel["reason"] == "cancelled by an operator"
+    # who asked, when the request does not say: the client's address
+    assert cancel["by"] == "127.0.0.1"
+    assert backend.controls.cancelFor(domain="example.com", tags=("bad-list",)) is not None
+    code, _, _ = await client.call("DELETE", "/api/cancels", {"tag": "bad-list"})
+    assert code == 200 and backend.controls.cancels() == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_drain_and_undrain(api) -> None:
+    backend, client = api
+    code, status, _ = await client.call("POST", "/api/drain")
+    assert (code, status) == (200, {"state": "drained"})
+    code, status, _ = await client.call("POST", "/api/undrain")
+    assert (code, status) == (200, {"state": "consuming"})
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_dashboard_files_need_no_token_and_hold_no_data(api) -> None:
+    _, client = api
+    code, page, headers = await client.call("GET", "/", token=None)
+    assert code == 200 and b"<title>mqtwist</title>" in page
+    assert headers.getRawHeaders("content-type")[0].startswith("text/html")
+    code, script, _ = await client.call("GET", "/dashboard.js", token=None)
+    assert code == 200 and b"Authorization" in script
+    code, _, _ = await client.call("GET", "/../setup.cfg", token=None)
+    assert code == 404
