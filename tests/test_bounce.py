@@ -19,7 +19,7 @@ import pytest
 from perlmodules import needsPerl
 
 from mqtwist.config import Config
-from mqtwist.content.bounce import DELAYED, FAILED, RELAYED, BounceSettings, bounceJob, buildReport, reportDue
+from mqtwist.content.bounce import DELAYED, FAILED, RELAYED, BounceSettings, bounceJob, buildReport, notifies, reportDue
 from mqtwist.content.joblimits import JobLimits
 from mqtwist.content.message import Message, ParseSettings, ResultEntry
 from mqtwist.errors import InvalidMessage
@@ -321,6 +321,8 @@ def test_noLoops(header: str, due: bool) -> None:
     """
     m = refused(message(mime=f"{header}\r\nSubject: x\r\n\r\nbody\r\n"))
     assert reportDue(m, FAILED, SETTINGS) is due
+    # the envelope asks for one: only the message says no
+    assert notifies(m, FAILED, SETTINGS)
 
 
 def test_reportIsNotBouncedAgain() -> None:

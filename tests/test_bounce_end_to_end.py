@@ -12,12 +12,16 @@ import email
 import email.message
 import email.policy
 import json
+import threading
 from typing import Any
 
 import pytest_twisted
 from fixtures_smtp import unusedPort
 from helpers_endtoend import decoded, makeConfig, publishAll, running
+from twisted.logger import globalLogPublisher
 
+import mqtwist.outbox.processor
+from mqtwist.content.bounce import bounceJob
 from mqtwist.service import MailerService
 
 #: MailerQ's example job of its "Sending bounces" page, as printed
@@ -229,3 +233,59 @@ async def test_noReport(rabbitmq, amqp, smtpServer, queues):
     # stopped: every publication of the jobs was confirmed before their ack
     assert await amqp.count(dsnQueue) == 0
     assert await amqp.count(own) == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_bigMessageReportBuiltInAThread(rabbitmq, amqp, smtpServer, queues, monkeypatch):
+    """
+    The report with the whole of a big message is built off the reactor
+    thread, and delivered whole.
+    """
+    builders: list[threading.Thread] = []
+
+    def recordingBounceJob(*args: Any, **kwargs: Any) -> bytes | None:
+        builders.append(threading.current_thread())
+        return bounceJob(*args, **kwargs)
+
+    monkeypatch.setattr(mqtwist.outbox.processor, "bounceJob", recordingBounceJob)
+    body = ("0123456789" * 7 + "abcdef\r\n") * 3000
+    config = makeConfig(rabbitmq, smtpServer, queues, dsnQueue=queues["outbox"])
+    big = job("big", "reject@example.com", dsn={"ret": "FULL"}, mime="Subject: big\r\n\r\n" + body)
+    async with running(MailerService(config)):
+        await publishAll(amqp, queues["outbox"], [big])
+        (delivered,) = await smtpServer.waitForMessages(1)
+
+    assert len(delivered.data) > len(body)
+    (inner,) = list(parse(delivered.data).iter_parts())[2].get_payload()
+    assert inner.get_payload() == body
+    # in a thread; the report's own success makes none (null sender), at
+    # no cost: nothing is built for it
+    (builder,) = builders
+    assert builder is not threading.main_thread()
+
+
+@pytest_twisted.ensureDeferred
+async def test_aBrokenReportCostsNoResult(rabbitmq, amqp, smtpServer, queues, monkeypatch):
+    """
+    A report that cannot be built (a bug) is logged and left out; the job's
+    result is published as ever.
+    """
+    def broken(*args: Any, **kwargs: Any) -> bytes | None:
+        raise RuntimeError("a bug in the report")
+
+    monkeypatch.setattr(mqtwist.outbox.processor, "bounceJob", broken)
+    dsnQueue = queues["outbox"] + ".dsn"
+    config = makeConfig(rabbitmq, smtpServer, queues, dsnQueue=dsnQueue)
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        async with running(MailerService(config)):
+            await publishAll(amqp, queues["outbox"], [job("broken", "reject@example.com")])
+            (failure,) = decoded(await amqp.collect(queues["failure"], 1))
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    assert [e["result"] for e in failure["results"]] == ["error"]
+    assert await amqp.count(dsnQueue) == 0
+    (logged,) = [e for e in events if "could not build the" in e.get("log_format", "")]
+    assert logged["message"] == "broken" and logged["action"] == "failed"
+    assert logged["log_failure"].check(RuntimeError)

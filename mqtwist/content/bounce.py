@@ -95,11 +95,19 @@ class BounceSettings:
 
 def reportDue(message: Message, action: str, settings: BounceSettings) -> bool:
     """
-    Whether C{message} gets a report of C{action}: never for the null
-    envelope sender, nor for a message that is itself a delivery report or
-    an automatic reply (RFC 3834: so no two systems bounce back and forth);
-    else when its C{NOTIFY} events ask for it, and for a success only when
-    the receiving server is not the one to report it.
+    Whether C{message} gets a report of C{action}: when L{notifies} says
+    so, and it is not itself a delivery report or an automatic reply (RFC
+    3834: so that no two systems bounce mail back and forth).
+    """
+    return notifies(message, action, settings) and not _isReportOrReply(message.mime)
+
+
+def notifies(message: Message, action: str, settings: BounceSettings) -> bool:
+    """
+    Whether the envelope of C{message} asks for a report of C{action}, at
+    no cost: never for the null envelope sender; else when its C{NOTIFY}
+    events ask for it, and for a success only when the receiving server is
+    not the one to report it.
     """
     if not message.envelope:
         return False
@@ -113,7 +121,7 @@ def reportDue(message: Message, action: str, settings: BounceSettings) -> bool:
         # the success report (RFC 3461 section 5.2.1)
         if last is not None and last.get("dsn") is True:
             return False
-    return not _isReportOrReply(message.mime)
+    return True
 
 
 def bounceJob(

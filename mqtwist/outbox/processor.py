@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any, Protocol
 
 from twisted.internet.defer import (
@@ -31,6 +32,7 @@ from twisted.internet.defer import (
     ensureDeferred,
     fail,
     gatherResults,
+    maybeDeferred,
     succeed,
 )
 from twisted.internet.error import ConnectingCancelledError
@@ -40,7 +42,7 @@ from twisted.python.failure import Failure
 
 from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
-from mqtwist.content.bounce import DELAYED, FAILED, RELAYED, BounceSettings, bounceJob
+from mqtwist.content.bounce import DELAYED, FAILED, RELAYED, BounceSettings, bounceJob, notifies
 from mqtwist.content.headeredits import applyHeaderEdits, editedLength
 from mqtwist.content.message import (
     Message,
@@ -91,6 +93,10 @@ _UNREADABLE = "(no id)"
 #: (parsing a 1,000-character To value may take 17 ms, 8,000 characters 0.7 s)
 _EDITS_ON_THE_REACTOR = 256
 
+#: bytes of a message above which its delivery status notification is built
+#: in a thread (a report with the whole of a 100 KB message takes 0.6 ms,
+#: of a 10 MB one 64 ms; one with the headers of a 10 MB one 2.8 ms)
+_REPORT_ON_THE_REACTOR = 128 * 1024
 
 
 def _rewritesContent(message: Message) -> bool:
@@ -519,7 +525,8 @@ class OutboxProcessor:
         if retry:
             publications.append((retry, message.resultJSON()))
         if notify:
-            publications += self._report(message, DELAYED, now, self.schedule.expiryTime(message, now))
+            expiry = self.schedule.expiryTime(message, now)
+            return self._publishWithReport(delivery, message, publications, DELAYED, now, expiry)
         return self._publishThenAck(delivery, message.label, publications, message.priority)
 
     def _expire(self, delivery: Delivery, message: Message, reason: str, now: float) -> Deferred[None]:
@@ -540,32 +547,56 @@ class OutboxProcessor:
         # there is no next attempt: a time left from a retry would say otherwise
         message.json.pop("nextattempt", None)
         publications = self._resultPublications(message.json, message.resultJSON(), success=success)
-        publications += self._report(message, RELAYED if success else FAILED, self.reactor.seconds())
-        return self._publishThenAck(delivery, message.label, publications, message.priority)
+        action = RELAYED if success else FAILED
+        return self._publishWithReport(delivery, message, publications, action, self.reactor.seconds())
 
-    def _report(
-        self, message: Message, action: str, now: float, willRetryUntil: float | None = None
-    ) -> list[tuple[str, bytes]]:
+    def _publishWithReport(
+        self,
+        delivery: Delivery,
+        message: Message,
+        publications: list[tuple[str, bytes]],
+        action: str,
+        now: float,
+        willRetryUntil: float | None = None,
+    ) -> Deferred[None]:
         """
-        The delivery status notification of C{action} on C{message} for its
-        DSN queue, confirmed like its results before the outbox message is
-        acknowledged; none without a DSN queue or when none is due
-        (L{bounceJob}).
+        L{_publishThenAck} C{publications} and the delivery status
+        notification of C{action} on C{message} to its DSN queue, when one
+        is due (L{bounceJob}): confirmed like the results before the outbox
+        message is acknowledged, so no report is lost.  The report of a big
+        message is built in a thread.
+
+        @return: a Deferred firing as L{_publishThenAck}'s.
         """
         queue = message.queueFor("dsn", self.config.dsnQueue)
-        if not queue:
-            return []
-        try:
-            job = bounceJob(message, action, now, self.bounceSettings, willRetryUntil=willRetryUntil)
-        except Exception:
+        if not queue or not notifies(message, action, self.bounceSettings):
+            return self._publishThenAck(delivery, message.label, publications, message.priority)
+        build = partial(bounceJob, message, action, now, self.bounceSettings, willRetryUntil=willRetryUntil)
+        if len(message.mime) > _REPORT_ON_THE_REACTOR:
+            built: Deferred[bytes | None] = deferToThreadPool(self.reactor, self.reactor.getThreadPool(), build)
+        else:
+            built = maybeDeferred(build)
+
+        def withReport(job: bytes | None) -> list[tuple[str, bytes]]:
+            return publications + [(queue, job)] if job is not None else publications
+
+        def withoutReport(failure: Failure) -> list[tuple[str, bytes]] | Failure:
+            if failure.check(CancelledError):
+                return failure
             # a bug in the report must not cost the message its result
             self.log.failure(
                 "could not build the {action} report of {message} for its sender; it is not sent",
+                failure,
                 action=action,
                 message=message.label,
             )
-            return []
-        return [(queue, job)] if job is not None else []
+            return publications
+
+        def publish(everything: list[tuple[str, bytes]]) -> Deferred[None]:
+            return self._publishThenAck(delivery, message.label, everything, message.priority)
+
+        chosen: Deferred[list[tuple[str, bytes]]] = built.addCallbacks(withReport, withoutReport)
+        return chosen.addCallback(publish)
 
     def _park(self, delivery: Delivery, message: Message, delay: float) -> Deferred[None]:
         self.log.debug(
