@@ -34,6 +34,36 @@ def test_publish_many_all_confirmed(clients, amqp):
 
 
 @pytest_twisted.inlineCallbacks
+def test_the_depth_of_the_queue_consumed_from_is_told(clients, amqp):
+    """
+    The metrics learn how many messages wait in the queue consumed from,
+    read when the client connects and every depthInterval seconds.
+    """
+    yield amqp.declare("t-depth")
+    yield amqp.purge("t-depth")
+    for n in range(7):
+        yield amqp.publish("t-depth", b"%d" % n)
+    deliveries = Deliveries()
+    client = clients([QueueSpec("t-depth")], consumeFrom="t-depth", prefetch=1, onDelivery=deliveries)
+    yield client.whenConnected()
+    yield deliveries.atLeast(1)
+    sampled = defer.Deferred()
+    told = client.metrics.outboxDepth
+
+    def seen(depth: int) -> None:
+        told(depth)
+        if not sampled.called:
+            sampled.callback(depth)
+
+    client.metrics.outboxDepth = seen
+    client._readDepth()
+    depth = yield sampled
+    # one delivered (unacked, so not ready), six ready
+    assert depth == 6
+    deliveries.received[0].ack()
+
+
+@pytest_twisted.inlineCallbacks
 def test_publish_to_undeclared_queue_declares_it(clients, amqp):
     client = clients([])
     yield client.whenConnected()
@@ -55,6 +85,7 @@ def test_nack_fails_the_publish(clients, amqp):
         yield client.publish("t-full", b"second")
     assert "rejected (basic.nack)" in str(info.value)
     assert "'t-full'" in str(info.value)
+    assert client.metrics.totals("mqtwist_amqp_events_total", "event") == {"publish": 2, "confirm": 1, "nack": 1}
     # the connection is still usable after a nack
     yield client.publish("t-other-after-nack", b"ok")
     assert [r.body for r in (yield amqp.fetch("t-full"))] == [b"first"]
@@ -169,6 +200,7 @@ def test_reconnect_after_broker_closes_connections(clients, amqp, rabbitmqNode):
     yield client.whenConnected()
     new = yield connectionOf(client)
     assert new is not old
+    assert client.metrics.value("mqtwist_amqp_events_total", event="reconnect") == 1
     # the topology was declared again, the consumer started again
     assert (yield amqp.count("t-reconnect")) == 0
     yield client.publish("t-reconnect", b"after")
@@ -210,6 +242,7 @@ def test_channel_closed_by_broker_reconnects(clients, amqp):
     yield client.whenConnected()
     new = yield connectionOf(client)
     assert new is not old
+    assert client.metrics.value("mqtwist_amqp_events_total", event="reconnect") == 1
     yield client.publish("t-fine-after-channel-close", b"ok")
     yield amqp.delete("t-fine-after-channel-close")
     yield amqp.delete("t-mismatch")

@@ -21,6 +21,7 @@ from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
 from twisted.internet import defer, error
 from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from txamqp.client import ChannelClosed, Closed
@@ -38,6 +39,7 @@ from mqtwist.amqp.protocol import (
 )
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.hostport import hostPort
+from mqtwist.metrics import Metrics
 
 PUBLISH_CHANNEL = 1
 CONSUME_CHANNEL = 2
@@ -209,6 +211,8 @@ class BrokerClient(Service):
         reconnectMaxDelay: float = 30.0,
         closeTimeout: float = 10.0,
         onAttemptFailed: Callable[[str], None] | None = None,
+        metrics: Metrics | None = None,
+        depthInterval: float = 5.0,
     ) -> None:
         """
         @param url: the broker.
@@ -227,6 +231,9 @@ class BrokerClient(Service):
         @param onAttemptFailed: called with the cause of each failed
             connection attempt (what the warning says: what went wrong and
             what to do), for a caller that would rather give up than wait.
+        @param metrics: where publishes, confirms, nacks, returns and
+            reconnects are counted, and the depth of C{consumeFrom} is
+            told (read every C{depthInterval} seconds while connected).
         """
         if not 0 <= prefetch <= 65535:
             raise ValueError(f"prefetch {prefetch} is outside 0..65535 (AMQP basic.qos)")
@@ -257,6 +264,11 @@ class BrokerClient(Service):
         self._lastCause: str | None = None
         self._waiters: list[defer.Deferred[None]] = []
         self._stopped = False
+        self.metrics = metrics if metrics is not None else Metrics()
+        self._everConnected = False
+        self._depth = LoopingCall(self._readDepth)
+        self._depth.clock = reactor
+        self._depthInterval = depthInterval
 
     # -- service -----------------------------------------------------------
 
@@ -285,6 +297,8 @@ class BrokerClient(Service):
         # Twisted's Service is not annotated
         Service.stopService(self)  # type: ignore[no-untyped-call]
         self._stopped = True
+        if self._depth.running:
+            self._depth.stop()
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         self._retry = None
@@ -357,6 +371,11 @@ class BrokerClient(Service):
     def _connected(self, session: _Session) -> None:
         self._attempt = None
         session.established = True
+        if self._everConnected:
+            self.metrics.amqp("reconnect")
+        self._everConnected = True
+        if self.consumeFrom is not None and not self._depth.running:
+            self._depth.start(self._depthInterval, now=True)
         failures, self._failures, self._lastCause = self._failures, 0, None
         waiters, self._waiters = self._waiters, []
         self.log.emit(
@@ -507,6 +526,20 @@ class BrokerClient(Service):
 
     # -- consuming -----------------------------------------------------------
 
+    def _readDepth(self) -> None:
+        """
+        Tell the metrics how many messages are ready in the queue consumed
+        from (a passive C{queue.declare}, which changes nothing).
+        """
+        session = self._session
+        if session is None or not session.ready or session.publishChannel is None:
+            return
+        assert self.consumeFrom is not None
+        reading: defer.Deferred[Any] = session.publishChannel.queue_declare(queue=self.consumeFrom, passive=True)
+        reading.addCallbacks(
+            lambda reply: self.metrics.outboxDepth(reply.message_count), lambda failure: None
+        )
+
     def stopConsuming(self) -> defer.Deferred[None]:
         """
         Cancel the consumer (C{basic.cancel}) and do not consume again after
@@ -627,6 +660,7 @@ class _Session:
         }
         confirmed = self.confirms.add(queue, body if mandatory else None)
         self.protocol.basicPublish(channel.id, "", queue, body, properties, mandatory)
+        self.client.metrics.amqp("publish")
         return confirmed
 
     async def stopConsuming(self) -> None:
@@ -673,10 +707,13 @@ class _Session:
         )
 
     def publishConfirmed(self, channel: AMQChannel, deliveryTag: int, multiple: bool) -> None:
+        # counted first: the publishers' Deferreds fire within ack
+        self.client.metrics.amqp("confirm", self.confirms.answered(deliveryTag, multiple))
         self.confirms.ack(deliveryTag, multiple)
 
     def publishRejected(self, channel: AMQChannel, deliveryTag: int, multiple: bool) -> None:
         url = self.client.url.redacted()
+        self.client.metrics.amqp("nack", self.confirms.answered(deliveryTag, multiple))
         self.confirms.nack(
             deliveryTag,
             multiple,
@@ -697,6 +734,7 @@ class _Session:
             f"in vhost {self.client.url.vhost!r}, so nothing was stored; check the queue "
             f"name, or start mqtwist, which declares its outbox"
         )
+        self.client.metrics.amqp("return")
         if not self.confirms.returned(queue, message.content.body, error):
             self.log.warn(
                 "AMQP broker {url} returned a message published to queue {queue} "

@@ -79,6 +79,20 @@ class PendingConfirms:
                 return True
         return False
 
+    def answered(self, deliveryTag: int, multiple: bool) -> int:
+        """
+        How many pending publishes an answer to C{deliveryTag} (and all
+        before it when C{multiple}) settles, before it does.
+        """
+        if not multiple:
+            return 1 if deliveryTag in self._pending else 0
+        count = 0
+        for sequence in self._pending:
+            if sequence > deliveryTag:
+                break
+            count += 1
+        return count
+
     def ack(self, deliveryTag: int, multiple: bool) -> None:
         """
         The broker stored publish C{deliveryTag} (and all before it when
