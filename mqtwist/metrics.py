@@ -198,12 +198,13 @@ class Metrics:
 
     # -- the broker ---------------------------------------------------------
 
-    def amqp(self, event: str) -> None:
+    def amqp(self, event: str, count: int = 1) -> None:
         """
-        An AMQP event of mqtwist's own: C{publish}, C{confirm}, C{nack},
-        C{return} or C{reconnect}.
+        C{count} AMQP events of mqtwist's own: C{publish}, C{confirm},
+        C{nack}, C{return} or C{reconnect}.
         """
-        self._amqp.labels(event).inc()
+        if count:
+            self._amqp.labels(event).inc(count)
 
     def outboxDepth(self, messages: int) -> None:
         """The broker said the outbox holds C{messages} ready messages."""
