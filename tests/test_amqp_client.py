@@ -292,3 +292,31 @@ def test_stop_service_closes_and_stops_reconnecting(clients, rabbitmqNode):
     assert connection.closed
     with pytest.raises(PublishFailed):
         yield client.publish("t-stopservice", b"x")
+
+
+@pytest_twisted.inlineCallbacks
+def test_consuming_stops_and_resumes(clients, amqp):
+    """
+    After stopConsuming nothing is handed over; resumeConsuming takes up
+    what waited, on the same connection, and a second resume changes
+    nothing.
+    """
+    yield amqp.declare("t-resume")
+    yield amqp.purge("t-resume")
+    deliveries = Deliveries()
+    client = clients([QueueSpec("t-resume")], consumeFrom="t-resume", onDelivery=deliveries)
+    old = yield connectionOf(client)
+    yield client.stopConsuming()
+    yield amqp.publish("t-resume", b"while stopped")
+    assert (yield amqp.count("t-resume")) == 1
+    assert deliveries.received == []
+    yield client.resumeConsuming()
+    yield client.resumeConsuming()
+    (delivery,) = yield deliveries.atLeast(1)
+    assert delivery.body == b"while stopped"
+    delivery.ack()
+    yield amqp.publish("t-resume", b"after")
+    second = yield deliveries.atLeast(2)
+    assert [d.body for d in second] == [b"while stopped", b"after"]
+    second[1].ack()
+    assert (yield connectionOf(client)) is old

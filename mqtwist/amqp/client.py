@@ -554,6 +554,20 @@ class BrokerClient(Service):
             return defer.succeed(None)
         return defer.ensureDeferred(session.stopConsuming())
 
+    def resumeConsuming(self) -> defer.Deferred[None]:
+        """
+        Consume again after L{stopConsuming}, now if connected, and after
+        every reconnect.
+
+        @return: a Deferred that fires with C{None} once the consumer runs
+            (at once when not connected: it starts with the connection).
+        """
+        self._consumeWanted = True
+        session = self._session
+        if self.consumeFrom is None or session is None or not session.ready:
+            return defer.succeed(None)
+        return session.consume(self.consumeFrom)
+
     def _deliver(self, delivery: Delivery) -> None:
         try:
             self.onDelivery(delivery)
@@ -623,12 +637,25 @@ class _Session:
     async def _startConsuming(self, queue: str) -> None:
         if queue not in self.declared:
             await self._declare(QueueSpec(queue))
-        channel = await self.protocol.channel(CONSUME_CHANNEL)
-        await channel.channel_open()
-        await channel.basic_qos(prefetch_count=self.client.prefetch)
-        self.consumeChannel = channel
+        channel = self.consumeChannel
+        if channel is None:
+            channel = await self.protocol.channel(CONSUME_CHANNEL)
+            await channel.channel_open()
+            await channel.basic_qos(prefetch_count=self.client.prefetch)
+            self.consumeChannel = channel
         reply = await channel.basic_consume(queue=queue)
         self.consumerTag = reply.consumer_tag
+
+    def consume(self, queue: str) -> defer.Deferred[None]:
+        """
+        Start the consumer again on this connection, unless it runs or is
+        starting.
+        """
+        starting = self._consumeStarting
+        if self.consumerTag is not None or (starting is not None and not starting.called):
+            return defer.succeed(None)
+        self._consumeStarting = defer.ensureDeferred(self._startConsuming(queue))
+        return self._consumeStarting
 
     def publish(
         self,
