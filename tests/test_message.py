@@ -223,7 +223,7 @@ def test_result_entry_from_failure_and_connection_facts():
     assert not entry.final and not entry.accepted
     assert entry.toJSON() == {
         "time": "1970-01-01 00:00:00", "state": "data", "result": "error",
-        "description": "plugin broke", "plugin": "stamp", "mta": "mx.example", "messages": 3,
+        "description": "plugin broke", "plugin": "stamp", "category": "other", "mta": "mx.example", "messages": 3,
     }
 
 
@@ -232,7 +232,7 @@ def test_invalid_result_json():
     published = json.loads(invalidResultJSON(b"{broken", failure, 0))
     assert published == {
         "input": "{broken",
-        "results": [{"time": "1970-01-01 00:00:00", "state": "process", "result": "invalid", "description": "the message is not valid JSON: x"}],
+        "results": [{"time": "1970-01-01 00:00:00", "state": "process", "result": "invalid", "description": "the message is not valid JSON: x", "category": "invalid"}],
     }
     # NaN is not JSON: the input comes back as text, never as a bare NaN
     published = json.loads(invalidResultJSON(b'{"maxattempts": NaN}', failure, 0))

@@ -238,7 +238,7 @@ async def test_after_a_pause_a_destination_still_refusing_costs_one_attempt(dnsS
         # the log says what kind of failure it was, and the reply
         assert any(
             formatEvent(event).startswith(
-                "attempt for m0 to r0@refusing.test failed at rcptto/error (temporary, 421 4.7.0): "
+                "attempt for m0 to r0@refusing.test failed at rcptto/error (temporary, 421 4.7.0, rate-limited): "
                 "try again later"
             )
             for event in events

@@ -23,6 +23,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 import mqtwist.dataplugin.discovery
+import mqtwist.delivery
 from mqtwist import CONTINUE, IDataPlugin
 from mqtwist.config import Config, DKIMKeyRule, SMTPTimeouts
 from mqtwist.config.sources import SETTINGS, TABLE_SETTINGS, readmeTable
@@ -70,6 +71,9 @@ def writeTOML(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
+#: a rules file that exists: the shipped one
+SHIPPED_CATEGORIES = str(Path(mqtwist.delivery.__file__).parent / "categories.toml")
+
 #: An accepted value of each kind of setting, as text and as parsed.
 SAMPLES: dict[object, tuple[str, Any]] = {
     int: ("7", 7),
@@ -86,6 +90,7 @@ SPECIAL_SAMPLES = {
     "amqp": ("amqp://guest:guest@localhost:5672/%2f", "amqp://guest:guest@localhost:5672/%2f"),
     "security": ("verified", "verified"),
     "logLevel": ("debug", "debug"),
+    "categoryRules": (SHIPPED_CATEGORIES, SHIPPED_CATEGORIES),
     "defaultIps": ("192.0.2.1,2001:db8::1", ["192.0.2.1", "2001:db8::1"]),
     "dsnNotify": ("DELAY,FAILURE", "DELAY,FAILURE"),
     "dsnRet": ("FULL", "FULL"),

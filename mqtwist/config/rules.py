@@ -212,6 +212,10 @@ class BackoffRule:
     (C{re.search}, text case-insensitive) against the reply code, the
     enhanced status code and the reply text; all given ones must match.
 
+    C{category} names categories (one or a list, see
+    L{mqtwist.delivery.categories}); with it, the reply's category must be
+    one of them.
+
     C{action} is one of:
       - C{"pause"}: no new attempts to the destination for C{seconds};
       - C{"reduce"}: at most C{connections} deliveries at once to the
@@ -228,8 +232,11 @@ class BackoffRule:
     #: deliveries at once while an C{action = "reduce"} lasts; 1 when left
     #: out of the table; the other actions take none
     connections: int = 1
+    #: the categories of the replies that match (C{category} in TOML); any
+    #: when empty
+    categories: tuple[str, ...] = ()
 
-    KEYS = ("action", "seconds", "code", "status", "text", "connections")
+    KEYS = ("action", "seconds", "code", "status", "text", "category", "connections")
     ACTIONS = ("pause", "reduce", "retry")
 
     @classmethod
@@ -255,8 +262,15 @@ class BackoffRule:
                 except re.error as e:
                     raise ValueError(f"{where}: {key!r} is not a regular expression: {e}") from None
             patterns[key] = pattern
-        if not any(patterns.values()):
-            raise ValueError(f"{where}: give at least one of 'code', 'status', 'text' to match replies")
+        categories = _names(table, "category", 'a category such as "rate-limited"', where)
+        for name in categories:
+            problem = categoryNameProblem(name)
+            if problem is not None:
+                raise ValueError(f"{where}: 'category': {problem}")
+        if not any(patterns.values()) and not categories:
+            raise ValueError(
+                f"{where}: give at least one of 'code', 'status', 'text', 'category' to match replies"
+            )
         connections = _tableValue(table, "connections", int, "a whole number", where)
         if connections is None:
             connections = 1
@@ -270,7 +284,7 @@ class BackoffRule:
                 f"{where}: 'connections' is 0; give 1 or more (to stop all deliveries for a "
                 'while, give action = "pause")'
             )
-        return cls(action, seconds, connections=connections, **patterns)
+        return cls(action, seconds, connections=connections, categories=categories, **patterns)
 
 
 @dataclass(frozen=True)
@@ -307,3 +321,101 @@ class PoolRule:
             except ValueError:
                 raise ValueError(f"{where}: {ip!r} in 'ips' is no IPv4 or IPv6 address") from None
         return cls(name, tuple(addresses))
+
+
+#: what a category's name may be: it is a field of result entries and a
+#: label of metrics, so a short word
+_CATEGORY_NAME = re.compile(r"[a-z][a-z0-9-]{0,39}")
+
+
+def _names(table: Mapping[str, Any], key: str, what: str, where: str) -> tuple[str, ...]:
+    """
+    The value of C{key}: a name or a list of names, as a tuple.
+    """
+    value = table.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(name, str) and name for name in value):
+        raise ValueError(f"{where}: {key!r} is {value!r}; give {what} or a list of them")
+    return tuple(value)
+
+
+def categoryNameProblem(name: object) -> str | None:
+    """
+    Why C{name} cannot be a category, if it cannot.
+    """
+    if not isinstance(name, str) or not _CATEGORY_NAME.fullmatch(name):
+        return (
+            f"{name!r} is not a category name; give lower-case letters, digits and '-', "
+            'starting with a letter, at most 40 characters, e.g. "bad-recipient"'
+        )
+    return None
+
+
+@dataclass(frozen=True)
+class CategoryRule:
+    """
+    The category of the failed attempts one rule matches (a
+    C{[[categories]]} table in TOML, or one of the shipped rules of
+    C{mqtwist/delivery/categories.toml}).
+
+    C{code}, C{status} and C{text} are regular expressions matched
+    (C{re.search}, text case-insensitive) against the reply code, the
+    enhanced status code and the description (the reply's text, or
+    mqtwist's own account of a failure without a reply); a value the
+    failure lacks is matched as C{""}.  C{states} and C{results} name the
+    C{state} and C{result} values that match.  C{reply} C{True} matches
+    only failures with a server's reply, C{False} only those without.  All
+    given ones must match.
+    """
+
+    category: str
+    code: str | None = None
+    status: str | None = None
+    text: str | None = None
+    states: tuple[str, ...] = ()
+    results: tuple[str, ...] = ()
+    reply: bool | None = None
+
+    KEYS = ("category", "code", "status", "text", "state", "result", "reply")
+
+    @classmethod
+    def fromTable(cls, table: Mapping[str, Any], where: str) -> CategoryRule:
+        """
+        Read one C{[[categories]]} table.
+
+        @raise ValueError: naming C{where}, the key and what is accepted.
+        """
+        _checkKeys(table, cls.KEYS, where)
+        category = table.get("category")
+        problem = categoryNameProblem(category)
+        if problem is not None or not isinstance(category, str):
+            raise ValueError(f"{where}: 'category': {problem}")
+        patterns = {}
+        for key in ("code", "status", "text"):
+            pattern = _tableValue(table, key, str, "a regular expression string", where)
+            if pattern is not None:
+                try:
+                    re.compile(pattern)
+                except re.error as e:
+                    raise ValueError(f"{where}: {key!r} is not a regular expression: {e}") from None
+            patterns[key] = pattern
+        reply = table.get("reply")
+        if reply is not None and not isinstance(reply, bool):
+            raise ValueError(
+                f"{where}: 'reply' is {reply!r}; give true (only failures with a server's reply) "
+                "or false (only those without)"
+            )
+        rule = cls(
+            category,
+            states=_names(table, "state", 'a state such as "rcptto"', where),
+            results=_names(table, "result", 'a result such as "error"', where),
+            reply=reply,
+            **patterns,
+        )
+        if rule == cls(category):
+            raise ValueError(
+                f"{where}: give at least one of 'code', 'status', 'text', 'state', 'result', "
+                "'reply': a rule without one would take every failure"
+            )
+        return rule

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqtwist.config.rules import BackoffRule, DKIMKeyRule, PoolRule, ThrottleRule
+from mqtwist.config.rules import BackoffRule, CategoryRule, DKIMKeyRule, PoolRule, ThrottleRule
 from mqtwist.smtp.timeouts import SMTPTimeouts
 from mqtwist.smtp.tls import POLICIES
 
@@ -170,6 +170,13 @@ def _buckets(values: list[int]) -> None:
 def _tlsPolicy(value: str) -> None:
     if value not in POLICIES:
         raise ValueError(f"{value!r} is not a TLS policy; use one of {', '.join(POLICIES)}")
+
+
+def _categoryRules(value: str | None) -> None:
+    from mqtwist.delivery.categories import readRules
+
+    if value:
+        readRules(value)
 
 
 def _logLevel(value: str) -> None:
@@ -338,6 +345,17 @@ class Config:
         BackoffRule.fromTable,
         help="reply patterns that pause or slow a destination, checked before the built-in "
         "ones ([[backoff]] tables)",
+    )
+    categories: list[CategoryRule] = tables(
+        CategoryRule.fromTable,
+        help="rules that give failed attempts their category, checked before the shipped ones "
+        "([[categories]] tables)",
+    )
+    categoryRules: str | None = setting(
+        None,
+        help="TOML file of [[categories]] tables that replaces the shipped category rules "
+        "(mqtwist/delivery/categories.toml)",
+        check=_categoryRules,
     )
     destinationBacklog: int = setting(
         10,

@@ -22,6 +22,7 @@ from mqtwist.content.dkimsign import DKIMKeys, DKIMSpec, parseDKIM, withoutKeys
 from mqtwist.content.headeredits import checkHeaderEdits
 from mqtwist.content.joblimits import JobLimits, checkLimits, checkSize, encodeJSON, tooDeep
 from mqtwist.content.mime import buildMime
+from mqtwist.delivery.categories import shipped as shippedCategories
 from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.smtp.tls import POLICIES as TLS_POLICIES
 from mqtwist.timeformat import formatTime, parseTime
@@ -742,6 +743,8 @@ class ResultEntry:
     plugin: str | None = None
     #: connection facts (C{mta}, C{from}, C{to}, C{messages}, C{sent}, ...)
     connection: dict[str, Any] = field(default_factory=dict)
+    #: the bounce category of a failure (L{mqtwist.delivery.categories})
+    category: str | None = None
 
     @property
     def accepted(self) -> bool:
@@ -752,11 +755,21 @@ class ResultEntry:
 
     @classmethod
     def fromFailure(
-        cls, failure: AttemptFailed, time: float, connection: dict[str, Any] | None = None
+        cls,
+        failure: AttemptFailed,
+        time: float,
+        connection: dict[str, Any] | None = None,
+        category: str | None = None,
     ) -> ResultEntry:
         """
         The entry for an attempt that ended with C{failure}.
+
+        @param category: its bounce category; when not given, the one the
+            shipped rules give it (for entries made without a
+            configuration's rules at hand, such as an invalid job's).
         """
+        if category is None:
+            category = shippedCategories().ofFailure(failure)
         return cls(
             state=failure.state,
             result=failure.result,
@@ -766,6 +779,7 @@ class ResultEntry:
             status=failure.status,
             description=failure.description,
             plugin=failure.plugin,
+            category=category,
             connection=connection or {},
         )
 
@@ -778,7 +792,7 @@ class ResultEntry:
             "state": self.state,
             "result": self.result,
         }
-        for key in ("code", "status", "description", "plugin"):
+        for key in ("code", "status", "description", "plugin", "category"):
             value = getattr(self, key)
             if value is not None:
                 entry[key] = value

@@ -182,11 +182,14 @@ class DeliveryEngine:
             # the server answered, so the destination is up; but a reply
             # that pauses it must do so before a probe that succeeded lets
             # the messages waiting for it go
-            backoff = self.policy.failed(permit, failure)
+            category = self.policy.categories.ofFailure(failure)
+            backoff = self.policy.failed(permit, failure, category)
             self.policy.succeeded(permit)
-            return self._failed(message, failure, failure.facts, backoff)
+            return self._failed(message, failure, failure.facts, backoff, category)
         except AttemptFailed as failure:
-            return self._failed(message, failure, backoff=self.policy.failed(permit, failure))
+            category = self.policy.categories.ofFailure(failure)
+            backoff = self.policy.failed(permit, failure, category)
+            return self._failed(message, failure, backoff=backoff, category=category)
         self.policy.succeeded(permit)
         reply = sent.reply
         self.log.info(
@@ -231,12 +234,16 @@ class DeliveryEngine:
         failure: AttemptFailed,
         facts: dict[str, Any] | None = None,
         backoff: Backoff | None = None,
+        category: str | None = None,
     ) -> ResultEntry:
+        if category is None:
+            category = self.policy.categories.ofFailure(failure)
         reply = f", {failure.code}" if failure.code is not None else ""
         if failure.status:
             reply += f" {failure.status}"
         self.log.info(
-            "attempt for {message} to {recipient} failed at {state}/{result} ({kind}{reply}): {description}",
+            "attempt for {message} to {recipient} failed at {state}/{result} ({kind}{reply}, {category}): "
+            "{description}",
             message=message.label,
             recipient=message.recipient,
             state=failure.state,
@@ -247,8 +254,9 @@ class DeliveryEngine:
             status=failure.status,
             description=failure.description,
             permanent=failure.permanent,
+            category=category,
         )
-        entry = ResultEntry.fromFailure(failure, self.reactor.seconds(), facts)
+        entry = ResultEntry.fromFailure(failure, self.reactor.seconds(), facts, category)
         if backoff is not None:
             entry.connection.update(backoff.entryFields())
             if backoff.action == "retry" and not entry.final:
@@ -272,6 +280,7 @@ class DeliveryEngine:
             time=self.reactor.seconds(),
             final=False,
             description=f"not tried: destination {deferral.destination} {deferral.reason}",
+            category=deferral.category,
             connection={
                 "destination": deferral.destination,
                 "reason": deferral.reason,

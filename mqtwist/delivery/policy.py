@@ -33,6 +33,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
 from mqtwist.config import BackoffRule, Config, ThrottleRule
+from mqtwist.delivery.categories import Categories
 from mqtwist.delivery.routing import SWEEP_INTERVAL, Route
 from mqtwist.errors import AttemptFailed
 from mqtwist.smtp.pool import Destination
@@ -70,13 +71,16 @@ class Deferral(Exception):
     @ivar destination: the destination's name.
     @ivar reason: why, for logs and result entries.
     @ivar until: POSIX time from which the destination may take it.
+    @ivar category: the bounce category of the failure that paused the
+        destination or marked it down; C{None} when it is busy.
     """
 
-    def __init__(self, destination: str, reason: str, until: float) -> None:
+    def __init__(self, destination: str, reason: str, until: float, category: str | None = None) -> None:
         super().__init__(destination, reason, until)
         self.destination = destination
         self.reason = reason
         self.until = until
+        self.category = category
 
     def __str__(self) -> str:
         return f"{self.destination}: {self.reason}, until {formatTime(self.until)}"
@@ -154,6 +158,7 @@ class _State:
     stuckCheck: IDelayedCall | None = None
     pausedUntil: float = 0.0
     pauseReason: str = ""
+    pauseCategory: str | None = None
     reducedTo: int = 0
     reducedUntil: float = 0.0
     failuresInRow: int = 0
@@ -176,6 +181,24 @@ class _State:
         if self.reducedUntil > now:
             return min(self.reducedTo, self.limits.connections)
         return self.limits.connections
+
+
+@dataclass(frozen=True)
+class DestinationState:
+    """
+    What the policy knows of one destination now, for metrics and the
+    admin API.
+
+    @ivar pausedUntil: the end of a pause caused by a reply or by failed
+        connections (C{None}: not paused).
+    """
+
+    destination: str
+    inFlight: int
+    waiting: int
+    limits: Limits
+    pausedUntil: float | None
+    pauseReason: str
 
 
 @dataclass(frozen=True)
@@ -216,6 +239,8 @@ class DeliveryPolicy:
         self.openConnections = openConnections
         self.rules: list[ThrottleRule] = list(config.throttles)
         self.backoff: list[BackoffRule] = list(config.backoff) + list(builtinBackoff(config.greylistDelay))
+        #: the bounce categories of failures, which backoff rules may name
+        self.categories = Categories.fromConfig(config)
         self._states: dict[str, _State] = {}
         #: deliveries ended, to every destination
         self._ended = 0
@@ -312,7 +337,7 @@ class DeliveryPolicy:
         state = self._stateFor(route)
         now = self.reactor.seconds()
         if state.pausedUntil > now:
-            return Deferral(state.name, state.pauseReason, state.pausedUntil)
+            return Deferral(state.name, state.pauseReason, state.pausedUntil, state.pauseCategory)
         if state.pausedUntil:
             self._pauseEnded(state)
         if not state.waiters and self._wait(state, route.destination, now) == 0:
@@ -483,7 +508,7 @@ class DeliveryPolicy:
     def _turnAwayWaiters(self, state: _State, until: float) -> None:
         waiters, state.waiters = state.waiters, deque()
         for waiter, _ in waiters:
-            waiter.errback(Deferral(state.name, state.pauseReason, until))
+            waiter.errback(Deferral(state.name, state.pauseReason, until, state.pauseCategory))
 
     def _dropIfForgettable(self, state: _State) -> None:
         # keeps the table from growing with every destination ever seen
@@ -542,10 +567,14 @@ class DeliveryPolicy:
                 state.probing = False
                 self._serve(state)
 
-    def failed(self, permit: Permit, failure: AttemptFailed) -> Backoff | None:
+    def failed(self, permit: Permit, failure: AttemptFailed, category: str | None = None) -> Backoff | None:
         """
         The delivery of C{permit} failed with C{failure}: count connection
         failures, apply the first backoff rule that matches the reply.
+
+        @param category: the failure's bounce category, when its caller
+            has it; else L{categories} gives it.  A pause or a down that
+            the failure causes defers messages with it.
 
         @return: the L{Backoff} it caused, if any; a C{"retry"} one says
             when this message is due again.
@@ -554,11 +583,13 @@ class DeliveryPolicy:
         # destination may have been forgotten since: what happened still
         # counts, and the destination is forgotten again if nothing did
         state = self._states.setdefault(permit._state.name, permit._state)
-        backoff = self._failed(state, failure)
+        if category is None:
+            category = self.categories.ofFailure(failure)
+        backoff = self._failed(state, failure, category)
         self._dropIfForgettable(state)
         return backoff
 
-    def _failed(self, state: _State, failure: AttemptFailed) -> Backoff | None:
+    def _failed(self, state: _State, failure: AttemptFailed, category: str) -> Backoff | None:
         now = self.reactor.seconds()
         if failure.state in CONNECTION_STATES and failure.code is None:
             state.failuresInRow += 1
@@ -568,18 +599,18 @@ class DeliveryPolicy:
                     f"down: {self.config.downAfterFailures} connections in a row failed, "
                     f"the last with {failure.state}/{failure.result}"
                 )
-                return self._pause(state, "down", reason, now + self.config.downTime)
+                return self._pause(state, "down", reason, now + self.config.downTime, category)
         elif failure.state not in ("dns", "bind"):
             state.failuresInRow = 0
         if failure.code is None:
             return None
-        rule = self._matchingRule(failure)
+        rule = self._matchingRule(failure, category)
         if rule is None:
             return None
         until = now + rule.seconds
         description = f"{failure.code} {failure.description}"
         if rule.action == "pause":
-            return self._pause(state, "pause", f"paused after the reply {description}", until)
+            return self._pause(state, "pause", f"paused after the reply {description}", until, category)
         if rule.action == "reduce":
             state.reducedTo = rule.connections
             state.reducedUntil = until
@@ -594,13 +625,14 @@ class DeliveryPolicy:
             return Backoff(state.name, "reduce", until)
         return Backoff(state.name, "retry", until)
 
-    def _pause(self, state: _State, action: str, reason: str, until: float) -> Backoff:
+    def _pause(self, state: _State, action: str, reason: str, until: float, category: str) -> Backoff:
         if until > state.pausedUntil:
             # deliveries that fail together extend the pause: one warning
             # for the first of them
             new = state.pausedUntil <= self.reactor.seconds()
             state.pausedUntil = until
             state.pauseReason = reason
+            state.pauseCategory = category
             (self.log.warn if new else self.log.debug)(
                 "destination {destination} {action} until {until}: {reason}",
                 destination=state.name,
@@ -611,8 +643,10 @@ class DeliveryPolicy:
         self._turnAwayWaiters(state, state.pausedUntil)
         return Backoff(state.name, action, state.pausedUntil)
 
-    def _matchingRule(self, failure: AttemptFailed) -> BackoffRule | None:
+    def _matchingRule(self, failure: AttemptFailed, category: str) -> BackoffRule | None:
         for rule in self.backoff:
+            if rule.categories and category not in rule.categories:
+                continue
             if rule.code is not None and not re.search(rule.code, str(failure.code)):
                 continue
             if rule.status is not None and not re.search(rule.status, failure.status or ""):
@@ -621,6 +655,24 @@ class DeliveryPolicy:
                 continue
             return rule
         return None
+
+    def destinationStates(self) -> list[DestinationState]:
+        """
+        The destinations known now: those with messages in flight or
+        waiting, paused, reduced or recently used.
+        """
+        now = self.reactor.seconds()
+        return [
+            DestinationState(
+                state.name,
+                state.active,
+                len(state.waiters),
+                state.limits,
+                state.pausedUntil if state.pausedUntil > now else None,
+                state.pauseReason if state.pausedUntil > now else "",
+            )
+            for state in self._states.values()
+        ]
 
     def close(self) -> None:
         """

@@ -59,6 +59,7 @@ from mqtwist.content.message import (
     readJob,
 )
 from mqtwist.content.personalize import personalize
+from mqtwist.delivery.categories import lastCategory
 from mqtwist.delivery.engine import ScheduledEntry
 from mqtwist.errors import AttemptFailed, InvalidMessage
 from mqtwist.outbox.journal import DeliveryJournal
@@ -533,14 +534,16 @@ class OutboxProcessor:
         last = _lastOutcome(message)
         if last:
             reason = f"{reason}; the last {last}"
+        category = lastCategory(message.results)
         self.log.info(
-            "{message} to {recipient} expired: {reason}",
+            "{message} to {recipient} expired ({category}): {reason}",
             message=message.label,
             recipient=message.recipient,
             reason=reason,
+            category=category,
             destination=message.results[-1].get("destination") if message.results else None,
         )
-        message.record(ResultEntry("process", "timeout", now, True, description=reason))
+        message.record(ResultEntry("process", "timeout", now, True, description=reason, category=category))
         return self._finish(delivery, message, success=False)
 
     def _finish(self, delivery: Delivery, message: Message, *, success: bool) -> Deferred[None]:
