@@ -207,7 +207,8 @@ async def test_noReport(rabbitmq, amqp, smtpServer, queues):
     """
     No report for NOTIFY=NEVER, for the null envelope sender, with
     queues.dsn null, nor for a job that is itself a report; the one job
-    that asks for none of that gets one, to the queue its queues.dsn names.
+    that asks for none of that gets one, to the queue its queues.dsn names,
+    with its priority.
     """
     dsnQueue = queues["outbox"] + ".dsn"
     own = queues["outbox"] + ".own-dsn"
@@ -221,15 +222,18 @@ async def test_noReport(rabbitmq, amqp, smtpServer, queues):
         job("null", "reject@example.com", envelope=""),
         job("nulled", "reject@example.com", queues={"dsn": None}),
         job("report", "reject@example.com", mime=bounceLike),
-        job("wanted", "reject@example.com", queues={"dsn": own}),
+        job("wanted", "reject@example.com", queues={"dsn": own}, priority=5),
     ]
     config = makeConfig(rabbitmq, smtpServer, queues, dsnQueue=dsnQueue)
     async with running(MailerService(config)):
         await publishAll(amqp, queues["outbox"], jobs)
         failures = decoded(await amqp.collect(queues["failure"], len(jobs)))
-        (wanted,) = [json.loads(r.body) for r in await amqp.collect(own, 1)]
+        (received,) = await amqp.collect(own, 1)
     assert sorted(f["id"] for f in failures) == ["never", "null", "nulled", "report", "wanted"]
+    wanted = json.loads(received.body)
     assert wanted["bounceof"]["id"] == "wanted"
+    # the job's priority, in the JSON and as the AMQP priority of the report
+    assert wanted["priority"] == 5 and received.properties["priority"] == 5
     # stopped: every publication of the jobs was confirmed before their ack
     assert await amqp.count(dsnQueue) == 0
     assert await amqp.count(own) == 0
