@@ -234,7 +234,8 @@ def _textPart(
     if job.variables is not None and hasTemplate(text):
         newline = "\r\n" if "\r\n" in text else "\n"
         changed = render(text, job.variables, html=html, newline=newline)
-    if html and job.inlinecss:
+    if html and job.inlinecss and "<style" in changed.lower():
+        # without rules to inline, the part is not written anew
         changed = inlineCSS(changed)
     if changed == text:
         return fields, body
@@ -255,7 +256,7 @@ def _encodedPart(
         fields = _withCharset(fields, "utf-8")
     eol = b"\r\n" if b"\r\n" in original or not original else b"\n"
     if encoding in ("7bit", "8bit"):
-        fits = all(len(line.rstrip(b"\r")) <= _MAX_LINE for line in data.split(b"\n"))
+        fits = max(map(len, data.splitlines()), default=0) <= _MAX_LINE
         if fits and (encoding == "8bit" or data.isascii()):
             return fields, data
         encoding = "quoted-printable"
