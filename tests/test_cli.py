@@ -17,6 +17,8 @@ import pytest
 import pytest_twisted
 from helpers_endtoend import brokerURL, decoded, job, makeConfig, normalised, publishAll, running
 from twisted.internet import reactor
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.utils import getProcessOutputAndValue
 
 from mqtwist.service import MailerService
@@ -254,3 +256,66 @@ async def test_wrong_options_are_told():
     out, err, code = await mqtwist("send", "--amqp", "http://localhost/")
     assert code == 2
     assert "is not amqp:// or amqps://" in err
+
+
+class _Lines(ProcessProtocol):
+    """
+    A command's output as it comes: C{firstLine} fires with the first line
+    of its standard output, C{ended} with its exit status.
+    """
+
+    def __init__(self) -> None:
+        self.out = b""
+        self.err = b""
+        self.firstLine: Deferred[str] = Deferred()
+        self.ended: Deferred[int] = Deferred()
+
+    def outReceived(self, data: bytes) -> None:
+        self.out += data
+        if b"\n" in self.out and not self.firstLine.called:
+            self.firstLine.callback(self.out.split(b"\n")[0].decode())
+
+    def errReceived(self, data: bytes) -> None:
+        self.err += data
+
+    def processEnded(self, reason) -> None:
+        self.ended.callback(reason.value.exitCode)
+
+
+@pytest_twisted.ensureDeferred
+async def test_ctrl_c_while_waiting_exits_130_and_deletes_the_run_queue(rabbitmq, amqp, queues):
+    # no service runs: the job waits in the outbox, and so does the command
+    outbox = queues["outbox"]
+    await amqp.declare(outbox)
+    command = _Lines()
+    env = {name: value for name, value in os.environ.items() if not name.startswith("MQTWIST_")}
+    process = reactor.spawnProcess(
+        command, MQTWIST,
+        [MQTWIST, "send", "--amqp", brokerURL(rabbitmq), "--queue", outbox, "--wait",
+         "--from", "a@example.org", "--to", "b@example.com", "--body", "hi", "--id", "interrupted"],
+        env=env,
+    )
+    try:
+        assert await command.firstLine == f"published job interrupted to queue {outbox!r}"
+        (waiting,) = decoded(await amqp.collect(outbox, 1))
+        runQueue = waiting["queues"]["results"]
+        assert waiting["queues"]["retry"] == runQueue
+        # the run's queue exists while the command waits
+        assert await amqp.count(runQueue) == 0
+        process.signalProcess("INT")
+        assert await command.ended == 130
+    finally:
+        await amqp.delete(outbox)
+    assert command.err.decode().endswith("mqtwist send: interrupted\n")
+    with pytest.raises(Exception, match="NOT_FOUND"):
+        await amqp.count(runQueue)
+
+
+@pytest_twisted.ensureDeferred
+async def test_results_refuses_the_outbox(rabbitmq, queues):
+    out, err, code = await mqtwist("results", "--amqp", brokerURL(rabbitmq), "--queue", "outbox")
+    assert code == 1
+    assert err == (
+        "mqtwist results: error: 'outbox' is the outbox: reading it would take the delivery jobs "
+        "from mqtwist; give a result queue\n"
+    )

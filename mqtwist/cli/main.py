@@ -9,13 +9,17 @@ import argparse
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from twisted.internet import defer, task
+from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from mqtwist.cli import results, send
 from mqtwist.cli.common import DEFAULT_TIMEOUT, CommandError, readSettings
 from mqtwist.config.sources import SettingError
+
+#: exit status of a command stopped by Ctrl-C (128 + SIGINT, as shells do)
+INTERRUPTED = 130
 
 #: the subcommands, each a module (see L{mqtwist.cli})
 SUBCOMMANDS: tuple[ModuleType, ...] = (send, results)
@@ -67,14 +71,34 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (SettingError, ValueError) as e:
         _fail(name, str(e), 2)
 
-    async def run(reactor: Any) -> None:
-        try:
-            status = await arguments.subcommand.run(reactor, arguments, settings)
-        except CommandError as e:
-            _fail(name, str(e), 1)
-        raise SystemExit(status)
+    from twisted.internet import reactor
 
-    task.react(lambda reactor: defer.ensureDeferred(run(reactor)))
+    outcome: list[int] = []
+
+    async def run() -> int:
+        try:
+            status: int = await arguments.subcommand.run(reactor, arguments, settings)
+        except CommandError as e:
+            sys.stderr.write(f"{name}: error: {e}\n")
+            return 1
+        return status
+
+    def finished(result: int | Failure) -> None:
+        if isinstance(result, Failure):
+            sys.stderr.write(f"{name}: error: {result.getTraceback()}")
+            result = 1
+        outcome.append(result)
+        if reactor.running:
+            reactor.stop()
+
+    # reactor.run rather than task.react: a command stopped by Ctrl-C
+    # (SIGINT stops the reactor) must not exit 0
+    reactor.callWhenRunning(lambda: defer.ensureDeferred(run()).addBoth(finished))
+    reactor.run()
+    if not outcome:
+        sys.stderr.write(f"{name}: interrupted\n")
+        raise SystemExit(INTERRUPTED)
+    raise SystemExit(outcome[0])
 
 
 def _fail(name: str, message: str, status: int) -> NoReturn:

@@ -169,6 +169,11 @@ async def run(reactor: Any, arguments: argparse.Namespace, settings: Settings) -
     queue = arguments.queue if arguments.queue is not None else settings.results
     if not queue:
         raise CommandError("the configuration switches the results queue off (results = ''): give --queue")
+    if queue == settings.outbox:
+        raise CommandError(
+            f"{queue!r} is the outbox: reading it would take the delivery jobs from mqtwist; "
+            f"give a result queue"
+        )
     limit = arguments.limit
     if limit is not None and limit < 1:
         raise CommandError(f"--limit {limit} is out of range: give 1 or more")
