@@ -43,6 +43,7 @@ from mqtwist.localnode import (
     RabbitMQNotInstalled,
     RabbitMQStartFailed,
 )
+from mqtwist.messagestore.loader import storedMessages
 from mqtwist.outbox.journal import DeliveryJournal, DeliveryJournalError
 from mqtwist.outbox.processor import OutboxProcessor
 from mqtwist.outbox.schedule import RetrySchedule
@@ -89,7 +90,8 @@ def deliveryEngine(config: Config, plugins: Sequence[IDataPlugin], reactor: Any)
     program that has its own queue can use alone.
 
     @param plugins: the data plugins, in the order they run.
-    @raise ValueError: when the configured TLS files cannot be loaded.
+    @raise ValueError: when the configured TLS files cannot be loaded, or
+        no installed backend serves the C{--message-store} URL.
     """
     tls = TLSSettings(config.tlsCertificate, config.tlsKey, config.tlsCaFile)
     # loaded now, so that a bad file stops the start instead of every
@@ -129,6 +131,7 @@ def deliveryEngine(config: Config, plugins: Sequence[IDataPlugin], reactor: Any)
         concurrency=config.concurrency,
         parkDelayMax=config.parkDelayMax,
         reactor=reactor,
+        store=storedMessages(config, reactor),
     )
 
 

@@ -15,7 +15,9 @@ Shared fixtures, each kind in a module of its own so that they can be read
   - L{fixtures_queues}: the queue names of one test (C{queues});
   - L{fixtures_dkim}: a name server for DKIM keys (C{nameServer});
   - L{fixtures_plugins}: data plugins installed as other distributions
-    install them (C{installPlugin}).
+    install them (C{installPlugin});
+  - L{fixtures_redis}: Redis servers, the message store (C{startRedis},
+    C{redisServer}).
 
 A test module never imports a fixture: it names it as an argument.  Plain
 helpers that several test modules share are imported from the
@@ -34,6 +36,7 @@ pytest_plugins = [
     "fixtures_queues",
     "fixtures_dkim",
     "fixtures_plugins",
+    "fixtures_redis",
 ]
 
 # The helpers' asserts explain a failure as those of a test module do.

@@ -172,6 +172,16 @@ def _tlsPolicy(value: str) -> None:
         raise ValueError(f"{value!r} is not a TLS policy; use one of {', '.join(POLICIES)}")
 
 
+def _messageStoreURL(value: str | None) -> None:
+    if value is not None and "://" not in value:
+        raise ValueError("it is no URL; give scheme://..., e.g. redis://127.0.0.1:6379/0")
+
+
+def _messageStoreCleanup(value: str) -> None:
+    if value not in ("delete", "keep"):
+        raise ValueError(f"{value!r} is neither delete nor keep")
+
+
 def _categoryRules(value: str | None) -> None:
     from mqtwist.delivery.categories import readRules
 
@@ -471,6 +481,60 @@ class Config:
     )
     maxJobString: int = setting(
         65_536, help="characters of one key of an outbox job, and of one string outside its mime", check=positive
+    )
+
+    messageStore: str | None = setting(
+        None,
+        help="URL of the external message store that jobs with 'key' instead of 'mime' are "
+        "loaded from, once their SMTP connection is ready: redis://[:password@]host:6379/0, "
+        "rediss:// (TLS) or unix:///path/redis.sock?db=0; backend plugins add schemes (not given: "
+        "no store, and such a job fails as process/invalid); never logged with its credentials",
+        check=_messageStoreURL,
+        secret=True,
+    )
+    messageStoreTimeout: float = setting(
+        20.0,
+        help="seconds a message store operation may take; a load that takes longer fails the "
+        "attempt as storage/timeout, to be retried",
+        check=_positiveSeconds,
+    )
+    messageStoreMaxBytes: int = setting(
+        64 * 1024 * 1024,
+        help="bytes a message loaded from the message store may have (and no more than "
+        "--max-job-bytes); a bigger one fails the job as storage/error",
+        check=positive,
+    )
+    messageStoreThreads: int = setting(
+        4,
+        help="threads, each with its connection, that a message store backend whose client blocks "
+        "(Redis) works in: the loads in progress at once",
+        check=positive,
+    )
+    messageStoreCleanup: str = setting(
+        "delete",
+        help="what becomes of a stored message once its job has ended (delivered, or failed for "
+        "good): delete (unless the job has keepmime, as MailerQ) or keep (left to the store's own "
+        "expiry)",
+        check=_messageStoreCleanup,
+    )
+
+        "",
+        "tcp:9100:interface=0.0.0.0 (a tcp one without interface= listens on 127.0.0.1; empty: off)",
+    )
+        50,
+        "as 'other'",
+        check=positive,
+    )
+    admin: str = setting(
+        "",
+        help="where the admin API and its dashboard listen: a port, or a Twisted endpoint string "
+        "(a tcp one without interface= listens on 127.0.0.1; empty: off); every API call needs the "
+        "token of --admin-token-file or MQTWIST_ADMIN_TOKEN",
+    )
+    adminTokenFile: str | None = setting(
+        None,
+        help="file whose first line is the admin API's bearer token (or set MQTWIST_ADMIN_TOKEN; "
+        "never the token itself as an option, where ps would show it)",
     )
 
     shutdownTimeout: float = setting(30.0, help="seconds that stopping waits for deliveries in flight")

@@ -245,6 +245,10 @@ class Message:
     data: dict[str, Any] | None = None
     #: the C{inlinecss} property: CSS rules become style attributes
     inlinecss: bool = False
+    #: the C{key} of a job without C{mime}: its message is in the external
+    #: message store, loaded for each attempt once a connection is ready
+    #: (C{mime} is empty until then)
+    storeKey: str | None = None
 
     @property
     def results(self) -> list[dict[str, Any]]:
@@ -336,10 +340,14 @@ class Message:
         if obj.get("envelope") not in (None, ""):
             envelope = checkAddress("envelope", _expect(obj, "envelope", (str,), "a string"))
 
-        if "mime" not in obj:
-            raise InvalidMessage("property 'mime' is missing; it holds the message to send")
+        storeKey = _storeKey(obj)
+        if "mime" not in obj and storeKey is None:
+            raise InvalidMessage(
+                "property 'mime' is missing; it holds the message to send (or 'key', its key in "
+                "the message store)"
+            )
         buildMimeProperty(obj, settings, now)
-        mime = obj["mime"]
+        mime = "" if storeKey is not None else obj["mime"]
         if not isinstance(mime, str):
             raise InvalidMessage(f"property 'mime' must be a string, not {type(mime).__name__}")
 
@@ -348,6 +356,7 @@ class Message:
             envelope=envelope,
             recipient=recipient,
             mime=mime.encode("utf-8", "surrogateescape"),
+            storeKey=storeKey,
         )
         if "keepmime" in obj:
             message.keepmime = _expect(obj, "keepmime", (bool,), "true or false")
@@ -626,6 +635,26 @@ def queueFor(obj: Any, kind: str, default: str, reserved: frozenset[str]) -> str
         if isinstance(name, str) and _queueNameProblem(kind, name, reserved) is None:
             return name
     return default or None
+
+
+def _storeKey(obj: dict[str, Any]) -> str | None:
+    """
+    The key of a job's message in the external message store: its C{key}
+    when it has no C{mime}.  When it has both, C{mime} is sent, and the
+    store is not read (MailerQ: the message in the job needs no store).
+
+    @raise InvalidMessage: for a C{key} that is not a non-empty printable
+        string.
+    """
+    key = obj.get("key")
+    if key is None:
+        return None
+    if not (isinstance(key, str) and key and key.isprintable()):
+        raise InvalidMessage(
+            f"property 'key' is {excerpt(key)}; give the key of the message in the message store, "
+            f"a non-empty string without control characters"
+        )
+    return key if obj.get("mime") is None else None
 
 
 def _poolAddresses(name: Any, pools: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, DeferredSemaphore, ensureDeferred, succeed
 from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -26,6 +26,7 @@ from mqtwist.delivery.policy import Backoff, Deferral, DeliveryPolicy, Permit
 from mqtwist.delivery.routing import Route, Router
 from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
 from mqtwist.errors import AttemptFailed
+from mqtwist.messagestore.loader import StoredMessages, noStore
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.timeformat import formatTime
@@ -63,6 +64,8 @@ class DeliveryEngine:
     @param deferrals: where the deferrals made are reported.
     @param concurrency: deliveries in progress at once.
     @param parkDelayMax: the longest a deferred message is parked, seconds.
+    @param store: the external message store that C{key} jobs are loaded
+        from; without one they fail (L{noStore}).
     """
 
     log = Logger()
@@ -78,6 +81,7 @@ class DeliveryEngine:
         concurrency: int,
         parkDelayMax: float,
         reactor: Any,
+        store: StoredMessages | None = None,
     ) -> None:
         self.reactor = reactor
         self.router = router
@@ -88,6 +92,7 @@ class DeliveryEngine:
         # waiting for a destination holds no slot: slots are for sending
         self.slots = DeferredSemaphore(concurrency)
         self.parkDelayMax = parkDelayMax
+        self.store = store
 
     def deliver(self, message: Message) -> Deferred[ResultEntry]:
         """
@@ -104,11 +109,27 @@ class DeliveryEngine:
             slot and the destination's permit it held go to the deliveries
             that wait for them on the next reactor turn.
         """
+        if message.storeKey is not None and self.store is None:
+            return succeed(self._failed(message, noStore(message)))
         # a deferral (the most common answer for a stuck destination's
         # messages) is decided without a coroutine or a raised exception
-        return self.router.route(message).addCallbacks(
+        attempt = self.router.route(message).addCallbacks(
             self._admit, self._unroutable, callbackArgs=(message,), errbackArgs=(message,)
         )
+        if message.storeKey is not None:
+            attempt.addCallback(self._storedAttemptEnded, message)
+        return attempt
+
+    def _storedAttemptEnded(self, entry: ResultEntry, message: Message) -> ResultEntry:
+        """
+        Remove the stored message of a C{key} job that has ended: delivered,
+        or failed for good (not by a storage failure: then nothing is there,
+        or the store is down).
+        """
+        assert self.store is not None
+        if entry.final and entry.state != "storage":
+            self.store.ended(message)
+        return entry
 
     def _unroutable(self, failure: Failure, message: Message) -> ResultEntry:
         failure.trap(AttemptFailed)
@@ -177,7 +198,9 @@ class DeliveryEngine:
         release: Callable[[ESMTPClient, bool], None],
     ) -> ResultEntry:
         try:
-            sent = await sendThroughPool(self.pool, route.destination, message, self.chain, release=release)
+            sent = await sendThroughPool(
+                self.pool, route.destination, message, self.chain, release=release, store=self.store
+            )
         except TransactionFailed as failure:
             # the server answered, so the destination is up; but a reply
             # that pauses it must do so before a probe that succeeded lets
@@ -298,4 +321,9 @@ class DeliveryEngine:
         self.policy.close()
         self.deferrals.close()
         self.router.close()
-        return self.pool.closeAll()
+        closed = self.pool.closeAll()
+        if self.store is not None:
+            # after the SMTP connections: a load may still be cancelled
+            store = self.store
+            closed.addCallback(lambda _: store.close())
+        return closed

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.interfaces import ITCPTransport
+from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 
 from mqtwist.content.dkimsign import signInThread
@@ -25,6 +26,7 @@ from mqtwist.content.headeredits import applyHeaderEdits
 from mqtwist.content.message import Message
 from mqtwist.dataplugin.chain import ConnectionInfo, PluginChain, PluginMessage
 from mqtwist.errors import AttemptFailed
+from mqtwist.messagestore.loader import StoredMessages, noStore
 from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.smtp.reply import Reply
@@ -124,7 +126,10 @@ def envelopeParameters(client: ESMTPClient, message: Message) -> tuple[list[str]
     mailParams: list[str] = []
     rcptParams: list[str] = []
     size = len(message.mime)
-    if "SIZE" in extensions:
+    # a stored message is loaded while the envelope goes: its size and
+    # 8-bit bytes are checked then (_checkFinalBody)
+    stored = message.storeKey is not None
+    if "SIZE" in extensions and not stored:
         limit = _sizeLimit(extensions["SIZE"])
         if limit and size > limit:
             raise AttemptFailed(
@@ -135,7 +140,10 @@ def envelopeParameters(client: ESMTPClient, message: Message) -> tuple[list[str]
                 permanent=True,
             )
         mailParams.append(f"SIZE={size}")
-    if not message.mime.isascii():
+    if stored:
+        if "8BITMIME" in extensions:
+            mailParams.append("BODY=8BITMIME")
+    elif not message.mime.isascii():
         if "8BITMIME" not in extensions:
             raise AttemptFailed(
                 "mailfrom",
@@ -228,12 +236,16 @@ async def sendMessage(
     chain: PluginChain,
     *,
     bodySent: Callable[[], None] | None = None,
+    store: StoredMessages | None = None,
 ) -> Reply:
     """
     Send C{message} on C{client}, running C{chain} to get the body.
 
     @param bodySent: called once the body is written, before its reply is
         in: from then on the transaction needs nothing more of the session.
+    @param store: where the message of a C{key} job is loaded from, while
+        the envelope is on its way (MailerQ loads it once the connection
+        is ready); a failed load ends the attempt in state C{storage}.
     @return: the server's final reply to the body (2xx).
     @raise TransactionFailed: for a negative reply, a failed plugin chain, a
         message the server cannot take (SIZE, 8BITMIME, SMTPUTF8), a
@@ -243,7 +255,11 @@ async def sendMessage(
     try:
         mailParams, rcptParams = envelopeParameters(client, message)
         # edited for every attempt, never saved: a retry would edit twice
-        if message.editedMime is not None:
+        if message.storeKey is not None:
+            if store is None:
+                raise noStore(message)
+            mime = b""
+        elif message.editedMime is not None:
             mime = message.editedMime
         elif message.headerEdits:
             mime = applyHeaderEdits(message.mime, message.headerEdits)
@@ -254,10 +270,18 @@ async def sendMessage(
     mailReply = client.mailFrom(message.envelope, mailParams)
     rcptReply = client.rcptTo(message.recipient, rcptParams)
     envelope = ensureDeferred(_checkEnvelope(mailReply, rcptReply))
-    body = chain.run(
-        connectionInfo(client),
-        PluginMessage(message.json, message.envelope, message.recipient, mime),
-    )
+    if message.storeKey is not None:
+        assert store is not None
+        body = _loadStored(store, message, chain).addCallback(
+            lambda loaded: chain.run(
+                connectionInfo(client), PluginMessage(message.json, message.envelope, message.recipient, loaded)
+            )
+        )
+    else:
+        body = chain.run(
+            connectionInfo(client),
+            PluginMessage(message.json, message.envelope, message.recipient, mime),
+        )
     if message.dkim:
         # signed as the plugins left it, off the reactor thread (the
         # service's reactor has threads; a test clock has no use for DKIM)
@@ -271,7 +295,7 @@ async def sendMessage(
     dataReply: Deferred[Reply] | None = None
     try:
         encodedBody = await _unlessEnvelopeFails(body, envelope)
-        _checkFinalBody(client, encodedBody, mailParams)
+        _checkFinalBody(client, encodedBody, mailParams, stored=message.storeKey is not None)
         if not client.pipelining:
             await envelope
         dataReply = client.data()
@@ -299,20 +323,39 @@ async def sendMessage(
         raise TransactionFailed(failure, midTransaction=False) from None
 
 
-def _checkFinalBody(client: ESMTPClient, body: bytes, mailParams: list[str]) -> None:
+def _loadStored(store: StoredMessages, message: Message, chain: PluginChain) -> Deferred[bytes]:
+    """
+    The message of a C{key} job from C{store}, with the job's header edits
+    applied (in a thread: its size is unknown until now).
+    """
+    loaded = store.load(message)
+    if not message.headerEdits:
+        return loaded
+    reactor = cast(Any, chain.reactor)
+    edits = message.headerEdits
+    return loaded.addCallback(
+        lambda mime: deferToThreadPool(reactor, reactor.getThreadPool(), applyHeaderEdits, mime, edits)
+    )
+
+
+def _checkFinalBody(client: ESMTPClient, body: bytes, mailParams: list[str], *, stored: bool = False) -> None:
     """
     Check the body the plugins left against what the server takes.
+
+    @param stored: the message was loaded from the message store, so the
+        envelope could not check it.
 
     @raise AttemptFailed: permanently, for a body over the SIZE limit or with
         8-bit bytes the server cannot take.
     """
     server = client.mta or client.remoteAddress
+    origin = "as loaded from the message store and the data plugins left it" if stored else "after the data plugins"
     limit = _sizeLimit(client.extensions.get("SIZE", ""))
     if limit and len(body) > limit:
         raise AttemptFailed(
             "data",
             "error",
-            f"the message is {len(body)} bytes after the data plugins, more than the {limit} "
+            f"the message is {len(body)} bytes {origin}, more than the {limit} "
             f"bytes that {server} accepts (SIZE); make it smaller",
             permanent=True,
         )
@@ -320,8 +363,8 @@ def _checkFinalBody(client: ESMTPClient, body: bytes, mailParams: list[str]) -> 
         raise AttemptFailed(
             "data",
             "error",
-            f"the data plugins made the body 8-bit and {server} does not announce 8BITMIME; "
-            f"have them encode it as 7-bit",
+            f"the message {origin} has 8-bit bytes and {server} does not announce 8BITMIME; "
+            f"encode it as 7-bit (quoted-printable or base64)",
             permanent=True,
         )
 
@@ -379,6 +422,7 @@ async def sendThroughPool(
     chain: PluginChain,
     *,
     release: Callable[[ESMTPClient, bool], None] | None = None,
+    store: StoredMessages | None = None,
 ) -> Sent:
     """
     Take a connection to C{destination} from C{pool}, send C{message} on it
@@ -402,6 +446,7 @@ async def sendThroughPool(
         with whether it is clean (no transaction left open); by default
         C{pool.release}.  A stale connection the message never reached goes
         straight back to C{pool}.
+    @param store: see L{sendMessage}.
     @return: the L{Sent} message.
     @raise AttemptFailed: when no connection could be had.
     @raise TransactionFailed: when the transaction failed; its C{facts}
@@ -416,7 +461,11 @@ async def sendThroughPool(
         releasedWith: list[dict[str, Any]] = []
         try:
             reply = await sendMessage(
-                client, message, chain, bodySent=partial(_releaseEarly, client, release, releasedWith)
+                client,
+                message,
+                chain,
+                bodySent=partial(_releaseEarly, client, release, releasedWith),
+                store=store,
             )
         except TransactionFailed as failure:
             if releasedWith:

@@ -403,7 +403,9 @@ class OutboxProcessor:
                 message.mime = _rewrittenContent(message)
         except InvalidMessage as failure:
             return self._publishInvalid(delivery, failure, now)
-        if message.headerEdits and editedLength(message.headerEdits) > _EDITS_ON_THE_REACTOR:
+        # a stored message (key) gets its edits once loaded, in a thread
+        edits = message.headerEdits if message.storeKey is None else None
+        if edits and editedLength(edits) > _EDITS_ON_THE_REACTOR:
             return ensureDeferred(self._handleInThreads(delivery, obj, message, now))
         return self._process(delivery, message, now)
 
