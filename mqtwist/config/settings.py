@@ -518,25 +518,6 @@ class Config:
         check=_messageStoreCleanup,
     )
 
-        "",
-        "tcp:9100:interface=0.0.0.0 (a tcp one without interface= listens on 127.0.0.1; empty: off)",
-    )
-        50,
-        "as 'other'",
-        check=positive,
-    )
-    admin: str = setting(
-        "",
-        help="where the admin API and its dashboard listen: a port, or a Twisted endpoint string "
-        "(a tcp one without interface= listens on 127.0.0.1; empty: off); every API call needs the "
-        "token of --admin-token-file or MQTWIST_ADMIN_TOKEN",
-    )
-    adminTokenFile: str | None = setting(
-        None,
-        help="file whose first line is the admin API's bearer token (or set MQTWIST_ADMIN_TOKEN; "
-        "never the token itself as an option, where ps would show it)",
-    )
-
     shutdownTimeout: float = setting(30.0, help="seconds that stopping waits for deliveries in flight")
     reconnectMaxDelay: float = setting(
         30.0, help="the longest wait, in seconds, between reconnection attempts to RabbitMQ"
