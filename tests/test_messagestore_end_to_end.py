@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 
 import pytest_twisted
-from helpers_endtoend import decoded, makeConfig, publishAll, running
+from helpers_endtoend import decoded, makeConfig, normalised, publishAll, running
 
 from mqtwist.content.headeredits import applyHeaderEdits
+from mqtwist.content.personalize import personalize
 from mqtwist.service import MailerService
 
 STORED = (
@@ -75,6 +76,38 @@ async def test_delivered_from_the_store_byte_for_byte(rabbitmq, amqp, smtpServer
     # removed once delivered, but for the job that has keepmime
     assert [store.exists(f"mail/{number}") for number in (1, 2, 3)] == [0, 1, 0]
     assert redisServer.calls("getrange") == 3
+
+
+TEMPLATE = (
+    b"From: News <news@example.org>\r\n"
+    b"To: {$name} <reader@example.com>\r\n"
+    b"Subject: Hello {$name}\r\n"
+    b"Content-Type: text/html; charset=utf-8\r\n"
+    b"\r\n"
+    b"<html><head><style>p { color: red }</style></head>"
+    b"<body><p>Hello {$name|toupper}, from {$envelope}</p></body></html>\r\n"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_personalized_and_edited_once_loaded(rabbitmq, amqp, smtpServer, queues, redisServer):
+    redisServer.client().set("mail/1", TEMPLATE)
+    data = {"name": "Ada & co"}
+    edits = {"append": {"X-Campaign": "spring"}}
+    config = makeConfig(rabbitmq, smtpServer, queues, messageStore=redisServer.url)
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], [keyJob(1, data=data, inlinecss=True, headers=edits)])
+        (success,) = decoded(await amqp.collect(queues["success"], 1))
+        (received,) = await smtpServer.waitForMessages(1)
+    expected = personalize(
+        TEMPLATE, data, inlinecss=True, recipient="reader1@example.com", envelope="sender@example.org"
+    )
+    # CRLF line ends on the wire, whatever the message has
+    assert received.data == normalised(applyHeaderEdits(expected, edits).decode())
+    assert b"Subject: Hello Ada & co\r\n" in received.data
+    assert b"Hello ADA &amp; CO, from sender@example.org" in received.data
+    assert b'<p style="color: red' in received.data
+    assert kinds(success) == ["message/accepted"] and success["data"] == data
 
 
 @pytest_twisted.ensureDeferred

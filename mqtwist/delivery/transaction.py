@@ -24,6 +24,7 @@ from twisted.python.failure import Failure
 from mqtwist.content.dkimsign import signInThread
 from mqtwist.content.headeredits import applyHeaderEdits
 from mqtwist.content.message import Message
+from mqtwist.content.personalize import personalize
 from mqtwist.dataplugin.chain import ConnectionInfo, PluginChain, PluginMessage
 from mqtwist.errors import AttemptFailed
 from mqtwist.messagestore.loader import StoredMessages, noStore
@@ -325,17 +326,38 @@ async def sendMessage(
 
 def _loadStored(store: StoredMessages, message: Message, chain: PluginChain) -> Deferred[bytes]:
     """
-    The message of a C{key} job from C{store}, with the job's header edits
-    applied (in a thread: its size is unknown until now).
+    The message of a C{key} job from C{store}, personalized (C{data},
+    C{inlinecss}) and with the job's header edits applied, in that order
+    as for a C{mime} job, on a worker thread: its size is unknown until now.
     """
     loaded = store.load(message)
-    if not message.headerEdits:
+    if not (message.headerEdits or message.data is not None or message.inlinecss):
         return loaded
     reactor = cast(Any, chain.reactor)
-    edits = message.headerEdits
     return loaded.addCallback(
-        lambda mime: deferToThreadPool(reactor, reactor.getThreadPool(), applyHeaderEdits, mime, edits)
+        lambda mime: deferToThreadPool(reactor, reactor.getThreadPool(), _prepareStored, mime, message)
     )
+
+
+def _prepareStored(mime: bytes, message: Message) -> bytes:
+    """
+    Apply C{message}'s C{data}, C{inlinecss} and C{headers} to the message
+    loaded for it.  Thread-safe: it changes nothing of C{message}.
+
+    @raise InvalidMessage: for a C{data} value that would break a header
+        field (L{personalize}).
+    """
+    if message.data is not None or message.inlinecss:
+        mime = personalize(
+            mime,
+            message.data,
+            inlinecss=message.inlinecss,
+            recipient=message.recipient,
+            envelope=message.envelope,
+        )
+    if message.headerEdits:
+        mime = applyHeaderEdits(mime, message.headerEdits)
+    return mime
 
 
 def _checkFinalBody(client: ESMTPClient, body: bytes, mailParams: list[str], *, stored: bool = False) -> None:

@@ -102,9 +102,11 @@ _REPORT_ON_THE_REACTOR = 128 * 1024
 
 def _rewritesContent(message: Message) -> bool:
     """
-    Whether C{message} is to be personalized or have its CSS inlined.
+    Whether C{message} is to be personalized or have its CSS inlined (a
+    stored message, C{key}, is once it is loaded:
+    L{mqtwist.delivery.transaction.sendMessage}).
     """
-    return message.data is not None or message.inlinecss
+    return message.storeKey is None and (message.data is not None or message.inlinecss)
 
 
 def _rewrittenContent(message: Message) -> bytes:
