@@ -299,7 +299,7 @@ def test_brokenBase64IsLeftAlone() -> None:
 
 
 STYLED = (
-    b"<html><head><style>p.x { color: red } @media (max-width: 600px) { p { color: blue } }</style>"
+    b"<html><head><style>\r\np.x { color: red }\r\n@media (max-width: 600px) { p { color: blue } }</style>"
     b'<link rel="stylesheet" href="http://127.0.0.1:9/never.css"></head>'
     b'<body><p class="x">Hi {$name}</p></body></html>\r\n'
 )
@@ -312,6 +312,8 @@ def test_inlineCSS() -> None:
     # at-rules stay in a style element; the link is kept, not fetched
     assert "@media (max-width: 600px)" in html
     assert '<link rel="stylesheet" href="http://127.0.0.1:9/never.css">' in html
+    # the part's line ends stay CRLF (the HTML parser makes them LF)
+    assert b"\n" not in result.replace(b"\r\n", b"")
 
 
 def test_inlineCSSWithoutData() -> None:

@@ -231,12 +231,15 @@ def _textPart(
         codec = "utf-8"
     text = raw.decode(codec, "surrogateescape")
     changed = text
+    newline = "\r\n" if "\r\n" in text else "\n"
     if job.variables is not None and hasTemplate(text):
-        newline = "\r\n" if "\r\n" in text else "\n"
         changed = render(text, job.variables, html=html, newline=newline)
     if html and job.inlinecss and "<style" in changed.lower():
-        # without rules to inline, the part is not written anew
+        # without rules to inline, the part is not written anew; the HTML
+        # parser's line breaks are LFs, the part's again after it
         changed = inlineCSS(changed)
+        if newline == "\r\n":
+            changed = changed.replace("\n", "\r\n")
     if changed == text:
         return fields, body
     return _encodedPart(fields, changed, encoding, codec, body)
