@@ -72,6 +72,8 @@ class HTTPService(Service):
         self.site.displayTracebacks = False
         self.onFailure = onFailure
         self._listening: Deferred[IListeningPort] | None = None
+        #: the port listened on, while listening
+        self.port: IListeningPort | None = None
 
     def startService(self) -> None:
         super().startService()
@@ -79,6 +81,7 @@ class HTTPService(Service):
         self._listening.addCallbacks(self._listened, self._failed)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
+        self.port = port
         self.log.info(
             "--{setting}: listening on {address}", setting=self.setting, address=_shown(port.getHost())
         )
@@ -90,6 +93,7 @@ class HTTPService(Service):
 
     def stopService(self) -> Deferred[None] | None:
         super().stopService()
+        self.port = None
         listening, self._listening = self._listening, None
         if listening is None:
             return None

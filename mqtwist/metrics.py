@@ -210,6 +210,11 @@ class Metrics:
         """The broker said the outbox holds C{messages} ready messages."""
         self._outboxDepth = messages
 
+    @property
+    def lastOutboxDepth(self) -> int | None:
+        """The ready messages of the outbox as last told, or C{None}."""
+        return self._outboxDepth
+
     # -- the present ----------------------------------------------------------
 
     def watch(self, source: PresentSource) -> None:
@@ -287,8 +292,8 @@ class _PresentFigures(Collector):
             connections.add_metric([label], opened)
             idle.add_metric([label], idling)
         sent.add_metric([], bodyBytes)
-        if self.metrics._outboxDepth is not None:
-            depth.add_metric([], self.metrics._outboxDepth)
+        if self.metrics.lastOutboxDepth is not None:
+            depth.add_metric([], self.metrics.lastOutboxDepth)
         yield from families
 
     def _families(

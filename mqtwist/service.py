@@ -16,12 +16,17 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from prometheus_client.twisted import MetricsResource
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.resource import Resource
 
 from mqtwist import __version__
+from mqtwist.admin.api import adminRoot
+from mqtwist.admin.controls import Controls
+from mqtwist.admin.history import History
 from mqtwist.amqp.client import BrokerClient, QueueSpec
 from mqtwist.amqp.url import BrokerURL
 from mqtwist.config import Config
@@ -36,6 +41,7 @@ from mqtwist.delivery.deferrallog import DeferralLog
 from mqtwist.delivery.engine import DeliveryEngine
 from mqtwist.delivery.policy import DeliveryPolicy, mostConnections
 from mqtwist.delivery.routing import Router
+from mqtwist.listening import HTTPService, ListenFailed
 from mqtwist.localnode import (
     LocalRabbitMQ,
     LocalRabbitMQService,
@@ -44,12 +50,14 @@ from mqtwist.localnode import (
     RabbitMQStartFailed,
 )
 from mqtwist.messagestore.loader import storedMessages
+from mqtwist.metrics import Metrics
 from mqtwist.outbox.journal import DeliveryJournal, DeliveryJournalError
 from mqtwist.outbox.processor import OutboxProcessor
 from mqtwist.outbox.schedule import RetrySchedule
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.tls import TLSSettings
+from mqtwist.timeformat import formatTime
 from mqtwist.validation import canonicalIP
 
 #: What to do when the private RabbitMQ node fails, by the type of its error
@@ -83,13 +91,22 @@ def _sourceAddresses(config: Config) -> dict[str, Any]:
     }
 
 
-def deliveryEngine(config: Config, plugins: Sequence[IDataPlugin], reactor: Any) -> DeliveryEngine:
+def deliveryEngine(
+    config: Config,
+    plugins: Sequence[IDataPlugin],
+    reactor: Any,
+    *,
+    metrics: Metrics | None = None,
+    controls: Controls | None = None,
+) -> DeliveryEngine:
     """
     The delivery core of C{config}, with its router, policy, connection pool
     and plugin chain: what L{MailerService} delivers with, and what a
     program that has its own queue can use alone.
 
     @param plugins: the data plugins, in the order they run.
+    @param metrics: where the engine and the plugin chain count.
+    @param controls: the operators' pauses.
     @raise ValueError: when the configured TLS files cannot be loaded, or
         no installed backend serves the C{--message-store} URL.
     """
@@ -126,13 +143,30 @@ def deliveryEngine(config: Config, plugins: Sequence[IDataPlugin], reactor: Any)
         router,
         DeliveryPolicy(config, reactor, pool.openConnections),
         pool,
-        PluginChain(plugins, reactor=reactor, config=config),
+        PluginChain(plugins, reactor=reactor, config=config, metrics=metrics),
         DeferralLog(config.deferralLogInterval, reactor),
         concurrency=config.concurrency,
         parkDelayMax=config.parkDelayMax,
         reactor=reactor,
         store=storedMessages(config, reactor),
+        metrics=metrics,
+        controls=controls,
     )
+
+
+def _readToken(path: str | None) -> str | None:
+    """
+    The admin token: the first line of the file at C{path}.
+
+    @raise ValueError: naming the file, when it cannot be read.
+    """
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as file:
+            return file.readline().strip() or None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ValueError(f"--admin-token-file {path}: cannot read the admin token: {e}") from None
 
 
 class MailerService(MultiService):
@@ -142,9 +176,11 @@ class MailerService(MultiService):
     @param config: the settings; see L{Config}.
     @param plugins: the data plugins to run, in order; by default those that
         C{config.plugins} names, found with Twisted's plugin system.
+    @param adminToken: the bearer token of the admin API (C{config.admin});
+        by default the first line of C{config.adminTokenFile}.
     @raise ValueError: for a configuration that cannot work (a setting that
-        L{Config.check} refuses, an unknown plugin name), with a message
-        that says which.
+        L{Config.check} refuses, an unknown plugin name, an admin endpoint
+        without a token), with a message that says which.
     """
 
     log = Logger()
@@ -155,6 +191,7 @@ class MailerService(MultiService):
         *,
         reactor: Any = None,
         plugins: Sequence[IDataPlugin] | None = None,
+        adminToken: str | None = None,
     ) -> None:
         super().__init__()
         config.check()
@@ -184,7 +221,9 @@ class MailerService(MultiService):
                 cacheSize=config.dkimKeyCache,
             ),
         )
-        self.engine = deliveryEngine(config, self.plugins, reactor)
+        self.metrics = Metrics(maxDestinations=config.metricsDestinations)
+        self.controls = Controls(reactor)
+        self.engine = deliveryEngine(config, self.plugins, reactor, metrics=self.metrics, controls=self.controls)
         self.journal = DeliveryJournal(config.deliveryJournal or None, config.deliveryJournalSize)
         self.broker: BrokerClient | None = None
         self.processor: OutboxProcessor | None = None
@@ -196,6 +235,11 @@ class MailerService(MultiService):
                 )
             )
             self.localNode.setServiceParent(self)
+        self._history: History | None = None
+        #: the services of C{--metrics} and C{--admin}, by option, when set
+        self.httpServices: dict[str, HTTPService] = {}
+        self._addHTTPEndpoints(config, adminToken)
+        self._draining: Deferred[None] | None = None
         self._brokerWaiters: list[Deferred[None]] = []
         self._failure: Failure | None = None
         self._failureWaiters: list[Deferred[None]] = []
@@ -229,6 +273,139 @@ class MailerService(MultiService):
             defaultIps=list(self.parseSettings.defaultIps) or "the system's choice",
         )
         return waiting
+
+    def _addHTTPEndpoints(self, config: Config, adminToken: str | None) -> None:
+        """
+        The children that serve C{--metrics} and C{--admin}, when set.
+
+        @raise ValueError: for an endpoint string Twisted does not know, or
+            an admin endpoint without a token.
+        """
+        if config.metrics:
+            root = Resource()
+            root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
+            metrics = HTTPService("metrics", config.metrics, root, self.reactor, self._failed)
+            self.httpServices["metrics"] = metrics
+            metrics.setServiceParent(self)
+        if not config.admin:
+            return
+        token = adminToken or _readToken(config.adminTokenFile)
+        if not token:
+            raise ValueError(
+                f"--admin {config.admin} needs a token: put it in a file named by --admin-token-file, "
+                f"or in the environment as MQTWIST_ADMIN_TOKEN"
+            )
+        self._history = History(self.metrics, self.reactor)
+        self._history.setServiceParent(self)
+        admin = HTTPService("admin", config.admin, adminRoot(self, token), self.reactor, self._failed)
+        self.httpServices["admin"] = admin
+        admin.setServiceParent(self)
+
+    # -- what the admin API reads and steers ------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """
+        The service's state (C{consuming}, C{draining}, C{drained},
+        C{connecting} or C{stopped}) and counts, for the admin API.
+        """
+        if not self.running:
+            state = "stopped"
+        elif self._draining is not None:
+            state = "draining" if not self._draining.called else "drained"
+        elif self.broker is None or not self.broker.connected:
+            state = "connecting"
+        else:
+            state = "consuming"
+        totals = self.metrics.totals("mqtwist_outcomes_total", "outcome")
+        return {
+            "version": __version__,
+            "state": state,
+            "outbox": self.config.outbox,
+            "outboxDepth": self.metrics.lastOutboxDepth,
+            "inFlight": len(self.processor.inFlight) if self.processor is not None else 0,
+            "consumed": self.metrics.value("mqtwist_consumed_total"),
+            "totals": {outcome: int(count) for outcome, count in sorted(totals.items())},
+        }
+
+    def destinations(self) -> dict[str, Any]:
+        """
+        The destinations with their state, for the admin API: those the
+        delivery policy knows now, those an operator paused, and the most
+        recent ones that had a reply (the policy forgets a destination once
+        idle; the dashboard lists it still, between two bursts of traffic,
+        so that it can be paused); and the servers with connections.
+        """
+        pauses = {
+            control.selector.destination: control
+            for control in self.controls.pauses()
+            if control.selector.destination is not None
+        }
+        states = {state.destination: state for state in self.engine.policy.destinationStates()}
+        recent = list(reversed(self.engine.lastReplies))[: self.config.metricsDestinations]
+        listed = []
+        for name in sorted(set(states) | set(pauses) | set(recent)):
+            state = states.get(name)
+            paused: dict[str, Any] | None = None
+            if name in pauses:
+                paused = dict(pauses[name].toJSON(), admin=True)
+            elif state is not None and state.pausedUntil is not None:
+                paused = {"until": formatTime(state.pausedUntil), "reason": state.pauseReason, "admin": False}
+            listed.append(
+                {
+                    "destination": name,
+                    "inFlight": state.inFlight if state is not None else 0,
+                    "waiting": state.waiting if state is not None else 0,
+                    "parked": int(self.metrics.value("mqtwist_parked_total", destination=name)),
+                    "limits": dataclasses.asdict(state.limits) if state is not None else None,
+                    "paused": paused,
+                    "lastReply": self.engine.lastReplies.get(name),
+                }
+            )
+        servers = sorted(self.engine.serverFigures(), key=lambda figures: figures.server)
+        return {"destinations": listed, "servers": [dataclasses.asdict(figures) for figures in servers]}
+
+    def history(self) -> dict[str, Any]:
+        """The counts per interval that the dashboard draws."""
+        assert self._history is not None, "kept only with --admin"
+        return self._history.toJSON()
+
+    def drain(self) -> Deferred[None]:
+        """
+        Stop consuming and let the deliveries in flight finish, as a stop
+        does (at most C{config.shutdownTimeout} seconds; those unfinished
+        then go back to the outbox), without stopping: for a rolling
+        restart, or to let other processes take the outbox.
+
+        @return: a Deferred firing when drained.
+        """
+        if self._draining is None:
+            self._draining = ensureDeferred(self._drain())
+        drained: Deferred[None] = Deferred()
+
+        def done(result: object) -> object:
+            if isinstance(result, Failure):
+                drained.errback(result)
+            else:
+                drained.callback(None)
+            return result
+
+        self._draining.addBoth(done)
+        return drained
+
+    async def _drain(self) -> None:
+        self.log.warn("draining: no more outbox messages are taken until undrained")
+        if self.broker is not None:
+            await self.broker.stopConsuming()
+        if self.processor is not None:
+            await self.processor.drain(self.config.shutdownTimeout)
+        self.log.warn("drained: the deliveries in flight are done")
+
+    def undrain(self) -> None:
+        """Consume the outbox again after L{drain}."""
+        self._draining = None
+        if self.broker is not None:
+            self.broker.resumeConsuming()
+        self.log.warn("undrained: taking outbox messages again")
 
     def deliver(self, message: Message) -> Deferred[ResultEntry]:
         """
@@ -312,6 +489,12 @@ class MailerService(MultiService):
         advice = _NODE_FAILURE_ADVICE.get(type(failure.value))
         if failure.check(DeliveryJournalError):
             self.log.critical("mqtwist cannot deliver: {error}", error=failure.value)
+        elif failure.check(ListenFailed):
+            self.log.critical(
+                "mqtwist cannot listen: {error}\nWhat to do: free that port, or give the option "
+                "another endpoint, then start mqtwist again.",
+                error=failure.value,
+            )
         elif advice is None:
             self.log.failure("mqtwist cannot deliver: could not start the AMQP client", failure)
         else:
@@ -342,7 +525,15 @@ class MailerService(MultiService):
             queues.append(QueueSpec(config.dsnQueue))
         queues += self.schedule.delayQueues()
         self.processor = OutboxProcessor(
-            config, self.engine.deliver, self, self.schedule, self.reactor, self.parseSettings, self.journal
+            config,
+            self.engine.deliver,
+            self,
+            self.schedule,
+            self.reactor,
+            self.parseSettings,
+            self.journal,
+            metrics=self.metrics,
+            controls=self.controls,
         )
         self.broker = BrokerClient(
             self.brokerURL,
@@ -352,6 +543,7 @@ class MailerService(MultiService):
             onDelivery=self.processor.handle,
             reactor=self.reactor,
             reconnectMaxDelay=config.reconnectMaxDelay,
+            metrics=self.metrics,
         )
         if self.running:
             self.broker.setServiceParent(self)

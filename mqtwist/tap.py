@@ -18,7 +18,13 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from mqtwist.config import Config
-from mqtwist.config.sources import SETTINGS, SettingError, configFrom, warnOfUnknownVariables
+from mqtwist.config.sources import (
+    ADMIN_TOKEN_VARIABLE,
+    SETTINGS,
+    SettingError,
+    configFrom,
+    warnOfUnknownVariables,
+)
 from mqtwist.loglevel import LogLevelService, parseLogLevel
 from mqtwist.twistdexit import stopWithStatus
 
@@ -131,7 +137,7 @@ def makeService(options: Options) -> IService:
     from mqtwist.service import MailerService
 
     try:
-        service = MailerService(options.config)
+        service = MailerService(options.config, adminToken=options.environ.get(ADMIN_TOKEN_VARIABLE))
     except ValueError as e:
         # a setting that only the service can check (a DKIM key file, ...)
         raise SystemExit(f"twistd mqtwist: {e}") from None

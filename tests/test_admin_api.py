@@ -6,17 +6,14 @@ it is a stand-in here; tests/test_admin_end_to_end.py runs the real one.
 
 from __future__ import annotations
 
-import json
-from io import BytesIO
 from typing import Any
 
 import pytest
 import pytest_twisted
+from helpers_http import HTTPClient
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
-from twisted.web.client import Agent, FileBodyProducer, readBody
-from twisted.web.http_headers import Headers
 
 from mqtwist.admin.api import adminRoot
 from mqtwist.admin.controls import Controls
@@ -49,26 +46,6 @@ class Backend:
         self.state = "consuming"
 
 
-class Client:
-    def __init__(self, port: int) -> None:
-        self.base = f"http://127.0.0.1:{port}"
-        self.agent = Agent(reactor)
-
-    async def call(
-        self, method: str, path: str, body: object = None, token: str | None = TOKEN, raw: bytes | None = None
-    ) -> tuple[int, Any, Headers]:
-        headers = Headers({"content-type": ["application/json"]})
-        if token is not None:
-            headers.addRawHeader("authorization", f"Bearer {token}")
-        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        producer = FileBodyProducer(BytesIO(data)) if data is not None else None
-        response = await self.agent.request(method.encode(), (self.base + path).encode(), headers, producer)
-        content = await readBody(response)
-        kind = response.headers.getRawHeaders("content-type", [""])[0]
-        value = json.loads(content) if kind == "application/json" else content
-        return response.code, value, response.headers
-
-
 @pytest.fixture
 def logged():
     events: list[LogEvent] = []
@@ -84,7 +61,7 @@ def api():
     service = HTTPService("admin", "tcp:0", adminRoot(backend, TOKEN), reactor, failures.append)
     service.startService()
     port = service._listening.result  # type: ignore[union-attr]
-    yield backend, Client(port.getHost().port)
+    yield backend, HTTPClient(port.getHost().port, TOKEN)
     pytest_twisted.blockon(service.stopService() or succeed(None))
     assert failures == []
 

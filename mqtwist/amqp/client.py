@@ -333,12 +333,17 @@ class BrokerClient(Service):
         """
         if self._stopped:
             return defer.fail(defer.CancelledError())
-        session = self._session
-        if session is not None and session.ready and not session.protocol.closed:
+        if self.connected:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred(self._waiters.remove)
         self._waiters.append(waiter)
         return waiter
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is set up and usable now."""
+        session = self._session
+        return session is not None and session.ready and not session.protocol.closed
 
     # -- connecting ----------------------------------------------------------
 

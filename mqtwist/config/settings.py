@@ -518,6 +518,29 @@ class Config:
         check=_messageStoreCleanup,
     )
 
+    metrics: str = setting(
+        "",
+        help="where Prometheus scrapes /metrics: a port, or a Twisted endpoint string such as "
+        "tcp:9100:interface=0.0.0.0 (a tcp one without interface= listens on 127.0.0.1; empty: off)",
+    )
+    metricsDestinations: int = setting(
+        50,
+        help="destinations that get a metrics label of their own; the others are counted together "
+        "as 'other'",
+        check=positive,
+    )
+    admin: str = setting(
+        "",
+        help="where the admin API and its dashboard listen: a port, or a Twisted endpoint string "
+        "(a tcp one without interface= listens on 127.0.0.1; empty: off); every API call needs the "
+        "token of --admin-token-file or MQTWIST_ADMIN_TOKEN",
+    )
+    adminTokenFile: str | None = setting(
+        None,
+        help="file whose first line is the admin API's bearer token (or set MQTWIST_ADMIN_TOKEN; "
+        "never the token itself as an option, where ps would show it)",
+    )
+
     shutdownTimeout: float = setting(30.0, help="seconds that stopping waits for deliveries in flight")
     reconnectMaxDelay: float = setting(
         30.0, help="the longest wait, in seconds, between reconnection attempts to RabbitMQ"

@@ -193,6 +193,9 @@ TABLE_SETTINGS: dict[str, tuple[str, Callable[[Mapping[str, Any], str], Any]]] =
 
 #: the variable that names the TOML file, as C{--config} does
 CONFIG_VARIABLE = "MQTWIST_CONFIG"
+#: the admin API's token, which is no setting: a setting is an option too,
+#: and the command line is what ps shows
+ADMIN_TOKEN_VARIABLE = "MQTWIST_ADMIN_TOKEN"
 
 
 def configFrom(
@@ -240,7 +243,7 @@ def warnOfUnknownVariables(environ: Mapping[str, str]) -> None:
     ignored without a word.  Other programs may have C{MQTWIST_} variables
     of their own, hence a warning, not an error.
     """
-    known = [setting.environ for setting in SETTINGS] + [CONFIG_VARIABLE]
+    known = [setting.environ for setting in SETTINGS] + [CONFIG_VARIABLE, ADMIN_TOKEN_VARIABLE]
     for name in sorted(environ):
         if name.startswith("MQTWIST_") and name not in known:
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.85)

@@ -298,6 +298,11 @@ class Message:
         return None
 
     @property
+    def domain(self) -> str:
+        """The recipient's domain, in lower case."""
+        return self.recipient.rpartition("@")[2].lower()
+
+    @property
     def label(self) -> str:
         """
         A short way to name this message in logs and descriptions: its C{id}

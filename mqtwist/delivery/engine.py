@@ -10,6 +10,7 @@ with it.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -19,14 +20,16 @@ from twisted.internet.error import ConnectingCancelledError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtwist.admin.controls import Controls
 from mqtwist.content.message import Message, ResultEntry
 from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.delivery.deferrallog import DeferralLog
-from mqtwist.delivery.policy import Backoff, Deferral, DeliveryPolicy, Permit
+from mqtwist.delivery.policy import Backoff, Deferral, DeliveryPolicy, DestinationState, Permit
 from mqtwist.delivery.routing import Route, Router
 from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
 from mqtwist.errors import AttemptFailed
 from mqtwist.messagestore.loader import StoredMessages, noStore
+from mqtwist.metrics import Metrics, ServerFigures
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.timeformat import formatTime
@@ -50,6 +53,10 @@ class ScheduledEntry(ResultEntry):
     retryAt: float = 0.0
 
 
+#: destinations whose last reply the engine keeps, the most recent
+_LAST_REPLIES = 10_000
+
+
 class DeliveryEngine:
     """
     Routes and sends messages over pooled SMTP connections, within the
@@ -66,6 +73,9 @@ class DeliveryEngine:
     @param parkDelayMax: the longest a deferred message is parked, seconds.
     @param store: the external message store that C{key} jobs are loaded
         from; without one they fail (L{noStore}).
+    @param metrics: where attempts, parks, throttle waits and pauses are
+        counted; the engine also reports the present to it (L{watch}).
+    @param controls: the operators' pauses, asked before each attempt.
     """
 
     log = Logger()
@@ -82,6 +92,8 @@ class DeliveryEngine:
         parkDelayMax: float,
         reactor: Any,
         store: StoredMessages | None = None,
+        metrics: Metrics | None = None,
+        controls: Controls | None = None,
     ) -> None:
         self.reactor = reactor
         self.router = router
@@ -93,6 +105,11 @@ class DeliveryEngine:
         self.slots = DeferredSemaphore(concurrency)
         self.parkDelayMax = parkDelayMax
         self.store = store
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.watch(self)
+        self.controls = controls if controls is not None else Controls(reactor)
+        #: the last reply of each destination, for the admin API
+        self.lastReplies: OrderedDict[str, str] = OrderedDict()
 
     def deliver(self, message: Message) -> Deferred[ResultEntry]:
         """
@@ -137,14 +154,36 @@ class DeliveryEngine:
         return self._failed(message, failure.value)
 
     def _admit(self, route: Route, message: Message) -> ResultEntry | Deferred[ResultEntry]:
+        paused = self._pausedByOperator(route, message)
+        if paused is not None:
+            return self._deferred(message, paused)
         admission = self.policy.admitNow(route)
         if isinstance(admission, Deferral):
             return self._deferred(message, admission)
         if isinstance(admission, Permit):
             return self._admitted(admission, message, route)
+        self.metrics.throttled(self.policy.destinationOf(route)[0])
         return admission.addCallbacks(
             self._admitted, self._turnedAway, callbackArgs=(message, route), errbackArgs=(message,)
         )
+
+    def _pausedByOperator(self, route: Route, message: Message) -> Deferral | None:
+        """
+        The deferral of a message that an operator's pause holds back: it
+        is parked until the pause ends, or for C{--park-delay-max} at most
+        (a pause until resumed).
+        """
+        if not self.controls.pausing:
+            return None
+        destination = self.policy.destinationOf(route)[0]
+        bind = route.destination.bindAddress
+        pause = self.controls.pauseFor(
+            destination=destination, domain=route.domain, mtas=(bind,) if bind else (), tags=message.tags
+        )
+        if pause is None:
+            return None
+        until = min(pause.until, self.reactor.seconds() + self.parkDelayMax)
+        return Deferral(destination, f"paused by {pause.by} ({pause.selector}): {pause.reason}", until)
 
     def _turnedAway(self, failure: Failure, message: Message) -> ScheduledEntry | Failure:
         # not Failure.trap: it names every class of the exception's MRO
@@ -197,6 +236,7 @@ class DeliveryEngine:
         permit: Permit,
         release: Callable[[ESMTPClient, bool], None],
     ) -> ResultEntry:
+        self.metrics.attempted(permit.destination)
         try:
             sent = await sendThroughPool(
                 self.pool, route.destination, message, self.chain, release=release, store=self.store
@@ -208,13 +248,16 @@ class DeliveryEngine:
             category = self.policy.categories.ofFailure(failure)
             backoff = self.policy.failed(permit, failure, category)
             self.policy.succeeded(permit)
+            self._noteReply(permit.destination, failure.code, failure.description)
             return self._failed(message, failure, failure.facts, backoff, category)
         except AttemptFailed as failure:
             category = self.policy.categories.ofFailure(failure)
             backoff = self.policy.failed(permit, failure, category)
+            self._noteReply(permit.destination, failure.code, failure.description)
             return self._failed(message, failure, backoff=backoff, category=category)
         self.policy.succeeded(permit)
         reply = sent.reply
+        self._noteReply(permit.destination, reply.code, reply.text)
         self.log.info(
             "delivered {message} to {recipient} via {host} ({address}): {code} {text}",
             message=message.label,
@@ -235,6 +278,14 @@ class DeliveryEngine:
             description=reply.text,
             connection=sent.facts,
         )
+
+    def _noteReply(self, destination: str, code: int | None, text: str) -> None:
+        if code is None:
+            return
+        self.lastReplies[destination] = f"{code} {text}"
+        self.lastReplies.move_to_end(destination)
+        if len(self.lastReplies) > _LAST_REPLIES:
+            self.lastReplies.popitem(last=False)
 
     def _release(self, client: ESMTPClient, permit: Permit, clean: bool) -> None:
         """
@@ -280,6 +331,8 @@ class DeliveryEngine:
             category=category,
         )
         entry = ResultEntry.fromFailure(failure, self.reactor.seconds(), facts, category)
+        if backoff is not None and backoff.action != "retry":
+            self.metrics.paused(backoff.destination, backoff.action)
         if backoff is not None:
             entry.connection.update(backoff.entryFields())
             if backoff.action == "retry" and not entry.final:
@@ -297,6 +350,7 @@ class DeliveryEngine:
             wait = min((until - now) * 2 ** min(inRow, 32), self.parkDelayMax)
             until = max(until, now + wait)
         self.deferrals.deferred(message.label, deferral.destination, deferral.reason, until)
+        self.metrics.parked(deferral.destination)
         return ScheduledEntry(
             state="process",
             result="deferred",
@@ -311,6 +365,20 @@ class DeliveryEngine:
             },
             retryAt=until,
         )
+
+    # -- the present, for metrics and the admin API ----------------------------
+
+    def destinationFigures(self) -> list[DestinationState]:
+        """The destinations the policy knows now."""
+        return self.policy.destinationStates()
+
+    def serverFigures(self) -> list[ServerFigures]:
+        """The servers with pooled connections."""
+        return self.pool.serverFigures()
+
+    def bodyBytesSent(self) -> int:
+        """Message bytes written in DATA since the start."""
+        return self.pool.bodyBytesSent()
 
     def close(self) -> Deferred[None]:
         """

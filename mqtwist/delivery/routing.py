@@ -173,7 +173,7 @@ class Router:
             it ends the message's wait for the domain's lookup; the lookup
             itself runs to its end (see L{_sharedLookup}).
         """
-        domain = message.recipient.rpartition("@")[2].lower()
+        domain = message.domain
         bindAddress = random.choice(message.ips) if message.ips else None
         security = message.security or self.security
         direct = self._directRoute(message, domain, bindAddress, security)

@@ -40,6 +40,7 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from mqtwist.admin.controls import Control, Controls
 from mqtwist.amqp.client import Delivery
 from mqtwist.config import Config
 from mqtwist.content.bounce import DELAYED, FAILED, RELAYED, BounceSettings, bounceJob, notifies
@@ -62,6 +63,7 @@ from mqtwist.content.personalize import personalize
 from mqtwist.delivery.categories import lastCategory
 from mqtwist.delivery.engine import ScheduledEntry
 from mqtwist.errors import AttemptFailed, InvalidMessage
+from mqtwist.metrics import Metrics
 from mqtwist.outbox.journal import DeliveryJournal
 from mqtwist.outbox.schedule import RetrySchedule
 from mqtwist.timeformat import formatTime
@@ -157,8 +159,14 @@ class OutboxProcessor:
         reactor: Any,
         parseSettings: ParseSettings,
         journal: DeliveryJournal,
+        metrics: Metrics | None = None,
+        controls: Controls | None = None,
     ) -> None:
         self.config = config
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.controls = controls if controls is not None else Controls(reactor)
+        #: when each delivery in flight was taken, for the latency of its result
+        self._takenAt: dict[Delivery, float] = {}
         self.journal = journal
         self.parseSettings = parseSettings
         self.bounceSettings = BounceSettings.fromConfig(config, parseSettings.limits)
@@ -186,6 +194,8 @@ class OutboxProcessor:
         started for a message that is parked at once, so a stuck
         destination's messages cost little of the time the others need.
         """
+        self.metrics.consumed()
+        self._takenAt[delivery] = self.reactor.seconds()
         if delivery.redelivered:
             # only a message handed out again can have been handled before
             key = self.journal.keyOf(delivery.body)
@@ -214,6 +224,7 @@ class OutboxProcessor:
 
     def _ended(self, result: object, done: Deferred[None]) -> None:
         delivery = self.inFlight.pop(done, None)
+        self._takenAt.pop(delivery, None)  # type: ignore[arg-type]
         if not isinstance(result, Failure):
             return
         if result.check(CancelledError, ConnectingCancelledError):
@@ -278,6 +289,7 @@ class OutboxProcessor:
             time=entry.get("time"),
         )
         body = rawResultJSON(delivery.body, entry, limits)
+        self.metrics.concluded("delivered", "message", "accepted")
         return self._publishThenAck(delivery, label, self._resultPublications(obj, body, success=True), None)
 
     def _labelOf(self, body: bytes, job: dict[str, Any] | None = None) -> str:
@@ -328,6 +340,7 @@ class OutboxProcessor:
             reason=reason,
         )
         headers = {"x-mqtwist-reason": reason, "x-mqtwist-outbox": self.config.outbox}
+        self.metrics.concluded("dead-lettered")
         try:
             copied = self.publisher.publish(queue, delivery.body, priority=delivery.priority, headers=headers)
         except Exception as e:
@@ -442,6 +455,10 @@ class OutboxProcessor:
         expired = self.schedule.expiredBeforeAttempt(message, now)
         if expired is not None:
             return self._expire(delivery, message, expired, now)
+        if self.controls.cancelling:
+            cancel = self.controls.cancelFor(domain=message.domain, tags=message.tags)
+            if cancel is not None:
+                return self._cancel(delivery, message, cancel, now)
         if message.nextattempt is not None and message.nextattempt > now:
             return self._park(delivery, message, message.nextattempt - now)
         return self.deliver(message).addCallback(self._concluded, delivery, message)
@@ -529,6 +546,10 @@ class OutboxProcessor:
         retry = message.queueFor("retry", self.config.retry) if notify else None
         if retry:
             publications.append((retry, message.resultJSON()))
+        last = message.results[-1] if message.results else {}
+        self.metrics.concluded(
+            "retried" if notify else "deferred", str(last.get("state", "")), str(last.get("result", ""))
+        )
         if notify:
             expiry = self.schedule.expiryTime(message, now)
             return self._publishWithReport(delivery, message, publications, DELAYED, now, expiry)
@@ -550,12 +571,47 @@ class OutboxProcessor:
         message.record(ResultEntry("process", "timeout", now, True, description=reason, category=category))
         return self._finish(delivery, message, success=False)
 
-    def _finish(self, delivery: Delivery, message: Message, *, success: bool) -> Deferred[None]:
+    def _finish(
+        self, delivery: Delivery, message: Message, *, success: bool, report: bool = True
+    ) -> Deferred[None]:
+        """
+        Publish the final result of C{message}, with its delivery status
+        notification unless not C{report}.
+        """
         # there is no next attempt: a time left from a retry would say otherwise
         message.json.pop("nextattempt", None)
+        self._countFinal(delivery, message, success)
         publications = self._resultPublications(message.json, message.resultJSON(), success=success)
+        if not report:
+            return self._publishThenAck(delivery, message.label, publications, message.priority)
         action = RELAYED if success else FAILED
         return self._publishWithReport(delivery, message, publications, action, self.reactor.seconds())
+
+    def _countFinal(self, delivery: Delivery, message: Message, success: bool) -> None:
+        last = message.results[-1] if message.results else {}
+        state, result = str(last.get("state", "")), str(last.get("result", ""))
+        outcome = "delivered" if success else _FINAL_OUTCOMES.get((state, result), "failed")
+        self.metrics.concluded(outcome, state, result)
+        # from the first attempt, or from taking it when that came earlier
+        began = [t for t in (self._takenAt.get(delivery), message.firstTryTime) if t is not None]
+        if began:
+            self.metrics.finalAfter(outcome, self.reactor.seconds() - min(began))
+
+    def _cancel(self, delivery: Delivery, message: Message, cancel: Control, now: float) -> Deferred[None]:
+        """
+        End C{message} as an operator's cancel says: a final
+        C{process}/C{cancelled} result naming who and why, and no delivery
+        status notification (the sender's system learns it from the result).
+        """
+        description = f"cancelled by {cancel.by} ({cancel.selector}): {cancel.reason}"
+        self.log.info(
+            "{message} to {recipient} {description}",
+            message=message.label,
+            recipient=message.recipient,
+            description=description,
+        )
+        message.record(ResultEntry("process", "cancelled", now, True, description=description))
+        return self._finish(delivery, message, success=False, report=False)
 
     def _publishWithReport(
         self,
@@ -612,6 +668,7 @@ class OutboxProcessor:
             delay=delay,
         )
         publications = [self._toDelayQueue(message, self.schedule.bucketFor(delay))]
+        self.metrics.concluded("waiting", "process", "nextattempt")
         return self._publishThenAck(delivery, message.label, publications, message.priority)
 
     def _toDelayQueue(self, message: Message, bucket: int) -> tuple[str, bytes]:
@@ -626,6 +683,7 @@ class OutboxProcessor:
             description=failure.description,
         )
         body = invalidResultJSON(delivery.body, failure, now, limits)
+        self.metrics.concluded("invalid", failure.state, failure.result)
         publications = self._resultPublications(obj, body, success=False)
         return self._publishThenAck(delivery, "an invalid message", publications, None)
 
@@ -707,6 +765,10 @@ class OutboxProcessor:
                 shown=labelsShown(messages),
                 error=reason,
             )
+
+
+#: the outcome of a final result that is neither a delivery nor a failure
+_FINAL_OUTCOMES = {("process", "timeout"): "expired", ("process", "cancelled"): "cancelled"}
 
 
 def _lastOutcome(message: Message) -> str:
