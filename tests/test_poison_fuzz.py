@@ -187,7 +187,8 @@ KNOWN = (
     "dkim", "keepmime",
 )
 #: keys a copied property may not have
-RESERVED = frozenset(KNOWN) | {"id"}
+#: (and the documented properties this test does not give wrong values yet)
+RESERVED = frozenset(KNOWN) | {"id", "pool", "data", "inlinecss", "key"}
 QUEUE_KINDS = ("results", "success", "failure", "retry", "dsn")
 EDIT_KINDS = ("remove", "replace", "update", "prepend", "append", "add")
 
@@ -377,7 +378,6 @@ badHeaderName = st.one_of(
     nonStr,
 )
 queueKind = st.sampled_from(QUEUE_KINDS)
-unknownKind = st.text(cleanChar, min_size=1, max_size=8).filter(lambda k: k not in QUEUE_KINDS)
 listWith = lambda good, bad: st.builds(  # noqa: E731
     lambda head, wrong, tail: head + [wrong] + tail, st.lists(good, max_size=2), bad, st.lists(good, max_size=2)
 )
@@ -444,8 +444,6 @@ WRONG: dict[str, st.SearchStrategy[Any]] = {
     ),
     "queues": st.one_of(
         st.none(), st.booleans(), st.integers(), floats, cleanText, lists,
-        st.builds(lambda k: {k: ALT["results"]}, unknownKind),
-        st.builds(lambda k: {"results": ALT["results"], k: 1}, unknownKind),
         st.builds(lambda k, v: {k: v}, queueKind, nonStr),
         st.builds(lambda k: {k: "q" * 256}, queueKind),
         # a name with a control character: only where it cannot take the
