@@ -260,6 +260,13 @@ HEADERS = [
     (b"To: {$v} <j\xc3\xb6rg@example.com>", "J\u00f6rg", "To: Jörg <jörg@example.com>".encode()),
     # a folded field keeps its folding while it stays ASCII
     (b"Subject: Hello\r\n {$v}", "John", b"Subject: Hello\r\n John"),
+    # variables inside RFC 2047 words, quoted-printable or base64
+    (b"Subject: =?utf-8?q?Hello_{$v}?=", "John", b"Subject: Hello John"),
+    (b"Subject: =?utf-8?b?R3LDvMOfZSB7JHZ9?=", "John", b"Subject: =?utf-8?q?Gr=C3=BC=C3=9Fe?= John"),
+    (b"From: =?utf-8?q?Caf=C3=A9?= {$v} <a@example.com>", "J\u00f6rg",
+     b"From: =?utf-8?q?Caf=C3=A9_J=C3=B6rg?= <a@example.com>"),
+    # an unknown charset in a word: the field is taken as written
+    (b"Subject: =?x-bogus?q?Hi?= {$v}", "John", b"Subject: =?x-bogus?q?Hi?= John"),
 ]
 
 

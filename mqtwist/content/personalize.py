@@ -24,6 +24,8 @@ from __future__ import annotations
 import base64
 import binascii
 import codecs
+import email.errors
+import email.header
 import email.message
 import email.policy
 import email.utils
@@ -164,14 +166,23 @@ def _isAttachment(fields: list[bytes]) -> bool:
 
 def _personalizedField(field: bytes, variables: Mapping[str, Any], eol: bytes) -> bytes:
     name = _fieldName(field)
-    if name.decode("ascii") not in PERSONALIZED_FIELDS or b"{$" not in field:
+    if name.decode("ascii") not in PERSONALIZED_FIELDS or (b"{$" not in field and b"=?" not in field):
         return field
     head, raw = field.split(b":", 1)
     ending = b"\r\n" if raw.endswith(b"\r\n") else b"\n" if raw.endswith(b"\n") else b""
     value = raw[: len(raw) - len(ending)].decode("utf-8", "surrogateescape")
+    words = _encodedWords(value)
+    if words is not None:
+        # a variable inside an RFC 2047 word: replaced in the decoded text,
+        # which is then encoded anew
+        if not hasTemplate(words):
+            return field
+        value = words
+    elif not hasTemplate(value):
+        return field
     rendered = render(value, variables, header=True)
     encoded = rendered.encode("utf-8", "surrogateescape")
-    if encoded.isascii() and all(len(line) <= _MAX_LINE for line in encoded.split(b"\n")):
+    if words is None and encoded.isascii() and all(len(line) <= _MAX_LINE for line in encoded.split(b"\n")):
         return head + b":" + encoded + ending
     # non-ASCII or too long: folded anew, RFC 2047 words for the non-ASCII text
     unfolded = re.sub(r"\r?\n(?=[ \t])", "", rendered).strip()
@@ -182,6 +193,25 @@ def _personalizedField(field: bytes, variables: Mapping[str, Any], eol: bytes) -
         policy = email.policy.SMTPUTF8.clone(linesep=eol.decode("ascii"))
     folded: str = policy.header_factory(head.decode("ascii").strip(), unfolded).fold(policy=policy)
     return folded.encode("utf-8", "surrogateescape")
+
+
+def _encodedWords(value: str) -> str | None:
+    """
+    The text of a field value that holds RFC 2047 encoded words, decoded;
+    C{None} for a value without any (or with malformed ones, which are
+    then taken as they are written).
+    """
+    if "=?" not in value:
+        return None
+    unfolded = re.sub(r"\r?\n(?=[ \t])", "", value).strip()
+    try:
+        parts = email.header.decode_header(unfolded)
+        if all(isinstance(text, str) for text, _ in parts):
+            # decode_header found no encoded word
+            return None
+        return str(email.header.make_header(parts))
+    except (email.errors.HeaderParseError, ValueError, LookupError):
+        return None
 
 
 def _multipart(body: bytes, boundary: bytes, job: _Job, digest: bool) -> bytes:
