@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 import pytest_twisted
-from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.logger import globalLogPublisher
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
@@ -350,6 +351,22 @@ def test_a_slow_store_times_out_and_is_retried():
     )
     # the fetch was cancelled
     assert store.pending.called
+
+
+def test_a_cancelled_load_is_no_store_failure():
+    store = FakeStore()
+    failures, events = [], []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        loading = loader(store).load(parse(key="k1"))
+        loading.addErrback(failures.append)
+        loading.cancel()
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    # the envelope was refused, or the service stops: the cancellation
+    # itself comes out, and nothing is logged
+    assert failures[0].check(CancelledError) and store.pending.called
+    assert events == []
 
 
 def test_a_backend_that_does_not_check_the_size():

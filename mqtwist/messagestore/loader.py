@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.internet.defer import Deferred, TimeoutError
+from twisted.internet.defer import CancelledError, Deferred, TimeoutError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -119,6 +119,9 @@ class StoredMessages:
         return data
 
     def _failed(self, failure: Failure, message: Message) -> Failure:
+        if failure.check(CancelledError):
+            # the envelope was refused or the service stops: no store failure
+            return failure
         error = failure.value
         if isinstance(error, TimeoutError):
             error = StoreUnavailable(
@@ -128,7 +131,6 @@ class StoredMessages:
             )
         elif not isinstance(error, StoreError):
             if not isinstance(error, Exception):
-                # CancelledError from a stop, or worse: not a store failure
                 return failure
             self.log.failure(
                 "the message store {store} failed to fetch the key of {message}",
