@@ -320,3 +320,29 @@ def test_consuming_stops_and_resumes(clients, amqp):
     assert [d.body for d in second] == [b"while stopped", b"after"]
     second[1].ack()
     assert (yield connectionOf(client)) is old
+
+
+@pytest_twisted.inlineCallbacks
+def test_move_all_messages_of_a_queue(clients, amqp):
+    """
+    moveAll takes every message of one queue and publishes it to another,
+    body, priority and headers as they were, acknowledging each once its
+    copy is confirmed: the source ends empty, the destination has them all
+    in order.
+    """
+    yield amqp.delete("t-held")
+    yield amqp.delete("t-back")
+    client = clients([QueueSpec("t-held"), QueueSpec("t-back", {"x-max-priority": 10})])
+    yield client.whenConnected()
+    bodies = [b'{"n": %d}' % n for n in range(50)] + [bytes(range(256))]
+    for n, body in enumerate(bodies):
+        yield client.publish("t-held", body, priority=n % 10, headers={"n": n})
+    moved = yield client.moveAll("t-held", "t-back")
+    assert moved == len(bodies)
+    assert (yield amqp.count("t-held")) == 0
+    received = yield amqp.collect("t-back", len(bodies))
+    assert sorted(r.body for r in received) == sorted(bodies)
+    assert {r.properties["headers"]["n"]: r.properties["priority"] for r in received} == {
+        n: n % 10 for n in range(len(bodies))
+    }
+    assert (yield client.moveAll("t-held", "t-back")) == 0

@@ -521,6 +521,25 @@ class BrokerClient(Service):
         deleting: defer.Deferred[Any] = session.publishChannel.queue_delete(queue=queue)
         return deleting.addCallback(lambda reply: None).addErrback(self._notDeleted, queue)
 
+    def moveAll(self, source: str, destination: str) -> defer.Deferred[int]:
+        """
+        Move every message that is in C{source} now to C{destination}, one
+        at a time: each is taken (C{basic.get}), published persistently
+        with its priority and headers, and acknowledged on C{source} once
+        the broker confirmed the copy, so none is lost (a connection lost
+        in between leaves it in C{source}, or in both).
+
+        @return: a Deferred that fires with the number of messages moved,
+            or errbacks with L{PublishFailed} when not connected, or when
+            a copy is not confirmed or the channel is lost.
+        """
+        session = self._session
+        if session is None or not session.ready or session.publishChannel is None:
+            return defer.fail(
+                PublishFailed(f"not connected to AMQP broker {self.url.redacted()}: nothing moved from {source!r}")
+            )
+        return defer.ensureDeferred(session.moveAll(source, destination))
+
     def _notDeleted(self, failure: Failure, queue: str) -> Failure:
         if not isinstance(failure.value, Closed):
             return failure
@@ -694,6 +713,27 @@ class _Session:
         self.protocol.basicPublish(channel.id, "", queue, body, properties, mandatory)
         self.client.metrics.amqp("publish")
         return confirmed
+
+    async def moveAll(self, source: str, destination: str) -> int:
+        channel = self.publishChannel
+        assert channel is not None
+        moved = 0
+        while True:
+            try:
+                reply = await channel.basic_get(queue=source, no_ack=False)
+            except Closed as e:
+                raise PublishFailed(
+                    f"the channel to AMQP broker {self.client.url.redacted()} was lost while moving "
+                    f"messages from {source!r} to {destination!r} ({e}); {moved} were moved"
+                ) from None
+            if reply.method.name == "get-empty":
+                return moved
+            properties = reply.content.properties
+            await self.publish(
+                destination, reply.content.body, properties.get("priority"), properties.get("headers"), False
+            )
+            self.protocol.basicAck(channel.id, reply.delivery_tag)
+            moved += 1
 
     async def stopConsuming(self) -> None:
         """
