@@ -124,6 +124,26 @@ async def test_kept_in_the_store_when_cleanup_is_keep(rabbitmq, amqp, smtpServer
 
 
 @pytest_twisted.ensureDeferred
+async def test_removed_when_the_job_fails_for_good(rabbitmq, amqp, smtpServer, queues, redisServer):
+    store = redisServer.client()
+    store.set("mail/1", STORED)
+    store.set("mail/2", STORED)
+    config = makeConfig(rabbitmq, smtpServer, queues, messageStore=redisServer.url, retries=[1])
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(
+            amqp,
+            queues["outbox"],
+            # refused at RCPT (550), and refused for now (451): retried
+            [keyJob(1, recipient="reject@example.com"), keyJob(2, recipient="tempfail@example.com")],
+        )
+        (failure,) = decoded(await amqp.collect(queues["failure"], 1))
+        (notice,) = decoded(await amqp.collect(queues["retry"], 1))
+    assert kinds(failure) == ["rcptto/error"] and kinds(notice) == ["rcptto/error"]
+    # the job that ended lost its message; the one to retry keeps it
+    assert store.exists("mail/1") == 0 and store.get("mail/2") == STORED
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_missing_key_is_storage_error(rabbitmq, amqp, smtpServer, queues, redisServer):
     config = makeConfig(rabbitmq, smtpServer, queues, messageStore=redisServer.url)
     async with running(MailerService(config, plugins=[])):
