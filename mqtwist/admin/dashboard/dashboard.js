@@ -15,7 +15,9 @@ async function api(method, path, body) {
   });
   const answer = await response.json().catch(() => ({ error: response.statusText }));
   if (response.status === 401) {
-    showLogin("the token was refused");
+    // forgotten, so that the polling stops sending it (each refusal is logged)
+    forgetToken();
+    showLogin("the token was refused: give the one of --admin-token-file or MQTWIST_ADMIN_TOKEN");
     throw new Error("unauthorised");
   }
   if (!response.ok) {
@@ -24,10 +26,16 @@ async function api(method, path, body) {
   return answer;
 }
 
+function forgetToken() {
+  token = "";
+  sessionStorage.removeItem("mqtwist-token");
+}
+
+// why: the error to show, or undefined to keep the one shown
 function showLogin(why) {
   $("board").hidden = true;
   $("login").hidden = false;
-  showError(why);
+  if (why !== undefined) showError(why);
 }
 
 function showError(text) {
@@ -74,7 +82,7 @@ function drawDestinations(answer) {
     cell(row, d.inFlight, "number");
     cell(row, d.waiting, "number");
     cell(row, d.parked, "number");
-    cell(row, d.limits.connections + " conn" + (d.limits.messagesPerMinute ? ", " + d.limits.messagesPerMinute + "/min" : ""));
+    cell(row, d.limits ? d.limits.connections + " conn" + (d.limits.messagesPerMinute ? ", " + d.limits.messagesPerMinute + "/min" : "") : "");
     cell(row, d.paused ? "paused: " + d.paused.reason + (d.paused.until ? " until " + d.paused.until : "") : "open",
       d.paused ? "paused" : "open");
     cell(row, d.lastReply);
@@ -121,9 +129,9 @@ function drawControls(pauses, cancels) {
 function drawChart(history) {
   const svg = $("chart");
   const samples = history.samples;
-  $("interval").textContent = "(messages per " + history.interval + " s)";
   const lines = ["delivered", "failed", "deferred"];
   const highest = Math.max(1, ...samples.flatMap((s) => lines.map((l) => s[l])));
+  $("interval").textContent = "(messages per " + history.interval + " s; top of the chart: " + highest + ")";
   const width = 600, height = 160, step = samples.length > 1 ? width / (samples.length - 1) : width;
   svg.replaceChildren();
   for (const line of lines) {
@@ -137,7 +145,7 @@ function drawChart(history) {
 }
 
 async function refresh() {
-  if (!token) return showLogin("");
+  if (!token) return showLogin();
   try {
     const [status, destinations, history, pauses, cancels] = await Promise.all([
       api("GET", "status"), api("GET", "destinations"), api("GET", "history"),
@@ -150,6 +158,9 @@ async function refresh() {
     drawDestinations(destinations);
     drawChart(history);
     drawControls(pauses, cancels);
+    $("updated").textContent = "updated " + new Date().toLocaleTimeString();
+    // counts the pages drawn: a browser test waits for the next one
+    document.body.dataset.refreshes = Number(document.body.dataset.refreshes || 0) + 1;
   } catch (e) {
     if (e.message !== "unauthorised") showError("cannot read the admin API: " + e.message);
   }
