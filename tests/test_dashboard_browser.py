@@ -7,8 +7,10 @@ The page asks for the token and then shows what the admin API says: the
 totals, the destinations with their in-flight and parked numbers, a chart
 whose lines add up to the totals.  A click on a destination's Pause button
 parks its new messages while the other destination's flow; a click on
-Resume delivers them.  A wrong token brings the login form back with an
-error, and the page stops sending it.
+Resume delivers them.  Cancel… asks for a recipient domain and cancels
+its messages until Lift; the form pauses a tag for a time; Drain keeps the
+outbox's messages there until Undrain.  A wrong token brings the login
+form back with an error, and the page stops sending it.
 
 Chromium runs on a thread of its own (Playwright's asyncio API on its own
 event loop), so the reactor, which runs the service under test, never
@@ -420,4 +422,88 @@ async def test_wrong_token_shows_the_login_again(rabbitmq, dnsServer, mailHosts,
         await chromium.run(lambda: page.click("#login button[type=submit]"))
         await chromium.run(lambda: page.wait_for_selector("#board", state="visible", timeout=WAIT_MS))
         assert await chromium.run(lambda: page.is_hidden("#error"))
+    assert chromium.pageErrors == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_dashboard_cancel_form_and_drain(
+    rabbitmq, amqp, dnsServer, mailHosts, queues, chromium: BrowserThread
+) -> None:
+    sink = await mailHosts.sink("127.0.0.2", hostname="mx.fast.test")
+    mxDomain(dnsServer, "fast.test", "127.0.0.2")
+    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts, admin="tcp:0", parkDelay=1, parkDelayMax=1)
+    service = MailerService(config, plugins=[], adminToken=TOKEN)
+    async with running(service):
+        port = service.httpServices["admin"].port.getHost().port
+        admin = HTTPClient(port, TOKEN)
+        await publishAll(amqp, queues["outbox"], [job("first@fast.test", "first")])
+        await collectIds(amqp, queues["success"], {"first"})
+        page = await chromium.newPage(f"http://127.0.0.1:{port}/")
+        await chromium.run(lambda: page.fill("#token", TOKEN))
+        await chromium.run(lambda: page.click("#login button[type=submit]"))
+        row = page.locator(f'#destinations tr[data-destination="{FAST}"]')
+        await chromium.run(lambda: row.wait_for(timeout=WAIT_MS))
+
+        # Cancel… asks for the domain (a destination is none), then cancels it
+        prompts: list[tuple[str, str]] = []
+
+        async def answer(dialog: Any) -> None:
+            prompts.append((dialog.message, dialog.default_value))
+            await dialog.accept("fast.test")
+
+        async def cancelFromRow() -> None:
+            page.once("dialog", answer)
+            await row.get_by_role("button", name="Cancel…").click()
+            await page.locator("#controls tbody tr").wait_for(timeout=WAIT_MS)
+
+        await chromium.run(cancelFromRow)
+        assert len(prompts) == 1 and prompts[0][1] == ""
+        assert "recipient domain" in prompts[0][0] and FAST in prompts[0][0]
+        _, cancels, _ = await admin.call("GET", "/api/cancels")
+        assert [(c["domain"], c["until"], c["reason"], c["by"]) for c in cancels] == [
+            ("fast.test", None, "cancelled from the dashboard", "127.0.0.1")
+        ]
+        await publishAll(amqp, queues["outbox"], [job("gone@fast.test", "gone")])
+        (cancelled,) = await collectIds(amqp, queues["failure"], {"gone"})
+        (entry,) = cancelled["results"]
+        assert (entry["state"], entry["result"]) == ("process", "cancelled")
+        assert entry["description"] == "cancelled by 127.0.0.1 (domain=fast.test): cancelled from the dashboard"
+
+        # the cancel's Lift button lifts it
+        lift = page.locator("#controls tbody tr").get_by_role("button", name="Lift")
+        await chromium.run(lambda: lift.click())
+        await chromium.run(lambda: page.locator("#controls tbody tr").wait_for(state="detached", timeout=WAIT_MS))
+        _, cancels, _ = await admin.call("GET", "/api/cancels")
+        assert cancels == []
+
+        # the form: a pause of a tag for 600 s, with a reason
+        await chromium.run(lambda: page.select_option("#control-kind", "pauses"))
+        await chromium.run(lambda: page.select_option("#control-field", "tag"))
+        await chromium.run(lambda: page.fill("#control-value", "spring-sale"))
+        await chromium.run(lambda: page.fill("#control-seconds", "600"))
+        await chromium.run(lambda: page.fill("#control-reason", "complaints"))
+        await chromium.run(lambda: page.click("#control button[type=submit]"))
+        await chromium.run(lambda: page.locator("#controls tbody tr").wait_for(timeout=WAIT_MS))
+        _, pauses, _ = await admin.call("GET", "/api/pauses")
+        assert [(p["tag"], p["reason"], p["until"] is not None) for p in pauses] == [("spring-sale", "complaints", True)]
+        shown = await chromium.run(lambda: page.locator("#controls tbody tr td").all_text_contents())
+        assert shown[:2] == ["pause", "tag=spring-sale"] and shown[2] == pauses[0]["until"]
+        await chromium.run(lambda: page.locator("#controls tbody tr").get_by_role("button", name="Resume").click())
+        await chromium.run(lambda: page.locator("#controls tbody tr").wait_for(state="detached", timeout=WAIT_MS))
+        _, pauses, _ = await admin.call("GET", "/api/pauses")
+        assert pauses == []
+
+        # Drain: the badge says drained and the outbox keeps its message;
+        # Undrain: it is delivered
+        await chromium.run(lambda: page.click("#drain"))
+        await chromium.run(lambda: page.wait_for_selector('#service-state[data-state="drained"]', timeout=WAIT_MS))
+        _, status, _ = await admin.call("GET", "/api/status")
+        assert status["state"] == "drained"
+        await publishAll(amqp, queues["outbox"], [job("later@fast.test", "after-drain")])
+        assert await amqp.count(queues["outbox"]) == 1
+        await chromium.run(lambda: page.click("#undrain"))
+        await chromium.run(lambda: page.wait_for_selector('#service-state[data-state="consuming"]', timeout=WAIT_MS))
+        await collectIds(amqp, queues["success"], {"after-drain"})
+        await sink.waitForMessages(2)
+        assert [m.rcptTos for m in sink.messages] == [("first@fast.test",), ("later@fast.test",)]
     assert chromium.pageErrors == []

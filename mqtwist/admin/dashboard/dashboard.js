@@ -93,7 +93,10 @@ function drawDestinations(answer) {
       button(actions, "Pause", () => api("POST", "pauses", { destination: d.destination, reason: "paused from the dashboard" }));
     }
     button(actions, "Cancel…", () => {
-      const domain = prompt("Cancel every message to this domain (final result process/cancelled):", d.destination);
+      // a destination (an MX host, a throttle rule, a smarthost) is not a
+      // domain, and may serve many: the operator names the domain
+      const domain = prompt("Cancel every message to the recipient domain typed here (final result " +
+        "process/cancelled, no bounce); " + d.destination + " may serve several domains:", "");
       return domain ? api("POST", "cancels", { domain, reason: "cancelled from the dashboard" }) : Promise.resolve();
     });
   }
