@@ -101,8 +101,8 @@ class Metrics:
         )
         self._outcomes = Counter(
             "mqtwist_outcomes",
-            "what handling an outbox message came to: delivered, failed, retried, deferred, parked, "
-            "expired, invalid, cancelled or dead-lettered; with the state and result of its entry",
+            "what handling an outbox message came to: delivered, failed, expired, cancelled, invalid, "
+            "retried, deferred, held, waiting or dead-lettered; with the state and result of its entry",
             ["outcome", "state", "result"],
             registry=registry,
         )
@@ -126,6 +126,12 @@ class Metrics:
         self._parked = Counter(
             "mqtwist_parked",
             "messages deferred without an attempt (destination paused, down or too busy) and parked",
+            ["destination"],
+            registry=registry,
+        )
+        self._held = Counter(
+            "mqtwist_held",
+            "messages an operator's pause held back (to the held queue)",
             ["destination"],
             registry=registry,
         )
@@ -186,6 +192,10 @@ class Metrics:
     def parked(self, destination: str) -> None:
         """A message for C{destination} was deferred without an attempt."""
         self._parked.labels(self._destination(destination)).inc()
+
+    def held(self, destination: str) -> None:
+        """A message for C{destination} was held back by an operator's pause."""
+        self._held.labels(self._destination(destination)).inc()
 
     def paused(self, destination: str, action: str) -> None:
         """C{destination} was paused (C{action}: pause, down, reduce, admin)."""

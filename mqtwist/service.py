@@ -209,7 +209,8 @@ class MailerService(MultiService):
             limits=JobLimits(config.maxJobBytes, config.maxJobDepth, config.maxJobItems, config.maxJobString),
             # a result published to one of these would come back as a job
             reservedQueues=frozenset(
-                [config.outbox, config.deadLetterQueue] + [queue.name for queue in self.schedule.delayQueues()]
+                [config.outbox, config.deadLetterQueue, config.heldQueueName]
+                + [queue.name for queue in self.schedule.delayQueues()]
             ),
             **_sourceAddresses(config),
             outbox=config.outbox,
@@ -223,6 +224,9 @@ class MailerService(MultiService):
         )
         self.metrics = Metrics(maxDestinations=config.metricsDestinations)
         self.controls = Controls(reactor)
+        self.controls.onPauseEnded = lambda: self.releaseHeld("a pause ended")
+        self._releasing: Deferred[None] | None = None
+        self._releaseAgain = False
         self.engine = deliveryEngine(config, self.plugins, reactor, metrics=self.metrics, controls=self.controls)
         self.journal = DeliveryJournal(config.deliveryJournal or None, config.deliveryJournalSize)
         self.broker: BrokerClient | None = None
@@ -400,6 +404,44 @@ class MailerService(MultiService):
             await self.processor.drain(self.config.shutdownTimeout)
         self.log.warn("drained: the deliveries in flight are done")
 
+    def releaseHeld(self, why: str) -> None:
+        """
+        Send the messages in the held queue back to the outbox, where those
+        that a pause still matches are held again and the others go on.
+        One release at a time; one asked for meanwhile follows it.
+        """
+        if self._releasing is not None:
+            self._releaseAgain = True
+            return
+        if self.broker is None or not self.broker.connected:
+            return
+        self._releaseAgain = False
+        releasing = self.broker.moveAll(self.config.heldQueueName, self.config.outbox)
+
+        def released(moved: int) -> None:
+            if moved:
+                self.log.info(
+                    "{why}: {count} held message(s) went back to the outbox {outbox}",
+                    why=why,
+                    count=moved,
+                    outbox=self.config.outbox,
+                )
+
+        def failed(failure: Failure) -> None:
+            self.log.warn(
+                "{why}: the held messages could not all go back to the outbox ({error}); the "
+                "next pause that ends, or the next start, sends them",
+                why=why,
+                error=failure.getErrorMessage(),
+            )
+
+        def done(_: object) -> None:
+            self._releasing = None
+            if self._releaseAgain:
+                self.releaseHeld(why)
+
+        self._releasing = releasing.addCallbacks(released, failed).addBoth(done)
+
     def undrain(self) -> None:
         """Consume the outbox again after L{drain}."""
         self._draining = None
@@ -518,7 +560,14 @@ class MailerService(MultiService):
         queues = [QueueSpec(config.outbox, outboxArguments)]
         queues += [
             QueueSpec(name)
-            for name in (config.results, config.success, config.failure, config.retry, config.deadLetterQueue)
+            for name in (
+                config.results,
+                config.success,
+                config.failure,
+                config.retry,
+                config.deadLetterQueue,
+                config.heldQueueName,
+            )
             if name
         ]
         if config.dsnQueue and config.dsnQueue != config.outbox:
@@ -547,6 +596,8 @@ class MailerService(MultiService):
         )
         if self.running:
             self.broker.setServiceParent(self)
+        # what a pause held before a restart goes again: the pause is forgotten
+        self.broker.whenConnected().addCallbacks(lambda _: self.releaseHeld("mqtwist started"), lambda _: None)
         waiters, self._brokerWaiters = self._brokerWaiters, []
         for waiter in waiters:
             self.broker.whenConnected().chainDeferred(waiter)
@@ -581,6 +632,11 @@ class MailerService(MultiService):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
+        self.controls.stop()
+        if self._releasing is not None:
+            # its moves are confirmed one by one: what it has not moved yet
+            # stays held, for the next start
+            await self._releasing
         if self.broker is not None and self.broker.running:
             try:
                 await self.broker.stopConsuming()

@@ -141,3 +141,30 @@ def test_a_cancel_selects_by_domain_or_tag() -> None:
     assert controls.cancelFor(domain="example.com", tags=()) is None
     assert controls.uncancel(Selector(domain="example.org")) is not None
     assert controls.cancelFor(domain="example.org", tags=()) is None
+
+
+def test_the_end_of_a_pause_is_told() -> None:
+    """
+    onPauseEnded is called when a pause is resumed and when one runs out,
+    not when a pause is replaced or a cancel ends.
+    """
+    clock = Clock()
+    controls = Controls(clock)
+    ended: list[float] = []
+    controls.onPauseEnded = lambda: ended.append(clock.seconds())
+    controls.pause(Selector(domain="a.example"), 60, "", "ops")
+    controls.pause(Selector(domain="a.example"), 120, "longer", "ops")
+    controls.pause(Selector(tag="t"), math.inf, "", "ops")
+    controls.cancel(Selector(tag="c"), 10, "", "ops")
+    clock.advance(60)
+    assert ended == []
+    clock.advance(60)
+    assert ended == [120]
+    controls.resume(Selector(tag="t"))
+    assert ended == [120, 120]
+    controls.resume(Selector(tag="t"))
+    assert ended == [120, 120]
+    controls.pause(Selector(tag="x"), 30, "", "ops")
+    controls.stop()
+    clock.advance(30)
+    assert ended == [120, 120] and clock.getDelayedCalls() == []

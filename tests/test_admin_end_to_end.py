@@ -1,14 +1,15 @@
 """
 The admin API and /metrics of a running service, with real traffic: a
 real RabbitMQ outbox, the loopback DNS and SMTP sinks (L{fixtures_dns}).
-A destination paused from the API parks its messages while another one's
-flow, and gets them once resumed; a cancelled tag ends its messages with
+A destination paused from the API has its messages held while another
+one's flow, and gets them at once when resumed; a cancelled tag ends its messages with
 process/cancelled; drain stops taking the outbox and undrain takes it up
 again; the metrics count what the result queues received.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest_twisted
@@ -17,7 +18,10 @@ from helpers_endtoend import brokerURL, publishAll, running
 from helpers_http import HTTPClient
 from helpers_mxdelivery import collectIds, job
 from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
 
+from mqtwist.admin.controls import Selector
 from mqtwist.service import MailerService
 
 TOKEN = "end-to-end-token"
@@ -35,6 +39,15 @@ def outcomes(values: dict[Any, float], outcome: str) -> float:
     return sum(v for (name, labels), v in values.items() if name == "mqtwist_outcomes_total" and ("outcome", outcome) in labels)
 
 
+async def heldCount(amqp: Any, service: MailerService, count: int, timeout: float = 30) -> None:
+    """Wait until the held queue of C{service} has C{count} messages."""
+    queue = service.config.heldQueueName
+    deadline = reactor.seconds() + timeout
+    while (found := await amqp.count(queue)) != count:
+        assert reactor.seconds() < deadline, f"{queue} has {found} messages, not {count}"
+        await deferLater(reactor, 0.05)
+
+
 @pytest_twisted.ensureDeferred
 async def test_pause_resume_cancel_drain_and_metrics(rabbitmq, amqp, dnsServer, mailHosts, queues) -> None:
     fast = await mailHosts.sink("127.0.0.2", hostname="mx.fast.test")
@@ -43,7 +56,7 @@ async def test_pause_resume_cancel_drain_and_metrics(rabbitmq, amqp, dnsServer, 
     mxDomain(dnsServer, "held.test", "127.0.0.3")
     config = mxConfig(
         brokerURL(rabbitmq), queues, dnsServer, mailHosts,
-        admin="tcp:0", metrics="tcp:0", parkDelay=1, parkDelayMax=1,
+        admin="tcp:0", metrics="tcp:0",
     )
     service = MailerService(config, plugins=[], adminToken=TOKEN)
     async with running(service):
@@ -59,18 +72,20 @@ async def test_pause_resume_cancel_drain_and_metrics(rabbitmq, amqp, dnsServer, 
         )
         delivered = await collectIds(amqp, queues["success"], {f"fast-{n}" for n in range(5)})
         assert {r["id"] for r in delivered} == {f"fast-{n}" for n in range(5)}
-        # the paused destination's messages are parked, not sent
+        # the paused destination's messages wait in the held queue, not sent
+        await heldCount(amqp, service, 5)
         _, destinations, _ = await admin.call("GET", "/api/destinations")
         byName = {d["destination"]: d for d in destinations["destinations"]}
         assert byName["mx mx.held.test"]["paused"]["admin"] is True
-        assert byName["mx mx.held.test"]["parked"] >= 5
         # (fast.test is listed while the policy keeps its state)
         assert byName.get("mx mx.fast.test", {"paused": None})["paused"] is None
         assert held.messages == []
 
         code, _, _ = await admin.call("DELETE", "/api/pauses", {"destination": "mx mx.held.test"})
         assert code == 200
+        # back to the outbox at once, not after a park
         resumed = await collectIds(amqp, queues["success"], {f"held-{n}" for n in range(5)})
+        await heldCount(amqp, service, 0)
         assert {r["id"] for r in resumed} == {f"held-{n}" for n in range(5)}
         # each was parked with the operator's pause as the reason
         assert all("paused by test (destination=mx mx.held.test)" in r["results"][0]["description"] for r in resumed)
@@ -105,10 +120,32 @@ async def test_pause_resume_cancel_drain_and_metrics(rabbitmq, amqp, dnsServer, 
         _, status, _ = await admin.call("GET", "/api/status")
     assert outcomes(values, "delivered") == 5 + 5 + 1 + 1 == status["totals"]["delivered"]
     assert outcomes(values, "cancelled") == 3 == status["totals"]["cancelled"]
-    assert outcomes(values, "deferred") >= 5
+    assert outcomes(values, "held") == 5
+    assert values[("mqtwist_held_total", (("destination", "mx mx.held.test"),))] == 5
     assert values[("mqtwist_consumed_total", ())] >= 10 + 4 + 1
     assert values[("mqtwist_attempts_total", (("destination", "mx mx.fast.test"),))] == 5 + 1 + 1
     assert values[("mqtwist_attempts_total", (("destination", "mx mx.held.test"),))] == 5
     assert values[("mqtwist_sent_bytes_total", ())] > 0
     assert values[("mqtwist_amqp_events_total", (("event", "confirm"),))] >= 12
     assert len(fast.messages) == 7 and len(held.messages) == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_what_a_pause_held_goes_again_after_a_restart(rabbitmq, amqp, dnsServer, mailHosts, queues) -> None:
+    """
+    Pauses live in the process: when it stops, what they held stays in the
+    held queue, and the next start sends it back to the outbox.
+    """
+    held = await mailHosts.sink("127.0.0.3", hostname="mx.held.test")
+    mxDomain(dnsServer, "held.test", "127.0.0.3")
+    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts)
+    service = MailerService(config, plugins=[])
+    async with running(service):
+        service.controls.pause(Selector(domain="held.test"), math.inf, "for the test", "test")
+        await publishAll(amqp, queues["outbox"], [job(f"h{n}@held.test", f"held-{n}") for n in range(3)])
+        await heldCount(amqp, service, 3)
+    assert held.messages == []
+    async with running(MailerService(config, plugins=[])):
+        delivered = await collectIds(amqp, queues["success"], {f"held-{n}" for n in range(3)})
+    assert len(delivered) == 3 and len(held.messages) == 3
+    assert await amqp.count(config.heldQueueName) == 0

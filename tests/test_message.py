@@ -155,7 +155,8 @@ def test_a_job_cannot_send_its_results_to_a_queue_of_mqtwists_own(kind):
         Message.fromJSON(json.dumps({"recipient": "a@b.c", "mime": "x", "queues": {kind: "outbox.delay.60s"}}), settings)
     assert raised.value.description == (
         f"property 'queues.{kind}' names 'outbox.delay.60s', a queue of mqtwist's own (the outbox, a delay "
-        "queue or the dead-letter queue): results published there would come back as jobs; give a queue for results"
+        "queue, the dead-letter or the held queue): results published there would come back as jobs; give a queue "
+        "for results"
     )
 
 

@@ -1,15 +1,16 @@
 """
 What operators steer while mqtwist runs: pauses and cancels.
 
-A L{Pause} holds back the messages that match it (a destination, a
-recipient domain, a source address, a tag, or several of these at once):
-they are parked, as for a destination paused by a reply, and come back
-when it ends.  A L{Cancel} ends the messages that match it (a recipient
-domain or a tag) with a final C{process}/C{cancelled} result, for as long
-as it lasts: the messages taken from the outbox then, and those that come
-back from a delay queue.
+A pause holds back the messages that match it (a destination, a recipient
+domain, a source address, a tag, or several of these at once): they wait
+in the held queue, and go back to the outbox when a pause ends, resumed
+or run out (L{Controls.onPauseEnded}).  A cancel ends the messages that
+match it (a recipient domain or a tag) with a final C{process}/C{cancelled}
+result, for as long as it lasts: the messages taken from the outbox then,
+and those that come back from a delay queue.
 
-Both live in this process's memory: a restart forgets them.  The admin API
+Both live in this process's memory: a restart forgets them (and releases
+what was held).  The admin API
 (L{mqtwist.admin.api}) makes and lists them; the delivery engine asks
 L{Controls.pauseFor} before each attempt, the outbox processor
 L{Controls.cancelFor} before each delivery.
@@ -18,9 +19,11 @@ L{Controls.cancelFor} before each delivery.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall
 
 from mqtwist.errors import InvalidMessage
 from mqtwist.timeformat import formatTime
@@ -167,13 +170,18 @@ class Controls:
     """
     The pauses and cancels in force in this process.
 
-    @param reactor: its C{seconds()} is the clock controls expire by.
+    @param reactor: its C{seconds()} is the clock controls expire by, and
+        it times the end of each pause.
+    @ivar onPauseEnded: called (with no argument) whenever a pause ends,
+        resumed or run out: the messages it held may go again.
     """
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
+        self.onPauseEnded: Callable[[], None] | None = None
         self._pauses: dict[Selector, Control] = {}
         self._cancels: dict[Selector, Control] = {}
+        self._pauseTimers: dict[Selector, IDelayedCall] = {}
 
     # -- making and lifting ----------------------------------------------------
 
@@ -184,7 +192,11 @@ class Controls:
 
         @return: the pause.
         """
-        return self._add(self._pauses, selector, seconds, reason, by)
+        pause = self._add(self._pauses, selector, seconds, reason, by)
+        self._cancelTimer(selector)
+        if math.isfinite(seconds):
+            self._pauseTimers[selector] = self.reactor.callLater(seconds, self._pauseRanOut, selector)
+        return pause
 
     def resume(self, selector: Selector) -> Control | None:
         """
@@ -193,7 +205,30 @@ class Controls:
         @return: the pause lifted, or C{None} when there was none.
         """
         self._expire(self._pauses)
-        return self._pauses.pop(selector, None)
+        pause = self._pauses.pop(selector, None)
+        if pause is not None:
+            self._cancelTimer(selector)
+            self._pauseEnded()
+        return pause
+
+    def stop(self) -> None:
+        """Cancel the timers of the pauses (the service stops)."""
+        for selector in list(self._pauseTimers):
+            self._cancelTimer(selector)
+
+    def _pauseRanOut(self, selector: Selector) -> None:
+        self._pauseTimers.pop(selector, None)
+        self._expire(self._pauses)
+        self._pauseEnded()
+
+    def _pauseEnded(self) -> None:
+        if self.onPauseEnded is not None:
+            self.onPauseEnded()
+
+    def _cancelTimer(self, selector: Selector) -> None:
+        timer = self._pauseTimers.pop(selector, None)
+        if timer is not None and timer.active():
+            timer.cancel()
 
     def cancel(self, selector: Selector, seconds: float, reason: str, by: str) -> Control:
         """

@@ -447,6 +447,13 @@ class Config:
         "result, the reason in its x-mqtwist-reason header (empty: such a message is dropped, "
         "with a log line)",
     )
+    heldQueue: str = setting(
+        "",
+        help="queue where the messages an operator's pause holds back wait (no one consumes it); "
+        "they go back to the outbox when a pause ends, and when mqtwist starts (empty: the "
+        "outbox's name and .held)",
+        defaultText="OUTBOX.held",
+    )
     settleAttempts: int = setting(
         3,
         help="times the broker may fail to confirm the results of an outbox message before the "
@@ -554,6 +561,11 @@ class Config:
 
     def __post_init__(self) -> None:
         self.check()
+
+    @property
+    def heldQueueName(self) -> str:
+        """The queue of held messages: C{heldQueue}, else the outbox's name and C{.held}."""
+        return self.heldQueue or f"{self.outbox}.held"
 
     def check(self) -> None:
         """

@@ -751,8 +751,8 @@ def _queueNameProblem(kind: str, name: str, reserved: frozenset[str]) -> Invalid
     if name in reserved:
         return InvalidMessage(
             f"property 'queues.{kind}' names {excerpt(name)}, a queue of mqtwist's own (the "
-            f"outbox, a delay queue or the dead-letter queue): results published there would "
-            f"come back as jobs; give a queue for results"
+            f"outbox, a delay queue, the dead-letter or the held queue): results published there "
+            f"would come back as jobs; give a queue for results"
         )
     return None
 

@@ -10,6 +10,7 @@ with it.
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,9 +49,12 @@ class ScheduledEntry(ResultEntry):
     reply asked for a particular wait (greylisting).
 
     @ivar retryAt: POSIX time of the next attempt.
+    @ivar held: an operator's pause holds the message back: it waits in
+        the held queue until a pause ends, whatever C{retryAt} says.
     """
 
     retryAt: float = 0.0
+    held: bool = False
 
 
 #: destinations whose last reply the engine keeps, the most recent
@@ -154,9 +158,9 @@ class DeliveryEngine:
         return self._failed(message, failure.value)
 
     def _admit(self, route: Route, message: Message) -> ResultEntry | Deferred[ResultEntry]:
-        paused = self._pausedByOperator(route, message)
-        if paused is not None:
-            return self._deferred(message, paused)
+        held = self._heldByOperator(route, message)
+        if held is not None:
+            return held
         admission = self.policy.admitNow(route)
         if isinstance(admission, Deferral):
             return self._deferred(message, admission)
@@ -167,11 +171,11 @@ class DeliveryEngine:
             self._admitted, self._turnedAway, callbackArgs=(message, route), errbackArgs=(message,)
         )
 
-    def _pausedByOperator(self, route: Route, message: Message) -> Deferral | None:
+    def _heldByOperator(self, route: Route, message: Message) -> ScheduledEntry | None:
         """
-        The deferral of a message that an operator's pause holds back: it
-        is parked until the pause ends, or for C{--park-delay-max} at most
-        (a pause until resumed).
+        The entry of a message that an operator's pause holds back: no
+        attempt, and the message waits in the held queue until a pause
+        ends; C{None} when no pause matches it.
         """
         if not self.controls.pausing:
             return None
@@ -182,8 +186,21 @@ class DeliveryEngine:
         )
         if pause is None:
             return None
-        until = min(pause.until, self.reactor.seconds() + self.parkDelayMax)
-        return Deferral(destination, f"paused by {pause.by} ({pause.selector}): {pause.reason}", until)
+        reason = f"paused by {pause.by} ({pause.selector}): {pause.reason}"
+        self.metrics.held(destination)
+        connection: dict[str, Any] = {"destination": destination, "reason": reason, "held": True}
+        if math.isfinite(pause.until):
+            connection["until"] = formatTime(pause.until)
+        return ScheduledEntry(
+            state="process",
+            result="deferred",
+            time=self.reactor.seconds(),
+            final=False,
+            description=f"not tried: destination {destination} {reason}",
+            connection=connection,
+            retryAt=pause.until,
+            held=True,
+        )
 
     def _turnedAway(self, failure: Failure, message: Message) -> ScheduledEntry | Failure:
         # not Failure.trap: it names every class of the exception's MRO

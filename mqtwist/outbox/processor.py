@@ -510,6 +510,12 @@ class OutboxProcessor:
             # the expiry clock runs from the first deferral of the row
             entry.connection["since"] = replaced.get("since", replaced.get("time"))
         message.record(entry)
+        if entry.held:
+            # no delay queue: it waits for the end of the pause, which
+            # sends the held queue back to the outbox (MailerService)
+            self.metrics.concluded("held", entry.state, entry.result)
+            held = [(self.config.heldQueueName, message.outboxJSON())]
+            return self._publishThenAck(delivery, message.label, held, message.priority)
         expiry = self.schedule.expiryTime(message, now)
         # no retry notice: nothing was tried, so nothing failed; the entry
         # travels with the message into its final result
