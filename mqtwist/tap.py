@@ -83,6 +83,8 @@ class Options(usage.Options):
             self.config = configFrom(self, self.environ, self["config"], sources)
             if self.config.plugins is not None:
                 self._checkPluginNames(self.config.plugins, sources["plugins"])
+            if self.config.logFormat == "json":
+                self._logAsJSON(sources.get("logFormat", "--log-format"))
         except (SettingError, usage.UsageError) as error:
             if getattr(self, "parent", None) is None:
                 raise usage.UsageError(str(error)) from None
@@ -105,6 +107,30 @@ class Options(usage.Options):
             f"txamqp {version('txamqp')}, Python {platform.python_version()})\n"
         )
         raise SystemExit(0)
+
+    def _logAsJSON(self, source: str) -> None:
+        """
+        Under twistd, make its log observer write JSON lines from the start
+        (see L{mqtwist.logformat.twistdObserver}); a program that
+        embeds the service sets up its own observers.
+
+        @raise usage.UsageError: when twistd is told to log elsewhere.
+        """
+        parent = getattr(self, "parent", None)
+        if parent is None:
+            return
+        from mqtwist.logformat import useUnderTwistd
+
+        for option in ("logger", "syslog"):
+            if parent.get(option):
+                raise usage.UsageError(
+                    f"{source}: json is written to twistd's --logfile or standard output, not with "
+                    f"twistd's --{option}; leave out one of the two"
+                )
+        try:
+            parent["logger"] = useUnderTwistd(parent.get("logfile"), bool(parent.get("nodaemon")))
+        except ValueError as e:
+            raise usage.UsageError(f"{source}: {e}") from None
 
     def _listPlugins(self) -> None:
         from mqtwist.dataplugin.discovery import describePlugins

@@ -91,6 +91,7 @@ SPECIAL_SAMPLES = {
     "security": ("verified", "verified"),
     "logLevel": ("debug", "debug"),
     "categoryRules": (SHIPPED_CATEGORIES, SHIPPED_CATEGORIES),
+    "logFormat": ("json", "json"),
     "defaultIps": ("192.0.2.1,2001:db8::1", ["192.0.2.1", "2001:db8::1"]),
     "messageStore": ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     "messageStoreCleanup": ("keep", "keep"),

@@ -189,6 +189,12 @@ def _categoryRules(value: str | None) -> None:
         readRules(value)
 
 
+def _logFormat(value: str) -> None:
+    from mqtwist.logformat import checkLogFormat
+
+    checkLogFormat(value)
+
+
 def _logLevel(value: str) -> None:
     from mqtwist.loglevel import parseLogLevel
 
@@ -557,6 +563,13 @@ class Config:
         help="lowest level of the log events written: debug (every SMTP command and reply), "
         "info, warn, error or critical; lower ones are dropped before they are formatted",
         check=_logLevel,
+    )
+    logFormat: str = setting(
+        "text",
+        help="how twistd's log (its --logfile, or standard output with -n) is written: text "
+        "(readable lines) or json (one JSON object a line: time, level, namespace, text, and the "
+        "event's fields)",
+        check=_logFormat,
     )
 
     def __post_init__(self) -> None:
