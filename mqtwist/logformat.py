@@ -150,4 +150,4 @@ def twistdObserver() -> ILogObserver:
             reactor.callFromThread(logFile.rotate)  # type: ignore[attr-defined]
 
         signal.signal(signal.SIGUSR1, rotate)
-    return jsonFileLogObserver(logFile)  # type: ignore[arg-type]
+    return jsonFileLogObserver(logFile)
