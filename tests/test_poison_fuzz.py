@@ -188,7 +188,7 @@ KNOWN = (
 )
 #: keys a copied property may not have
 #: (and the documented properties this test does not give wrong values yet)
-RESERVED = frozenset(KNOWN) | {"id", "pool", "data", "inlinecss", "key"}
+RESERVED = frozenset(KNOWN) | {"id", "pool", "data", "inlinecss", "key", "force"}
 QUEUE_KINDS = ("results", "success", "failure", "retry", "dsn")
 EDIT_KINDS = ("remove", "replace", "update", "prepend", "append", "add")
 

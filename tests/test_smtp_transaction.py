@@ -10,6 +10,7 @@ import hashlib
 import hmac
 from typing import Any
 
+import pytest
 from helpers_smtpprotocol import EHLO_PIPELINING, EHLO_PLAIN, TIMEOUTS, Connection, failureOf, resultOf
 from twisted.internet.defer import Deferred, ensureDeferred, succeed
 from zope.interface import implementer
@@ -19,6 +20,7 @@ from mqtwist.content.message import Message
 from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.dataplugin.interfaces import IDataPlugin
 from mqtwist.delivery.transaction import TransactionFailed, envelopeParameters, sendMessage, sendThroughPool, xtext
+from mqtwist.errors import InvalidMessage
 
 
 @implementer(IDataPlugin)
@@ -168,6 +170,35 @@ def test_extensionsMissing() -> None:
     # nothing was sent, and without DSN no DSN parameters
     assert connection.sent() == b""
     assert envelopeParameters(client, message(mime="x", dsn={"notify": "NEVER"})) == (["SIZE=1"], [])
+
+
+def test_forceSendsWhatTheServerDoesNotAnnounce() -> None:
+    """
+    A job with C{force} (MailerQ's) is sent as it is where the extensions it
+    would need are missing (here SIZE 10, no 8BITMIME, no SMTPUTF8): the
+    server decides, and this one takes it.
+    """
+    connection = Connection()
+    client = connection.introduce(b"250-mx\r\n250 SIZE 10\r\n")
+    body = "Subject: caf\u00e9\r\n\r\n\u00e9t\u00e9\r\n"
+    forced = message(mime=body, recipient="j\u00f6@example.com", force=True)
+    size = len(body.encode())
+    assert envelopeParameters(client, forced) == ([f"SIZE={size}"], [])
+    sent = ensureDeferred(sendMessage(client, forced, makeChain(connection.clock)))
+    assert connection.sent() == f"MAIL FROM:<a@example.org> SIZE={size}\r\n".encode()
+    connection.reply(b"250 ok\r\n")
+    assert connection.sent() == "RCPT TO:<j\u00f6@example.com>\r\n".encode()
+    connection.reply(b"250 ok\r\n")
+    assert connection.sent() == b"DATA\r\n"
+    connection.reply(b"354 go on\r\n")
+    assert connection.sent() == body.encode() + b".\r\n"
+    connection.reply(b"250 2.0.0 queued\r\n")
+    assert resultOf(sent).code == 250
+
+
+def test_forceMustBeABoolean() -> None:
+    with pytest.raises(InvalidMessage, match="property 'force' must be true or false"):
+        message(force="yes")
 
 
 class FakePool:

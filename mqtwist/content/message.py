@@ -220,6 +220,9 @@ class Message:
     recipient: str
     mime: bytes
     keepmime: bool = False
+    #: send even what the server does not announce it takes (8-bit without
+    #: 8BITMIME, non-ASCII addresses without SMTPUTF8, over its SIZE)
+    force: bool = False
     ips: list[str] = field(default_factory=list)
     smarthost: Smarthost | None = None
     security: str | None = None
@@ -365,6 +368,8 @@ class Message:
         )
         if "keepmime" in obj:
             message.keepmime = _expect(obj, "keepmime", (bool,), "true or false")
+        if obj.get("force") is not None:
+            message.force = _expect(obj, "force", (bool,), "true or false")
         if "ips" in obj:
             ips = _expect(obj, "ips", (list,), "a list of IP address strings")
             if not all(isinstance(ip, str) for ip in ips):

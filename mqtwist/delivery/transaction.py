@@ -120,9 +120,11 @@ def envelopeParameters(client: ESMTPClient, message: Message) -> tuple[list[str]
 
     @raise AttemptFailed: permanently, when the message needs an extension
         the server lacks (8-bit body without 8BITMIME, non-ASCII address
-        without SMTPUTF8) or is larger than its SIZE limit.
+        without SMTPUTF8) or is larger than its SIZE limit; unless the job
+        has C{force}, which sends it as it is and lets the server decide.
     """
     extensions = client.extensions
+    force = message.force
     server = client.mta or client.remoteAddress
     mailParams: list[str] = []
     rcptParams: list[str] = []
@@ -132,7 +134,7 @@ def envelopeParameters(client: ESMTPClient, message: Message) -> tuple[list[str]
     stored = message.storeKey is not None
     if "SIZE" in extensions and not stored:
         limit = _sizeLimit(extensions["SIZE"])
-        if limit and size > limit:
+        if limit and size > limit and not force:
             raise AttemptFailed(
                 "mailfrom",
                 "error",
@@ -145,17 +147,20 @@ def envelopeParameters(client: ESMTPClient, message: Message) -> tuple[list[str]
         if "8BITMIME" in extensions:
             mailParams.append("BODY=8BITMIME")
     elif not message.mime.isascii():
-        if "8BITMIME" not in extensions:
+        if "8BITMIME" in extensions:
+            mailParams.append("BODY=8BITMIME")
+        elif not force:
             raise AttemptFailed(
                 "mailfrom",
                 "error",
                 f"the message has 8-bit bytes and {server} does not announce 8BITMIME; "
-                f"encode its body as 7-bit (quoted-printable or base64)",
+                f"encode its body as 7-bit (quoted-printable or base64), or give the job force",
                 permanent=True,
             )
-        mailParams.append("BODY=8BITMIME")
     if not (message.envelope.isascii() and message.recipient.isascii()):
-        if "SMTPUTF8" not in extensions:
+        if "SMTPUTF8" in extensions:
+            mailParams.append("SMTPUTF8")
+        elif not force:
             which = "sender" if not message.envelope.isascii() else "recipient"
             raise AttemptFailed(
                 "mailfrom" if which == "sender" else "rcptto",
@@ -164,7 +169,6 @@ def envelopeParameters(client: ESMTPClient, message: Message) -> tuple[list[str]
                 f"announce SMTPUTF8",
                 permanent=True,
             )
-        mailParams.append("SMTPUTF8")
     dsn = message.dsn
     if dsn is not None and "DSN" in extensions:
         if dsn.ret is not None:
@@ -296,7 +300,8 @@ async def sendMessage(
     dataReply: Deferred[Reply] | None = None
     try:
         encodedBody = await _unlessEnvelopeFails(body, envelope)
-        _checkFinalBody(client, encodedBody, mailParams, stored=message.storeKey is not None)
+        if not message.force:
+            _checkFinalBody(client, encodedBody, mailParams, stored=message.storeKey is not None)
         if not client.pipelining:
             await envelope
         dataReply = client.data()
