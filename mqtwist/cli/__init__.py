@@ -1,8 +1,11 @@
 """
-The C{mqtwist} command, for senders: C{mqtwist send} publishes delivery jobs
-to the outbox and can follow their results, C{mqtwist results} follows a
-result queue.  It reads the same C{--amqp} URL, C{--config} file and
-C{MQTWIST_*} variables as the service (L{mqtwist.config.sources}).
+The C{mqtwist} command, for senders and operators: C{mqtwist send}
+publishes delivery jobs to the outbox and can follow their results,
+C{mqtwist results} follows a result queue, and C{status}, C{pause},
+C{resume}, C{cancel}, C{uncancel}, C{drain} and C{undrain} call the
+service's admin API (L{mqtwist.cli.adminclient}).  It reads the same
+C{--amqp} URL, C{--admin} endpoint, C{--config} file and C{MQTWIST_*}
+variables as the service (L{mqtwist.config.sources}).
 
 L{mqtwist.cli.main} holds the command and its options; each subcommand is
 a module of its own with C{NAME}, C{HELP}, C{addArguments(parser)} and

@@ -39,33 +39,52 @@ class Settings:
         it has none.
     @ivar outbox: the queue jobs are published to.
     @ivar results: the queue of every final result.
-    @ivar timeout: seconds to wait for the broker (C{--timeout}).
+    @ivar timeout: seconds to wait for the broker or the admin API
+        (C{--timeout}).
+    @ivar admin: the service's admin endpoint (C{admin}), or C{""}.
+    @ivar adminTokenFile: the file of the admin token (C{admin-token-file}).
     """
 
     url: BrokerURL
     outbox: str
     results: str
     timeout: float
+    admin: str = ""
+    adminTokenFile: str | None = None
 
 
 def readSettings(
-    amqp: str | None, configFile: str | None, timeout: float, environ: Mapping[str, str] = os.environ
+    amqp: str | None,
+    configFile: str | None,
+    timeout: float,
+    environ: Mapping[str, str] = os.environ,
+    *,
+    admin: str | None = None,
+    adminTokenFile: str | None = None,
 ) -> Settings:
     """
-    Read the settings the way the service does: C{amqp} (the C{--amqp}
-    option) over C{MQTWIST_*} variables over the TOML file C{configFile}
-    (or the one C{MQTWIST_CONFIG} names).
+    Read the settings the way the service does: C{amqp}, C{admin} and
+    C{adminTokenFile} (the options of the same names) over C{MQTWIST_*}
+    variables over the TOML file C{configFile} (or the one
+    C{MQTWIST_CONFIG} names).
 
     @raise mqtwist.config.sources.SettingError: a value is wrong; the text
         says which and where it came from.
     """
-    config = configFrom({"amqp": amqp}, environ, configFile)
+    config = configFrom({"amqp": amqp, "admin": admin, "admin-token-file": adminTokenFile}, environ, configFile)
     if config.amqp:
         url = BrokerURL.parse(config.amqp)
     else:
         # where the service's private node listens (it is not started here)
         url = LocalRabbitMQ(config.brokerDir, amqpPort=config.brokerPort).url
-    return Settings(url=url, outbox=config.outbox, results=config.results, timeout=timeout)
+    return Settings(
+        url=url,
+        outbox=config.outbox,
+        results=config.results,
+        timeout=timeout,
+        admin=config.admin,
+        adminTokenFile=config.adminTokenFile,
+    )
 
 
 @asynccontextmanager

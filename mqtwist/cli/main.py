@@ -14,7 +14,7 @@ from typing import NoReturn
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from mqtwist.cli import results, send
+from mqtwist.cli import cancel, drain, pause, results, resume, send, status, uncancel, undrain
 from mqtwist.cli.common import DEFAULT_TIMEOUT, CommandError, readSettings
 from mqtwist.config.sources import SettingError
 
@@ -22,7 +22,9 @@ from mqtwist.config.sources import SettingError
 INTERRUPTED = 130
 
 #: the subcommands, each a module (see L{mqtwist.cli})
-SUBCOMMANDS: tuple[ModuleType, ...] = (send, results)
+SUBCOMMANDS: tuple[ModuleType, ...] = (
+    send, results, status, pause, resume, cancel, uncancel, drain, undrain
+)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -43,11 +45,13 @@ def parser() -> argparse.ArgumentParser:
     )
     group.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
-        help="give up when the broker cannot be reached within SECONDS (default: %(default)g)",
+        help="give up when the broker (or the admin API) cannot be reached within SECONDS "
+        "(default: %(default)g)",
     )
     top = argparse.ArgumentParser(
         prog="mqtwist",
-        description="Send delivery jobs to mqtwist's outbox and follow their results.",
+        description="Send delivery jobs to mqtwist's outbox and follow their results; watch and "
+        "steer the service through its admin API.",
     )
     commands = top.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in SUBCOMMANDS:
@@ -67,7 +71,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     if not arguments.timeout > 0:
         _fail(name, f"--timeout {arguments.timeout:g} is out of range: give seconds above 0", 2)
     try:
-        settings = readSettings(arguments.amqp, arguments.config, arguments.timeout)
+        settings = readSettings(
+            arguments.amqp,
+            arguments.config,
+            arguments.timeout,
+            # the options of the admin API's subcommands only
+            admin=getattr(arguments, "admin", None),
+            adminTokenFile=getattr(arguments, "admin_token_file", None),
+        )
     except (SettingError, ValueError) as e:
         _fail(name, str(e), 2)
 
