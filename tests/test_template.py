@@ -57,8 +57,6 @@ CASES = [
     ("{$children}", '["Peter","Angela","Brandon"]'),
     ("{$address.street}", '{"name":"Damrak","number":1}'),
     # left as written
-    ("{if $name}x{/if}", "{if $name}x{/if}"),
-    ("{foreach $children as $child}{$child}{/foreach}", "{foreach $children as $child}{/foreach}"),
     ("{ $name}", "{ $name}"),
     ("{$name", "{$name"),
     ("{$name|}", "{$name|}"),
@@ -152,6 +150,70 @@ def test_everyModifierOfMailerQIsImplemented() -> None:
     assert set(MODIFIERS) == documented
     tested = {name for template, _ in CASES for name in documented if f"|{name}" in template}
     assert tested == documented
+
+
+BLOCK_CASES = [
+    # MailerQ's example of the empty modifier (personalization-modifiers.md)
+    ("{if $name|empty}\n    Dear customer,\n{else}\n    Dear {$name},\n{/if}", "\n    Dear John Doe,\n"),
+    ("{if $missing|empty}\n    Dear customer,\n{else}\n    Dear {$missing},\n{/if}", "\n    Dear customer,\n"),
+    ("{if $name}yes{/if}", "yes"),
+    ("{if $missing}yes{/if}", ""),
+    ("{if $nothing}yes{else}no{/if}", "no"),
+    ("{if $empty}yes{else}no{/if}", "no"),
+    ("{if $yes}yes{else}no{/if}", "yes"),
+    ("{if !$missing}no value{/if}", "no value"),
+    ("{if not $name}x{else}y{/if}", "y"),
+    ("{if $age == 33}33{/if}", "33"),
+    ('{if $age == "33"}33{/if}', "33"),
+    ("{if $age != 33}x{else}y{/if}", "y"),
+    ("{if $age > 40}old{elseif $age >= 33}grown{elseif $age > 12}teen{else}child{/if}", "grown"),
+    ("{if $age < 40 and $name == 'John Doe'}a{/if}", "a"),
+    ("{if $age < 20 && $name == 'John Doe'}a{else}b{/if}", "b"),
+    ("{if $age < 20 or $yes}a{/if}", "a"),
+    ("{if $age < 20 || !$yes}a{else}b{/if}", "b"),
+    ("{if $name|strlen > 5}long{/if}", "long"),
+    ("{if $children|count == 3}three{/if}", "three"),
+    ("{if $nothing == null}null{/if}", "null"),
+    ("{if $yes == true}t{/if}", "t"),
+    ("{if $ratio >= 1.5}r{/if}", "r"),
+    ("{foreach $children as $child}<{$child}>{/foreach}", "<Peter><Angela><Brandon>"),
+    ("{foreach $children as $i => $child}{$i}:{$child|tolower} {/foreach}", "0:peter 1:angela 2:brandon "),
+    ("{foreach $address.street as $key => $value}{$key}={$value};{/foreach}", "name=Damrak;number=1;"),
+    ("{foreach $children|range:1 as $child}{$child}{/foreach}", "AngelaBrandon"),
+    ("{foreach $missing as $x}{$x}{foreachelse}none{/foreach}", "none"),
+    ("{foreach $name as $x}{$x}{foreachelse}not a list{/foreach}", "not a list"),
+    # the loop's names hide the data's while it runs
+    ("{foreach $children as $name}{$name} {/foreach}{$name}", "Peter Angela Brandon John Doe"),
+    # nested
+    ("{foreach $children as $c}{if $c == 'Angela'}[{$c}]{else}{$c}{/if}{/foreach}", "Peter[Angela]Brandon"),
+    ("{if $yes}{foreach $children as $c}{if $c != 'Peter'}{$c}{/if}{/foreach}{/if}", "AngelaBrandon"),
+    # what is not read is left as written, with the variables in it replaced
+    ("{if $name}unclosed {$name}", "{if $name}unclosed John Doe"),
+    ("{if $name}a{if $age}b{/if}", "{if $name}ab"),
+    ("{/if}{else}{foreachelse}{/foreach}", "{/if}{else}{foreachelse}{/foreach}"),
+    ("{if you like}x{/if}", "{if you like}x{/if}"),
+    ("{if $name or}x{/if}", "{if $name or}x{/if}"),
+    ("{if $name = 1}x{/if}", "{if $name = 1}x{/if}"),
+    ("{if}x{/if}", "{if}x{/if}"),
+    ("{foreach $children}x{/foreach}", "{foreach $children}x{/foreach}"),
+    ("{foreach from=$children item=c}x{/foreach}", "{foreach from=$children item=c}x{/foreach}"),
+    ("{if $yes}a{else}b{else}c{/if}", "a"),
+    ("{if $yes}a{/foreach}b{/if}", "a{/foreach}b"),
+    ("{section name=i loop=$children}x{/section}", "{section name=i loop=$children}x{/section}"),
+]
+
+
+@pytest.mark.parametrize(("template", "expected"), BLOCK_CASES)
+def test_blocks(template: str, expected: str) -> None:
+    assert render(template, DATA) == expected
+
+
+def test_blocksInHTMLAndHeaders() -> None:
+    assert render("{foreach $children as $c}<li>{$c}</li>{/foreach}", {"children": ["<b>"]}, html=True) == (
+        "<li>&lt;b&gt;</li>"
+    )
+    with pytest.raises(UnsafeValue):
+        render("{foreach $xs as $x}{$x}{/foreach}", {"xs": ["a\r\nBcc: b@example.com"]}, header=True)
 
 
 HTML_CASES = [

@@ -15,9 +15,17 @@ What is supported, and what happens to the rest (the README says the same):
     (C{$path}); every modifier of MailerQ's table is implemented (see
     L{MODIFIERS}); a modifier name that is not in the table has no effect,
     as MailerQ documents;
-  - anything else between braces (C{{if ...}}, C{{foreach ...}}, C{{/if}},
-    a variable with a malformed modifier or argument, CSS rules) is left
-    exactly as written;
+  - C{{if COND}} ... C{{elseif COND}} ... C{{else}} ... C{{/if}}, where
+    COND compares variables (with modifiers), strings, numbers, C{true},
+    C{false} and C{null} (C{==}, C{!=}, C{<}, C{>}, C{<=}, C{>=}), negates
+    (C{!}, C{not}) and joins (C{and}/C{&&}, C{or}/C{||}); a value is
+    false when it is missing, C{null}, C{false}, 0, C{""}, C{"0"} or
+    empty, as in PHP;
+  - C{{foreach $list as $item}} or C{{foreach $list as $key => $item}}
+    ... C{{foreachelse}} ... C{{/foreach}} over a list or an object;
+  - anything else between braces (other tags, a block that is not closed
+    or whose test cannot be read, a variable with a malformed modifier or
+    argument, CSS rules) is left exactly as written;
   - in an HTML part every value is HTML-escaped when it is written,
     unless a modifier already made it HTML (C{escape}, C{escape:"html"},
     C{nl2br}, which escapes its input first there).
@@ -32,8 +40,10 @@ import html
 import json
 import re
 import urllib.parse
+from collections import ChainMap
 from collections.abc import Callable, Mapping
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 __all__ = ["MODIFIERS", "UnsafeValue", "hasTemplate", "render"]
 
@@ -111,26 +121,308 @@ def render(
     @raise UnsafeValue: for such a value in a header field.
     """
 
-    def replace(match: re.Match[str]) -> str:
-        path, modifiers = match.group("path", "modifiers")
-        value = _lookup(variables, path)
-        for function, arguments in _chain(modifiers) if modifiers else ():
-            values = [variable(variables) if callable(variable) else variable for variable in arguments]
-            try:
-                value = function(value, values, html)
-            except (TypeError, ValueError, OverflowError, re.error):
-                # an argument of the wrong kind: the modifier has no effect
-                continue
-        written = _written(value)
-        if header and _CONTROL.search(written):
-            raise UnsafeValue(path, "would put a line break or a control character in a header field")
-        if html and not isinstance(written, _HTML):
-            written = _escape(written)
-        if "\n" in written or "\r" in written:
-            written = _LINE_BREAK.sub(newline, written)
-        return written
 
-    return _VARIABLE.sub(replace, text)
+    def substitute(text: str, scope: Mapping[str, Any]) -> str:
+        def replace(match: re.Match[str]) -> str:
+            path, modifiers = match.group("path", "modifiers")
+            written = _written(_evaluate(path, modifiers, scope, html))
+            if header and _CONTROL.search(written):
+                raise UnsafeValue(path, "would put a line break or a control character in a header field")
+            if html and not isinstance(written, _HTML):
+                written = _escape(written)
+            if "\n" in written or "\r" in written:
+                written = _LINE_BREAK.sub(newline, written)
+            return written
+
+        return _VARIABLE.sub(replace, text)
+
+    if "{if" in text or "{foreach" in text:
+        return _renderBlocks(_parseBlocks(text), variables, substitute)
+    return substitute(text, variables)
+
+
+def _evaluate(path: str, modifiers: str, variables: Mapping[str, Any], html: bool) -> Any:
+    """
+    The value of a variable after its modifiers.
+    """
+    value = _lookup(variables, path)
+    for function, arguments in _chain(modifiers) if modifiers else ():
+        values = [variable(variables) if callable(variable) else variable for variable in arguments]
+        try:
+            value = function(value, values, html)
+        except (TypeError, ValueError, OverflowError, re.error):
+            # an argument of the wrong kind: the modifier has no effect
+            continue
+    return value
+
+
+# -- {if} and {foreach} blocks ----------------------------------------------------
+
+_BLOCK_TAG = re.compile(r"\{(?P<name>if|elseif|else|/if|foreach|foreachelse|/foreach)(?P<rest>\s[^{}]*)?\}")
+_FOREACH = re.compile(
+    rf"\$(?P<path>{_PATH})(?P<modifiers>(?:{_MODIFIER})*)\s+as\s+\$(?P<first>{_NAME})"
+    rf"(?:\s*=>\s*\$(?P<second>{_NAME}))?\Z"
+)
+_CONDITION_TOKEN = re.compile(
+    rf"""\s*(?:(?P<variable>\$(?P<path>{_PATH})(?P<modifiers>(?:{_MODIFIER})*))"""
+    rf"""|(?P<string>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')|(?P<number>-?\d+(?:\.\d+)?)(?![\w.])"""
+    r"""|(?P<operator>==|!=|<=|>=|<|>|&&|\|\||!)|(?P<word>[A-Za-z]+)\b)"""
+)
+_COMPARISONS: dict[str, Callable[[Any, Any], bool]] = {
+    "==": lambda a, b: a == b,
+    "!=": lambda a, b: a != b,
+    "<": lambda a, b: a < b,
+    ">": lambda a, b: a > b,
+    "<=": lambda a, b: a <= b,
+    ">=": lambda a, b: a >= b,
+}
+_LITERALS = {"true": True, "false": False, "null": None}
+
+Condition = Callable[[Mapping[str, Any]], Any]
+
+
+@dataclass
+class _If:
+    """
+    C{{if}} ... C{{elseif}} ... C{{else}} ... C{{/if}}.
+    """
+
+    branches: list[tuple[Condition, list[Any]]]
+    otherwise: list[Any] | None = None
+
+
+@dataclass
+class _Foreach:
+    """
+    C{{foreach $list as $item}} (or C{$key => $item}) ... C{{foreachelse}}
+    ... C{{/foreach}}.
+    """
+
+    source: tuple[str, str]
+    key: str | None
+    item: str
+    body: list[Any] = field(default_factory=list)
+    otherwise: list[Any] | None = None
+
+
+def _opening(match: re.Match[str]) -> _If | _Foreach | None:
+    """
+    The block an opening tag starts, or C{None} when it is not one mqtwist
+    reads (then it is text).
+    """
+    rest = (match.group("rest") or "").strip()
+    if match.group("name") == "if":
+        condition = _condition(rest)
+        return None if condition is None else _If([(condition, [])])
+    found = _FOREACH.match(rest)
+    if found is None:
+        return None
+    key, item = (found.group("first"), found.group("second")) if found.group("second") else (None, found.group("first"))
+    return _Foreach((found.group("path"), found.group("modifiers")), key, item)
+
+
+def _parseBlocks(text: str) -> list[Any]:
+    """
+    C{text} as a list of strings and blocks.  Only blocks whose opening tag
+    can be read and that are closed are blocks; any other tag is text.
+    """
+    tags = list(_BLOCK_TAG.finditer(text))
+    # first, which opening and closing tags pair up
+    blocks: dict[int, _If | _Foreach] = {}
+    closing: set[int] = set()
+    open_: list[int] = []
+    for index, tag in enumerate(tags):
+        name = tag.group("name")
+        if name in ("if", "foreach") and (block := _opening(tag)) is not None:
+            blocks[index] = block
+            open_.append(index)
+        elif name in ("/if", "/foreach") and not tag.group("rest"):
+            kind = name[1:]
+            for depth in range(len(open_) - 1, -1, -1):
+                if tags[open_[depth]].group("name") == kind:
+                    closing.add(index)
+                    # blocks opened inside it and never closed are text
+                    del open_[depth:]
+                    break
+    for index in open_:
+        del blocks[index]
+    # then the tree
+    root: list[Any] = []
+    stack: list[tuple[_If | _Foreach, list[Any]]] = []
+    current = root
+    position = 0
+    for index, tag in enumerate(tags):
+        current.append(text[position : tag.start()])
+        position = tag.end()
+        name = tag.group("name")
+        top = stack[-1][0] if stack else None
+        if index in blocks:
+            block = blocks[index]
+            current.append(block)
+            stack.append((block, current))
+            current = block.branches[0][1] if isinstance(block, _If) else block.body
+        elif index in closing:
+            current = stack.pop()[1]
+        elif name == "elseif" and isinstance(top, _If) and top.otherwise is None:
+            condition = _condition((tag.group("rest") or "").strip())
+            if condition is None:
+                current.append(tag.group())
+                continue
+            top.branches.append((condition, []))
+            current = top.branches[-1][1]
+        elif name == "else" and not tag.group("rest") and isinstance(top, _If) and top.otherwise is None:
+            top.otherwise = current = []
+        elif name == "foreachelse" and not tag.group("rest") and isinstance(top, _Foreach) and top.otherwise is None:
+            top.otherwise = current = []
+        else:
+            current.append(tag.group())
+    current.append(text[position:])
+    return root
+
+
+def _renderBlocks(
+    nodes: list[Any], scope: Mapping[str, Any], substitute: Callable[[str, Mapping[str, Any]], str]
+) -> str:
+    out: list[str] = []
+    for node in nodes:
+        if isinstance(node, str):
+            out.append(substitute(node, scope) if "{$" in node else node)
+        elif isinstance(node, _If):
+            chosen = next((body for condition, body in node.branches if _truthy(condition(scope))), node.otherwise)
+            if chosen:
+                out.append(_renderBlocks(chosen, scope, substitute))
+        else:
+            items = _evaluate(node.source[0], node.source[1], scope, False)
+            pairs = list(enumerate(items)) if isinstance(items, list) else list(items.items()) if isinstance(
+                items, dict
+            ) else []
+            if not pairs and node.otherwise:
+                out.append(_renderBlocks(node.otherwise, scope, substitute))
+            for key, item in pairs:
+                names = {node.item: item} if node.key is None else {node.key: key, node.item: item}
+                out.append(_renderBlocks(node.body, ChainMap(names, cast(Any, scope)), substitute))
+    return "".join(out)
+
+
+def _truthy(value: Any) -> bool:
+    # PHP's (and Smarty's) truth: "0" and empty things are false
+    if value is MISSING or value is None:
+        return False
+    if isinstance(value, str):
+        return value not in ("", "0")
+    return bool(value)
+
+
+def _condition(text: str) -> Condition | None:
+    """
+    The test of an C{{if}} or C{{elseif}}: operands (variables with
+    modifiers, quoted strings, numbers, C{true}, C{false}, C{null}) compared
+    with C{==}, C{!=}, C{<}, C{>}, C{<=}, C{>=}, negated with C{!} or
+    C{not}, joined with C{and}/C{&&} and C{or}/C{||}; C{None} for anything
+    else.
+    """
+    tokens: list[tuple[str, Any]] = []
+    position = 0
+    text = text.rstrip()
+    while position < len(text):
+        match = _CONDITION_TOKEN.match(text, position)
+        if match is None or match.end() == position:
+            return None
+        position = match.end()
+        if match.group("variable"):
+            tokens.append(("operand", _variableOperand(match.group("path"), match.group("modifiers"))))
+        elif match.group("string"):
+            tokens.append(("operand", _constant(_argument(match.group("string")))))
+        elif match.group("number"):
+            tokens.append(("operand", _constant(_argument(match.group("number")))))
+        elif match.group("operator"):
+            operator = {"&&": "and", "||": "or", "!": "not"}.get(match.group("operator"), match.group("operator"))
+            tokens.append(("operator", operator))
+        elif (word := match.group("word").lower()) in _LITERALS:
+            tokens.append(("operand", _constant(_LITERALS[word])))
+        elif word in ("and", "or", "not"):
+            tokens.append(("operator", word))
+        else:
+            return None
+    parsed = _orExpression(tokens, 0)
+    if parsed is None or parsed[1] != len(tokens):
+        return None
+    return parsed[0]
+
+
+def _constant(value: Any) -> Condition:
+    return lambda scope: value
+
+
+def _variableOperand(path: str, modifiers: str) -> Condition:
+    return lambda scope: _evaluate(path, modifiers, scope, False)
+
+
+def _orExpression(tokens: list[tuple[str, Any]], at: int) -> tuple[Condition, int] | None:
+    return _joined(tokens, at, "or", _andExpression, lambda a, b: lambda s: _truthy(a(s)) or _truthy(b(s)))
+
+
+def _andExpression(tokens: list[tuple[str, Any]], at: int) -> tuple[Condition, int] | None:
+    return _joined(tokens, at, "and", _notExpression, lambda a, b: lambda s: _truthy(a(s)) and _truthy(b(s)))
+
+
+def _joined(
+    tokens: list[tuple[str, Any]],
+    at: int,
+    word: str,
+    operand: Callable[[list[tuple[str, Any]], int], tuple[Condition, int] | None],
+    join: Callable[[Condition, Condition], Condition],
+) -> tuple[Condition, int] | None:
+    first = operand(tokens, at)
+    if first is None:
+        return None
+    condition, at = first
+    while at < len(tokens) and tokens[at] == ("operator", word):
+        following = operand(tokens, at + 1)
+        if following is None:
+            return None
+        condition, at = join(condition, following[0]), following[1]
+    return condition, at
+
+
+def _notExpression(tokens: list[tuple[str, Any]], at: int) -> tuple[Condition, int] | None:
+    if at < len(tokens) and tokens[at] == ("operator", "not"):
+        inner = _notExpression(tokens, at + 1)
+        if inner is None:
+            return None
+        negated = inner[0]
+        return (lambda scope: not _truthy(negated(scope))), inner[1]
+    if at >= len(tokens) or tokens[at][0] != "operand":
+        return None
+    left = tokens[at][1]
+    at += 1
+    if at < len(tokens) and tokens[at][0] == "operator" and tokens[at][1] in _COMPARISONS:
+        if at + 1 >= len(tokens) or tokens[at + 1][0] != "operand":
+            return None
+        compare, right = _COMPARISONS[tokens[at][1]], tokens[at + 1][1]
+        return (lambda scope: _compared(compare, left(scope), right(scope))), at + 2
+    return left, at
+
+
+def _compared(compare: Callable[[Any, Any], bool], left: Any, right: Any) -> bool:
+    """
+    Numbers (and strings that are numbers) compare as numbers, anything
+    else as the text it is written as.
+    """
+    numbers = [_number(left), _number(right)]
+    if numbers[0] is not None and numbers[1] is not None:
+        return compare(numbers[0], numbers[1])
+    return compare(_written(left), _written(right))
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _NUMBER.match(value):
+        return float(value)
+    return None
 
 
 def _lookup(variables: Mapping[str, Any], path: str) -> Any:
