@@ -214,6 +214,7 @@ class MailerService(MultiService):
             ),
             **_sourceAddresses(config),
             outbox=config.outbox,
+            dkimMatching=config.dkimSign == "matching",
             dkimKeys=DKIMKeys(
                 {
                     rule.domain: {"selector": rule.selector, "keyfile": rule.keyfile, "protocols": rule.protocols}

@@ -61,3 +61,40 @@ async def test_dkimAndARCDelivered(rabbitmq, amqp, smtpServer, queues, nameServe
         {"domain": "example.com", "selector": "y", "protocols": ["arc"]},
     ]
     assert [e["result"] for e in success["results"]] == ["accepted"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_configuredKeysSignWhatTheyMatch(rabbitmq, amqp, smtpServer, queues, nameServer, tmp_path):
+    """
+    As MailerQ signs with the matching keys of its database, a
+    [[dkim-keys]] key signs every message whose From address is at its
+    domain or below, with no dkim property in the job; a message from
+    another domain goes unsigned, and with --dkim-sign named none is
+    signed on its own.
+    """
+    from mqtwist.config import DKIMKeyRule
+
+    records, dnsPort = nameServer
+    records.publish("conf", "example.com", RSA_KEY)
+    keyfile = tmp_path / "example.com.pem"
+    keyfile.write_text(pem(RSA_KEY))
+    jobs = [
+        {"id": "own", "recipient": "a@example.org", "mime": "From: news@mail.example.com\r\nSubject: 1\r\n\r\nx\r\n"},
+        {"id": "other", "recipient": "b@example.org", "mime": "From: x@example.net\r\nSubject: 2\r\n\r\nx\r\n"},
+    ]
+    rules = [DKIMKeyRule("example.com", "conf", str(keyfile))]
+    async with running(MailerService(makeConfig(rabbitmq, smtpServer, queues, dkimKeys=rules), plugins=[])):
+        await publishAll(amqp, queues["outbox"], [json.dumps(job).encode() for job in jobs])
+        await amqp.collect(queues["success"], 2)
+        received = {m.rcptTos[0]: m.data for m in await smtpServer.waitForMessages(2)}
+    assert await verify(dnsPort, received["a@example.org"]) == [
+        ["pass", "example.com", "conf", "rsa-sha256", "pass"], ["overall", "pass"]
+    ]
+    assert received["b@example.org"] == b"From: x@example.net\r\nSubject: 2\r\n\r\nx\r\n"
+
+    config = makeConfig(rabbitmq, smtpServer, queues, dkimKeys=rules, dkimSign="named")
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(amqp, queues["outbox"], [json.dumps(dict(jobs[0], id="named")).encode()])
+        await amqp.collect(queues["success"], 1)
+        (named,) = (await smtpServer.waitForMessages(3))[2:]
+    assert b"DKIM-Signature" not in named.data

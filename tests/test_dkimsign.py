@@ -555,3 +555,35 @@ def test_dkimKeyRuleProtocols() -> None:
     for bad in ("arc", [], ["dkim", "spf"], [1]):
         with pytest.raises(ValueError, match=r"number 1: 'protocols' is .*\"dkim\" and/or \"arc\""):
             DKIMKeyRule.fromTable({**table, "protocols": bad}, where)
+
+
+def _dTags(signed: bytes) -> list[str]:
+    head = re.sub(rb"\r\n[ \t]+", b" ", signed[: signed.index(b"\r\n\r\n")])
+    return [
+        re.search(rb"\bd=([^;]+);", line).group(1).decode()  # type: ignore[union-attr]
+        for line in head.split(b"\r\n")
+        if line.startswith(b"DKIM-Signature:")
+    ]
+
+
+def test_configured_keys_sign_what_they_match() -> None:
+    """
+    With matching keys (--dkim-sign matching), each configured key whose
+    domain is the From domain or a parent of it signs, the most specific
+    first; one the message's own dkim names already does not sign twice; a
+    message from elsewhere comes back unsigned (its line ends CRLF).
+    """
+    key = pem(RSA_KEY)
+    keys = DKIMKeys({
+        "example.com": {"selector": "a", "key": key},
+        "mail.example.com": {"selector": "b", "key": key},
+        "example.org": {"selector": "c", "key": key},
+    })
+    mime = b"From: News <news@mail.example.com>\nSubject: hi\n\nbody\n"
+    assert _dTags(sign(mime, [], now=0, matching=keys)) == ["mail.example.com", "example.com"]
+    own = parseDKIM({"domain": "example.com", "selector": "x", "key": key}, keys)
+    assert _dTags(sign(mime, own, now=0, matching=keys)) == ["example.com", "mail.example.com"]
+    elsewhere = b"From: a@example.net\nSubject: hi\n\nbody\n"
+    assert sign(elsewhere, [], now=0, matching=keys) == elsewhere.replace(b"\n", b"\r\n")
+    # a look-alike is not a parent
+    assert sign(b"From: a@badexample.com\n\nx\n", [], now=0, matching=keys) == b"From: a@badexample.com\r\n\r\nx\r\n"

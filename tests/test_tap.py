@@ -92,6 +92,7 @@ SPECIAL_SAMPLES = {
     "logLevel": ("debug", "debug"),
     "categoryRules": (SHIPPED_CATEGORIES, SHIPPED_CATEGORIES),
     "logFormat": ("json", "json"),
+    "dkimSign": ("named", "named"),
     "defaultIps": ("192.0.2.1,2001:db8::1", ["192.0.2.1", "2001:db8::1"]),
     "messageStore": ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     "messageStoreCleanup": ("keep", "keep"),

@@ -195,6 +195,11 @@ def _logFormat(value: str) -> None:
     checkLogFormat(value)
 
 
+def _dkimSign(value: str) -> None:
+    if value not in ("matching", "named"):
+        raise ValueError(f"{value!r} is neither matching nor named")
+
+
 def _logLevel(value: str) -> None:
     from mqtwist.loglevel import parseLogLevel
 
@@ -417,6 +422,14 @@ class Config:
     )
     dkimKeys: list[DKIMKeyRule] = tables(
         DKIMKeyRule.fromTable, help="DKIM keys by signing domain ([[dkim-keys]] tables)"
+    )
+    dkimSign: str = setting(
+        "matching",
+        help="which [[dkim-keys]] sign a message: matching (each key whose domain is the domain "
+        "of the message's From address, or a parent of it, besides the keys its dkim names, as "
+        "MailerQ signs with every matching key of its database) or named (only keys a message's "
+        "dkim names)",
+        check=_dkimSign,
     )
     dkimKeyCache: int = setting(
         1000,

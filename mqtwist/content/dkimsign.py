@@ -55,6 +55,7 @@ import socket
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from email.utils import getaddresses
 from functools import cache
 from typing import Any
 
@@ -296,6 +297,26 @@ class DKIMKeys:
 
     def __contains__(self, domain: object) -> bool:
         return isinstance(domain, str) and domain.lower() in self._domains
+
+    def __bool__(self) -> bool:
+        """Whether any key is configured."""
+        return bool(self._domains)
+
+    def matching(self, fromDomain: str, *, authservId: str | None = None) -> list[DKIMSpec]:
+        """
+        The signatures of the configured keys that match a message whose
+        From address is at C{fromDomain}: the key of that domain and those
+        of its parent domains (each aligned with it, RFC 7489 relaxed
+        alignment), the most specific first; as MailerQ signs with every
+        matching key of its database.
+        """
+        labels = fromDomain.lower().rstrip(".").split(".")
+        domains = [".".join(labels[i:]) for i in range(len(labels) - 1)]
+        return [
+            _parseOne(f"the configured key of {domain}", {"domain": domain}, self, authservId)
+            for domain in domains
+            if domain in self._domains
+        ]
 
 
 def _checkDomain(what: str, value: Any) -> str:
@@ -590,11 +611,21 @@ def _signature(
 
 
 def sign(
-    mime: bytes, specs: Sequence[DKIMSpec], *, now: float, authservId: str | None = None
+    mime: bytes,
+    specs: Sequence[DKIMSpec],
+    *,
+    now: float,
+    authservId: str | None = None,
+    matching: DKIMKeys | None = None,
 ) -> bytes:
     """
     Sign C{mime} once per spec that asks for DKIM, then seal an ARC set
     per spec that asks for ARC (see L{_seal}).
+
+    @param matching: configured keys that sign too when they match the
+        domain of the message's From address (L{DKIMKeys.matching}), but
+        for a domain that C{specs} sign for already.  A message that
+        neither C{specs} nor a matching key signs comes back unsigned.
 
     @param mime: the message as it will be sent (line endings are made CRLF
         first, as on the wire).
@@ -620,6 +651,16 @@ def sign(
             "the message cannot be signed: its header block has a line that is "
             "neither a field nor a continuation"
         ) from None
+    if matching is not None:
+        signing = {spec.domain for spec in specs}
+        found = _fromDomain(headers)
+        specs = list(specs) + [
+            spec
+            for spec in (matching.matching(found, authservId=authservId) if found else [])
+            if spec.domain not in signing
+        ]
+        if not specs:
+            return mime
     if not any(name.lower() == b"from" for name, _ in headers):
         raise InvalidMessage("the message cannot be DKIM-signed: it has no From field")
     body = rest[2:]
@@ -638,6 +679,20 @@ def sign(
         signed = _seal(signed, headers, _bodyHash(_ARC_CANONICALIZATION, body, bodyHashes),
                        sealers, now, server)
     return signed
+
+
+def _fromDomain(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """
+    The domain of the (first) address of the message's first From field,
+    or C{None} when it has none that can be read.
+    """
+    for name, value in headers:
+        if name.lower() == b"from":
+            addresses = getaddresses([value.decode("utf-8", "replace")])
+            address = addresses[0][1] if addresses else ""
+            domain = address.rpartition("@")[2]
+            return domain or None
+    return None
 
 
 @cache
@@ -745,6 +800,7 @@ def signInThread(
     *,
     now: float,
     authservId: str | None = None,
+    matching: DKIMKeys | None = None,
 ) -> Deferred[bytes]:
     """
     L{sign} in the reactor's thread pool.  The expensive parts (SHA-256 of
@@ -756,5 +812,5 @@ def signInThread(
         L{InvalidMessage} as L{sign} raises it.
     """
     return deferToThreadPool(
-        reactor, reactor.getThreadPool(), sign, mime, specs, now=now, authservId=authservId
+        reactor, reactor.getThreadPool(), sign, mime, specs, now=now, authservId=authservId, matching=matching
     )

@@ -196,6 +196,9 @@ class ParseSettings:
     pools: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     #: local addresses of a message that gives neither C{ips} nor C{pool}
     defaultIps: tuple[str, ...] = ()
+    #: whether the configured keys sign the messages whose From domain they
+    #: match, besides those their C{dkim} names (C{--dkim-sign matching})
+    dkimMatching: bool = False
     #: the outbox, the one reserved queue that C{queues.dsn} may name: the
     #: reports are jobs, delivered like any other
     outbox: str = ""
@@ -244,13 +247,17 @@ class Message:
     editedMime: bytes | None = None
     #: the DKIM signatures to add after the data plugins ran
     dkim: list[DKIMSpec] = field(default_factory=list)
+    #: the configured keys that sign too when they match the From domain
+    #: of the message as it is sent (C{--dkim-sign matching})
+    dkimMatching: DKIMKeys | None = None
     #: the C{data} object: C{mime} is a personalization template
     data: dict[str, Any] | None = None
     #: the C{inlinecss} property: CSS rules become style attributes
     inlinecss: bool = False
     #: the C{key} of a job without C{mime}: its message is in the external
     #: message store, loaded for each attempt once a connection is ready
-    #: (C{mime} is empty until then)
+    #: (C{mime} is empty until then, and the loaded message, personalized,
+    #: after)
     storeKey: str | None = None
 
     @property
@@ -429,6 +436,8 @@ class Message:
             message.headerEdits = obj["headers"]
         if obj.get("dkim") is not None:
             message.dkim = parseDKIM(obj["dkim"], settings.dkimKeys, authservId=settings.hostname)
+        if settings.dkimMatching and settings.dkimKeys:
+            message.dkimMatching = settings.dkimKeys
         if obj.get("data") is not None:
             message.data = _expect(obj, "data", (dict,), "an object whose keys are the template's variables")
         if obj.get("inlinecss") is not None:

@@ -287,14 +287,15 @@ async def sendMessage(
             connectionInfo(client),
             PluginMessage(message.json, message.envelope, message.recipient, mime),
         )
-    if message.dkim:
+    signing = bool(message.dkim) or message.dkimMatching is not None
+    if signing:
         # signed as the plugins left it, off the reactor thread (the
         # service's reactor has threads; a test clock has no use for DKIM)
         reactor = cast(Any, chain.reactor)
-        keys = message.dkim
+        keys, matching = message.dkim, message.dkimMatching
 
         def sign(plain: bytes) -> Deferred[bytes]:
-            return signInThread(reactor, plain, keys, now=reactor.seconds())
+            return signInThread(reactor, plain, keys, now=reactor.seconds(), matching=matching)
 
         body = body.addCallback(sign)
     dataReply: Deferred[Reply] | None = None
@@ -319,7 +320,7 @@ async def sendMessage(
             dataReply.addErrback(lambda _: None)
         raise
     # a signed message comes back with CRLF line endings only
-    finalReply = client.sendBody(encodedBody, crlf=bool(message.dkim))
+    finalReply = client.sendBody(encodedBody, crlf=signing)
     if bodySent is not None:
         bodySent()
     try:
@@ -334,21 +335,37 @@ def _loadStored(store: StoredMessages, message: Message, chain: PluginChain) -> 
     The message of a C{key} job from C{store}, personalized (C{data},
     C{inlinecss}) and with the job's header edits applied, in that order
     as for a C{mime} job, on a worker thread: its size is unknown until now.
+
+    The loaded message, personalized, becomes C{message.mime}, as the
+    processor makes it for a C{mime} job: what follows the attempt (a
+    delivery status notification) quotes it.  The job itself keeps only its
+    C{key}.
     """
     loaded = store.load(message)
     if not (message.headerEdits or message.data is not None or message.inlinecss):
-        return loaded
+        return loaded.addCallback(_keep, message)
     reactor = cast(Any, chain.reactor)
     return loaded.addCallback(
         lambda mime: deferToThreadPool(reactor, reactor.getThreadPool(), _prepareStored, mime, message)
-    )
+    ).addCallback(_keepPrepared, message)
 
 
-def _prepareStored(mime: bytes, message: Message) -> bytes:
+def _keep(mime: bytes, message: Message) -> bytes:
+    message.mime = mime
+    return mime
+
+
+def _keepPrepared(prepared: tuple[bytes, bytes], message: Message) -> bytes:
+    message.mime = prepared[0]
+    return prepared[1]
+
+
+def _prepareStored(mime: bytes, message: Message) -> tuple[bytes, bytes]:
     """
     Apply C{message}'s C{data}, C{inlinecss} and C{headers} to the message
     loaded for it.  Thread-safe: it changes nothing of C{message}.
 
+    @return: the message personalized, and then edited (what is sent).
     @raise InvalidMessage: for a C{data} value that would break a header
         field (L{personalize}).
     """
@@ -360,9 +377,7 @@ def _prepareStored(mime: bytes, message: Message) -> bytes:
             recipient=message.recipient,
             envelope=message.envelope,
         )
-    if message.headerEdits:
-        mime = applyHeaderEdits(mime, message.headerEdits)
-    return mime
+    return mime, applyHeaderEdits(mime, message.headerEdits) if message.headerEdits else mime
 
 
 def _checkFinalBody(client: ESMTPClient, body: bytes, mailParams: list[str], *, stored: bool = False) -> None:
