@@ -11,6 +11,7 @@ store the job is C{process}/C{invalid}.
 from __future__ import annotations
 
 import json
+from email import message_from_bytes
 
 import pytest_twisted
 from helpers_endtoend import decoded, makeConfig, normalised, publishAll, running
@@ -141,6 +142,26 @@ async def test_removed_when_the_job_fails_for_good(rabbitmq, amqp, smtpServer, q
     assert kinds(failure) == ["rcptto/error"] and kinds(notice) == ["rcptto/error"]
     # the job that ended lost its message; the one to retry keeps it
     assert store.exists("mail/1") == 0 and store.get("mail/2") == STORED
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_bounce_quotes_the_loaded_message(rabbitmq, amqp, smtpServer, queues, redisServer):
+    redisServer.client().set("mail/1", STORED)
+    dsnQueue = queues["outbox"] + ".dsn"
+    config = makeConfig(rabbitmq, smtpServer, queues, messageStore=redisServer.url, dsnQueue=dsnQueue)
+    async with running(MailerService(config, plugins=[])):
+        await publishAll(
+            # refused after its body: the message was loaded
+            amqp, queues["outbox"], [keyJob(1, recipient="rejectdata@example.com", dsn={"ret": "FULL"})]
+        )
+        (failure,) = decoded(await amqp.collect(queues["failure"], 1))
+        (bounce,) = decoded(await amqp.collect(dsnQueue, 1))
+    assert kinds(failure) == ["message/error"]
+    report = message_from_bytes(bounce["mime"].encode())
+    (original,) = [part for part in report.walk() if part.get_content_type() == "message/rfc822"]
+    # the message as loaded from the store, though the store no longer has it
+    assert original.get_payload(0)["Subject"] == "stored"
+    assert redisServer.client().exists("mail/1") == 0
 
 
 @pytest_twisted.ensureDeferred
