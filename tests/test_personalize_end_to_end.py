@@ -270,3 +270,30 @@ async def test_badValuesAreInvalid(rabbitmq, amqp, smtpServer, queues):
     assert descriptions["string"].startswith("property 'inlinecss' must be true or false")
     assert descriptions["injection"].startswith("property 'data': variable 'name' would put a line break")
     assert smtpServer.messages == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_retriesPersonalizeTheTemplateAgain(rabbitmq, amqp, smtpServer, queues):
+    """
+    A job whose body is deferred (452) goes back through the delay queue
+    with its template, and its second attempt sends exactly the bytes of
+    the first; the final result (with C{keepmime}) still holds the template.
+    """
+    mime = "Subject: Hi {$name}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nDear {$name|ucfirst}, {$n}\r\n"
+    job = {"id": "retried", "recipient": "tempdata@example.com", "mime": mime, "data": {"name": "zoë", "n": 1.5},
+           "retries": [1], "maxattempts": 2, "keepmime": True}
+    service = MailerService(makeConfig(rabbitmq, smtpServer, queues), plugins=[])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], [json.dumps(job).encode()])
+        (failure,) = decoded(await amqp.collect(queues["failure"], 1))
+
+    first, second = smtpServer.rejected
+    assert first.data == second.data == (
+        b"Subject: Hi =?utf-8?q?zo=C3=AB?=\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\nMIME-Version: 1.0\r\n\r\nDear Zo=C3=AB, 1.5\r\n"
+    )
+    assert failure["mime"] == mime
+    # two attempts, then out of attempts
+    assert [(r["state"], r["result"]) for r in failure["results"]] == [("message", "error")] * 2 + [
+        ("process", "timeout")
+    ]
