@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from mqtwist.content.personalize import personalize
+from mqtwist.content.personalize import MAX_DEPTH, personalize
 from mqtwist.errors import InvalidMessage
 
 DATA = {"name": "John Doe", "age": 33, "city": "Zürich", "euro": "5 €", "tag": "<b>&</b>"}
@@ -352,3 +352,22 @@ def test_digestPartsAreMessages() -> None:
 def test_oddMessages(mime: bytes) -> None:
     result: Any = personalize(mime, DATA)
     assert b"{$name}" not in result
+
+
+def test_deepNestingStopsAtMaxDepth() -> None:
+    def nested(depth: int) -> bytes:
+        entity = b"Content-Type: text/plain\r\n\r\nHi {$name}\r\n"
+        for level in range(1, depth + 1):
+            boundary = b"b%d" % level
+            entity = (
+                b"Content-Type: multipart/mixed; boundary=" + boundary + b"\r\n\r\n--" + boundary + b"\r\n"
+                + entity + b"\r\n--" + boundary + b"--\r\n"
+            )
+        return entity
+
+    reached = b"Subject: s\r\n" + nested(MAX_DEPTH)
+    assert b"Hi John Doe" in personalize(reached, DATA)
+    deeper = b"Subject: s\r\n" + nested(MAX_DEPTH + 1)
+    assert personalize(deeper, DATA) == deeper
+    far = b"Subject: s\r\n" + nested(2000)
+    assert personalize(far, DATA) == far

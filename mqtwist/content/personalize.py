@@ -38,11 +38,15 @@ from mqtwist.content.inlinecss import inlineCSS
 from mqtwist.content.template import UnsafeValue, hasTemplate, render
 from mqtwist.errors import InvalidMessage
 
-__all__ = ["PERSONALIZED_FIELDS", "personalize"]
+__all__ = ["MAX_DEPTH", "PERSONALIZED_FIELDS", "personalize"]
 
 #: the header fields that are templates (MailerQ: the subject, the "from"
 #: and the "to" address)
 PERSONALIZED_FIELDS = ("subject", "from", "to")
+
+#: multiparts within one another that are looked into (a message nested
+#: deeper is rare, and would exhaust the recursion of a naive walk)
+MAX_DEPTH = 50
 
 #: the longest line RFC 5321 lets a message have, without its CRLF
 _MAX_LINE = 998
@@ -96,12 +100,14 @@ def personalize(
         ) from None
 
 
-def _entity(data: bytes, job: _Job, *, top: bool, inDigest: bool = False) -> bytes:
+def _entity(data: bytes, job: _Job, *, top: bool, inDigest: bool = False, depth: int = 0) -> bytes:
     """
     One MIME entity (the message, or one part of a multipart) rewritten.
 
     @param inDigest: whether it is a part of a multipart/digest, whose
         parts are messages unless they say otherwise (RFC 2046 5.1.5).
+    @param depth: how many multiparts it is in; parts deeper than
+        L{MAX_DEPTH} are sent as they are.
     """
     fields, blank, body = _split(data)
     contentType = _fieldValue(fields, b"content-type")
@@ -116,8 +122,9 @@ def _entity(data: bytes, job: _Job, *, top: bool, inDigest: bool = False) -> byt
         fields = [_personalizedField(field, job.variables, eol) for field in fields]
     if kind.startswith("multipart/"):
         boundary = info.get_param("boundary")
-        if isinstance(boundary, str) and boundary:
-            body = _multipart(body, boundary.encode("utf-8", "surrogateescape"), job, kind == "multipart/digest")
+        if isinstance(boundary, str) and boundary and depth < MAX_DEPTH:
+            delimiter = boundary.encode("utf-8", "surrogateescape")
+            body = _multipart(body, delimiter, job, kind == "multipart/digest", depth + 1)
     elif kind in _TRANSFORMED_TYPES and not _isAttachment(fields):
         before = fields
         fields, body = _textPart(fields, body, info, job, html=kind == "text/html")
@@ -214,7 +221,7 @@ def _encodedWords(value: str) -> str | None:
         return None
 
 
-def _multipart(body: bytes, boundary: bytes, job: _Job, digest: bool) -> bytes:
+def _multipart(body: bytes, boundary: bytes, job: _Job, digest: bool, depth: int) -> bytes:
     """
     A multipart body with each of its parts rewritten; the preamble, the
     delimiter lines and the epilogue stay as they are.
@@ -225,7 +232,7 @@ def _multipart(body: bytes, boundary: bytes, job: _Job, digest: bool) -> bytes:
     inPart = False
     for match in delimiter.finditer(body):
         content = body[position : match.start()]
-        pieces.append(_entity(content, job, top=False, inDigest=digest) if inPart else content)
+        pieces.append(_entity(content, job, top=False, inDigest=digest, depth=depth) if inPart else content)
         pieces.append(match.group())
         position = match.end()
         if match.group(1):
@@ -235,7 +242,7 @@ def _multipart(body: bytes, boundary: bytes, job: _Job, digest: bool) -> bytes:
         inPart = True
     # no close delimiter: the last part runs to the end of the body
     rest = body[position:]
-    pieces.append(_entity(rest, job, top=False, inDigest=digest) if inPart else rest)
+    pieces.append(_entity(rest, job, top=False, inDigest=digest, depth=depth) if inPart else rest)
     return b"".join(pieces)
 
 

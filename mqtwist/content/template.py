@@ -81,7 +81,9 @@ class _HTML(str):
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _PATH = rf"{_NAME}(?:\.[A-Za-z0-9_]+)*"
-_ARGUMENT = r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^|:}"'\s]+"""
+#: a bare argument stops at a brace, so that a variable left open does not
+#: make every later one scan to the end of the text (quadratic time)
+_ARGUMENT = r""""(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*'|[^|:{}"'\s]+"""
 _MODIFIER = rf"\|{_NAME}(?::(?:{_ARGUMENT}))*"
 _VARIABLE = re.compile(rf"\{{\$(?P<path>{_PATH})(?P<modifiers>(?:{_MODIFIER})*)\}}")
 _ONE_MODIFIER = re.compile(rf"\|(?P<name>{_NAME})(?P<arguments>(?::(?:{_ARGUMENT}))*)")
