@@ -272,6 +272,26 @@ async def test_an_unreachable_admin_api_is_named():
 
 
 @pytest_twisted.ensureDeferred
+async def test_an_endpoint_that_never_answers_is_given_up_after_timeout():
+    # the kernel accepts the connections of a listening socket: the request
+    # is sent, and nothing ever answers
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        out, err, code = await mqtwist("status", "--admin-url", url, "--timeout", "0.5")
+        assert (out, code) == ("", 1)
+        assert err == (
+            f"mqtwist status: error: cannot reach the admin API at {url}: no answer within 0.5 s: check "
+            f"that mqtwist runs there with --admin, or give --timeout more seconds\n"
+        )
+        # a drain may take its time: --wait-timeout, not --timeout, bounds it
+        out, err, code = await mqtwist("drain", "--admin-url", url, "--timeout", "0.5", "--wait-timeout", "1")
+        assert (out, code) == ("", 3)
+        assert err.startswith("mqtwist drain: still draining after 1 s: the service goes on")
+
+
+@pytest_twisted.ensureDeferred
 async def test_no_admin_api_or_no_token_configured():
     out, err, code = await mqtwist("drain")
     assert (out, code) == ("", 1)

@@ -190,6 +190,9 @@ class AdminClient:
         message = value.get("error") if isinstance(value, dict) else None
         if not isinstance(message, str):
             message = f"HTTP {code}, not JSON: {excerpt(content.decode('utf-8', 'replace'))}"
+        elif not message.isprintable():
+            # the answer of whatever listens there moves no cursor
+            message = excerpt(message, limit=len(message))
         if code == 401:
             raise CommandError(
                 f"the admin API refused the token: {message}; the token is the one of {self._tokenSource}: "
