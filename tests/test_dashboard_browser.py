@@ -6,7 +6,7 @@ outbox, the loopback DNS, two SMTP sinks as two destinations).
 The page asks for the token and then shows what the admin API says: the
 totals, the destinations with their in-flight and parked numbers, a chart
 whose lines add up to the totals.  A click on a destination's Pause button
-parks its new messages while the other destination's flow; a click on
+holds its new messages while the other destination's flow; a click on
 Resume delivers them.  Cancel… asks for a recipient domain and cancels
 its messages until Lift; the form pauses a tag for a time; Drain keeps the
 outbox's messages there until Undrain.  A wrong token brings the login
@@ -65,7 +65,7 @@ CHART_HEIGHT, CHART_TOP = 160, 10
 #: what the page shows: the figures and, per destination, its columns
 #: destination, in flight, waiting, parked and state
 SHOWN = """() => ({
-  totals: Object.fromEntries(["delivered", "failed", "deferred"].map(
+  totals: Object.fromEntries(["delivered", "failed", "deferred", "held"].map(
     (name) => [name, document.getElementById(name).textContent])),
   inFlight: document.getElementById("in-flight").textContent,
   destinations: [...document.querySelectorAll("#destinations tbody tr")].map(
@@ -188,7 +188,7 @@ def expectedView(status: dict[str, Any], destinations: dict[str, Any]) -> dict[s
         return "paused: " + paused["reason"] + (" until " + paused["until"] if paused["until"] else "")
 
     return {
-        "totals": {name: str(status["totals"].get(name, 0)) for name in ("delivered", "failed", "deferred")},
+        "totals": {name: str(status["totals"].get(name, 0)) for name in ("delivered", "failed", "deferred", "held")},
         "inFlight": str(status["inFlight"]),
         "destinations": [
             [d["destination"], str(d["inFlight"]), str(d["waiting"]), str(d["parked"]), state(d["paused"])]
@@ -262,16 +262,13 @@ async def nextSample(browser: BrowserThread, page: Any, admin: HTTPClient) -> No
         _, history, _ = await admin.call("GET", "/api/history")
 
 
-async def parkedAtLeast(browser: BrowserThread, page: Any, admin: HTTPClient, destination: str, count: int) -> None:
-    """Wait until the API says C{destination} parked C{count} times, and the page drew it."""
+async def heldInQueue(browser: BrowserThread, page: Any, amqp: Any, queue: str, count: int) -> None:
+    """Wait, a page refresh at a time, until the held queue has C{count} messages."""
     for _ in range(30):
-        await nextRefresh(browser, page)
-        _, answer, _ = await admin.call("GET", "/api/destinations")
-        parked = next(d["parked"] for d in answer["destinations"] if d["destination"] == destination)
-        if parked >= count:
-            await nextRefresh(browser, page)
+        if await amqp.count(queue) == count:
             return
-    raise AssertionError(f"{destination} parked {parked} times, not {count}")
+        await nextRefresh(browser, page)
+    raise AssertionError(f"{queue} holds {await amqp.count(queue)} messages, not {count}")
 
 
 @pytest_twisted.ensureDeferred
@@ -282,8 +279,7 @@ async def test_dashboard_shows_figures_and_pauses(
     held = await mailHosts.sink("127.0.0.3", hostname="mx.held.test")
     mxDomain(dnsServer, "fast.test", "127.0.0.2")
     mxDomain(dnsServer, "held.test", "127.0.0.3")
-    # a pause until resumed parks a message for --park-delay-max at most
-    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts, admin="tcp:0", parkDelay=1, parkDelayMax=1)
+    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts, admin="tcp:0")
     service = MailerService(config, plugins=[], adminToken=TOKEN)
     async with running(service):
         port = service.httpServices["admin"].port.getHost().port
@@ -298,7 +294,7 @@ async def test_dashboard_shows_figures_and_pauses(
         await chromium.run(lambda: page.click("#login button[type=submit]"))
         await chromium.run(lambda: page.wait_for_selector("#board", state="visible", timeout=WAIT_MS))
         shown = await showsTheAPI(chromium, page, admin)
-        assert shown["totals"] == {"delivered": "0", "failed": "0", "deferred": "0"}
+        assert shown["totals"] == {"delivered": "0", "failed": "0", "deferred": "0", "held": "0"}
         assert shown["destinations"] == []
 
         # traffic to both destinations in waves, each in a sample of the
@@ -316,7 +312,7 @@ async def test_dashboard_shows_figures_and_pauses(
             await collectIds(amqp, queues["failure"], {f"refused-{wave}-{n}" for n in range(refused)})
             await nextSample(chromium, page, admin)
         shown = await showsTheAPI(chromium, page, admin)
-        assert shown["totals"] == {"delivered": str(13 + 8), "failed": "2", "deferred": "0"}
+        assert shown["totals"] == {"delivered": str(13 + 8), "failed": "2", "deferred": "0", "held": "0"}
         assert [row[0] for row in shown["destinations"]] == [FAST, HELD]
         assert [row[4] for row in shown["destinations"]] == ["open", "open"]
         await fast.waitForMessages(13)
@@ -335,7 +331,7 @@ async def test_dashboard_shows_figures_and_pauses(
         state = await chromium.run(lambda: heldRow.locator("td.paused").text_content())
         assert state == "paused: paused from the dashboard"
 
-        # its new messages are parked, not sent; the other's are delivered
+        # its new messages are held, not sent; the other's are delivered
         await publishAll(
             amqp,
             queues["outbox"],
@@ -343,9 +339,9 @@ async def test_dashboard_shows_figures_and_pauses(
             + [job(f"later{n}@fast.test", f"fast-later-{n}") for n in range(3)],
         )
         await collectIds(amqp, queues["success"], {f"fast-later-{n}" for n in range(3)})
-        await parkedAtLeast(chromium, page, admin, HELD, 3)
-        parkedShown = await chromium.run(lambda: heldRow.locator("td").nth(3).text_content())
-        assert int(parkedShown) >= 3
+        await heldInQueue(chromium, page, amqp, service.config.heldQueueName, 3)
+        shown = await showsTheAPI(chromium, page, admin)
+        assert shown["totals"]["held"] == "3"
         if os.environ.get("MQTWIST_DASHBOARD_PNG"):
             # relative to the checkout: the tests run in a directory of their own
             screenshot = Path(__file__).parent.parent / os.environ["MQTWIST_DASHBOARD_PNG"]
@@ -355,13 +351,14 @@ async def test_dashboard_shows_figures_and_pauses(
         assert len(held.messages) == 8
         assert not any(m.rcptTos[0].startswith("later") for m in held.messages)
 
-        # a click on Resume: the parked messages are delivered
+        # a click on Resume: the held messages are delivered at once
         await chromium.run(lambda: heldRow.get_by_role("button", name="Resume").click())
         await chromium.run(lambda: heldRow.get_by_role("button", name="Pause").wait_for(timeout=WAIT_MS))
         _, pauses, _ = await admin.call("GET", "/api/pauses")
         assert pauses == []
         resumed = await collectIds(amqp, queues["success"], {f"held-later-{n}" for n in range(3)})
         for result in resumed:
+            assert (result["results"][0]["state"], result["results"][0]["result"]) == ("process", "deferred")
             assert result["results"][0]["description"] == (
                 f"not tried: destination {HELD} paused by 127.0.0.1 (destination={HELD}): paused from the dashboard"
             )
@@ -372,11 +369,11 @@ async def test_dashboard_shows_figures_and_pauses(
             ((f"later{n}@held.test",), f"Subject: held-later-{n}".encode()) for n in range(3)
         ]
 
-        # the page shows the figures after it all, the parks counted
+        # the page shows the figures after it all, the held queue empty
         shown = await showsTheAPI(chromium, page, admin)
-        assert shown["totals"]["delivered"] == str(21 + 6)
+        assert shown["totals"] == {"delivered": str(21 + 6), "failed": "2", "deferred": "0", "held": "3"}
         assert [row[4] for row in shown["destinations"]] == ["open", "open"]
-        assert int(shown["destinations"][1][3]) >= 3
+        assert await amqp.count(service.config.heldQueueName) == 0
         await chartAddsUp(chromium, page, admin)
         await chromium.run(lambda: page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True))
     assert (tmp_path / "dashboard.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -431,7 +428,7 @@ async def test_dashboard_cancel_form_and_drain(
 ) -> None:
     sink = await mailHosts.sink("127.0.0.2", hostname="mx.fast.test")
     mxDomain(dnsServer, "fast.test", "127.0.0.2")
-    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts, admin="tcp:0", parkDelay=1, parkDelayMax=1)
+    config = mxConfig(brokerURL(rabbitmq), queues, dnsServer, mailHosts, admin="tcp:0")
     service = MailerService(config, plugins=[], adminToken=TOKEN)
     async with running(service):
         port = service.httpServices["admin"].port.getHost().port

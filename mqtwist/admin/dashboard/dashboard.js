@@ -67,7 +67,7 @@ function drawStatus(status) {
   $("undrain").hidden = status.state === "consuming";
   $("outbox-depth").textContent = status.outboxDepth === null ? "–" : status.outboxDepth;
   $("in-flight").textContent = status.inFlight;
-  for (const name of ["delivered", "failed", "deferred"]) {
+  for (const name of ["delivered", "failed", "deferred", "held"]) {
     $(name).textContent = status.totals[name] || 0;
   }
 }
