@@ -27,8 +27,8 @@ from mqtwist import __version__
 from mqtwist.admin.api import adminRoot
 from mqtwist.admin.controls import Controls
 from mqtwist.admin.history import History
-from mqtwist.amqp.client import BrokerClient, QueueSpec
-from mqtwist.amqp.url import BrokerURL
+from mqtwist.amqp.client import BrokerClient
+from mqtwist.amqp.url import BrokerURL, parseBrokerURLs
 from mqtwist.config import Config
 from mqtwist.config.settings import kebab
 from mqtwist.content.dkimsign import DKIMKeys
@@ -199,10 +199,12 @@ class MailerService(MultiService):
             from twisted.internet import reactor
         self.config = config
         self.reactor = reactor
-        self.brokerURL = BrokerURL.parse(config.amqp) if config.amqp else None
+        self.brokerURL: BrokerURL | tuple[BrokerURL, ...] | None = (
+            parseBrokerURLs(config.amqp) if config.amqp else None
+        )
         self.plugins = list(plugins) if plugins is not None else selectPlugins(config.plugins)
         self.schedule = RetrySchedule(
-            config.outbox, config.delayBuckets, config.retries, config.maxDeliverTime
+            config.outbox, config.delayBuckets, config.retries, config.maxDeliverTime, config.queueType
         )
         self.parseSettings = ParseSettings(
             hostname=config.ehloName,
@@ -558,9 +560,9 @@ class MailerService(MultiService):
         # a priority queue orders the jobs by their AMQP priority, which
         # the copies put back in it keep (OutboxProcessor, delay queues)
         outboxArguments = {"x-max-priority": config.maxPriority} if config.maxPriority else {}
-        queues = [QueueSpec(config.outbox, outboxArguments)]
+        queues = [self.schedule.queueSpec(config.outbox, outboxArguments)]
         queues += [
-            QueueSpec(name)
+            self.schedule.queueSpec(name)
             for name in (
                 config.results,
                 config.success,
@@ -572,7 +574,7 @@ class MailerService(MultiService):
             if name
         ]
         if config.dsnQueue and config.dsnQueue != config.outbox:
-            queues.append(QueueSpec(config.dsnQueue))
+            queues.append(self.schedule.queueSpec(config.dsnQueue))
         queues += self.schedule.delayQueues()
         self.processor = OutboxProcessor(
             config,
@@ -594,6 +596,7 @@ class MailerService(MultiService):
             reactor=self.reactor,
             reconnectMaxDelay=config.reconnectMaxDelay,
             metrics=self.metrics,
+            declareArguments=self.schedule.typeArguments,
         )
         if self.running:
             self.broker.setServiceParent(self)

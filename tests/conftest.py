@@ -17,7 +17,9 @@ Shared fixtures, each kind in a module of its own so that they can be read
   - L{fixtures_plugins}: data plugins installed as other distributions
     install them (C{installPlugin});
   - L{fixtures_redis}: Redis servers, the message store (C{startRedis},
-    C{redisServer}).
+    C{redisServer});
+  - L{fixtures_cluster}: a RabbitMQ cluster of three nodes
+    (C{rabbitmqCluster}, C{cluster}).
 
 A test module never imports a fixture: it names it as an argument.  Plain
 helpers that several test modules share are imported from the
@@ -37,6 +39,7 @@ pytest_plugins = [
     "fixtures_dkim",
     "fixtures_plugins",
     "fixtures_redis",
+    "fixtures_cluster",
 ]
 
 # The helpers' asserts explain a failure as those of a test module do.

@@ -93,6 +93,7 @@ SPECIAL_SAMPLES = {
     "categoryRules": (SHIPPED_CATEGORIES, SHIPPED_CATEGORIES),
     "logFormat": ("json", "json"),
     "dkimSign": ("named", "named"),
+    "queueType": ("quorum", "quorum"),
     "defaultIps": ("192.0.2.1,2001:db8::1", ["192.0.2.1", "2001:db8::1"]),
     "messageStore": ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
     "messageStoreCleanup": ("keep", "keep"),

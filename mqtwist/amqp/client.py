@@ -6,7 +6,9 @@ One L{BrokerClient} keeps one AMQP connection with two channels: one in
 confirm mode for publishing (and declaring queues), one for consuming.
 Everything set up on a connection is set up again on the next one after a
 loss; what was in flight on the old one fails (publishes) or becomes stale
-(deliveries, which the broker requeues).
+(deliveries, which the broker requeues).  Given the nodes of a RabbitMQ
+cluster, it connects to one at a time, and moves to the next after a failed
+attempt or a lost connection.
 """
 
 from __future__ import annotations
@@ -57,6 +59,24 @@ class QueueSpec:
 
     name: str
     arguments: Mapping[str, object] = field(default_factory=dict)
+
+
+#: the queue types of C{--queue-type}, as the C{x-queue-type} argument says
+QUEUE_TYPES = ("classic", "quorum")
+
+
+def typeArguments(queueType: str) -> dict[str, object]:
+    """
+    The arguments that make a queue of C{queueType}: none for a classic
+    queue (what a queue is without C{x-queue-type}, which keeps the queues
+    of earlier mqtwist versions equivalent), C{x-queue-type} for a quorum
+    queue.
+
+    @raise ValueError: C{queueType} is not one of L{QUEUE_TYPES}.
+    """
+    if queueType not in QUEUE_TYPES:
+        raise ValueError(f"queue type {queueType!r} is neither classic nor quorum")
+    return {"x-queue-type": "quorum"} if queueType == "quorum" else {}
 
 
 class PublishFailed(Exception):
@@ -186,7 +206,12 @@ class BrokerClient(Service):
     Each attempt connects, logs in and sets the connection up (channels,
     queues, consumer).  A failed attempt is logged with its cause and what
     to do, and tried again after a wait that grows from about 1 s to
-    C{reconnectMaxDelay}; so is a lost connection.  This goes on for as
+    C{reconnectMaxDelay}; so is a lost connection.  With several nodes
+    (a cluster), each attempt after a failed one, and after a lost
+    connection, goes to the next node in their order (after the last, the
+    first again), with the same waits: a node that is down costs one
+    attempt, and the queues, replicated to the other nodes when they are
+    quorum queues, are found there.  This goes on for as
     long as the service runs, whatever the cause, a refused login
     included: the broker, the user or the vhost may well be set up after
     mqtwist starts.
@@ -201,7 +226,7 @@ class BrokerClient(Service):
 
     def __init__(
         self,
-        url: BrokerURL,
+        url: BrokerURL | Sequence[BrokerURL],
         queues: Sequence[QueueSpec],
         *,
         consumeFrom: str | None,
@@ -213,13 +238,15 @@ class BrokerClient(Service):
         onAttemptFailed: Callable[[str], None] | None = None,
         metrics: Metrics | None = None,
         depthInterval: float = 5.0,
+        declareArguments: Mapping[str, object] | None = None,
     ) -> None:
         """
-        @param url: the broker.
+        @param url: the broker, or the nodes of a cluster (the first is
+            tried first).
         @param queues: durable queues to declare on every (re)connect.
         @param consumeFrom: the queue to consume from, or C{None} to only
             publish.  If it is not among C{queues} it is declared durable
-            without arguments.
+            with C{declareArguments}.
         @param prefetch: how many unacknowledged deliveries the broker hands
             over at once (1..65535; 0 means no limit).
         @param onDelivery: called with each L{Delivery}, in order; an
@@ -234,6 +261,11 @@ class BrokerClient(Service):
         @param metrics: where publishes, confirms, nacks, returns and
             reconnects are counted, and the depth of C{consumeFrom} is
             told (read every C{depthInterval} seconds while connected).
+        @param declareArguments: the arguments of a queue that is not among
+            C{queues} when it is declared (C{consumeFrom}, or the first
+            publish to it): the queue type (L{typeArguments}), so that a
+            queue some job names, which another process may have declared
+            first, is of the type of the others.
         """
         if not 0 <= prefetch <= 65535:
             raise ValueError(f"prefetch {prefetch} is outside 0..65535 (AMQP basic.qos)")
@@ -241,8 +273,15 @@ class BrokerClient(Service):
             _checkTable(f"arguments of queue {queue.name!r}", queue.arguments)
         if reactor is None:
             from twisted.internet import reactor
-        self.url = url
+        self.nodes: tuple[BrokerURL, ...] = (url,) if isinstance(url, BrokerURL) else tuple(url)
+        if not self.nodes:
+            raise ValueError("no broker URL: give at least one node")
+        #: the node connected to, or tried next
+        self.url = self.nodes[0]
+        self._node = 0
         self.queues = tuple(queues)
+        self.declareArguments = dict(declareArguments or {})
+        _checkTable("arguments of other queues", self.declareArguments)
         self.consumeFrom = consumeFrom
         self.prefetch = prefetch
         self.onDelivery = onDelivery
@@ -251,8 +290,8 @@ class BrokerClient(Service):
         self._closeTimeout = closeTimeout
         self._consumeWanted = consumeFrom is not None
         self._session: _Session | None = None
-        self._endpoint = brokerEndpoint(reactor, url)
-        self._factory = AMQPFactory(url, reactor)
+        self._endpoint = brokerEndpoint(reactor, self.url)
+        self._factory = AMQPFactory(self.url, reactor)
         self._reconnectMaxDelay = reconnectMaxDelay
         self._retryDelay = backoffPolicy(maxDelay=reconnectMaxDelay)
         #: the attempt under way (connect, log in, set up): it fires with
@@ -278,7 +317,11 @@ class BrokerClient(Service):
         self._stopped = False
         self._failures = 0
         self._lastCause = None
-        self.log.info("connecting to AMQP broker {url}", url=self.url.redacted())
+        self.log.info(
+            "connecting to AMQP broker {url}{others}",
+            url=self.url.redacted(),
+            others=self._otherNodes(),
+        )
         self._connect()
 
     def stopService(self) -> defer.Deferred[None]:
@@ -346,6 +389,25 @@ class BrokerClient(Service):
         return session is not None and session.ready and not session.protocol.closed
 
     # -- connecting ----------------------------------------------------------
+
+    def _otherNodes(self) -> str:
+        others = [node.redacted() for i, node in enumerate(self.nodes) if i != self._node]
+        return f" (then the other nodes of the cluster: {', '.join(others)})" if others else ""
+
+    def _nextNode(self) -> str:
+        """
+        Move to the next node, for the next attempt.
+
+        @return: where the next attempt goes, for the log (C{""} with one
+            node).
+        """
+        if len(self.nodes) == 1:
+            return ""
+        self._node = (self._node + 1) % len(self.nodes)
+        self.url = self.nodes[self._node]
+        self._endpoint = brokerEndpoint(self._reactor, self.url)
+        self._factory = AMQPFactory(self.url, self._reactor)
+        return f" at the next node, {self.url.redacted()}"
 
     def _connect(self) -> None:
         self._retry = None
@@ -416,6 +478,7 @@ class BrokerClient(Service):
         self._lastCause = cause
         if self._onAttemptFailed is not None:
             self._onAttemptFailed(cause)
+        where = self._nextNode()
         # scheduled before the log event goes out: whatever it sets off
         # (even a stop) finds the client in its waiting state
         self._retry = self._reactor.callLater(delay, self._connect)
@@ -425,13 +488,14 @@ class BrokerClient(Service):
             fields["log_failure"] = failure
         self.log.emit(
             LogLevel.warn if loud else LogLevel.info,
-            "{cause}. Attempt {attempt} failed; trying again in {delay} s "
+            "{cause}. Attempt {attempt} failed; trying again in {delay} s{where} "
             "(mqtwist keeps trying, at most {maxDelay} s apart: the broker, the "
             "user or the vhost may be set up later)",
             cause=cause,
             attempt=attempt,
             delay=round(delay),
             maxDelay=f"{self._reconnectMaxDelay:g}",
+            where=where,
             **fields,
         )
 
@@ -442,15 +506,18 @@ class BrokerClient(Service):
             # the attempt that made it reports it; or stopService closed it
             return
         delay = self._retryDelay(1)
+        url = self.url.redacted()
+        where = self._nextNode()
         self._retry = self._reactor.callLater(delay, self._connect)
         self.log.emit(
             # not ready: a channel error closed it, and was warned about
             LogLevel.warn if session.ready else LogLevel.info,
             "lost the connection to AMQP broker {url}: {reason}; reconnecting "
-            "in {delay} s",
-            url=self.url.redacted(),
+            "in {delay} s{where}",
+            url=url,
             reason=reason.getErrorMessage(),
             delay=round(delay),
+            where=where,
         )
 
     # -- publishing ----------------------------------------------------------
@@ -468,8 +535,8 @@ class BrokerClient(Service):
         Publish C{body} persistently to C{queue} through the default
         exchange, as C{application/json}.  Does not wait for earlier
         publishes to be confirmed.  A queue not among the configured ones is
-        declared durable (no arguments) before the first publish to it on
-        each connection, unless C{mandatory}.
+        declared durable (with C{declareArguments}) before the first publish
+        to it on each connection, unless C{mandatory}.
 
         @param priority: AMQP priority 0..255 (used by queues declared with
             C{x-max-priority}).
@@ -613,6 +680,8 @@ class _Session:
     def __init__(self, client: BrokerClient, protocol: AMQPProtocol) -> None:
         self.client = client
         self.protocol = protocol
+        #: the node connected to
+        self.url = client.url
         #: usable: set up, and no channel closed since
         self.ready = False
         #: set up once (its loss is a lost connection, not a failed attempt)
@@ -630,7 +699,7 @@ class _Session:
         consumer (if wanted); L{ready} once done.
         """
         client = self.client
-        await self.protocol.login(client.url)
+        await self.protocol.login(self.url)
         channel = await self.protocol.channel(PUBLISH_CHANNEL)
         await channel.channel_open()
         await channel.confirm_select()
@@ -660,7 +729,7 @@ class _Session:
 
     async def _startConsuming(self, queue: str) -> None:
         if queue not in self.declared:
-            await self._declare(QueueSpec(queue))
+            await self._declare(QueueSpec(queue, self.client.declareArguments))
         channel = self.consumeChannel
         if channel is None:
             channel = await self.protocol.channel(CONSUME_CHANNEL)
@@ -694,7 +763,7 @@ class _Session:
         if channel.closed:
             return defer.fail(
                 PublishFailed(
-                    f"the channel to AMQP broker {self.client.url.redacted()} is "
+                    f"the channel to AMQP broker {self.url.redacted()} is "
                     f"closed: nothing was published to queue {queue!r}; publish "
                     f"it again after whenConnected() fires"
                 )
@@ -702,7 +771,7 @@ class _Session:
         if queue not in self.declared and not mandatory:
             # same channel, so the broker declares it before it routes the
             # publish below: no need to wait for declare-ok
-            self._declare(QueueSpec(queue)).addErrback(_ignoreClosed)
+            self._declare(QueueSpec(queue, self.client.declareArguments)).addErrback(_ignoreClosed)
         properties = {
             "content-type": "application/json",
             "delivery-mode": 2,
@@ -723,7 +792,7 @@ class _Session:
                 reply = await channel.basic_get(queue=source, no_ack=False)
             except Closed as e:
                 raise PublishFailed(
-                    f"the channel to AMQP broker {self.client.url.redacted()} was lost while moving "
+                    f"the channel to AMQP broker {self.url.redacted()} was lost while moving "
                     f"messages from {source!r} to {destination!r} ({e}); {moved} were moved"
                 ) from None
             if reply.method.name == "get-empty":
@@ -784,7 +853,7 @@ class _Session:
         self.confirms.ack(deliveryTag, multiple)
 
     def publishRejected(self, channel: AMQChannel, deliveryTag: int, multiple: bool) -> None:
-        url = self.client.url.redacted()
+        url = self.url.redacted()
         self.client.metrics.amqp("nack", self.confirms.answered(deliveryTag, multiple))
         self.confirms.nack(
             deliveryTag,
@@ -799,11 +868,11 @@ class _Session:
 
     def publishReturned(self, channel: AMQChannel, message: Message) -> None:
         queue = message.routing_key
-        url = self.client.url.redacted()
+        url = self.url.redacted()
         error = PublishReturned(
             f"AMQP broker {url} returned the message published to queue {queue!r} "
             f"({message.reply_code} {message.reply_text}): no queue of that name exists "
-            f"in vhost {self.client.url.vhost!r}, so nothing was stored; check the queue "
+            f"in vhost {self.url.vhost!r}, so nothing was stored; check the queue "
             f"name, or start mqtwist, which declares its outbox"
         )
         self.client.metrics.amqp("return")
@@ -824,7 +893,7 @@ class _Session:
             self.log.warn(
                 "AMQP broker {url} closed channel {channel}: {code} {text}; "
                 "reconnecting",
-                url=self.client.url.redacted(),
+                url=self.url.redacted(),
                 channel=channel.id,
                 code=getattr(close, "reply_code", None),
                 text=getattr(close, "reply_text", close),
@@ -845,7 +914,7 @@ class _Session:
         )
 
     def _failPending(self, why: str) -> None:
-        url = self.client.url.redacted()
+        url = self.url.redacted()
         self.confirms.failAll(
             lambda queue: PublishFailed(
                 f"{why} before AMQP broker {url} confirmed the message "
@@ -895,7 +964,7 @@ def _whyAttemptFailed(url: BrokerURL, failure: Failure, consumeFrom: str | None 
     if isinstance(value, ChannelClosed):
         said = describeClose(value)
         code = _closeCode(value)
-        advice = _priorityAdvice(said, consumeFrom) if code == 406 else None
+        advice = (_priorityAdvice(said, consumeFrom) or _queueTypeAdvice(said)) if code == 406 else None
         return (
             f"{broker} refused to set up mqtwist's queues or consumer ({said}): "
             f"{advice or _CHANNEL_ADVICE.get(code, _CHANNEL_ADVICE[None])}"
@@ -950,6 +1019,41 @@ def _priorityAdvice(said: str, consumeFrom: str | None) -> str | None:
     )
 
 
+#: RabbitMQ's words for a queue of another type than declared: "inequivalent
+#: arg 'x-queue-type' for queue 'outbox' in vhost '/': received the value
+#: 'quorum' of type 'longstr' but current is none" (a classic queue has no
+#: x-queue-type), or "received none but current is the value 'quorum' ..."
+_TYPE_MISMATCH = re.compile(
+    r"inequivalent arg 'x-queue-type' for queue '(?P<queue>.*)' in vhost .*"
+    r"received (?:none|(?:the value )?'(?P<declared>\w+)'.*?) but current is "
+    r"(?:none|(?:the value )?'(?P<current>\w+)')",
+    re.DOTALL,
+)
+
+
+def _queueTypeAdvice(said: str) -> str | None:
+    """
+    What to do about a queue that exists as a classic queue when mqtwist
+    declares quorum queues (C{--queue-type}), or the other way round; or
+    C{None} when the broker's C{said} is about something else.
+    """
+    match = _TYPE_MISMATCH.search(said)
+    if match is None:
+        return None
+    current = match["current"] or "classic"
+    declared = match["declared"] or "classic"
+    return (
+        f"queue {match['queue']!r} exists as a {current} queue, and mqtwist declares it as a "
+        f"{declared} queue (--queue-type {declared}); RabbitMQ cannot change the type of an "
+        f"existing queue. Either start mqtwist with --queue-type {current} to use the queues "
+        f"as they are, or move them, losing nothing, as the README's 'Moving a classic outbox "
+        f"to a quorum queue' says: stop the publishers and mqtwist, move the messages of each "
+        f"of mqtwist's queues to a temporary queue (a shovel) and delete the queue, start "
+        f"mqtwist with --queue-type {declared}, which declares the queues anew, and move the "
+        f"messages back"
+    )
+
+
 def _closeCode(closed: Closed) -> int | None:
     reason = closed.args[0] if closed.args else None
     return reason.reply_code if isinstance(reason, Message) else None
@@ -965,9 +1069,10 @@ _CHANNEL_ADVICE: dict[int | None, str] = {
     405: "another connection holds the queue exclusively: stop that consumer",
     406: (
         "a queue exists with other arguments or properties than mqtwist "
-        "declares (durable classic queues; the outbox with x-max-priority when "
-        "--max-priority is set; the delay queues with their TTL and dead-letter "
-        "route): move its messages elsewhere and delete it, "
+        "declares (durable classic queues, or quorum queues with --queue-type "
+        "quorum; the outbox with x-max-priority when --max-priority is set; the "
+        "delay queues with their TTL and dead-letter route): move its messages "
+        "elsewhere and delete it, "
         "so that mqtwist declares it, or give mqtwist other queue names"
     ),
     None: "fix what the broker names; if it is not clear, look in the broker's log",

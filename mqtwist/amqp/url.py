@@ -11,10 +11,17 @@ parameters: C{heartbeat} (seconds, 0 switches heartbeats off),
 C{auth_mechanism} (C{PLAIN} or C{AMQPLAIN}) and C{connection_timeout}
 (seconds to wait for the TCP/TLS connection, and again for the AMQP login
 that follows).
+
+The nodes of a RabbitMQ cluster are given as several such URLs separated by
+commas (L{parseBrokerURLs}): C{amqp://u:p@node1:5672/,amqp://u:p@node2:5672/}.
+Each is a whole URL, so the nodes may differ in port, user or TLS.  Only a
+comma followed by C{amqp://} or C{amqps://} separates two URLs: one URL
+reads as it always did, a comma in its password included.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -22,6 +29,9 @@ from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 DEFAULT_PORTS = {"amqp": 5672, "amqps": 5671}
 MECHANISMS = ("PLAIN", "AMQPLAIN")
+
+#: where one URL of a list ends and the next begins
+_NEXT_URL = re.compile(r"\s*,\s*(?=amqps?://)", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -134,6 +144,30 @@ class BrokerURL:
 
     def __repr__(self) -> str:
         return f"BrokerURL({self.redacted()!r}, heartbeat={self.heartbeat})"
+
+
+def parseBrokerURLs(text: str) -> tuple[BrokerURL, ...]:
+    """
+    @param text: one C{amqp://} or C{amqps://} URL, or the URLs of the nodes
+        of a cluster separated by commas (a comma followed by C{amqp://} or
+        C{amqps://} starts the next URL).
+    @return: the brokers it names, in its order (one for a single URL).
+    @raise ValueError: a URL cannot be used (the message is
+        L{BrokerURL.parse}'s, naming that URL without its password), or a
+        node is named twice.
+    """
+    urls = tuple(BrokerURL.parse(url) for url in _NEXT_URL.split(text))
+    seen: dict[tuple[str, int, str], BrokerURL] = {}
+    for url in urls:
+        node = (url.host.lower(), url.port, url.vhost)
+        if node in seen:
+            raise ValueError(
+                f"AMQP URLs {','.join(u.redacted() for u in urls)!r}: "
+                f"{url.redacted()} is given twice; "
+                "give each node of the cluster once"
+            )
+        seen[node] = url
+    return urls
 
 
 _N = TypeVar("_N", int, float)

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 
 from mqtwist.amqp.client import BrokerClient, Delivery, QueueSpec
-from mqtwist.amqp.url import BrokerURL
+from mqtwist.amqp.url import BrokerURL, parseBrokerURLs
 from mqtwist.config.sources import configFrom
 from mqtwist.localnode import LocalRabbitMQ
 
@@ -35,8 +35,9 @@ class Settings:
     """
     The settings of the service that the command uses.
 
-    @ivar url: the broker: C{--amqp}, or the service's private node when
-        it has none.
+    @ivar url: the broker: C{--amqp} (its first node), or the service's
+        private node when it has none.
+    @ivar nodes: every node C{--amqp} names (a cluster's), tried in turn.
     @ivar outbox: the queue jobs are published to.
     @ivar results: the queue of every final result.
     @ivar timeout: seconds to wait for the broker or the admin API
@@ -51,6 +52,7 @@ class Settings:
     timeout: float
     admin: str = ""
     adminTokenFile: str | None = None
+    nodes: tuple[BrokerURL, ...] = ()
 
 
 def readSettings(
@@ -73,12 +75,13 @@ def readSettings(
     """
     config = configFrom({"amqp": amqp, "admin": admin, "admin-token-file": adminTokenFile}, environ, configFile)
     if config.amqp:
-        url = BrokerURL.parse(config.amqp)
+        nodes = parseBrokerURLs(config.amqp)
     else:
         # where the service's private node listens (it is not started here)
-        url = LocalRabbitMQ(config.brokerDir, amqpPort=config.brokerPort).url
+        nodes = (LocalRabbitMQ(config.brokerDir, amqpPort=config.brokerPort).url,)
     return Settings(
-        url=url,
+        url=nodes[0],
+        nodes=nodes,
         outbox=config.outbox,
         results=config.results,
         timeout=timeout,
@@ -110,13 +113,17 @@ async def connected(
     """
     outcome: defer.Deferred[None] = defer.Deferred()
 
+    causes: list[str] = []
+
     def attemptFailed(cause: str) -> None:
-        # a command gives up at once: its user is waiting for an answer
-        if not outcome.called:
-            outcome.errback(CommandError(cause))
+        # a command gives up once every node failed once: its user is
+        # waiting for an answer
+        causes.append(cause)
+        if not outcome.called and len(causes) >= len(settings.nodes or (settings.url,)):
+            outcome.errback(CommandError("; and then: ".join(causes)))
 
     client = BrokerClient(
-        settings.url,
+        settings.nodes or settings.url,
         queues,
         consumeFrom=consumeFrom,
         prefetch=prefetch,
@@ -134,7 +141,8 @@ async def connected(
     except defer.TimeoutError:
         await client.stopService()
         raise CommandError(
-            f"cannot reach RabbitMQ at {settings.url.redacted()}: no connection within "
+            f"cannot reach RabbitMQ at {', '.join(url.redacted() for url in settings.nodes or (settings.url,))}: "
+            f"no connection within "
             f"{settings.timeout:g} s: check that it runs there and that no firewall drops "
             f"the connection, or give --timeout more seconds"
         ) from None

@@ -105,6 +105,11 @@ def _maxPriority(value: int) -> None:
         raise ValueError(f"{value} is not a priority; give 0 (no priority queue) or 1-255 (10 at most is advised)")
 
 
+def _queueType(value: str) -> None:
+    if value not in ("classic", "quorum"):
+        raise ValueError(f"{value!r} is neither classic nor quorum")
+
+
 def _notEmpty(value: str) -> None:
     if not value:
         raise ValueError("it is empty; give a name")
@@ -138,10 +143,10 @@ def _nameservers(values: list[str]) -> None:
 
 
 def _amqpURL(value: str | None) -> None:
-    from mqtwist.amqp.url import BrokerURL
+    from mqtwist.amqp.url import parseBrokerURLs
 
     if value is not None:
-        BrokerURL.parse(value)
+        parseBrokerURLs(value)
 
 
 def _addresses(values: list[str]) -> None:
@@ -218,8 +223,10 @@ class Config:
 
     amqp: str | None = setting(
         None,
-        help="RabbitMQ URL, amqp[s]://user:password@host:port/vhost?heartbeat=30; when not "
-        "given, mqtwist starts a private RabbitMQ node of its own",
+        help="RabbitMQ URL, amqp[s]://user:password@host:port/vhost?heartbeat=30, or the URLs "
+        "of the nodes of a cluster separated by commas (tried in turn: the next after a failed "
+        "attempt or a lost connection); when not given, mqtwist starts a private RabbitMQ node "
+        "of its own",
         check=_amqpURL,
     )
     brokerDir: str = setting(".state/rabbitmq", help="directory where the private RabbitMQ node keeps its data")
@@ -240,6 +247,14 @@ class Config:
         "of every copy mqtwist puts back in the outbox; an existing outbox must have the same "
         "x-max-priority, which RabbitMQ cannot change",
         check=_maxPriority,
+    )
+    queueType: str = setting(
+        "classic",
+        help="type of the queues mqtwist declares (outbox, delay, result, dead-letter and held "
+        "queues): classic, or quorum for a RabbitMQ cluster (replicated: they survive the loss "
+        "of a node; RabbitMQ 3.10 or later; no --max-priority); existing queues must be of "
+        "the same type, which RabbitMQ cannot change",
+        check=_queueType,
     )
     results: str = setting("results", help="queue that receives every final result (empty: none)")
     success: str = setting(
@@ -607,6 +622,13 @@ class Config:
             except ValueError as e:
                 option = "--" + "-".join(kebab(name) for name in path.split("."))
                 raise ValueError(f"setting {path} ({option}): {e}") from None
+        if self.queueType == "quorum" and self.maxPriority:
+            raise ValueError(
+                f"setting maxPriority (--max-priority) is {self.maxPriority} with queueType "
+                "(--queue-type) quorum: RabbitMQ's quorum queues (before 4.0) have no "
+                "priorities (no x-max-priority); give --max-priority 0 with quorum queues, "
+                "or keep classic queues"
+            )
 
 
 def checkValue(declaration: dataclasses.Field[Any], value: Any) -> None:

@@ -6,15 +6,20 @@ later is published to a delay queue whose fixed TTL dead-letters it back into
 the outbox.  There is one delay queue per configured bucket, and a delay is
 rounded up to the next bucket, so a message is never tried early and the
 broker never holds a message behind a longer-waiting one.
+
+With quorum queues, a message's way back from a delay queue into the
+outbox is RabbitMQ's at-least-once dead-lettering: the delay queue keeps the
+message until the outbox has confirmed its copy, so a node lost meanwhile
+loses none (it may bring one twice, as any redelivery may).
 """
 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from mqtwist.amqp.client import QueueSpec
+from mqtwist.amqp.client import QueueSpec, typeArguments
 from mqtwist.content.message import Message
 
 
@@ -44,6 +49,7 @@ class RetrySchedule:
         C{retries}; the last one repeats.
     @param defaultMaxDeliverTime: seconds after the first attempt when a
         message without C{maxdelivertime} expires.
+    @param queueType: C{classic} or C{quorum}, the type of the delay queues.
     """
 
     def __init__(
@@ -52,6 +58,7 @@ class RetrySchedule:
         buckets: Sequence[int],
         defaultRetries: Sequence[int],
         defaultMaxDeliverTime: float,
+        queueType: str = "classic",
     ) -> None:
         if not buckets or any(b <= 0 for b in buckets):
             raise ValueError(
@@ -61,6 +68,7 @@ class RetrySchedule:
         self.buckets = sorted(set(buckets))
         self.defaultRetries = list(defaultRetries)
         self.defaultMaxDeliverTime = defaultMaxDeliverTime
+        self.typeArguments = typeArguments(queueType)
 
     def delayQueueName(self, seconds: int) -> str:
         """
@@ -71,12 +79,22 @@ class RetrySchedule:
     def delayQueues(self) -> list[QueueSpec]:
         """
         The delay queues to declare: one a bucket, with the bucket as its
-        message TTL and the outbox as its dead-letter route.
+        message TTL and the outbox as its dead-letter route.  Quorum delay
+        queues dead-letter at least once, which RabbitMQ does only for a
+        queue that refuses publishes when full (C{x-overflow}
+        C{reject-publish}; without a length limit it never is): at most
+        once, its default, drops a message whose copy the outbox did not
+        confirm, e.g. when the outbox's leader node is lost.
         """
+        arguments = dict(self.typeArguments)
+        if arguments:
+            arguments["x-dead-letter-strategy"] = "at-least-once"
+            arguments["x-overflow"] = "reject-publish"
         return [
             QueueSpec(
                 self.delayQueueName(seconds),
                 {
+                    **arguments,
                     "x-message-ttl": seconds * 1000,
                     "x-dead-letter-exchange": "",
                     "x-dead-letter-routing-key": self.outbox,
@@ -84,6 +102,13 @@ class RetrySchedule:
             )
             for seconds in self.buckets
         ]
+
+    def queueSpec(self, name: str, arguments: Mapping[str, object] | None = None) -> QueueSpec:
+        """
+        One of mqtwist's other queues (outbox, results, dead letters, held
+        messages), of the type of the delay queues.
+        """
+        return QueueSpec(name, {**self.typeArguments, **(arguments or {})})
 
     def bucketFor(self, delay: float) -> int:
         """
