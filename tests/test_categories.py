@@ -279,6 +279,9 @@ def test_configured_rules_come_before_the_shipped_ones() -> None:
     categories = Categories.fromConfig(config)
     assert categories.categorize("rcptto", "error", 552, "5.2.2", "the VIP mailbox is full") == "vip-full"
     assert categories.categorize("rcptto", "error", 552, "5.2.2", "mailbox full") == "mailbox-full"
+    # a pattern with capitals ignores case as well
+    capitals = Categories([CategoryRule("vip", text=r"VIP\S+ Mailbox")])
+    assert capitals.categorize("rcptto", "error", 550, None, "the vip-list mAILBOX") == "vip"
 
 
 def test_a_rules_file_replaces_the_shipped_ones(tmp_path: Path) -> None:

@@ -96,6 +96,10 @@ class _Compiled:
     code: re.Pattern[str] | None
     status: re.Pattern[str] | None
     text: re.Pattern[str] | None
+    #: C{text} is matched against the text in lower case: a pattern without
+    #: capitals means the same so, and Python's C{re} searches twice as fast
+    #: without C{re.IGNORECASE}
+    lowered: bool
     states: frozenset[str]
     results: frozenset[str]
     reply: bool | None
@@ -105,11 +109,13 @@ class _Compiled:
         def compiled(pattern: str | None, flags: int = 0) -> re.Pattern[str] | None:
             return None if pattern is None else re.compile(pattern, flags)
 
+        lowered = rule.text is not None and rule.text == rule.text.lower()
         return cls(
             rule.category,
             compiled(rule.code),
             compiled(rule.status),
-            compiled(rule.text, re.IGNORECASE),
+            compiled(rule.text, 0 if lowered else re.IGNORECASE),
+            lowered,
             frozenset(rule.states),
             frozenset(rule.results),
             rule.reply,
@@ -152,6 +158,7 @@ class Categories:
         """
         codeText = "" if code is None else str(code)
         statusText = status or ""
+        lowerText: str | None = None
         for rule in self._compiled:
             if rule.reply is not None and rule.reply != (code is not None):
                 continue
@@ -163,8 +170,14 @@ class Categories:
                 continue
             if rule.status is not None and not rule.status.search(statusText):
                 continue
-            if rule.text is not None and not rule.text.search(text):
-                continue
+            if rule.text is not None:
+                if rule.lowered:
+                    if lowerText is None:
+                        lowerText = text.lower()
+                    if not rule.text.search(lowerText):
+                        continue
+                elif not rule.text.search(text):
+                    continue
             return rule.category
         return OTHER
 
