@@ -1,7 +1,8 @@
 """
 C{mqtwist pause}: hold back the messages of a destination, recipient
 domain, source address or tag, through the admin API (C{POST
-/api/pauses}); they are parked until the pause ends.
+/api/pauses}); they wait in the service's held queue until the pause
+ends.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ HELP = "park the messages of a destination, domain, source address or tag (admin
 
 def addArguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Pause the messages that match all the given selectors: they are parked (their result "
-        "says who paused them and why) until the pause ends or mqtwist resume lifts it, and "
-        "then come back within the service's --park-delay-max. Exit status 1 when the API "
+        "Pause the messages that match all the given selectors: they wait in the service's "
+        "held queue (their result entry says who paused them and why) and go back to the "
+        "outbox when the pause ends or mqtwist resume lifts it. Exit status 1 when the API "
         "cannot be reached or refuses the request (a wrong selector: its message says why)."
     )
     addSelectorArguments(parser, PAUSE_KEYS, "pause")

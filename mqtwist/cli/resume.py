@@ -19,9 +19,10 @@ HELP = "lift a pause (admin API)"
 
 def addArguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
-        "Lift the pause made with exactly these selectors (mqtwist status lists them); its parked "
-        "messages come back within the service's --park-delay-max. Exit status 1 when there is "
-        "no such pause, or the API cannot be reached or refuses the token."
+        "Lift the pause made with exactly these selectors (mqtwist status lists them); the held "
+        "messages go back to the outbox at once (those another pause matches are held again). "
+        "Exit status 1 when there is no such pause, or the API cannot be reached or refuses the "
+        "token."
     )
     addSelectorArguments(parser, PAUSE_KEYS, "resume")
     addAdminArguments(parser)
