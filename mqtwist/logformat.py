@@ -8,7 +8,8 @@ C{namespace}, C{text} (the event's format string rendered, as the text log
 shows it), C{system} when Twisted names one, C{failure} (the traceback)
 for an event logged with one, and C{fields}: the event's own named fields
 whose values are JSON (strings, numbers, booleans, null, and lists and
-objects of them); the others (objects of mqtwist or Twisted) are left out.
+objects of them up to L{_DEPTH} levels deep); the others (objects of
+mqtwist or Twisted) are left out.
 Nothing here formats an event that the level filter of
 L{mqtwist.loglevel.LogLevelService} drops: the filter comes first.
 """
