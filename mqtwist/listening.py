@@ -34,7 +34,8 @@ def endpointText(text: str) -> str:
     if text.isdigit():
         text = f"tcp:{text}"
     if re.match(r"(?i)tcp6?:", text) and not re.search(r"(?i):interface=", text):
-        text += f":interface={LOOPBACK}" if text.lower().startswith("tcp:") else ":interface=::1"
+        # colons in an endpoint string's values are escaped
+        text += f":interface={LOOPBACK}" if text.lower().startswith("tcp:") else r":interface=\:\:1"
     return text
 
 

@@ -27,6 +27,7 @@ from mqtwist import __version__
 from mqtwist.admin.api import adminRoot
 from mqtwist.admin.controls import Controls
 from mqtwist.admin.history import History
+from mqtwist.admin.token import readTokenFile
 from mqtwist.amqp.client import BrokerClient
 from mqtwist.amqp.url import BrokerURL, parseBrokerURLs
 from mqtwist.config import Config
@@ -152,21 +153,6 @@ def deliveryEngine(
         metrics=metrics,
         controls=controls,
     )
-
-
-def _readToken(path: str | None) -> str | None:
-    """
-    The admin token: the first line of the file at C{path}.
-
-    @raise ValueError: naming the file, when it cannot be read.
-    """
-    if not path:
-        return None
-    try:
-        with open(path, encoding="utf-8") as file:
-            return file.readline().strip() or None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError(f"--admin-token-file {path}: cannot read the admin token: {e}") from None
 
 
 class MailerService(MultiService):
@@ -296,7 +282,7 @@ class MailerService(MultiService):
             metrics.setServiceParent(self)
         if not config.admin:
             return
-        token = adminToken or _readToken(config.adminTokenFile)
+        token = adminToken or (readTokenFile(config.adminTokenFile) if config.adminTokenFile else None)
         if not token:
             raise ValueError(
                 f"--admin {config.admin} needs a token: put it in a file named by --admin-token-file, "

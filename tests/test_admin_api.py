@@ -159,3 +159,34 @@ async def test_the_dashboard_files_need_no_token_and_hold_no_data(api) -> None:
     assert code == 200 and b"Authorization" in script
     code, _, _ = await client.call("GET", "/../setup.cfg", token=None)
     assert code == 404
+
+
+@pytest.mark.parametrize(
+    "setting, endpoint, interface",
+    [
+        ("8025", "tcp:8025:interface=127.0.0.1", "127.0.0.1"),
+        ("tcp:8025", "tcp:8025:interface=127.0.0.1", "127.0.0.1"),
+        ("tcp6:8025", "tcp6:8025:interface=\\:\\:1", "::1"),
+        ("tcp:8025:interface=0.0.0.0", "tcp:8025:interface=0.0.0.0", "0.0.0.0"),
+    ],
+)
+def test_an_endpoint_listens_on_loopback_unless_told_otherwise(setting: str, endpoint: str, interface: str) -> None:
+    from twisted.internet.endpoints import serverFromString
+
+    from mqtwist.listening import endpointText
+
+    assert endpointText(setting) == endpoint
+    assert serverFromString(reactor, endpoint)._interface == interface
+
+
+def test_the_token_file(tmp_path) -> None:
+    from mqtwist.admin.token import readTokenFile
+
+    path = tmp_path / "token"
+    path.write_text("  s3cret \nsecond line\n")
+    assert readTokenFile(str(path)) == "s3cret"
+    path.write_text("\n")
+    with pytest.raises(ValueError, match="has an empty first line: put the token there"):
+        readTokenFile(str(path))
+    with pytest.raises(ValueError, match="cannot read the admin token from .*absent"):
+        readTokenFile(str(tmp_path / "absent"))

@@ -29,6 +29,7 @@ from twisted.internet.defer import CancelledError, Deferred
 from twisted.web.client import Agent, FileBodyProducer, ResponseFailed, readBody
 from twisted.web.http_headers import Headers
 
+from mqtwist.admin.token import readTokenFile
 from mqtwist.cli.common import CommandError, Settings
 from mqtwist.config.sources import ADMIN_TOKEN_VARIABLE
 from mqtwist.listening import LOOPBACK, endpointText
@@ -266,10 +267,6 @@ def _readToken(path: str) -> str:
     @raise CommandError: it cannot be read, or its first line is empty.
     """
     try:
-        with open(path, encoding="utf-8") as file:
-            token = file.readline().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise CommandError(f"cannot read the admin token from {path}: {e}") from None
-    if not token:
-        raise CommandError(f"the admin token file {path} has an empty first line: put the token there")
-    return token
+        return readTokenFile(path)
+    except ValueError as e:
+        raise CommandError(str(e)) from None
