@@ -13,7 +13,7 @@ C{rabbitmqCluster} (session)
     (The C{rabbitmqctl}s' own Erlang nodes take the first free port of
     RabbitMQ's range, 35672-35682, which L{LocalRabbitMQ} never picks for a
     node.)  Stopped, and its directory removed, at the end of the session.
-    Started only when a test asks for it (it takes some 30 s on a 2-CPU
+    Started only when a test asks for it (it takes about a minute on a busy 2-CPU
     machine); the tests are skipped when C{rabbitmq-server} is not
     installed, and fail with the nodes' output when it cannot start.
 

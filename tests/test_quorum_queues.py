@@ -149,3 +149,16 @@ async def test_otherTypeAdvice(cluster, queues, existing, declared):
     assert f"queue {outbox!r} exists as a {existing} queue, and mqtwist declares it as a {declared} queue" in cause
     assert f"start mqtwist with --queue-type {existing} to use the queues as they are" in cause
     assert "README" in cause
+
+
+def test_maxPriorityRefusedByTwistd():
+    """twistd mqtwist refuses the combination as a usage error, with the same words."""
+    from twisted.python.usage import UsageError
+
+    from mqtwist.tap import Options
+
+    with pytest.raises(UsageError) as caught:
+        Options({}).parseOptions(["--queue-type", "quorum", "--max-priority", "10", "--amqp", "amqp://localhost/"])
+    assert str(caught.value).startswith(
+        "setting maxPriority (--max-priority) is 10 with queueType (--queue-type) quorum: "
+    )

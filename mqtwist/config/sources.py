@@ -345,7 +345,11 @@ def _buildConfig(given: Mapping[str, tuple[object, str]]) -> Config:
     hints = typing.get_type_hints(Config)
     for head, innerValues in nested.items():
         values[head] = hints[head](**innerValues)
-    return Config(**values)
+    try:
+        return Config(**values)
+    except ValueError as e:
+        # settings each good alone, refused together (Config.check)
+        raise SettingError(str(e)) from None
 
 
 def readmeTable() -> str:
