@@ -181,6 +181,32 @@ def test_fullTooBigForTheOutbox() -> None:
     assert len(json.dumps(job)) < 4000
 
 
+@pytest.mark.parametrize("ret", ["FULL", "HDRS"])
+def test_originalNotUTF8(ret: str) -> None:
+    """
+    An original with bytes that are not UTF-8 (an 8-bit charset, as a
+    personalized ISO-8859-1 job or a stored message has) still gets its
+    report, which must be UTF-8 to be a job's C{mime}: its header block,
+    whatever C{ret} asks, the bytes that are not UTF-8 replaced by U+FFFD.
+    """
+    m = refused(message(dsn={"ret": ret}))
+    m.mime = (
+        b"From: Sender <sender@example.org>\r\nTo: rcpt@example.com\r\nSubject: caf\xe9\r\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n"
+        b"\r\nHello Jos\xe9\r\n"
+    )
+    job, report = reportOf(bounceJob(m, FAILED, NOW, SETTINGS))
+    assert job["recipient"] == "sender@example.org"
+    returned = list(report.iter_parts())[2]
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert returned["Content-Transfer-Encoding"] == "8bit"
+    assert returned.get_payload(decode=True) == (
+        b"From: Sender <sender@example.org>\r\nTo: rcpt@example.com\r\nSubject: caf\xef\xbf\xbd\r\n"
+        b"Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n"
+    )
+    assert b"Hello Jos" not in job["mime"].encode("utf-8")
+
+
 def test_lfOnlyOriginal() -> None:
     """
     An original with LF line ends is returned with CRLF, like all the rest.

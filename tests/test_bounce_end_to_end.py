@@ -293,3 +293,33 @@ async def test_aBrokenReportCostsNoResult(rabbitmq, amqp, smtpServer, queues, mo
     (logged,) = [e for e in events if "could not build the" in e.get("log_format", "")]
     assert logged["message"] == "broken" and logged["action"] == "failed"
     assert logged["log_failure"].check(RuntimeError)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reportOnAnOriginalThatIsNotUTF8(rabbitmq, amqp, smtpServer, queues):
+    """
+    A plain ISO-8859-1 job whose personalization puts an 8-bit byte in its
+    body, refused, with C{ret: FULL}: its report is still written, with the
+    original's header block, since a job's mime must be UTF-8.
+    """
+    dsnQueue = queues["outbox"] + ".dsn"
+    config = makeConfig(rabbitmq, smtpServer, queues, dsnQueue=dsnQueue)
+    head = (
+        "From: sender@example.org\r\nTo: reject@example.com\r\nSubject: latin-1\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n"
+    )
+    original = job("latin-1", "reject@example.com", mime=head + "\r\nHello {$name}\r\n", data={"name": "Jos\u00e9"}, dsn={"ret": "FULL"})
+    async with running(MailerService(config)):
+        await publishAll(amqp, queues["outbox"], [original])
+        (failure,) = decoded(await amqp.collect(queues["failure"], 1))
+        (received,) = await amqp.collect(dsnQueue, 1)
+
+    assert [(e["state"], e["code"]) for e in failure["results"]] == [("rcptto", 550)]
+    report = json.loads(received.body)
+    assert report["bounceof"] == {"id": "latin-1", "recipient": "reject@example.com", "action": "failed"}
+    mime = parse(report["mime"].encode())
+    _, perRecipient = fields(mime)
+    assert perRecipient["Status"] == "5.1.1"
+    returned = list(mime.iter_parts())[2]
+    assert returned.get_content_type() == "text/rfc822-headers"
+    assert returned.get_payload(decode=True) == head.encode()

@@ -181,7 +181,12 @@ def buildReport(
     Remote-MTA, Diagnostic-Code (when the server replied) and
     Last-Attempt-Date.
 
-    @param ret: C{FULL} for the whole original, C{HDRS} for its header block.
+    The report is always valid UTF-8, whatever bytes the original has.
+
+    @param ret: C{FULL} for the whole original, C{HDRS} for its header
+        block.  An original that is not valid UTF-8 is returned as its
+        header block whatever C{ret} says, its other bytes replaced by
+        U+FFFD.
     """
     envelope, recipient = message.envelope, message.recipient
     # RFC 6533: addresses of SMTPUTF8 mail go as utf-8, in a global report
@@ -247,10 +252,14 @@ def buildReport(
     )
 
     fields, _, rest = splitHeaderBlock(message.mime)
-    if ret == "FULL":
+    if ret == "FULL" and _isUTF8(message.mime):
         original, originalType = normaliseLineEnds(message.mime), "message/global" if utf8 else "message/rfc822"
     else:
-        original, originalType = normaliseLineEnds(b"".join(fields)), (
+        # the report travels in a job's mime, a JSON string: an original
+        # that is not UTF-8 (an 8-bit charset) returns its header block,
+        # with the bytes that are not UTF-8 replaced by U+FFFD
+        headers = b"".join(fields).decode("utf-8", "replace").encode("utf-8")
+        original, originalType = normaliseLineEnds(headers), (
             "message/global-headers" if utf8 else "text/rfc822-headers"
         )
     if original and not original.endswith(b"\r\n"):
@@ -278,6 +287,14 @@ def buildReport(
         original + f"{crlf}--{boundary}--{crlf}".encode("ascii"),
     ]
     return b"\r\n".join(parts)
+
+
+def _isUTF8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _lastAttempt(message: Message) -> dict[str, Any] | None:
