@@ -345,6 +345,30 @@ def test_warnings_become_rarer(logged):
     assert all(2 <= e["delay"] <= 6 for e in attempts)
 
 
+def test_stopped_by_onAttemptFailed(logged):
+    """
+    A client that its C{onAttemptFailed} callback stops (as the mqtwist
+    command does when it gives up) schedules no retry: it would otherwise
+    connect again later, declare its queues and consume.
+    """
+    clock = MemoryReactorClock()
+    causes: list[str] = []
+
+    def gaveUp(cause: str) -> None:
+        causes.append(cause)
+        client.stopService()
+
+    client = BrokerClient(
+        BrokerURL(host="broker.example", port=5672), [], consumeFrom=None, prefetch=1,
+        onDelivery=lambda d: None, reactor=clock, onAttemptFailed=gaveUp,
+    )
+    client._endpoint = FailingEndpoint([error.ConnectionRefusedError()])
+    client.startService()
+    assert len(causes) == 1 and "broker.example" in causes[0]
+    assert not client.running
+    assert clock.getDelayedCalls() == []
+
+
 @pytest_twisted.inlineCallbacks
 def test_login_closed_without_a_word():
     """

@@ -478,6 +478,8 @@ class BrokerClient(Service):
         self._lastCause = cause
         if self._onAttemptFailed is not None:
             self._onAttemptFailed(cause)
+            if not self.running:
+                return  # the callback stopped the client (the CLI gives up): no retry
         where = self._nextNode()
         # scheduled before the log event goes out: whatever it sets off
         # (even a stop) finds the client in its waiting state
