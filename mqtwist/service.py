@@ -54,7 +54,7 @@ from mqtwist.messagestore.loader import storedMessages
 from mqtwist.metrics import Metrics
 from mqtwist.outbox.journal import DeliveryJournal, DeliveryJournalError
 from mqtwist.outbox.processor import OutboxProcessor
-from mqtwist.outbox.schedule import RetrySchedule
+from mqtwist.outbox.schedule import RetrySchedule, reservedQueues
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.tls import TLSSettings
@@ -196,10 +196,7 @@ class MailerService(MultiService):
             hostname=config.ehloName,
             limits=JobLimits(config.maxJobBytes, config.maxJobDepth, config.maxJobItems, config.maxJobString),
             # a result published to one of these would come back as a job
-            reservedQueues=frozenset(
-                [config.outbox, config.deadLetterQueue, config.heldQueueName]
-                + [queue.name for queue in self.schedule.delayQueues()]
-            ),
+            reservedQueues=reservedQueues(config),
             **_sourceAddresses(config),
             outbox=config.outbox,
             dkimMatching=config.dkimSign == "matching",

@@ -319,3 +319,32 @@ async def test_results_refuses_the_outbox(rabbitmq, queues):
         "mqtwist results: error: 'outbox' is the outbox: reading it would take the delivery jobs "
         "from mqtwist; give a result queue\n"
     )
+
+
+@pytest_twisted.ensureDeferred
+@pytest.mark.parametrize(
+    ("queue", "configured"),
+    [
+        ("outbox.held", ""),
+        ("outbox.delay.60s", ""),
+        ("outbox.dead", ""),
+        # the names the configuration gives them
+        ("paused", 'outbox = "jobs"\nheld-queue = "paused"\n'),
+        ("jobs.delay.45s", 'outbox = "jobs"\ndelay-buckets = [45, 900]\n'),
+        ("graveyard", 'dead-letter-queue = "graveyard"\n'),
+    ],
+)
+async def test_results_refuses_the_queues_that_hold_jobs(rabbitmq, tmp_path, queue, configured):
+    """
+    The held queue, the delay queues and the dead-letter queue hold jobs
+    too: C{mqtwist results} would acknowledge them away; it refuses them
+    before it connects, as the service names them.
+    """
+    configFile = tmp_path / "mqtwist.toml"
+    configFile.write_text(configured)
+    out, err, code = await mqtwist("results", "--amqp", brokerURL(rabbitmq), "--config", str(configFile), "--queue", queue)
+    assert (out, code) == ("", 1)
+    assert err == (
+        f"mqtwist results: error: {queue!r} is one of mqtwist's own queues (its held queue, a delay queue "
+        f"or the dead-letter queue): reading it would take the jobs in it away for good; give a result queue\n"
+    )

@@ -18,6 +18,7 @@ from mqtwist.amqp.client import BrokerClient, Delivery, QueueSpec
 from mqtwist.amqp.url import BrokerURL, parseBrokerURLs
 from mqtwist.config.sources import configFrom
 from mqtwist.localnode import LocalRabbitMQ
+from mqtwist.outbox.schedule import reservedQueues
 
 #: the default of --timeout: seconds to wait for the broker
 DEFAULT_TIMEOUT = 5.0
@@ -44,6 +45,9 @@ class Settings:
         (C{--timeout}).
     @ivar admin: the service's admin endpoint (C{admin}), or C{""}.
     @ivar adminTokenFile: the file of the admin token (C{admin-token-file}).
+    @ivar reserved: the queues of the service's that carry jobs (the
+        outbox, its held queue, the dead-letter and delay queues), which a
+        command must not read (L{reservedQueues}).
     """
 
     url: BrokerURL
@@ -53,6 +57,7 @@ class Settings:
     admin: str = ""
     adminTokenFile: str | None = None
     nodes: tuple[BrokerURL, ...] = ()
+    reserved: frozenset[str] = frozenset()
 
 
 def readSettings(
@@ -87,6 +92,7 @@ def readSettings(
         timeout=timeout,
         admin=config.admin,
         adminTokenFile=config.adminTokenFile,
+        reserved=reservedQueues(config),
     )
 
 

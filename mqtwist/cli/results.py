@@ -164,7 +164,8 @@ def wanted(result: dict[str, Any], *, failed: bool, tags: list[str]) -> bool:
 async def run(reactor: Any, arguments: argparse.Namespace, settings: Settings) -> int:
     """
     @return: (a coroutine returning) the exit status: 0.
-    @raise CommandError: no queue to read, or the broker cannot be reached.
+    @raise CommandError: no queue to read, a queue of mqtwist's own that
+        holds jobs, or the broker cannot be reached.
     """
     queue = arguments.queue if arguments.queue is not None else settings.results
     if not queue:
@@ -173,6 +174,12 @@ async def run(reactor: Any, arguments: argparse.Namespace, settings: Settings) -
         raise CommandError(
             f"{queue!r} is the outbox: reading it would take the delivery jobs from mqtwist; "
             f"give a result queue"
+        )
+    if queue in settings.reserved:
+        # held, waiting and dead-lettered jobs: acknowledged here, they would be lost
+        raise CommandError(
+            f"{queue!r} is one of mqtwist's own queues (its held queue, a delay queue or the "
+            f"dead-letter queue): reading it would take the jobs in it away for good; give a result queue"
         )
     limit = arguments.limit
     if limit is not None and limit < 1:

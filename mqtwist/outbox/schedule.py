@@ -18,9 +18,15 @@ from __future__ import annotations
 import bisect
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from mqtwist.amqp.client import QueueSpec, typeArguments
-from mqtwist.content.message import Message
+
+if TYPE_CHECKING:
+    # for annotations only: the mqtwist command reads reservedQueues
+    # without loading the message parser
+    from mqtwist.config import Config
+    from mqtwist.content.message import Message
 
 
 @dataclass(frozen=True)
@@ -183,6 +189,22 @@ class RetrySchedule:
                 ),
             )
         return RetryDecision(False, delay)
+
+
+def reservedQueues(config: Config) -> frozenset[str]:
+    """
+    The queues of mqtwist's own that carry delivery jobs: the outbox, its
+    held queue, the dead-letter queue and the delay queues of C{config}.
+    A result published to one would come back as a job; a reader other
+    than the service would take jobs away from it.
+    """
+    schedule = RetrySchedule(
+        config.outbox, config.delayBuckets, config.retries, config.maxDeliverTime, config.queueType
+    )
+    return frozenset(
+        [config.outbox, config.deadLetterQueue, config.heldQueueName]
+        + [queue.name for queue in schedule.delayQueues()]
+    )
 
 
 def _attempts(count: int) -> str:
