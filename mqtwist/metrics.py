@@ -20,9 +20,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from twisted.web.resource import Resource
+from twisted.web.server import Request
 
 #: the label value of the destinations beyond C{maxDestinations}
 OTHER = "other"
@@ -92,7 +94,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None, *, maxDestinations: int = 50) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.maxDestinations = maxDestinations
-        self._labels: dict[str, str] = {}
+        #: the label of each destination, and of each server, each bounded
+        self._labels: dict[str, dict[str, str]] = {"destination": {}, "server": {}}
         self._outboxDepth: int | None = None
         self._sources: list[PresentSource] = []
         registry = self.registry
@@ -121,6 +124,12 @@ class Metrics:
             "mqtwist_throttle_waits",
             "messages that waited for a throttle (connections, rate) of their destination",
             ["destination"],
+            registry=registry,
+        )
+        self._failedAttempts = Counter(
+            "mqtwist_failed_attempts",
+            "failed attempts by bounce category (bad-recipient, spam-block, ...)",
+            ["category"],
             registry=registry,
         )
         self._parked = Counter(
@@ -188,6 +197,10 @@ class Metrics:
     def throttled(self, destination: str) -> None:
         """A message waits for a throttle of C{destination}."""
         self._throttled.labels(self._destination(destination)).inc()
+
+    def attemptFailed(self, category: str) -> None:
+        """An attempt failed, in C{category} (a bounded set: the category rules')."""
+        self._failedAttempts.labels(category).inc()
 
     def parked(self, destination: str) -> None:
         """A message for C{destination} was deferred without an attempt."""
@@ -258,13 +271,36 @@ class Metrics:
                     total += sample.value
         return total
 
-    def _destination(self, name: str) -> str:
-        label = self._labels.get(name)
+    def _destination(self, name: str, kind: str = "destination") -> str:
+        """
+        The label of C{name}: itself for the first C{maxDestinations} names
+        of its C{kind} (C{destination} or C{server}), L{OTHER} after.
+        """
+        labels = self._labels[kind]
+        label = labels.get(name)
         if label is None:
-            label = name if len(self._labels) < self.maxDestinations else OTHER
-            if label != OTHER:
-                self._labels[name] = label
+            if len(labels) >= self.maxDestinations:
+                return OTHER
+            label = labels[name] = name
         return label
+
+
+class MetricsPage(Resource):
+    """
+    C{/metrics}: the registry in Prometheus' text format, made on the
+    reactor thread, where the figures of the present are read safely
+    (prometheus_client's own Twisted resource answers from a worker thread).
+    """
+
+    isLeaf = True
+
+    def __init__(self, metrics: Metrics) -> None:
+        super().__init__()
+        self.metrics = metrics
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader("content-type", CONTENT_TYPE_LATEST)
+        return generate_latest(self.metrics.registry)
 
 
 class _PresentFigures(Collector):
@@ -291,7 +327,7 @@ class _PresentFigures(Collector):
                 sums[0] += d.inFlight
                 sums[1] += d.waiting
             for s in source.serverFigures():
-                sums = byServer.setdefault(self.metrics._destination(s.server), [0, 0])
+                sums = byServer.setdefault(self.metrics._destination(s.server, "server"), [0, 0])
                 sums[0] += s.connections
                 sums[1] += s.idle
             bodyBytes += source.bodyBytesSent()

@@ -16,9 +16,8 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from prometheus_client.twisted import MetricsResource
 from twisted.application.service import MultiService
-from twisted.internet.defer import Deferred, ensureDeferred, fail, succeed
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred, fail, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -51,7 +50,7 @@ from mqtwist.localnode import (
     RabbitMQStartFailed,
 )
 from mqtwist.messagestore.loader import storedMessages
-from mqtwist.metrics import Metrics
+from mqtwist.metrics import Metrics, MetricsPage
 from mqtwist.outbox.journal import DeliveryJournal, DeliveryJournalError
 from mqtwist.outbox.processor import OutboxProcessor
 from mqtwist.outbox.schedule import RetrySchedule, reservedQueues
@@ -230,6 +229,8 @@ class MailerService(MultiService):
         self.httpServices: dict[str, HTTPService] = {}
         self._addHTTPEndpoints(config, adminToken)
         self._draining: Deferred[None] | None = None
+        #: the wait of a drain under way for the deliveries in flight
+        self._drainWait: Deferred[None] | None = None
         self._brokerWaiters: list[Deferred[None]] = []
         self._failure: Failure | None = None
         self._failureWaiters: list[Deferred[None]] = []
@@ -273,7 +274,7 @@ class MailerService(MultiService):
         """
         if config.metrics:
             root = Resource()
-            root.putChild(b"metrics", MetricsResource(registry=self.metrics.registry))
+            root.putChild(b"metrics", MetricsPage(self.metrics))
             metrics = HTTPService("metrics", config.metrics, root, self.reactor, self._failed)
             self.httpServices["metrics"] = metrics
             metrics.setServiceParent(self)
@@ -317,13 +318,17 @@ class MailerService(MultiService):
             "totals": {outcome: int(count) for outcome, count in sorted(totals.items())},
         }
 
-    def destinations(self) -> dict[str, Any]:
+    def destinations(self, limit: int = 200) -> dict[str, Any]:
         """
-        The destinations with their state, for the admin API: those the
-        delivery policy knows now, those an operator paused, and the most
-        recent ones that had a reply (the policy forgets a destination once
-        idle; the dashboard lists it still, between two bursts of traffic,
-        so that it can be paused); and the servers with connections.
+        The destinations with their state, for the admin API: those an
+        operator paused, those the delivery policy knows now (the busiest
+        first) and the most recent ones that had a reply (the policy
+        forgets a destination once idle; the dashboard lists it still,
+        between two bursts of traffic, so that it can be paused), C{limit}
+        of them at most, by name; and the servers with connections.
+
+        @return: C{destinations}, C{omitted} (how many more there are) and
+            C{servers}.
         """
         pauses = {
             control.selector.destination: control
@@ -331,9 +336,15 @@ class MailerService(MultiService):
             if control.selector.destination is not None
         }
         states = {state.destination: state for state in self.engine.policy.destinationStates()}
-        recent = list(reversed(self.engine.lastReplies))[: self.config.metricsDestinations]
+        busiest = sorted(states.values(), key=lambda state: state.inFlight + state.waiting, reverse=True)
+        names = list(dict.fromkeys(
+            list(pauses)
+            + [state.destination for state in busiest]
+            + list(reversed(self.engine.lastReplies))[: self.config.metricsDestinations]
+        ))
+        parked = self.metrics.totals("mqtwist_parked_total", "destination")
         listed = []
-        for name in sorted(set(states) | set(pauses) | set(recent)):
+        for name in sorted(names[:limit]):
             state = states.get(name)
             paused: dict[str, Any] | None = None
             if name in pauses:
@@ -345,14 +356,18 @@ class MailerService(MultiService):
                     "destination": name,
                     "inFlight": state.inFlight if state is not None else 0,
                     "waiting": state.waiting if state is not None else 0,
-                    "parked": int(self.metrics.value("mqtwist_parked_total", destination=name)),
+                    "parked": int(parked.get(name, 0)),
                     "limits": dataclasses.asdict(state.limits) if state is not None else None,
                     "paused": paused,
                     "lastReply": self.engine.lastReplies.get(name),
                 }
             )
         servers = sorted(self.engine.serverFigures(), key=lambda figures: figures.server)
-        return {"destinations": listed, "servers": [dataclasses.asdict(figures) for figures in servers]}
+        return {
+            "destinations": listed,
+            "omitted": max(0, len(names) - limit),
+            "servers": [dataclasses.asdict(figures) for figures in servers],
+        }
 
     def history(self) -> dict[str, Any]:
         """The counts per interval that the dashboard draws."""
@@ -387,7 +402,14 @@ class MailerService(MultiService):
         if self.broker is not None:
             await self.broker.stopConsuming()
         if self.processor is not None:
-            await self.processor.drain(self.config.shutdownTimeout)
+            self._drainWait = self.processor.drain(self.config.shutdownTimeout)
+            try:
+                await self._drainWait
+            except CancelledError:
+                self.log.warn("undrained before the deliveries in flight were done")
+                return
+            finally:
+                self._drainWait = None
         self.log.warn("drained: the deliveries in flight are done")
 
     def releaseHeld(self, why: str) -> None:
@@ -399,9 +421,16 @@ class MailerService(MultiService):
         if self._releasing is not None:
             self._releaseAgain = True
             return
-        if self.broker is None or not self.broker.connected:
+        if self.broker is None:
             return
         self._releaseAgain = False
+        if not self.broker.connected:
+            # once connected again (a pause that ends while the broker is
+            # away must not leave its messages held)
+            self._releasing = self.broker.whenConnected().addBoth(lambda _: None)
+            self._releaseAgain = True
+            self._releasing.addBoth(self._released, why)
+            return
         releasing = self.broker.moveAll(self.config.heldQueueName, self.config.outbox)
 
         def released(moved: int) -> None:
@@ -415,21 +444,28 @@ class MailerService(MultiService):
 
         def failed(failure: Failure) -> None:
             self.log.warn(
-                "{why}: the held messages could not all go back to the outbox ({error}); the "
-                "next pause that ends, or the next start, sends them",
+                "{why}: the held messages could not all go back to the outbox ({error}); they "
+                "go once the broker is connected again",
                 why=why,
                 error=failure.getErrorMessage(),
             )
+            self._releaseAgain = True
 
-        def done(_: object) -> None:
-            self._releasing = None
-            if self._releaseAgain:
-                self.releaseHeld(why)
+        self._releasing = releasing.addCallbacks(released, failed)
+        self._releasing.addBoth(self._released, why)
 
-        self._releasing = releasing.addCallbacks(released, failed).addBoth(done)
+    def _released(self, _: object, why: str) -> None:
+        self._releasing = None
+        if self._releaseAgain and not self._stopping:
+            self.releaseHeld(why)
 
     def undrain(self) -> None:
-        """Consume the outbox again after L{drain}."""
+        """
+        Consume the outbox again after L{drain}; the deliveries of a drain
+        under way go on, no longer stopped at its time-out.
+        """
+        if self._drainWait is not None:
+            self._drainWait.cancel()
         self._draining = None
         if self.broker is not None:
             self.broker.resumeConsuming()
@@ -620,15 +656,20 @@ class MailerService(MultiService):
 
     async def _stop(self) -> None:
         self.controls.stop()
-        if self._releasing is not None:
-            # its moves are confirmed one by one: what it has not moved yet
-            # stays held, for the next start
-            await self._releasing
         if self.broker is not None and self.broker.running:
             try:
                 await self.broker.stopConsuming()
             except Exception as e:
                 self.log.info("outbox consumer already gone: {error}", error=e)
+        if self._releasing is not None:
+            if self.broker is not None and self.broker.connected:
+                # it moves what the held queue had when it began, each move
+                # confirmed: what it has not moved yet stays held, for the
+                # next start
+                await self._releasing
+            else:
+                # it waits for a connection that the stop ends
+                self._releasing.cancel()
         if self.processor is not None:
             await self.processor.drain(self.config.shutdownTimeout)
         await self.engine.close()

@@ -163,7 +163,8 @@ def makeService(options: Options) -> IService:
     from mqtwist.service import MailerService
 
     try:
-        service = MailerService(options.config, adminToken=options.environ.get(ADMIN_TOKEN_VARIABLE))
+        token = options.environ.get(ADMIN_TOKEN_VARIABLE, "").strip() or None
+        service = MailerService(options.config, adminToken=token)
     except ValueError as e:
         # a setting that only the service can check (a DKIM key file, ...)
         raise SystemExit(f"twistd mqtwist: {e}") from None

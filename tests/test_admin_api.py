@@ -28,12 +28,14 @@ class Backend:
     def __init__(self) -> None:
         self.controls = Controls(reactor)
         self.state = "consuming"
+        self.limits: list[int] = []
 
     def status(self) -> dict[str, Any]:
         return {"state": self.state}
 
-    def destinations(self) -> dict[str, Any]:
-        return {"destinations": [], "servers": []}
+    def destinations(self, limit: int = 200) -> dict[str, Any]:
+        self.limits.append(limit)
+        return {"destinations": [], "omitted": 0, "servers": []}
 
     def history(self) -> dict[str, Any]:
         return {"interval": 5, "samples": []}
@@ -95,6 +97,9 @@ async def test_without_the_right_token_nothing_changes(api, logged, token) -> No
         ("POST", "/api/cancels", b'{"mta": "192.0.2.1"}', 400, "give at least one of domain, tag"),
         ("DELETE", "/api/pauses", b'{"domain": "never.paused"}', 404, "no pause of exactly domain=never.paused"),
         ("POST", "/api/pauses", b"x" * 70_000, 413, "the request body is larger than 65536 bytes"),
+        ("POST", "/api/pauses", b'{"tag": "t", "seconds": 3e11}', 400, "'seconds' must be a positive number of at most"),
+        ("GET", "/api/destinations?limit=0", None, 400, "'limit' must be a whole number from 1 to 10000, not '0'"),
+        ("GET", "/api/destinations?limit=x", None, 400, "'limit' must be a whole number from 1 to 10000"),
     ],
 )
 @pytest_twisted.ensureDeferred
@@ -190,3 +195,11 @@ def test_the_token_file(tmp_path) -> None:
         readTokenFile(str(path))
     with pytest.raises(ValueError, match="cannot read the admin token from .*absent"):
         readTokenFile(str(tmp_path / "absent"))
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_destinations_listed_are_bounded(api) -> None:
+    backend, client = api
+    await client.call("GET", "/api/destinations")
+    await client.call("GET", "/api/destinations?limit=7")
+    assert backend.limits == [200, 7]

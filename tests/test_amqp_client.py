@@ -346,3 +346,19 @@ def test_move_all_messages_of_a_queue(clients, amqp):
         n: n % 10 for n in range(len(bodies))
     }
     assert (yield client.moveAll("t-held", "t-back")) == 0
+
+
+@pytest_twisted.inlineCallbacks
+def test_move_all_moves_what_was_there_when_it_began(clients, amqp):
+    """
+    Messages that come back to the source while moveAll runs (held again
+    by another pause) are not moved round and round: moving a queue into
+    itself moves each message once and ends.
+    """
+    yield amqp.delete("t-loop")
+    client = clients([QueueSpec("t-loop")])
+    yield client.whenConnected()
+    for n in range(5):
+        yield client.publish("t-loop", b"%d" % n)
+    assert (yield client.moveAll("t-loop", "t-loop")) == 5
+    assert (yield amqp.count("t-loop")) == 5

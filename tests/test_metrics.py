@@ -126,3 +126,20 @@ def test_plugin_calls_by_outcome_and_time() -> None:
     assert values[("mqtwist_plugin_calls_total", (("outcome", "permanent"), ("plugin", "refuser")))] == 1
     assert values[("mqtwist_plugin_seconds_bucket", (("le", "0.1"), ("plugin", "slow")))] == 0
     assert values[("mqtwist_plugin_seconds_bucket", (("le", "0.5"), ("plugin", "slow")))] == 1
+
+
+def test_servers_have_a_label_budget_of_their_own() -> None:
+    """
+    Many pooled servers do not take the labels of destinations: each kind
+    folds into 'other' beyond its own bound.
+    """
+    metrics = Metrics(maxDestinations=2)
+    present = Present()
+    present.destinations = []
+    present.servers = [ServerFigures(f"mx{n}.example.net:25", 1, 0) for n in range(5)]
+    metrics.watch(present)
+    scraped(metrics)
+    metrics.attempted("gmail.com")
+    values = scraped(metrics)
+    assert values[("mqtwist_attempts_total", (("destination", "gmail.com"),))] == 1
+    assert values[("mqtwist_connections", (("server", OTHER),))] == 3

@@ -345,8 +345,49 @@ def test_stopping_while_results_await_their_confirms_says_so():
     assert [event["error"] for event in warnings] == ["the service stopped before the broker confirmed them"] * 2
     assert [(event["count"], event["messages"]) for event in warnings] == [(1, ["m1"])] * 2
     assert [formatEvent(event) for event in leftOver] == [
-        "1 of the deliveries in flight did not end within 5s (m1); they stay unacknowledged and will be delivered again"
+        "1 of the deliveries in flight did not end within 5s (m1); they go back to the outbox and will be delivered again"
     ] * 2
+
+
+def test_a_drain_gives_back_what_it_stops_and_an_undrain_stops_nothing():
+    """
+    The deliveries a drain (or stop) stops at its time-out go back to the
+    outbox at once (released), not when the connection ends; cancelling
+    the drain's wait (an undrain) stops its timer and no delivery.
+    """
+    from twisted.internet.defer import CancelledError, Deferred
+    from twisted.internet.task import Clock
+
+    from mqtwist.config import Config
+    from mqtwist.content.message import ParseSettings
+    from mqtwist.outbox.processor import OutboxProcessor
+
+    attempts: list[Deferred] = []
+
+    def deliver(message):
+        attempts.append(Deferred())
+        return attempts[-1]
+
+    clock = Clock()
+    config = Config(ehloName="x", smarthost="127.0.0.1:2525")
+    processor = OutboxProcessor(
+        config, deliver, object(), RetrySchedule("outbox", [1], [1], 60), clock, ParseSettings(hostname="x"),
+        DeliveryJournal(None, 100),
+    )
+    first, second = (
+        FakeDelivery(json.dumps({"id": f"m{n}", "recipient": "a@example.com", "mime": "x"}).encode()) for n in (1, 2)
+    )
+    processor.handle(first)
+    drained = processor.drain(5)
+    clock.advance(5)
+    assert drained.called and first.settled == "release" and attempts[0].called
+    processor.handle(second)
+    waiting = processor.drain(5)
+    waiting.cancel()
+    waiting.addErrback(lambda failure: failure.trap(CancelledError))
+    assert clock.getDelayedCalls() == []
+    clock.advance(60)
+    assert second.settled is None and not attempts[1].called
 
 
 def test_results_left_unconfirmed_together_are_logged_together():

@@ -3,7 +3,7 @@ The admin HTTP API: JSON in and out, every call authenticated with a
 bearer token, and the dashboard's files.
 
     GET    /api/status           the service: consuming or draining, counts
-    GET    /api/destinations     destinations and servers, with their state
+    GET    /api/destinations     destinations (?limit=N, 200) and servers, with their state
     GET    /api/history          counts per interval, for the dashboard chart
     GET    /api/pauses           the pauses in force
     POST   /api/pauses           pause: {destination|domain|mta|tag, seconds?, reason?, by?}
@@ -45,6 +45,7 @@ from mqtwist.admin.controls import (
     readDuration,
     readText,
 )
+from mqtwist.validation import excerpt
 
 #: the largest request body read, bytes
 MAX_BODY = 64 * 1024
@@ -60,8 +61,8 @@ class AdminBackend(Protocol):
     def status(self) -> dict[str, Any]:
         """The service's state and counts, as JSON."""
 
-    def destinations(self) -> dict[str, Any]:
-        """The destinations and servers with their state, as JSON."""
+    def destinations(self, limit: int = 200) -> dict[str, Any]:
+        """The destinations (at most C{limit}) and servers with their state, as JSON."""
 
     def history(self) -> dict[str, Any]:
         """Counts per interval of the last minutes, as JSON."""
@@ -109,7 +110,7 @@ class AdminAPI(Resource):
         self._token = token.encode("utf-8")
         self._routes: dict[tuple[bytes, str], Callable[[Request, dict[str, Any]], Any]] = {
             (b"GET", "status"): lambda request, body: backend.status(),
-            (b"GET", "destinations"): lambda request, body: backend.destinations(),
+            (b"GET", "destinations"): lambda request, body: backend.destinations(_limit(request)),
             (b"GET", "history"): lambda request, body: backend.history(),
             (b"GET", "pauses"): lambda request, body: [c.toJSON() for c in backend.controls.pauses()],
             (b"POST", "pauses"): self._pause,
@@ -250,6 +251,21 @@ class AdminAPI(Resource):
     def _failed(self, request: Request, failure: Failure) -> None:
         self.log.failure("admin API: {path} failed", failure, path=request.path.decode("utf-8", "replace"))
         self._finish(request, 500, {"error": f"the action failed: {failure.getErrorMessage()}"})
+
+
+#: the most destinations one GET /api/destinations lists
+MAX_LISTED = 10_000
+
+
+def _limit(request: Request) -> int:
+    """The C{limit} of the request's query (default 200, 1 to L{MAX_LISTED})."""
+    values = (request.args or {}).get(b"limit")
+    if not values:
+        return 200
+    text = values[0].decode("ascii", "replace")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_LISTED:
+        raise ControlError(f"'limit' must be a whole number from 1 to {MAX_LISTED}, not {excerpt(text)}")
+    return int(text)
 
 
 def _client(request: Request) -> str:

@@ -36,6 +36,9 @@ CANCEL_KEYS = ("domain", "tag")
 #: what an operator may write in C{reason} and C{by}
 MAX_TEXT = 200
 
+#: the longest pause or cancel with an end, in seconds (366 days)
+MAX_SECONDS = 366 * 24 * 3600
+
 
 class ControlError(ValueError):
     """
@@ -142,8 +145,11 @@ def readDuration(obj: Mapping[str, Any]) -> float:
     seconds = obj.get("seconds")
     if seconds is None:
         return math.inf
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
-        raise ControlError(f"'seconds' must be a positive number (or left out: until lifted), not {excerpt(seconds)}")
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_SECONDS:
+        raise ControlError(
+            f"'seconds' must be a positive number of at most {MAX_SECONDS} (a year; or left out: until "
+            f"lifted), not {excerpt(seconds)}"
+        )
     return float(seconds)
 
 

@@ -592,11 +592,12 @@ class BrokerClient(Service):
 
     def moveAll(self, source: str, destination: str) -> defer.Deferred[int]:
         """
-        Move every message that is in C{source} now to C{destination}, one
-        at a time: each is taken (C{basic.get}), published persistently
-        with its priority and headers, and acknowledged on C{source} once
-        the broker confirmed the copy, so none is lost (a connection lost
-        in between leaves it in C{source}, or in both).
+        Move the messages that are in C{source} now (as many as it holds
+        when this begins) to C{destination}, one at a time: each is taken
+        (C{basic.get}), published persistently with its priority and
+        headers, and acknowledged on C{source} once the broker confirmed
+        the copy, so none is lost (a connection lost in between leaves it
+        in C{source}, or in both).
 
         @return: a Deferred that fires with the number of messages moved,
             or errbacks with L{PublishFailed} when not connected, or when
@@ -789,7 +790,16 @@ class _Session:
         channel = self.publishChannel
         assert channel is not None
         moved = 0
-        while True:
+        try:
+            # what is there now, no more: a message that comes back to
+            # source while this runs (held again) is not moved round and round
+            count = (await channel.queue_declare(queue=source, passive=True)).message_count
+        except Closed as e:
+            raise PublishFailed(
+                f"AMQP broker {self.url.redacted()} did not say how many messages {source!r} holds "
+                f"({e}); nothing was moved"
+            ) from None
+        while moved < count:
             try:
                 reply = await channel.basic_get(queue=source, no_ack=False)
             except Closed as e:
@@ -805,6 +815,7 @@ class _Session:
             )
             self.protocol.basicAck(channel.id, reply.delivery_tag)
             moved += 1
+        return moved
 
     async def stopConsuming(self) -> None:
         """

@@ -348,6 +348,7 @@ class DeliveryEngine:
             category=category,
         )
         entry = ResultEntry.fromFailure(failure, self.reactor.seconds(), facts, category)
+        self.metrics.attemptFailed(category)
         if backoff is not None and backoff.action != "retry":
             self.metrics.paused(backoff.destination, backoff.action)
         if backoff is not None:

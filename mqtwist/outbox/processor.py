@@ -228,10 +228,14 @@ class OutboxProcessor:
         if not isinstance(result, Failure):
             return
         if result.check(CancelledError, ConnectingCancelledError):
-            # stopping the service cut the delivery short: that is expected
+            # a stop or a drain cut the delivery short: that is expected; the
+            # message goes back to the outbox now, for this process (once
+            # undrained) or another, not when the connection ends
+            if delivery is not None:
+                delivery.release()
             self.log.info(
-                "a delivery was stopped unfinished; its outbox message stays "
-                "unacknowledged and will be delivered again"
+                "a delivery was stopped unfinished; its outbox message goes back to the "
+                "outbox and will be delivered again"
             )
         else:
             # settling failed too: the message is in the outbox again only
@@ -265,6 +269,7 @@ class OutboxProcessor:
             f"mqtwist's log, as a bug of mqtwist or of the plugin named in the log",
             permanent=True,
         )
+        self.metrics.concluded("error", "process", "error")
         try:
             body = invalidResultJSON(delivery.body, error, self.reactor.seconds(), limits)
             publications = self._resultPublications(obj, body, success=False)
@@ -369,8 +374,9 @@ class OutboxProcessor:
         Wait for the deliveries in flight, at most C{timeout} seconds.
 
         @return: a Deferred firing when they are done or the time is up;
-            what is left stays unacknowledged and the broker hands it out
-            again.
+            what is left then is stopped, and goes back to the outbox.
+            Cancelling it stops the waiting and the timer, not the
+            deliveries (an undrain).
         """
         if self.inFlight:
             self.log.info(
@@ -388,7 +394,7 @@ class OutboxProcessor:
             ]
             self.log.warn(
                 "{count} of the deliveries in flight did not end within {timeout}s ({shown}); "
-                "they stay unacknowledged and will be delivered again",
+                "they go back to the outbox and will be delivered again",
                 count=len(messages),
                 messages=messages,
                 shown=labelsShown(messages),
@@ -398,11 +404,20 @@ class OutboxProcessor:
 
         timer = self.reactor.callLater(timeout, giveUp)
 
-        def finished(_: object) -> None:
+        def stopWaiting(_: Deferred[None]) -> None:
             if timer.active():
                 timer.cancel()
 
-        return pending.addBoth(finished)
+        done: Deferred[None] = Deferred(stopWaiting)
+
+        def finished(_: object) -> None:
+            if timer.active():
+                timer.cancel()
+            if not done.called:
+                done.callback(None)
+
+        pending.addBoth(finished)
+        return done
 
     def _handle(self, delivery: Delivery) -> Deferred[None]:
         now = self.reactor.seconds()
