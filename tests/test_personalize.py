@@ -12,11 +12,14 @@ import base64
 import email
 import email.message
 import email.policy
+import re
 from typing import Any
 
 import pytest
 
-from mqtwist.content.personalize import MAX_DEPTH, personalize
+from mqtwist.content.message import Message
+from mqtwist.content.personalize import MAX_DEPTH, personalize, rewritesContent, rewrittenContent
+from mqtwist.content.template import DEFAULT_LIMITS, TemplateLimits
 from mqtwist.errors import InvalidMessage
 
 DATA = {"name": "John Doe", "age": 33, "city": "Zürich", "euro": "5 €", "tag": "<b>&</b>"}
@@ -371,3 +374,109 @@ def test_deepNestingStopsAtMaxDepth() -> None:
     assert personalize(deeper, DATA) == deeper
     far = b"Subject: s\r\n" + nested(2000)
     assert personalize(far, DATA) == far
+
+
+# -- RFC 2047 words, blocks without variables, limits, the shared helper ---------------
+
+
+@pytest.mark.parametrize(
+    "word",
+    [
+        b"=?utf-8?q?Hi_{$name}=0D=0ABcc:_victim@evil.example?=",
+        b"=?utf-8?b?" + base64.b64encode(b"Hi {$name}\r\nBcc: victim@evil.example") + b"?=",
+        b"=?utf-8?q?Hi_{$name}=0ABcc:_victim@evil.example?=",
+        b"=?utf-8?q?Hi_{$name}=00?=",
+    ],
+)
+def test_controlCharactersInEncodedWordsAreRefused(word: bytes) -> None:
+    """
+    A personalized field's encoded words are decoded to render them: a
+    line break there would become a field of its own (a Bcc), so the job
+    is refused, naming the field.
+    """
+    mime = b"From: a@example.com\r\nTo: b@example.net\r\nSubject: " + word + b"\r\n\r\nbody\r\n"
+    with pytest.raises(InvalidMessage) as caught:
+        personalize(mime, {"name": "Bob"})
+    assert caught.value.description.startswith(
+        "property 'mime': the Subject field's RFC 2047 encoded words hold a line break or a control character"
+    )
+
+
+def test_encodedWordsWithoutControlCharacters() -> None:
+    mime = b"Subject: =?utf-8?q?Hi_{$name}_=E2=82=AC?=\r\n\r\nbody\r\n"
+    out = personalize(mime, {"name": "Bob"})
+    assert out.startswith(b"Subject: Hi Bob =?utf-8?")
+    assert parsed(out)["Subject"] == "Hi Bob \u20ac"
+
+
+@pytest.mark.parametrize("value", ["Bob\u2028Bcc: x@evil.example", "Bob\x85Bcc: x@evil.example", "Zoë " * 40])
+def test_foldedFieldsHaveNoBareLineBreaks(value: str) -> None:
+    mime = b"Subject: Hi {$name}\r\nTo: b@example.net\r\n\r\nbody\r\n"
+    head = personalize(mime, {"name": value}).split(b"\r\n\r\n")[0]
+    # every line break is a CRLF, and only two lines begin a field
+    assert re.search(rb"\r(?!\n)|(?<!\r)\n", head) is None
+    fields = [line for line in head.split(b"\r\n") if line[:1] not in (b" ", b"\t")]
+    assert [field.split(b":")[0] for field in fields] == [b"Subject", b"To"]
+
+
+def test_blocksWithoutVariablesArePersonalized() -> None:
+    """
+    An {if} or {foreach} is a template even when no {$ is in the text.
+    """
+    mime = b"Subject: {if $vip}Gold member{else}Welcome{/if}\r\n\r\n{if $vip}Gold member{else}Welcome{/if}\r\n"
+    assert personalize(mime, {"vip": False}) == b"Subject: Welcome\r\n\r\nWelcome\r\n"
+    assert personalize(mime, {"vip": True}) == b"Subject: Gold member\r\n\r\nGold member\r\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "data", "limits", "limit"),
+    [
+        ("{foreach $a as $x}{$x}{/foreach}", {"a": [1, 2, 3]}, TemplateLimits(loops=2), "--template-loops"),
+        ("{if 1}" * 3 + "x" + "{/if}" * 3, {}, TemplateLimits(depth=2), "--template-depth"),
+        ('{$s|regex_replace:"(a|aa)+b"}', {"s": "a" * 80}, TemplateLimits(regexSeconds=0.05), "--template-regex-seconds"),
+        ("{$s|indent:1000}", {"s": "x"}, TemplateLimits(output=500), "--max-job-bytes"),
+        # characters within the limit, bytes (UTF-8) past it
+        ("{$s}", {"s": "€" * 200}, TemplateLimits(output=300), "--max-job-bytes"),
+    ],
+)
+def test_costlyTemplatesAreInvalid(body: str, data: dict[str, Any], limits: TemplateLimits, limit: str) -> None:
+    mime = ("Subject: hi\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body + "\r\n").encode()
+    with pytest.raises(InvalidMessage) as caught:
+        personalize(mime, data, limits=limits)
+    assert caught.value.description.startswith("property 'data': ")
+    assert f"(limit {limit})" in caught.value.description
+    assert caught.value.description.endswith("simplify the templates of the message (fewer or smaller loops, "
+                                             "values and patterns), or raise that limit")
+
+
+def test_theLimitsAreForTheWholeMessage() -> None:
+    """
+    The fields and parts of a message share one budget.
+    """
+    mime = (
+        b"Subject: {foreach $a as $x}{$x}{/foreach}\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+        b"--b\r\n\r\n{foreach $a as $x}{$x}{/foreach}\r\n--b\r\n\r\n{foreach $a as $x}{$x}{/foreach}\r\n--b--\r\n"
+    )
+    assert b"123" in personalize(mime, {"a": [1, 2, 3]}, limits=TemplateLimits(loops=9))
+    with pytest.raises(InvalidMessage, match="template-loops"):
+        personalize(mime, {"a": [1, 2, 3]}, limits=TemplateLimits(loops=8))
+
+
+def test_rewrittenContent() -> None:
+    """
+    The one helper the processor (mime jobs) and the transaction (key jobs)
+    use: a message without data nor inlinecss is not touched.
+    """
+    job = {"id": "1", "recipient": "rcpt@example.com", "envelope": "from@example.org", "mime": "x"}
+    mime = b"Subject: {$recipient} {$envelope}\r\n\r\n{$name}\r\n"
+    plain = Message.fromObject(job)
+    assert not rewritesContent(plain)
+    assert rewrittenContent(mime, plain, DEFAULT_LIMITS) is mime
+    personalized = Message.fromObject(dict(job, data={"name": "Ann"}))
+    assert rewritesContent(personalized)
+    assert rewrittenContent(mime, personalized, DEFAULT_LIMITS) == (
+        b"Subject: rcpt@example.com from@example.org\r\n\r\nAnn\r\n"
+    )
+    with pytest.raises(InvalidMessage, match="template-loops"):
+        rewrittenContent(b"\r\n{foreach $a as $x}{/foreach}", Message.fromObject(dict(job, data={"a": [1, 2]})),
+                         TemplateLimits(loops=1))

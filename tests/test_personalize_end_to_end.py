@@ -204,42 +204,93 @@ async def test_inlineCSSAndDKIM(rabbitmq, amqp, smtpServer, queues, nameServer):
 
 
 @pytest_twisted.ensureDeferred
-async def test_bigMessagesInAThreadBeforeHeaderEdits(rabbitmq, amqp, smtpServer, queues, monkeypatch):
+async def test_personalizedInAThreadBeforeHeaderEdits(rabbitmq, amqp, smtpServer, queues, monkeypatch):
     """
-    Above --content-thread-bytes the message is rewritten in a thread,
-    below it on the reactor thread; either way before the C{headers}
-    edits, which see the personalized message (and whose values are no
-    templates).
+    A job with C{data} is personalized in a thread whatever its size (a
+    template's cost does not follow it); one with C{inlinecss} alone in a
+    thread above --content-thread-bytes only, below it on the reactor
+    thread; either way before the C{headers} edits, which see the
+    personalized message (and whose values are no templates).
     """
     import mqtwist.outbox.processor as processor
 
-    onReactor: list[bool] = []
-    rewrite = processor._rewrittenContent
+    onReactor: dict[str, bool] = {}
+    rewrite = processor.rewrittenContent
 
-    def recording(message: Any) -> bytes:
-        onReactor.append(threading.current_thread() is threading.main_thread())
-        return rewrite(message)
+    def recording(mime: bytes, message: Any, limits: Any) -> bytes:
+        onReactor[message.recipient] = threading.current_thread() is threading.main_thread()
+        return rewrite(mime, message, limits)
 
-    monkeypatch.setattr(processor, "_rewrittenContent", recording)
+    monkeypatch.setattr(processor, "rewrittenContent", recording)
     edits = {"replace": {"X-Note": "by {$name}"}, "remove": "x-drop"}
     mime = "Subject: Hi {$name}\r\nX-Drop: {$name}\r\n\r\n{$name}: {$body}\r\n"
     small = {"id": "small", "recipient": "small@example.com", "mime": mime, "data": {"name": "Ann", "body": "x"},
              "headers": edits}
     big = dict(small, id="big", recipient="big@example.com", data={"name": "Bob", "body": "y" * 500})
     big["mime"] = mime + "filler\r\n" * 100
+    css = {"id": "css", "recipient": "css@example.com", "inlinecss": True,
+           "mime": "Content-Type: text/html\r\n\r\n<style>p {color: red}</style><p>x</p>\r\n"}
     config = makeConfig(rabbitmq, smtpServer, queues, contentThreadBytes=400)
     service = MailerService(config, plugins=[])
     async with running(service):
-        await publishAll(amqp, queues["outbox"], [json.dumps(small).encode(), json.dumps(big).encode()])
-        await amqp.collect(queues["success"], 2)
-        received = await smtpServer.waitForMessages(2)
+        await publishAll(amqp, queues["outbox"], [json.dumps(job).encode() for job in (small, big, css)])
+        await amqp.collect(queues["success"], 3)
+        received = await smtpServer.waitForMessages(3)
 
     data = {message.rcptTos[0]: message.data for message in received}
     assert data["small@example.com"] == b"Subject: Hi Ann\r\nX-Note: by {$name}\r\n\r\nAnn: x\r\n"
     assert data["big@example.com"] == (
         b"Subject: Hi Bob\r\nX-Note: by {$name}\r\n\r\nBob: " + b"y" * 500 + b"\r\n" + b"filler\r\n" * 100
     )
-    assert sorted(onReactor) == [False, True]
+    assert b'<p style="color: red;">x</p>' in data["css@example.com"]
+    assert onReactor == {"small@example.com": False, "big@example.com": False, "css@example.com": True}
+
+
+@pytest_twisted.ensureDeferred
+async def test_costlyTemplatesAreInvalid(rabbitmq, amqp, smtpServer, queues):
+    """
+    A template whose work passes a limit ends its job as
+    C{process}/C{invalid} naming the limit, and the service goes on with
+    the next job; an RFC 2047 word that would decode to a line break in a
+    personalized field is refused the same way; a block without variables
+    is rendered.
+    """
+    head = "From: a@example.org\r\nSubject: {if $vip}Gold{else}Hello{/if}\r\n\r\n"
+    loops = "{foreach $a as $x}{foreach $a as $y}{foreach $a as $z}{$x}{/foreach}{/foreach}{/foreach}"
+    jobs = {
+        "loops": {"mime": head + loops, "data": {"a": list(range(200))}},
+        "regex": {"mime": head + '{$s|regex_replace:"(a|aa)+b"}', "data": {"s": "a" * 80}},
+        "output": {"mime": head + "{$s|indent:50000000}", "data": {"s": "x"}},
+        "depth": {"mime": head + "{if 1}" * 1000 + "x" + "{/if}" * 1000, "data": {}},
+        "injection": {
+            "mime": "Subject: =?utf-8?q?Hi_{$name}=0D=0ABcc:_victim@evil.example?=\r\n\r\nbody\r\n",
+            "data": {"name": "Bob"},
+        },
+        "fine": {"mime": head + "{if $vip}Dear member{else}Welcome{/if}\r\n", "data": {"vip": False}},
+    }
+    bodies = [json.dumps(dict(job, id=name, recipient=f"{name}@example.com")).encode() for name, job in jobs.items()]
+    config = makeConfig(rabbitmq, smtpServer, queues, maxJobBytes=1024 * 1024, templateRegexSeconds=0.2)
+    service = MailerService(config, plugins=[])
+    async with running(service):
+        await publishAll(amqp, queues["outbox"], bodies)
+        failures = decoded(await amqp.collect(queues["failure"], 5))
+        await amqp.collect(queues["success"], 1)
+        (received,) = await smtpServer.waitForMessages(1)
+
+    descriptions = {}
+    for failure in failures:
+        (entry,) = failure["results"]
+        assert (entry["state"], entry["result"]) == ("process", "invalid")
+        descriptions[failure["id"]] = entry["description"]
+    assert "more than 10000 times (limit --template-loops)" in descriptions["loops"]
+    assert "(limit --template-regex-seconds)" in descriptions["regex"]
+    assert "more than 1048576 characters (limit --max-job-bytes)" in descriptions["output"]
+    assert "nested more than 100 deep (limit --template-depth)" in descriptions["depth"]
+    assert descriptions["injection"].startswith(
+        "property 'mime': the Subject field's RFC 2047 encoded words hold a line break"
+    )
+    assert list(received.rcptTos) == ["fine@example.com"]
+    assert received.data == b"From: a@example.org\r\nSubject: Hello\r\n\r\nWelcome\r\n"
 
 
 @pytest_twisted.ensureDeferred

@@ -8,11 +8,20 @@ header fields.
 from __future__ import annotations
 
 import hashlib
+import re
 from typing import Any
 
 import pytest
 
-from mqtwist.content.template import MODIFIERS, UnsafeValue, render
+from mqtwist.content.template import (
+    MODIFIERS,
+    Budget,
+    TemplateLimits,
+    TemplateTooCostly,
+    UnsafeValue,
+    hasTemplate,
+    render,
+)
 
 DATA: dict[str, Any] = {
     "ourname": "The MailerQ test team",
@@ -255,3 +264,134 @@ def test_headerValuesWithoutControlCharacters() -> None:
     assert render("Hello {$name}\t!", DATA, header=True) == "Hello John Doe\t!"
     # the same value is fine in a body
     assert render("{$x}", {"x": "a\r\nb"}) == "a\nb"
+
+
+# -- the work a template makes is bounded (TemplateLimits) -------------------------
+
+
+def test_loopsAreCountedAllTogether() -> None:
+    """
+    Nested {foreach} blocks multiply: their iterations are counted in all,
+    and one past the limit ends the rendering.
+    """
+    text = "{foreach $a as $x}{foreach $a as $y}{$y}{/foreach}{/foreach}"
+    limits = TemplateLimits(loops=4 + 16)
+    assert render(text, {"a": [1, 2, 3, 4]}, budget=Budget(limits)) == "1234" * 4
+    with pytest.raises(TemplateTooCostly) as caught:
+        render(text, {"a": [1, 2, 3, 4]}, budget=Budget(TemplateLimits(loops=19)))
+    assert caught.value.limit == "template-loops"
+    assert "more than 19 times" in str(caught.value)
+
+
+def test_theDefaultLoopLimitStopsThreeNestedLoops() -> None:
+    text = "{foreach $a as $x}{foreach $a as $y}{foreach $a as $z}{$x}{/foreach}{/foreach}{/foreach}"
+    with pytest.raises(TemplateTooCostly, match="template-loops"):
+        render(text, {"a": list(range(200))})
+
+
+def test_outputIsCounted() -> None:
+    """
+    What values and loop bodies write is counted against the output limit.
+    """
+    budget = Budget(TemplateLimits(output=10))
+    assert render("{$s}", {"s": "x" * 10}, budget=budget) == "x" * 10
+    with pytest.raises(TemplateTooCostly) as caught:
+        render("{$s}", {"s": "x"}, budget=budget)
+    assert caught.value.limit == "max-job-bytes"
+    with pytest.raises(TemplateTooCostly, match="max-job-bytes"):
+        render("{foreach $a as $x}abcd{/foreach}", {"a": [1, 2, 3]}, budget=Budget(TemplateLimits(output=10)))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{$s|indent:50000000}",
+        '{$s|spacify:"0123456789"}',
+        '{$s|replace:"x":"0123456789"}',
+        '{$s|replace:"x":"0123456789"|replace:"0":"0123456789"}',
+    ],
+)
+def test_modifiersThatMultiplyAreRefusedBeforeTheyWrite(text: str) -> None:
+    """
+    A count or a text that multiplies a value is checked before the value
+    is made: C{indent:50000000} made 52 MB before it was counted.
+    """
+    with pytest.raises(TemplateTooCostly, match="max-job-bytes"):
+        render(text, {"s": "x" * 1000}, budget=Budget(TemplateLimits(output=5000)))
+
+
+def test_modifiersWithinTheLimitStillWork() -> None:
+    limits = TemplateLimits(output=5000)
+    assert render("{$s|indent:3}", {"s": "a\nb"}, budget=Budget(limits)) == "   a\n   b"
+    assert render('{$s|replace:"x":"yy"}', {"s": "xax"}, budget=Budget(limits)) == "yyayy"
+    assert render("{$s|spacify}", {"s": "abc"}, budget=Budget(limits)) == "a b c"
+
+
+def test_regexReplaceHasATimeout() -> None:
+    """
+    A pattern that backtracks for ever is stopped by the regex module's
+    timeout (Python's re cannot stop it), and the time is counted for all
+    the patterns of the message.
+    """
+    with pytest.raises(TemplateTooCostly) as caught:
+        render('{$s|regex_replace:"(a|aa)+b"}', {"s": "a" * 60}, budget=Budget(TemplateLimits(regexSeconds=0.05)))
+    assert caught.value.limit == "template-regex-seconds"
+    budget = Budget(TemplateLimits(regexSeconds=0.05))
+    budget.regexSeconds = 0.0
+    with pytest.raises(TemplateTooCostly, match="template-regex-seconds"):
+        render('{$s|regex_replace:"(a|aa)+b"}', {"s": "a" * 60}, budget=budget)
+
+
+def test_regexReplaceStillReplaces() -> None:
+    assert render(r'{$s|regex_replace:"\d+":"#"}', {"s": "a1b22c"}) == "a#b#c"
+    # a pattern that does not compile leaves the value as it is
+    assert render('{$s|regex_replace:"("}', {"s": "a(b"}) == "a(b"
+
+
+def test_blocksNestedTooDeepAreRefused() -> None:
+    """
+    1,000 nested {if} exhausted the recursion (a "bug"); past the depth
+    limit the template is refused.
+    """
+    deep = "{if 1}" * 1000 + "x" + "{/if}" * 1000
+    with pytest.raises(TemplateTooCostly) as caught:
+        render(deep, {})
+    assert caught.value.limit == "template-depth"
+    limits = TemplateLimits(depth=3)
+    assert render("{if 1}" * 3 + "x" + "{/if}" * 3, {}, budget=Budget(limits)) == "x"
+    with pytest.raises(TemplateTooCostly, match="nested more than 3 deep"):
+        render("{if 1}" * 4 + "x" + "{/if}" * 4, {}, budget=Budget(limits))
+
+
+def test_unclosedBlocksAreNotNested() -> None:
+    # tags that are text (never closed) count for no depth
+    assert render("{if 1}" * 500 + "x", {}) == "{if 1}" * 500 + "x"
+
+
+def test_manyNegations() -> None:
+    assert render("{if " + "!" * 5000 + "$yes}a{else}b{/if}", {"yes": True}) == "a"
+    assert render("{if " + "not " * 5001 + "$yes}a{else}b{/if}", {"yes": True}) == "b"
+
+
+def test_truncateOnLongRunsOfSpaces() -> None:
+    """
+    Smarty's pattern took quadratic time on long runs of spaces; the
+    words are dropped the same way.
+    """
+    assert render("{$s|truncate:40000}", {"s": " " * 40001 + "x"}) == "..."
+    for value in ["ab cd efzz", "ab  cdefzz", "abcdefghzz", "a bcdefghzz", "  abcdefzz", "ab\tc\nd ezz", "abcde fzz"]:
+        smarty = re.sub(r"\s+?(\S+)?\Z", "", value[:6])[:5] + "..."
+        assert render("{$s|truncate:8}", {"s": value}) == smarty
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{if $vip}Gold{else}Welcome{/if}", "{foreach $a as $x}{/foreach}Welcome", "{if\t$vip}Gold{else}Welcome{/if}"],
+)
+def test_blocksWithoutVariablesAreTemplates(text: str) -> None:
+    assert hasTemplate(text)
+    assert render(text, {"vip": False, "a": []}) == "Welcome"
+
+
+def test_textWithoutTemplates() -> None:
+    assert not hasTemplate("p {color: red} {iffy} {foreachx}")

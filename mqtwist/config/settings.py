@@ -453,9 +453,28 @@ class Config:
     )
     contentThreadBytes: int = setting(
         16 * 1024,
-        help="bytes of mime above which a job's 'data' (personalization) and 'inlinecss' are "
-        "applied in a thread rather than on the reactor thread",
+        help="bytes of mime above which a job's 'inlinecss' is applied in a thread rather than on "
+        "the reactor thread (a job with 'data' is always personalized in a thread)",
         check=positive,
+    )
+    templateLoops: int = setting(
+        10_000,
+        help="{foreach} iterations the personalization of one message may run, all loops "
+        "together; past it the job is process/invalid (so is a personalized message bigger "
+        "than --max-job-bytes)",
+        check=positive,
+    )
+    templateDepth: int = setting(
+        100,
+        help="{if} and {foreach} blocks a personalization template may nest within one "
+        "another; a deeper one makes the job process/invalid",
+        check=positive,
+    )
+    templateRegexSeconds: float = setting(
+        1.0,
+        help="seconds all the regex_replace modifiers of one message may take together; past "
+        "it the job is process/invalid",
+        check=_positiveSeconds,
     )
 
     retries: list[int] = setting(

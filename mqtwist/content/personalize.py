@@ -15,8 +15,9 @@ in its charset while that can write every character, else in UTF-8 (the
 Content-Type then says so).  A header field that becomes non-ASCII is
 encoded as RFC 2047 says (display names only, in From and To).
 
-This costs milliseconds on big messages: the caller runs it in a thread
-above a size (L{mqtwist.outbox.processor}).
+Its cost does not follow the message's size (a loop, a regular expression):
+it is bounded (L{TemplateLimits}), and the callers run it in a thread
+(L{mqtwist.outbox.processor}, L{mqtwist.delivery.transaction}).
 """
 
 from __future__ import annotations
@@ -32,13 +33,26 @@ import email.utils
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mqtwist.content.inlinecss import inlineCSS
-from mqtwist.content.template import UnsafeValue, hasTemplate, render
+from mqtwist.content.template import (
+    DEFAULT_LIMITS,
+    Budget,
+    TemplateLimits,
+    TemplateTooCostly,
+    UnsafeValue,
+    hasTemplate,
+    render,
+)
 from mqtwist.errors import InvalidMessage
+from mqtwist.validation import excerpt
 
-__all__ = ["MAX_DEPTH", "PERSONALIZED_FIELDS", "personalize"]
+if TYPE_CHECKING:
+    from mqtwist.config import Config
+    from mqtwist.content.message import Message
+
+__all__ = ["MAX_DEPTH", "PERSONALIZED_FIELDS", "personalize", "rewritesContent", "rewrittenContent", "templateLimits"]
 
 #: the header fields that are templates (MailerQ: the subject, the "from"
 #: and the "to" address)
@@ -52,6 +66,10 @@ MAX_DEPTH = 50
 _MAX_LINE = 998
 
 _FIELD_NAME = re.compile(rb"([!-9;-~]+)[ \t]*:")
+#: a line break that does not begin a continuation line, in a folded field
+_BARE_LINE_BREAK = re.compile(rb"\r(?!\n[ \t])(?!\n\Z)|\n(?![ \t]|\Z)")
+#: what the decoded text of RFC 2047 words must not hold (tabs are spaces)
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _LINE = re.compile(rb"[^\n]*\n|[^\n]+")
 _TRANSFORMED_TYPES = ("text/plain", "text/html")
 
@@ -64,6 +82,47 @@ class _Job:
 
     variables: Mapping[str, Any] | None
     inlinecss: bool
+    budget: Budget
+
+
+def templateLimits(config: Config) -> TemplateLimits:
+    """
+    The bounds of the work personalization may make, from the settings.
+    """
+    return TemplateLimits(
+        output=config.maxJobBytes,
+        loops=config.templateLoops,
+        depth=config.templateDepth,
+        regexSeconds=config.templateRegexSeconds,
+    )
+
+
+def rewritesContent(message: Message) -> bool:
+    """
+    Whether C{message}'s content is rewritten before it is sent: it has
+    C{data} or C{inlinecss}.
+    """
+    return message.data is not None or message.inlinecss
+
+
+def rewrittenContent(mime: bytes, message: Message, limits: TemplateLimits) -> bytes:
+    """
+    C{mime} (the job's own, or the one loaded for its C{key}) with
+    C{message}'s C{data} and C{inlinecss} applied; as it is when it has
+    neither.  Thread-safe: it changes nothing of C{message}.
+
+    @raise InvalidMessage: see L{personalize}.
+    """
+    if not rewritesContent(message):
+        return mime
+    return personalize(
+        mime,
+        message.data,
+        inlinecss=message.inlinecss,
+        recipient=message.recipient,
+        envelope=message.envelope,
+        limits=limits,
+    )
 
 
 def personalize(
@@ -73,6 +132,7 @@ def personalize(
     inlinecss: bool = False,
     recipient: str = "",
     envelope: str = "",
+    limits: TemplateLimits = DEFAULT_LIMITS,
 ) -> bytes:
     """
     C{mime} with C{data} substituted and, with C{inlinecss}, its CSS inlined.
@@ -80,13 +140,25 @@ def personalize(
     @param data: the job's C{data} object, or C{None} to leave variables
         as written (C{inlinecss} alone).  C{recipient} and C{envelope} are
         variables too, unless C{data} has its own.
+    @param limits: the work the templates may make.
     @return: the new message.
     @raise InvalidMessage: a variable would put a line break or a control
-        character in a header field.
+        character in a header field, an RFC 2047 word of a personalized
+        field holds one, or the templates would pass one of C{limits}.
     """
     variables = None if data is None else {"recipient": recipient, "envelope": envelope, **data}
     try:
-        return _entity(mime, _Job(variables, inlinecss), top=True)
+        personalized = _entity(mime, _Job(variables, inlinecss, Budget(limits)), top=True)
+        if len(personalized) > limits.output:
+            raise TemplateTooCostly(
+                "max-job-bytes", f"the personalized message would have more than {limits.output} bytes"
+            )
+        return personalized
+    except TemplateTooCostly as failure:
+        raise InvalidMessage(
+            f"property 'data': {failure}; simplify the templates of the message (fewer or smaller "
+            "loops, values and patterns), or raise that limit"
+        ) from None
     except UnsafeValue as failure:
         raise InvalidMessage(
             f"property 'data': {failure}; remove line breaks and control characters "
@@ -119,7 +191,7 @@ def _entity(data: bytes, job: _Job, *, top: bool, inDigest: bool = False, depth:
     kind = info.get_content_type()
     if top and job.variables is not None:
         eol = b"\n" if fields and not fields[0].endswith(b"\r\n") else b"\r\n"
-        fields = [_personalizedField(field, job.variables, eol) for field in fields]
+        fields = [_personalizedField(field, job.variables, eol, job.budget) for field in fields]
     if kind.startswith("multipart/"):
         boundary = info.get_param("boundary")
         if isinstance(boundary, str) and boundary and depth < MAX_DEPTH:
@@ -171,9 +243,18 @@ def _isAttachment(fields: list[bytes]) -> bool:
     return disposition is not None and disposition.split(";")[0].strip().lower() == "attachment"
 
 
-def _personalizedField(field: bytes, variables: Mapping[str, Any], eol: bytes) -> bytes:
+def _personalizedField(field: bytes, variables: Mapping[str, Any], eol: bytes, budget: Budget) -> bytes:
+    """
+    A header field with the variables and blocks of its value rendered:
+    as it is unless it is one of L{PERSONALIZED_FIELDS}.
+
+    @raise InvalidMessage: its RFC 2047 words hold a control character (a
+        line break there would become one in the header once decoded).
+    """
     name = _fieldName(field)
-    if name.decode("ascii") not in PERSONALIZED_FIELDS or (b"{$" not in field and b"=?" not in field):
+    if name.decode("ascii") not in PERSONALIZED_FIELDS or not (
+        hasTemplate(field.decode("ascii", "replace")) or b"=?" in field
+    ):
         return field
     head, raw = field.split(b":", 1)
     ending = b"\r\n" if raw.endswith(b"\r\n") else b"\n" if raw.endswith(b"\n") else b""
@@ -184,10 +265,16 @@ def _personalizedField(field: bytes, variables: Mapping[str, Any], eol: bytes) -
         # which is then encoded anew
         if not hasTemplate(words):
             return field
+        if _CONTROL.search(words):
+            raise InvalidMessage(
+                f"property 'mime': the {head.decode('ascii').strip()} field's RFC 2047 encoded words hold a "
+                f"line break or a control character once decoded ({excerpt(words)}); encode only "
+                "printable text in them"
+            )
         value = words
     elif not hasTemplate(value):
         return field
-    rendered = render(value, variables, header=True)
+    rendered = render(value, variables, header=True, budget=budget)
     encoded = rendered.encode("utf-8", "surrogateescape")
     if words is None and encoded.isascii() and all(len(line) <= _MAX_LINE for line in encoded.split(b"\n")):
         return head + b":" + encoded + ending
@@ -199,7 +286,14 @@ def _personalizedField(field: bytes, variables: Mapping[str, Any], eol: bytes) -
         # UTF-8, which needs SMTPUTF8 (the transaction checks the server's)
         policy = email.policy.SMTPUTF8.clone(linesep=eol.decode("ascii"))
     folded: str = policy.header_factory(head.decode("ascii").strip(), unfolded).fold(policy=policy)
-    return folded.encode("utf-8", "surrogateescape")
+    result = folded.encode("utf-8", "surrogateescape")
+    if _BARE_LINE_BREAK.search(result):
+        # never a line that begins a field of its own
+        raise InvalidMessage(
+            f"property 'data': the personalized {head.decode('ascii').strip()} field would hold a line "
+            f"break ({excerpt(rendered)}); remove line breaks and control characters from its values"
+        )
+    return result
 
 
 def _encodedWords(value: str) -> str | None:
@@ -270,7 +364,7 @@ def _textPart(
     changed = text
     newline = "\r\n" if "\r\n" in text else "\n"
     if job.variables is not None and hasTemplate(text):
-        changed = render(text, job.variables, html=html, newline=newline)
+        changed = render(text, job.variables, html=html, newline=newline, budget=job.budget)
     if html and job.inlinecss and "<style" in changed.lower():
         # without rules to inline, the part is not written anew; the HTML
         # parser's line breaks are LFs, the part's again after it

@@ -29,6 +29,13 @@ What is supported, and what happens to the rest (the README says the same):
   - in an HTML part every value is HTML-escaped when it is written,
     unless a modifier already made it HTML (C{escape}, C{escape:"html"},
     C{nl2br}, which escapes its input first there).
+
+The work a template makes is bounded (L{TemplateLimits}), since its cost
+does not follow its size (three nested loops over 200 items write 8
+million times): the characters written, the C{{foreach}} iterations, the
+depth of nested blocks and the time of C{regex_replace}, whose patterns
+run with a timeout (the C{regex} module's: Python's C{re} cannot stop a
+pattern that backtracks for ever).  Past one, L{TemplateTooCostly}.
 """
 
 from __future__ import annotations
@@ -39,13 +46,25 @@ import hashlib
 import html
 import json
 import re
+import time
 import urllib.parse
 from collections import ChainMap
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-__all__ = ["MODIFIERS", "UnsafeValue", "hasTemplate", "render"]
+import regex
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "MODIFIERS",
+    "Budget",
+    "TemplateLimits",
+    "TemplateTooCostly",
+    "UnsafeValue",
+    "hasTemplate",
+    "render",
+]
 
 
 class UnsafeValue(ValueError):
@@ -59,6 +78,78 @@ class UnsafeValue(ValueError):
     def __init__(self, variable: str, why: str) -> None:
         super().__init__(f"variable {variable!r} {why}")
         self.variable = variable
+
+
+class TemplateTooCostly(Exception):
+    """
+    A template would do more work than L{TemplateLimits} lets it (not a
+    C{ValueError}: a modifier that raises one merely has no effect).
+
+    @ivar limit: the setting that bounds it (C{max-job-bytes}, ...).
+    """
+
+    def __init__(self, limit: str, why: str) -> None:
+        super().__init__(f"{why} (limit --{limit})")
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class TemplateLimits:
+    """
+    The work the templates of one message may make.
+
+    @ivar output: characters all the rendered text may have (the job's
+        size limit: a message bigger than a job may be is not sent).
+    @ivar loops: C{{foreach}} iterations in all.
+    @ivar depth: C{{if}} and C{{foreach}} blocks within one another.
+    @ivar regexSeconds: seconds all C{regex_replace} modifiers may take.
+    """
+
+    output: int = 64 * 1024 * 1024
+    loops: int = 10_000
+    depth: int = 100
+    regexSeconds: float = 1.0
+
+
+#: the limits of the settings' defaults
+DEFAULT_LIMITS = TemplateLimits()
+
+
+class Budget:
+    """
+    What is left of L{TemplateLimits} while one message is rendered (its
+    fields and parts share it).
+    """
+
+    def __init__(self, limits: TemplateLimits) -> None:
+        self.limits = limits
+        self.output = limits.output
+        self.loops = limits.loops
+        self.regexSeconds = limits.regexSeconds
+
+    def write(self, characters: int) -> None:
+        """
+        Count C{characters} more of output.
+
+        @raise TemplateTooCostly: past the limit.
+        """
+        self.output -= characters
+        if self.output < 0:
+            raise TemplateTooCostly(
+                "max-job-bytes", f"the personalized message would have more than {self.limits.output} characters"
+            )
+
+    def loop(self) -> None:
+        """
+        Count one more C{{foreach}} iteration.
+
+        @raise TemplateTooCostly: past the limit.
+        """
+        self.loops -= 1
+        if self.loops < 0:
+            raise TemplateTooCostly(
+                "template-loops", f"the {{foreach}} blocks would run more than {self.limits.loops} times"
+            )
 
 
 class _Missing:
@@ -96,11 +187,16 @@ _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 
 
+#: what a variable or a block tag begins with
+_TEMPLATE = re.compile(r"\{(?:\$|if\s|foreach\s)")
+
+
 def hasTemplate(text: str) -> bool:
     """
-    Whether C{text} may hold a variable (a cheap test before L{render}).
+    Whether C{text} may hold a variable or a block (a cheap test before
+    L{render}).
     """
-    return "{$" in text
+    return _TEMPLATE.search(text) is not None
 
 
 def render(
@@ -110,6 +206,7 @@ def render(
     html: bool = False,
     header: bool = False,
     newline: str = "\n",
+    budget: Budget | None = None,
 ) -> str:
     """
     C{text} with every variable replaced by its value.
@@ -120,14 +217,18 @@ def render(
     @param header: whether C{text} is a header field value: a value with
         a line break or another control character is refused.
     @param newline: what line breaks in values become (the text's own).
+    @param budget: what is left of the work the message's templates may
+        make (by default, L{DEFAULT_LIMITS} for this text alone).
     @raise UnsafeValue: for such a value in a header field.
+    @raise TemplateTooCostly: past one of the limits of C{budget}.
     """
-
+    spent = Budget(DEFAULT_LIMITS) if budget is None else budget
 
     def substitute(text: str, scope: Mapping[str, Any]) -> str:
         def replace(match: re.Match[str]) -> str:
             path, modifiers = match.group("path", "modifiers")
-            written = _written(_evaluate(path, modifiers, scope, html))
+            written = _written(_evaluate(path, modifiers, scope, html, spent))
+            spent.write(len(written))
             if header and _CONTROL.search(written):
                 raise UnsafeValue(path, "would put a line break or a control character in a header field")
             if html and not isinstance(written, _HTML):
@@ -139,23 +240,54 @@ def render(
         return _VARIABLE.sub(replace, text)
 
     if "{if" in text or "{foreach" in text:
-        return _renderBlocks(_parseBlocks(text), variables, substitute)
+        return _renderBlocks(_parseBlocks(text, spent), variables, substitute, spent)
     return substitute(text, variables)
 
 
-def _evaluate(path: str, modifiers: str, variables: Mapping[str, Any], html: bool) -> Any:
+def _evaluate(path: str, modifiers: str, variables: Mapping[str, Any], html: bool, budget: Budget) -> Any:
     """
     The value of a variable after its modifiers.
+
+    @raise TemplateTooCostly: a modifier would write more than C{budget}
+        has left, or C{regex_replace} takes longer.
     """
     value = _lookup(variables, path)
-    for function, arguments in _chain(modifiers) if modifiers else ():
+    for function, arguments, growth in _chain(modifiers) if modifiers else ():
         values = [variable(variables) if callable(variable) else variable for variable in arguments]
         try:
-            value = function(value, values, html)
-        except (TypeError, ValueError, OverflowError, re.error):
+            if growth is not None and not _isList(value):
+                # a count or a text that multiplies the value: refused before it is made
+                length = growth(_written(value), *values)
+                if length > budget.output:
+                    budget.write(length)
+            if function is _regexReplace:
+                value = _timedRegexReplace(value, values, budget)
+            else:
+                value = function(value, values, html)
+        except (TypeError, ValueError, OverflowError, re.error, regex.error):
             # an argument of the wrong kind: the modifier has no effect
             continue
+        if isinstance(value, str) and len(value) > budget.output:
+            budget.write(len(value))
     return value
+
+
+def _timedRegexReplace(value: Any, arguments: list[Any], budget: Budget) -> Any:
+    """
+    C{regex_replace} within the time C{budget} has left.
+    """
+    tooLong = TemplateTooCostly(
+        "template-regex-seconds", f"regex_replace patterns would take more than {budget.limits.regexSeconds} seconds"
+    )
+    if budget.regexSeconds <= 0:
+        raise tooLong
+    started = time.monotonic()
+    try:
+        return _regexReplace(value, arguments, False, timeout=budget.regexSeconds)
+    except TimeoutError:
+        raise tooLong from None
+    finally:
+        budget.regexSeconds -= time.monotonic() - started
 
 
 # -- {if} and {foreach} blocks ----------------------------------------------------
@@ -207,14 +339,14 @@ class _Foreach:
     otherwise: list[Any] | None = None
 
 
-def _opening(match: re.Match[str]) -> _If | _Foreach | None:
+def _opening(match: re.Match[str], budget: Budget) -> _If | _Foreach | None:
     """
     The block an opening tag starts, or C{None} when it is not one mqtwist
     reads (then it is text).
     """
     rest = (match.group("rest") or "").strip()
     if match.group("name") == "if":
-        condition = _condition(rest)
+        condition = _condition(rest, budget)
         return None if condition is None else _If([(condition, [])])
     found = _FOREACH.match(rest)
     if found is None:
@@ -223,10 +355,13 @@ def _opening(match: re.Match[str]) -> _If | _Foreach | None:
     return _Foreach((found.group("path"), found.group("modifiers")), key, item)
 
 
-def _parseBlocks(text: str) -> list[Any]:
+def _parseBlocks(text: str, budget: Budget) -> list[Any]:
     """
     C{text} as a list of strings and blocks.  Only blocks whose opening tag
     can be read and that are closed are blocks; any other tag is text.
+
+    @raise TemplateTooCostly: for blocks nested deeper than the limit of
+        C{budget} (rendering them would exhaust the recursion).
     """
     tags = list(_BLOCK_TAG.finditer(text))
     # first, which opening and closing tags pair up
@@ -235,7 +370,7 @@ def _parseBlocks(text: str) -> list[Any]:
     open_: list[int] = []
     for index, tag in enumerate(tags):
         name = tag.group("name")
-        if name in ("if", "foreach") and (block := _opening(tag)) is not None:
+        if name in ("if", "foreach") and (block := _opening(tag, budget)) is not None:
             blocks[index] = block
             open_.append(index)
         elif name in ("/if", "/foreach") and not tag.group("rest"):
@@ -262,11 +397,15 @@ def _parseBlocks(text: str) -> list[Any]:
             block = blocks[index]
             current.append(block)
             stack.append((block, current))
+            if len(stack) > budget.limits.depth:
+                raise TemplateTooCostly(
+                    "template-depth", f"{{if}} and {{foreach}} blocks are nested more than {budget.limits.depth} deep"
+                )
             current = block.branches[0][1] if isinstance(block, _If) else block.body
         elif index in closing:
             current = stack.pop()[1]
         elif name == "elseif" and isinstance(top, _If) and top.otherwise is None:
-            condition = _condition((tag.group("rest") or "").strip())
+            condition = _condition((tag.group("rest") or "").strip(), budget)
             if condition is None:
                 current.append(tag.group())
                 continue
@@ -283,26 +422,33 @@ def _parseBlocks(text: str) -> list[Any]:
 
 
 def _renderBlocks(
-    nodes: list[Any], scope: Mapping[str, Any], substitute: Callable[[str, Mapping[str, Any]], str]
+    nodes: list[Any],
+    scope: Mapping[str, Any],
+    substitute: Callable[[str, Mapping[str, Any]], str],
+    budget: Budget,
 ) -> str:
     out: list[str] = []
     for node in nodes:
         if isinstance(node, str):
+            # the text itself (a loop repeats it); its variables' values
+            # are counted by the substitution
+            budget.write(len(node))
             out.append(substitute(node, scope) if "{$" in node else node)
         elif isinstance(node, _If):
             chosen = next((body for condition, body in node.branches if _truthy(condition(scope))), node.otherwise)
             if chosen:
-                out.append(_renderBlocks(chosen, scope, substitute))
+                out.append(_renderBlocks(chosen, scope, substitute, budget))
         else:
-            items = _evaluate(node.source[0], node.source[1], scope, False)
+            items = _evaluate(node.source[0], node.source[1], scope, False, budget)
             pairs = list(enumerate(items)) if isinstance(items, list) else list(items.items()) if isinstance(
                 items, dict
             ) else []
             if not pairs and node.otherwise:
-                out.append(_renderBlocks(node.otherwise, scope, substitute))
+                out.append(_renderBlocks(node.otherwise, scope, substitute, budget))
             for key, item in pairs:
+                budget.loop()
                 names = {node.item: item} if node.key is None else {node.key: key, node.item: item}
-                out.append(_renderBlocks(node.body, ChainMap(names, cast(Any, scope)), substitute))
+                out.append(_renderBlocks(node.body, ChainMap(names, cast(Any, scope)), substitute, budget))
     return "".join(out)
 
 
@@ -315,7 +461,7 @@ def _truthy(value: Any) -> bool:
     return bool(value)
 
 
-def _condition(text: str) -> Condition | None:
+def _condition(text: str, budget: Budget) -> Condition | None:
     """
     The test of an C{{if}} or C{{elseif}}: operands (variables with
     modifiers, quoted strings, numbers, C{true}, C{false}, C{null}) compared
@@ -332,7 +478,7 @@ def _condition(text: str) -> Condition | None:
             return None
         position = match.end()
         if match.group("variable"):
-            tokens.append(("operand", _variableOperand(match.group("path"), match.group("modifiers"))))
+            tokens.append(("operand", _variableOperand(match.group("path"), match.group("modifiers"), budget)))
         elif match.group("string"):
             tokens.append(("operand", _constant(_argument(match.group("string")))))
         elif match.group("number"):
@@ -356,8 +502,8 @@ def _constant(value: Any) -> Condition:
     return lambda scope: value
 
 
-def _variableOperand(path: str, modifiers: str) -> Condition:
-    return lambda scope: _evaluate(path, modifiers, scope, False)
+def _variableOperand(path: str, modifiers: str, budget: Budget) -> Condition:
+    return lambda scope: _evaluate(path, modifiers, scope, False, budget)
 
 
 def _orExpression(tokens: list[tuple[str, Any]], at: int) -> tuple[Condition, int] | None:
@@ -388,12 +534,16 @@ def _joined(
 
 
 def _notExpression(tokens: list[tuple[str, Any]], at: int) -> tuple[Condition, int] | None:
-    if at < len(tokens) and tokens[at] == ("operator", "not"):
-        inner = _notExpression(tokens, at + 1)
+    # counted rather than recursed: a long run of them exhausts no stack
+    negations = 0
+    while at < len(tokens) and tokens[at] == ("operator", "not"):
+        negations, at = negations + 1, at + 1
+    if negations:
+        inner = _notExpression(tokens, at)
         if inner is None:
             return None
-        negated = inner[0]
-        return (lambda scope: not _truthy(negated(scope))), inner[1]
+        negated, odd = inner[0], negations % 2 == 1
+        return (lambda scope: _truthy(negated(scope)) != odd), inner[1]
     if at >= len(tokens) or tokens[at][0] != "operand":
         return None
     left = tokens[at][1]
@@ -440,11 +590,12 @@ def _lookup(variables: Mapping[str, Any], path: str) -> Any:
 
 
 @functools.lru_cache(maxsize=1024)
-def _chain(modifiers: str) -> tuple[tuple[Modifier, tuple[Any, ...]], ...]:
+def _chain(modifiers: str) -> tuple[tuple[Modifier, tuple[Any, ...], Callable[..., int] | None], ...]:
     """
     The functions and arguments of a variable's modifiers (C{|a|b:1}),
-    parsed once for the many messages of a campaign.  An argument that
-    names a variable is a function of the variables.
+    parsed once for the many messages of a campaign, each with the length
+    of its result when an argument multiplies it (L{_GROWTH}).  An
+    argument that names a variable is a function of the variables.
     """
     chain = []
     for modifier in _ONE_MODIFIER.finditer(modifiers):
@@ -453,7 +604,7 @@ def _chain(modifiers: str) -> tuple[tuple[Modifier, tuple[Any, ...]], ...]:
             # MailerQ: "if you call a modifier that does not exist, no effect takes place"
             continue
         arguments = tuple(_argument(text) for text in _ONE_ARGUMENT.findall(modifier.group("arguments")))
-        chain.append((function, arguments))
+        chain.append((function, arguments, _GROWTH.get(modifier.group("name"))))
     return tuple(chain)
 
 
@@ -619,9 +770,15 @@ def _range(value: Any, arguments: list[Any], inHTML: bool) -> Any:
     return value[start:end]
 
 
-def _regexReplace(text: str, pattern: Any, replacement: Any = "") -> str:
-    # Python's regular expression syntax (MailerQ does not say whose)
-    return re.sub(_written(pattern), _written(replacement), text)
+def _regexReplace(value: Any, arguments: list[Any], inHTML: bool, *, timeout: float | None = None) -> Any:
+    # Python's regular expression syntax (MailerQ does not say whose), run
+    # by the regex module, which can give up after a timeout
+    if _isList(value):
+        return value
+    if not arguments:
+        raise TypeError("regex_replace needs a pattern")
+    replacement = _written(arguments[1]) if len(arguments) > 1 else ""
+    return regex.sub(_written(arguments[0]), replacement, _written(value), timeout=timeout)
 
 
 def _replace(text: str, old: Any, new: Any = "") -> str:
@@ -656,13 +813,50 @@ def _truncate(text: str, length: Any = 80, etc: Any = "...", breakWords: Any = F
         return text
     keep = limit - min(limit, len(tail))
     if not _bool(breakWords):
-        text = re.sub(r"\s+?(\S+)?\Z", "", text[: keep + 1])
+        text = _withoutLastWord(text[: keep + 1])
     return text[:keep] + tail
+
+
+def _withoutLastWord(text: str) -> str:
+    """
+    C{text} without its last word, whole or cut, and the spaces before it
+    (Smarty's C{\\s+?(\\S+)?$}, without that pattern's quadratic time on
+    long runs of spaces); as it is when no space is left before that word.
+    """
+    end = len(text)
+    while end and not text[end - 1].isspace():
+        end -= 1
+    start = end
+    while start and text[start - 1].isspace():
+        start -= 1
+    return text if start == end else text[:start]
 
 
 def _ucfirst(text: str) -> str:
     return text[:1].upper() + text[1:]
 
+
+def _indentLength(text: str, count: Any = 1, character: Any = " ") -> int:
+    return len(text) + len(text.splitlines()) * len(_written(character)) * max(0, int(count))
+
+
+def _replaceLength(text: str, old: Any, new: Any = "") -> int:
+    old = _written(old)
+    return len(text) + (text.count(old) * max(0, len(_written(new)) - len(old)) if old else 0)
+
+
+def _spacifyLength(text: str, separator: Any = " ") -> int:
+    return len(text) + max(0, len(text) - 1) * len(_written(separator))
+
+
+#: the length of the result of the modifiers whose arguments multiply their
+#: value, known before it is made (other modifiers add to it, or multiply
+#: it by a small constant at most; regex_replace is bounded by its time)
+_GROWTH: dict[str, Callable[..., int]] = {
+    "indent": _indentLength,
+    "replace": _replaceLength,
+    "spacify": _spacifyLength,
+}
 
 #: MailerQ's modifiers by name: each takes the value, the arguments and
 #: whether the text is HTML, and returns the new value
@@ -681,7 +875,7 @@ MODIFIERS: dict[str, Modifier] = {
     "md5": _digest("md5"),
     "nl2br": _nl2br,
     "range": _range,
-    "regex_replace": _onText(_regexReplace),
+    "regex_replace": _regexReplace,
     "replace": _onText(_replace),
     "sha1": _digest("sha1"),
     "sha256": _digest("sha256"),

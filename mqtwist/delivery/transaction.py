@@ -24,7 +24,8 @@ from twisted.python.failure import Failure
 from mqtwist.content.dkimsign import signInThread
 from mqtwist.content.headeredits import applyHeaderEdits
 from mqtwist.content.message import Message
-from mqtwist.content.personalize import personalize
+from mqtwist.content.personalize import rewritesContent, rewrittenContent, templateLimits
+from mqtwist.content.template import TemplateLimits
 from mqtwist.dataplugin.chain import ConnectionInfo, PluginChain, PluginMessage
 from mqtwist.errors import AttemptFailed
 from mqtwist.messagestore.loader import StoredMessages, noStore
@@ -342,11 +343,13 @@ def _loadStored(store: StoredMessages, message: Message, chain: PluginChain) -> 
     C{key}.
     """
     loaded = store.load(message)
-    if not (message.headerEdits or message.data is not None or message.inlinecss):
+    if not (message.headerEdits or rewritesContent(message)):
         return loaded.addCallback(_keep, message)
     reactor = cast(Any, chain.reactor)
     return loaded.addCallback(
-        lambda mime: deferToThreadPool(reactor, reactor.getThreadPool(), _prepareStored, mime, message)
+        lambda mime: deferToThreadPool(
+            reactor, reactor.getThreadPool(), _prepareStored, mime, message, templateLimits(chain._config)
+        )
     ).addCallback(_keepPrepared, message)
 
 
@@ -360,23 +363,17 @@ def _keepPrepared(prepared: tuple[bytes, bytes], message: Message) -> bytes:
     return prepared[1]
 
 
-def _prepareStored(mime: bytes, message: Message) -> tuple[bytes, bytes]:
+def _prepareStored(mime: bytes, message: Message, limits: TemplateLimits) -> tuple[bytes, bytes]:
     """
     Apply C{message}'s C{data}, C{inlinecss} and C{headers} to the message
     loaded for it.  Thread-safe: it changes nothing of C{message}.
 
+    @param limits: the work its templates may make.
     @return: the message personalized, and then edited (what is sent).
     @raise InvalidMessage: for a C{data} value that would break a header
-        field (L{personalize}).
+        field, or templates past C{limits} (L{rewrittenContent}).
     """
-    if message.data is not None or message.inlinecss:
-        mime = personalize(
-            mime,
-            message.data,
-            inlinecss=message.inlinecss,
-            recipient=message.recipient,
-            envelope=message.envelope,
-        )
+    mime = rewrittenContent(mime, message, limits)
     return mime, applyHeaderEdits(mime, message.headerEdits) if message.headerEdits else mime
 
 

@@ -59,7 +59,7 @@ from mqtwist.content.message import (
     rawResultJSON,
     readJob,
 )
-from mqtwist.content.personalize import personalize
+from mqtwist.content.personalize import rewritesContent, rewrittenContent, templateLimits
 from mqtwist.delivery.categories import lastCategory
 from mqtwist.delivery.engine import ScheduledEntry
 from mqtwist.errors import AttemptFailed, InvalidMessage
@@ -104,28 +104,12 @@ _REPORT_ON_THE_REACTOR = 128 * 1024
 
 def _rewritesContent(message: Message) -> bool:
     """
-    Whether C{message} is to be personalized or have its CSS inlined (a
+    Whether C{message} is to be personalized or have its CSS inlined now (a
     stored message, C{key}, is once it is loaded:
-    L{mqtwist.delivery.transaction.sendMessage}).
+    L{mqtwist.delivery.transaction.sendMessage}).  The outbox object keeps
+    C{mime} as it is, so that each attempt starts from the template.
     """
-    return message.storeKey is None and (message.data is not None or message.inlinecss)
-
-
-def _rewrittenContent(message: Message) -> bytes:
-    """
-    The message to send for C{message}: its C{data} and C{inlinecss}
-    applied to C{mime}, which the outbox object keeps as it is, so that
-    each attempt starts from the template.
-
-    @raise InvalidMessage: see L{personalize}.
-    """
-    return personalize(
-        message.mime,
-        message.data,
-        inlinecss=message.inlinecss,
-        recipient=message.recipient,
-        envelope=message.envelope,
-    )
+    return message.storeKey is None and rewritesContent(message)
 
 
 #: outbox messages whose results were not confirmed that are remembered (by
@@ -163,6 +147,7 @@ class OutboxProcessor:
         controls: Controls | None = None,
     ) -> None:
         self.config = config
+        self.templateLimits = templateLimits(config)
         self.metrics = metrics if metrics is not None else Metrics()
         self.controls = controls if controls is not None else Controls(reactor)
         #: when each delivery in flight was taken, for the latency of its result
@@ -427,10 +412,11 @@ class OutboxProcessor:
                 return ensureDeferred(self._handleInThreads(delivery, obj, None, now))
             message = Message.fromObject(obj, self.parseSettings, now=now)
             rewrite = _rewritesContent(message)
-            if rewrite and len(message.mime) > self.config.contentThreadBytes:
+            # a template's cost does not follow its size: data always in a thread
+            if rewrite and (message.data is not None or len(message.mime) > self.config.contentThreadBytes):
                 return ensureDeferred(self._handleInThreads(delivery, obj, message, now, rewrite=True))
             if rewrite:
-                message.mime = _rewrittenContent(message)
+                message.mime = rewrittenContent(message.mime, message, self.templateLimits)
         except InvalidMessage as failure:
             return self._publishInvalid(delivery, failure, now)
         # a stored message (key) gets its edits once loaded, in a thread
@@ -456,7 +442,9 @@ class OutboxProcessor:
                 message = Message.fromObject(obj, self.parseSettings, now=now)
                 rewrite = _rewritesContent(message)
             if rewrite:
-                message.mime = await deferToThreadPool(self.reactor, threads, _rewrittenContent, message)
+                message.mime = await deferToThreadPool(
+                    self.reactor, threads, rewrittenContent, message.mime, message, self.templateLimits
+                )
             if message.headerEdits:
                 message.editedMime = await deferToThreadPool(
                     self.reactor, threads, applyHeaderEdits, message.mime, message.headerEdits
