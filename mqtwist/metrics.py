@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -167,8 +167,18 @@ class Metrics:
             registry=registry,
         )
         registry.register(_PresentFigures(self))
+        #: the labelled children already made, by instrument and label values:
+        #: prometheus_client's labels() checks and locks on each call
+        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
 
     # -- the outbox ---------------------------------------------------------
+
+    def _child(self, instrument: Counter | Histogram, *labels: str) -> Any:
+        key = (instrument, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = instrument.labels(*labels)
+        return child
 
     def consumed(self) -> None:
         """An outbox message was taken for handling."""
@@ -179,45 +189,45 @@ class Metrics:
         Handling an outbox message came to C{outcome} (C{delivered},
         C{failed}, ...), with its last entry's C{state} and C{result}.
         """
-        self._outcomes.labels(outcome, state, result).inc()
+        self._child(self._outcomes, outcome, state, result).inc()
 
     def finalAfter(self, outcome: str, seconds: float) -> None:
         """
         A message got its final result (C{delivered}, C{failed},
         C{expired}, C{cancelled}) C{seconds} after it was first tried.
         """
-        self._latency.labels(outcome).observe(max(seconds, 0.0))
+        self._child(self._latency, outcome).observe(max(seconds, 0.0))
 
     # -- deliveries ---------------------------------------------------------
 
     def attempted(self, destination: str) -> None:
         """One attempt to C{destination} was made."""
-        self._attempts.labels(self._destination(destination)).inc()
+        self._child(self._attempts, self._destination(destination)).inc()
 
     def throttled(self, destination: str) -> None:
         """A message waits for a throttle of C{destination}."""
-        self._throttled.labels(self._destination(destination)).inc()
+        self._child(self._throttled, self._destination(destination)).inc()
 
     def attemptFailed(self, category: str) -> None:
         """An attempt failed, in C{category} (a bounded set: the category rules')."""
-        self._failedAttempts.labels(category).inc()
+        self._child(self._failedAttempts, category).inc()
 
     def parked(self, destination: str) -> None:
         """A message for C{destination} was deferred without an attempt."""
-        self._parked.labels(self._destination(destination)).inc()
+        self._child(self._parked, self._destination(destination)).inc()
 
     def held(self, destination: str) -> None:
         """A message for C{destination} was held back by an operator's pause."""
-        self._held.labels(self._destination(destination)).inc()
+        self._child(self._held, self._destination(destination)).inc()
 
     def paused(self, destination: str, action: str) -> None:
         """C{destination} was paused (C{action}: pause, down, reduce, admin)."""
-        self._pauses.labels(self._destination(destination), action).inc()
+        self._child(self._pauses, self._destination(destination), action).inc()
 
     def pluginRan(self, plugin: str, outcome: str, seconds: float) -> None:
         """The data plugin C{plugin} ended with C{outcome} after C{seconds}."""
-        self._pluginCalls.labels(plugin, outcome).inc()
-        self._pluginSeconds.labels(plugin).observe(seconds)
+        self._child(self._pluginCalls, plugin, outcome).inc()
+        self._child(self._pluginSeconds, plugin).observe(seconds)
 
     # -- the broker ---------------------------------------------------------
 
@@ -227,7 +237,7 @@ class Metrics:
         C{nack}, C{return} or C{reconnect}.
         """
         if count:
-            self._amqp.labels(event).inc(count)
+            self._child(self._amqp, event).inc(count)
 
     def outboxDepth(self, messages: int) -> None:
         """The broker said the outbox holds C{messages} ready messages."""
