@@ -95,3 +95,35 @@ async def test_movesToNextNode(cluster, queues):
         for line in text
     ), text
     assert any(line.startswith(f"connected to AMQP broker {second};") for line in text), text
+
+
+@pytest_twisted.ensureDeferred
+async def test_triesEveryNodeInTurn(rabbitmq, queues):
+    """
+    Two nodes where nothing listens, then the session's node: the client
+    tries them in their order, each attempt's warning naming the node
+    tried and the one tried next, and connects to the third.
+    """
+    from fixtures_smtp import unusedPort
+
+    from mqtwist.amqp.url import BrokerURL
+
+    down = [BrokerURL(host="127.0.0.1", port=unusedPort()) for _ in range(2)]
+    events: list[dict] = []
+    globalLogPublisher.addObserver(events.append)
+    client = BrokerClient(
+        [*down, rabbitmq], [], consumeFrom=None, prefetch=1, onDelivery=lambda d: None, reactor=reactor
+    )
+    try:
+        client.startService()
+        await client.whenConnected()
+        await client.publish(queues["outbox"], b"on the third node")
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+        await client.stopService()
+    assert client.url == rabbitmq
+    attempts = [formatEvent(e) for e in events if e.get("log_namespace") == NAMESPACE and "attempt" in e]
+    assert len(attempts) == 2, attempts
+    for line, tried, following in zip(attempts, down, [down[1], rabbitmq]):
+        assert line.startswith(f"cannot reach AMQP broker {tried}: "), line
+        assert f" at the next node, {following} (" in line, line
