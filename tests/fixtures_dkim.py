@@ -20,7 +20,7 @@ import pytest
 import pytest_twisted
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
-from twisted.internet import reactor
+from fixtures_dns import listenUDPAndTCP
 from twisted.internet.defer import fail, succeed
 from twisted.names import dns, error, server
 from twisted.names.common import ResolverBase
@@ -72,9 +72,8 @@ def nameServer() -> Iterator[tuple[KeyRecords, int]]:
     """
     records = KeyRecords()
     factory = server.DNSServerFactory(authorities=[records])
-    udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+    udp, tcp = listenUDPAndTCP(factory)
     port = udp.getHost().port
-    tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
     yield records, port
     pytest_twisted.blockon(udp.stopListening())
     pytest_twisted.blockon(tcp.stopListening())

@@ -44,6 +44,25 @@ __all__ = [
 ]
 
 
+def listenUDPAndTCP(factory: Any) -> list[Any]:
+    """
+    Serve DNS with C{factory} on 127.0.0.1, UDP and TCP on the same port
+    number: a free UDP port's number may be taken for TCP (by a
+    connection's own end), so other numbers are tried.
+
+    @return: the UDP and the TCP port.
+    """
+    for _ in range(20):
+        udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
+        try:
+            tcp = reactor.listenTCP(udp.getHost().port, factory, interface="127.0.0.1")
+        except CannotListenError:
+            udp.stopListening()
+            continue
+        return [udp, tcp]
+    raise CannotListenError("127.0.0.1", 0, "no port number free for both UDP and TCP in 20 tries")
+
+
 class LoopbackDNS(ResolverBase):
     """
     The records a test sets, served by a real DNS server.
@@ -110,20 +129,8 @@ class LoopbackDNS(ResolverBase):
     def listen(self) -> None:
         factory = _QuietServerFactory(clients=[self])
         factory.noisy = False
-        # the same number for UDP and TCP: a free UDP port's number may be
-        # taken for TCP (by another test run's connection), so try others
-        for _ in range(20):
-            udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-            port = udp.getHost().port
-            try:
-                tcp = reactor.listenTCP(port, factory, interface="127.0.0.1")
-            except CannotListenError:
-                udp.stopListening()
-                continue
-            self._ports = [udp, tcp]
-            self.nameserver = f"127.0.0.1:{port}"
-            return
-        raise CannotListenError("127.0.0.1", 0, "no port number free for both UDP and TCP in 20 tries")
+        self._ports = listenUDPAndTCP(factory)
+        self.nameserver = f"127.0.0.1:{self._ports[0].getHost().port}"
 
     def stop(self) -> Deferred[Any]:
         return Deferred.fromCoroutine(_stopAll(self._ports))
