@@ -4,8 +4,9 @@ that the admin dashboard draws.
 
 One L{Metrics} object per service holds every instrument, so that the code
 that counts calls one method with a plain name (C{metrics.consumed()}) and
-knows nothing of Prometheus.  Counting costs a dictionary look-up and a
-locked addition; the figures that describe the present (connections, in
+knows nothing of Prometheus.  Counting costs a dictionary look-up and an
+addition, on the reactor thread (L{MetricsPage} reads there too, so no
+lock is needed); the figures that describe the present (connections, in
 flight, outbox depth) are not counted at all but read when Prometheus
 scrapes, from the providers given to L{Metrics.watch}.
 
@@ -16,12 +17,14 @@ as C{other}.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from itertools import accumulate
+from typing import Protocol
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from twisted.web.resource import Resource
 from twisted.web.server import Request
@@ -99,135 +102,111 @@ class Metrics:
         self._outboxDepth: int | None = None
         self._sources: list[PresentSource] = []
         registry = self.registry
-        self._consumed = Counter(
-            "mqtwist_consumed", "outbox messages taken for handling (redeliveries included)", registry=registry
-        )
-        self._outcomes = Counter(
+        self._consumed = _Counts("mqtwist_consumed", "outbox messages taken for handling (redeliveries included)", ())
+        self._outcomes = _Counts(
             "mqtwist_outcomes",
             "what handling an outbox message came to: delivered, failed, expired, cancelled, invalid, "
-            "retried, deferred, held, waiting or dead-lettered; with the state and result of its entry",
-            ["outcome", "state", "result"],
-            registry=registry,
+            "retried, deferred, held, waiting, dead-lettered or error; with the state and result of its "
+            "entry",
+            ("outcome", "state", "result"),
         )
-        self._attempts = Counter(
-            "mqtwist_attempts", "delivery attempts (SMTP transactions) by destination", ["destination"],
-            registry=registry,
+        self._attempts = _Counts(
+            "mqtwist_attempts", "delivery attempts (SMTP transactions) by destination", ("destination",)
         )
-        self._latency = Histogram(
+        self._latency = _Histogram(
             "mqtwist_delivery_latency_seconds",
             "from the first attempt (or the first handling, when that came earlier) to the final result",
-            ["outcome"],
-            buckets=LATENCY_BUCKETS,
-            registry=registry,
+            ("outcome",),
+            LATENCY_BUCKETS,
         )
-        self._throttled = Counter(
+        self._throttled = _Counts(
             "mqtwist_throttle_waits",
             "messages that waited for a throttle (connections, rate) of their destination",
-            ["destination"],
-            registry=registry,
+            ("destination",),
         )
-        self._failedAttempts = Counter(
-            "mqtwist_failed_attempts",
-            "failed attempts by bounce category (bad-recipient, spam-block, ...)",
-            ["category"],
-            registry=registry,
+        self._failedAttempts = _Counts(
+            "mqtwist_failed_attempts", "failed attempts by bounce category (bad-recipient, spam-block, ...)",
+            ("category",),
         )
-        self._parked = Counter(
+        self._parked = _Counts(
             "mqtwist_parked",
             "messages deferred without an attempt (destination paused, down or too busy) and parked",
-            ["destination"],
-            registry=registry,
+            ("destination",),
         )
-        self._held = Counter(
-            "mqtwist_held",
-            "messages an operator's pause held back (to the held queue)",
-            ["destination"],
-            registry=registry,
+        self._held = _Counts(
+            "mqtwist_held", "messages an operator's pause held back (to the held queue)", ("destination",)
         )
-        self._pauses = Counter(
+        self._pauses = _Counts(
             "mqtwist_pauses",
-            "pauses of a destination: by a reply (pause, down, reduce) or by an operator (admin)",
-            ["destination", "action"],
-            registry=registry,
+            "pauses of a destination caused by replies (pause, down, reduce)",
+            ("destination", "action"),
         )
-        self._pluginCalls = Counter(
+        self._pluginCalls = _Counts(
             "mqtwist_plugin_calls",
-            "data plugin calls by plugin and outcome (continue, complete, retry, error, timeout, cancelled)",
-            ["plugin", "outcome"],
-            registry=registry,
+            "data plugin calls by plugin and outcome (continue, complete, error, permanent, timeout, "
+            "cancelled)",
+            ("plugin", "outcome"),
         )
-        self._pluginSeconds = Histogram(
-            "mqtwist_plugin_seconds", "time a data plugin took", ["plugin"], buckets=PLUGIN_BUCKETS,
-            registry=registry,
+        self._pluginSeconds = _Histogram(
+            "mqtwist_plugin_seconds", "time a data plugin took", ("plugin",), PLUGIN_BUCKETS
         )
-        self._amqp = Counter(
+        self._amqp = _Counts(
             "mqtwist_amqp_events",
             "publishes, confirms, nacks and returns of mqtwist's own publications, and reconnects",
-            ["event"],
-            registry=registry,
+            ("event",),
         )
-        registry.register(_PresentFigures(self))
-        #: the labelled children already made, by instrument and label values:
-        #: prometheus_client's labels() checks and locks on each call
-        self._children: dict[tuple[object, tuple[str, ...]], Any] = {}
+        registry.register(_Collected(self))
 
     # -- the outbox ---------------------------------------------------------
 
-    def _child(self, instrument: Counter | Histogram, *labels: str) -> Any:
-        key = (instrument, labels)
-        child = self._children.get(key)
-        if child is None:
-            child = self._children[key] = instrument.labels(*labels)
-        return child
-
     def consumed(self) -> None:
         """An outbox message was taken for handling."""
-        self._consumed.inc()
+        self._consumed.add(())
 
     def concluded(self, outcome: str, state: str = "", result: str = "") -> None:
         """
         Handling an outbox message came to C{outcome} (C{delivered},
         C{failed}, ...), with its last entry's C{state} and C{result}.
         """
-        self._child(self._outcomes, outcome, state, result).inc()
+        self._outcomes.add((outcome, state, result))
 
     def finalAfter(self, outcome: str, seconds: float) -> None:
         """
         A message got its final result (C{delivered}, C{failed},
         C{expired}, C{cancelled}) C{seconds} after it was first tried.
         """
-        self._child(self._latency, outcome).observe(max(seconds, 0.0))
+        self._latency.observe((outcome,), max(seconds, 0.0))
 
     # -- deliveries ---------------------------------------------------------
 
     def attempted(self, destination: str) -> None:
         """One attempt to C{destination} was made."""
-        self._child(self._attempts, self._destination(destination)).inc()
+        self._attempts.add((self._destination(destination),))
 
     def throttled(self, destination: str) -> None:
         """A message waits for a throttle of C{destination}."""
-        self._child(self._throttled, self._destination(destination)).inc()
+        self._throttled.add((self._destination(destination),))
 
     def attemptFailed(self, category: str) -> None:
         """An attempt failed, in C{category} (a bounded set: the category rules')."""
-        self._child(self._failedAttempts, category).inc()
+        self._failedAttempts.add((category,))
 
     def parked(self, destination: str) -> None:
         """A message for C{destination} was deferred without an attempt."""
-        self._child(self._parked, self._destination(destination)).inc()
+        self._parked.add((self._destination(destination),))
 
     def held(self, destination: str) -> None:
         """A message for C{destination} was held back by an operator's pause."""
-        self._child(self._held, self._destination(destination)).inc()
+        self._held.add((self._destination(destination),))
 
     def paused(self, destination: str, action: str) -> None:
         """C{destination} was paused (C{action}: pause, down, reduce, admin)."""
-        self._child(self._pauses, self._destination(destination), action).inc()
+        self._pauses.add((self._destination(destination), action))
 
     def pluginRan(self, plugin: str, outcome: str, seconds: float) -> None:
         """The data plugin C{plugin} ended with C{outcome} after C{seconds}."""
-        self._child(self._pluginCalls, plugin, outcome).inc()
-        self._child(self._pluginSeconds, plugin).observe(seconds)
+        self._pluginCalls.add((plugin, outcome))
+        self._pluginSeconds.observe((plugin,), seconds)
 
     # -- the broker ---------------------------------------------------------
 
@@ -237,7 +216,7 @@ class Metrics:
         C{nack}, C{return} or C{reconnect}.
         """
         if count:
-            self._child(self._amqp, event).inc(count)
+            self._amqp.add((event,), count)
 
     def outboxDepth(self, messages: int) -> None:
         """The broker said the outbox holds C{messages} ready messages."""
@@ -293,6 +272,79 @@ class Metrics:
                 return OTHER
             label = labels[name] = name
         return label
+
+
+class _Counts:
+    """
+    One counter family: its values by label values, as plain numbers.  The
+    reactor thread is the only one that counts and the only one that reads
+    (L{MetricsPage}), so no lock is needed, unlike prometheus_client's own
+    counters, whose lock and checks cost more than the counting.
+    """
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.values: dict[tuple[str, ...], float] = {}
+
+    def add(self, labels: tuple[str, ...], amount: float = 1) -> None:
+        values = self.values
+        values[labels] = values.get(labels, 0) + amount
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, value in self.values.items():
+            family.add_metric(labels, value)
+        return family
+
+
+class _Histogram:
+    """One histogram family, counted as L{_Counts} are."""
+
+    def __init__(self, name: str, documentation: str, labels: tuple[str, ...], buckets: tuple[float, ...]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.labels = labels
+        self.buckets = buckets
+        #: per label values: the count of each bucket (the last: above all), and the sum
+        self.values: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
+
+    def observe(self, labels: tuple[str, ...], value: float) -> None:
+        counts = self.values.get(labels)
+        if counts is None:
+            counts = self.values[labels] = ([0] * (len(self.buckets) + 1), [0.0])
+        counts[0][bisect_left(self.buckets, value)] += 1
+        counts[1][0] += value
+
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self.name, self.documentation, labels=self.labels)
+        for labels, (counts, total) in self.values.items():
+            cumulative = list(accumulate(counts))
+            bounds = [*(_bound(bound) for bound in self.buckets), "+Inf"]
+            family.add_metric(labels, list(zip(bounds, cumulative)), total[0])
+        return family
+
+
+def _bound(bound: float) -> str:
+    return repr(float(bound))
+
+
+class _Collected(Collector):
+    """The counted families of L{Metrics}, then the figures of the present."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+        self.present = _PresentFigures(metrics)
+
+    def describe(self) -> list[Metric]:
+        return list(self.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        for counted in vars(self.metrics).values():
+            if isinstance(counted, (_Counts, _Histogram)):
+                yield counted.family()
+        yield from self.present.collect()
 
 
 class MetricsPage(Resource):
