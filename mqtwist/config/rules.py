@@ -81,6 +81,25 @@ def _ipPatternProblem(pattern: str) -> str | None:
     return None
 
 
+def _patterns(table: Mapping[str, Any], where: str) -> dict[str, str | None]:
+    """
+    The C{code}, C{status} and C{text} of a table (C{None} for one not
+    given), each checked to be a regular expression.
+
+    @raise ValueError: naming C{where} and the key.
+    """
+    patterns = {}
+    for key in ("code", "status", "text"):
+        pattern = _tableValue(table, key, str, "a regular expression string", where)
+        if pattern is not None:
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                raise ValueError(f"{where}: {key!r} is not a regular expression: {e}") from None
+        patterns[key] = pattern
+    return patterns
+
+
 def _checkKeys(table: Mapping[str, Any], known: tuple[str, ...], where: str) -> None:
     unknown = sorted(set(table) - set(known))
     if unknown:
@@ -253,15 +272,7 @@ class BackoffRule:
         seconds = _tableValue(table, "seconds", float, "a number of seconds", where)
         if seconds is None:
             raise ValueError(f"{where}: 'seconds' is missing; say how long the {action} lasts")
-        patterns = {}
-        for key in ("code", "status", "text"):
-            pattern = _tableValue(table, key, str, "a regular expression string", where)
-            if pattern is not None:
-                try:
-                    re.compile(pattern)
-                except re.error as e:
-                    raise ValueError(f"{where}: {key!r} is not a regular expression: {e}") from None
-            patterns[key] = pattern
+        patterns = _patterns(table, where)
         categories = _names(table, "category", 'a category such as "rate-limited"', where)
         for name in categories:
             problem = categoryNameProblem(name)
@@ -391,15 +402,7 @@ class CategoryRule:
         problem = categoryNameProblem(category)
         if problem is not None or not isinstance(category, str):
             raise ValueError(f"{where}: 'category': {problem}")
-        patterns = {}
-        for key in ("code", "status", "text"):
-            pattern = _tableValue(table, key, str, "a regular expression string", where)
-            if pattern is not None:
-                try:
-                    re.compile(pattern)
-                except re.error as e:
-                    raise ValueError(f"{where}: {key!r} is not a regular expression: {e}") from None
-            patterns[key] = pattern
+        patterns = _patterns(table, where)
         reply = table.get("reply")
         if reply is not None and not isinstance(reply, bool):
             raise ValueError(
