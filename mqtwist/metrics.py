@@ -237,28 +237,39 @@ class Metrics:
 
     def totals(self, name: str, by: str) -> dict[str, float]:
         """
-        The values of the series C{name} (C{mqtwist_outcomes_total}) added
+        The values of the counter C{name} (C{mqtwist_outcomes_total}) added
         up by their label C{by} (C{outcome}).
         """
+        counts = self._counter(name)
+        at = counts.labels.index(by)
         totals: dict[str, float] = {}
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                if sample.name == name and by in sample.labels:
-                    key = sample.labels[by]
-                    totals[key] = totals.get(key, 0.0) + sample.value
+        for labels, value in counts.values.items():
+            totals[labels[at]] = totals.get(labels[at], 0.0) + value
         return totals
 
     def value(self, name: str, **labels: str) -> float:
         """
-        The value of one series (C{mqtwist_consumed_total}), the series of
-        every other label value added up; 0 when it has none yet.
+        The value of one series of the counter C{name}
+        (C{mqtwist_consumed_total}), the series of every other label value
+        added up; 0 when it has none yet.
         """
-        total = 0.0
-        for metric in self.registry.collect():
-            for sample in metric.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    total += sample.value
-        return total
+        counts = self._counter(name)
+        wanted = [(counts.labels.index(label), value) for label, value in labels.items()]
+        return float(
+            sum(value for key, value in counts.values.items() if all(key[at] == want for at, want in wanted))
+        )
+
+    def counted(self) -> Iterator[_Counts | _Histogram]:
+        """The counters and histograms, as they count."""
+        for instrument in vars(self).values():
+            if isinstance(instrument, (_Counts, _Histogram)):
+                yield instrument
+
+    def _counter(self, name: str) -> _Counts:
+        for instrument in self.counted():
+            if isinstance(instrument, _Counts) and f"{instrument.name}_total" == name:
+                return instrument
+        raise KeyError(f"no counter {name}")
 
     def _destination(self, name: str, kind: str = "destination") -> str:
         """
@@ -341,9 +352,8 @@ class _Collected(Collector):
         return list(self.collect())
 
     def collect(self) -> Iterator[Metric]:
-        for counted in vars(self.metrics).values():
-            if isinstance(counted, (_Counts, _Histogram)):
-                yield counted.family()
+        for instrument in self.metrics.counted():
+            yield instrument.family()
         yield from self.present.collect()
 
 
