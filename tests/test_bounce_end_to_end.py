@@ -18,24 +18,12 @@ from typing import Any
 import pytest_twisted
 from fixtures_smtp import unusedPort
 from helpers_endtoend import decoded, makeConfig, publishAll, running
+from test_bounce import MAILERQ_EXAMPLE
 from twisted.logger import globalLogPublisher
 
 import mqtwist.outbox.processor
 from mqtwist.content.bounce import bounceJob
 from mqtwist.service import MailerService
-
-#: MailerQ's example job of its "Sending bounces" page, as printed
-MAILERQ_EXAMPLE = b"""{
-    "envelope": "youraddress@yourdomain.com",
-    "recipient": "info@example.com",
-    "mime": "....",
-    "dsn": {
-        "notify": "FAILURE",
-        "ret": "HDRS",
-        "envid": "unique-identifier",
-        "orcpt": "info@example.com"
-    }
-}"""
 
 
 def parse(mime: bytes) -> email.message.EmailMessage:
@@ -78,7 +66,7 @@ async def test_mailerqExampleToADsnQueue(rabbitmq, amqp, smtpServer, queues):
     config = makeConfig(rabbitmq, smtpServer, queues, dsnQueue=dsnQueue, retries=[60], maxDeliverTime=30)
     config.smarthost = f"127.0.0.1:{unusedPort()}"
     async with running(MailerService(config)):
-        await publishAll(amqp, queues["outbox"], [MAILERQ_EXAMPLE])
+        await publishAll(amqp, queues["outbox"], [MAILERQ_EXAMPLE.encode()])
         (failure,) = decoded(await amqp.collect(queues["failure"], 1))
         (received,) = await amqp.collect(dsnQueue, 1)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from test_chain import Step, appending
 from twisted.internet.defer import Deferred, fail
 from twisted.internet.testing import MemoryReactorClock
 
@@ -18,7 +19,6 @@ from mqtwist import COMPLETE, PermanentFailure
 from mqtwist.dataplugin.chain import PluginChain
 from mqtwist.dataplugin.testing import makeConfig, makeConnection, makeMessage
 from mqtwist.metrics import OTHER, Metrics, ServerFigures
-from tests.test_chain import Step, appending
 
 
 def scraped(metrics: Metrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

@@ -16,7 +16,7 @@ from mqtwist.cli.common import Settings
 from mqtwist.cli.controlling import act, addActionArguments, addSelectorArguments
 
 NAME = "pause"
-HELP = "park the messages of a destination, domain, source address or tag (admin API)"
+HELP = "hold back the messages of a destination, domain, source address or tag (admin API)"
 
 
 def addArguments(parser: argparse.ArgumentParser) -> None:
