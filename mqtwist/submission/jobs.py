@@ -1,0 +1,216 @@
+"""
+A L{Submission} as outbox jobs: one MailerQ job for each accepted
+recipient (C{docs/messages.rst}), with the properties MailerQ puts on the
+messages it takes in over SMTP (its "JSON for incoming messages" page):
+C{hostname}, C{received}, a C{message-id} of each recipient's own and the
+C{connection} the message came over.
+
+The job's C{mime} is the message as received, as JSON text: the job format
+is UTF-8 JSON, and the job parser sends a C{mime} string as its UTF-8
+bytes, so a message that is UTF-8 (ASCII included) is delivered byte for
+byte as it came.  A message with bytes that are not UTF-8 (an 8-bit
+ISO-8859-1 body) has no such form: the parser refuses the lone surrogates
+that would stand for those bytes, and any other text would deliver other
+bytes.  Such a message is refused with L{NotUTF8}, which says so, before
+anything is published.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mqtwist.content.joblimits import encodeJSON
+from mqtwist.content.message import DSN
+from mqtwist.errors import InvalidMessage
+from mqtwist.submission.envelope import Recipient, Submission
+from mqtwist.timeformat import formatTime
+from mqtwist.validation import checkAddress
+
+
+class NotUTF8(ValueError):
+    """
+    The message has bytes that are not UTF-8, which no outbox job can carry
+    byte for byte.  Retrying cannot help.
+
+    @ivar offset: where in the message (with its Received header) the
+        first such byte is.
+    """
+
+    def __init__(self, description: str, offset: int) -> None:
+        super().__init__(description)
+        self.offset = offset
+
+
+@dataclass(frozen=True)
+class Job:
+    """
+    The outbox job of one recipient.
+
+    @ivar recipient: the recipient's address.
+    @ivar messageId: the job's C{message-id}, unique to this recipient.
+    @ivar body: the job as it is published: compact UTF-8 JSON.
+    @ivar priority: the job's C{priority}, when it has one, for the AMQP
+        priority of the publish.
+    """
+
+    recipient: str
+    messageId: str
+    body: bytes
+    priority: int | None = None
+
+
+def newMessageId() -> str:
+    """
+    A fresh C{message-id}: 20 random lower-case hexadecimal digits (80
+    bits, so that no two jobs share one in any installation's lifetime).
+    """
+    return secrets.token_hex(10)
+
+
+def buildJobs(
+    submission: Submission, hostname: str, newId: Callable[[], str] = newMessageId
+) -> list[Job]:
+    """
+    The outbox jobs of C{submission}, one for each recipient, in the
+    client's order.
+
+    Each job has C{envelope} (C{""} for the null sender), C{recipient},
+    C{mime}, C{dsn} when the client gave DSN parameters (C{notify} and
+    C{orcpt} of the recipient, C{ret} and C{envid} of the message; ORCPT's
+    xtext decoded, as the delivery side encodes it again), C{hostname},
+    C{received} (UTC C{YYYY-MM-DD HH:MM:SS}), C{message-id} and
+    C{connection} (C{remote-ip}, C{remote-port}, C{helo}, C{secure}, and
+    C{user} when the client authenticated).  The submission's C{defaults}
+    fill in every top-level property the job does not set itself.
+
+    @param hostname: the C{hostname} of the jobs: the server that took the
+        message in.
+    @param newId: makes each job's C{message-id}.
+    @raise NotUTF8: when the message has a byte that is not UTF-8.
+    @raise ValueError: when the sender, a recipient or a DSN value could
+        not be sent on (a control character, a malformed address or ORCPT),
+        naming it; the server should have refused it with its command.
+    """
+    try:
+        mime = submission.mime.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise NotUTF8(
+            f"the message from <{submission.sender}> has a byte that is not UTF-8 "
+            f"(0x{submission.mime[e.start]:02x}) at offset {e.start}: outbox jobs are UTF-8 JSON "
+            f"and cannot carry it unchanged; send the body as quoted-printable or base64, "
+            f"or as UTF-8",
+            e.start,
+        ) from None
+    if submission.sender:
+        _check("the sender", submission.sender)
+    connection: dict[str, Any] = {
+        "remote-ip": submission.clientAddress,
+        "remote-port": submission.clientPort,
+        "helo": submission.heloName,
+        "secure": submission.tls,
+    }
+    if submission.user is not None:
+        connection["user"] = submission.user
+    received = formatTime(submission.received)
+    jobs = []
+    for recipient in submission.recipients:
+        _check("a recipient", recipient.address)
+        messageId = newId()
+        own: dict[str, Any] = {
+            "envelope": submission.sender,
+            "recipient": recipient.address,
+            "mime": mime,
+        }
+        dsn = _dsn(submission, recipient)
+        if dsn:
+            own["dsn"] = dsn
+        own.update(
+            {
+                "hostname": hostname,
+                "received": received,
+                "message-id": messageId,
+                "connection": connection,
+            }
+        )
+        job = own | {key: value for key, value in submission.defaults.items() if key not in own}
+        priority = job.get("priority")
+        jobs.append(
+            Job(
+                recipient.address,
+                messageId,
+                encodeJSON(job),
+                priority if isinstance(priority, int) and not isinstance(priority, bool) else None,
+            )
+        )
+    return jobs
+
+
+def decodeXtext(text: str) -> str:
+    """
+    Undo RFC 3461's xtext: each C{+XX} (two upper-case hexadecimal digits)
+    is the byte XX; the bytes are read as UTF-8.
+
+    @raise ValueError: when a C{+} is not followed by two upper-case
+        hexadecimal digits, or the bytes are not UTF-8.
+    """
+    if "+" not in text:
+        return text
+    out = bytearray()
+    index = 0
+    while index < len(text):
+        char = text[index]
+        if char != "+":
+            out += char.encode("utf-8")
+            index += 1
+            continue
+        digits = text[index + 1 : index + 3]
+        if len(digits) != 2 or any(d not in "0123456789ABCDEF" for d in digits):
+            raise ValueError(
+                f"{text!r} is not xtext (RFC 3461 section 4): '+' at {index} must be followed by "
+                f"two upper-case hexadecimal digits"
+            )
+        out.append(int(digits, 16))
+        index += 3
+    try:
+        return out.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"the xtext {text!r} encodes bytes that are not UTF-8") from None
+
+
+def _dsn(submission: Submission, recipient: Recipient) -> dict[str, Any]:
+    dsn: dict[str, Any] = {}
+    if recipient.notify:
+        dsn["notify"] = list(recipient.notify)
+    if submission.ret is not None:
+        dsn["ret"] = submission.ret
+    if recipient.orcpt is not None:
+        kind, semicolon, address = recipient.orcpt.partition(";")
+        if not semicolon or not kind or not address:
+            raise ValueError(
+                f"ORCPT {recipient.orcpt!r} of recipient <{recipient.address}> is not "
+                f"addr-type;xtext (RFC 3461 section 4.2)"
+            )
+        try:
+            dsn["orcpt"] = f"{kind};{decodeXtext(address)}"
+        except ValueError as e:
+            raise ValueError(f"ORCPT of recipient <{recipient.address}>: {e}") from None
+    if submission.envid is not None:
+        dsn["envid"] = submission.envid
+    if dsn:
+        # the parser's own rules: a job it would refuse must not be queued
+        try:
+            DSN.fromJSON(dsn)
+        except InvalidMessage as e:
+            raise ValueError(f"the DSN parameters of recipient <{recipient.address}>: {e.description}") from None
+    return dsn
+
+
+def _check(what: str, address: str) -> None:
+    # the parser's own rules: a job it would refuse must not be queued
+    try:
+        checkAddress(what, address)
+    except InvalidMessage as e:
+        raise ValueError(e.description) from None
