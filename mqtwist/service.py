@@ -13,6 +13,8 @@ callers, but stops nothing: whoever runs it decides.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -24,11 +26,12 @@ from twisted.web.resource import Resource
 
 from mqtwist import __version__
 from mqtwist.admin.api import adminRoot
-from mqtwist.admin.controls import Controls
+from mqtwist.admin.controls import ControlError, Controls
 from mqtwist.admin.history import History
 from mqtwist.admin.token import readTokenFile
 from mqtwist.amqp.client import BrokerClient
 from mqtwist.amqp.url import BrokerURL, parseBrokerURLs
+from mqtwist.cluster.control import ClusterControl
 from mqtwist.config import Config
 from mqtwist.config.settings import kebab
 from mqtwist.content.dkimsign import DKIMKeys
@@ -213,6 +216,10 @@ class MailerService(MultiService):
         self._releasing: Deferred[None] | None = None
         self._releaseAgain = False
         self.engine = deliveryEngine(config, self.plugins, reactor, metrics=self.metrics, controls=self.controls)
+        #: this process's side of the control exchange (C{--cluster shared})
+        self.cluster: ClusterControl | None = None
+        if config.cluster == "shared":
+            self.cluster = self._joinCluster(config)
         self.journal = DeliveryJournal(config.deliveryJournal or None, config.deliveryJournalSize)
         self.broker: BrokerClient | None = None
         self.processor: OutboxProcessor | None = None
@@ -236,6 +243,69 @@ class MailerService(MultiService):
         self._failureWaiters: list[Deferred[None]] = []
         self._stopping = False
         self._stopped = False
+
+    def _joinCluster(self, config: Config) -> ClusterControl:
+        cluster = ClusterControl(
+            f"{socket.gethostname()}:{os.getpid()}",
+            self.reactor,
+            heartbeat=config.clusterHeartbeat,
+            timeout=config.clusterMemberTimeout,
+            settle=config.clusterSettle,
+        )
+        policy = self.engine.policy
+        policy.holdUntilSettled()
+        policy.onBackoff = cluster.announceBackoff
+        cluster.onBackoff = policy.applyShared
+        cluster.onMembers = lambda members: policy.setMembers(members, cluster.me)
+        self.controls.announce = cluster.announceAdmin
+        cluster.onAdmin = self._adminFromPeer
+        return cluster
+
+    def _adminFromPeer(self, member: str, action: dict[str, Any]) -> None:
+        """
+        Take an operator's action that another process of the cluster
+        took (L{ClusterControl.onAdmin}).
+        """
+        assert self.cluster is not None
+        kind = action.get("action")
+        self.log.warn(
+            "cluster: {action} {selector}as {member} was asked by {by}",
+            action=kind,
+            selector=f"{' '.join(f'{k}={v}' for k, v in action['selector'].items())} "
+            if isinstance(action.get("selector"), dict)
+            else "",
+            member=member,
+            by=action.get("by", "an operator"),
+        )
+        if kind in ("drain", "undrain"):
+            if action.get("target") in (None, self.cluster.me):
+                self._drainHere() if kind == "drain" else self._undrainHere()
+            return
+        try:
+            self.controls.fromPeer(action)
+        except ControlError as e:
+            self.log.warn("cluster: ignored the {action} of {member}: {error}", action=kind, member=member, error=e)
+
+    def _toOtherMembers(self, action: str, member: str | None) -> bool:
+        """
+        Tell the other members of a drain or undrain of C{member} (C{None}:
+        all of them).
+
+        @return: whether this process is not one it is for.
+        @raise ControlError: for a C{member} that is not alive, or given
+            without a cluster.
+        """
+        if self.cluster is None:
+            if member is not None:
+                raise ControlError("'member' needs --cluster shared: this process is on its own")
+            return False
+        if member is not None and member not in self.cluster.members.live:
+            raise ControlError(
+                f"no live member {member!r}; GET /api/status lists them under cluster.members"
+            )
+        if member != self.cluster.me:
+            self.cluster.announceAdmin({"action": action, "target": member})
+        return member is not None and member != self.cluster.me
 
     def reconfigure(self, config: Config) -> list[str]:
         """
@@ -316,6 +386,13 @@ class MailerService(MultiService):
             "inFlight": len(self.processor.inFlight) if self.processor is not None else 0,
             "consumed": self.metrics.value("mqtwist_consumed_total"),
             "totals": {outcome: int(count) for outcome, count in sorted(totals.items())},
+            "cluster": None
+            if self.cluster is None
+            else {
+                "member": self.cluster.me,
+                "members": list(self.cluster.members.live),
+                "settled": self.cluster.settled,
+            },
         }
 
     def destinations(self, limit: int = 200) -> dict[str, Any]:
@@ -374,15 +451,24 @@ class MailerService(MultiService):
         assert self._history is not None, "kept only with --admin"
         return self._history.toJSON()
 
-    def drain(self) -> Deferred[None]:
+    def drain(self, member: str | None = None) -> Deferred[None]:
         """
         Stop consuming and let the deliveries in flight finish, as a stop
         does (at most C{config.shutdownTimeout} seconds; those unfinished
         then go back to the outbox), without stopping: for a rolling
         restart, or to let other processes take the outbox.
 
-        @return: a Deferred firing when drained.
+        @param member: the member of the cluster to drain (this one or
+            another); C{None}: every one.
+        @return: a Deferred firing when this process is drained (at once
+            when it is not one to drain).
+        @raise ControlError: for a C{member} that is not alive.
         """
+        if self._toOtherMembers("drain", member):
+            return succeed(None)
+        return self._drainHere()
+
+    def _drainHere(self) -> Deferred[None]:
         if self._draining is None:
             self._draining = ensureDeferred(self._drain())
         drained: Deferred[None] = Deferred()
@@ -459,11 +545,19 @@ class MailerService(MultiService):
         if self._releaseAgain and not self._stopping:
             self.releaseHeld(why)
 
-    def undrain(self) -> None:
+    def undrain(self, member: str | None = None) -> None:
         """
         Consume the outbox again after L{drain}; the deliveries of a drain
         under way go on, no longer stopped at its time-out.
+
+        @param member: the member of the cluster to undrain (this one or
+            another); C{None}: every one.
+        @raise ControlError: for a C{member} that is not alive.
         """
+        if not self._toOtherMembers("undrain", member):
+            self._undrainHere()
+
+    def _undrainHere(self) -> None:
         if self._drainWait is not None:
             self._drainWait.cancel()
         self._draining = None
@@ -616,7 +710,11 @@ class MailerService(MultiService):
             reconnectMaxDelay=config.reconnectMaxDelay,
             metrics=self.metrics,
             declareArguments=self.schedule.typeArguments,
+            controlExchange=config.clusterExchangeName if self.cluster is not None else None,
+            controlListener=self.cluster,
         )
+        if self.cluster is not None:
+            self.cluster.publisher = self.broker
         if self.running:
             self.broker.setServiceParent(self)
         # what a pause held before a restart goes again: the pause is forgotten
@@ -656,6 +754,9 @@ class MailerService(MultiService):
 
     async def _stop(self) -> None:
         self.controls.stop()
+        if self.cluster is not None:
+            # first: the others take this one's shares while it finishes
+            self.cluster.stop()
         if self.broker is not None and self.broker.running:
             try:
                 await self.broker.stopConsuming()

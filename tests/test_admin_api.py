@@ -40,12 +40,12 @@ class Backend:
     def history(self) -> dict[str, Any]:
         return {"interval": 5, "samples": []}
 
-    def drain(self) -> Deferred[None]:
-        self.state = "drained"
+    def drain(self, member: str | None = None) -> Deferred[None]:
+        self.state = "drained" if member is None else f"drained {member}"
         return succeed(None)
 
-    def undrain(self) -> None:
-        self.state = "consuming"
+    def undrain(self, member: str | None = None) -> None:
+        self.state = "consuming" if member is None else f"consuming {member}"
 
 
 @pytest.fixture
@@ -152,6 +152,13 @@ async def test_drain_and_undrain(api) -> None:
     assert (code, status) == (200, {"state": "drained"})
     code, status, _ = await client.call("POST", "/api/undrain")
     assert (code, status) == (200, {"state": "consuming"})
+    # one member of a cluster
+    code, status, _ = await client.call("POST", "/api/drain", {"member": "host:42"})
+    assert (code, status) == (200, {"state": "drained host:42"})
+    code, status, _ = await client.call("POST", "/api/undrain", {"member": "host:42"})
+    assert (code, status) == (200, {"state": "consuming host:42"})
+    code, answer, _ = await client.call("POST", "/api/drain", {"member": 42})
+    assert code == 400 and "'member' must be a member's name" in answer["error"]
 
 
 @pytest_twisted.ensureDeferred

@@ -11,8 +11,12 @@ bearer token, and the dashboard's files.
     GET    /api/cancels          the cancels in force
     POST   /api/cancels          cancel: {domain|tag, seconds?, reason?, by?}
     DELETE /api/cancels          lift a cancel: the same selector fields
-    POST   /api/drain            stop consuming, finish what is in flight
-    POST   /api/undrain          consume again
+    POST   /api/drain            stop consuming, finish what is in flight: {member?, by?}
+    POST   /api/undrain          consume again: {member?, by?}
+
+In a cluster (C{--cluster shared}) pauses, resumes, cancels and lifted
+cancels made here are made by every process; so are drains and undrains,
+unless the request names one C{member} (as C{/api/status} lists them).
 
 The dashboard's files (C{/}, C{/dashboard.js}, ...) hold no data and need
 no token; the page asks for it and sends it with each API call.  A request
@@ -67,11 +71,11 @@ class AdminBackend(Protocol):
     def history(self) -> dict[str, Any]:
         """Counts per interval of the last minutes, as JSON."""
 
-    def drain(self) -> Deferred[None]:
-        """Stop consuming; fires when what was in flight is done."""
+    def drain(self, member: str | None = None) -> Deferred[None]:
+        """Stop consuming (C{member}, or every one); fires when what was in flight here is done."""
 
-    def undrain(self) -> None:
-        """Consume again."""
+    def undrain(self, member: str | None = None) -> None:
+        """Consume again (C{member}, or every one)."""
 
 
 class _Refused(Exception):
@@ -217,12 +221,15 @@ class AdminAPI(Resource):
         return control.toJSON()
 
     def _drain(self, request: Request, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        self.log.warn("admin API: drain, asked by {by}", by=_by(request, body))
-        return self.backend.drain().addCallback(lambda _: self.backend.status())
+        member = _member(body)
+        draining = self.backend.drain(member)
+        self.log.warn("admin API: drain {member}, asked by {by}", member=member or "all", by=_by(request, body))
+        return draining.addCallback(lambda _: self.backend.status())
 
     def _undrain(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
-        self.log.warn("admin API: undrain, asked by {by}", by=_by(request, body))
-        self.backend.undrain()
+        member = _member(body)
+        self.backend.undrain(member)
+        self.log.warn("admin API: undrain {member}, asked by {by}", member=member or "all", by=_by(request, body))
         return self.backend.status()
 
     def _logAction(self, request: Request, action: str, control: Control) -> None:
@@ -271,6 +278,14 @@ def _limit(request: Request) -> int:
 def _client(request: Request) -> str:
     peer = request.getClientAddress()
     return str(getattr(peer, "host", peer))
+
+
+def _member(body: dict[str, Any]) -> str | None:
+    """The C{member} a drain or undrain is for (C{None}: every one)."""
+    member = body.get("member")
+    if member is not None and (not isinstance(member, str) or not member):
+        raise ControlError(f"'member' must be a member's name, as /api/status lists them, not {excerpt(member)}")
+    return member
 
 
 def _by(request: Request, body: dict[str, Any]) -> str:

@@ -10,7 +10,8 @@ result, for as long as it lasts: the messages taken from the outbox then,
 and those that come back from a delay queue.
 
 Both live in this process's memory: a restart forgets them (and releases
-what was held).  The admin API
+what was held).  In a cluster each one made here is told to the other
+processes (L{Controls.announce}), which make it too (L{Controls.fromPeer}).  The admin API
 (L{mqtwist.admin.api}) makes and lists them; the delivery engine asks
 L{Controls.pauseFor} before each attempt, the outbox processor
 L{Controls.cancelFor} before each delivery.
@@ -180,34 +181,41 @@ class Controls:
         it times the end of each pause.
     @ivar onPauseEnded: called (with no argument) whenever a pause ends,
         resumed or run out: the messages it held may go again.
+    @ivar announce: called with each pause, resume, cancel or lifted
+        cancel made here (not those L{fromPeer} makes), as the JSON object
+        that L{fromPeer} takes: for the other processes of a cluster.
     """
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.onPauseEnded: Callable[[], None] | None = None
+        self.announce: Callable[[dict[str, Any]], None] | None = None
         self._pauses: dict[Selector, Control] = {}
         self._cancels: dict[Selector, Control] = {}
         self._pauseTimers: dict[Selector, IDelayedCall] = {}
 
     # -- making and lifting ----------------------------------------------------
 
-    def pause(self, selector: Selector, seconds: float, reason: str, by: str) -> Control:
+    def pause(self, selector: Selector, seconds: float, reason: str, by: str, *, told: bool = False) -> Control:
         """
         Pause what C{selector} matches for C{seconds} (C{inf}: until
         resumed), replacing a pause of the same selector.
 
+        @param told: another process made it (it is not announced again).
         @return: the pause.
         """
         pause = self._add(self._pauses, selector, seconds, reason, by)
         self._cancelTimer(selector)
         if math.isfinite(seconds):
             self._pauseTimers[selector] = self.reactor.callLater(seconds, self._pauseRanOut, selector)
+        self._announce(told, "pause", selector, seconds, reason, by)
         return pause
 
-    def resume(self, selector: Selector) -> Control | None:
+    def resume(self, selector: Selector, *, told: bool = False) -> Control | None:
         """
         Lift the pause of exactly C{selector}.
 
+        @param told: another process lifted it (it is not announced again).
         @return: the pause lifted, or C{None} when there was none.
         """
         self._expire(self._pauses)
@@ -215,6 +223,8 @@ class Controls:
         if pause is not None:
             self._cancelTimer(selector)
             self._pauseEnded()
+        # announced even when this process had no such pause: another may
+        self._announce(told, "resume", selector)
         return pause
 
     def stop(self) -> None:
@@ -236,23 +246,66 @@ class Controls:
         if timer is not None and timer.active():
             timer.cancel()
 
-    def cancel(self, selector: Selector, seconds: float, reason: str, by: str) -> Control:
+    def cancel(self, selector: Selector, seconds: float, reason: str, by: str, *, told: bool = False) -> Control:
         """
         Cancel what C{selector} matches for C{seconds} (C{inf}: until
         lifted), replacing a cancel of the same selector.
 
+        @param told: another process made it (it is not announced again).
         @return: the cancel.
         """
-        return self._add(self._cancels, selector, seconds, reason, by)
+        cancel = self._add(self._cancels, selector, seconds, reason, by)
+        self._announce(told, "cancel", selector, seconds, reason, by)
+        return cancel
 
-    def uncancel(self, selector: Selector) -> Control | None:
+    def uncancel(self, selector: Selector, *, told: bool = False) -> Control | None:
         """
         Lift the cancel of exactly C{selector}.
 
+        @param told: another process lifted it (it is not announced again).
         @return: the cancel lifted, or C{None} when there was none.
         """
         self._expire(self._cancels)
+        self._announce(told, "uncancel", selector)
         return self._cancels.pop(selector, None)
+
+    def fromPeer(self, action: Mapping[str, Any]) -> Control | None:
+        """
+        Make here a pause, resume, cancel or lifted cancel that another
+        process announced (L{announce}), checked as the admin API checks
+        a request.
+
+        @return: what L{pause}, L{resume}, L{cancel} or L{uncancel} returns.
+        @raise ControlError: when C{action} is not one of them.
+        """
+        kind = action.get("action")
+        fields = action.get("selector")
+        if not isinstance(fields, Mapping):
+            raise ControlError(f"'selector' is not an object: {excerpt(fields)}")
+        if kind in ("pause", "resume"):
+            selector = Selector.fromJSON(fields, PAUSE_KEYS)
+        elif kind in ("cancel", "uncancel"):
+            selector = Selector.fromJSON(fields, CANCEL_KEYS)
+        else:
+            raise ControlError(f"'action' is not pause, resume, cancel or uncancel: {excerpt(kind)}")
+        if kind == "resume":
+            return self.resume(selector, told=True)
+        if kind == "uncancel":
+            return self.uncancel(selector, told=True)
+        seconds, by = readDuration(action), readText(action, "by", "another process")
+        if kind == "pause":
+            return self.pause(selector, seconds, readText(action, "reason", "paused by an operator"), by, told=True)
+        return self.cancel(selector, seconds, readText(action, "reason", "cancelled by an operator"), by, told=True)
+
+    def _announce(
+        self, told: bool, action: str, selector: Selector, seconds: float = 0.0, reason: str = "", by: str = ""
+    ) -> None:
+        if told or self.announce is None:
+            return
+        said: dict[str, Any] = {"action": action, "selector": selector.toJSON()}
+        if action in ("pause", "cancel"):
+            said.update(seconds=seconds if math.isfinite(seconds) else None, reason=reason, by=by)
+        self.announce(said)
 
     def pauses(self) -> list[Control]:
         """The pauses in force, oldest first."""

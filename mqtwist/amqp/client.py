@@ -3,7 +3,9 @@ The connection of an mqtwist process to RabbitMQ: durable queues, publishing
 with publisher confirms, consuming with a prefetch window, and reconnecting.
 
 One L{BrokerClient} keeps one AMQP connection with two channels: one in
-confirm mode for publishing (and declaring queues), one for consuming.
+confirm mode for publishing (and declaring queues), one for consuming; and
+a third, given a control exchange, for the messages the processes of one
+outbox send one another (L{mqtwist.cluster}).
 Everything set up on a connection is set up again on the next one after a
 loss; what was in flight on the old one fails (publishes) or becomes stale
 (deliveries, which the broker requeues).  Given the nodes of a RabbitMQ
@@ -17,7 +19,7 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from twisted.application.internet import backoffPolicy
 from twisted.application.service import Service
@@ -45,6 +47,27 @@ from mqtwist.metrics import Metrics
 
 PUBLISH_CHANNEL = 1
 CONSUME_CHANNEL = 2
+CONTROL_CHANNEL = 3
+
+
+class ControlListener(Protocol):
+    """
+    What hears the control exchange of a L{BrokerClient}.
+    """
+
+    def controlReady(self, consumers: int) -> None:
+        """
+        A connection is set up: control messages can be sent and come in.
+
+        @param consumers: how many consumers the queue consumed from had
+            before this process's (the other processes consuming it).
+        """
+
+    def controlReceived(self, body: bytes) -> None:
+        """A message came in on the control exchange (one's own included)."""
+
+    def controlLost(self) -> None:
+        """The connection is lost: none can be sent or come in until the next L{controlReady}."""
 
 
 @dataclass(frozen=True)
@@ -239,6 +262,8 @@ class BrokerClient(Service):
         metrics: Metrics | None = None,
         depthInterval: float = 5.0,
         declareArguments: Mapping[str, object] | None = None,
+        controlExchange: str | None = None,
+        controlListener: ControlListener | None = None,
     ) -> None:
         """
         @param url: the broker, or the nodes of a cluster (the first is
@@ -266,6 +291,11 @@ class BrokerClient(Service):
             publish to it): the queue type (L{typeArguments}), so that a
             queue some job names, which another process may have declared
             first, is of the type of the others.
+        @param controlExchange: a fanout exchange declared (durable) on
+            every connection, with a queue of this connection's own bound
+            to it (exclusive: it goes with the connection); what comes in
+            on it goes to C{controlListener}, and L{publishControl} sends
+            to it.
         """
         if not 0 <= prefetch <= 65535:
             raise ValueError(f"prefetch {prefetch} is outside 0..65535 (AMQP basic.qos)")
@@ -308,6 +338,10 @@ class BrokerClient(Service):
         self._depth = LoopingCall(self._readDepth)
         self._depth.clock = reactor
         self._depthInterval = depthInterval
+        if (controlExchange is None) != (controlListener is None):
+            raise ValueError("a control exchange needs a listener, and a listener an exchange")
+        self.controlExchange = controlExchange
+        self.controlListener = controlListener
 
     # -- service -----------------------------------------------------------
 
@@ -456,6 +490,8 @@ class BrokerClient(Service):
             queues=", ".join(q.name for q in self.queues),
             consumeFrom=self.consumeFrom if self._consumeWanted else None,
         )
+        if self.controlListener is not None:
+            self.controlListener.controlReady(session.othersConsuming)
         for waiter in waiters:
             waiter.callback(None)
 
@@ -504,6 +540,8 @@ class BrokerClient(Service):
     def _sessionLost(self, session: _Session, reason: Failure) -> None:
         if self._session is session:
             self._session = None
+        if session.established and self.controlListener is not None:
+            self.controlListener.controlLost()
         if not session.established or not self.running:
             # the attempt that made it reports it; or stopService closed it
             return
@@ -570,6 +608,20 @@ class BrokerClient(Service):
                 )
             )
         return session.publish(queue, body, priority, headers, mandatory)
+
+    def publishControl(self, body: bytes) -> bool:
+        """
+        Send C{body} to the control exchange, to every process listening
+        on it (this one too): at most once, not persistent, not confirmed,
+        since what is said there is said again (heartbeats) or is worth
+        nothing later (a pause that has ended).
+
+        @return: whether it went out; not when not connected.
+        """
+        session = self._session
+        if session is None or not session.ready or session.controlChannel is None:
+            return False
+        return session.publishControl(body)
 
     def deleteQueue(self, queue: str) -> defer.Deferred[None]:
         """
@@ -694,6 +746,9 @@ class _Session:
         self.publishChannel: AMQChannel | None = None
         self.consumeChannel: AMQChannel | None = None
         self.consumerTag: str | None = None
+        self.controlChannel: AMQChannel | None = None
+        #: the consumers of the queue consumed from, before this one's
+        self.othersConsuming = 0
         self._consumeStarting: defer.Deferred[None] | None = None
 
     async def setUp(self) -> None:
@@ -709,6 +764,8 @@ class _Session:
         self.publishChannel = channel
         for queue in client.queues:
             await self._declare(queue)
+        if client.controlExchange is not None:
+            await self._listenToControl(client.controlExchange)
         if client._consumeWanted and client.consumeFrom is not None:
             # a Deferred, not a coroutine: stopConsuming waits on it too
             self._consumeStarting = defer.ensureDeferred(
@@ -729,6 +786,32 @@ class _Session:
             queue=queue.name, durable=True, arguments=dict(queue.arguments)
         )
         return declaring
+
+    async def _listenToControl(self, exchange: str) -> None:
+        channel = await self.protocol.channel(CONTROL_CHANNEL)
+        await channel.channel_open()
+        await channel.exchange_declare(exchange=exchange, type="fanout", durable=True)
+        # classic whatever the vhost's default type: an exclusive queue
+        # cannot be a quorum queue, and this one lives only as long as the
+        # connection does
+        reply = await channel.queue_declare(
+            queue="", exclusive=True, auto_delete=True, arguments={"x-queue-type": "classic"}
+        )
+        await channel.queue_bind(queue=reply.queue, exchange=exchange)
+        await channel.basic_consume(queue=reply.queue, no_ack=True, exclusive=True)
+        self.controlChannel = channel
+        consumeFrom = self.client.consumeFrom
+        if consumeFrom is not None and consumeFrom in self.declared:
+            self.othersConsuming = (await channel.queue_declare(queue=consumeFrom, passive=True)).consumer_count
+
+    def publishControl(self, body: bytes) -> bool:
+        channel = self.controlChannel
+        assert channel is not None and self.client.controlExchange is not None
+        if channel.closed:
+            return False
+        properties = {"content-type": "application/json", "delivery-mode": 1, "priority": None, "headers": None}
+        self.protocol.basicPublish(channel.id, self.client.controlExchange, "", body, properties)
+        return True
 
     async def _startConsuming(self, queue: str) -> None:
         if queue not in self.declared:
@@ -850,6 +933,14 @@ class _Session:
 
     def deliveryReceived(self, channel: AMQChannel, message: Message) -> None:
         content = message.content
+        if channel is self.controlChannel:
+            listener = self.client.controlListener
+            assert listener is not None
+            try:
+                listener.controlReceived(content.body)
+            except Exception:
+                self.log.failure("a control message could not be handled; it is dropped")
+            return
         self.client._deliver(
             Delivery(
                 body=content.body,

@@ -110,6 +110,11 @@ def _queueType(value: str) -> None:
         raise ValueError(f"{value!r} is neither classic nor quorum")
 
 
+def _cluster(value: str) -> None:
+    if value not in ("shared", "off"):
+        raise ValueError(f"{value!r} is neither shared nor off")
+
+
 def _notEmpty(value: str) -> None:
     if not value:
         raise ValueError("it is empty; give a name")
@@ -255,6 +260,37 @@ class Config:
         "of a node; RabbitMQ 3.10 or later; no --max-priority); existing queues must be of "
         "the same type, which RabbitMQ cannot change",
         check=_queueType,
+    )
+    cluster: str = setting(
+        "shared",
+        help="shared: the mqtwist processes of one outbox hear one another on a control exchange of "
+        "the broker, each takes its share of every destination's limits (connections, messages and "
+        "connections a minute) among those alive, and the pauses and backoff that replies cause, and "
+        "the admin API's actions, apply to all of them; off: each process on its own, with the "
+        "whole limits",
+        check=_cluster,
+    )
+    clusterExchange: str = setting(
+        "",
+        help="the fanout exchange the processes of one outbox talk on (empty: the outbox's name "
+        "and .control)",
+        defaultText="OUTBOX.control",
+    )
+    clusterHeartbeat: float = setting(
+        1.0, help="seconds between two heartbeats of a process on the control exchange", check=_positiveSeconds
+    )
+    clusterMemberTimeout: float = setting(
+        5.0,
+        help="seconds without a heartbeat after which a process is taken for gone (crashed, or cut "
+        "off from the broker) and the others take its share; at least twice --cluster-heartbeat",
+        check=_positiveSeconds,
+    )
+    clusterSettle: float = setting(
+        2.0,
+        help="the longest wait of a starting process for the processes already consuming the outbox "
+        "to answer its hello, before it delivers: it then knows them and takes its share of each "
+        "limit, not the whole of it (alone, it starts at once)",
+        check=_positiveSeconds,
     )
     results: str = setting("results", help="queue that receives every final result (empty: none)")
     success: str = setting(
@@ -627,6 +663,11 @@ class Config:
         """The queue of held messages: C{heldQueue}, else the outbox's name and C{.held}."""
         return self.heldQueue or f"{self.outbox}.held"
 
+    @property
+    def clusterExchangeName(self) -> str:
+        """The control exchange: C{clusterExchange}, else the outbox's name and C{.control}."""
+        return self.clusterExchange or f"{self.outbox}.control"
+
     def check(self) -> None:
         """
         Check every setting's value as C{twistd mqtwist} checks what it is
@@ -647,6 +688,13 @@ class Config:
                 "(--queue-type) quorum: RabbitMQ's quorum queues (before 4.0) have no "
                 "priorities (no x-max-priority); give --max-priority 0 with quorum queues, "
                 "or keep classic queues"
+            )
+        if self.clusterMemberTimeout < 2 * self.clusterHeartbeat:
+            raise ValueError(
+                f"setting clusterMemberTimeout (--cluster-member-timeout) is {self.clusterMemberTimeout:g} s "
+                f"with clusterHeartbeat (--cluster-heartbeat) {self.clusterHeartbeat:g} s: a member would be "
+                "taken for gone after missing a single heartbeat; give a time-out of at least twice the "
+                "heartbeat"
             )
 
 

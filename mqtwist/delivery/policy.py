@@ -15,8 +15,10 @@ process (its backlog) and turns the rest away with a L{Deferral}, so the
 caller can park them outside the process and one slow destination never
 holds the messages of the others.
 
-Everything here is per process: N processes sending to one destination
-make N times the limits.
+Several processes of one outbox (L{mqtwist.cluster}) share the limits: each
+takes its share of every limit among the live members (L{setMembers}), and
+the pauses, marks and reductions that replies cause in one are applied in
+all (L{onBackoff}, L{applyShared}).  Alone, a process has the whole limits.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 
+from mqtwist.cluster.control import SharedBackoff
+from mqtwist.cluster.members import rateShareOf, shareOf
 from mqtwist.config import BackoffRule, Config, ThrottleRule
 from mqtwist.delivery.categories import Categories
 from mqtwist.delivery.routing import SWEEP_INTERVAL, Route
@@ -110,11 +114,18 @@ class TokenBucket:
     worth (at least one).
     """
 
-    def __init__(self, perMinute: int, now: float) -> None:
+    def __init__(self, perMinute: float, now: float) -> None:
         self.rate = perMinute / 60.0
         self.capacity = max(1.0, self.rate)
         self.tokens = self.capacity
         self.last = now
+
+    def setRate(self, perMinute: float, now: float) -> None:
+        """Change the rate from C{now} on, keeping what was spent."""
+        self._refill(now)
+        self.rate = perMinute / 60.0
+        self.capacity = max(1.0, self.rate)
+        self.tokens = min(self.tokens, self.capacity)
 
     def _refill(self, now: float) -> None:
         self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
@@ -136,12 +147,15 @@ class TokenBucket:
 
 @dataclass(frozen=True)
 class Limits:
-    """The limits of one destination; 0 per minute means no limit."""
+    """
+    The limits of one destination in this process (its share of them, in a
+    cluster); 0 per minute means no limit.
+    """
 
     connections: int
     messagesPerConnection: int
-    messagesPerMinute: int
-    connectionsPerMinute: int
+    messagesPerMinute: float
+    connectionsPerMinute: float
 
 
 @dataclass
@@ -152,6 +166,9 @@ class _State:
     limits: Limits
     messages: TokenBucket | None
     connections: TokenBucket | None
+    #: the throttle rule that gave the limits (their share is taken again
+    #: when the members of the cluster change)
+    rule: ThrottleRule | None = None
     active: int = 0
     waiters: deque[tuple[Deferred[Permit], Destination]] = field(default_factory=deque)
     timer: IDelayedCall | None = None
@@ -159,7 +176,10 @@ class _State:
     pausedUntil: float = 0.0
     pauseReason: str = ""
     pauseCategory: str | None = None
+    #: the connections a reply reduced the destination to, in this
+    #: process (its share of the reduction, in a cluster)
     reducedTo: int = 0
+    reducedTotal: int = 0
     reducedUntil: float = 0.0
     failuresInRow: int = 0
     #: when a delivery to it last ended, and when the deliveries running
@@ -213,6 +233,10 @@ class Permit:
     _state: _State = field(repr=False, compare=False)
 
 
+def _perMinute(rate: float) -> str:
+    return f"{rate:.4g}" if rate else "any"
+
+
 def mostConnections(config: Config) -> int:
     """
     The highest C{connections} limit of any destination: how many
@@ -251,7 +275,16 @@ class DeliveryPolicy:
         self._overBacklog: dict[str, _State] = {}
         #: when L{_dropForgettable} next looks through the table
         self._nextSweep = float("-inf")
-
+        #: the live members of the cluster and this one's name (none:
+        #: alone, with the whole limits), and whether they are known yet
+        self._members: tuple[str, ...] = ()
+        self._me = ""
+        self._settled = True
+        #: told of each pause, mark or reduction a reply causes here
+        self.onBackoff: Callable[[SharedBackoff], None] | None = None
+        #: what other members said of destinations this one has no state
+        #: for (yet), with when it ends
+        self._shared: dict[str, tuple[SharedBackoff, float]] = {}
 
     # -- grouping ----------------------------------------------------------
 
@@ -286,9 +319,13 @@ class DeliveryPolicy:
                 limits,
                 TokenBucket(limits.messagesPerMinute, now) if limits.messagesPerMinute else None,
                 TokenBucket(limits.connectionsPerMinute, now) if limits.connectionsPerMinute else None,
+                rule=rule,
                 endedMark=self._ended,
             )
             self._states[name] = state
+            told = self._shared.pop(name, None)
+            if told is not None and told[1] > now:
+                self._applyShared(state, told[0], told[1])
         return state
 
     def _limits(self, rule: ThrottleRule | None) -> Limits:
@@ -299,11 +336,77 @@ class DeliveryPolicy:
         if rule is None:
             rule = ThrottleRule(domain="*")
         return Limits(
-            connections=pick(rule.connections, config.maxConnectionsPerDestination),
+            connections=self._share(pick(rule.connections, config.maxConnectionsPerDestination)),
             messagesPerConnection=pick(rule.messagesPerConnection, config.maxMessagesPerConnection),
-            messagesPerMinute=pick(rule.messagesPerMinute, config.messagesPerMinute),
-            connectionsPerMinute=pick(rule.connectionsPerMinute, config.connectionsPerMinute),
+            messagesPerMinute=self._rateShare(pick(rule.messagesPerMinute, config.messagesPerMinute)),
+            connectionsPerMinute=self._rateShare(pick(rule.connectionsPerMinute, config.connectionsPerMinute)),
         )
+
+    def _share(self, limit: int) -> int:
+        return shareOf(limit, self._members, self._me) if self._members else limit
+
+    def _rateShare(self, perMinute: float) -> float:
+        return rateShareOf(perMinute, self._members) if self._members else perMinute
+
+    # -- the cluster -----------------------------------------------------------
+
+    def holdUntilSettled(self) -> None:
+        """
+        Start no delivery until L{setMembers} says who the members are:
+        a process that joins a cluster would take the whole of every limit
+        until then.
+        """
+        self._settled = False
+
+    def setMembers(self, members: tuple[str, ...], me: str) -> None:
+        """
+        The live members of the cluster are C{members}, this process
+        among them as C{me}: take this process's share of every limit
+        again, and start what the new shares allow.
+        """
+        self._members, self._me, self._settled = members, me, True
+        now = self.reactor.seconds()
+        for state in list(self._states.values()):
+            state.limits = limits = self._limits(state.rule)
+            state.messages = self._rebucket(state.messages, limits.messagesPerMinute, now)
+            state.connections = self._rebucket(state.connections, limits.connectionsPerMinute, now)
+            if state.reducedTotal:
+                state.reducedTo = self._share(state.reducedTotal)
+        for state in list(self._states.values()):
+            self._serve(state)
+
+    @staticmethod
+    def _rebucket(bucket: TokenBucket | None, perMinute: float, now: float) -> TokenBucket | None:
+        if not perMinute:
+            return None
+        if bucket is None:
+            return TokenBucket(perMinute, now)
+        bucket.setRate(perMinute, now)
+        return bucket
+
+    def applyShared(self, backoff: SharedBackoff) -> None:
+        """
+        Apply what a reply made of a destination in another member: pause
+        it, mark it down or reduce its connections here too, for the same
+        time from now.
+        """
+        until = self.reactor.seconds() + backoff.seconds
+        state = self._states.get(backoff.destination)
+        if state is None:
+            # applied when this process first has a message for it
+            known = self._shared.get(backoff.destination)
+            if known is None or known[1] < until:
+                self._shared[backoff.destination] = (backoff, until)
+            return
+        self._applyShared(state, backoff, until)
+
+    def _applyShared(self, state: _State, backoff: SharedBackoff, until: float) -> None:
+        told = f"{backoff.reason} (at {backoff.member})"
+        if backoff.action == "reduce":
+            assert backoff.connections is not None
+            self._reduce(state, backoff.connections, until, told, shared=True)
+        else:
+            self._pause(state, backoff.action, told, until, backoff.category or "", shared=True)
 
     # -- admission -----------------------------------------------------------
 
@@ -386,15 +489,15 @@ class DeliveryPolicy:
         if state.active < state.allowedAtOnce(now):
             # the messages wait for the rate, not for a server that hangs
             reason = (
-                f"held back by its rate limit of {state.limits.messagesPerMinute or 'any'} a minute "
-                f"({state.limits.connectionsPerMinute or 'any'} new connections): "
+                f"held back by its rate limit of {_perMinute(state.limits.messagesPerMinute)} a minute "
+                f"({_perMinute(state.limits.connectionsPerMinute)} new connections): "
                 f"{len(state.waiters)} waiting, {stuck}"
             )
         else:
             reason = (
                 f"busy: {state.active} deliveries in progress and {len(state.waiters)} waiting "
                 f"(limits {state.allowedAtOnce(now)} at once, "
-                f"{state.limits.messagesPerMinute or 'any'} a minute), {stuck}"
+                f"{_perMinute(state.limits.messagesPerMinute)} a minute), {stuck}"
             )
         return Deferral(state.name, reason, now + self.config.parkDelay)
 
@@ -458,7 +561,7 @@ class DeliveryPolicy:
         Seconds until a delivery to C{destination} may start: 0 for now,
         C{inf} when it waits for a running one to end.
         """
-        if state.active >= state.allowedAtOnce(now):
+        if state.active >= state.allowedAtOnce(now) or not self._settled:
             return float("inf")
         wait = state.messages.wait(now) if state.messages is not None else 0.0
         if state.connections is not None and self._needsConnection(state, destination):
@@ -549,6 +652,8 @@ class DeliveryPolicy:
         if now < self._nextSweep:
             return
         self._nextSweep = now + SWEEP_INTERVAL
+        for name in [name for name, (_, until) in self._shared.items() if until <= now]:
+            del self._shared[name]
         for state in [state for state in self._states.values() if self._forgettable(state, now)]:
             self._drop(state)
 
@@ -612,24 +717,50 @@ class DeliveryPolicy:
         if rule.action == "pause":
             return self._pause(state, "pause", f"paused after the reply {description}", until, category)
         if rule.action == "reduce":
-            state.reducedTo = rule.connections
-            state.reducedUntil = until
-            self.log.info(
-                "destination {destination} limited to {connections} connections until {until} "
-                "after the reply {reply}",
-                destination=state.name,
-                connections=rule.connections,
-                until=formatTime(until),
-                reply=description,
-            )
+            self._reduce(state, rule.connections, until, f"after the reply {description}", category=category)
             return Backoff(state.name, "reduce", until)
         return Backoff(state.name, "retry", until)
 
-    def _pause(self, state: _State, action: str, reason: str, until: float, category: str) -> Backoff:
+    def _reduce(
+        self, state: _State, connections: int, until: float, reason: str, category: str = "", shared: bool = False
+    ) -> None:
+        """
+        Limit C{state} to C{connections} (for all the members together)
+        until C{until}.
+
+        @param shared: another member told of it (so it is not told again).
+        """
+        now = self.reactor.seconds()
+        new = state.reducedUntil <= now or state.reducedTotal != connections
+        state.reducedTotal = connections
+        state.reducedTo = self._share(connections)
+        state.reducedUntil = max(until, state.reducedUntil) if not new else until
+        if not new:
+            return
+        self.log.info(
+            "destination {destination} limited to {connections} connections until {until} {reason}",
+            destination=state.name,
+            connections=connections if not self._members else f"{state.reducedTo} of {connections}",
+            until=formatTime(until),
+            reason=reason,
+        )
+        if not shared and self.onBackoff is not None:
+            self.onBackoff(SharedBackoff(self._me, state.name, "reduce", until - now, reason, category, connections))
+
+    def _pause(
+        self, state: _State, action: str, reason: str, until: float, category: str, shared: bool = False
+    ) -> Backoff:
+        """
+        Pause C{state} (C{action} C{pause}), or mark it down (C{down}),
+        until C{until}.
+
+        @param shared: another member told of it (so it is not told again).
+        """
         if until > state.pausedUntil:
             # deliveries that fail together extend the pause: one warning
-            # for the first of them
-            new = state.pausedUntil <= self.reactor.seconds()
+            # for the first of them, and one word to the other members
+            now = self.reactor.seconds()
+            new = state.pausedUntil <= now
             state.pausedUntil = until
             state.pauseReason = reason
             state.pauseCategory = category
@@ -640,6 +771,8 @@ class DeliveryPolicy:
                 until=formatTime(until),
                 reason=reason,
             )
+            if new and not shared and self.onBackoff is not None:
+                self.onBackoff(SharedBackoff(self._me, state.name, action, until - now, reason, category or None))
         self._turnAwayWaiters(state, state.pausedUntil)
         return Backoff(state.name, action, state.pausedUntil)
 

@@ -1,0 +1,288 @@
+"""
+The messages the mqtwist processes of one outbox send one another on their
+control exchange (a fanout exchange of their broker; each process listens
+on a queue of its own bound to it), and what each does with them.
+
+Every message is a JSON object with C{"v": 1}, its C{"type"} and the
+sending C{"member"}:
+
+  - C{hello}, when a process has connected: the others answer with a
+    heartbeat at once, so that a new process knows them within a round trip;
+  - C{heartbeat}, every C{--cluster-heartbeat} seconds: a member not heard
+    from for C{--cluster-member-timeout} seconds is taken for gone;
+  - C{bye}, when a process stops;
+  - C{backoff}: a reply paused a destination, marked it down or reduced its
+    connections (L{SharedBackoff});
+  - C{admin}: an operator paused, resumed, cancelled, lifted a cancel,
+    drained or undrained (the action as the admin API took it).
+
+A process delivers nothing until it knows the others, so that it takes its
+share of each limit, not the whole of it: at once when no other process
+consumed the outbox when it connected, else once it has heard from as many
+members as there were consumers, or after C{--cluster-settle} seconds.
+Processes that start at the same moment may each find the others not
+consuming yet: they take the whole limits for the few milliseconds until
+their hellos cross.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.interfaces import IDelayedCall
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from mqtwist.cluster.members import Members
+from mqtwist.validation import excerpt
+
+#: the version of the messages; others are ignored
+VERSION = 1
+
+#: the backoff actions shared, as L{mqtwist.delivery.policy} names them
+SHARED_ACTIONS = frozenset({"pause", "down", "reduce"})
+
+#: the longest text of a shared reason, and of a destination's name
+MAX_TEXT = 1000
+
+
+class Publisher(Protocol):
+    """What a L{ClusterControl} sends with: the broker client."""
+
+    def publishControl(self, body: bytes) -> bool:
+        """Send C{body} to every member; whether it went out."""
+
+
+@dataclass(frozen=True)
+class SharedBackoff:
+    """
+    What a reply made of a destination in one process, for the others.
+
+    @ivar seconds: how long from now it lasts (not a time: the members'
+        clocks may differ).
+    @ivar connections: for C{reduce}, the connections the destination is
+        reduced to, for all the members together.
+    """
+
+    member: str
+    destination: str
+    action: str
+    seconds: float
+    reason: str
+    category: str | None = None
+    connections: int | None = None
+
+    @classmethod
+    def fromJSON(cls, event: Mapping[str, Any]) -> SharedBackoff:
+        """
+        @raise ValueError: naming what is wrong with C{event}.
+        """
+        destination, action, seconds = event.get("destination"), event.get("action"), event.get("seconds")
+        reason, category, connections = event.get("reason"), event.get("category"), event.get("connections")
+        if not isinstance(destination, str) or not 0 < len(destination) <= MAX_TEXT:
+            raise ValueError(f"'destination' is not a name: {excerpt(destination)}")
+        if action not in SHARED_ACTIONS:
+            raise ValueError(f"'action' is not one of {sorted(SHARED_ACTIONS)}: {excerpt(action)}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
+            raise ValueError(f"'seconds' is not a positive number: {excerpt(seconds)}")
+        if not isinstance(reason, str):
+            raise ValueError(f"'reason' is not a string: {excerpt(reason)}")
+        if category is not None and not isinstance(category, str):
+            raise ValueError(f"'category' is not a string: {excerpt(category)}")
+        if action == "reduce" and not (
+            isinstance(connections, int) and not isinstance(connections, bool) and connections >= 1
+        ):
+            raise ValueError(f"'connections' of a reduce is not a positive whole number: {excerpt(connections)}")
+        return cls(
+            str(event["member"]),
+            destination,
+            action,
+            float(seconds),
+            reason[:MAX_TEXT],
+            category,
+            connections if action == "reduce" else None,
+        )
+
+    def toJSON(self) -> dict[str, Any]:
+        shown: dict[str, Any] = {
+            "destination": self.destination,
+            "action": self.action,
+            "seconds": self.seconds,
+            "reason": self.reason,
+            "category": self.category,
+        }
+        if self.connections is not None:
+            shown["connections"] = self.connections
+        return shown
+
+
+class ClusterControl:
+    """
+    This process's side of the control exchange: it announces itself,
+    keeps the live L{Members}, and hands what the others say to the
+    callbacks below.  It is the broker client's control listener.
+
+    @param me: this process's member name (unique among them: the host
+        name and the process id).
+    @param heartbeat: seconds between two heartbeats.
+    @param timeout: seconds of silence after which a member is gone.
+    @param settle: the longest wait after the first connection before
+        L{onMembers} is first called (and the process delivers), for the
+        other members to answer the hello.
+    @ivar onMembers: called with the live members (this one included, in
+        name order) once settled, and whenever they change after that.
+    @ivar onBackoff: called with each L{SharedBackoff} another member sent.
+    @ivar onAdmin: called with the member and the C{admin} message of an
+        operator's action another member took.
+    """
+
+    log = Logger()
+
+    def __init__(self, me: str, reactor: Any, *, heartbeat: float, timeout: float, settle: float) -> None:
+        self.reactor = reactor
+        self.members = Members(me, timeout)
+        self.heartbeat = heartbeat
+        self.settle = settle
+        self.publisher: Publisher | None = None
+        self.onMembers: Callable[[tuple[str, ...]], None] | None = None
+        self.onBackoff: Callable[[SharedBackoff], None] | None = None
+        self.onAdmin: Callable[[str, dict[str, Any]], None] | None = None
+        self.settled = False
+        self._settleTimer: IDelayedCall | None = None
+        #: the members to hear from before settling (the outbox's other consumers)
+        self._awaited = 0
+        self._beat = LoopingCall(self._heartbeat)
+        self._beat.clock = reactor
+
+    @property
+    def me(self) -> str:
+        return self.members.me
+
+    # -- the broker client's listener -------------------------------------------
+
+    def controlReady(self, consumers: int) -> None:
+        # the silence while this process was cut off says nothing of the others
+        self.members.forgive(self.reactor.seconds())
+        self._send("hello")
+        if not self._beat.running:
+            self._beat.start(self.heartbeat, now=False)
+        if self.settled:
+            return
+        self._awaited = consumers
+        if len(self.members.live) > consumers:
+            self._settled()
+        elif self._settleTimer is None:
+            self._settleTimer = self.reactor.callLater(self.settle, self._settled)
+
+    def controlLost(self) -> None:
+        if self._beat.running:
+            self._beat.stop()
+
+    def controlReceived(self, body: bytes) -> None:
+        try:
+            event = json.loads(body)
+        except ValueError:
+            event = None
+        if (
+            not isinstance(event, dict)
+            or event.get("v") != VERSION
+            or not isinstance(event.get("member"), str)
+            or not isinstance(event.get("type"), str)
+        ):
+            self.log.warn(
+                "cluster: ignored a control message that is not one of mqtwist {version}'s: {body}",
+                version=VERSION,
+                body=excerpt(body.decode("utf-8", "replace")),
+            )
+            return
+        member, kind = event["member"], event["type"]
+        if member == self.me:
+            return
+        if kind == "bye":
+            if self.members.left(member):
+                self._changed(f"{member} left")
+            return
+        if self.members.heard(member, self.reactor.seconds()):
+            self._changed(f"{member} joined")
+            if not self.settled and len(self.members.live) > self._awaited and self._settleTimer is not None:
+                self._settled()
+        if kind == "hello":
+            # the newcomer learns of this member now, not a heartbeat later
+            self._send("heartbeat")
+        elif kind == "backoff":
+            try:
+                backoff = SharedBackoff.fromJSON(event)
+            except ValueError as e:
+                self.log.warn("cluster: ignored a backoff from {member}: {error}", member=member, error=e)
+                return
+            if self.onBackoff is not None:
+                self.onBackoff(backoff)
+        elif kind == "admin":
+            if self.onAdmin is not None:
+                self.onAdmin(member, event)
+
+    # -- sending -----------------------------------------------------------------
+
+    def announceBackoff(self, backoff: SharedBackoff) -> None:
+        """Tell the others what a reply made of a destination here."""
+        self._send("backoff", **backoff.toJSON())
+
+    def announceAdmin(self, action: Mapping[str, Any]) -> None:
+        """Tell the others of an operator's action taken here (L{onAdmin} of theirs)."""
+        self._send("admin", **action)
+
+    def stop(self) -> None:
+        """Say goodbye (so that the others take the shares at once) and stop the heartbeats."""
+        if self._settleTimer is not None and self._settleTimer.active():
+            self._settleTimer.cancel()
+        self._settleTimer = None
+        if self._beat.running:
+            self._beat.stop()
+        self._send("bye")
+
+    def _send(self, kind: str, **fields: Any) -> bool:
+        if self.publisher is None:
+            return False
+        body = json.dumps({"v": VERSION, "type": kind, "member": self.me, **fields}).encode("utf-8")
+        return self.publisher.publishControl(body)
+
+    # -- members -------------------------------------------------------------------
+
+    def _heartbeat(self) -> None:
+        self._send("heartbeat")
+        gone = self.members.expire(self.reactor.seconds())
+        if gone:
+            self._changed(
+                f"{', '.join(gone)} not heard from for {self.members.timeout:g} s (crashed, or cut off "
+                f"from the broker)"
+            )
+
+    def _settled(self) -> None:
+        if self._settleTimer is not None and self._settleTimer.active():
+            self._settleTimer.cancel()
+        self._settleTimer = None
+        self.settled = True
+        self.log.info(
+            "cluster: {count} member(s): {members}; this one is {me}",
+            count=len(self.members.live),
+            members=", ".join(self.members.live),
+            me=self.me,
+        )
+        if self.onMembers is not None:
+            self.onMembers(self.members.live)
+
+    def _changed(self, why: str) -> None:
+        if not self.settled:
+            return
+        self.log.info(
+            "cluster: {why}; {count} member(s) now: {members}",
+            why=why,
+            count=len(self.members.live),
+            members=", ".join(self.members.live),
+        )
+        if self.onMembers is not None:
+            self.onMembers(self.members.live)
