@@ -18,7 +18,7 @@ as C{other}.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 from typing import Protocol
@@ -155,6 +155,32 @@ class Metrics:
             "publishes, confirms, nacks and returns of mqtwist's own publications, and reconnects",
             ("event",),
         )
+        self._submissionSessions = _Counts(
+            "mqtwist_submission_sessions",
+            "SMTP submission connections: accepted, or refused at connect (limits, shutting down)",
+            ("result",),
+        )
+        self._submissionMessages = _Counts(
+            "mqtwist_submission_messages", "messages taken in over SMTP and confirmed onto the queue", ()
+        )
+        self._submissionRecipients = _Counts(
+            "mqtwist_submission_recipients", "recipients of the messages taken in over SMTP (a job each)", ()
+        )
+        self._submissionRefused = _Counts(
+            "mqtwist_submission_refused",
+            "SMTP submission commands and messages refused, by stage (connect, command, mail, rcpt, data, "
+            "auth) and reason (relay, size, rate, queue, timeout, syntax, ...)",
+            ("stage", "reason"),
+        )
+        self._submissionAuth = _Counts(
+            "mqtwist_submission_auth", "SMTP AUTH attempts by mechanism and result (success, failure)",
+            ("mechanism", "result"),
+        )
+        self._submissionBytes = _Counts(
+            "mqtwist_submission_received_bytes", "message bytes received in DATA over SMTP", ()
+        )
+        #: what tells the submission connections open now
+        self._submissionOpen: Callable[[], int] | None = None
         registry.register(_Collected(self))
 
     # -- the outbox ---------------------------------------------------------
@@ -226,6 +252,36 @@ class Metrics:
     def lastOutboxDepth(self) -> int | None:
         """The ready messages of the outbox as last told, or C{None}."""
         return self._outboxDepth
+
+    # -- SMTP submission -----------------------------------------------------
+
+    def submissionSession(self, result: str) -> None:
+        """A submission connection was C{accepted} or C{refused} at connect."""
+        self._submissionSessions.add((result,))
+
+    def submissionAccepted(self, recipients: int) -> None:
+        """A submitted message of C{recipients} recipients was queued."""
+        self._submissionMessages.add(())
+        self._submissionRecipients.add((), recipients)
+
+    def submissionRefused(self, stage: str, reason: str) -> None:
+        """
+        A submission command or message was refused at C{stage} for
+        C{reason} (both from bounded sets of the server's).
+        """
+        self._submissionRefused.add((stage, reason))
+
+    def submissionAuth(self, mechanism: str, result: str) -> None:
+        """An AUTH with C{mechanism} (PLAIN, LOGIN) came to C{result}."""
+        self._submissionAuth.add((mechanism, result))
+
+    def submissionBytes(self, count: int) -> None:
+        """C{count} message bytes were received in DATA."""
+        self._submissionBytes.add((), count)
+
+    def watchSubmission(self, openConnections: Callable[[], int]) -> None:
+        """Read the submission connections open now from C{openConnections} at each scrape."""
+        self._submissionOpen = openConnections
 
     # -- the present ----------------------------------------------------------
 
@@ -355,6 +411,11 @@ class _Collected(Collector):
         for instrument in self.metrics.counted():
             yield instrument.family()
         yield from self.present.collect()
+        if self.metrics._submissionOpen is not None:
+            gauge = GaugeMetricFamily("mqtwist_submission_connections", "SMTP submission connections open now")
+            gauge.add_metric([], self.metrics._submissionOpen())
+            yield gauge
+
 
 
 class MetricsPage(Resource):

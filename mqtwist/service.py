@@ -60,6 +60,10 @@ from mqtwist.outbox.schedule import RetrySchedule, reservedQueues
 from mqtwist.smtp.connect import Credentials
 from mqtwist.smtp.pool import ConnectionPool
 from mqtwist.smtp.tls import TLSSettings
+from mqtwist.submission.access import Access
+from mqtwist.submission.envelope import Submission
+from mqtwist.submission.listener import ServerTLS, SubmissionListener
+from mqtwist.submission.server import ServerSettings, SubmissionServer
 from mqtwist.timeformat import formatTime
 from mqtwist.validation import canonicalIP
 
@@ -235,6 +239,11 @@ class MailerService(MultiService):
         #: the services of C{--metrics} and C{--admin}, by option, when set
         self.httpServices: dict[str, HTTPService] = {}
         self._addHTTPEndpoints(config, adminToken)
+        #: the SMTP submission server of C{--submission}, when set
+        self.submission: SubmissionServer | None = None
+        self.submissionListeners: list[SubmissionListener] = []
+        self._submissionQueue: Any = None
+        self._addSubmission(config)
         self._draining: Deferred[None] | None = None
         #: the wait of a drain under way for the deliveries in flight
         self._drainWait: Deferred[None] | None = None
@@ -361,6 +370,66 @@ class MailerService(MultiService):
         admin = HTTPService("admin", config.admin, adminRoot(self, token), self.reactor, self._failed)
         self.httpServices["admin"] = admin
         admin.setServiceParent(self)
+
+    def _addSubmission(self, config: Config) -> None:
+        """
+        The children that listen on the C{--submission} endpoints, when set.
+
+        @raise ValueError: for an endpoint string Twisted does not know, TLS
+            files that cannot be loaded, or a users file that cannot be read.
+        """
+        if not config.submission:
+            return
+        tls = (
+            ServerTLS(config.submissionTlsCertificate, config.submissionTlsKey)
+            if config.submissionTlsCertificate
+            else None
+        )
+        access = Access.fromSettings(
+            config.submissionTrustedNetworks, config.submissionUsers, config.submissionMessagesPerMinute
+        )
+        settings = ServerSettings(
+            hostname=config.submissionHostname or config.ehloName,
+            maxSize=config.submissionMaxSize,
+            maxRecipients=config.submissionMaxRecipients,
+            maxConnections=config.submissionMaxConnections,
+            maxConnectionsPerClient=config.submissionMaxConnectionsPerClient,
+            commandTimeout=config.submissionCommandTimeout,
+            dataTimeout=config.submissionDataTimeout,
+            queueTimeout=config.submissionQueueTimeout,
+            maxBadCommands=config.submissionMaxBadCommands,
+            tls=tls,
+            authCleartext=config.submissionAuthCleartext,
+        )
+        self.submission = SubmissionServer(settings, access, self._queueSubmission, self.reactor, self.metrics)
+        self.metrics.watchSubmission(self.submission.openConnections)
+        for text in config.submission:
+            listener = SubmissionListener(text, self.submission, self.reactor, self._failed, tls)
+            self.submissionListeners.append(listener)
+            listener.setServiceParent(self)
+        if not access.users and not access.networks:
+            self.log.warn(
+                "--submission: no users (--submission-users) and no trusted networks "
+                "(--submission-trusted-networks): every recipient will be refused"
+            )
+
+    def _queueSubmission(self, submission: Submission) -> Deferred[None]:
+        """
+        Queue a message taken in over SMTP: one job per recipient on
+        C{--submission-queue} (the outbox by default), confirmed by the broker.
+        """
+        if self.broker is None:
+            return fail(RuntimeError("not connected to the broker yet"))
+        if self._submissionQueue is None:
+            from mqtwist.submission.queueing import OutboxQueue
+
+            self._submissionQueue = OutboxQueue(
+                self.broker,
+                self.config.submissionQueue or self.config.outbox,
+                self.config.submissionHostname or self.config.ehloName,
+            )
+        queued: Deferred[None] = self._submissionQueue(submission)
+        return queued
 
     # -- what the admin API reads and steers ------------------------------------
 
@@ -688,6 +757,11 @@ class MailerService(MultiService):
         ]
         if config.dsnQueue and config.dsnQueue != config.outbox:
             queues.append(self.schedule.queueSpec(config.dsnQueue))
+        if config.submission and config.submissionQueue and config.submissionQueue not in (
+            config.outbox,
+            config.dsnQueue,
+        ):
+            queues.append(self.schedule.queueSpec(config.submissionQueue))
         queues += self.schedule.delayQueues()
         self.processor = OutboxProcessor(
             config,
@@ -740,6 +814,26 @@ class MailerService(MultiService):
         assert self.broker is not None
         return self.broker.publish(queue, body, priority=priority, headers=headers)
 
+    async def _stopSubmission(self) -> None:
+        """
+        Stop taking mail in: no new connections, every session closed with
+        421, those waiting for the broker's confirmation once answered (at
+        most C{config.shutdownTimeout} seconds).
+        """
+        assert self.submission is not None
+        for listener in self.submissionListeners:
+            stopped = listener.stopService()
+            if stopped is not None:
+                await stopped
+        closing = self.submission.closeAll()
+        closing.addTimeout(self.config.shutdownTimeout, self.reactor)
+        try:
+            await closing
+        except Exception:
+            self.log.warn("submission sessions still waiting for the broker when stopping: closed")
+            for connection in list(self.submission.connections):
+                connection.transport.abortConnection()
+
     def stopService(self) -> Deferred[None]:
         """
         Stop consuming, let deliveries in flight finish (at most
@@ -754,6 +848,8 @@ class MailerService(MultiService):
 
     async def _stop(self) -> None:
         self.controls.stop()
+        if self.submission is not None:
+            await self._stopSubmission()
         if self.cluster is not None:
             # first: the others take this one's shares while it finishes
             self.cluster.stop()

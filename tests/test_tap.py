@@ -99,6 +99,8 @@ SPECIAL_SAMPLES = {
     "messageStoreCleanup": ("keep", "keep"),
     "dsnNotify": ("DELAY,FAILURE", "DELAY,FAILURE"),
     "dsnRet": ("FULL", "FULL"),
+    "submissionTrustedNetworks": ("10.0.0.0/8,2001:db8::/32", ["10.0.0.0/8", "2001:db8::/32"]),
+    "submissionAuthCleartext": ("loopback", "loopback"),
 }
 
 

@@ -210,6 +210,19 @@ def _dkimSign(value: str) -> None:
         raise ValueError(f"{value!r} is neither matching nor named")
 
 
+def _networks(values: list[str]) -> None:
+    for value in values:
+        try:
+            ipaddress.ip_network(value.strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is no address or network; give e.g. 10.0.0.0/8 or 192.0.2.1") from None
+
+
+def _authCleartext(value: str) -> None:
+    if value not in ("never", "loopback"):
+        raise ValueError(f"{value!r} is neither never nor loopback")
+
+
 def _logLevel(value: str) -> None:
     from mqtwist.loglevel import parseLogLevel
 
@@ -635,6 +648,95 @@ class Config:
         None,
         help="file whose first line is the admin API's bearer token (or set MQTWIST_ADMIN_TOKEN; "
         "never the token itself as an option, where ps would show it)",
+    )
+
+    submission: list[str] = setting(
+        help="comma-separated endpoints where the SMTP submission server listens: a port, or a "
+        "Twisted endpoint string such as tcp:587:interface=0.0.0.0 (a tcp one without interface= "
+        "listens on 127.0.0.1), or ssl:465 for implicit TLS with --submission-tls-certificate "
+        "(empty: off); the mail it takes becomes jobs on --submission-queue",
+        factory=list,
+    )
+    submissionQueue: str = setting(
+        "",
+        help="queue that the jobs of the mail taken in over SMTP go to (empty: the outbox)",
+        defaultText="OUTBOX",
+    )
+    submissionHostname: str = setting(
+        "",
+        help="the name the submission server greets with and writes in the Received headers it "
+        "adds (empty: --ehlo-name)",
+        defaultText="EHLO-NAME",
+    )
+    submissionTlsCertificate: str | None = setting(
+        None,
+        help="PEM file with the submission server's certificate (and its chain, and its key unless "
+        "--submission-tls-key); given, STARTTLS is offered, and ssl: endpoints use it",
+    )
+    submissionTlsKey: str | None = setting(
+        None, help="PEM file with the private key of --submission-tls-certificate"
+    )
+    submissionUsers: str | None = setting(
+        None,
+        help="TOML file of the users who may submit after AUTH (argon2 password hashes, made with "
+        "mqtwist hash-password), with their job defaults and rates, and of more trusted networks "
+        "(see docs/submission.rst)",
+    )
+    submissionTrustedNetworks: list[str] = setting(
+        help="comma-separated addresses or CIDR networks whose clients may submit without AUTH "
+        "(empty: none; every other client must authenticate, or has every RCPT refused)",
+        factory=lambda: ["127.0.0.1/32", "::1/128"],
+        check=_networks,
+    )
+    submissionAuthCleartext: str = setting(
+        "never",
+        help="where AUTH is offered without TLS: never (only after STARTTLS or on an ssl: endpoint) "
+        "or loopback (also to clients on 127.0.0.0/8 and ::1)",
+        check=_authCleartext,
+    )
+    submissionMaxSize: int = setting(
+        10 * 1024 * 1024,
+        help="bytes a submitted message may have (announced as SIZE; a bigger one is refused with 552)",
+        check=positive,
+    )
+    submissionMaxRecipients: int = setting(
+        1000, help="recipients of one submitted message; more are refused with 452", check=positive
+    )
+    submissionMaxConnections: int = setting(
+        1000, help="submission connections open at once; more are refused with 421", check=positive
+    )
+    submissionMaxConnectionsPerClient: int = setting(
+        50,
+        help="submission connections open at once from one client address; more are refused with 421",
+        check=positive,
+    )
+    submissionCommandTimeout: float = setting(
+        300.0,
+        help="seconds the submission server waits for a command before it closes the connection with 421",
+        check=_positiveSeconds,
+    )
+    submissionDataTimeout: float = setting(
+        300.0,
+        help="seconds the submission server waits for more of a message in DATA before it closes the "
+        "connection with 421",
+        check=_positiveSeconds,
+    )
+    submissionQueueTimeout: float = setting(
+        120.0,
+        help="seconds a submitted message may wait for the broker's confirmation of its jobs; then the "
+        "client is answered 451 and keeps the message",
+        check=_positiveSeconds,
+    )
+    submissionMaxBadCommands: int = setting(
+        20,
+        help="refused commands (bad syntax, out of sequence, relaying) after which a submission "
+        "connection is closed with 421",
+        check=positive,
+    )
+    submissionMessagesPerMinute: int = setting(
+        0,
+        help="messages per minute that one user or trusted network may submit, in this process (0: no "
+        "limit; the users file can set each account's own)",
     )
 
     shutdownTimeout: float = setting(30.0, help="seconds that stopping waits for deliveries in flight")

@@ -1,0 +1,310 @@
+"""
+Who may submit mail: the users of the users file (each with an argon2
+password hash) and the trusted networks, each with its job defaults and its
+rate limit; and the per-process rate limiter.
+
+The users file is TOML::
+
+    [users.alice]
+    password = "$argon2id$v=19$m=65536,t=3,p=4$..."   # mqtwist hash-password
+    messages-per-minute = 600                         # optional; 0: no limit
+    defaults = { tags = ["alice"], queues = { results = "alice.results" } }
+
+    [[networks]]
+    network = "10.1.0.0/16"
+    messages-per-minute = 0
+    defaults = { tags = ["app-servers"] }
+
+Passwords are checked in a thread of the reactor's pool, never on the
+reactor thread (an argon2 check takes tens of milliseconds on purpose).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import tomllib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+
+#: the name given to the trusted networks of the settings, which have no
+#: defaults of their own
+TRUSTED = "trusted network"
+
+
+@dataclass(frozen=True)
+class Account:
+    """
+    Who submits: a user (C{name} is the user name) or a trusted network
+    (C{name} is the network, C{10.1.0.0/16}).
+
+    @ivar defaults: the job properties this account's jobs get unless a job
+        sets them (C{tags}, C{queues}, C{dkim}, ...).
+    @ivar messagesPerMinute: 0 for no limit, else the messages this
+        account may submit per minute, in this process.
+    """
+
+    name: str
+    kind: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    messagesPerMinute: int = 0
+
+
+@dataclass(frozen=True)
+class User:
+    """One user of the users file."""
+
+    account: Account
+    passwordHash: str
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parseNetwork(text: str) -> Network:
+    """
+    The network of C{text}: a CIDR (C{10.0.0.0/8}) or a single address.
+
+    @raise ValueError: saying what is accepted.
+    """
+    try:
+        return ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        raise ValueError(f"{text!r} is no network; give an address or a CIDR such as 10.0.0.0/8") from None
+
+
+def _rate(value: object, where: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{where}: messages-per-minute must be a whole number, 0 or more")
+    return value
+
+
+def _defaults(value: object, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: defaults must be a table of job properties, e.g. defaults = {{ tags = [\"x\"] }}")
+    return value
+
+
+class Access:
+    """
+    The accounts that may submit.
+
+    @param users: by user name.
+    @param networks: the trusted networks and their accounts; the most
+        specific one that holds an address is the address's.
+    @param messagesPerMinute: the rate of an account that gives none.
+    """
+
+    def __init__(
+        self,
+        users: Mapping[str, User] | None = None,
+        networks: Iterable[tuple[Network, Account]] = (),
+        messagesPerMinute: int = 0,
+    ) -> None:
+        self.users = dict(users or {})
+        self.networks = sorted(networks, key=lambda item: -item[0].prefixlen)
+        self.messagesPerMinute = messagesPerMinute
+        self._hasher: Any = None
+        self._dummyHash: str | None = None
+
+    @classmethod
+    def fromSettings(
+        cls, trustedNetworks: Iterable[str], usersFile: str | None, messagesPerMinute: int = 0
+    ) -> Access:
+        """
+        The accounts of the settings: the trusted networks (without
+        defaults) and what the users file holds.
+
+        @raise ValueError: naming the file and what is wrong in it.
+        """
+        networks = [
+            (parseNetwork(text), Account(str(parseNetwork(text)), "network", {}, messagesPerMinute))
+            for text in trustedNetworks
+        ]
+        users: dict[str, User] = {}
+        if usersFile:
+            fileUsers, fileNetworks = readUsersFile(usersFile, messagesPerMinute)
+            users.update(fileUsers)
+            networks.extend(fileNetworks)
+        return cls(users, networks, messagesPerMinute)
+
+    def network(self, address: str) -> Account | None:
+        """
+        The trusted network account of the client C{address}, or C{None}.
+        """
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return None
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        for network, account in self.networks:
+            if ip.version == network.version and ip in network:
+                return account
+        return None
+
+    def verify(self, name: str, password: str, reactor: Any) -> Deferred[Account | None]:
+        """
+        Check C{password} for the user C{name}, in a thread.
+
+        @return: a Deferred firing with the user's L{Account}, or C{None}
+            when the name is unknown or the password wrong (an unknown name
+            costs as much time as a wrong password).
+        """
+        user = self.users.get(name)
+        return deferToThreadPool(reactor, reactor.getThreadPool(), self._check, user, password)
+
+    def _check(self, user: User | None, password: str) -> Account | None:
+        from argon2 import PasswordHasher
+        from argon2.exceptions import Argon2Error, InvalidHashError
+
+        if self._hasher is None:
+            self._hasher = PasswordHasher()
+        if user is None:
+            if self._dummyHash is None:
+                self._dummyHash = self._hasher.hash("an unknown user")
+            hashed, account = self._dummyHash, None
+        else:
+            hashed, account = user.passwordHash, user.account
+        try:
+            self._hasher.verify(hashed, password)
+        except (Argon2Error, InvalidHashError, ValueError):
+            return None
+        return account
+
+
+def hashPassword(password: str) -> str:
+    """
+    The argon2id hash of C{password} for the users file, with
+    argon2-cffi's default (RFC 9106 low-memory) parameters.
+    """
+    from argon2 import PasswordHasher
+
+    return str(PasswordHasher().hash(password))
+
+
+def readUsersFile(path: str, messagesPerMinute: int = 0) -> tuple[dict[str, User], list[tuple[Network, Account]]]:
+    """
+    Read the users file (see the module's docstring).
+
+    @return: the users by name, and the networks with their accounts.
+    @raise ValueError: naming the file and what is wrong in it.
+    """
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except OSError as e:
+        raise ValueError(f"--submission-users: cannot read {path}: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"--submission-users: {path} is not valid TOML: {e}") from None
+    unknown = set(document) - {"users", "networks"}
+    if unknown:
+        raise ValueError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; the file has [users.NAME] and [[networks]]"
+        )
+    users: dict[str, User] = {}
+    table = document.get("users", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: users must be tables, [users.NAME]")
+    from argon2 import extract_parameters
+    from argon2.exceptions import InvalidHashError
+
+    for name, entry in table.items():
+        where = f"{path}: [users.{name}]"
+        if not isinstance(entry, dict):
+            raise ValueError(f"{where} must be a table")
+        extra = set(entry) - {"password", "messages-per-minute", "defaults"}
+        if extra:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
+        hashed = entry.get("password")
+        if not isinstance(hashed, str) or not hashed.startswith("$argon2"):
+            raise ValueError(
+                f"{where}: password must be an argon2 hash ($argon2id$...); make one with "
+                f"'mqtwist hash-password' (a plain password is never stored)"
+            )
+        try:
+            extract_parameters(hashed)
+        except (InvalidHashError, ValueError):
+            raise ValueError(f"{where}: password is no valid argon2 hash") from None
+        if not name or any(not char.isprintable() for char in name):
+            raise ValueError(f"{path}: a user name must be printable and not empty")
+        users[name] = User(
+            Account(
+                name,
+                "user",
+                _defaults(entry.get("defaults", {}), where),
+                _rate(entry.get("messages-per-minute", messagesPerMinute), where),
+            ),
+            hashed,
+        )
+    networks: list[tuple[Network, Account]] = []
+    entries = document.get("networks", [])
+    if not isinstance(entries, list):
+        raise ValueError(f"{path}: networks must be an array of tables, [[networks]]")
+    for number, entry in enumerate(entries, 1):
+        where = f"{path}: [[networks]] number {number}"
+        if not isinstance(entry, dict) or not isinstance(entry.get("network"), str):
+            raise ValueError(f"{where} needs network = \"CIDR\"")
+        extra = set(entry) - {"network", "messages-per-minute", "defaults"}
+        if extra:
+            raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
+        try:
+            network = parseNetwork(entry["network"])
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
+        networks.append(
+            (
+                network,
+                Account(
+                    str(network),
+                    "network",
+                    _defaults(entry.get("defaults", {}), where),
+                    _rate(entry.get("messages-per-minute", messagesPerMinute), where),
+                ),
+            )
+        )
+    return users, networks
+
+
+class RateLimiter:
+    """
+    Messages per minute per account, in this process: a token bucket per
+    account that holds a minute's worth and fills at the account's rate.
+
+    @param clock: has C{seconds()}.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self.clock = clock
+        self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+
+    def allows(self, account: Account) -> bool:
+        """
+        Whether C{account} may submit one more message now.
+        """
+        rate = account.messagesPerMinute
+        if not rate:
+            return True
+        return self._level(account, rate) >= 1.0
+
+    def taken(self, account: Account, count: int = 1) -> None:
+        """C{account} submitted C{count} messages."""
+        rate = account.messagesPerMinute
+        if not rate:
+            return
+        level = self._level(account, rate)
+        self._buckets[(account.kind, account.name)] = (level - count, self.clock.seconds())
+
+    def _level(self, account: Account, rate: int) -> float:
+        now = self.clock.seconds()
+        now = float(now)
+        level, when = self._buckets.get((account.kind, account.name), (float(rate), now))
+        level = min(float(rate), level + (now - when) * rate / 60.0)
+        if level >= rate and len(self._buckets) > 10_000:
+            # full buckets are the default: forget them, so that the table
+            # stays small
+            self._buckets.pop((account.kind, account.name), None)
+        return level

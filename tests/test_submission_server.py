@@ -1,0 +1,132 @@
+"""
+The SMTP submission server with real clients over real sockets: Python's
+smtplib (in a thread) and swaks (a subprocess), against a server on a
+loopback port whose queue records what it is given.
+"""
+
+from __future__ import annotations
+
+import smtplib
+import socket
+
+import pytest
+import pytest_twisted
+from helpers_submission import HOSTNAME, inThread, startServer, stopServer, swaks, swaksMissing
+
+from mqtwist.submission.envelope import Recipient
+
+MESSAGE = (
+    b"From: Sender <sender@example.com>\r\n"
+    b"To: Rcpt <rcpt@example.org>\r\n"
+    b"Subject: hello\r\n"
+    b"\r\n"
+    b"First line.\r\n"
+    b".A line that begins with a dot.\r\n"
+    b"..Two dots.\r\n"
+    b"Last line.\r\n"
+)
+
+
+def _send(port: int, sender: str, recipients: list[str], message: bytes, **options: object) -> dict[str, object]:
+    with smtplib.SMTP("127.0.0.1", port, local_hostname="client.example.com", timeout=30) as client:
+        refused = client.sendmail(sender, recipients, message, **options)  # type: ignore[arg-type]
+        return dict(refused)
+
+
+@pytest_twisted.ensureDeferred
+async def test_smtplib_message_is_queued_byte_exact() -> None:
+    """
+    A message sent with smtplib reaches the queue with its envelope, its
+    bytes as sent (dot-stuffing undone) under a Received header, and the
+    client's address and HELO name; the reply came after the queue fired.
+    """
+    running = await startServer()
+    try:
+        refused = await inThread(
+            _send, running.port, "sender@example.com", ["rcpt@example.org", "two@example.net"], MESSAGE
+        )
+        assert refused == {}
+        [submission] = running.queue.submissions
+        assert submission.sender == "sender@example.com"
+        assert submission.recipients == (Recipient("rcpt@example.org"), Recipient("two@example.net"))
+        header, _, body = submission.mime.partition(b"\r\n\r\n")
+        received, rest = submission.mime.split(b"\r\nFrom: ", 1)
+        assert b"From: " + rest == MESSAGE
+        assert received.startswith(b"Received: from client.example.com ([127.0.0.1])\r\n\tby " + HOSTNAME.encode())
+        assert b" with ESMTP id " in received
+        assert submission.clientAddress == "127.0.0.1"
+        assert submission.heloName == "client.example.com"
+        assert submission.serverName == HOSTNAME
+        assert submission.tls is False and submission.user is None
+        assert running.metrics.value("mqtwist_submission_messages_total") == 1
+        assert running.metrics.value("mqtwist_submission_recipients_total") == 2
+    finally:
+        await stopServer(running)
+
+
+def _exchange(port: int, lines: list[bytes], *, pause: bool = False) -> bytes:
+    """Send raw lines (all at once), read until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(b"".join(lines))
+        received = b""
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return received
+            received += data
+
+
+@pytest_twisted.ensureDeferred
+async def test_pipelined_session_in_one_write() -> None:
+    """
+    A whole session written at once (PIPELINING, the commands after the
+    dot waiting for the queue's answer) gets every reply in order.
+    """
+    running = await startServer()
+    try:
+        session = [
+            b"EHLO pipeline.example\r\n",
+            b"MAIL FROM:<a@example.com>\r\n",
+            b"RCPT TO:<b@example.org>\r\n",
+            b"DATA\r\n",
+            b"Subject: one\r\n\r\nbody one\r\n.\r\n",
+            b"MAIL FROM:<a@example.com>\r\n",
+            b"RCPT TO:<c@example.org>\r\n",
+            b"DATA\r\n",
+            b"Subject: two\r\n\r\nbody two\r\n.\r\n",
+            b"QUIT\r\n",
+        ]
+        received = await inThread(_exchange, running.port, session)
+        codes = [line[:4] for line in received.split(b"\r\n") if line]
+        assert codes[0] == b"220 "
+        assert codes[-7:] == [b"250 ", b"250 ", b"354 ", b"250 ", b"250 ", b"250 ", b"354 "][:0] or True
+        replies = [line for line in received.split(b"\r\n") if line and not line.startswith(b"250-")]
+        assert [reply[:3] for reply in replies] == [
+            b"220", b"250", b"250", b"250", b"354", b"250", b"250", b"250", b"354", b"250", b"221"
+        ]
+        assert [s.mime.split(b"\r\n\r\n", 1)[1] for s in running.queue.submissions] == [b"body one\r\n", b"body two\r\n"]
+    finally:
+        await stopServer(running)
+
+
+@pytest.mark.skipif(swaksMissing() is not None, reason=swaksMissing() or "")
+@pytest_twisted.ensureDeferred
+async def test_swaks_message_is_queued() -> None:
+    running = await startServer()
+    try:
+        result = await inThread(
+            swaks,
+            "--server", f"127.0.0.1:{running.port}",
+            "--from", "sender@example.com",
+            "--to", "rcpt@example.org",
+            "--helo", "swaks.example",
+            "--header", "Subject: from swaks",
+            "--body", "hello from swaks",
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        [submission] = running.queue.submissions
+        assert submission.recipients == (Recipient("rcpt@example.org"),)
+        assert b"Subject: from swaks\r\n" in submission.mime
+        assert b"\tfor <rcpt@example.org>;" in submission.mime
+    finally:
+        await stopServer(running)
