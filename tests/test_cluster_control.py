@@ -1,0 +1,229 @@
+"""
+The cluster's bookkeeping with a fake clock: the live members, each one's
+share of a limit, the control messages (L{ClusterControl}), and the delivery
+policy's shares and what other members tell it (L{DeliveryPolicy.setMembers},
+L{DeliveryPolicy.applyShared}).
+"""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+from test_throttle_policy import deferral, policy, route
+from twisted.internet.task import Clock
+
+from mqtwist.admin.controls import Controls, Selector
+from mqtwist.cluster.control import ClusterControl, SharedBackoff
+from mqtwist.cluster.members import Members, rateShareOf, shareOf
+from mqtwist.config import BackoffRule, ThrottleRule
+from mqtwist.errors import AttemptFailed
+
+MEMBERS = ("host:1", "host:2", "host:3", "host:4")
+
+
+@given(st.integers(1, 500), st.integers(1, 40))
+def test_shares_add_up_to_the_limit_or_to_one_each(limit: int, count: int) -> None:
+    members = [f"m{n:03}" for n in range(count)]
+    shares = [shareOf(limit, members, me) for me in members]
+    assert sum(shares) == max(limit, count)
+    assert max(shares) - min(shares) <= 1 and min(shares) >= 1
+
+
+def test_five_connections_among_four_members_and_rates() -> None:
+    assert [shareOf(5, MEMBERS, me) for me in MEMBERS] == [2, 1, 1, 1]
+    assert shareOf(0, MEMBERS, "host:1") == 0
+    assert rateShareOf(100, MEMBERS) == 25 and rateShareOf(0, MEMBERS) == 0
+
+
+def test_members_expire_unless_forgiven() -> None:
+    members = Members("host:1", timeout=5)
+    assert members.heard("host:2", 0) and not members.heard("host:2", 1) and not members.heard("host:1", 1)
+    members.heard("host:3", 3)
+    assert members.expire(5.5) == [] and members.expire(6) == ["host:2"]
+    assert members.live == ("host:1", "host:3")
+    # this process heard nothing for a while (no connection): none is gone
+    members.forgive(100)
+    assert members.expire(104) == [] and members.live == ("host:1", "host:3")
+    assert members.left("host:3") and not members.left("host:3")
+    assert members.live == ("host:1",)
+
+
+class Wire:
+    """What a L{ClusterControl} sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict] = []
+
+    def publishControl(self, body: bytes) -> bool:
+        self.sent.append(json.loads(body))
+        return True
+
+    def kinds(self) -> list[str]:
+        return [message["type"] for message in self.sent]
+
+
+def control(me: str = "host:2") -> tuple[ClusterControl, Wire, Clock, list[tuple[str, ...]]]:
+    clock = Clock()
+    cluster = ClusterControl(me, clock, heartbeat=1, timeout=3, settle=2)
+    wire = Wire()
+    cluster.publisher = wire
+    changes: list[tuple[str, ...]] = []
+    cluster.onMembers = changes.append
+    return cluster, wire, clock, changes
+
+
+def said(member: str, kind: str, **fields) -> bytes:
+    return json.dumps({"v": 1, "type": kind, "member": member, **fields}).encode()
+
+
+def test_alone_it_settles_at_once_and_beats() -> None:
+    cluster, wire, clock, changes = control()
+    cluster.controlReady(consumers=0)
+    assert wire.kinds() == ["hello"] and changes == [("host:2",)]
+    clock.pump([1, 1, 1])
+    assert wire.kinds() == ["hello", "heartbeat", "heartbeat", "heartbeat"]
+
+
+def test_it_waits_for_as_many_members_as_the_outbox_had_consumers() -> None:
+    cluster, wire, clock, changes = control()
+    cluster.controlReady(consumers=2)
+    cluster.controlReceived(said("host:2", "hello"))  # its own, back from the exchange
+    cluster.controlReceived(said("host:1", "heartbeat"))
+    assert changes == [] and not cluster.settled
+    cluster.controlReceived(said("host:3", "heartbeat"))
+    assert changes == [("host:1", "host:2", "host:3")]
+
+
+def test_it_settles_after_the_settle_time_whoever_answered() -> None:
+    cluster, _, clock, changes = control()
+    cluster.controlReady(consumers=2)
+    cluster.controlReceived(said("host:1", "heartbeat"))
+    clock.advance(1.9)
+    assert changes == []
+    clock.advance(0.1)
+    assert changes == [("host:1", "host:2")]
+
+
+def test_a_hello_is_answered_at_once_and_a_stale_member_goes() -> None:
+    cluster, wire, clock, changes = control()
+    cluster.controlReady(consumers=0)
+    cluster.controlReceived(said("host:3", "hello"))
+    assert wire.kinds() == ["hello", "heartbeat"]
+    assert changes[-1] == ("host:2", "host:3")
+    # host:3 crashes: no goodbye, no heartbeat
+    clock.pump([1, 1])
+    assert changes[-1] == ("host:2", "host:3")
+    clock.advance(1)
+    assert changes[-1] == ("host:2",)
+
+
+def test_cut_off_from_the_broker_it_takes_no_one_for_gone() -> None:
+    cluster, _, clock, changes = control()
+    cluster.controlReady(consumers=0)
+    cluster.controlReceived(said("host:3", "heartbeat"))
+    cluster.controlLost()
+    clock.advance(60)
+    cluster.controlReady(consumers=1)
+    assert changes[-1] == ("host:2", "host:3")
+    clock.pump([1, 1])
+    assert changes[-1] == ("host:2", "host:3")
+    clock.advance(1)  # still silent, now that this one hears again
+    assert changes[-1] == ("host:2",)
+
+
+def test_goodbye_and_what_is_not_a_control_message() -> None:
+    cluster, wire, clock, changes = control()
+    cluster.controlReady(consumers=0)
+    cluster.controlReceived(said("host:3", "heartbeat"))
+    cluster.controlReceived(said("host:3", "bye"))
+    assert changes[-1] == ("host:2",)
+    count = len(changes)
+    for body in (b"{", b"[]", json.dumps({"v": 2, "type": "hello", "member": "x"}).encode(), said("x", "backoff")):
+        cluster.controlReceived(body)
+    # x's malformed backoff made it a member, nothing else happened
+    assert changes[count:] == [("host:2", "x")]
+    cluster.stop()
+    assert wire.kinds()[-1] == "bye"
+
+
+def test_a_backoff_is_read_and_checked() -> None:
+    backoffs: list[SharedBackoff] = []
+    cluster, _, _, _ = control()
+    cluster.onBackoff = backoffs.append
+    cluster.controlReceived(
+        said("host:1", "backoff", destination="mx mx.a.test", action="pause", seconds=60, reason="421", category=None)
+    )
+    cluster.controlReceived(said("host:1", "backoff", destination="mx mx.a.test", action="reduce", seconds=60, reason=""))
+    cluster.controlReceived(said("host:1", "backoff", destination="d", action="retry", seconds=60, reason=""))
+    assert backoffs == [SharedBackoff("host:1", "mx mx.a.test", "pause", 60.0, "421")]
+
+
+def test_shares_of_a_destination_follow_the_members() -> None:
+    p, clock = policy(throttles=[ThrottleRule(domain="*", connections=5, messagesPerMinute=6000)])
+    p.holdUntilSettled()
+    waiting = [p.admit(route("a.test", "mx.a.test")) for _ in range(4)]
+    assert not any(w.called for w in waiting)  # nothing before the members are known
+    p.setMembers(MEMBERS, "host:2")
+    (state,) = p.destinationStates()
+    assert state.limits.connections == 1 and state.limits.messagesPerMinute == 1500
+    assert [w.called for w in waiting] == [True, False, False, False]
+    # two of them go: host:2 is first of two, with 3 of the 5
+    p.setMembers(("host:2", "host:3"), "host:2")
+    assert [w.called for w in waiting] == [True, True, True, False]
+    (state,) = p.destinationStates()
+    assert state.limits.connections == 3 and state.limits.messagesPerMinute == 3000
+
+
+def test_a_pause_here_is_told_and_one_told_is_applied_not_told_again() -> None:
+    p, clock = policy()
+    p.setMembers(MEMBERS, "host:2")
+    told: list[SharedBackoff] = []
+    p.onBackoff = told.append
+    permit = p.admit(route("a.test", "mx.a.test")).result
+    p.release(permit)
+    p.failed(permit, AttemptFailed("mailfrom", "421", "421 4.7.0 try later", code=421, status="4.7.0"))
+    assert [(b.member, b.destination, b.action, b.seconds) for b in told] == [("host:2", "mx mx.a.test", "pause", 60)]
+    # another member paused a destination this one has not seen yet
+    p.applyShared(SharedBackoff("host:3", "mx mx.b.test", "pause", 30, "paused after the reply 421 x", "throttled"))
+    turnedAway = deferral(p.admit(route("b.test", "mx.b.test")))
+    assert turnedAway.until == clock.seconds() + 30 and "(at host:3)" in turnedAway.reason
+    assert len(told) == 1
+    clock.advance(30)
+    assert p.admit(route("b.test", "mx.b.test")).called
+
+
+def test_a_reduction_is_shared_as_a_total() -> None:
+    rule = BackoffRule("reduce", 600, code="^4", text="too many connections", connections=3)
+    p, clock = policy(maxConnectionsPerDestination=10, backoff=[rule])
+    p.setMembers(MEMBERS, "host:1")
+    told: list[SharedBackoff] = []
+    p.onBackoff = told.append
+    permit = p.admit(route("a.test", "mx.a.test")).result
+    p.release(permit)
+    p.failed(permit, AttemptFailed("mailfrom", "421", "too many connections", code=421))
+    assert [(b.action, b.connections) for b in told] == [("reduce", 3)]
+    # host:1 takes 1 of the 3 among four members; another member's word reduces b
+    p.applyShared(SharedBackoff("host:3", "mx mx.b.test", "reduce", 600, "too many connections", None, 3))
+    permits = [p.admit(route("b.test", "mx.b.test")) for _ in range(2)]
+    assert [d.called for d in permits] == [True, False]
+
+
+def test_admin_actions_are_announced_once_and_taken_from_peers() -> None:
+    clock = Clock()
+    here, there = Controls(clock), Controls(clock)
+    announced: list[dict] = []
+    here.announce = announced.append
+    there.announce = lambda action: (_ for _ in ()).throw(AssertionError("told again"))
+    here.pause(Selector(domain="a.test"), 60, "bounces", "ops")
+    here.cancel(Selector(tag="spam"), float("inf"), "stop it", "ops")
+    for action in announced:
+        there.fromPeer(action)
+    assert [(c.selector, c.until, c.reason, c.by) for c in there.pauses()] == [(Selector(domain="a.test"), 60, "bounces", "ops")]
+    assert [(c.selector, c.until) for c in there.cancels()] == [(Selector(tag="spam"), float("inf"))]
+    here.resume(Selector(domain="a.test"))
+    here.uncancel(Selector(tag="spam"))
+    for action in announced[2:]:
+        there.fromPeer(action)
+    assert there.pauses() == [] and there.cancels() == []
