@@ -417,7 +417,6 @@ class _Collected(Collector):
             yield gauge
 
 
-
 class MetricsPage(Resource):
     """
     C{/metrics}: the registry in Prometheus' text format, made on the

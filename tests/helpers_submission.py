@@ -8,12 +8,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.threads import deferToThread
@@ -77,11 +75,6 @@ def settings(**changes: Any) -> ServerSettings:
     return ServerSettings(**values)
 
 
-@contextmanager
-def _nothing() -> Iterator[None]:
-    yield
-
-
 async def startServer(
     *,
     endpoints: tuple[str, ...] = ("tcp:0:interface=127.0.0.1",),
@@ -137,5 +130,3 @@ def swaks(*arguments: str, timeout: float = 30) -> subprocess.CompletedProcess[s
 def swaksMissing() -> str | None:
     return None if shutil.which("swaks") else "swaks is not installed (./dev test installs it)"
 
-
-__all__ = ["pytest_twisted"]

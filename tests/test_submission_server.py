@@ -49,7 +49,6 @@ async def test_smtplib_message_is_queued_byte_exact() -> None:
         [submission] = running.queue.submissions
         assert submission.sender == "sender@example.com"
         assert submission.recipients == (Recipient("rcpt@example.org"), Recipient("two@example.net"))
-        header, _, body = submission.mime.partition(b"\r\n\r\n")
         received, rest = submission.mime.split(b"\r\nFrom: ", 1)
         assert b"From: " + rest == MESSAGE
         assert received.startswith(b"Received: from client.example.com ([127.0.0.1])\r\n\tby " + HOSTNAME.encode())
@@ -64,7 +63,7 @@ async def test_smtplib_message_is_queued_byte_exact() -> None:
         await stopServer(running)
 
 
-def _exchange(port: int, lines: list[bytes], *, pause: bool = False) -> bytes:
+def _exchange(port: int, lines: list[bytes]) -> bytes:
     """Send raw lines (all at once), read until the server closes."""
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(b"".join(lines))
@@ -97,9 +96,6 @@ async def test_pipelined_session_in_one_write() -> None:
             b"QUIT\r\n",
         ]
         received = await inThread(_exchange, running.port, session)
-        codes = [line[:4] for line in received.split(b"\r\n") if line]
-        assert codes[0] == b"220 "
-        assert codes[-7:] == [b"250 ", b"250 ", b"354 ", b"250 ", b"250 ", b"250 ", b"354 "][:0] or True
         replies = [line for line in received.split(b"\r\n") if line and not line.startswith(b"250-")]
         assert [reply[:3] for reply in replies] == [
             b"220", b"250", b"250", b"250", b"354", b"250", b"250", b"250", b"354", b"250", b"221"

@@ -321,7 +321,15 @@ class SubmissionProtocol(Protocol):
             return
         if self._timer is not None:
             self._timer.reset(self.settings.dataTimeout if self._state == _DATA else self.settings.commandTimeout)
-        self._process()
+        self._processSafely()
+
+    def _processSafely(self) -> None:
+        try:
+            self._process()
+        except Exception:
+            # never a traceback to the client, nor a session left hanging
+            self.log.failure("submission: error in the session with {client}", client=self.clientAddress)
+            self._close("4.3.0", "Local error in processing; try again later")
 
     def _process(self) -> None:
         while True:
@@ -364,7 +372,7 @@ class SubmissionProtocol(Protocol):
         self._state = _COMMAND
         self._setTimeout(self.settings.commandTimeout)
         self.transport.resumeProducing()
-        self._process()
+        self._processSafely()
 
     # -- replies ----------------------------------------------------------------
 
@@ -483,7 +491,6 @@ class SubmissionProtocol(Protocol):
         except Refused as refused:
             return self._refused(refused, "rcpt")
         if self.account is None and self.network is None:
-            self.metrics.submissionRefused("rcpt", "relay")
             self.log.info(
                 "submission: relaying to {recipient} refused for {client} (not authenticated, not trusted)",
                 recipient=_printable(rcpt.recipient),
