@@ -164,7 +164,7 @@ def test_quit() -> None:
 
 def test_webClientIsCutOff() -> None:
     session = Session()
-    session.send("GET / HTTP/1.1\r\nHost: example\r\n")
+    assert session.replies("GET / HTTP/1.1\r\nHost: example\r\n") == ["421 4.7.0"]
     assert session.closed
 
 

@@ -14,7 +14,7 @@ from typing import NoReturn
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from mqtwist.cli import cancel, drain, pause, results, resume, send, status, uncancel, undrain
+from mqtwist.cli import cancel, drain, hashpassword, pause, results, resume, send, status, uncancel, undrain
 from mqtwist.cli.common import DEFAULT_TIMEOUT, CommandError, readSettings
 from mqtwist.config.sources import SettingError
 
@@ -23,7 +23,7 @@ INTERRUPTED = 130
 
 #: the subcommands, each a module (see L{mqtwist.cli})
 SUBCOMMANDS: tuple[ModuleType, ...] = (
-    send, results, status, pause, resume, cancel, uncancel, drain, undrain
+    send, results, status, pause, resume, cancel, uncancel, drain, undrain, hashpassword
 )
 
 

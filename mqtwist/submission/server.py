@@ -414,7 +414,7 @@ class SubmissionProtocol(Protocol):
             if verb in ("GET", "POST", "HEAD", "PUT", "CONNECT") or verb.endswith(":"):
                 # a web browser or proxy, or headers sent to the SMTP port
                 self.metrics.submissionRefused("command", "not-smtp")
-                return self._close("5.5.2", "Not an SMTP client")
+                return self._close("4.7.0", "Not an SMTP client: closing")
             if verb in ("BDAT", "EXPN", "TURN", "ETRN", "ATRN", "SEND", "SOML", "SAML"):
                 return self._badCommand(502, "5.5.1", f"{verb} is not implemented", "not-implemented")
             return self._badCommand(500, "5.5.2", "Command unrecognized")

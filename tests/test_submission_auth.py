@@ -1,0 +1,285 @@
+"""
+TLS and AUTH of the submission server with real clients: STARTTLS and
+implicit TLS (an C{ssl:} endpoint) with smtplib and swaks, AUTH PLAIN and
+LOGIN against a users file of argon2 hashes made by C{mqtwist
+hash-password}, AUTH refused before TLS, what a client pipelines after
+STARTTLS thrown away, failures counted by mechanism, and no password in
+any log event.  Also the users file's format and its errors.
+"""
+
+from __future__ import annotations
+
+import base64
+import smtplib
+import socket
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import pytest_twisted
+from helpers_submission import Running, inThread, startServer, stopServer, swaks, swaksMissing
+from twisted.logger import formatEvent, globalLogPublisher
+
+from mqtwist.submission.access import Access, readUsersFile
+from mqtwist.submission.listener import ServerTLS, splitTLSEndpoint
+
+PASSWORD = "Tr0ub4dor&3 with spaces"
+
+MESSAGE = b"Subject: authenticated\r\n\r\nhello\r\n"
+
+
+def _hashed(password: str) -> str:
+    """The hash as C{mqtwist hash-password} prints it, run as a command."""
+    result = subprocess.run(
+        [sys.executable, "-m", "mqtwist.cli", "hash-password"],
+        input=password + "\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def usersFile(tmp_path_factory: pytest.TempPathFactory) -> str:
+    path = tmp_path_factory.mktemp("users") / "users.toml"
+    path.write_text(
+        "[users.alice]\n"
+        f'password = "{_hashed(PASSWORD)}"\n'
+        "messages-per-minute = 100\n"
+        'defaults = { tags = ["alice"], queues = { results = "alice.results" } }\n'
+        "\n"
+        "[[networks]]\n"
+        'network = "127.0.0.3/32"\n'
+        'defaults = { tags = ["app"] }\n'
+    )
+    return str(path)
+
+
+async def _server(usersFile: str, certificates: dict[str, str], **changes: Any) -> Running:
+    access = Access.fromSettings([], usersFile)
+    tls = ServerTLS(certificates["cert"], certificates["key"])
+    return await startServer(access=access, tls=tls, **changes)
+
+
+def _context(certificates: dict[str, str]) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=certificates["ca"])
+
+
+def _starttlsLogin(port: int, certificates: dict[str, str], mechanism: str, password: str) -> Any:
+    with smtplib.SMTP("localhost", port, timeout=30) as client:
+        client.ehlo("client.example")
+        assert not client.has_extn("auth")
+        client.starttls(context=_context(certificates))
+        client.ehlo("client.example")
+        assert client.has_extn("auth") and not client.has_extn("starttls")
+        client.user, client.password = "alice", password
+        code, text = client.auth(mechanism, getattr(client, f"auth_{mechanism.lower()}"))
+        client.sendmail("alice@example.com", ["bob@example.org"], MESSAGE)
+        return code, text
+
+
+@pytest.mark.parametrize("mechanism", ["PLAIN", "LOGIN"])
+@pytest_twisted.ensureDeferred
+async def test_starttlsThenAuth(usersFile: str, certificates: dict[str, str], mechanism: str) -> None:
+    running = await _server(usersFile, certificates)
+    try:
+        code, _ = await inThread(_starttlsLogin, running.port, certificates, mechanism, PASSWORD)
+        assert code == 235
+        [submission] = running.queue.submissions
+        assert submission.user == "alice" and submission.tls
+        assert submission.defaults == {"tags": ["alice"], "queues": {"results": "alice.results"}}
+        assert b" with ESMTPSA id " in submission.mime
+        assert submission.mime.endswith(MESSAGE)
+        assert running.metrics.value("mqtwist_submission_auth_total", mechanism=mechanism, result="success") == 1
+    finally:
+        await stopServer(running)
+
+
+@pytest_twisted.ensureDeferred
+async def test_wrongPasswordIsRefusedAndNeverLogged(usersFile: str, certificates: dict[str, str]) -> None:
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    running = await _server(usersFile, certificates)
+    try:
+        for mechanism in ("PLAIN", "LOGIN"):
+            with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+                await inThread(_starttlsLogin, running.port, certificates, mechanism, "a wrong s3cret")
+            assert refused.value.smtp_code == 535
+            assert running.metrics.value(
+                "mqtwist_submission_auth_total", mechanism=mechanism, result="failure"
+            ) == 1
+        await inThread(_starttlsLogin, running.port, certificates, "PLAIN", PASSWORD)
+        assert len(running.queue.submissions) == 1
+    finally:
+        await stopServer(running)
+        globalLogPublisher.removeObserver(events.append)
+    logged = "\n".join(formatEvent(event) + repr(event) for event in events)
+    assert "AUTH PLAIN failed for 127.0.0.1 (user alice)" in logged
+    for secret in ("a wrong s3cret", PASSWORD, base64.b64encode(b"\0alice\0" + PASSWORD.encode()).decode()):
+        assert secret not in logged
+
+
+def _beforeTLS(port: int) -> tuple[int, bytes]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+        client.ehlo("client.example")
+        return client.docmd("AUTH", "PLAIN " + base64.b64encode(b"\0alice\0" + PASSWORD.encode()).decode())
+
+
+@pytest_twisted.ensureDeferred
+async def test_noAuthBeforeTLS(usersFile: str, certificates: dict[str, str]) -> None:
+    running = await _server(usersFile, certificates)
+    try:
+        assert await inThread(_beforeTLS, running.port) == (
+            538,
+            b"5.7.11 Encryption required for requested authentication mechanism",
+        )
+    finally:
+        await stopServer(running)
+    loopback = await _server(usersFile, certificates, authCleartext="loopback")
+    try:
+        code, _ = await inThread(_beforeTLS, loopback.port)
+        assert code == 235
+    finally:
+        await stopServer(loopback)
+
+
+def _implicit(port: int, certificates: dict[str, str]) -> Any:
+    with smtplib.SMTP_SSL("localhost", port, context=_context(certificates), timeout=30) as client:
+        client.ehlo("client.example")
+        assert client.has_extn("auth") and not client.has_extn("starttls")
+        client.login("alice", PASSWORD)
+        return client.sendmail("alice@example.com", ["bob@example.org"], MESSAGE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_implicitTLSEndpoint(usersFile: str, certificates: dict[str, str]) -> None:
+    running = await _server(
+        usersFile, certificates, endpoints=("tcp:0:interface=127.0.0.1", "ssl:0:interface=127.0.0.1")
+    )
+    try:
+        assert await inThread(_implicit, running.portOf(1), certificates) == {}
+        [submission] = running.queue.submissions
+        assert submission.tls and submission.user == "alice"
+    finally:
+        await stopServer(running)
+
+
+def test_tlsEndpointStrings() -> None:
+    assert splitTLSEndpoint("tcp:587") is None
+    assert splitTLSEndpoint("ssl:465") == ("tcp:465", None, None)
+    assert splitTLSEndpoint(r"ssl:465:interface=0.0.0.0:privateKey=/k\:ey.pem:certKey=/c.pem") == (
+        "tcp:465:interface=0.0.0.0",
+        "/c.pem",
+        "/k:ey.pem",
+    )
+
+
+def _injection(port: int, certificates: dict[str, str]) -> tuple[bytes, list[bytes]]:
+    """STARTTLS with a command behind it in the same packet, in clear."""
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        reader = sock.makefile("rb")
+        reader.readline()
+        sock.sendall(b"EHLO c\r\n")
+        while not reader.readline().startswith(b"250 "):
+            pass
+        sock.sendall(b"STARTTLS\r\nMAIL FROM:<injected@example.com>\r\n")
+        ready = reader.readline()
+        wrapped = _context(certificates).wrap_socket(sock, server_hostname="localhost")
+        wrapped.sendall(b"NOOP\r\nQUIT\r\n")
+        after = []
+        data = b""
+        while chunk := wrapped.recv(4096):
+            data += chunk
+        after = data.split(b"\r\n")
+        return ready, after
+
+
+@pytest_twisted.ensureDeferred
+async def test_commandsPipelinedAfterStarttlsAreDropped(usersFile: str, certificates: dict[str, str]) -> None:
+    """
+    RFC 3207 5: what came in clear behind STARTTLS is not taken as a
+    command of the encrypted session (CVE-2011-0411).
+    """
+    running = await _server(usersFile, certificates)
+    try:
+        ready, after = await inThread(_injection, running.port, certificates)
+        assert ready == b"220 2.0.0 Ready to start TLS\r\n"
+        assert after == [b"250 2.0.0 Ok", b"221 2.0.0 Bye", b""]
+    finally:
+        await stopServer(running)
+
+
+@pytest.mark.skipif(swaksMissing() is not None, reason=swaksMissing() or "")
+@pytest_twisted.ensureDeferred
+async def test_swaksStarttlsAuth(usersFile: str, certificates: dict[str, str]) -> None:
+    running = await _server(usersFile, certificates)
+    try:
+        for mechanism in ("PLAIN", "LOGIN"):
+            result = await inThread(
+                swaks, "--server", f"127.0.0.1:{running.port}", "--tls", "--auth", mechanism,
+                "--auth-user", "alice", "--auth-password", PASSWORD,
+                "--from", "alice@example.com", "--to", "bob@example.org",
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+            assert "235 2.7.0 Authentication successful" in result.stdout
+        assert [s.user for s in running.queue.submissions] == ["alice", "alice"]
+        assert all(s.tls for s in running.queue.submissions)
+    finally:
+        await stopServer(running)
+
+
+def _fromNetwork(port: int) -> Any:
+    with smtplib.SMTP("127.0.0.1", port, source_address=("127.0.0.3", 0), timeout=30) as client:
+        return client.sendmail("app@example.com", ["bob@example.org"], MESSAGE)
+
+
+@pytest_twisted.ensureDeferred
+async def test_networkOfTheUsersFileWithItsDefaults(usersFile: str, certificates: dict[str, str]) -> None:
+    running = await _server(usersFile, certificates)
+    try:
+        assert await inThread(_fromNetwork, running.port) == {}
+        [submission] = running.queue.submissions
+        assert submission.user is None and submission.defaults == {"tags": ["app"]}
+    finally:
+        await stopServer(running)
+
+
+@pytest.mark.parametrize(
+    "text, error",
+    [
+        ('[users.bob]\npassword = "plain"\n', "password must be an argon2 hash"),
+        ('[users.bob]\npassword = "$argon2id$nonsense"\n', "no valid argon2 hash"),
+        ("[users.bob]\n", "password must be an argon2 hash"),
+        ('[users.bob]\npassword = "{hash}"\nsecret = 1\n', "unknown key(s) secret"),
+        ('[users.bob]\npassword = "{hash}"\nmessages-per-minute = -1\n', "messages-per-minute"),
+        ('[users.bob]\npassword = "{hash}"\ndefaults = 3\n', "defaults must be a table"),
+        ('[[networks]]\nnetwork = "10.0.0.300/8"\n', "is no network"),
+        ("[[networks]]\n", 'needs network = "CIDR"'),
+        ("passwords = 1\n", "unknown key(s) passwords"),
+        ("[users\n", "is not valid TOML"),
+    ],
+)
+def test_usersFileErrors(tmp_path: Path, text: str, error: str) -> None:
+    path = tmp_path / "users.toml"
+    path.write_text(text.replace("{hash}", "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$" + "A" * 43))
+    with pytest.raises(ValueError) as raised:
+        readUsersFile(str(path))
+    assert error in str(raised.value)
+    assert str(path) in str(raised.value)
+
+
+def test_usersFileMissing(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="--submission-users: cannot read"):
+        Access.fromSettings([], str(tmp_path / "nowhere.toml"))
+
+
+def test_serverTLSFilesThatCannotLoad(tmp_path: Path, certificates: dict[str, str]) -> None:
+    with pytest.raises(ValueError, match="cannot load the submission server's TLS files"):
+        ServerTLS(str(tmp_path / "missing.pem"))
+    with pytest.raises(ValueError, match="the key belongs to the certificate"):
+        ServerTLS(certificates["cert"], certificates["ca"])
