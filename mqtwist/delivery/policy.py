@@ -397,6 +397,14 @@ class DeliveryPolicy:
             known = self._shared.get(backoff.destination)
             if known is None or known[1] < until:
                 self._shared[backoff.destination] = (backoff, until)
+                self.log.warn(
+                    "destination {destination} {action} until {until}: {reason} (at {member})",
+                    destination=backoff.destination,
+                    action={"pause": "paused", "down": "marked down"}.get(backoff.action, "reduced"),
+                    until=formatTime(until),
+                    reason=backoff.reason,
+                    member=backoff.member,
+                )
             return
         self._applyShared(state, backoff, until)
 

@@ -1,0 +1,186 @@
+"""
+Issue #18's test of limits, pauses and operator actions shared by four
+C{twistd mqtwist} processes of one outbox (L{mqtwist.cluster}), against a
+real RabbitMQ node and a receiving server that reports every connection:
+
+  - with C{connections = 5} for the destination, the four hold 5
+    connections at once between them (2+1+1+1), never more;
+  - a 421 that pauses the destination in one reaches the three others, and
+    the server then sees no new connection and no message of the jobs
+    published after it (they are deferred, in whichever process takes them);
+  - a pause made through one process's admin API is in force in all of
+    them, and a drain can name one member;
+  - a member killed with C{kill -9} (no goodbye) is taken for gone by the
+    others after C{--cluster-member-timeout}.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+
+import pytest_twisted
+from fixtures_smtp import unusedPort
+from helpers_endtoend import job
+from helpers_http import HTTPClient
+from twistdprocess import brokerArguments, endTwistd, exitStatus, startTwistd
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+
+PROCESSES = 4
+TOKEN = "cluster-test-token"
+
+
+async def until(condition, what: str, timeout: float = 60.0):
+    """Ask C{condition} (a coroutine function) every 0.1 s until it gives something true."""
+    for _ in range(int(timeout * 10)):
+        value = await condition()
+        if value:
+            return value
+        await deferLater(reactor, 0.1)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+def mostOpenAtOnce(events: list[dict]) -> int:
+    """The most connections the server had open at once, from its events in order."""
+    open_, most = 0, 0
+    for event in events:
+        if event["event"] == "connect":
+            open_ += 1
+            most = max(most, open_)
+        elif event["event"] == "disconnect":
+            open_ -= 1
+    return most
+
+
+@pytest_twisted.ensureDeferred
+async def test_four_processes_share_limits_pauses_and_operator_actions(
+    rabbitmq, amqp, queues, startSMTPServer, tmp_path, record_property
+):
+    server = await startSMTPServer(holdData=True)
+    outbox = queues["outbox"]
+    settings = tmp_path / "mqtwist.toml"
+    settings.write_text('[[throttles]]\ndomain = "*"\nconnections = 5\n')
+    ports = [unusedPort() for _ in range(PROCESSES)]
+    processes = [
+        startTwistd(
+            *brokerArguments(rabbitmq),
+            "--config", str(settings),
+            "--smarthost", f"{server.host}:{server.port}",
+            "--ehlo-name", "client.test",
+            "--outbox", outbox, "--results", queues["results"], "--success", "", "--failure", "", "--retry", "",
+            "--dead-letter-queue", f"{outbox}.dead",
+            "--delivery-journal", str(tmp_path / f"journal-{i}"),
+            "--stuck-after", "3600",
+            "--cluster-heartbeat", "0.5", "--cluster-member-timeout", "2",
+            "--admin", f"tcp:{port}",
+            "--plugins=",
+            env={"MQTWIST_ADMIN_TOKEN": TOKEN},
+        )
+        for i, port in enumerate(ports)
+    ]
+    apis = [HTTPClient(port, TOKEN) for port in ports]
+
+    async def get(i: int, path: str):
+        code, answer, _ = await apis[i].call("GET", path)
+        assert code == 200, answer
+        return answer
+
+    try:
+        # every one knows the four (the last to start settles with them)
+        for twistd in processes:
+            await twistd.waitForOutput(b"4 member(s)", timeout=120)
+        members = [(await get(i, "/api/status"))["cluster"]["member"] for i in range(PROCESSES)]
+        assert sorted((await get(0, "/api/status"))["cluster"]["members"]) == sorted(members)
+
+        # 1. connections = 5 for all of them: 2+1+1+1 deliveries held at the server
+        for n in range(40):
+            await amqp.publish(outbox, job(n))
+        await server.waitUntil(lambda s: len(s.held) >= 5, "5 bodies held", timeout=60)
+
+        async def eachAtItsShare():
+            figures = []
+            for i in range(PROCESSES):
+                (destination,) = (await get(i, "/api/destinations"))["destinations"]
+                figures.append((destination["inFlight"], destination["limits"]["connections"]))
+            return figures if all(inFlight == limit for inFlight, limit in figures) else None
+
+        figures = await until(eachAtItsShare, "every process at its share of the connections")
+        assert sorted(limit for _, limit in figures) == [1, 1, 1, 2]
+        assert len(server.held) == 5 and mostOpenAtOnce(server.events) == 5
+        server.release()
+        await server.waitForMessages(40, timeout=120)
+        assert mostOpenAtOnce(server.events) == 5
+        assert {m.data for m in server.messages} == {f"Subject: {n}\r\n\r\nbody {n}\r\n".encode() for n in range(40)}
+
+        # 2. a 421 in one pauses the destination in all four
+        await amqp.publish(outbox, job(421, recipient="close421@example.com"))
+        async def pausers():
+            # the others' lines end with the member that told them: "(at host:pid)"
+            return [
+                i
+                for i, twistd in enumerate(processes)
+                if any(b"paused after the reply 421" in line and b"(at " not in line for line in twistd.output.splitlines())
+            ]
+
+        (pauser,) = await until(pausers, "the 421 paused one process")
+        pausedAt = reactor.seconds()
+        for i, twistd in enumerate(processes):
+            if i != pauser:
+                await twistd.waitForOutput(f"(at {members[pauser]})".encode(), timeout=10)
+        reached = reactor.seconds() - pausedAt
+        connections, messages = len(server.connections), len(server.messages)
+        for n in range(1000, 1020):
+            await amqp.publish(outbox, job(n))
+
+        async def deferred():
+            total = 0
+            for i in range(PROCESSES):
+                total += (await get(i, "/api/status"))["totals"].get("deferred", 0)
+            return total >= 20  # (the 421's job was retried, not deferred)
+        await until(deferred, "the 20 jobs deferred by the pause")
+        assert (len(server.connections), len(server.messages)) == (connections, messages)
+
+        # 3. an operator's pause made through one is in force in all; a drain of one member
+        code, _, _ = await apis[1].call("POST", "/api/pauses", {"domain": "paused.test", "seconds": 600, "by": "ops"})
+        assert code == 200
+        for i in range(PROCESSES):
+            await until(lambda i=i: _pausesOf(get, i), f"process {i} has the operator's pause")
+        code, status, _ = await apis[0].call("POST", "/api/drain", {"member": members[2]})
+        assert code == 200 and status["state"] == "consuming"
+        await until(lambda: _stateIs(get, 2, "drained"), "member 2 drained")
+        assert [(await get(i, "/api/status"))["state"] for i in (0, 1, 3)] == ["consuming"] * 3
+        code, _, _ = await apis[0].call("POST", "/api/undrain", {"member": members[2]})
+        assert code == 200
+        await until(lambda: _stateIs(get, 2, "consuming"), "member 2 consuming again")
+        code, answer, _ = await apis[0].call("POST", "/api/drain", {"member": "nobody:1"})
+        assert code == 400 and "no live member 'nobody:1'" in answer["error"]
+
+        # 4. a member killed without a goodbye is gone for the others after the time-out
+        processes[3].transport.signalProcess("KILL")
+        for twistd in processes[:3]:
+            await twistd.waitForOutput(f"{members[3]} not heard from for 2 s".encode(), timeout=30)
+        assert [len((await get(i, "/api/status"))["cluster"]["members"]) for i in range(3)] == [3, 3, 3]
+        for twistd in processes[:3]:
+            twistd.transport.signalProcess("TERM")
+        statuses = [await exitStatus(twistd) for twistd in processes[:3]]
+    finally:
+        for twistd in processes:
+            await endTwistd(twistd)
+    assert statuses == [-signal.SIGTERM] * 3
+    report = (
+        f"4 processes, connections = 5: shares {sorted(limit for _, limit in figures)}, at most "
+        f"{mostOpenAtOnce(server.events)} connections open at once; a 421 in one: the other three had logged "
+        f"the pause {reached:.1f} s after the test, polling every 0.1 s, saw the first one's line"
+    )
+    print(report, file=sys.stderr)
+    record_property("cluster_limits", report)
+
+
+async def _pausesOf(get, i: int) -> bool:
+    return [(p["domain"], p["by"]) for p in await get(i, "/api/pauses")] == [("paused.test", "ops")]
+
+
+async def _stateIs(get, i: int, state: str) -> bool:
+    return (await get(i, "/api/status"))["state"] == state
+
