@@ -398,6 +398,7 @@ class MailerService(MultiService):
             dataTimeout=config.submissionDataTimeout,
             queueTimeout=config.submissionQueueTimeout,
             maxBadCommands=config.submissionMaxBadCommands,
+            maxAuthFailures=config.submissionMaxAuthFailures,
             tls=tls,
             authCleartext=config.submissionAuthCleartext,
         )

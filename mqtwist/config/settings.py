@@ -733,6 +733,11 @@ class Config:
         "connection is closed with 421",
         check=positive,
     )
+    submissionMaxAuthFailures: int = setting(
+        3,
+        help="failed AUTH attempts after which a submission connection is closed with 421",
+        check=positive,
+    )
     submissionMessagesPerMinute: int = setting(
         0,
         help="messages per minute that one user or trusted network may submit, in this process (0: no "

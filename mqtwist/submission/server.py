@@ -46,6 +46,7 @@ from twisted.python.failure import Failure
 from mqtwist.metrics import Metrics
 from mqtwist.submission.access import Access, Account, RateLimiter
 from mqtwist.submission.envelope import Queue, Recipient, Submission
+from mqtwist.submission.jobs import NotUTF8
 from mqtwist.submission.syntax import MailArguments, Refused, mailArguments, rcptArguments
 
 #: RFC 5321 4.5.3.1.4: a command line, CRLF included
@@ -853,17 +854,31 @@ class SubmissionProtocol(Protocol):
         self._afterWait()
 
     def _notQueued(self, failure: Failure, submission: Submission, ident: str) -> None:
+        """
+        The queue failed: 451, so that the client keeps the message and
+        tries again; but 550 for a message that can never become jobs (the
+        queue's C{ValueError}, such as bytes that are not UTF-8).
+        """
         self._waiting = None
-        self.metrics.submissionRefused("data", "queue")
+        permanent = failure.check(ValueError) is not None
+        self.metrics.submissionRefused("data", "content" if permanent else "queue")
         self.log.warn(
-            "submission {id}: from <{sender}> by {client}: not queued, answered 451: {error}",
+            "submission {id}: from <{sender}> by {client}: not queued, answered {code}: {error}",
             id=ident,
             sender=_printable(submission.sender),
             client=submission.clientAddress,
+            code=550 if permanent else 451,
             error=failure.getErrorMessage() or repr(failure.value),
         )
         if self._state != _CLOSED:
-            self._reply(451, "4.3.0", "Message not queued: the queue is not available; try again later")
+            if failure.check(NotUTF8):
+                self._reply(
+                    550, "5.6.0", "Message has bytes that are not UTF-8; send 8-bit text as quoted-printable or base64"
+                )
+            elif permanent:
+                self._reply(550, "5.6.0", f"Message cannot be queued: {_replyText(failure.getErrorMessage())}")
+            else:
+                self._reply(451, "4.3.0", "Message not queued: the queue is not available; try again later")
         self._afterWait()
 
     def _afterWait(self) -> None:
@@ -925,6 +940,12 @@ def _printable(text: str | None) -> str:
     if text is None:
         return ""
     return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
+
+
+def _replyText(text: str, limit: int = 200) -> str:
+    """C{text} for one reply line: printable ASCII, at most C{limit} characters."""
+    shown = "".join(char if " " <= char <= "~" else "?" for char in text)
+    return shown[:limit] + ("..." if len(shown) > limit else "")
 
 
 def _recipientKey(address: str) -> str:
