@@ -38,7 +38,7 @@ import pytest
 TOP = Path(__file__).resolve().parent.parent
 DOCS = TOP / "docs"
 SOURCE = TOP / "mqtwist"
-DOCUMENTS = ("README.rst", "messages.rst", "plugins.rst")
+DOCUMENTS = ("README.rst", "messages.rst", "plugins.rst", "submission.rst")
 
 
 def document(name: str) -> str:
