@@ -80,7 +80,7 @@ def said(member: str, kind: str, **fields) -> bytes:
 
 def test_alone_it_settles_at_once_and_beats() -> None:
     cluster, wire, clock, changes = control()
-    cluster.controlReady(consumers=0)
+    assert cluster.controlReady(consumers=0).called
     assert wire.kinds() == ["hello"] and changes == [("host:2",)]
     clock.pump([1, 1, 1])
     assert wire.kinds() == ["hello", "heartbeat", "heartbeat", "heartbeat"]
@@ -88,22 +88,24 @@ def test_alone_it_settles_at_once_and_beats() -> None:
 
 def test_it_waits_for_as_many_members_as_the_outbox_had_consumers() -> None:
     cluster, wire, clock, changes = control()
-    cluster.controlReady(consumers=2)
+    settled = cluster.controlReady(consumers=2)
     cluster.controlReceived(said("host:2", "hello"))  # its own, back from the exchange
     cluster.controlReceived(said("host:1", "heartbeat"))
-    assert changes == [] and not cluster.settled
+    assert changes == [] and not cluster.settled and not settled.called
     cluster.controlReceived(said("host:3", "heartbeat"))
-    assert changes == [("host:1", "host:2", "host:3")]
+    assert changes == [("host:1", "host:2", "host:3")] and settled.called
 
 
 def test_it_settles_after_the_settle_time_whoever_answered() -> None:
     cluster, _, clock, changes = control()
-    cluster.controlReady(consumers=2)
+    settled = cluster.controlReady(consumers=2)
     cluster.controlReceived(said("host:1", "heartbeat"))
     clock.advance(1.9)
-    assert changes == []
+    assert changes == [] and not settled.called
     clock.advance(0.1)
-    assert changes == [("host:1", "host:2")]
+    assert changes == [("host:1", "host:2")] and settled.called
+    # a connection after that one starts consuming at once
+    assert cluster.controlReady(consumers=5).called
 
 
 def test_a_hello_is_answered_at_once_and_a_stale_member_goes() -> None:

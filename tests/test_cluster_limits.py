@@ -16,16 +16,20 @@ real RabbitMQ node and a receiving server that reports every connection:
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 
 import pytest_twisted
 from fixtures_smtp import unusedPort
-from helpers_endtoend import job
+from helpers_endtoend import job, makeConfig, running
 from helpers_http import HTTPClient
 from twistdprocess import brokerArguments, endTwistd, exitStatus, startTwistd
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
+
+from mqtwist.config import ThrottleRule
+from mqtwist.service import MailerService
 
 PROCESSES = 4
 TOKEN = "cluster-test-token"
@@ -184,3 +188,44 @@ async def _pausesOf(get, i: int) -> bool:
 async def _stateIs(get, i: int, state: str) -> bool:
     return (await get(i, "/api/status"))["state"] == state
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_connections_beyond_a_smaller_share_are_closed_when_given_back(rabbitmq, amqp, queues, startSMTPServer):
+    """
+    A member joins while this process holds 5 connections to a destination
+    limited to 5: its share falls to 2, and the 3 connections beyond it
+    close as their deliveries end, instead of staying idle in the pool.
+    """
+    server = await startSMTPServer(holdData=True)
+    config = makeConfig(
+        rabbitmq, server, queues, throttles=[ThrottleRule(domain="*", connections=5)], stuckAfter=3600.0
+    )
+    service = MailerService(config, plugins=[])
+    async with running(service):
+        for n in range(30):
+            await amqp.publish(queues["outbox"], job(n))
+        await server.waitUntil(lambda s: len(s.held) >= 5, "5 bodies held")
+        member = service.cluster.me
+        # a member that sorts after this one joins: 3 + 2 of the 5, this one first
+        service.cluster.controlReceived(json.dumps({"v": 1, "type": "hello", "member": member + "~"}).encode())
+        (state,) = service.engine.policy.destinationStates()
+        assert state.limits.connections == 3
+        server.release()
+        await server.waitForMessages(30, timeout=60)
+        closedEarly = sum(1 for connection in server.connections.values() if connection.closed)
+    assert closedEarly == 2
+    assert mostOpenAtOnce(server.events) == 5
+    # after the first two came back, never more than 3 open
+    opened = [e for e in server.events if e["event"] in ("connect", "disconnect")]
+    assert mostOpenAtOnce(opened[_afterDisconnects(opened, 2):]) <= 3
+
+
+def _afterDisconnects(events: list[dict], count: int) -> int:
+    """The index just after the C{count}th disconnect."""
+    seen = 0
+    for i, event in enumerate(events):
+        seen += event["event"] == "disconnect"
+        if seen == count:
+            return i + 1
+    raise AssertionError(f"fewer than {count} disconnects")

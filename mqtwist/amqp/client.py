@@ -55,12 +55,14 @@ class ControlListener(Protocol):
     What hears the control exchange of a L{BrokerClient}.
     """
 
-    def controlReady(self, consumers: int) -> None:
+    def controlReady(self, consumers: int) -> defer.Deferred[None]:
         """
-        A connection is set up: control messages can be sent and come in.
+        A connection listens on the control exchange: control messages can
+        be sent and come in.  The consumer starts once the Deferred this
+        returns has fired.
 
-        @param consumers: how many consumers the queue consumed from had
-            before this process's (the other processes consuming it).
+        @param consumers: how many consumers the queue consumed from has
+            (the other processes consuming it).
         """
 
     def controlReceived(self, body: bytes) -> None:
@@ -490,8 +492,6 @@ class BrokerClient(Service):
             queues=", ".join(q.name for q in self.queues),
             consumeFrom=self.consumeFrom if self._consumeWanted else None,
         )
-        if self.controlListener is not None:
-            self.controlListener.controlReady(session.othersConsuming)
         for waiter in waiters:
             waiter.callback(None)
 
@@ -619,7 +619,7 @@ class BrokerClient(Service):
         @return: whether it went out; not when not connected.
         """
         session = self._session
-        if session is None or not session.ready or session.controlChannel is None:
+        if session is None or session.controlChannel is None:
             return False
         return session.publishControl(body)
 
@@ -747,8 +747,6 @@ class _Session:
         self.consumeChannel: AMQChannel | None = None
         self.consumerTag: str | None = None
         self.controlChannel: AMQChannel | None = None
-        #: the consumers of the queue consumed from, before this one's
-        self.othersConsuming = 0
         self._consumeStarting: defer.Deferred[None] | None = None
 
     async def setUp(self) -> None:
@@ -765,7 +763,10 @@ class _Session:
         for queue in client.queues:
             await self._declare(queue)
         if client.controlExchange is not None:
-            await self._listenToControl(client.controlExchange)
+            others = await self._listenToControl(client.controlExchange)
+            assert client.controlListener is not None
+            # the listener may want to hear the others first
+            await client.controlListener.controlReady(others)
         if client._consumeWanted and client.consumeFrom is not None:
             # a Deferred, not a coroutine: stopConsuming waits on it too
             self._consumeStarting = defer.ensureDeferred(
@@ -787,7 +788,11 @@ class _Session:
         )
         return declaring
 
-    async def _listenToControl(self, exchange: str) -> None:
+    async def _listenToControl(self, exchange: str) -> int:
+        """
+        @return: how many consumers the queue consumed from has (the other
+            processes consuming it).
+        """
         channel = await self.protocol.channel(CONTROL_CHANNEL)
         await channel.channel_open()
         await channel.exchange_declare(exchange=exchange, type="fanout", durable=True)
@@ -801,8 +806,10 @@ class _Session:
         await channel.basic_consume(queue=reply.queue, no_ack=True, exclusive=True)
         self.controlChannel = channel
         consumeFrom = self.client.consumeFrom
-        if consumeFrom is not None and consumeFrom in self.declared:
-            self.othersConsuming = (await channel.queue_declare(queue=consumeFrom, passive=True)).consumer_count
+        if consumeFrom is None or consumeFrom not in self.declared:
+            return 0
+        declared = await channel.queue_declare(queue=consumeFrom, passive=True)
+        return int(declared.consumer_count)
 
     def publishControl(self, body: bytes) -> bool:
         channel = self.controlChannel

@@ -16,10 +16,11 @@ sending C{"member"}:
   - C{admin}: an operator paused, resumed, cancelled, lifted a cancel,
     drained or undrained (the action as the admin API took it).
 
-A process delivers nothing until it knows the others, so that it takes its
-share of each limit, not the whole of it: at once when no other process
-consumed the outbox when it connected, else once it has heard from as many
-members as there were consumers, or after C{--cluster-settle} seconds.
+A process starts consuming the outbox only once it knows the others, so
+that it takes its share of each limit, not the whole of it: at once when
+no other process consumes the outbox when it first connects, else once it
+has heard from as many members as there are consumers, or after
+C{--cluster-settle} seconds.
 Processes that start at the same moment may each find the others not
 consuming yet: they take the whole limits for the few milliseconds until
 their hellos cross.
@@ -33,6 +34,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -155,6 +157,7 @@ class ClusterControl:
         self._settleTimer: IDelayedCall | None = None
         #: the members to hear from before settling (the outbox's other consumers)
         self._awaited = 0
+        self._settling: list[Deferred[None]] = []
         self._beat = LoopingCall(self._heartbeat)
         self._beat.clock = reactor
 
@@ -164,19 +167,26 @@ class ClusterControl:
 
     # -- the broker client's listener -------------------------------------------
 
-    def controlReady(self, consumers: int) -> None:
+    def controlReady(self, consumers: int) -> Deferred[None]:
+        """
+        @return: a Deferred that fires once settled: at once when it is,
+            or when C{consumers} is 0.
+        """
         # the silence while this process was cut off says nothing of the others
         self.members.forgive(self.reactor.seconds())
         self._send("hello")
         if not self._beat.running:
             self._beat.start(self.heartbeat, now=False)
         if self.settled:
-            return
+            return succeed(None)
         self._awaited = consumers
+        settling: Deferred[None] = Deferred()
+        self._settling.append(settling)
         if len(self.members.live) > consumers:
             self._settled()
         elif self._settleTimer is None:
             self._settleTimer = self.reactor.callLater(self.settle, self._settled)
+        return settling
 
     def controlLost(self) -> None:
         if self._beat.running:
@@ -240,6 +250,9 @@ class ClusterControl:
         if self._settleTimer is not None and self._settleTimer.active():
             self._settleTimer.cancel()
         self._settleTimer = None
+        waiters, self._settling = self._settling, []
+        for waiter in waiters:
+            waiter.cancel()
         if self._beat.running:
             self._beat.stop()
         self._send("bye")
@@ -274,6 +287,9 @@ class ClusterControl:
         )
         if self.onMembers is not None:
             self.onMembers(self.members.live)
+        waiters, self._settling = self._settling, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def _changed(self, why: str) -> None:
         if not self.settled:

@@ -301,8 +301,8 @@ class Config:
     clusterSettle: float = setting(
         2.0,
         help="the longest wait of a starting process for the processes already consuming the outbox "
-        "to answer its hello, before it delivers: it then knows them and takes its share of each "
-        "limit, not the whole of it (alone, it starts at once)",
+        "to answer its hello, before it consumes too: it then knows them and takes its share of "
+        "each limit, not the whole of it (alone, it starts at once)",
         check=_positiveSeconds,
     )
     results: str = setting("results", help="queue that receives every final result (empty: none)")

@@ -31,7 +31,7 @@ from mqtwist.delivery.transaction import TransactionFailed, sendThroughPool
 from mqtwist.errors import AttemptFailed
 from mqtwist.messagestore.loader import StoredMessages, noStore
 from mqtwist.metrics import Metrics, ServerFigures
-from mqtwist.smtp.pool import ConnectionPool
+from mqtwist.smtp.pool import ConnectionPool, Destination
 from mqtwist.smtp.protocol import ESMTPClient
 from mqtwist.timeformat import formatTime
 
@@ -220,7 +220,7 @@ class DeliveryEngine:
             # body's reply: with PIPELINING the next message goes out now
             nonlocal permitHeld
             permitHeld = False
-            self._release(client, permit, clean)
+            self._release(client, permit, clean, route.destination)
 
         def giveBack() -> None:
             if slotHeld:
@@ -304,14 +304,19 @@ class DeliveryEngine:
         if len(self.lastReplies) > _LAST_REPLIES:
             self.lastReplies.popitem(last=False)
 
-    def _release(self, client: ESMTPClient, permit: Permit, clean: bool) -> None:
+    def _release(self, client: ESMTPClient, permit: Permit, clean: bool, destination: Destination) -> None:
         """
         Give a connection back to the pool, and the permit back to the
         policy: at once, or, for a connection being closed, once it is
         closed (it counts against its destination until then).
         """
-        if client.messages >= permit.messagesPerConnection:
-            # the destination's own limit, below the pool's: the pool closes it
+        if (
+            client.messages >= permit.messagesPerConnection
+            or self.pool.openConnections(destination) > self.policy.connectionsAllowed(permit)
+        ):
+            # the destination's own limits, below the pool's (a reply or a
+            # new member of the cluster may have lowered them): the pool
+            # closes it
             client.quit()
         self.pool.release(client, clean=clean)
         if client.usable:

@@ -198,6 +198,10 @@ class _State:
     def allowedAtOnce(self, now: float) -> int:
         if self.probing:
             return 1
+        return self.connectionsAllowed(now)
+
+    def connectionsAllowed(self, now: float) -> int:
+        """The connections it may have: its limit, or less while reduced."""
         if self.reducedUntil > now:
             return min(self.reducedTo, self.limits.connections)
         return self.limits.connections
@@ -563,6 +567,14 @@ class DeliveryPolicy:
             stuck = self._stuckReason(other, now)
             if stuck:
                 self._turnAwayExcess(other, now, stuck)
+
+    def connectionsAllowed(self, permit: Permit) -> int:
+        """
+        The connections the destination of C{permit} may have now: fewer
+        than before when a reply reduced them, or when a member joined the
+        cluster; a connection given back beyond them is closed.
+        """
+        return permit._state.connectionsAllowed(self.reactor.seconds())
 
     def _wait(self, state: _State, destination: Destination, now: float) -> float:
         """
