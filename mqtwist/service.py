@@ -85,6 +85,20 @@ _NODE_FAILURE_ADVICE: dict[type, str] = {
 
 #: the settings that L{MailerService.reconfigure} applies while running
 _LIVE_SETTINGS = frozenset({"pools", "defaultIps"})
+#: those it applies while the submission server runs: who may submit
+_LIVE_SUBMISSION_SETTINGS = frozenset({"submissionUsers", "submissionTrustedNetworks", "submissionMessagesPerMinute"})
+
+
+def submissionAccess(config: Config) -> Access:
+    """
+    Who may submit over SMTP under C{config}: its trusted networks and what
+    its users file holds.
+
+    @raise ValueError: naming the users file and what is wrong in it.
+    """
+    return Access.fromSettings(
+        config.submissionTrustedNetworks, config.submissionUsers, config.submissionMessagesPerMinute
+    )
 
 
 def _sourceAddresses(config: Config) -> dict[str, Any]:
@@ -320,19 +334,37 @@ class MailerService(MultiService):
         """
         Apply a new configuration to the running service, as far as it can
         change without a restart: the IP pools (C{pools}) and the default
-        source addresses (C{defaultIps}), for the jobs read from now on.
+        source addresses (C{defaultIps}), for the jobs read from now on;
+        and who may submit over SMTP (the users file, read again, the
+        trusted networks and the rate), for the sessions that start from
+        now on.
 
         @return: the option names (C{max-job-bytes}) of the other settings
             that differ in C{config}, which wait for a restart.
-        @raise ValueError: when C{config} does not pass L{Config.check};
-            nothing is changed then.
+        @raise ValueError: when C{config} does not pass L{Config.check}, or
+            its users file cannot be read; nothing is changed then.
         """
         config.check()
+        live = _LIVE_SETTINGS
+        access: Access | None = None
+        if self.submission is not None:
+            # read before anything changes: a bad users file changes nothing
+            access = submissionAccess(config)
+            live = live | _LIVE_SUBMISSION_SETTINGS
         waiting = [
             kebab(field.name)
             for field in dataclasses.fields(Config)
-            if field.name not in _LIVE_SETTINGS and getattr(config, field.name) != getattr(self.config, field.name)
+            if field.name not in live and getattr(config, field.name) != getattr(self.config, field.name)
         ]
+        if self.submission is not None and access is not None:
+            self.submission.access = access
+            for name in _LIVE_SUBMISSION_SETTINGS:
+                setattr(self.config, name, getattr(config, name))
+            self.log.info(
+                "--submission: {users} user(s) and {networks} trusted network(s) from now on",
+                users=len(access.users),
+                networks=len(access.networks),
+            )
         self.config.pools, self.config.defaultIps = config.pools, config.defaultIps
         self.parseSettings = dataclasses.replace(self.parseSettings, **_sourceAddresses(config))
         if self.processor is not None:
@@ -385,9 +417,12 @@ class MailerService(MultiService):
             if config.submissionTlsCertificate
             else None
         )
-        access = Access.fromSettings(
-            config.submissionTrustedNetworks, config.submissionUsers, config.submissionMessagesPerMinute
-        )
+        if config.submissionTls == "required" and tls is None:
+            raise ValueError(
+                "--submission-tls required needs a certificate: give --submission-tls-certificate "
+                "(and --submission-tls-key)"
+            )
+        access = submissionAccess(config)
         settings = ServerSettings(
             hostname=config.submissionHostname or config.ehloName,
             maxSize=config.submissionMaxSize,
@@ -401,6 +436,7 @@ class MailerService(MultiService):
             maxAuthFailures=config.submissionMaxAuthFailures,
             tls=tls,
             authCleartext=config.submissionAuthCleartext,
+            requireTls=config.submissionTls == "required",
         )
         self.submission = SubmissionServer(settings, access, self._queueSubmission, self.reactor, self.metrics)
         self.metrics.watchSubmission(self.submission.openConnections)

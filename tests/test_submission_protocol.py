@@ -560,6 +560,20 @@ def test_authPlainPromptedAndCancelled() -> None:
     ]
 
 
+def test_authResponseTooLongEndsTheExchange() -> None:
+    session = ehlo(authCleartext="loopback", trusted=())
+    assert session.send("AUTH PLAIN\r\n") == "334 \r\n"
+    assert session.replies("A" * 13000 + "\r\n") == ["500 5.5.2"]
+    assert session.replies("NOOP\r\n") == ["250 2.0.0"]
+    assert session.access.checked == []
+
+
+def test_tlsRequiredBeforeMail() -> None:
+    session = ehlo(requireTls=True)
+    assert session.replies("MAIL FROM:<a@example.com>\r\n") == ["530 5.7.0"]
+    assert session.server.metrics.value("mqtwist_submission_refused_total", reason="tls-required") == 1
+
+
 def test_authFailuresCap() -> None:
     session = ehlo(authCleartext="loopback", trusted=(), maxAuthFailures=2)
     wrong = "AUTH PLAIN " + base64.b64encode(b"\0alice\0nope").decode() + "\r\n"

@@ -6,13 +6,20 @@ loopback port whose queue records what it is given.
 
 from __future__ import annotations
 
+import dataclasses
 import smtplib
 import socket
+from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_twisted
 from helpers_submission import HOSTNAME, inThread, startServer, stopServer, swaks, swaksMissing
+from prometheus_client import generate_latest
 
+from mqtwist.config import Config
+from mqtwist.service import MailerService
+from mqtwist.submission.access import hashPassword
 from mqtwist.submission.envelope import Recipient
 
 MESSAGE = (
@@ -126,3 +133,88 @@ async def test_swaks_message_is_queued() -> None:
         assert b"\tfor <rcpt@example.org>;" in submission.mime
     finally:
         await stopServer(running)
+
+
+@pytest_twisted.ensureDeferred
+async def test_metricsExposition() -> None:
+    """The submission figures are in what Prometheus scrapes."""
+    running = await startServer()
+    try:
+        await inThread(_send, running.port, "a@example.com", ["b@example.org"], MESSAGE)
+        text = generate_latest(running.metrics.registry).decode()
+    finally:
+        await stopServer(running)
+    assert 'mqtwist_submission_sessions_total{result="accepted"} 1.0' in text
+    assert "mqtwist_submission_messages_total 1.0" in text
+    assert "mqtwist_submission_recipients_total 1.0" in text
+    # as sent: with the two dots that smtplib doubled
+    assert f"mqtwist_submission_received_bytes_total {float(len(MESSAGE) + 2)}" in text
+
+
+def _service(tmp_path: Path, **settings: Any) -> MailerService:
+    values: dict[str, Any] = {
+        "amqp": "amqp://guest:guest@127.0.0.1:1/",
+        "submission": ["tcp:0"],
+        "deliveryJournal": str(tmp_path / "journal"),
+        "plugins": [],
+    }
+    values.update(settings)
+    return MailerService(Config(**values))
+
+
+def test_serviceListensOnEachEndpoint(tmp_path: Path, certificates: dict[str, str]) -> None:
+    service = _service(
+        tmp_path,
+        submission=["tcp:0", "tcp:0:interface=127.0.0.2", "ssl:0"],
+        submissionTlsCertificate=certificates["cert"],
+        submissionTlsKey=certificates["key"],
+    )
+    assert [listener.endpointString for listener in service.submissionListeners] == [
+        "tcp:0:interface=127.0.0.1",
+        "tcp:0:interface=127.0.0.2",
+        "tcp:0:interface=127.0.0.1",
+    ]
+    assert [listener.implicitTLS for listener in service.submissionListeners] == [False, False, True]
+    assert service.submission is not None and service.submission.settings.tls is not None
+    assert _service(tmp_path, submission=[]).submission is None
+
+
+@pytest.mark.parametrize(
+    "settings, error",
+    [
+        ({"submission": ["nonsense:1"]}, "is not a Twisted endpoint string"),
+        ({"submission": ["ssl:0"]}, "an ssl: endpoint needs a certificate"),
+        ({"submissionTls": "required"}, "--submission-tls required needs a certificate"),
+        ({"submissionTlsCertificate": "/nowhere.pem"}, "cannot load the submission server's TLS files"),
+        ({"submissionUsers": "/nowhere.toml"}, "--submission-users: cannot read /nowhere.toml"),
+    ],
+)
+def test_serviceRefusesWhatCannotWork(tmp_path: Path, settings: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error.replace(".", r"\.")):
+        _service(tmp_path, **settings)
+
+
+def test_reloadReadsTheUsersFileAgain(tmp_path: Path) -> None:
+    """
+    SIGHUP's reconfigure reads the users file again, with the trusted
+    networks, without naming them as waiting for a restart; a bad file
+    changes nothing.
+    """
+    users = tmp_path / "users.toml"
+    users.write_text(f'[users.alice]\npassword = "{hashPassword("one")}"\n')
+    service = _service(tmp_path, submissionUsers=str(users))
+    assert service.submission is not None
+    assert list(service.submission.access.users) == ["alice"]
+    users.write_text(f'[users.bob]\npassword = "{hashPassword("two")}"\n')
+    changed = _service(tmp_path, submissionUsers=str(users), submissionTrustedNetworks=["10.0.0.0/8"]).config
+    assert service.reconfigure(changed) == []
+    assert list(service.submission.access.users) == ["bob"]
+    assert service.submission.access.network("10.1.2.3") is not None
+    assert service.submission.access.network("127.0.0.1") is None
+    users.write_text('[users.carol]\npassword = "plain"\n')
+    with pytest.raises(ValueError, match="password must be an argon2 hash"):
+        service.reconfigure(changed)
+    assert list(service.submission.access.users) == ["bob"]
+    assert service.reconfigure(dataclasses.replace(changed, submissionMaxSize=5, submissionUsers=None)) == [
+        "submission-max-size"
+    ]

@@ -218,6 +218,11 @@ def _networks(values: list[str]) -> None:
             raise ValueError(f"{value!r} is no address or network; give e.g. 10.0.0.0/8 or 192.0.2.1") from None
 
 
+def _submissionTls(value: str) -> None:
+    if value not in ("optional", "required"):
+        raise ValueError(f"{value!r} is neither optional nor required")
+
+
 def _authCleartext(value: str) -> None:
     if value not in ("never", "loopback"):
         raise ValueError(f"{value!r} is neither never nor loopback")
@@ -675,6 +680,13 @@ class Config:
     )
     submissionTlsKey: str | None = setting(
         None, help="PEM file with the private key of --submission-tls-certificate"
+    )
+    submissionTls: str = setting(
+        "optional",
+        help="optional (STARTTLS offered) or required: MAIL FROM is refused with 530 5.7.0 until "
+        "the session is encrypted (STARTTLS, or an ssl: endpoint), for every client, trusted "
+        "networks included; needs --submission-tls-certificate",
+        check=_submissionTls,
     )
     submissionUsers: str | None = setting(
         None,

@@ -351,6 +351,9 @@ class SubmissionProtocol(Protocol):
                 line, self._buffer = buffer[:end], buffer[end + 1 :]
                 if self._discarding or end + 1 > limit:
                     self._discarding = False
+                    if state == _AUTH:
+                        # the exchange ends with the refusal
+                        self._state, self._auth = _COMMAND, None
                     self._badCommand(500, "5.5.2", "Line too long", "line-length")
                     continue
                 if line.endswith(b"\r"):
