@@ -187,7 +187,17 @@ async def test_status_pause_resume_cancel_drain_undrain(rabbitmq, amqp, dnsServe
         assert await amqp.count(queues["outbox"]) == 1
         out, err, code = await mqtwist("status", *admin)
         assert out.splitlines()[0].endswith(": drained")
+        me = service.cluster.me
+        assert f"cluster: 1 member(s): {me}; this one is {me}\n" in out
 
+        # this process by its member name; another name is refused
+        out, err, code = await mqtwist("undrain", *admin, "--member", "nobody:1")
+        assert code == 1 and "no live member 'nobody:1'" in err
+        out, err, code = await mqtwist("undrain", *admin, "--member", me)
+        assert (code, err) == (0, ""), out + err
+        assert out.splitlines()[0].endswith(": consuming")
+        out, err, code = await mqtwist("drain", *admin, "--member", me)
+        assert out.splitlines()[0].endswith(": drained")
         out, err, code = await mqtwist("undrain", *admin)
         assert (code, err) == (0, ""), out + err
         assert out.splitlines()[0].endswith(": consuming")

@@ -33,6 +33,9 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--wait-timeout", type=float, default=WAIT_TIMEOUT, metavar="SECONDS",
                         help="give up waiting after SECONDS (default: %(default)g)")
+    parser.add_argument("--member", metavar="NAME",
+                        help="drain only this process of the cluster (as mqtwist status lists them; "
+                        "default: every process of the outbox)")
     addByArgument(parser, "for the service's log")
     addAdminArguments(parser)
 
@@ -46,7 +49,7 @@ async def run(reactor: Any, arguments: argparse.Namespace, settings: Settings) -
     if not arguments.wait_timeout > 0:
         raise CommandError(f"--wait-timeout {arguments.wait_timeout:g} is out of range: give seconds above 0")
     client = adminClient(reactor, arguments, settings)
-    body = {"by": arguments.by} if arguments.by else {}
+    body = {key: value for key, value in (("by", arguments.by), ("member", arguments.member)) if value}
     try:
         status = await client.call("POST", "drain", body, wait=arguments.wait_timeout)
     except TimeoutError:

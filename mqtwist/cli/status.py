@@ -79,6 +79,12 @@ def showService(stream: TextIO, status: dict[str, Any], url: str) -> None:
         f"{status.get('inFlight', 0)} in flight, {int(status.get('consumed', 0))} consumed\n"
         f"totals: {totals or 'none yet'}\n"
     )
+    cluster = status.get("cluster")
+    if cluster:
+        stream.write(
+            f"cluster: {len(cluster['members'])} member(s): {', '.join(cluster['members'])}; "
+            f"this one is {cluster['member']}{'' if cluster['settled'] else ' (still listening for the others)'}\n"
+        )
 
 
 def showDestinations(stream: TextIO, destinations: list[dict[str, Any]]) -> None:

@@ -22,6 +22,9 @@ def addArguments(parser: argparse.ArgumentParser) -> None:
         "Have the service take outbox messages again after mqtwist drain, and print its state. "
         "Exit status 1 when the API cannot be reached or refuses the token."
     )
+    parser.add_argument("--member", metavar="NAME",
+                        help="undrain only this process of the cluster (as mqtwist status lists them; "
+                        "default: every process of the outbox)")
     addByArgument(parser, "for the service's log")
     addAdminArguments(parser)
 
@@ -33,6 +36,7 @@ async def run(reactor: Any, arguments: argparse.Namespace, settings: Settings) -
         refuses the call.
     """
     client = adminClient(reactor, arguments, settings)
-    status = await client.call("POST", "undrain", {"by": arguments.by} if arguments.by else {})
+    body = {key: value for key, value in (("by", arguments.by), ("member", arguments.member)) if value}
+    status = await client.call("POST", "undrain", body)
     showService(sys.stdout, status, client.url)
     return 0
