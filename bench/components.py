@@ -283,8 +283,13 @@ class PostfixRelay:
     loopback port to C{[127.0.0.1]:relayPort}, without DNS.
     """
 
-    def __init__(self, reactor: Any, directory: str, relayPort: int) -> None:
+    def __init__(self, reactor: Any, directory: str, relayPort: int, *, settings: tuple[str, ...] = ()) -> None:
+        """
+        @param settings: more C{main.cf} lines (C{bench/submission.py}
+            holds every message with one, so that Postfix only queues).
+        """
         self.reactor = reactor
+        self.settings = settings
         self.directory = directory
         self.configDir = os.path.join(directory, "etc")
         self.queueDir = os.path.join(directory, "queue")
@@ -331,6 +336,7 @@ class PostfixRelay:
                 "local_recipient_maps =\n"
                 "biff = no\n"
                 "append_dot_mydomain = no\n"
+                + "".join(line + "\n" for line in self.settings)
             )
         await self._run("postconf", "-c", self.configDir, "-F", "*/*/chroot = n")
         await self._run("postconf", "-c", self.configDir, "-M",
