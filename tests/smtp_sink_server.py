@@ -30,6 +30,7 @@ Scripted behaviour, by the local part of an address:
   recipient C{tempdata@}   452 4.3.1 after the body
   recipient C{hangdata@}   the body is never answered
   recipient C{close421@}   421 4.3.2 to RCPT TO, then the connection is closed
+                           (C{{"event": "closed421"}} says so first)
   recipient C{lenient@}    550 5.1.1 to RCPT TO, yet 354 to DATA (RFC 2920 3.1)
   ======================  ======================================================
 
@@ -187,6 +188,7 @@ class ScriptedHandler:
         if local == "hang":
             await asyncio.Future()
         if local == "close421":
+            emit("closed421", connection=server.connectionNumber)
             await server.push("421 4.3.2 closing by script")
             server.transport.close()
             await asyncio.Future()
