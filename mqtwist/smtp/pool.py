@@ -222,7 +222,8 @@ class ConnectionPool:
         """
         The connections of C{destination}, idle, in use or opening.
         """
-        return self._slots.get(destination, _Slots()).count()
+        slots = self._slots.get(destination)
+        return 0 if slots is None else slots.count()
 
     def stats(self, destination: Destination) -> dict[str, int]:
         """
