@@ -76,6 +76,7 @@ def test_one_job_per_recipient_with_the_incoming_properties():
         assert message.envelope == "a@example.org"
         assert message.recipient == job.recipient
         assert job.priority is None
+        assert job.size == len(job.body)
 
 
 def test_message_ids_are_unique_by_default():

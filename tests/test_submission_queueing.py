@@ -19,7 +19,7 @@ from twisted.internet import reactor
 from mqtwist.amqp.client import BrokerClient, QueueSpec
 from mqtwist.content.message import Message
 from mqtwist.submission.envelope import Recipient, Submission
-from mqtwist.submission.jobs import NotUTF8
+from mqtwist.submission.jobs import NotUTF8, buildJobs
 from mqtwist.submission.queueing import OutboxQueue, QueueingFailed
 
 MIME = b"Received: from c by mx; Sun, 6 Dec 2026 23:40:00 +0000\r\nSubject: q\r\n\r\nbody \xc3\xa9\r\n"
@@ -149,3 +149,91 @@ async def test_connection_lost_before_the_confirms_fails(clients, amqp):
     finally:
         await amqp.delete(queue)
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_cancelled_wait_for_a_blocked_broker_fails_and_the_jobs_may_come_later(clients, amqp, rabbitmqNode):
+    queue = uniqueQueue("submission-blocked")
+    client = clients([QueueSpec(queue)])
+    await client.whenConnected()
+    # a memory alarm: the broker stops reading from publishers, confirming nothing
+    await rabbitmqNode.rabbitmqctl("set_vm_memory_high_watermark", "0")
+    try:
+        queued = OutboxQueue(client, queue, "h")(submission())
+        assert not queued.called
+        # what the server does when its --submission-queue-timeout is over
+        queued.cancel()
+        with pytest.raises(QueueingFailed) as info:
+            await queued
+    finally:
+        await rabbitmqNode.rabbitmqctl("set_vm_memory_high_watermark", "0.4")
+    assert info.value.failed == RECIPIENTS
+    assert "the broker had not confirmed it when the wait was cancelled" in str(info.value)
+    # the broker takes them once the alarm is over: the client, told 451,
+    # sends the message again, so its recipients get it twice
+    received = await amqp.collect(queue, 3)
+    assert sorted(json.loads(r.body)["recipient"] for r in received) == sorted(RECIPIENTS)
+    await amqp.delete(queue)
+
+
+class CountingBroker:
+    """A broker client that counts the publishes not yet answered."""
+
+    def __init__(self, client: BrokerClient) -> None:
+        self.client = client
+        self.unanswered = 0
+        self.most = 0
+        self.published = 0
+
+    def publish(self, queue, body, **kwargs):
+        self.published += 1
+        self.unanswered += 1
+        self.most = max(self.most, self.unanswered)
+
+        def answered(result):
+            self.unanswered -= 1
+            return result
+
+        return self.client.publish(queue, body, **kwargs).addBoth(answered)
+
+
+@pytest_twisted.ensureDeferred
+async def test_many_recipients_are_published_within_the_window(clients, amqp):
+    queue = uniqueQueue("submission-window")
+    client = clients([QueueSpec(queue)])
+    await client.whenConnected()
+    many = submission(recipients=tuple(Recipient(f"r{n}@example.com") for n in range(20)))
+    counting = CountingBroker(client)
+    # room for three jobs of this message at a time
+    size = max(job.size for job in buildJobs(many, "h"))
+    try:
+        await OutboxQueue(counting, queue, "h", windowBytes=3 * size)(many)
+        assert counting.published == 20
+        assert 1 < counting.most <= 3
+        received = await amqp.collect(queue, 20)
+        assert [json.loads(r.body)["recipient"] for r in received] == [f"r{n}@example.com" for n in range(20)]
+        # a window smaller than one job still publishes, one at a time
+        one = CountingBroker(client)
+        await OutboxQueue(one, queue, "h", windowBytes=1)(many)
+        assert (one.published, one.most) == (20, 1)
+    finally:
+        await amqp.delete(queue)
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_job_is_published_after_one_failed(clients, amqp):
+    queue = uniqueQueue("submission-stop")
+    client = clients([QueueSpec(queue, {"x-max-length": 1, "x-overflow": "reject-publish"})])
+    await client.whenConnected()
+    counting = CountingBroker(client)
+    try:
+        with pytest.raises(QueueingFailed) as info:
+            await OutboxQueue(counting, queue, "h", windowBytes=1)(submission())
+        assert counting.published == 2
+        assert info.value.failed == ("c@example.net", "d@example.org")
+        assert info.value.confirmed == ("b@example.com",)
+        assert "rejected (basic.nack)" in str(info.value)
+        assert "(1 jobs not published after that). The client is told to send it again" in str(info.value)
+        assert await amqp.count(queue) == 1
+    finally:
+        await amqp.delete(queue)

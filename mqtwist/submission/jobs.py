@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mqtwist.content.joblimits import encodeJSON
@@ -51,15 +51,31 @@ class Job:
 
     @ivar recipient: the recipient's address.
     @ivar messageId: the job's C{message-id}, unique to this recipient.
-    @ivar body: the job as it is published: compact UTF-8 JSON.
     @ivar priority: the job's C{priority}, when it has one, for the AMQP
         priority of the publish.
     """
 
     recipient: str
     messageId: str
-    body: bytes
-    priority: int | None = None
+    priority: int | None
+    #: the C{mime} property's JSON string, one for all the jobs of a message
+    mimeJSON: bytes = field(repr=False)
+    #: the JSON object of the other properties
+    rest: bytes = field(repr=False)
+
+    @property
+    def size(self) -> int:
+        """The length of L{body}, without making it."""
+        return len(self.mimeJSON) + len(self.rest) + 10
+
+    @property
+    def body(self) -> bytes:
+        """
+        The job as it is published, UTF-8 JSON, made anew at each call: the
+        jobs of a message share their C{mime}, which is copied into each
+        body only when it is published.
+        """
+        return b'{"mime": ' + self.mimeJSON + b", " + self.rest[1:]
 
 
 def newMessageId() -> str:
@@ -115,6 +131,7 @@ def buildJobs(
     if submission.user is not None:
         connection["user"] = submission.user
     received = formatTime(submission.received)
+    mimeJSON = encodeJSON(mime)
     jobs = []
     for recipient in submission.recipients:
         _check("a recipient", recipient.address)
@@ -136,13 +153,15 @@ def buildJobs(
             }
         )
         job = own | {key: value for key, value in submission.defaults.items() if key not in own}
+        del job["mime"]
         priority = job.get("priority")
         jobs.append(
             Job(
                 recipient.address,
                 messageId,
-                encodeJSON(job),
                 priority if isinstance(priority, int) and not isinstance(priority, bool) else None,
+                mimeJSON,
+                encodeJSON(job),
             )
         )
     return jobs
