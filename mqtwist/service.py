@@ -269,7 +269,7 @@ class MailerService(MultiService):
 
     def _joinCluster(self, config: Config) -> ClusterControl:
         cluster = ClusterControl(
-            f"{socket.gethostname()}:{os.getpid()}",
+            config.clusterMember or f"{socket.gethostname()}:{os.getpid()}",
             self.reactor,
             heartbeat=config.clusterHeartbeat,
             timeout=config.clusterMemberTimeout,

@@ -294,6 +294,12 @@ class Config:
         "and .control)",
         defaultText="OUTBOX.control",
     )
+    clusterMember: str = setting(
+        "",
+        help="this process's name among the processes of its outbox (unique among them; empty: the "
+        "host name and the process id)",
+        defaultText="HOST:PID",
+    )
     clusterHeartbeat: float = setting(
         1.0, help="seconds between two heartbeats of a process on the control exchange", check=_positiveSeconds
     )

@@ -1,0 +1,86 @@
+"""
+A member cut off from the broker (a network split between it and RabbitMQ):
+two services of one outbox in this process, one of them connected through a
+TCP relay that the test cuts and mends.  The other takes the cut-off member
+for gone after C{--cluster-member-timeout}; the cut-off one takes no one for
+gone while it hears nothing; once the relay is back it reconnects, says
+hello, and both count two members again.
+"""
+
+from __future__ import annotations
+
+import pytest_twisted
+from helpers_endtoend import makeConfig, running
+from twisted.internet import reactor
+from twisted.internet.task import deferLater
+from twisted.protocols.portforward import ProxyFactory
+
+from mqtwist.service import MailerService
+
+
+class CuttableRelay:
+    """Relays TCP connections to C{host:port} on a port of its own, until cut."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.factory = ProxyFactory(host, port)
+        self.listening = reactor.listenTCP(0, self.factory, interface="127.0.0.1")
+        self.port = self.listening.getHost().port
+        self.servers: list = []
+        buildProtocol = self.factory.buildProtocol
+
+        def build(address):
+            server = buildProtocol(address)
+            self.servers.append(server)
+            return server
+
+        self.factory.buildProtocol = build
+
+    async def cut(self) -> None:
+        """Stop listening (new attempts are refused) and drop every relayed connection."""
+        await self.listening.stopListening()
+        for server in self.servers:
+            server.transport.abortConnection()
+        self.servers.clear()
+
+    def mend(self) -> None:
+        self.listening = reactor.listenTCP(self.port, self.factory, interface="127.0.0.1")
+
+
+async def until(condition, what: str, timeout: float = 30.0) -> None:
+    for _ in range(int(timeout * 20)):
+        if condition():
+            return
+        await deferLater(reactor, 0.05)
+    raise AssertionError(f"not within {timeout:g} s: {what}")
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_cut_off_from_the_broker_is_gone_for_the_others_and_comes_back(
+    rabbitmq, startSMTPServer, queues
+):
+    server = await startSMTPServer()
+    relay = CuttableRelay(rabbitmq.host, rabbitmq.port)
+    # (journals in memory: two services of one process cannot share the default file)
+    cluster = {"clusterHeartbeat": 0.25, "clusterMemberTimeout": 1.0, "reconnectMaxDelay": 1.0, "deliveryJournal": ""}
+    staying = MailerService(makeConfig(rabbitmq, server, queues, clusterMember="a", **cluster), plugins=[])
+    cutConfig = makeConfig(rabbitmq, server, queues, clusterMember="b", **cluster)
+    cutConfig.amqp = f"amqp://{rabbitmq.username}:{rabbitmq.password}@127.0.0.1:{relay.port}/"
+    cutOff = MailerService(cutConfig, plugins=[])
+    try:
+        async with running(staying), running(cutOff):
+            a, b = staying.cluster, cutOff.cluster
+            await until(lambda: a.members.live == b.members.live == ("a", "b"), "both know both")
+            await relay.cut()
+            await until(lambda: a.members.live == ("a",), "a takes b for gone")
+            # b heard nothing for as long: it takes no one for gone
+            assert b.members.live == ("a", "b") and not cutOff.broker.connected
+            relay.mend()
+            await until(lambda: a.members.live == ("a", "b"), "b back for a")
+            await cutOff.whenConnected()
+            assert b.members.live == ("a", "b")
+            # a cut is not a goodbye: a's status tells the operator who is there
+            assert staying.status()["cluster"] == {"member": "a", "members": ["a", "b"], "settled": True}
+    finally:
+        await relay.listening.stopListening()
+
+
