@@ -68,6 +68,7 @@ SHOWN = """() => ({
   totals: Object.fromEntries(["delivered", "failed", "deferred", "held"].map(
     (name) => [name, document.getElementById(name).textContent])),
   inFlight: document.getElementById("in-flight").textContent,
+  cluster: document.getElementById("cluster").textContent,
   destinations: [...document.querySelectorAll("#destinations tbody tr")].map(
     (row) => [0, 1, 2, 3, 5].map((i) => row.cells[i].textContent)),
 })"""
@@ -190,6 +191,7 @@ def expectedView(status: dict[str, Any], destinations: dict[str, Any]) -> dict[s
     return {
         "totals": {name: str(status["totals"].get(name, 0)) for name in ("delivered", "failed", "deferred", "held")},
         "inFlight": str(status["inFlight"]),
+        "cluster": f"{status['cluster']['member']}, one of {len(status['cluster']['members'])} process(es)",
         "destinations": [
             [d["destination"], str(d["inFlight"]), str(d["waiting"]), str(d["parked"]), state(d["paused"])]
             for d in destinations["destinations"]

@@ -61,6 +61,11 @@ function button(td, label, action) {
 
 function drawStatus(status) {
   $("version").textContent = "version " + status.version;
+  // the processes of the outbox: the drain and the controls act on all of them
+  const cluster = status.cluster;
+  $("cluster").textContent = cluster
+    ? `${cluster.member}, one of ${cluster.members.length} process(es)` : "";
+  $("cluster").title = cluster ? cluster.members.join(", ") : "";
   $("service-state").textContent = status.state;
   $("service-state").dataset.state = status.state;
   $("drain").hidden = status.state !== "consuming";
