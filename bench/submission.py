@@ -24,8 +24,8 @@ round).  Reported: messages a second (from C{smtp-source}'s start to its
 end, for mqtwist until the queue depth is C{--count}), mqtwist's CPU
 seconds a message (C{/proc}, its one process), and the whole machine's
 busy CPU a message (RabbitMQ or Postfix's many processes included).
-Results go to C{bench/results/submission-DATE.md} and C{.json}, with the
-machine and the date.
+Results go to C{bench/results/submission-DATE.md} and C{.json}
+(C{submission-reuse-DATE} with C{--reuse}), with the machine and the date.
 """
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ async def postfixRun(reactor: Any, options: argparse.Namespace, relay: PostfixRe
 def writeReport(runs: list[dict[str, Any]], options: argparse.Namespace, about: dict[str, Any]) -> str:
     now = datetime.datetime.now(datetime.UTC)
     os.makedirs(options.results_dir, exist_ok=True)
-    name = os.path.join(options.results_dir, f"submission-{now:%Y%m%d-%H%M}")
+    kind = "submission-reuse" if options.reuse else "submission"
+    name = os.path.join(options.results_dir, f"{kind}-{now:%Y%m%d-%H%M}")
     loadAfter = os.getloadavg()
     summary: dict[str, dict[str, float]] = {}
     for server in ("mqtwist", "postfix"):
