@@ -144,6 +144,21 @@ async def test_smtplib_dsn_parameters_and_incoming_properties_are_in_the_jobs(ra
     await amqp.delete(inbox)
 
 
+@pytest_twisted.ensureDeferred
+async def test_a_message_that_is_not_utf8_is_refused_for_good_and_nothing_queued(rabbitmq, amqp, smtpServer, queues):
+    # no outbox job can carry these bytes unchanged (mqtwist.submission.jobs):
+    # refused with a 5xx that says what to do, never delivered other bytes
+    latin1 = b"From: a@example.org\r\nSubject: K\xf6ln\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nGr\xfc\xdfe\r\n"
+    service = MailerService(submissionConfig(rabbitmq, smtpServer, queues), plugins=[])
+    async with running(service):
+        with pytest.raises(smtplib.SMTPDataError) as info:
+            await sendmail(portOf(service), "sender@example.org", ["a@example.com"], latin1)
+    assert info.value.smtp_code == 550
+    assert b"not UTF-8" in info.value.smtp_error
+    assert await amqp.count(queues["outbox"]) == 0
+    assert smtpServer.messages == []
+
+
 # -- swaks ---------------------------------------------------------------------
 
 
