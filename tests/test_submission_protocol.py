@@ -157,6 +157,39 @@ def test_commandsAndSequence(commands: str | bytes, expected: list[str]) -> None
     assert not session.closed
 
 
+def test_repliesNotReadStopTheReading() -> None:
+    """
+    While the transport's write buffer is full (it pauses the protocol, its
+    producer), no more commands are taken from what was read, and the
+    transport is not read; once the replies drain, the rest is answered.
+    """
+    session = ehlo()
+    assert session.transport.producer is session.protocol
+    session.protocol.pauseProducing()
+    assert session.send("NOOP\r\n" * 3) == ""
+    session.protocol.resumeProducing()
+    assert session.read() == "250 2.0.0 Ok\r\n" * 3
+    # a message is still read (it has no reply before its end)
+    session.send("MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n")
+    session.protocol.pauseProducing()
+    assert session.send("Subject: x\r\n\r\n" + "line\r\n" * 1000) == ""
+    assert len(session.protocol._buffer) < 10
+    assert session.send(".\r\nNOOP\r\n").startswith("250 2.0.0 Ok: queued as ")
+    assert len(session.queue.submissions) == 1
+    session.protocol.resumeProducing()
+    assert session.read() == "250 2.0.0 Ok\r\n"
+
+
+def test_clientThatNeverReadsIsCutOff() -> None:
+    session = ehlo()
+    session.protocol.pauseProducing()
+    for _ in range(1024 * 1024 // (64 * 1024)):
+        session.send(b"NOOP\r\n" * (64 * 1024 // 6))
+        assert not session.transport.disconnected
+    session.send(b"NOOP\r\n" * 10000)
+    assert session.transport.disconnected
+
+
 def test_quit() -> None:
     session = ehlo()
     assert session.send("QUIT\r\nNOOP\r\n") == "221 2.0.0 Bye\r\n"

@@ -55,6 +55,9 @@ MAX_COMMAND_LINE = 512
 MAX_TEXT_LINE = 1000
 #: RFC 4954 4: a line of the AUTH exchange
 MAX_AUTH_LINE = 12288
+#: commands a client may send ahead while it does not read the replies
+#: (far more than any pipelining client has in flight); beyond, it is cut off
+MAX_UNANSWERED = 1024 * 1024
 
 # the states of a session
 _COMMAND, _DATA, _AUTH, _BUSY, _CLOSED = range(5)
@@ -184,6 +187,7 @@ class SubmissionProtocol(Protocol):
         self._buffer = b""
         self._state = _COMMAND
         self._discarding = False
+        self._writeBlocked = False
         self._timer: Any = None
         self._counted = False
         self.clientAddress = ""
@@ -229,6 +233,10 @@ class SubmissionProtocol(Protocol):
                 "4.7.0", f"Too many connections from {self.clientAddress}; try again later", "client-connections"
             )
         self._counted = True
+        # the transport pauses this producer while its write buffer is
+        # full: a client that sends commands without reading the replies
+        # gets no more answers until it does (see L{pauseProducing})
+        self.transport.registerProducer(self, True)
         server.connections.add(self)
         server.byClient[self.clientAddress] = server.byClient.get(self.clientAddress, 0) + 1
         self.network = server.access.network(self.clientAddress)
@@ -284,6 +292,14 @@ class SubmissionProtocol(Protocol):
         self._state = _CLOSED
         self._cancelTimeout()
         self._write(f"421 {enhanced} {self.settings.hostname} {text}\r\n")
+        self._loseConnection()
+
+    def _loseConnection(self) -> None:
+        """
+        Close once the replies are written.  The producer goes first: with
+        one registered, a TLS transport would wait for more writes.
+        """
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     # -- time-outs --------------------------------------------------------------
@@ -335,6 +351,18 @@ class SubmissionProtocol(Protocol):
     def _process(self) -> None:
         while True:
             state = self._state
+            if self._writeBlocked and state != _DATA:
+                if len(self._buffer) > MAX_UNANSWERED:
+                    self.log.info(
+                        "submission: {client} sent {size} bytes of commands without reading the replies: closed",
+                        client=self.clientAddress,
+                        size=len(self._buffer),
+                    )
+                    self.metrics.submissionRefused("command", "not-reading")
+                    self._state = _CLOSED
+                    self._cancelTimeout()
+                    self.transport.abortConnection()
+                return
             if state == _DATA:
                 if not self._readData():
                     return
@@ -377,6 +405,26 @@ class SubmissionProtocol(Protocol):
         self._setTimeout(self.settings.commandTimeout)
         self.transport.resumeProducing()
         self._processSafely()
+
+    # -- IPushProducer, for the transport's write buffer ------------------------
+
+    def pauseProducing(self) -> None:
+        """
+        The replies are not being read: answer no more commands (a message
+        in DATA is still read, as it is answered only at its end).  The
+        transport goes on reading (under TLS it may need to read before it
+        can write), up to L{MAX_UNANSWERED} bytes of commands.
+        """
+        self._writeBlocked = True
+
+    def resumeProducing(self) -> None:
+        """The replies were read: go on."""
+        self._writeBlocked = False
+        if self._state not in (_BUSY, _CLOSED):
+            self._processSafely()
+
+    def stopProducing(self) -> None:
+        """The connection is going; L{connectionLost} follows."""
 
     # -- replies ----------------------------------------------------------------
 
@@ -540,7 +588,7 @@ class SubmissionProtocol(Protocol):
         self._state = _CLOSED
         self._cancelTimeout()
         self._reply(221, "2.0.0", "Bye")
-        self.transport.loseConnection()
+        self._loseConnection()
 
     def do_VRFY(self, argument: str) -> None:
         if not argument.strip():
