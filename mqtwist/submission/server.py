@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -104,8 +104,6 @@ class SubmissionServer:
     @param queue: takes each message after its final dot.
     """
 
-    log = Logger()
-
     def __init__(
         self,
         settings: ServerSettings,
@@ -147,8 +145,6 @@ class SubmissionServer:
         """
         self.stopping = True
         waits = [connection.closeForShutdown() for connection in list(self.connections)]
-        from twisted.internet.defer import DeferredList
-
         done: Deferred[None] = DeferredList(waits, consumeErrors=True).addCallback(lambda _: None)
         return done
 
@@ -240,6 +236,13 @@ class SubmissionProtocol(Protocol):
         server.connections.add(self)
         server.byClient[self.clientAddress] = server.byClient.get(self.clientAddress, 0) + 1
         self.network = server.access.network(self.clientAddress)
+        self.log.debug(
+            "submission: connection from {client}:{port}{tls}{trusted}",
+            client=self.clientAddress,
+            port=self.clientPort,
+            tls=" (TLS)" if self.tls else "",
+            trusted=f", trusted network {self.network.name}" if self.network is not None else "",
+        )
         self.metrics.submissionSession("accepted")
         self._write(f"220 {settings.hostname} ESMTP mqtwist\r\n")
         self._setTimeout(settings.commandTimeout)
@@ -259,6 +262,12 @@ class SubmissionProtocol(Protocol):
         self._cancelTimeout()
         if self._counted:
             self._counted = False
+            self.log.debug(
+                "submission: {client} disconnected after {messages} message(s){why}",
+                client=self.clientAddress,
+                messages=self.messages,
+                why="" if reason is None else f" ({reason.getErrorMessage()})",
+            )
             server = self.server
             server.connections.discard(self)
             left = server.byClient.get(self.clientAddress, 1) - 1
