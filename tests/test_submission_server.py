@@ -7,8 +7,10 @@ loopback port whose queue records what it is given.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import smtplib
 import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -218,3 +220,70 @@ def test_reloadReadsTheUsersFileAgain(tmp_path: Path) -> None:
     assert service.reconfigure(dataclasses.replace(changed, submissionMaxSize=5, submissionUsers=None)) == [
         "submission-max-size"
     ]
+
+
+def _smtpSource(port: int, sessions: int, messages: int) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "5120", "-f", "source@example.com",
+         "-t", "sink@example.org", "-M", "smtp-source.example", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+@pytest.mark.skipif(shutil.which("smtp-source") is None, reason="Postfix's smtp-source is not installed")
+@pytest_twisted.ensureDeferred
+async def test_smtpSourceSessions() -> None:
+    """Postfix's smtp-source, 5 sessions at once, 100 messages of 5 KB."""
+    running = await startServer()
+    try:
+        result = await inThread(_smtpSource, running.port, 5, 100)
+        assert result.returncode == 0, result.stdout + result.stderr
+        submissions = running.queue.submissions
+        assert len(submissions) == 100
+        assert {s.sender for s in submissions} == {"source@example.com"}
+        assert {s.recipients for s in submissions} == {(Recipient("sink@example.org"),)}
+        assert {s.heloName for s in submissions} == {"smtp-source.example"}
+        for submission in submissions:
+            _, _, body = submission.mime.partition(b"\r\n\r\n")
+            assert len(body) >= 5120 and b"\n" not in body.replace(b"\r\n", b"")
+        assert running.metrics.value("mqtwist_submission_messages_total") == 100
+    finally:
+        await stopServer(running)
+
+
+def _sendWithOptions(port: int, message: bytes) -> dict[str, object]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as client:
+        return dict(
+            client.sendmail(
+                "sender@example.com",
+                ["dsn@example.org"],
+                message,
+                mail_options=["BODY=8BITMIME", "SMTPUTF8", "RET=HDRS", "ENVID=env+2B1"],
+                rcpt_options=["NOTIFY=SUCCESS,DELAY", "ORCPT=rfc822;dsn@example.org"],
+            )
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_eightBitDSNAndABigMessage() -> None:
+    """
+    smtplib with 8BITMIME, SMTPUTF8 and the DSN parameters, a UTF-8 body,
+    then a 5 MB message: each reaches the queue byte for byte.
+    """
+    running = await startServer()
+    try:
+        utf8 = "Subject: Grüße\r\n\r\nZoë sagt: schön.\r\n".encode()
+        assert await inThread(_sendWithOptions, running.port, utf8) == {}
+        [submission] = running.queue.submissions
+        assert submission.mime.endswith(utf8)
+        assert (submission.body, submission.smtputf8, submission.ret, submission.envid) == (
+            "8BITMIME", True, "HDRS", "env+1"
+        )
+        assert submission.recipients == (
+            Recipient("dsn@example.org", ("SUCCESS", "DELAY"), "rfc822;dsn@example.org"),
+        )
+        big = b"Subject: big\r\n\r\n" + b"".join(b"%07d " % n + b"x" * 90 + b"\r\n" for n in range(50_000))
+        assert await inThread(_send, running.port, "a@example.com", ["b@example.org"], big) == {}
+        assert running.queue.submissions[1].mime.endswith(big)
+    finally:
+        await stopServer(running)
