@@ -21,7 +21,7 @@ from prometheus_client import generate_latest
 
 from mqtwist.config import Config
 from mqtwist.service import MailerService
-from mqtwist.submission.access import hashPassword
+from mqtwist.submission.access import Access, hashPassword
 from mqtwist.submission.envelope import Recipient
 
 MESSAGE = (
@@ -285,5 +285,36 @@ async def test_eightBitDSNAndABigMessage() -> None:
         big = b"Subject: big\r\n\r\n" + b"".join(b"%07d " % n + b"x" * 90 + b"\r\n" for n in range(50_000))
         assert await inThread(_send, running.port, "a@example.com", ["b@example.org"], big) == {}
         assert running.queue.submissions[1].mime.endswith(big)
+    finally:
+        await stopServer(running)
+
+
+def _hasIPv6Loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+def _sendOverIPv6(port: int) -> dict[str, object]:
+    with smtplib.SMTP("::1", port, local_hostname="six.example", timeout=30) as client:
+        return dict(client.sendmail("a@example.com", ["b@example.org"], MESSAGE))
+
+
+@pytest.mark.skipif(not _hasIPv6Loopback(), reason="no IPv6 loopback here")
+@pytest_twisted.ensureDeferred
+async def test_ipv6Client() -> None:
+    """A tcp6 endpoint without interface= listens on ::1, trusted by default."""
+    running = await startServer(
+        endpoints=("tcp6:0",), access=Access.fromSettings(Config().submissionTrustedNetworks, None)
+    )
+    try:
+        assert running.listeners[0].endpointString == r"tcp6:0:interface=\:\:1"
+        assert await inThread(_sendOverIPv6, running.port) == {}
+        [submission] = running.queue.submissions
+        assert submission.clientAddress == "::1"
+        assert submission.mime.startswith(b"Received: from six.example ([IPv6:::1])\r\n")
     finally:
         await stopServer(running)
