@@ -10,6 +10,7 @@ any log event.  Also the users file's format and its errors.
 from __future__ import annotations
 
 import base64
+import re
 import smtplib
 import socket
 import ssl
@@ -94,6 +95,13 @@ async def test_starttlsThenAuth(usersFile: str, certificates: dict[str, str], me
         assert submission.user == "alice" and submission.tls
         assert submission.defaults == {"tags": ["alice"], "queues": {"results": "alice.results"}}
         assert b" with ESMTPSA id " in submission.mime
+        assert re.match(
+            rb"Received: from client\.example \(\[127\.0\.0\.1\]\)\r\n"
+            rb"\t\(using TLSv1\.[23] with cipher [A-Z0-9_-]+ \(\d+/\d+ bits\)\)\r\n"
+            rb"\tby mx\.submission\.test \(mqtwist\) with ESMTPSA id [0-9A-F]{16}\r\n"
+            rb"\tfor <bob@example\.org>;\r\n",
+            submission.mime,
+        ), submission.mime[:300]
         assert submission.mime.endswith(MESSAGE)
         assert running.metrics.value("mqtwist_submission_auth_total", mechanism=mechanism, result="success") == 1
     finally:
@@ -165,6 +173,7 @@ async def test_implicitTLSEndpoint(usersFile: str, certificates: dict[str, str])
         assert await inThread(_implicit, running.portOf(1), certificates) == {}
         [submission] = running.queue.submissions
         assert submission.tls and submission.user == "alice"
+        assert b"\r\n\t(using TLSv1." in submission.mime.split(b"\r\n\r\n")[0]
     finally:
         await stopServer(running)
 

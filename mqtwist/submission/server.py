@@ -201,6 +201,7 @@ class SubmissionProtocol(Protocol):
         self._shutdown: Deferred[None] | None = None
         self._auth: Callable[[bytes], None] | None = None
         self._authMechanism = ""
+        self._usingTLS: str | None = None
         self.sender: str | None = None
         self.mail = MailArguments("")
         self.recipients: list[Recipient] = []
@@ -964,11 +965,28 @@ class SubmissionProtocol(Protocol):
         literal = f"IPv6:{address}" if ":" in address else address
         recipient = f"\r\n\tfor <{self.recipients[0].address}>" if len(self.recipients) == 1 else ""
         date = format_datetime(datetime.fromtimestamp(now, UTC))
+        using = f"\t{self._tlsText()}\r\n" if self.tls else ""
         return (
-            f"Received: from {self.heloName} ([{literal}])\r\n"
+            f"Received: from {self.heloName} ([{literal}])\r\n{using}"
             f"\tby {self.settings.hostname} (mqtwist) with {protocol} id {ident}{recipient};\r\n"
             f"\t{date}\r\n"
         ).encode()
+
+    def _tlsText(self) -> str:
+        """What the C{Received} header says of the session's TLS, as Postfix does."""
+        if self._usingTLS is None:
+            self._usingTLS = "(using TLS)"
+            try:
+                connection = self.transport.getHandle()
+                self._usingTLS = (
+                    f"(using {connection.get_protocol_version_name()} with cipher "
+                    f"{connection.get_cipher_name()} ({connection.get_cipher_bits()}/"
+                    f"{connection.get_cipher_bits()} bits))"
+                )
+            except Exception:
+                # a transport that does not say: the header says less
+                pass
+        return self._usingTLS
 
 
 _NOBODY = Account("", "none")
