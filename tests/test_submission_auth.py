@@ -292,3 +292,32 @@ def test_serverTLSFilesThatCannotLoad(tmp_path: Path, certificates: dict[str, st
         ServerTLS(str(tmp_path / "missing.pem"))
     with pytest.raises(ValueError, match="the key belongs to the certificate"):
         ServerTLS(certificates["cert"], certificates["ca"])
+
+
+def _hashPasswordCommand(*arguments: str, stdin: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mqtwist.cli", "hash-password", *arguments],
+        input=stdin, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_hashPasswordCommand(tmp_path: Path) -> None:
+    """
+    C{mqtwist hash-password --user NAME} prints a table that the users file
+    takes as it is, whose hash the password matches; an empty password is
+    refused with status 1.
+    """
+    result = _hashPasswordCommand("--user", "ann@example.com", stdin="open sesame\n")
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "users.toml"
+    path.write_text(result.stdout)
+    users, networks = readUsersFile(str(path))
+    assert list(users) == ["ann@example.com"] and networks == []
+    assert users["ann@example.com"].passwordHash.startswith("$argon2id$")
+    access = Access(users)
+    assert access._check(users["ann@example.com"], "open sesame") == users["ann@example.com"].account
+    assert access._check(users["ann@example.com"], "open sesame ") is None
+    assert "open sesame" not in result.stdout + result.stderr
+    empty = _hashPasswordCommand(stdin="\n")
+    assert (empty.returncode, empty.stdout) == (1, "")
+    assert "the password is empty" in empty.stderr
