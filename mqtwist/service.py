@@ -449,6 +449,14 @@ class MailerService(MultiService):
                 "--submission: no users (--submission-users) and no trusted networks "
                 "(--submission-trusted-networks): every recipient will be refused"
             )
+        if access.users and tls is None:
+            self.log.warn(
+                "--submission: users but no --submission-tls-certificate: AUTH is offered only "
+                "{where}",
+                where="to loopback clients, in clear"
+                if config.submissionAuthCleartext == "loopback"
+                else "nowhere (it needs TLS, or --submission-auth-cleartext loopback)",
+            )
 
     def _queueSubmission(self, submission: Submission) -> Deferred[None]:
         """

@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 from helpers_submission import HOSTNAME, inThread, startServer, stopServer, swaks, swaksMissing
 from prometheus_client import generate_latest
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from mqtwist.config import Config
 from mqtwist.service import MailerService
@@ -318,3 +319,25 @@ async def test_ipv6Client() -> None:
         assert submission.mime.startswith(b"Received: from six.example ([IPv6:::1])\r\n")
     finally:
         await stopServer(running)
+
+
+def test_serviceWarnsOfUsersWithoutTLS(tmp_path: Path) -> None:
+    users = tmp_path / "users.toml"
+    users.write_text(f'[users.alice]\npassword = "{hashPassword("one")}"\n')
+    events: list[dict[str, Any]] = []
+    globalLogPublisher.addObserver(events.append)
+    try:
+        _service(tmp_path, submissionUsers=str(users))
+        _service(tmp_path, submissionUsers=str(users), submissionAuthCleartext="loopback")
+        _service(tmp_path, submissionTrustedNetworks=[])
+    finally:
+        globalLogPublisher.removeObserver(events.append)
+    warnings = [formatEvent(event) for event in events if event.get("log_level") == LogLevel.warn]
+    assert warnings == [
+        "--submission: users but no --submission-tls-certificate: AUTH is offered only nowhere (it needs "
+        "TLS, or --submission-auth-cleartext loopback)",
+        "--submission: users but no --submission-tls-certificate: AUTH is offered only to loopback clients, "
+        "in clear",
+        "--submission: no users (--submission-users) and no trusted networks (--submission-trusted-networks): "
+        "every recipient will be refused",
+    ]
