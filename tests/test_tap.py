@@ -102,6 +102,7 @@ SPECIAL_SAMPLES = {
     "submissionTrustedNetworks": ("10.0.0.0/8,2001:db8::/32", ["10.0.0.0/8", "2001:db8::/32"]),
     "submissionAuthCleartext": ("loopback", "loopback"),
     "submissionTls": ("required", "required"),
+    "cluster": ("off", "off"),
 }
 
 
