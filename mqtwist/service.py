@@ -309,6 +309,16 @@ class MailerService(MultiService):
         except ControlError as e:
             self.log.warn("cluster: ignored the {action} of {member}: {error}", action=kind, member=member, error=e)
 
+    def _usageFromPeer(self, kind: str, name: str, count: int) -> None:
+        """
+        Another process of the cluster took C{count} messages from the
+        submission account C{kind} C{name}: they count against its rate here.
+        """
+        assert self.submission is not None
+        account = self.submission.access.account(kind, name)
+        if account is not None:
+            self.submission.limiter.takenElsewhere(account, count)
+
     def _toOtherMembers(self, action: str, member: str | None) -> bool:
         """
         Tell the other members of a drain or undrain of C{member} (C{None}:
@@ -439,6 +449,13 @@ class MailerService(MultiService):
             requireTls=config.submissionTls == "required",
         )
         self.submission = SubmissionServer(settings, access, self._queueSubmission, self.reactor, self.metrics)
+        cluster = self.cluster
+        if cluster is not None:
+            # the accounts' rates hold for every process of the outbox
+            self.submission.limiter.onTaken = lambda account, count: cluster.announceUsage(
+                account.kind, account.name, count
+            )
+            cluster.onUsage = self._usageFromPeer
         self.metrics.watchSubmission(self.submission.openConnections)
         for text in config.submission:
             listener = SubmissionListener(text, self.submission, self.reactor, self._failed, tls)

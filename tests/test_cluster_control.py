@@ -229,3 +229,24 @@ def test_admin_actions_are_announced_once_and_taken_from_peers() -> None:
     for action in announced[2:]:
         there.fromPeer(action)
     assert there.pauses() == [] and there.cancels() == []
+
+
+def test_submission_usage_is_gathered_then_told_and_read_back() -> None:
+    cluster, wire, clock, _ = control()
+    cluster.controlReady(consumers=0)
+    cluster.announceUsage("user", "ann", 1)
+    cluster.announceUsage("user", "ann", 2)
+    cluster.announceUsage("network", "127.0.0.1/32", 1)
+    assert wire.kinds() == ["hello"]
+    clock.advance(0.1)
+    assert wire.sent[-1]["accounts"] == [["user", "ann", 3], ["network", "127.0.0.1/32", 1]]
+    heard: list[tuple[str, str, int]] = []
+    cluster.onUsage = lambda kind, name, count: heard.append((kind, name, count))
+    cluster.controlReceived(said("host:1", "usage", accounts=[["user", "ann", 5]]))
+    for bad in ([["user", "ann", 0]], [["user", 5, 1]], "ann", [["user", "ann", True]]):
+        cluster.controlReceived(said("host:1", "usage", accounts=bad))
+    assert heard == [("user", "ann", 5)]
+    # what is counted when it stops is told before the goodbye
+    cluster.announceUsage("user", "bob", 1)
+    cluster.stop()
+    assert wire.kinds()[-2:] == ["usage", "bye"] and wire.sent[-2]["accounts"] == [["user", "bob", 1]]

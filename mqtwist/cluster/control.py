@@ -14,7 +14,10 @@ sending C{"member"}:
   - C{backoff}: a reply paused a destination, marked it down or reduced its
     connections (L{SharedBackoff});
   - C{admin}: an operator paused, resumed, cancelled, lifted a cancel,
-    drained or undrained (the action as the admin API took it).
+    drained or undrained (the action as the admin API took it);
+  - C{usage}: the messages that accounts of the SMTP submission server
+    submitted here, gathered over L{USAGE_DELAY} seconds, so that their
+    rates hold for all the processes.
 
 A process starts consuming the outbox only once it knows the others, so
 that it takes its share of each limit, not the whole of it: at once when
@@ -50,6 +53,10 @@ SHARED_ACTIONS = frozenset({"pause", "down", "reduce"})
 
 #: the longest text of a shared reason, and of a destination's name
 MAX_TEXT = 1000
+
+#: seconds the submitted messages are counted before they are told: one
+#: message for all of them, not one per submitted message
+USAGE_DELAY = 0.1
 
 
 class Publisher(Protocol):
@@ -140,6 +147,8 @@ class ClusterControl:
     @ivar onBackoff: called with each L{SharedBackoff} another member sent.
     @ivar onAdmin: called with the member and the C{admin} message of an
         operator's action another member took.
+    @ivar onUsage: called with the kind and name of an account of the
+        submission server and the messages it submitted to another member.
     """
 
     log = Logger()
@@ -153,6 +162,9 @@ class ClusterControl:
         self.onMembers: Callable[[tuple[str, ...]], None] | None = None
         self.onBackoff: Callable[[SharedBackoff], None] | None = None
         self.onAdmin: Callable[[str, dict[str, Any]], None] | None = None
+        self.onUsage: Callable[[str, str, int], None] | None = None
+        self._usage: dict[tuple[str, str], int] = {}
+        self._usageTimer: IDelayedCall | None = None
         self.settled = False
         self._settleTimer: IDelayedCall | None = None
         #: the members to hear from before settling (the outbox's other consumers)
@@ -234,6 +246,30 @@ class ClusterControl:
         elif kind == "admin":
             if self.onAdmin is not None:
                 self.onAdmin(member, event)
+        elif kind == "usage":
+            self._usageReceived(member, event.get("accounts"))
+
+    def _usageReceived(self, member: str, accounts: object) -> None:
+        if not isinstance(accounts, list) or not all(
+            isinstance(entry, list)
+            and len(entry) == 3
+            and isinstance(entry[0], str)
+            and isinstance(entry[1], str)
+            and isinstance(entry[2], int)
+            and not isinstance(entry[2], bool)
+            and entry[2] > 0
+            for entry in accounts
+        ):
+            self.log.warn(
+                "cluster: ignored the usage of {member}: 'accounts' is not a list of [kind, name, count]: "
+                "{accounts}",
+                member=member,
+                accounts=excerpt(accounts),
+            )
+            return
+        if self.onUsage is not None:
+            for kind, name, count in accounts:
+                self.onUsage(kind, name, count)
 
     # -- sending -----------------------------------------------------------------
 
@@ -245,8 +281,28 @@ class ClusterControl:
         """Tell the others of an operator's action taken here (L{onAdmin} of theirs)."""
         self._send("admin", **action)
 
+    def announceUsage(self, kind: str, name: str, count: int) -> None:
+        """
+        Tell the others, within L{USAGE_DELAY} seconds, that the account
+        C{kind} C{name} of the submission server submitted C{count} more
+        messages here.
+        """
+        key = (kind, name)
+        self._usage[key] = self._usage.get(key, 0) + count
+        if self._usageTimer is None:
+            self._usageTimer = self.reactor.callLater(USAGE_DELAY, self._sendUsage)
+
+    def _sendUsage(self) -> None:
+        self._usageTimer = None
+        usage, self._usage = self._usage, {}
+        if usage:
+            self._send("usage", accounts=[[kind, name, count] for (kind, name), count in usage.items()])
+
     def stop(self) -> None:
         """Say goodbye (so that the others take the shares at once) and stop the heartbeats."""
+        if self._usageTimer is not None and self._usageTimer.active():
+            self._usageTimer.cancel()
+        self._sendUsage()
         if self._settleTimer is not None and self._settleTimer.active():
             self._settleTimer.cancel()
         self._settleTimer = None

@@ -420,7 +420,8 @@ class Config:
     )
 
     maxConnectionsPerDestination: int = setting(
-        10, help="SMTP connections open at once to one destination", check=positive
+        10, help="SMTP connections open at once to one destination, for all the processes of the outbox",
+        check=positive,
     )
     maxMessagesPerConnection: int = setting(
         100, help="messages one SMTP connection carries before it is closed", check=positive
@@ -429,10 +430,12 @@ class Config:
         10.0, help="seconds an unused SMTP connection stays open for the next message"
     )
     messagesPerMinute: int = setting(
-        0, help="messages per minute to one destination, in this process (0: no limit)"
+        0, help="messages per minute to one destination, for all the processes of the outbox (0: no limit)"
     )
     connectionsPerMinute: int = setting(
-        0, help="new SMTP connections per minute to one destination, in this process (0: no limit)"
+        0,
+        help="new SMTP connections per minute to one destination, for all the processes of the outbox "
+        "(0: no limit)",
     )
     throttles: list[ThrottleRule] = tables(
         ThrottleRule.fromTable, help="limits of particular destinations ([[throttles]] tables)"
@@ -758,8 +761,8 @@ class Config:
     )
     submissionMessagesPerMinute: int = setting(
         0,
-        help="messages per minute that one user or trusted network may submit, in this process (0: no "
-        "limit; the users file can set each account's own)",
+        help="messages per minute that one user or trusted network may submit, to all the processes of "
+        "the outbox (0: no limit; the users file can set each account's own)",
     )
 
     shutdownTimeout: float = setting(30.0, help="seconds that stopping waits for deliveries in flight")

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ class Account:
     @ivar defaults: the job properties this account's jobs get unless a job
         sets them (C{tags}, C{queues}, C{dkim}, ...).
     @ivar messagesPerMinute: 0 for no limit, else the messages this
-        account may submit per minute, in this process.
+        account may submit per minute (in all the processes of a cluster).
     """
 
     name: str
@@ -130,6 +130,13 @@ class Access:
             users.update(fileUsers)
             networks.extend(fileNetworks)
         return cls(users, networks, messagesPerMinute)
+
+    def account(self, kind: str, name: str) -> Account | None:
+        """The account of C{kind} (C{user}, C{network}) named C{name}, if there is one."""
+        if kind == "user":
+            user = self.users.get(name)
+            return user.account if user is not None else None
+        return next((account for _, account in self.networks if account.name == name), None)
 
     def network(self, address: str) -> Account | None:
         """
@@ -271,15 +278,19 @@ def readUsersFile(path: str, messagesPerMinute: int = 0) -> tuple[dict[str, User
 
 class RateLimiter:
     """
-    Messages per minute per account, in this process: a token bucket per
-    account that holds a minute's worth and fills at the account's rate.
+    Messages per minute per account: a token bucket per account that holds
+    a minute's worth and fills at the account's rate.  In a cluster, what
+    the other processes took counts too (L{takenElsewhere}, told of within
+    a fraction of a second), so the rate holds for all of them.
 
     @param clock: has C{seconds()}.
+    @ivar onTaken: told of what L{taken} counts, for the other processes.
     """
 
     def __init__(self, clock: Any) -> None:
         self.clock = clock
         self._buckets: dict[tuple[str, str], tuple[float, float]] = {}
+        self.onTaken: Callable[[Account, int], None] | None = None
 
     def allows(self, account: Account) -> bool:
         """
@@ -291,7 +302,18 @@ class RateLimiter:
         return self._level(account, rate) >= 1.0
 
     def taken(self, account: Account, count: int = 1) -> None:
-        """C{account} submitted C{count} messages."""
+        """C{account} submitted C{count} messages here."""
+        if not account.messagesPerMinute:
+            return
+        self._spend(account, count)
+        if self.onTaken is not None:
+            self.onTaken(account, count)
+
+    def takenElsewhere(self, account: Account, count: int) -> None:
+        """C{account} submitted C{count} messages to another process of the cluster."""
+        self._spend(account, count)
+
+    def _spend(self, account: Account, count: int) -> None:
         rate = account.messagesPerMinute
         if not rate:
             return
