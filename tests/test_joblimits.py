@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-from mqtwist.content.joblimits import JobLimits, encodeJSON
+from mqtwist.content.joblimits import JobLimits, encodeJSON, encodeMime
 from mqtwist.content.message import decodeJSON, invalidResultJSON
 from mqtwist.errors import InvalidMessage
 
@@ -87,6 +87,10 @@ def test_the_whole_size_is_checked_before_parsing():
         (r'{"x": ["\udfff"]}', "property 'x[0]' holds a lone surrogate (\\udfff) at character 0"),
         (r'{"x": {"\ud800": 1}}', "a key of 'x' holds a lone surrogate"),
         (r'{"mime": "\ud83d"}', "property 'mime' holds a lone surrogate (\\ud83d)"),
+        # a byte that is not UTF-8 is for the job's own mime only
+        (r'{"mime": "\udcff\udd00"}', "property 'mime' holds a lone surrogate (\\udd00) at character 1"),
+        (r'{"subject": "\udce9"}', "property 'subject' holds a lone surrogate (\\udce9)"),
+        (r'{"mime": {"text": "\udce9"}}', "property 'mime.text' holds a lone surrogate (\\udce9)"),
     ],
 )
 def test_lone_surrogates_are_refused_wherever_they_are(text, where):
@@ -113,3 +117,21 @@ def test_invalid_results_of_anything_encode_as_utf8():
 
 def test_encode_json_replaces_what_utf8_cannot_carry():
     assert encodeJSON({"a": "x\ud800y", "b": "\U0001f600"}) == '{"a": "x\ufffdy", "b": "\U0001f600"}'.encode()
+
+
+def test_the_bytes_of_a_message_that_are_not_utf8_travel_in_mime():
+    """
+    A message taken in over SMTP in ISO-8859-1: its bytes that are not
+    UTF-8 are in the job's mime as U+DC80-U+DCFF, read as they are and
+    encoded again escaped (in a retry copy), never replaced.
+    """
+    raw = b"Subject: K\xf6ln\r\n\r\nGr\xfc\xdfe, caf\xc3\xa9\r\n"
+    mime = raw.decode("utf-8", "surrogateescape")
+    job = decodeJSON(json.dumps({"id": "8bit", "mime": mime}).encode())
+    assert job["mime"] == mime
+    encoded = encodeJSON(dict(job, description="x\udce9"))
+    assert b'"mime": "Subject: K\\udcf6ln\\r\\n\\r\\nGr\\udcfc\\udcdfe, caf\xc3\xa9\\r\\n"' in encoded
+    # anywhere else it is replaced, as any lone surrogate
+    assert b'"description": "x\xef\xbf\xbd"' in encoded
+    assert decodeJSON(encoded)["mime"].encode("utf-8", "surrogateescape") == raw
+    assert encodeMime(mime) == encodeJSON({"mime": mime})[len(b'{"mime": '):-1]

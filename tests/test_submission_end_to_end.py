@@ -22,6 +22,7 @@ import pytest
 import pytest_twisted
 from helpers_endtoend import makeConfig, running
 from twisted.internet import defer, reactor, threads
+from twisted.internet.task import deferLater
 from twisted.internet.utils import getProcessOutputAndValue
 
 from mqtwist.service import MailerService
@@ -145,18 +146,26 @@ async def test_smtplib_dsn_parameters_and_incoming_properties_are_in_the_jobs(ra
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_message_that_is_not_utf8_is_refused_for_good_and_nothing_queued(rabbitmq, amqp, smtpServer, queues):
-    # no outbox job can carry these bytes unchanged (mqtwist.submission.jobs):
-    # refused with a 5xx that says what to do, never delivered other bytes
+async def test_a_message_that_is_not_utf8_is_delivered_byte_for_byte(rabbitmq, amqp, smtpServer, queues):
+    # 8-bit ISO-8859-1, as a legacy system sends it: the job carries the
+    # bytes that are not UTF-8 as escapes, and they go out as they came,
+    # through a retry copy too (the first attempt gets 451)
     latin1 = b"From: a@example.org\r\nSubject: K\xf6ln\r\nContent-Type: text/plain; charset=iso-8859-1\r\n\r\nGr\xfc\xdfe\r\n"
     service = MailerService(submissionConfig(rabbitmq, smtpServer, queues), plugins=[])
     async with running(service):
-        with pytest.raises(smtplib.SMTPDataError) as info:
-            await sendmail(portOf(service), "sender@example.org", ["a@example.com"], latin1)
-    assert info.value.smtp_code == 550
-    assert b"not UTF-8" in info.value.smtp_error
-    assert await amqp.count(queues["outbox"]) == 0
-    assert smtpServer.messages == []
+        refused = await sendmail(portOf(service), "sender@example.org", ["a@example.com", "tempfail@example.com"], latin1)
+        assert refused == {}
+        (delivered,) = await smtpServer.waitForMessages(1)
+        # tempfail@ is refused with 451: its copy waits for the next attempt
+        # in the 1 s delay queue, and is read again each time it comes back
+        for _ in range(200):
+            if service.metrics.totals("mqtwist_outcomes_total", "outcome").get("waiting", 0) >= 2:
+                break
+            await deferLater(reactor, 0.1)
+        waiting = service.metrics.totals("mqtwist_outcomes_total", "outcome")
+    _, body = splitReceived(delivered.data)
+    assert body == latin1
+    assert waiting.get("waiting", 0) >= 2 and "invalid" not in waiting, waiting
 
 
 # -- swaks ---------------------------------------------------------------------

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from mqtwist.content.message import Message, ParseSettings
 from mqtwist.delivery.transaction import xtext
 from mqtwist.submission.envelope import Recipient, Submission
-from mqtwist.submission.jobs import NotUTF8, buildJobs, decodeXtext
+from mqtwist.submission.jobs import buildJobs, decodeXtext
 
 MIME = (
     b"Received: from client.example (client.example [192.0.2.7])\r\n"
@@ -211,16 +211,12 @@ def test_utf8_message_and_addresses_are_kept():
     assert (message.envelope, message.recipient) == ("jörg@exämple.org", "zoë@example.com")
 
 
-def test_a_message_that_is_not_utf8_is_refused_naming_the_byte():
-    mime = MIME + b"Gr\xfc\xdfe aus K\xf6ln\r\n"
-    with pytest.raises(NotUTF8) as info:
-        buildJobs(submission(mime=mime), "h", ids())
-    offset = len(MIME) + 2
-    assert info.value.offset == offset
-    assert str(info.value) == (
-        f"the message from <a@example.org> has a byte that is not UTF-8 (0xfc) at offset {offset}: outbox jobs "
-        f"are UTF-8 JSON and cannot carry it unchanged; send the body as quoted-printable or base64, or as UTF-8"
-    )
+def test_a_message_that_is_not_utf8_is_carried_byte_for_byte():
+    mime = MIME + b"Gr\xfc\xdfe aus K\xf6ln, caf\xc3\xa9 \xff\x80\r\n"
+    job = buildJobs(submission(mime=mime), "h", ids())[0]
+    # the bytes that are not UTF-8 as escapes, the UTF-8 ones as they are
+    assert b'Gr\\udcfc\\udcdfe aus K\\udcf6ln, caf\xc3\xa9 \\udcff\\udc80' in job.body
+    assert parsed(job.body).mime == mime
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,6 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from mqtwist.metrics import Metrics
 from mqtwist.submission.access import Access, Account, RateLimiter
 from mqtwist.submission.envelope import Recipient
-from mqtwist.submission.jobs import NotUTF8
 from mqtwist.submission.server import SubmissionProtocol, SubmissionServer
 
 ALICE = Account("alice", "user", {"tags": ["alice"]})
@@ -313,15 +312,15 @@ def test_queueFailureAnswers451() -> None:
 
 def test_queueRefusingTheContentAnswers550() -> None:
     """
-    A queue that cannot make jobs of a message (a C{ValueError}: bytes
-    that are not UTF-8) gets a permanent refusal, not a 451 that the
-    client would try again for ever.
+    A queue that cannot make jobs of a message (a C{ValueError}: a value
+    the delivery side would refuse) gets a permanent refusal, not a 451
+    that the client would try again for ever.
     """
     session = ehlo()
-    reasons = [NotUTF8("the message has a byte that is not UTF-8", 300), ValueError("ORCPT\r\nbad")]
+    reasons = [ValueError("ORCPT bad"), ValueError("ORCPT\r\nbad")]
     session.server.queue = lambda submission: fail(reasons.pop(0))
     assert session.send(b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n\xe9\r\n.\r\n").endswith(
-        "550 5.6.0 Message has bytes that are not UTF-8; send 8-bit text as quoted-printable or base64\r\n"
+        "550 5.6.0 Message cannot be queued: ORCPT bad\r\n"
     )
     assert session.transaction()[-1] == "550 5.6.0"
     assert session.read() == ""

@@ -19,7 +19,7 @@ from twisted.internet import reactor
 from mqtwist.amqp.client import BrokerClient, QueueSpec
 from mqtwist.content.message import Message
 from mqtwist.submission.envelope import Recipient, Submission
-from mqtwist.submission.jobs import NotUTF8, buildJobs
+from mqtwist.submission.jobs import buildJobs
 from mqtwist.submission.queueing import OutboxQueue, QueueingFailed
 
 MIME = b"Received: from c by mx; Sun, 6 Dec 2026 23:40:00 +0000\r\nSubject: q\r\n\r\nbody \xc3\xa9\r\n"
@@ -67,19 +67,6 @@ async def test_every_job_is_on_the_queue_when_it_fires(clients, amqp):
             assert job["connection"]["user"] == "alice"
             assert job["tags"] == ["smtp"]
             assert Message.fromJSON(r.body).mime == MIME
-    finally:
-        await amqp.delete(queue)
-
-
-@pytest_twisted.ensureDeferred
-async def test_not_utf8_fails_at_once_and_publishes_nothing(clients, amqp):
-    queue = uniqueQueue("submission-8bit")
-    client = clients([QueueSpec(queue)])
-    await client.whenConnected()
-    try:
-        with pytest.raises(NotUTF8):
-            await OutboxQueue(client, queue, "h")(submission(mime=MIME + b"K\xf6ln\r\n"))
-        assert await amqp.count(queue) == 0
     finally:
         await amqp.delete(queue)
 

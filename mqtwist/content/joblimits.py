@@ -5,7 +5,11 @@ A job is JSON from whoever can publish to the outbox.  Before mqtwist reads
 any property of it, L{checkLimits} makes sure that it is not too big, too
 deep or too wide and holds no lone surrogate (a C{"\\ud800"} escape, which
 JSON's grammar lets through but UTF-8 cannot encode: it would break every
-result built from the job).  The walk is a loop over an explicit stack, so
+result built from the job).  One exception: a job's C{mime} string may
+carry the bytes of a message that are not UTF-8 (an 8-bit ISO-8859-1 body
+taken in over SMTP) as the escapes C{"\\udc80"} to C{"\\udcff"}, Python's
+C{surrogateescape} form of the bytes 0x80 to 0xFF, which the message is
+sent with; L{encodeJSON} keeps them so.  The walk is a loop over an explicit stack, so
 no input can exhaust Python's recursion; only C{json.loads} itself recurses,
 and its own guard turns a job nested too deep for it into a L{RecursionError}
 that L{mqtwist.content.message.decodeJSON} reports like any other limit.
@@ -22,6 +26,10 @@ from mqtwist.errors import InvalidMessage
 from mqtwist.validation import excerpt
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+#: the lone surrogates that are not a byte of a message in C{mime}
+_NOT_A_BYTE = re.compile("[\ud800-\udc7f\udd00-\udfff]")
+#: what stands for a job's C{mime} while the rest is encoded
+_MIME_PLACE = "\ue000mqtwist mime\ue000"
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,9 @@ def checkLimits(job: dict[str, Any], limits: JobLimits) -> None:
                 )
             # isascii() is a flag, not a scan: the megabytes of a mime cost nothing
             if not value.isascii():
-                _checkSurrogates(f"property {_place(where)}", value)
+                # the job's own mime may carry bytes that are not UTF-8
+                refused = _NOT_A_BYTE if where == "mime" else _LONE_SURROGATE
+                _checkSurrogates(f"property {_place(where)}", value, refused)
             continue
         if isinstance(value, dict):
             items: Any = value.items()
@@ -136,8 +146,8 @@ def _place(where: str) -> str:
     return excerpt(where, 60)
 
 
-def _checkSurrogates(named: str, text: str) -> None:
-    match = _LONE_SURROGATE.search(text)
+def _checkSurrogates(named: str, text: str, refused: re.Pattern[str] = _LONE_SURROGATE) -> None:
+    match = refused.search(text)
     if match is not None:
         raise InvalidMessage(
             f"{named} holds a lone surrogate (\\u{ord(match.group()):04x}) at "
@@ -148,12 +158,39 @@ def _checkSurrogates(named: str, text: str) -> None:
 
 def encodeJSON(value: Any) -> bytes:
     """
-    C{value} as compact UTF-8 JSON, whatever strings it holds: a lone
-    surrogate that reached it (from a plugin, or a bug) becomes U+FFFD
-    instead of failing the encoding, so a result can always be published.
+    C{value} as UTF-8 JSON, whatever strings it holds: the bytes of a
+    message that are not UTF-8, in the C{mime} of a job, stay escaped
+    (C{"\\udce9"}), so that the job is read back with them; any other
+    lone surrogate (from a plugin, or a bug) becomes U+FFFD instead of
+    failing the encoding, so a result can always be published.
     """
     text = json.dumps(value, ensure_ascii=False)
     try:
         return text.encode("utf-8")
     except UnicodeEncodeError:
-        return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+        pass
+    mime = value.get("mime") if isinstance(value, dict) else None
+    if isinstance(mime, str) and not mime.isascii():
+        # the rest as it would be, the mime with its surrogates escaped
+        text = json.dumps(dict(value, mime=_MIME_PLACE), ensure_ascii=False)
+        place = json.dumps(_MIME_PLACE, ensure_ascii=False)
+        if text.count(place) == 1:
+            text = text.replace(place, _escapeSurrogates(json.dumps(mime, ensure_ascii=False)))
+    return _LONE_SURROGATE.sub("\ufffd", text).encode("utf-8")
+
+
+def encodeMime(mime: str) -> bytes:
+    """
+    The JSON string of a job's C{mime} (for a job encoded in parts), as
+    L{encodeJSON} encodes it in a job: UTF-8, with the bytes of a message
+    that are not UTF-8 escaped.
+    """
+    text = json.dumps(mime, ensure_ascii=False)
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return _escapeSurrogates(text).encode("utf-8")
+
+
+def _escapeSurrogates(text: str) -> str:
+    return _LONE_SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", text)

@@ -5,14 +5,14 @@ messages it takes in over SMTP (its "JSON for incoming messages" page):
 C{hostname}, C{received}, a C{message-id} of each recipient's own and the
 C{connection} the message came over.
 
-The job's C{mime} is the message as received, as JSON text: the job format
-is UTF-8 JSON, and the job parser sends a C{mime} string as its UTF-8
-bytes, so a message that is UTF-8 (ASCII included) is delivered byte for
-byte as it came.  A message with bytes that are not UTF-8 (an 8-bit
-ISO-8859-1 body) has no such form: the parser refuses the lone surrogates
-that would stand for those bytes, and any other text would deliver other
-bytes.  Such a message is refused with L{NotUTF8}, which says so, before
-anything is published.
+The job's C{mime} is the message as received, as JSON text: the job parser
+sends a C{mime} string as its UTF-8 bytes, so a message that is UTF-8
+(ASCII included) is delivered byte for byte as it came.  The bytes of a
+message that are not UTF-8 (an 8-bit ISO-8859-1 body) are in it as the
+escapes C{\\udc80} to C{\\udcff} (Python's C{surrogateescape}), which the
+parser takes in C{mime} and sends as those bytes
+(L{mqtwist.content.joblimits}): such a message is delivered byte for byte
+too.  (A consumer of the outbox other than mqtwist may not read them.)
 """
 
 from __future__ import annotations
@@ -22,26 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from mqtwist.content.joblimits import encodeJSON
+from mqtwist.content.joblimits import encodeJSON, encodeMime
 from mqtwist.content.message import DSN
 from mqtwist.errors import InvalidMessage
 from mqtwist.submission.envelope import Recipient, Submission
 from mqtwist.timeformat import formatTime
 from mqtwist.validation import checkAddress
-
-
-class NotUTF8(ValueError):
-    """
-    The message has bytes that are not UTF-8, which no outbox job can carry
-    byte for byte.  Retrying cannot help.
-
-    @ivar offset: where in the message (with its Received header) the
-        first such byte is.
-    """
-
-    def __init__(self, description: str, offset: int) -> None:
-        super().__init__(description)
-        self.offset = offset
 
 
 @dataclass(frozen=True)
@@ -105,21 +91,11 @@ def buildJobs(
     @param hostname: the C{hostname} of the jobs: the server that took the
         message in.
     @param newId: makes each job's C{message-id}.
-    @raise NotUTF8: when the message has a byte that is not UTF-8.
     @raise ValueError: when the sender, a recipient or a DSN value could
         not be sent on (a control character, a malformed address or ORCPT),
         naming it; the server should have refused it with its command.
     """
-    try:
-        mime = submission.mime.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise NotUTF8(
-            f"the message from <{submission.sender}> has a byte that is not UTF-8 "
-            f"(0x{submission.mime[e.start]:02x}) at offset {e.start}: outbox jobs are UTF-8 JSON "
-            f"and cannot carry it unchanged; send the body as quoted-printable or base64, "
-            f"or as UTF-8",
-            e.start,
-        ) from None
+    mime = submission.mime.decode("utf-8", "surrogateescape")
     if submission.sender:
         _check("the sender", submission.sender)
     connection: dict[str, Any] = {
@@ -131,7 +107,7 @@ def buildJobs(
     if submission.user is not None:
         connection["user"] = submission.user
     received = formatTime(submission.received)
-    mimeJSON = encodeJSON(mime)
+    mimeJSON = encodeMime(mime)
     jobs = []
     for recipient in submission.recipients:
         _check("a recipient", recipient.address)

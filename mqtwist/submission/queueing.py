@@ -83,8 +83,8 @@ class OutboxQueue:
             before its confirm, or the Deferred cancelled (the jobs not
             confirmed by then may still be stored later).  After a failure
             no more of its jobs are published.  It fails at once, publishing
-            nothing, with L{mqtwist.submission.jobs.NotUTF8} or
-            L{ValueError} when the submission cannot be made into jobs (see
+            nothing, with L{ValueError} when the submission cannot be made
+            into jobs (see
             L{mqtwist.submission.jobs.buildJobs}).
         """
         try:

@@ -46,7 +46,6 @@ from twisted.python.failure import Failure
 from mqtwist.metrics import Metrics
 from mqtwist.submission.access import Access, Account, RateLimiter
 from mqtwist.submission.envelope import Queue, Recipient, Submission
-from mqtwist.submission.jobs import NotUTF8
 from mqtwist.submission.syntax import MailArguments, Refused, mailArguments, rcptArguments
 
 #: RFC 5321 4.5.3.1.4: a command line, CRLF included
@@ -918,7 +917,8 @@ class SubmissionProtocol(Protocol):
         """
         The queue failed: 451, so that the client keeps the message and
         tries again; but 550 for a message that can never become jobs (the
-        queue's C{ValueError}, such as bytes that are not UTF-8).
+        queue's C{ValueError}: an address or DSN value that the delivery
+        side would refuse).
         """
         self._waiting = None
         permanent = failure.check(ValueError) is not None
@@ -932,11 +932,7 @@ class SubmissionProtocol(Protocol):
             error=failure.getErrorMessage() or repr(failure.value),
         )
         if self._state != _CLOSED:
-            if failure.check(NotUTF8):
-                self._reply(
-                    550, "5.6.0", "Message has bytes that are not UTF-8; send 8-bit text as quoted-printable or base64"
-                )
-            elif permanent:
+            if permanent:
                 self._reply(550, "5.6.0", f"Message cannot be queued: {_replyText(failure.getErrorMessage())}")
             else:
                 self._reply(451, "4.3.0", "Message not queued: the queue is not available; try again later")
