@@ -489,6 +489,7 @@ class MailerService(MultiService):
                 self.broker,
                 self.config.submissionQueue or self.config.outbox,
                 self.config.submissionHostname or self.config.ehloName,
+                maxJobBytes=self.config.maxJobBytes,
             )
         queued: Deferred[None] = self._submissionQueue(submission)
         return queued

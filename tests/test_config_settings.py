@@ -65,3 +65,17 @@ def test_dkim_key_protocols_reach_the_service(tmp_path) -> None:
     service = MailerService(config, plugins=[])
     configured = service.parseSettings.dkimKeys.configured("example.org")
     assert configured is not None and configured.protocols == (True, True)
+
+
+def test_settings_that_do_not_fit_together_are_refused() -> None:
+    with pytest.raises(ValueError) as info:
+        Config(submission=["tcp:2525"], submissionMaxSize=2_000_000, maxJobBytes=1_000_000)
+    assert str(info.value).startswith(
+        "setting submissionMaxSize (--submission-max-size) is 2000000 bytes, more than maxJobBytes "
+        "(--max-job-bytes) 1000000: a message taken in with 250 would make a job the outbox refuses"
+    )
+    # without a submission endpoint the size is of no consequence
+    Config(submissionMaxSize=2_000_000, maxJobBytes=1_000_000)
+    with pytest.raises(ValueError) as info:
+        Config(clusterHeartbeat=2, clusterMemberTimeout=3)
+    assert "a member would be taken for gone after missing a single heartbeat" in str(info.value)

@@ -224,3 +224,21 @@ async def test_no_job_is_published_after_one_failed(clients, amqp):
         assert await amqp.count(queue) == 1
     finally:
         await amqp.delete(queue)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_job_bigger_than_the_outbox_takes_fails_at_once_and_publishes_nothing(clients, amqp):
+    queue = uniqueQueue("submission-big")
+    client = clients([QueueSpec(queue)])
+    await client.whenConnected()
+    try:
+        # each CRLF is 4 characters in JSON: the job outgrows the message
+        message = MIME + b"\r\n" * 400
+        assert len(message) < 1000
+        with pytest.raises(ValueError) as info:
+            await OutboxQueue(client, queue, "h", maxJobBytes=1000)(submission(mime=message))
+        assert str(info.value).startswith("as an outbox job the message would have ")
+        assert str(info.value).endswith(" bytes, more than the 1000 of --max-job-bytes; send it smaller")
+        assert await amqp.count(queue) == 0
+    finally:
+        await amqp.delete(queue)

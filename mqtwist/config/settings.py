@@ -817,6 +817,13 @@ class Config:
                 "priorities (no x-max-priority); give --max-priority 0 with quorum queues, "
                 "or keep classic queues"
             )
+        if self.submission and self.submissionMaxSize > self.maxJobBytes:
+            raise ValueError(
+                f"setting submissionMaxSize (--submission-max-size) is {self.submissionMaxSize} bytes, more "
+                f"than maxJobBytes (--max-job-bytes) {self.maxJobBytes}: a message taken in with 250 would make "
+                "a job the outbox refuses; give a smaller --submission-max-size (an outbox job is a little "
+                "bigger than its message) or a bigger --max-job-bytes"
+            )
         if self.clusterMemberTimeout < 2 * self.clusterHeartbeat:
             raise ValueError(
                 f"setting clusterMemberTimeout (--cluster-member-timeout) is {self.clusterMemberTimeout:g} s "

@@ -56,7 +56,13 @@ class OutboxQueue:
     log = Logger()
 
     def __init__(
-        self, broker: BrokerClient, queue: str, hostname: str, *, windowBytes: int = 32 * 1024 * 1024
+        self,
+        broker: BrokerClient,
+        queue: str,
+        hostname: str,
+        *,
+        windowBytes: int = 32 * 1024 * 1024,
+        maxJobBytes: int = 64 * 1024 * 1024,
     ) -> None:
         """
         @param broker: the service's broker connection.
@@ -65,11 +71,15 @@ class OutboxQueue:
         @param windowBytes: the most bytes of one message's jobs published
             and not yet confirmed (at least one job is): a message to many
             recipients is not copied whole into memory once per recipient.
+        @param maxJobBytes: the most bytes of one job: the C{--max-job-bytes}
+            of the processes that consume the queue, which would refuse a
+            bigger job after the client was told 250.
         """
         self.broker = broker
         self.queue = queue
         self.hostname = hostname
         self.windowBytes = windowBytes
+        self.maxJobBytes = maxJobBytes
 
     def __call__(self, submission: Submission) -> defer.Deferred[None]:
         """
@@ -89,6 +99,12 @@ class OutboxQueue:
         """
         try:
             jobs = buildJobs(submission, self.hostname)
+            biggest = max((job.size for job in jobs), default=0)
+            if biggest > self.maxJobBytes:
+                raise ValueError(
+                    f"as an outbox job the message would have {biggest} bytes, more than the "
+                    f"{self.maxJobBytes} of --max-job-bytes; send it smaller"
+                )
         except ValueError as e:
             self.log.warn(
                 "Message from {sender} (client {client}) not queued: {why}",
