@@ -1,6 +1,6 @@
 """
-The HTTP endpoints mqtwist listens on (C{--metrics}, C{--admin}): Twisted
-endpoint strings, on the loopback interface unless the string says
+The endpoints mqtwist listens on (C{--metrics}, C{--admin}, C{--submission}):
+Twisted endpoint strings, on the loopback interface unless the string says
 otherwise, since what they serve is for the operator's own host first.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
@@ -39,13 +39,18 @@ def endpointText(text: str) -> str:
     return text
 
 
-class HTTPService(Service):
+class ListeningService(Service):
     """
-    Serves a resource over HTTP on an endpoint while it runs.
+    Listens with a protocol factory on an endpoint while it runs.
 
     @param setting: the option that gave the endpoint, for messages.
-    @param onFailure: called with the failure when the endpoint cannot
-        listen (a port in use); the service then serves nothing.
+    @param text: the endpoint string (L{endpointText} makes it).
+    @param onFailure: called with a L{ListenFailed} when the endpoint
+        cannot listen (a port in use); the service then serves nothing.
+    @param example: an endpoint string to show with a refused one.
+    @param what: what is served, for the log line (C{"SMTP "}).
+    @param given: the setting's value as given, when C{text} was made
+        from it, for messages.
     @raise ValueError: naming C{setting}, when C{text} is not an endpoint
         string Twisted knows.
     """
@@ -56,9 +61,13 @@ class HTTPService(Service):
         self,
         setting: str,
         text: str,
-        resource: Resource,
+        factory: IProtocolFactory,
         reactor: Any,
         onFailure: Callable[[Failure], None],
+        *,
+        example: str = "tcp:9100:interface=0.0.0.0",
+        what: str = "",
+        given: str | None = None,
     ) -> None:
         self.setting = setting
         self.endpointString = endpointText(text)
@@ -66,11 +75,11 @@ class HTTPService(Service):
             self.endpoint = serverFromString(reactor, self.endpointString)
         except (ValueError, TypeError, KeyError) as e:
             raise ValueError(
-                f"--{setting} {text!r} is not a Twisted endpoint string ({e}); give a port number, or "
-                f"e.g. tcp:9100:interface=0.0.0.0"
+                f"--{setting} {given or text!r} is not a Twisted endpoint string ({e}); give a port number, or "
+                f"e.g. {example}"
             ) from None
-        self.site = Site(resource)
-        self.site.displayTracebacks = False
+        self.factory = factory
+        self.what = what
         self.onFailure = onFailure
         self._listening: Deferred[IListeningPort] | None = None
         #: the port listened on, while listening
@@ -78,13 +87,16 @@ class HTTPService(Service):
 
     def startService(self) -> None:
         super().startService()
-        self._listening = self.endpoint.listen(self.site)
+        self._listening = self.endpoint.listen(self.factory)
         self._listening.addCallbacks(self._listened, self._failed)
 
     def _listened(self, port: IListeningPort) -> IListeningPort:
         self.port = port
         self.log.info(
-            "--{setting}: listening on {address}", setting=self.setting, address=_shown(port.getHost())
+            "--{setting}: {what}listening on {address}",
+            setting=self.setting,
+            what=self.what,
+            address=_shown(port.getHost()),
         )
         return port
 
@@ -104,10 +116,29 @@ class HTTPService(Service):
         return listening.addCallback(lambda port: port.stopListening())
 
 
+class HTTPService(ListeningService):
+    """
+    Serves a resource over HTTP on an endpoint while it runs (see
+    L{ListeningService}).
+    """
+
+    def __init__(
+        self,
+        setting: str,
+        text: str,
+        resource: Resource,
+        reactor: Any,
+        onFailure: Callable[[Failure], None],
+    ) -> None:
+        self.site = Site(resource)
+        self.site.displayTracebacks = False
+        super().__init__(setting, text, self.site, reactor, onFailure)
+
+
 class ListenFailed(Exception):
     """
-    An HTTP endpoint of mqtwist's could not listen; the text names the
-    option, the endpoint and the cause.
+    An endpoint of mqtwist's could not listen; the text names the option,
+    the endpoint and the cause.
     """
 
 

@@ -11,16 +11,12 @@ from collections.abc import Callable
 from typing import Any
 
 from OpenSSL import SSL
-from twisted.application.service import Service
-from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
-from twisted.internet.interfaces import IListeningPort, IOpenSSLContextFactory
-from twisted.logger import Logger
+from twisted.internet.interfaces import IOpenSSLContextFactory
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from mqtwist.listening import ListenFailed, endpointText
+from mqtwist.listening import ListeningService
 from mqtwist.submission.server import SubmissionServer
 
 
@@ -92,9 +88,10 @@ def splitTLSEndpoint(text: str) -> tuple[str, str | None, str | None] | None:
     return "tcp:" + ":".join(kept), certificate or key, key
 
 
-class SubmissionListener(Service):
+class SubmissionListener(ListeningService):
     """
-    Listens on one C{--submission} endpoint while it runs.
+    Listens on one C{--submission} endpoint while it runs (see
+    L{ListeningService}).
 
     @param tls: the server's TLS, for an C{ssl:} endpoint that names no
         files of its own.
@@ -103,8 +100,6 @@ class SubmissionListener(Service):
     @raise ValueError: for an endpoint string Twisted does not know, or an
         C{ssl:} one without certificate.
     """
-
-    log = Logger()
 
     def __init__(
         self,
@@ -116,6 +111,7 @@ class SubmissionListener(Service):
     ) -> None:
         split = splitTLSEndpoint(text)
         factory: Any
+        endpoint = text
         if split is not None:
             plain, certificate, key = split
             if certificate is not None:
@@ -125,53 +121,20 @@ class SubmissionListener(Service):
                     f"--submission {text!r}: an ssl: endpoint needs a certificate: give "
                     f"--submission-tls-certificate (and --submission-tls-key)"
                 )
-            self.endpointString = endpointText(plain)
+            endpoint = plain
             factory = TLSMemoryBIOFactory(tls, False, server.factory(implicitTLS=True))
             factory.noisy = False
         else:
-            self.endpointString = endpointText(text)
             factory = server.factory()
-        try:
-            self.endpoint = serverFromString(reactor, self.endpointString)
-        except (ValueError, TypeError, KeyError) as e:
-            raise ValueError(
-                f"--submission {text!r} is not a Twisted endpoint string ({e}); give a port number, or "
-                f"e.g. tcp:587:interface=0.0.0.0, or ssl:465"
-            ) from None
         self.text = text
-        self.factory = factory
         self.implicitTLS = split is not None
-        self.onFailure = onFailure
-        self._listening: Deferred[IListeningPort] | None = None
-        #: the port listened on, while listening
-        self.port: IListeningPort | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._listening = self.endpoint.listen(self.factory)
-        self._listening.addCallbacks(self._listened, self._failed)
-
-    def _listened(self, port: IListeningPort) -> IListeningPort:
-        self.port = port
-        host = port.getHost()
-        self.log.info(
-            "--submission: SMTP{tls} listening on {address}",
-            tls=" (implicit TLS)" if self.implicitTLS else "",
-            address=f"{getattr(host, 'host', host)}:{getattr(host, 'port', '')}",
+        super().__init__(
+            "submission",
+            endpoint,
+            factory,
+            reactor,
+            onFailure,
+            example="tcp:587:interface=0.0.0.0, or ssl:465",
+            what="SMTP (implicit TLS) " if self.implicitTLS else "SMTP ",
+            given=text,
         )
-        return port
-
-    def _failed(self, failure: Failure) -> None:
-        self._listening = None
-        self.onFailure(Failure(ListenFailed(f"--submission {self.endpointString}: {failure.getErrorMessage()}")))
-
-    def stopService(self) -> Deferred[None] | None:
-        super().stopService()
-        self.port = None
-        listening, self._listening = self._listening, None
-        if listening is None:
-            return None
-        if not listening.called:
-            listening.cancel()
-            return None
-        return listening.addCallback(lambda port: port.stopListening())
