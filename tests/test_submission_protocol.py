@@ -310,6 +310,23 @@ def test_queueFailureAnswers451() -> None:
     assert session.transaction()[-1] == "250 2.0.0"
 
 
+def test_pipelinedMessagesWithAQueueThatFailsAtOnce() -> None:
+    """
+    A queue that fails at once (the broker not connected) answers inside
+    the loop that reads the pipelined commands: each message gets its 451
+    and the session goes on, with no nesting per message (1,500 of them
+    overflowed the stack and left the session busy for good).
+    """
+    session = ehlo()
+    session.queue.mode = "fail"
+    one = b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\nx\r\n.\r\n"
+    replies = session.replies(one * 1500 + b"NOOP\r\n")
+    assert replies.count("451 4.3.0") == 1500
+    assert replies[-1] == "250 2.0.0"
+    assert not session.closed
+    assert session.replies("NOOP\r\n") == ["250 2.0.0"]
+
+
 def test_queueRefusingTheContentAnswers550() -> None:
     """
     A queue that cannot make jobs of a message (a C{ValueError}: a value

@@ -182,6 +182,7 @@ class SubmissionProtocol(Protocol):
         self._buffer = b""
         self._state = _COMMAND
         self._discarding = False
+        self._processing = False
         self._writeBlocked = False
         self._timer: Any = None
         self._counted = False
@@ -350,12 +351,20 @@ class SubmissionProtocol(Protocol):
         self._processSafely()
 
     def _processSafely(self) -> None:
+        if self._processing:
+            # called back from inside L{_process} (a queue or password check
+            # that answered at once): the loop running there reads the new
+            # state and goes on, rather than a loop nested in it per message
+            return
+        self._processing = True
         try:
             self._process()
         except Exception:
             # never a traceback to the client, nor a session left hanging
             self.log.failure("submission: error in the session with {client}", client=self.clientAddress)
             self._close("4.3.0", "Local error in processing; try again later")
+        finally:
+            self._processing = False
 
     def _process(self) -> None:
         while True:
