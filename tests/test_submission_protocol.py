@@ -195,6 +195,28 @@ def test_quit() -> None:
     assert session.closed
 
 
+def test_closingAbortsWhenTheLastRepliesAreNotRead() -> None:
+    """
+    A close waits for the last replies to be written, but not longer than
+    the command time-out: then the connection is aborted.  A close while
+    the writes are blocked aborts at once.
+    """
+    session = ehlo(commandTimeout=10)
+    aborted: list[bool] = []
+    session.transport.abortConnection = lambda: aborted.append(True)  # type: ignore[method-assign]
+    assert session.send("QUIT\r\n") == "221 2.0.0 Bye\r\n"
+    session.clock.advance(9)
+    assert aborted == []
+    session.clock.advance(1)
+    assert aborted == [True]
+
+    blocked = ehlo(commandTimeout=10)
+    blocked.transport.abortConnection = lambda: aborted.append(False)  # type: ignore[method-assign]
+    blocked.protocol.pauseProducing()
+    blocked.clock.advance(10)
+    assert aborted == [True, False]
+
+
 def test_webClientIsCutOff() -> None:
     session = Session()
     assert session.replies("GET / HTTP/1.1\r\nHost: example\r\n") == ["421 4.7.0"]

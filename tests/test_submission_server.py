@@ -341,3 +341,50 @@ def test_serviceWarnsOfUsersWithoutTLS(tmp_path: Path) -> None:
         "--submission: no users (--submission-users) and no trusted networks (--submission-trusted-networks): "
         "every recipient will be refused",
     ]
+
+
+async def _until(condition: Any, what: str, limit: float = 30.0) -> None:
+    """Poll C{condition} every 20 ms until it holds; fail after C{limit} seconds."""
+    from twisted.internet import reactor, task
+
+    waited = 0.0
+    while not condition():
+        assert waited < limit, f"still not {what} after {limit} s"
+        await task.deferLater(reactor, 0.02)
+        waited += 0.02
+
+
+@pytest_twisted.ensureDeferred
+async def test_timedOutClientThatDoesNotReadIsDisconnected() -> None:
+    """
+    A client that sends commands and never reads the replies fills the
+    server's write buffer; when its command time-out comes, the 421 cannot
+    be written, and the connection is aborted instead of waiting for ever
+    for writes that never drain (it kept its slot in the connection
+    limits).
+    """
+    running = await startServer(commandTimeout=0.5)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.setblocking(False)
+    try:
+        client.connect_ex(("127.0.0.1", running.port))
+        await _until(lambda: running.server.openConnections() == 1, "connected")
+        [session] = running.server.connections
+
+        def blocked() -> bool:
+            # what does not fit in the socket now is simply not sent
+            try:
+                client.send(b"NOOP\r\n" * 1000)
+            except BlockingIOError:
+                pass
+            return session._writeBlocked
+
+        await _until(blocked, "blocked on writes")
+        await _until(lambda: running.server.openConnections() == 0, "disconnected")
+        assert running.server.byClient == {}
+        assert running.metrics.value("mqtwist_submission_refused_total", reason="timeout") == 1
+        assert running.metrics.value("mqtwist_submission_refused_total", reason="not-reading") == 0
+    finally:
+        client.close()
+        await stopServer(running)

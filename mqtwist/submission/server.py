@@ -185,6 +185,7 @@ class SubmissionProtocol(Protocol):
         self._processing = False
         self._writeBlocked = False
         self._timer: Any = None
+        self._abortTimer: Any = None
         self._counted = False
         self.clientAddress = ""
         self.clientPort = 0
@@ -257,10 +258,14 @@ class SubmissionProtocol(Protocol):
         self._state = _CLOSED
         self._write(f"421 {enhanced} {self.settings.hostname} {text}\r\n")
         self.transport.loseConnection()
+        self._abortLater()
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._state = _CLOSED
         self._cancelTimeout()
+        if self._abortTimer is not None and self._abortTimer.active():
+            self._abortTimer.cancel()
+        self._abortTimer = None
         if self._counted:
             self._counted = False
             self.log.debug(
@@ -302,6 +307,14 @@ class SubmissionProtocol(Protocol):
         self._state = _CLOSED
         self._cancelTimeout()
         self._write(f"421 {enhanced} {self.settings.hostname} {text}\r\n")
+        if self._writeBlocked:
+            # the client does not read: the 421 would never be written, and
+            # the connection would wait for it for ever
+            self.log.info(
+                "submission: {client} does not read its replies: connection aborted", client=self.clientAddress
+            )
+            self.transport.abortConnection()
+            return
         self._loseConnection()
 
     def _loseConnection(self) -> None:
@@ -311,6 +324,26 @@ class SubmissionProtocol(Protocol):
         """
         self.transport.unregisterProducer()
         self.transport.loseConnection()
+        self._abortLater()
+
+    def _abortLater(self) -> None:
+        """
+        Abort the connection if the last replies are not written within the
+        command time-out: a client that stopped reading them would otherwise
+        keep its connection (and its place under the connection limits) for
+        ever, since closing waits for the writes.
+        """
+        if self._abortTimer is None:
+            self._abortTimer = self.reactor.callLater(self.settings.commandTimeout, self._abort)
+
+    def _abort(self) -> None:
+        self._abortTimer = None
+        self.log.info(
+            "submission: {client} did not read its last replies within {seconds} s: connection aborted",
+            client=self.clientAddress,
+            seconds=self.settings.commandTimeout,
+        )
+        self.transport.abortConnection()
 
     # -- time-outs --------------------------------------------------------------
 
