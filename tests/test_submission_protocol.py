@@ -523,7 +523,7 @@ def test_dsnParameters() -> None:
     )
     assert replies == ["250 2.1.0", "250 2.1.5", "250 2.1.5", "354 End", "250 2.0.0"]
     [submission] = session.queue.submissions
-    assert (submission.ret, submission.envid, submission.body) == ("HDRS", "QQ+Q", "8BITMIME")
+    assert (submission.ret, submission.envid) == ("HDRS", "QQ+Q")
     assert submission.recipients == (
         Recipient("b@example.org", ("SUCCESS", "FAILURE"), "rfc822;b+40example.org"),
         Recipient("c@example.org", ("NEVER",)),

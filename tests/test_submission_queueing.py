@@ -34,7 +34,6 @@ def submission(**changes) -> Submission:
         clientAddress="192.0.2.7",
         clientPort=40123,
         heloName="client.example",
-        serverName="mx.example.net",
         received=1_796_600_400.0,
     )
     return replace(base, **changes)

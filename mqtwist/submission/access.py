@@ -30,11 +30,6 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
-#: the name given to the trusted networks of the settings, which have no
-#: defaults of their own
-TRUSTED = "trusted network"
-
-
 @dataclass(frozen=True)
 class Account:
     """

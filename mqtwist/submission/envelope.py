@@ -45,14 +45,11 @@ class Submission:
     @ivar envid: the DSN C{ENVID=} of C{MAIL FROM} (xtext decoded), or
         C{None}.
     @ivar smtputf8: C{MAIL FROM} had C{SMTPUTF8}.
-    @ivar body: the C{BODY=} of C{MAIL FROM} (C{"7BIT"}, C{"8BITMIME"}),
-        or C{None}.
     @ivar user: the name the client authenticated as, or C{None}.
     @ivar clientAddress: the client's IP address.
     @ivar clientPort: the client's TCP port.
     @ivar heloName: what the client said in EHLO/HELO.
     @ivar tls: the session was encrypted (STARTTLS or implicit TLS).
-    @ivar serverName: the host name the server greeted with.
     @ivar received: when the final dot arrived (seconds since the epoch).
     @ivar defaults: the job properties configured for C{user} (or for the
         trusted network the client came from): C{queues}, C{tags},
@@ -65,14 +62,12 @@ class Submission:
     clientAddress: str
     clientPort: int
     heloName: str
-    serverName: str
     received: float
     tls: bool = False
     user: str | None = None
     ret: str | None = None
     envid: str | None = None
     smtputf8: bool = False
-    body: str | None = None
     defaults: Mapping[str, Any] = field(default_factory=dict)
 
 

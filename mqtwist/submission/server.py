@@ -913,14 +913,12 @@ class SubmissionProtocol(Protocol):
             clientAddress=self.clientAddress,
             clientPort=self.clientPort,
             heloName=self.heloName or "",
-            serverName=self.settings.hostname,
             received=now,
             tls=self.tls,
             user=self.user,
             ret=self.mail.ret,
             envid=self.mail.envid,
             smtputf8=self.mail.smtputf8,
-            body=self.mail.body,
             defaults=(self.account or self.network or _NOBODY).defaults,
         )
         account = self.account or self.network

@@ -24,7 +24,7 @@ C{docs/submission.rst}):
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mqtwist.errors import InvalidMessage
 from mqtwist.validation import checkAddress
@@ -86,8 +86,6 @@ class RcptArguments:
     recipient: str
     notify: tuple[str, ...] = ()
     orcpt: str | None = None
-    #: the path as the client wrote it, source route included
-    written: str = field(default="")
 
 
 def xtextDecode(text: str) -> str:
@@ -250,7 +248,7 @@ def rcptArguments(argument: str, *, smtputf8: bool) -> RcptArguments:
     path, text = splitPath(argument, "TO:", "5.1.3")
     if path == "":
         raise Refused(501, "5.1.3", "Bad recipient address syntax: the null path <> is a sender only")
-    rcpt = RcptArguments(recipient=_mailbox(path, "5.1.3", smtputf8, "recipient"), written=path)
+    rcpt = RcptArguments(recipient=_mailbox(path, "5.1.3", smtputf8, "recipient"))
     seen: set[str] = set()
     for keyword, value in parameters(text):
         if keyword in seen:
