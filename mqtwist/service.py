@@ -26,7 +26,7 @@ from twisted.web.resource import Resource
 
 from mqtwist import __version__
 from mqtwist.admin.api import adminRoot
-from mqtwist.admin.controls import ControlError, Controls
+from mqtwist.admin.controls import ControlError, Controls, NotTold
 from mqtwist.admin.history import History
 from mqtwist.admin.token import readTokenFile
 from mqtwist.amqp.client import BrokerClient
@@ -280,7 +280,7 @@ class MailerService(MultiService):
         policy.onBackoff = cluster.announceBackoff
         cluster.onBackoff = policy.applyShared
         cluster.onMembers = lambda members: policy.setMembers(members, cluster.me)
-        self.controls.announce = cluster.announceAdmin
+        self.controls.announce = self._announceAdmin
         cluster.onAdmin = self._adminFromPeer
         return cluster
 
@@ -319,14 +319,32 @@ class MailerService(MultiService):
         if account is not None:
             self.submission.limiter.takenElsewhere(account, count)
 
-    def _toOtherMembers(self, action: str, member: str | None) -> bool:
+    def _announceAdmin(self, action: dict[str, Any]) -> bool:
+        """
+        Tell the other members of an operator's action taken here; warn
+        when they cannot be told (the broker is away).
+
+        @return: whether they were told.
+        """
+        assert self.cluster is not None
+        told = self.cluster.announceAdmin(action)
+        if not told:
+            self.log.warn(
+                "cluster: the other processes were not told of the {action} (not connected to the "
+                "broker): it holds in this process only; make it again once connected",
+                action=action.get("action"),
+            )
+        return told
+
+    def _toOtherMembers(self, action: str, member: str | None, by: str) -> bool:
         """
         Tell the other members of a drain or undrain of C{member} (C{None}:
-        all of them).
+        all of them), asked by C{by}.
 
         @return: whether this process is not one it is for.
         @raise ControlError: for a C{member} that is not alive, or given
             without a cluster.
+        @raise NotTold: for another member, when it cannot be told.
         """
         if self.cluster is None:
             if member is not None:
@@ -337,7 +355,12 @@ class MailerService(MultiService):
                 f"no live member {member!r}; GET /api/status lists them under cluster.members"
             )
         if member != self.cluster.me:
-            self.cluster.announceAdmin({"action": action, "target": member})
+            told = self._announceAdmin({"action": action, "target": member, "by": by})
+            if not told and member is not None:
+                raise NotTold(
+                    f"{member} was not told to {action}: this process is not connected to the broker; "
+                    "ask again later, or through another process"
+                )
         return member is not None and member != self.cluster.me
 
     def reconfigure(self, config: Config) -> list[str]:
@@ -583,7 +606,7 @@ class MailerService(MultiService):
         assert self._history is not None, "kept only with --admin"
         return self._history.toJSON()
 
-    def drain(self, member: str | None = None) -> Deferred[None]:
+    def drain(self, member: str | None = None, by: str = "an operator") -> Deferred[None]:
         """
         Stop consuming and let the deliveries in flight finish, as a stop
         does (at most C{config.shutdownTimeout} seconds; those unfinished
@@ -592,11 +615,13 @@ class MailerService(MultiService):
 
         @param member: the member of the cluster to drain (this one or
             another); C{None}: every one.
+        @param by: who asked, for the other members' logs.
         @return: a Deferred firing when this process is drained (at once
             when it is not one to drain).
         @raise ControlError: for a C{member} that is not alive.
+        @raise NotTold: for another member, when it cannot be told.
         """
-        if self._toOtherMembers("drain", member):
+        if self._toOtherMembers("drain", member, by):
             return succeed(None)
         return self._drainHere()
 
@@ -677,16 +702,18 @@ class MailerService(MultiService):
         if self._releaseAgain and not self._stopping:
             self.releaseHeld(why)
 
-    def undrain(self, member: str | None = None) -> None:
+    def undrain(self, member: str | None = None, by: str = "an operator") -> None:
         """
         Consume the outbox again after L{drain}; the deliveries of a drain
         under way go on, no longer stopped at its time-out.
 
         @param member: the member of the cluster to undrain (this one or
             another); C{None}: every one.
+        @param by: who asked, for the other members' logs.
         @raise ControlError: for a C{member} that is not alive.
+        @raise NotTold: for another member, when it cannot be told.
         """
-        if not self._toOtherMembers("undrain", member):
+        if not self._toOtherMembers("undrain", member, by):
             self._undrainHere()
 
     def _undrainHere(self) -> None:

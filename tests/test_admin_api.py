@@ -40,11 +40,11 @@ class Backend:
     def history(self) -> dict[str, Any]:
         return {"interval": 5, "samples": []}
 
-    def drain(self, member: str | None = None) -> Deferred[None]:
+    def drain(self, member: str | None = None, by: str = "") -> Deferred[None]:
         self.state = "drained" if member is None else f"drained {member}"
         return succeed(None)
 
-    def undrain(self, member: str | None = None) -> None:
+    def undrain(self, member: str | None = None, by: str = "") -> None:
         self.state = "consuming" if member is None else f"consuming {member}"
 
 

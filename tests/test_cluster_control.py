@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from test_throttle_policy import deferral, policy, route
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, capturedLogs, formatEvent
 
 from mqtwist.admin.controls import Controls, Selector
 from mqtwist.cluster.control import ClusterControl, SharedBackoff
@@ -250,3 +251,41 @@ def test_submission_usage_is_gathered_then_told_and_read_back() -> None:
     cluster.announceUsage("user", "bob", 1)
     cluster.stop()
     assert wire.kinds()[-2:] == ["usage", "bye"] and wire.sent[-2]["accounts"] == [["user", "bob", 1]]
+
+
+def test_connections_are_closed_only_when_fewer_than_when_the_delivery_began() -> None:
+    # a.test's rule of 1 connection may share a pool destination with others:
+    # only a drop since the permit closes a connection, not the count alone
+    p, clock = policy(throttles=[ThrottleRule(domain="*", connections=5)])
+    first = p.admit(route("a.test", "mx.a.test")).result
+    assert p.fewerConnectionsSince(first) is None
+    p.setMembers(MEMBERS, "host:2")
+    assert p.fewerConnectionsSince(first) == 1
+    later = p.admit(route("a.test", "mx.a.test"))
+    p.release(first)
+    assert p.fewerConnectionsSince(later.result) is None
+
+
+def test_another_process_with_the_same_name_is_reported_once() -> None:
+    cluster, wire, _, changes = control()
+    cluster.controlReady(consumers=0)
+    assert wire.sent[0]["instance"] == cluster.instance
+    with capturedLogs() as events:
+        cluster.controlReceived(said("host:2", "hello", instance=cluster.instance))  # its own
+        cluster.controlReceived(said("host:2", "hello", instance="other"))
+        cluster.controlReceived(said("host:2", "heartbeat", instance="other"))
+    errors = [formatEvent(e) for e in events if e["log_level"] == LogLevel.error]
+    assert errors == [
+        "cluster: another process is named host:2 too: neither counts the other, so each takes the share of "
+        "one; give each process its own --cluster-member (or leave it empty: the host name and the process id)"
+    ]
+    assert changes == [("host:2",)]
+
+
+def test_a_backoff_longer_than_a_year_is_ill_formed() -> None:
+    backoffs: list[SharedBackoff] = []
+    cluster, _, _, _ = control()
+    cluster.onBackoff = backoffs.append
+    for seconds in (1e300, 366 * 24 * 3600 + 1, float("nan")):
+        cluster.controlReceived(said("host:1", "backoff", destination="d", action="pause", seconds=seconds, reason=""))
+    assert backoffs == []

@@ -9,12 +9,14 @@ hello, and both count two members again.
 
 from __future__ import annotations
 
+import pytest
 import pytest_twisted
 from helpers_endtoend import makeConfig, running
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.protocols.portforward import ProxyFactory
 
+from mqtwist.admin.controls import NotTold
 from mqtwist.service import MailerService
 
 
@@ -61,7 +63,7 @@ async def test_a_member_cut_off_from_the_broker_is_gone_for_the_others_and_comes
     server = await startSMTPServer()
     relay = CuttableRelay(rabbitmq.host, rabbitmq.port)
     # (journals in memory: two services of one process cannot share the default file)
-    cluster = {"clusterHeartbeat": 0.25, "clusterMemberTimeout": 1.0, "reconnectMaxDelay": 1.0, "deliveryJournal": ""}
+    cluster = {"clusterHeartbeat": 0.5, "clusterMemberTimeout": 3.0, "reconnectMaxDelay": 1.0, "deliveryJournal": ""}
     staying = MailerService(makeConfig(rabbitmq, server, queues, clusterMember="a", **cluster), plugins=[])
     cutConfig = makeConfig(rabbitmq, server, queues, clusterMember="b", **cluster)
     cutConfig.amqp = f"amqp://{rabbitmq.username}:{rabbitmq.password}@127.0.0.1:{relay.port}/"
@@ -74,6 +76,11 @@ async def test_a_member_cut_off_from_the_broker_is_gone_for_the_others_and_comes
             await until(lambda: a.members.live == ("a",), "a takes b for gone")
             # b heard nothing for as long: it takes no one for gone
             assert b.members.live == ("a", "b") and not cutOff.broker.connected
+            # and what it cannot tell a, it does not pretend to
+            with pytest.raises(NotTold) as info:
+                cutOff.drain(member="a", by="ops")
+            assert str(info.value).startswith("a was not told to drain: this process is not connected to the broker")
+            assert cutOff.status()["state"] != "drained"
             relay.mend()
             await until(lambda: a.members.live == ("a", "b"), "b back for a")
             await cutOff.whenConnected()
@@ -84,3 +91,26 @@ async def test_a_member_cut_off_from_the_broker_is_gone_for_the_others_and_comes
         await relay.listening.stopListening()
 
 
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_starting_member_publishes_while_it_listens_for_the_others(rabbitmq, clients, startSMTPServer, queues):
+    """
+    While a starting process waits to hear from the outbox's consumers
+    (here one that is no mqtwist, which never answers), it does not consume
+    yet, but it publishes: its SMTP submission server is not refused.
+    """
+    server = await startSMTPServer()
+    stranger = clients(consumeFrom=queues["outbox"])
+    await stranger.whenConnected()
+    service = MailerService(
+        makeConfig(rabbitmq, server, queues, clusterMember="a", clusterSettle=600.0, deliveryJournal=""), plugins=[]
+    )
+    service.startService()
+    try:
+        await until(lambda: service.broker is not None and service.broker._session is not None
+                    and service.broker._session.controlHeard, "listening for the others")
+        assert not service.cluster.settled and not service.broker.connected
+        await service.broker.publish(queues["results"], b'{"published": "while settling"}')
+    finally:
+        await service.stopService()

@@ -45,6 +45,7 @@ from mqtwist.admin.controls import (
     Control,
     ControlError,
     Controls,
+    NotTold,
     Selector,
     readDuration,
     readText,
@@ -71,10 +72,10 @@ class AdminBackend(Protocol):
     def history(self) -> dict[str, Any]:
         """Counts per interval of the last minutes, as JSON."""
 
-    def drain(self, member: str | None = None) -> Deferred[None]:
+    def drain(self, member: str | None = None, by: str = "an operator") -> Deferred[None]:
         """Stop consuming (C{member}, or every one); fires when what was in flight here is done."""
 
-    def undrain(self, member: str | None = None) -> None:
+    def undrain(self, member: str | None = None, by: str = "an operator") -> None:
         """Consume again (C{member}, or every one)."""
 
 
@@ -134,6 +135,8 @@ class AdminAPI(Resource):
             result = handler(request, body)
         except _Refused as refused:
             return self._answer(request, refused.code, {"error": refused.message})
+        except NotTold as e:
+            return self._answer(request, 503, {"error": str(e)})
         except ControlError as e:
             return self._answer(request, 400, {"error": str(e)})
         if isinstance(result, Deferred):
@@ -222,13 +225,13 @@ class AdminAPI(Resource):
 
     def _drain(self, request: Request, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
         member = _member(body)
-        draining = self.backend.drain(member)
+        draining = self.backend.drain(member, _by(request, body))
         self.log.warn("admin API: drain {member}, asked by {by}", member=member or "all", by=_by(request, body))
         return draining.addCallback(lambda _: self.backend.status())
 
     def _undrain(self, request: Request, body: dict[str, Any]) -> dict[str, Any]:
         member = _member(body)
-        self.backend.undrain(member)
+        self.backend.undrain(member, _by(request, body))
         self.log.warn("admin API: undrain {member}, asked by {by}", member=member or "all", by=_by(request, body))
         return self.backend.status()
 

@@ -48,6 +48,13 @@ class ControlError(ValueError):
     """
 
 
+class NotTold(ControlError):
+    """
+    An action for other processes of the cluster that could not be told to
+    them (the broker is away); nothing was done.
+    """
+
+
 @dataclass(frozen=True)
 class Selector:
     """
@@ -183,13 +190,14 @@ class Controls:
         resumed or run out: the messages it held may go again.
     @ivar announce: called with each pause, resume, cancel or lifted
         cancel made here (not those L{fromPeer} makes), as the JSON object
-        that L{fromPeer} takes: for the other processes of a cluster.
+        that L{fromPeer} takes: for the other processes of a cluster.  It
+        says whether they were told.
     """
 
     def __init__(self, reactor: Any) -> None:
         self.reactor = reactor
         self.onPauseEnded: Callable[[], None] | None = None
-        self.announce: Callable[[dict[str, Any]], None] | None = None
+        self.announce: Callable[[dict[str, Any]], bool] | None = None
         self._pauses: dict[Selector, Control] = {}
         self._cancels: dict[Selector, Control] = {}
         self._pauseTimers: dict[Selector, IDelayedCall] = {}

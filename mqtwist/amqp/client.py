@@ -540,7 +540,7 @@ class BrokerClient(Service):
     def _sessionLost(self, session: _Session, reason: Failure) -> None:
         if self._session is session:
             self._session = None
-        if session.established and self.controlListener is not None:
+        if session.controlHeard and self.controlListener is not None:
             self.controlListener.controlLost()
         if not session.established or not self.running:
             # the attempt that made it reports it; or stopService closed it
@@ -599,7 +599,7 @@ class BrokerClient(Service):
         if headers:
             _checkTable("message headers", headers)
         session = self._session
-        if session is None or not session.ready:
+        if session is None or not session.publishable:
             return defer.fail(
                 PublishFailed(
                     f"not connected to AMQP broker {self.url.redacted()}: nothing "
@@ -739,6 +739,11 @@ class _Session:
         self.url = client.url
         #: usable: set up, and no channel closed since
         self.ready = False
+        #: the publish channel is set up and its queues declared (while the
+        #: consumer may wait for the control listener), no channel closed since
+        self.publishable = False
+        #: the control listener was told of this connection
+        self.controlHeard = False
         #: set up once (its loss is a lost connection, not a failed attempt)
         self.established = False
         self.declared: set[str] = set()
@@ -762,9 +767,11 @@ class _Session:
         self.publishChannel = channel
         for queue in client.queues:
             await self._declare(queue)
+        self.publishable = True
         if client.controlExchange is not None:
             others = await self._listenToControl(client.controlExchange)
             assert client.controlListener is not None
+            self.controlHeard = True
             # the listener may want to hear the others first
             await client.controlListener.controlReady(others)
         if client._consumeWanted and client.consumeFrom is not None:
@@ -1009,7 +1016,7 @@ class _Session:
                 code=getattr(close, "reply_code", None),
                 text=getattr(close, "reply_text", close),
             )
-        self.ready = False
+        self.ready = self.publishable = False
         self._failPending(f"the broker closed the channel ({getattr(close, 'reply_text', close)})")
         # a fresh connection sets both channels up again in a known state
         self.protocol.transport.loseConnection()

@@ -32,7 +32,7 @@ their hellos cross.
 from __future__ import annotations
 
 import json
-import math
+import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -53,6 +53,9 @@ SHARED_ACTIONS = frozenset({"pause", "down", "reduce"})
 
 #: the longest text of a shared reason, and of a destination's name
 MAX_TEXT = 1000
+
+#: the longest backoff told, in seconds (a year): a longer one is ill-formed
+MAX_SECONDS = 366 * 24 * 3600.0
 
 #: seconds the submitted messages are counted before they are told: one
 #: message for all of them, not one per submitted message
@@ -96,8 +99,8 @@ class SharedBackoff:
             raise ValueError(f"'destination' is not a name: {excerpt(destination)}")
         if action not in SHARED_ACTIONS:
             raise ValueError(f"'action' is not one of {sorted(SHARED_ACTIONS)}: {excerpt(action)}")
-        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds < math.inf:
-            raise ValueError(f"'seconds' is not a positive number: {excerpt(seconds)}")
+        if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 < seconds <= MAX_SECONDS:
+            raise ValueError(f"'seconds' is not a positive number of at most {MAX_SECONDS:g}: {excerpt(seconds)}")
         if not isinstance(reason, str):
             raise ValueError(f"'reason' is not a string: {excerpt(reason)}")
         if category is not None and not isinstance(category, str):
@@ -166,6 +169,10 @@ class ClusterControl:
         self._usage: dict[tuple[str, str], int] = {}
         self._usageTimer: IDelayedCall | None = None
         self.settled = False
+        #: this run of this process: another with the same member name
+        #: (a configuration mistake) is told apart by it
+        self.instance = secrets.token_hex(8)
+        self._namesakes: set[str] = set()
         self._settleTimer: IDelayedCall | None = None
         #: the members to hear from before settling (the outbox's other consumers)
         self._awaited = 0
@@ -223,6 +230,15 @@ class ClusterControl:
             return
         member, kind = event["member"], event["type"]
         if member == self.me:
+            instance = event.get("instance")
+            if isinstance(instance, str) and instance != self.instance and instance not in self._namesakes:
+                self._namesakes.add(instance)
+                self.log.error(
+                    "cluster: another process is named {member} too: neither counts the other, so each "
+                    "takes the share of one; give each process its own --cluster-member (or leave it "
+                    "empty: the host name and the process id)",
+                    member=member,
+                )
             return
         if kind == "bye":
             if self.members.left(member):
@@ -277,9 +293,14 @@ class ClusterControl:
         """Tell the others what a reply made of a destination here."""
         self._send("backoff", **backoff.toJSON())
 
-    def announceAdmin(self, action: Mapping[str, Any]) -> None:
-        """Tell the others of an operator's action taken here (L{onAdmin} of theirs)."""
-        self._send("admin", **action)
+    def announceAdmin(self, action: Mapping[str, Any]) -> bool:
+        """
+        Tell the others of an operator's action taken here (L{onAdmin} of
+        theirs).
+
+        @return: whether it went out (not while the broker is away).
+        """
+        return self._send("admin", **action)
 
     def announceUsage(self, kind: str, name: str, count: int) -> None:
         """
@@ -316,7 +337,9 @@ class ClusterControl:
     def _send(self, kind: str, **fields: Any) -> bool:
         if self.publisher is None:
             return False
-        body = json.dumps({"v": VERSION, "type": kind, "member": self.me, **fields}).encode("utf-8")
+        body = json.dumps(
+            {"v": VERSION, "type": kind, "member": self.me, "instance": self.instance, **fields}
+        ).encode("utf-8")
         return self.publisher.publishControl(body)
 
     # -- members -------------------------------------------------------------------

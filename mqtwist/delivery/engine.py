@@ -310,13 +310,13 @@ class DeliveryEngine:
         policy: at once, or, for a connection being closed, once it is
         closed (it counts against its destination until then).
         """
-        if (
-            client.messages >= permit.messagesPerConnection
-            or self.pool.openConnections(destination) > self.policy.connectionsAllowed(permit)
+        fewer = self.policy.fewerConnectionsSince(permit)
+        if client.messages >= permit.messagesPerConnection or (
+            fewer is not None and self.pool.openConnections(destination) > fewer
         ):
             # the destination's own limits, below the pool's (a reply or a
-            # new member of the cluster may have lowered them): the pool
-            # closes it
+            # new member of the cluster may have lowered them since the
+            # delivery began): the pool closes it
             client.quit()
         self.pool.release(client, clean=clean)
         if client.usable:

@@ -235,6 +235,8 @@ class Permit:
     destination: str
     messagesPerConnection: int
     _state: _State = field(repr=False, compare=False)
+    #: the connections the destination could have when it was given
+    allowed: int = 0
 
 
 def _perMinute(rate: float) -> str:
@@ -568,13 +570,15 @@ class DeliveryPolicy:
             if stuck:
                 self._turnAwayExcess(other, now, stuck)
 
-    def connectionsAllowed(self, permit: Permit) -> int:
+    def fewerConnectionsSince(self, permit: Permit) -> int | None:
         """
-        The connections the destination of C{permit} may have now: fewer
-        than before when a reply reduced them, or when a member joined the
-        cluster; a connection given back beyond them is closed.
+        The connections the destination of C{permit} may have now, when
+        that is fewer than when C{permit} was given (a reply reduced them,
+        or a member joined the cluster): a connection given back beyond
+        them is closed.  C{None} when they are not fewer.
         """
-        return permit._state.connectionsAllowed(self.reactor.seconds())
+        allowed = permit._state.connectionsAllowed(self.reactor.seconds())
+        return allowed if allowed < permit.allowed else None
 
     def _wait(self, state: _State, destination: Destination, now: float) -> float:
         """
@@ -606,7 +610,7 @@ class DeliveryPolicy:
         state.active += 1
         if state.messages is not None:
             state.messages.take(now)
-        return Permit(state.name, state.limits.messagesPerConnection, state)
+        return Permit(state.name, state.limits.messagesPerConnection, state, state.connectionsAllowed(now))
 
     def _serve(self, state: _State) -> None:
         """Start waiting deliveries while the limits allow."""
