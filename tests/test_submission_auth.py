@@ -282,6 +282,40 @@ def test_usersFileErrors(tmp_path: Path, text: str, error: str) -> None:
     assert str(path) in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "defaults, reason",
+    [
+        ('{ tags = "x" }', "'tags' must be a list of strings"),
+        ('{ priority = "high" }', "'priority' must be an integer 0-255"),
+        ("{ queues = 5 }", "queues"),
+    ],
+)
+def test_usersFileDefaultsThatMakeInvalidJobs(tmp_path: Path, defaults: str, reason: str) -> None:
+    """
+    An account's C{defaults} that would make jobs the consumer refuses (the
+    server answered 250 for them) are refused when the file is read,
+    naming the user, the keys and the parser's reason; for a network too.
+    """
+    hashed = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$" + "A" * 43
+    path = tmp_path / "users.toml"
+    path.write_text(f'[users.bob]\npassword = "{hashed}"\ndefaults = {defaults}\n')
+    with pytest.raises(ValueError) as raised:
+        readUsersFile(str(path))
+    message = str(raised.value)
+    assert f"{path}: [users.bob]: defaults (" in message and "would make jobs that mqtwist refuses" in message
+    assert reason in message
+    path.write_text(f'[[networks]]\nnetwork = "10.0.0.0/8"\ndefaults = {defaults}\n')
+    with pytest.raises(ValueError, match=r"\[\[networks\]\] number 1: defaults"):
+        Access.fromSettings([], str(path))
+    # what the parser takes is taken
+    path.write_text(
+        f'[users.bob]\npassword = "{hashed}"\n'
+        'defaults = { tags = ["x"], priority = 3, queues = { results = "bob.results" } }\n'
+    )
+    users, _ = readUsersFile(str(path))
+    assert users["bob"].account.defaults["tags"] == ["x"]
+
+
 def test_usersFileMissing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="--submission-users: cannot read"):
         Access.fromSettings([], str(tmp_path / "nowhere.toml"))

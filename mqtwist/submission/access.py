@@ -30,6 +30,12 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 
+from mqtwist.content.message import Message, ParseSettings
+from mqtwist.errors import InvalidMessage
+from mqtwist.submission.envelope import Recipient, Submission
+from mqtwist.submission.jobs import buildJobs
+
+
 @dataclass(frozen=True)
 class Account:
     """
@@ -77,9 +83,40 @@ def _rate(value: object, where: str) -> int:
     return value
 
 
-def _defaults(value: object, where: str) -> dict[str, Any]:
+def _defaults(value: object, where: str, parseSettings: ParseSettings | None) -> dict[str, Any]:
+    """
+    The C{defaults} table of an account, checked as the consumer of the
+    outbox checks the jobs it makes: a sample job with these defaults, built
+    by L{buildJobs}, must pass L{Message.fromJSON}; else the server would
+    answer 250 for jobs that the consumer then refuses as invalid.
+
+    @param parseSettings: what the service parses jobs with (its pools,
+        DKIM keys, reserved queues); the defaults of L{ParseSettings} when
+        C{None}.
+    @raise ValueError: naming C{where} and the parser's reason.
+    """
     if not isinstance(value, dict):
         raise ValueError(f"{where}: defaults must be a table of job properties, e.g. defaults = {{ tags = [\"x\"] }}")
+    sample = Submission(
+        sender="sender@example.com",
+        recipients=(Recipient("recipient@example.com"),),
+        mime=b"Subject: sample\r\n\r\nsample\r\n",
+        clientAddress="192.0.2.1",
+        clientPort=587,
+        heloName="client.example",
+        received=0.0,
+        defaults=value,
+    )
+    try:
+        [job] = buildJobs(sample, "localhost", lambda: "0" * 20)
+        Message.fromJSON(job.body, parseSettings)
+    except (InvalidMessage, ValueError) as e:
+        reason = e.description if isinstance(e, InvalidMessage) else str(e)
+        keys = ", ".join(sorted(value)) or "none"
+        raise ValueError(
+            f"{where}: defaults ({keys}) would make jobs that mqtwist refuses: {reason}; fix the value "
+            f"(see the job properties in docs/messages.rst)"
+        ) from None
     return value
 
 
@@ -107,12 +144,18 @@ class Access:
 
     @classmethod
     def fromSettings(
-        cls, trustedNetworks: Iterable[str], usersFile: str | None, messagesPerMinute: int = 0
+        cls,
+        trustedNetworks: Iterable[str],
+        usersFile: str | None,
+        messagesPerMinute: int = 0,
+        parseSettings: ParseSettings | None = None,
     ) -> Access:
         """
         The accounts of the settings: the trusted networks (without
         defaults) and what the users file holds.
 
+        @param parseSettings: what the service parses jobs with, to check
+            the accounts' C{defaults} (see L{readUsersFile}).
         @raise ValueError: naming the file and what is wrong in it.
         """
         networks = [
@@ -121,7 +164,7 @@ class Access:
         ]
         users: dict[str, User] = {}
         if usersFile:
-            fileUsers, fileNetworks = readUsersFile(usersFile, messagesPerMinute)
+            fileUsers, fileNetworks = readUsersFile(usersFile, messagesPerMinute, parseSettings)
             users.update(fileUsers)
             networks.extend(fileNetworks)
         return cls(users, networks, messagesPerMinute)
@@ -188,9 +231,13 @@ def hashPassword(password: str) -> str:
     return str(PasswordHasher().hash(password))
 
 
-def readUsersFile(path: str, messagesPerMinute: int = 0) -> tuple[dict[str, User], list[tuple[Network, Account]]]:
+def readUsersFile(
+    path: str, messagesPerMinute: int = 0, parseSettings: ParseSettings | None = None
+) -> tuple[dict[str, User], list[tuple[Network, Account]]]:
     """
-    Read the users file (see the module's docstring).
+    Read the users file (see the module's docstring).  Each account's
+    C{defaults} must make jobs that mqtwist's parser takes, with
+    C{parseSettings} (those of the service that consumes the outbox).
 
     @return: the users by name, and the networks with their accounts.
     @raise ValueError: naming the file and what is wrong in it.
@@ -237,7 +284,7 @@ def readUsersFile(path: str, messagesPerMinute: int = 0) -> tuple[dict[str, User
             Account(
                 name,
                 "user",
-                _defaults(entry.get("defaults", {}), where),
+                _defaults(entry.get("defaults", {}), where, parseSettings),
                 _rate(entry.get("messages-per-minute", messagesPerMinute), where),
             ),
             hashed,
@@ -263,7 +310,7 @@ def readUsersFile(path: str, messagesPerMinute: int = 0) -> tuple[dict[str, User
                 Account(
                     str(network),
                     "network",
-                    _defaults(entry.get("defaults", {}), where),
+                    _defaults(entry.get("defaults", {}), where, parseSettings),
                     _rate(entry.get("messages-per-minute", messagesPerMinute), where),
                 ),
             )
