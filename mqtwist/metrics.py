@@ -181,6 +181,14 @@ class Metrics:
         )
         #: what tells the submission connections open now
         self._submissionOpen: Callable[[], int] | None = None
+        self._cluster = _Counts(
+            "mqtwist_cluster_messages",
+            "messages on the control exchange of the processes of the outbox, by direction (sent, "
+            "received) and type (hello, heartbeat, bye, backoff, admin, usage)",
+            ("direction", "type"),
+        )
+        #: what tells the live members of the cluster now
+        self._clusterMembers: Callable[[], int] | None = None
         registry.register(_Collected(self))
 
     # -- the outbox ---------------------------------------------------------
@@ -282,6 +290,16 @@ class Metrics:
     def watchSubmission(self, openConnections: Callable[[], int]) -> None:
         """Read the submission connections open now from C{openConnections} at each scrape."""
         self._submissionOpen = openConnections
+
+    # -- the cluster -----------------------------------------------------------
+
+    def clusterMessage(self, direction: str, kind: str) -> None:
+        """A control message of C{kind} was C{sent} or C{received} (from another member)."""
+        self._cluster.add((direction, kind))
+
+    def watchCluster(self, members: Callable[[], int]) -> None:
+        """Read the live members of the cluster (this process included) from C{members} at each scrape."""
+        self._clusterMembers = members
 
     # -- the present ----------------------------------------------------------
 
@@ -411,6 +429,12 @@ class _Collected(Collector):
         for instrument in self.metrics.counted():
             yield instrument.family()
         yield from self.present.collect()
+        if self.metrics._clusterMembers is not None:
+            gauge = GaugeMetricFamily(
+                "mqtwist_cluster_members", "live processes of the outbox, this one included, as it knows them"
+            )
+            gauge.add_metric([], self.metrics._clusterMembers())
+            yield gauge
         if self.metrics._submissionOpen is not None:
             gauge = GaugeMetricFamily("mqtwist_submission_connections", "SMTP submission connections open now")
             gauge.add_metric([], self.metrics._submissionOpen())

@@ -274,6 +274,7 @@ class MailerService(MultiService):
             heartbeat=config.clusterHeartbeat,
             timeout=config.clusterMemberTimeout,
             settle=config.clusterSettle,
+            metrics=self.metrics,
         )
         policy = self.engine.policy
         policy.holdUntilSettled()

@@ -289,3 +289,18 @@ def test_a_backoff_longer_than_a_year_is_ill_formed() -> None:
     for seconds in (1e300, 366 * 24 * 3600 + 1, float("nan")):
         cluster.controlReceived(said("host:1", "backoff", destination="d", action="pause", seconds=seconds, reason=""))
     assert backoffs == []
+
+
+def test_control_messages_and_members_are_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    cluster, _, _, _ = control()
+    cluster.controlReady(consumers=0)
+    cluster.controlReceived(said("host:3", "hello"))
+    cluster.controlReceived(said("host:3", "whatever"))
+    value = cluster.metrics.value
+    assert value("mqtwist_cluster_messages_total", direction="sent", type="hello") == 1
+    assert value("mqtwist_cluster_messages_total", direction="sent", type="heartbeat") == 1  # the answer
+    assert value("mqtwist_cluster_messages_total", direction="received", type="hello") == 1
+    assert value("mqtwist_cluster_messages_total", direction="received", type="other") == 1
+    assert b"\nmqtwist_cluster_members 2.0\n" in generate_latest(cluster.metrics.registry)

@@ -43,6 +43,7 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from mqtwist.cluster.members import Members
+from mqtwist.metrics import Metrics
 from mqtwist.validation import excerpt
 
 #: the version of the messages; others are ignored
@@ -53,6 +54,9 @@ SHARED_ACTIONS = frozenset({"pause", "down", "reduce"})
 
 #: the longest text of a shared reason, and of a destination's name
 MAX_TEXT = 1000
+
+#: the types of control messages
+_KINDS = frozenset({"hello", "heartbeat", "bye", "backoff", "admin", "usage"})
 
 #: the longest backoff told, in seconds (a year): a longer one is ill-formed
 MAX_SECONDS = 366 * 24 * 3600.0
@@ -156,8 +160,19 @@ class ClusterControl:
 
     log = Logger()
 
-    def __init__(self, me: str, reactor: Any, *, heartbeat: float, timeout: float, settle: float) -> None:
+    def __init__(
+        self,
+        me: str,
+        reactor: Any,
+        *,
+        heartbeat: float,
+        timeout: float,
+        settle: float,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.reactor = reactor
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.watchCluster(lambda: len(self.members.live))
         self.members = Members(me, timeout)
         self.heartbeat = heartbeat
         self.settle = settle
@@ -229,6 +244,9 @@ class ClusterControl:
             )
             return
         member, kind = event["member"], event["type"]
+        if member != self.me:
+            # (bounded: only the known types are counted by their name)
+            self.metrics.clusterMessage("received", kind if kind in _KINDS else "other")
         if member == self.me:
             instance = event.get("instance")
             if isinstance(instance, str) and instance != self.instance and instance not in self._namesakes:
@@ -340,7 +358,10 @@ class ClusterControl:
         body = json.dumps(
             {"v": VERSION, "type": kind, "member": self.me, "instance": self.instance, **fields}
         ).encode("utf-8")
-        return self.publisher.publishControl(body)
+        sent = self.publisher.publishControl(body)
+        if sent:
+            self.metrics.clusterMessage("sent", kind)
+        return sent
 
     # -- members -------------------------------------------------------------------
 
