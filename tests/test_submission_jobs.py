@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 from mqtwist.content.message import Message, ParseSettings
 from mqtwist.delivery.transaction import xtext
 from mqtwist.submission.envelope import Recipient, Submission
-from mqtwist.submission.jobs import buildJobs, decodeXtext
+from mqtwist.submission.jobs import buildJobs
+from mqtwist.submission.syntax import xtextDecode
 
 MIME = (
     b"Received: from client.example (client.example [192.0.2.7])\r\n"
@@ -234,9 +235,19 @@ def test_a_sender_with_a_line_break_makes_no_jobs():
 
 
 def test_decode_xtext():
-    assert decodeXtext("plain@example.com") == "plain@example.com"
-    assert decodeXtext("a+2Bb+3Dc+20d@example.com") == "a+b=c d@example.com"
-    assert decodeXtext("j+C3+B6rg@example.com") == "jörg@example.com"
+    """
+    The one xtext decoder (the server's, for ENVID and ORCPT, and the jobs')
+    reads the bytes as UTF-8, undoing what the delivery side's encoder does.
+    """
+    assert xtextDecode("plain@example.com") == "plain@example.com"
+    assert xtextDecode("a+2Bb+3Dc+20d@example.com") == "a+b=c d@example.com"
+    assert xtextDecode("j+C3+B6rg@example.com") == "jörg@example.com"
+    assert xtextDecode("caf+C3+A9") == "café"
+    for text in ("café", "a+b=c d", "Äpfel 林檎 🍎", "x\r\ny"):
+        assert xtextDecode(xtext(text)) == text
+    for bad in ("a+2", "a+2b", "a=b", "a b", "+C3"):
+        with pytest.raises(ValueError):
+            xtextDecode(bad)
 
 
 # -- properties ----------------------------------------------------------------

@@ -26,6 +26,7 @@ from mqtwist.content.joblimits import encodeJSON, encodeMime
 from mqtwist.content.message import DSN
 from mqtwist.errors import InvalidMessage
 from mqtwist.submission.envelope import Recipient, Submission
+from mqtwist.submission.syntax import xtextDecode
 from mqtwist.timeformat import formatTime
 from mqtwist.validation import checkAddress
 
@@ -143,38 +144,6 @@ def buildJobs(
     return jobs
 
 
-def decodeXtext(text: str) -> str:
-    """
-    Undo RFC 3461's xtext: each C{+XX} (two upper-case hexadecimal digits)
-    is the byte XX; the bytes are read as UTF-8.
-
-    @raise ValueError: when a C{+} is not followed by two upper-case
-        hexadecimal digits, or the bytes are not UTF-8.
-    """
-    if "+" not in text:
-        return text
-    out = bytearray()
-    index = 0
-    while index < len(text):
-        char = text[index]
-        if char != "+":
-            out += char.encode("utf-8")
-            index += 1
-            continue
-        digits = text[index + 1 : index + 3]
-        if len(digits) != 2 or any(d not in "0123456789ABCDEF" for d in digits):
-            raise ValueError(
-                f"{text!r} is not xtext (RFC 3461 section 4): '+' at {index} must be followed by "
-                f"two upper-case hexadecimal digits"
-            )
-        out.append(int(digits, 16))
-        index += 3
-    try:
-        return out.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"the xtext {text!r} encodes bytes that are not UTF-8") from None
-
-
 def _dsn(submission: Submission, recipient: Recipient) -> dict[str, Any]:
     dsn: dict[str, Any] = {}
     if recipient.notify:
@@ -189,7 +158,7 @@ def _dsn(submission: Submission, recipient: Recipient) -> dict[str, Any]:
                 f"addr-type;xtext (RFC 3461 section 4.2)"
             )
         try:
-            dsn["orcpt"] = f"{kind};{decodeXtext(address)}"
+            dsn["orcpt"] = f"{kind};{xtextDecode(address)}"
         except ValueError as e:
             raise ValueError(f"ORCPT of recipient <{recipient.address}>: {e}") from None
     if submission.envid is not None:

@@ -57,6 +57,7 @@ _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 #: RFC 5321 esmtp-value, widened to UTF-8 by RFC 6531
 _VALUE = re.compile(r"[^\x00-\x20=\x7f]+\Z")
 _XTEXT = re.compile(r"(?:[!-*,-<>-~]|\+[0-9A-F]{2})*\Z")
+_GRAPHIC = re.compile(r"[!-~]+\Z")
 _ROUTE = re.compile(r"@[^,:@]+(?:,@[^,:@]+)*:")
 _NOTIFY = frozenset({"SUCCESS", "FAILURE", "DELAY"})
 _ADDR_TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
@@ -90,13 +91,30 @@ class RcptArguments:
 
 def xtextDecode(text: str) -> str:
     """
-    Decode RFC 3461 xtext (C{+XX} hexadecimal escapes).
+    Decode RFC 3461 xtext: each C{+XX} (two upper-case hexadecimal digits)
+    is the byte XX, and the bytes are read as UTF-8, as
+    L{mqtwist.delivery.transaction.xtext} encodes them.
 
-    @raise ValueError: when C{text} is not xtext.
+    @raise ValueError: when C{text} is not xtext (a C{+} without two
+        upper-case hexadecimal digits, a character that must be encoded),
+        or encodes bytes that are not UTF-8.
     """
     if not _XTEXT.match(text):
-        raise ValueError("not xtext")
-    return re.sub(r"\+([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), text)
+        raise ValueError(
+            f"{text!r} is not xtext (RFC 3461 section 4): '+' must be followed by two upper-case "
+            f"hexadecimal digits, and '=', spaces and controls encoded as +XX"
+        )
+    try:
+        return re.sub(
+            r"(?:\+[0-9A-F]{2})+", lambda m: bytes.fromhex(m.group(0).replace("+", "")).decode("utf-8"), text
+        )
+    except UnicodeDecodeError:
+        raise ValueError(f"the xtext {text!r} encodes bytes that are not UTF-8") from None
+
+
+def _graphic(text: str) -> bool:
+    """C{text} is printable US-ASCII without the space (0x21 to 0x7E), as RFC 3461 has ENVID and ORCPT."""
+    return _GRAPHIC.match(text) is not None
 
 
 def splitPath(argument: str, prefix: str, enhanced: str) -> tuple[str, str]:
@@ -223,7 +241,11 @@ def mailArguments(argument: str, *, maxSize: int) -> MailArguments:
                 envid = xtextDecode(value or "")
             except ValueError:
                 raise Refused(501, "5.5.4", "Bad ENVID parameter: give xtext (RFC 3461)") from None
-            if not envid or len(value or "") > MAX_ENVID:
+            if not _graphic(envid):
+                raise Refused(
+                    501, "5.5.4", "Bad ENVID parameter: it must decode to printable US-ASCII, no spaces or controls"
+                )
+            if len(value or "") > MAX_ENVID:
                 raise Refused(501, "5.5.4", f"Bad ENVID parameter: 1 to {MAX_ENVID} characters of xtext")
             mail.envid = envid
         elif keyword == "AUTH":
@@ -264,11 +286,15 @@ def rcptArguments(argument: str, *, smtputf8: bool) -> RcptArguments:
         elif keyword == "ORCPT":
             addrType, semicolon, xtext = (value or "").partition(";")
             try:
-                xtextDecode(xtext)
+                decoded = xtextDecode(xtext)
             except ValueError:
                 xtext = ""
             if not semicolon or not _ADDR_TYPE.match(addrType) or not xtext or len(value or "") > MAX_ORCPT:
                 raise Refused(501, "5.5.4", "Bad ORCPT parameter: give addr-type;xtext, e.g. rfc822;user@example.com")
+            if not _graphic(decoded):
+                raise Refused(
+                    501, "5.5.4", "Bad ORCPT parameter: the address must decode to printable US-ASCII, no spaces"
+                )
             rcpt.orcpt = value
         else:
             raise Refused(555, "5.5.4", f"Unsupported RCPT TO parameter {_shown(keyword)}")
