@@ -646,6 +646,46 @@ def test_authResponseTooLongEndsTheExchange() -> None:
     assert session.access.checked == []
 
 
+class HeldAccess(FakeAccess):
+    """Accounts whose password checks answer when the test says."""
+
+    def __init__(self) -> None:
+        super().__init__([])
+        self.held: list[Deferred[Account | None]] = []
+
+    def verify(self, name: str, password: str, reactor: Any) -> Deferred[Account | None]:
+        self.checked.append((name, password))
+        self.held.append(Deferred())
+        return self.held[-1]
+
+
+def test_passwordChecksRunAFewAtATime() -> None:
+    """
+    The password checks of all sessions run C{authThreads} at a time (the
+    thread pool is shared with DKIM signing); a session has one at most,
+    and what it sends meanwhile waits for its answer.
+    """
+    access = HeldAccess()
+    server = SubmissionServer(
+        settings(authCleartext="loopback", authThreads=2), access, RecordingQueue(), MemoryReactorClock(), Metrics()
+    )
+    plain = "AUTH PLAIN " + base64.b64encode(b"\0alice\0secret").decode() + "\r\n"
+    sessions = [Session(server=server) for _ in range(3)]
+    for session in sessions:
+        session.send("EHLO c\r\n")
+    assert sessions[0].send(plain + plain + "NOOP\r\n") == ""
+    assert sessions[1].send(plain) == "" and sessions[2].send(plain) == ""
+    assert len(access.checked) == 2
+    access.held[0].callback(ALICE)
+    assert sessions[0].replies("") == ["235 2.7.0", "503 5.5.1", "250 2.0.0"]
+    assert len(access.checked) == 3
+    access.held[1].callback(None)
+    access.held[2].callback(ALICE)
+    assert sessions[1].replies("") == ["535 5.7.8"]
+    assert sessions[2].replies("") == ["235 2.7.0"]
+    assert len(access.checked) == 3
+
+
 def test_tlsRequiredBeforeMail() -> None:
     session = ehlo(requireTls=True)
     assert session.replies("MAIL FROM:<a@example.com>\r\n") == ["530 5.7.0"]

@@ -759,6 +759,12 @@ class Config:
         help="failed AUTH attempts after which a submission connection is closed with 421",
         check=positive,
     )
+    submissionAuthThreads: int = setting(
+        2,
+        help="submission password checks (argon2, tens of milliseconds and 64 MiB each) run at a time in "
+        "the thread pool that DKIM signing shares; the others wait their turn",
+        check=positive,
+    )
     submissionMessagesPerMinute: int = setting(
         0,
         help="messages per minute that one user or trusted network may submit, to all the processes of "

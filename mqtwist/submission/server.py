@@ -37,7 +37,7 @@ from datetime import UTC, datetime
 from email.utils import format_datetime
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, maybeDeferred
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
@@ -89,6 +89,9 @@ class ServerSettings:
     queueTimeout: float = 120.0
     maxBadCommands: int = 20
     maxAuthFailures: int = 3
+    #: password checks run at a time in the reactor's thread pool, which
+    #: DKIM signing and message preparation share; the others wait
+    authThreads: int = 2
     tls: Any = None
     authCleartext: str = "never"
     requireTls: bool = False
@@ -117,6 +120,9 @@ class SubmissionServer:
         self.reactor = reactor
         self.metrics = metrics if metrics is not None else Metrics()
         self.limiter = RateLimiter(reactor)
+        #: the password checks of all the sessions, C{settings.authThreads}
+        #: at a time (each session has one at most: it waits for it)
+        self.authChecks = DeferredSemaphore(settings.authThreads)
         #: open connections, by client address
         self.byClient: dict[str, int] = {}
         self.connections: set[SubmissionProtocol] = set()
@@ -781,7 +787,9 @@ class SubmissionProtocol(Protocol):
         if not name or not name.isprintable():
             return self._authFailed()
         self._pause()
-        verifying = self.server.access.verify(name, secret, self.reactor)
+        verifying: Deferred[Account | None] = self.server.authChecks.run(
+            self.server.access.verify, name, secret, self.reactor
+        )
 
         def verified(account: Account | None) -> None:
             if self._state == _CLOSED:
