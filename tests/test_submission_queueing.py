@@ -138,6 +138,24 @@ async def test_connection_lost_before_the_confirms_fails(clients, amqp):
 
 
 @pytest_twisted.ensureDeferred
+async def test_a_deleted_queue_fails_instead_of_dropping_the_jobs(clients, amqp):
+    """
+    The jobs are published mandatory: when the queue was deleted while
+    connected, the broker returns them (it would drop them, and the client
+    would be told 250 for lost mail) and the submission fails.
+    """
+    queue = uniqueQueue("submission-deleted")
+    client = clients([QueueSpec(queue)])
+    await client.whenConnected()
+    await amqp.delete(queue)
+    with pytest.raises(QueueingFailed) as info:
+        await OutboxQueue(client, queue, "h")(submission())
+    assert info.value.failed == RECIPIENTS
+    assert info.value.confirmed == ()
+    assert f"was not queued on {queue!r} for 3 of its 3 recipients" in str(info.value)
+
+
+@pytest_twisted.ensureDeferred
 async def test_cancelled_wait_for_a_blocked_broker_fails_and_the_jobs_may_come_later(clients, amqp, rabbitmqNode):
     queue = uniqueQueue("submission-blocked")
     client = clients([QueueSpec(queue)])

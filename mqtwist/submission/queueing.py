@@ -89,7 +89,8 @@ class OutboxQueue:
             confirmed every job, or fails with L{QueueingFailed} (naming the
             message, the recipients not confirmed and why) once a publish
             failed and the others published have answered: not connected,
-            rejected (C{basic.nack}), or the connection or channel lost
+            rejected (C{basic.nack}), returned (no such queue: the jobs are
+            published mandatory), or the connection or channel lost
             before its confirm, or the Deferred cancelled (the jobs not
             confirmed by then may still be stored later).  After a failure
             no more of its jobs are published.  It fails at once, publishing
@@ -197,7 +198,10 @@ class _Publishing:
                 return
             index, self.next = self.next, self.next + 1
             try:
-                published = queue.broker.publish(queue.queue, job.body, priority=job.priority)
+                # mandatory: a job the broker cannot route (the queue was
+                # deleted) comes back as a failure, where it would be
+                # dropped and the client told 250 for lost mail
+                published = queue.broker.publish(queue.queue, job.body, priority=job.priority, mandatory=True)
             except ValueError as e:
                 # a priority out of range, from the configured defaults
                 published = defer.fail(e)
