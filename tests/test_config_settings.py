@@ -77,5 +77,11 @@ def test_settings_that_do_not_fit_together_are_refused() -> None:
     # without a submission endpoint the size is of no consequence
     Config(submissionMaxSize=2_000_000, maxJobBytes=1_000_000)
     with pytest.raises(ValueError) as info:
+        Config(submission=["tcp:2525"], submissionMaxSize=2_000_000, submissionMaxMemory=1_000_000)
+    assert str(info.value).startswith(
+        "setting submissionMaxMemory (--submission-max-memory) is 1000000 bytes, less than submissionMaxSize "
+        "(--submission-max-size) 2000000: a message of the largest size would always be refused"
+    )
+    with pytest.raises(ValueError) as info:
         Config(clusterHeartbeat=2, clusterMemberTimeout=3)
     assert "a member would be taken for gone after missing a single heartbeat" in str(info.value)

@@ -349,6 +349,46 @@ def test_pipelinedMessagesWithAQueueThatFailsAtOnce() -> None:
     assert session.replies("NOOP\r\n") == ["250 2.0.0"]
 
 
+def test_memoryBudgetOfAllSessions() -> None:
+    """
+    The message bytes all sessions hold, from DATA until the queue
+    answers, stay within C{maxMemory}: a message that would go over it is
+    refused after its dot with 451 4.3.1, DATA with 452 4.3.1 while the
+    budget is spent; what a session held is given back when the queue
+    answers or the connection is lost.
+    """
+    first = ehlo(maxMemory=100)
+    server = first.server
+    second, third = Session(server=server), Session(server=server)
+    for session in (second, third):
+        session.send("EHLO c\r\n")
+    first.queue.mode = "hold"
+    envelope = "MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nDATA\r\n"
+    first.send(envelope + "xxxxxxxx\r\n" * 6)
+    assert server.memoryHeld == 60
+    assert second.replies(envelope + "yyyyyyyy\r\n" * 5 + ".\r\nNOOP\r\n") == [
+        "250 2.1.0", "250 2.1.5", "354 End", "451 4.3.1", "250 2.0.0"
+    ]
+    assert server.memoryHeld == 60
+    first.send("xxxxxxxx\r\n" * 4)
+    assert server.memoryHeld == 100
+    assert second.replies(envelope) == ["250 2.1.0", "250 2.1.5", "452 4.3.1"]
+    assert first.send(".\r\n") == ""
+    # the queue has the message: it is still held
+    assert server.memoryHeld == 100
+    first.queue.held[0].callback(None)
+    assert first.read().startswith("250 2.0.0 Ok: queued as ")
+    assert server.memoryHeld == 0
+    third.send(envelope + "zzzzzzzz\r\n" * 3)
+    assert server.memoryHeld == 30
+    third.protocol.connectionLost(None)
+    assert server.memoryHeld == 0
+    second.queue.mode = "succeed"
+    assert second.transaction()[-1] == "250 2.0.0"
+    assert server.memoryHeld == 0
+    assert server.metrics.value("mqtwist_submission_refused_total", reason="memory") == 2
+
+
 def test_queueRefusingTheContentAnswers550() -> None:
     """
     A queue that cannot make jobs of a message (a C{ValueError}: a value

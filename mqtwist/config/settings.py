@@ -720,6 +720,13 @@ class Config:
         help="bytes a submitted message may have (announced as SIZE; a bigger one is refused with 552)",
         check=positive,
     )
+    submissionMaxMemory: int = setting(
+        1024 * 1024 * 1024,
+        help="bytes of messages that all submission sessions together may hold, from DATA until the broker "
+        "confirms their jobs; a message that would go over it is answered 451 4.3.1 after its dot, and "
+        "DATA 452 4.3.1 while it is spent (at least --submission-max-size)",
+        check=positive,
+    )
     submissionMaxRecipients: int = setting(
         1000, help="recipients of one submitted message; more are refused with 452", check=positive
     )
@@ -829,6 +836,13 @@ class Config:
                 f"than maxJobBytes (--max-job-bytes) {self.maxJobBytes}: a message taken in with 250 would make "
                 "a job the outbox refuses; give a smaller --submission-max-size (an outbox job is a little "
                 "bigger than its message) or a bigger --max-job-bytes"
+            )
+        if self.submission and self.submissionMaxMemory < self.submissionMaxSize:
+            raise ValueError(
+                f"setting submissionMaxMemory (--submission-max-memory) is {self.submissionMaxMemory} bytes, "
+                f"less than submissionMaxSize (--submission-max-size) {self.submissionMaxSize}: a message of "
+                "the largest size would always be refused; give a bigger --submission-max-memory or a smaller "
+                "--submission-max-size"
             )
         if self.clusterMemberTimeout < 2 * self.clusterHeartbeat:
             raise ValueError(

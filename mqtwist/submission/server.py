@@ -62,7 +62,7 @@ MAX_UNANSWERED = 1024 * 1024
 _COMMAND, _DATA, _AUTH, _BUSY, _CLOSED = range(5)
 
 #: what a message in DATA may be refused for, checked at the final dot
-_SIZE, _LONG_LINE, _BARE_NEWLINE = "size", "line-length", "bare-newline"
+_SIZE, _LONG_LINE, _BARE_NEWLINE, _MEMORY = "size", "line-length", "bare-newline", "memory"
 
 
 @dataclass(frozen=True)
@@ -81,6 +81,9 @@ class ServerSettings:
 
     hostname: str
     maxSize: int = 10 * 1024 * 1024
+    #: message bytes all the sessions together may hold, from DATA until
+    #: the queue answers
+    maxMemory: int = 1024 * 1024 * 1024
     maxRecipients: int = 1000
     maxConnections: int = 1000
     maxConnectionsPerClient: int = 50
@@ -127,6 +130,8 @@ class SubmissionServer:
         self.byClient: dict[str, int] = {}
         self.connections: set[SubmissionProtocol] = set()
         self.stopping = False
+        #: message bytes the sessions hold now (at most C{settings.maxMemory})
+        self.memoryHeld = 0
 
     def factory(self, implicitTLS: bool = False) -> SubmissionFactory:
         """
@@ -215,6 +220,8 @@ class SubmissionProtocol(Protocol):
         self._recipientKeys: set[str] = set()
         self._data: list[bytes] = []
         self._dataSize = 0
+        #: the bytes of L{SubmissionServer.memoryHeld} that are this session's
+        self._held = 0
         self._problem: str | None = None
         self._midLine = False
 
@@ -269,6 +276,9 @@ class SubmissionProtocol(Protocol):
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         self._state = _CLOSED
         self._cancelTimeout()
+        if self._waiting is None:
+            # (a message the queue has is released when it answers)
+            self._release()
         if self._abortTimer is not None and self._abortTimer.active():
             self._abortTimer.cancel()
         self._abortTimer = None
@@ -624,6 +634,11 @@ class SubmissionProtocol(Protocol):
             return self._badCommand(503, "5.5.1", "Need MAIL command", "sequence")
         if not self.recipients:
             return self._badCommand(554, "5.5.1", "No valid recipients", "sequence")
+        if self.server.memoryHeld >= self.settings.maxMemory:
+            self.metrics.submissionRefused("data", _MEMORY)
+            return self._reply(
+                452, "4.3.1", "Insufficient system storage: too many messages in progress; try again later"
+            )
         self._state = _DATA
         self._midLine = False
         self._data = []
@@ -862,8 +877,7 @@ class SubmissionProtocol(Protocol):
             # (a CRLF.CRLF may begin there)
             if self._problem is None:
                 bare = b"\n" in rest or b"\r" in rest
-                self._problem = _BARE_NEWLINE if bare else _LONG_LINE
-                self._data = []
+                self._refuseData(_BARE_NEWLINE if bare else _LONG_LINE)
             self._dataSize += len(rest) - 4
             self.metrics.submissionBytes(len(rest) - 4)
             rest = rest[-4:]
@@ -881,20 +895,32 @@ class SubmissionProtocol(Protocol):
         if self._problem is not None:
             return
         if self._dataSize > self.settings.maxSize:
-            self._problem, self._data = _SIZE, []
-            return
+            return self._refuseData(_SIZE)
         crlf = chunk.count(b"\r\n")
         if chunk.count(b"\n") != crlf or chunk.count(b"\r") != crlf:
-            self._problem, self._data = _BARE_NEWLINE, []
-            return
+            return self._refuseData(_BARE_NEWLINE)
         if size > MAX_TEXT_LINE - 2 and max(map(len, chunk.split(b"\r\n"))) > MAX_TEXT_LINE - 2:
-            self._problem, self._data = _LONG_LINE, []
-            return
+            return self._refuseData(_LONG_LINE)
         if chunk[:1] == b"." and not self._midLine:
             chunk = chunk[1:]
         if b"\r\n." in chunk:
             chunk = chunk.replace(b"\r\n.", b"\r\n")
+        server = self.server
+        if server.memoryHeld + len(chunk) > self.settings.maxMemory:
+            return self._refuseData(_MEMORY)
+        server.memoryHeld += len(chunk)
+        self._held += len(chunk)
         self._data.append(chunk)
+
+    def _refuseData(self, problem: str) -> None:
+        """The message will be refused at its dot for C{problem}: what it holds is let go."""
+        self._problem, self._data = problem, []
+        self._release()
+
+    def _release(self) -> None:
+        """Give back the bytes this session holds to the server's memory budget."""
+        self.server.memoryHeld -= self._held
+        self._held = 0
 
     def _endOfData(self) -> None:
         problem = self._problem
@@ -905,6 +931,16 @@ class SubmissionProtocol(Protocol):
             self.metrics.submissionRefused("data", problem)
             if problem == _SIZE:
                 return self._reply(552, "5.3.4", f"Message size exceeds fixed limit of {self.settings.maxSize} bytes")
+            if problem == _MEMORY:
+                self.log.warn(
+                    "submission: message from {client} refused with 451: the sessions hold "
+                    "--submission-max-memory ({limit} bytes) of messages now",
+                    client=self.clientAddress,
+                    limit=self.settings.maxMemory,
+                )
+                return self._reply(
+                    451, "4.3.1", "Insufficient system storage: too many messages in progress; try again later"
+                )
             if problem == _LONG_LINE:
                 return self._reply(
                     500, "5.5.2", f"Message has a line longer than {MAX_TEXT_LINE - 2} characters (RFC 5321 4.5.3.1.6)"
@@ -944,6 +980,7 @@ class SubmissionProtocol(Protocol):
 
     def _queued(self, _: object, submission: Submission, ident: str, account: Account | None) -> None:
         self._waiting = None
+        self._release()
         self.messages += 1
         if account is not None:
             self.server.limiter.taken(account)
@@ -969,6 +1006,7 @@ class SubmissionProtocol(Protocol):
         side would refuse).
         """
         self._waiting = None
+        self._release()
         permanent = failure.check(ValueError) is not None
         self.metrics.submissionRefused("data", "content" if permanent else "queue")
         self.log.warn(
