@@ -491,6 +491,8 @@ def test_recipientLimitAndDuplicates() -> None:
         ("MAIL FROM:<a@example.com", "501 5.1.7"),
         ("MAIL TO:<a@example.com>", "501 5.5.4"),
         ("MAIL FROM:<a@example.com> SIZE=big", "501 5.5.4"),
+        ("MAIL FROM:<a@example.com> SIZE=\u00b2", "501 5.5.4"),
+        ("MAIL FROM:<a@example.com> SIZE=\u0661\u0662", "501 5.5.4"),
         ("MAIL FROM:<a@example.com> BODY=BINARYMIME", "501 5.5.4"),
         ("MAIL FROM:<a@example.com> RET=ALL", "501 5.5.4"),
         ("MAIL FROM:<a@example.com> ENVID=a b", "555 5.5.4"),
@@ -681,7 +683,7 @@ def test_authPlainPromptedAndCancelled() -> None:
 def test_authResponseTooLongEndsTheExchange() -> None:
     session = ehlo(authCleartext="loopback", trusted=())
     assert session.send("AUTH PLAIN\r\n") == "334 \r\n"
-    assert session.replies("A" * 13000 + "\r\n") == ["500 5.5.2"]
+    assert session.replies("A" * 13000 + "\r\n") == ["500 5.5.6"]
     assert session.replies("NOOP\r\n") == ["250 2.0.0"]
     assert session.access.checked == []
 

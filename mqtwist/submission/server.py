@@ -17,7 +17,8 @@ Decisions (see C{docs/submission.rst}):
     CRLF.CRLF ends a message (no SMTP smuggling);
   - a command line is 512 bytes at most, its CRLF included (AUTH
     responses 12,288), a message line 1,000 (RFC 5321 4.5.3.1): longer
-    ones are refused with 500 5.5.2 (after the dot, for a message);
+    ones are refused with 500 5.5.2 (after the dot, for a message; an
+    AUTH response with RFC 4954's 500 5.5.6);
   - a client that is neither authenticated nor in a trusted network has
     every RCPT refused with 530 5.7.0;
   - anything a client pipelines after STARTTLS is thrown away (RFC 3207 5,
@@ -54,9 +55,10 @@ MAX_COMMAND_LINE = 512
 MAX_TEXT_LINE = 1000
 #: RFC 4954 4: a line of the AUTH exchange
 MAX_AUTH_LINE = 12288
-#: commands a client may send ahead while it does not read the replies
-#: (far more than any pipelining client has in flight); beyond, it is cut off
-MAX_UNANSWERED = 1024 * 1024
+#: bytes of commands a client may send ahead while it does not read the
+#: replies (far more than any pipelining client has in flight: some ten
+#: thousand commands); beyond, it is cut off
+MAX_UNANSWERED_BYTES = 1024 * 1024
 
 # the states of a session
 _COMMAND, _DATA, _AUTH, _BUSY, _CLOSED = range(5)
@@ -419,7 +421,7 @@ class SubmissionProtocol(Protocol):
         while True:
             state = self._state
             if self._writeBlocked and state != _DATA:
-                if len(self._buffer) > MAX_UNANSWERED:
+                if len(self._buffer) > MAX_UNANSWERED_BYTES:
                     self.log.info(
                         "submission: {client} sent {size} bytes of commands without reading the replies: closed",
                         client=self.clientAddress,
@@ -447,9 +449,11 @@ class SubmissionProtocol(Protocol):
                 if self._discarding or end + 1 > limit:
                     self._discarding = False
                     if state == _AUTH:
-                        # the exchange ends with the refusal
+                        # the exchange ends with the refusal (RFC 4954 4)
                         self._state, self._auth = _COMMAND, None
-                    self._badCommand(500, "5.5.2", "Line too long", "line-length")
+                        self._badCommand(500, "5.5.6", "Authentication Exchange line is too long", "line-length")
+                    else:
+                        self._badCommand(500, "5.5.2", "Line too long", "line-length")
                     continue
                 if line.endswith(b"\r"):
                     line = line[:-1]
@@ -480,7 +484,7 @@ class SubmissionProtocol(Protocol):
         The replies are not being read: answer no more commands (a message
         in DATA is still read, as it is answered only at its end).  The
         transport goes on reading (under TLS it may need to read before it
-        can write), up to L{MAX_UNANSWERED} bytes of commands.
+        can write), up to L{MAX_UNANSWERED_BYTES} bytes of commands.
         """
         self._writeBlocked = True
 

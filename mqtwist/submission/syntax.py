@@ -217,7 +217,7 @@ def mailArguments(argument: str, *, maxSize: int) -> MailArguments:
             raise Refused(501, "5.5.4", f"{keyword} given twice")
         seen.add(keyword)
         if keyword == "SIZE":
-            if value is None or not value.isdigit() or len(value) > 20:
+            if value is None or not (value.isascii() and value.isdigit()) or len(value) > 20:
                 raise Refused(501, "5.5.4", "Bad SIZE parameter: give the size in bytes")
             mail.size = int(value)
             if mail.size > maxSize:
