@@ -352,6 +352,12 @@ def test_hashPasswordCommand(tmp_path: Path) -> None:
     assert access._check(users["ann@example.com"], "open sesame") == users["ann@example.com"].account
     assert access._check(users["ann@example.com"], "open sesame ") is None
     assert "open sesame" not in result.stdout + result.stderr
+    # a name beyond the BMP is written as TOML, not as JSON's surrogate pair
+    emoji = _hashPasswordCommand("--user", "\U0001f600 \"q\"", stdin="pw\n")
+    assert emoji.returncode == 0, emoji.stderr
+    assert emoji.stdout.startswith('[users."\U0001f600 \\"q\\""]\n')
+    path.write_text(emoji.stdout, encoding="utf-8")
+    assert list(readUsersFile(str(path))[0]) == ["\U0001f600 \"q\""]
     empty = _hashPasswordCommand(stdin="\n")
     assert (empty.returncode, empty.stdout) == (1, "")
     assert "the password is empty" in empty.stderr

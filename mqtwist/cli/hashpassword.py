@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from typing import Any
 
@@ -53,6 +52,20 @@ def readPassword() -> str:
     return password
 
 
+def tomlString(text: str) -> str:
+    """
+    C{text} as a TOML basic string: quotes, backslashes and control
+    characters escaped, every other character as it is (JSON's escapes
+    would write a character beyond the BMP as two surrogates, which TOML
+    refuses).
+    """
+    escaped = "".join(
+        f"\\{char}" if char in '"\\' else f"\\u{ord(char):04X}" if char < " " or char == "\x7f" else char
+        for char in text
+    )
+    return f'"{escaped}"'
+
+
 async def run(reactor: Any, arguments: argparse.Namespace, settings: Settings) -> int:
     """
     @return: (a coroutine returning) the exit status: 0.
@@ -64,7 +77,7 @@ async def run(reactor: Any, arguments: argparse.Namespace, settings: Settings) -
     # argon2 takes its time on purpose: in a thread, as the server checks it
     hashed: str = await deferToThread(hashPassword, password)
     if arguments.user:
-        sys.stdout.write(f"[users.{json.dumps(arguments.user)}]\npassword = {json.dumps(hashed)}\n")
+        sys.stdout.write(f"[users.{tomlString(arguments.user)}]\npassword = {tomlString(hashed)}\n")
     else:
         sys.stdout.write(hashed + "\n")
     return 0
