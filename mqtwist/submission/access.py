@@ -184,8 +184,6 @@ class Access:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return None
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            ip = ip.ipv4_mapped
         for network, account in self.networks:
             if ip.version == network.version and ip in network:
                 return account

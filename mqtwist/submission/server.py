@@ -47,7 +47,8 @@ from twisted.python.failure import Failure
 from mqtwist.metrics import Metrics
 from mqtwist.submission.access import Access, Account, RateLimiter
 from mqtwist.submission.envelope import Queue, Recipient, Submission
-from mqtwist.submission.syntax import MailArguments, Refused, mailArguments, rcptArguments
+from mqtwist.submission.syntax import MAX_PATH, MailArguments, Refused, mailArguments, rcptArguments, replyText
+from mqtwist.validation import shownName
 
 #: RFC 5321 4.5.3.1.4: a command line, CRLF included
 MAX_COMMAND_LINE = 512
@@ -616,7 +617,7 @@ class SubmissionProtocol(Protocol):
         if self.account is None and self.network is None:
             self.log.info(
                 "submission: relaying to {recipient} refused for {client} (not authenticated, not trusted)",
-                recipient=_printable(rcpt.recipient),
+                recipient=shownName(rcpt.recipient, MAX_PATH),
                 client=self.clientAddress,
             )
             # counted as an error: a client trying addresses one after
@@ -822,7 +823,7 @@ class SubmissionProtocol(Protocol):
                 self.log.info(
                     "submission: {client} authenticated as {user} ({mechanism})",
                     client=self.clientAddress,
-                    user=_printable(name),
+                    user=shownName(name, MAX_PATH),
                     mechanism=self._authMechanism,
                 )
                 self._reply(235, "2.7.0", "Authentication successful")
@@ -843,7 +844,7 @@ class SubmissionProtocol(Protocol):
             "submission: AUTH {mechanism} failed for {client}{user}",
             mechanism=self._authMechanism,
             client=self.clientAddress,
-            user=f" (user {_printable(name)})" if name else "",
+            user=f" (user {shownName(name, MAX_PATH)})" if name else "",
         )
         self._badCommand(535, "5.7.8", "Authentication credentials invalid", "auth", "auth")
         if self.authFailures >= self.settings.maxAuthFailures and self._state != _CLOSED:
@@ -992,9 +993,9 @@ class SubmissionProtocol(Protocol):
         self.log.info(
             "submission {id}: from <{sender}> by {client}{user}, {count} recipient(s), {size} bytes: queued",
             id=ident,
-            sender=_printable(submission.sender),
+            sender=shownName(submission.sender, MAX_PATH) if submission.sender else "",
             client=submission.clientAddress,
-            user=f" user {_printable(submission.user)}" if submission.user else "",
+            user=f" user {shownName(submission.user, MAX_PATH)}" if submission.user else "",
             count=len(submission.recipients),
             size=len(submission.mime),
         )
@@ -1016,14 +1017,14 @@ class SubmissionProtocol(Protocol):
         self.log.warn(
             "submission {id}: from <{sender}> by {client}: not queued, answered {code}: {error}",
             id=ident,
-            sender=_printable(submission.sender),
+            sender=shownName(submission.sender, MAX_PATH) if submission.sender else "",
             client=submission.clientAddress,
             code=550 if permanent else 451,
             error=failure.getErrorMessage() or repr(failure.value),
         )
         if self._state != _CLOSED:
             if permanent:
-                self._reply(550, "5.6.0", f"Message cannot be queued: {_replyText(failure.getErrorMessage())}")
+                self._reply(550, "5.6.0", f"Message cannot be queued: {replyText(failure.getErrorMessage(), 200)}")
             else:
                 self._reply(451, "4.3.0", "Message not queued: the queue is not available; try again later")
         self._afterWait()
@@ -1097,19 +1098,6 @@ def _isLoopback(address: str) -> bool:
 
 def _printableASCII(text: str) -> bool:
     return text.isascii() and text.isprintable()
-
-
-def _printable(text: str | None) -> str:
-    """C{text} for a log line: control characters escaped."""
-    if text is None:
-        return ""
-    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
-
-
-def _replyText(text: str, limit: int = 200) -> str:
-    """C{text} for one reply line: printable ASCII, at most C{limit} characters."""
-    shown = "".join(char if " " <= char <= "~" else "?" for char in text)
-    return shown[:limit] + ("..." if len(shown) > limit else "")
 
 
 def _recipientKey(address: str) -> str:

@@ -27,7 +27,7 @@ import re
 from dataclasses import dataclass
 
 from mqtwist.errors import InvalidMessage
-from mqtwist.validation import checkAddress
+from mqtwist.validation import checkAddress, checkHeaderValue
 
 
 class Refused(Exception):
@@ -52,7 +52,6 @@ MAX_ENVID = 100
 #: RFC 3461 4.2: ORCPT's xtext of 500 characters at most
 MAX_ORCPT = 500
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _KEYWORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*\Z")
 #: RFC 5321 esmtp-value, widened to UTF-8 by RFC 6531
 _VALUE = re.compile(r"[^\x00-\x20=\x7f]+\Z")
@@ -149,8 +148,10 @@ def splitPath(argument: str, prefix: str, enhanced: str) -> tuple[str, str]:
     else:
         raise Refused(501, enhanced, f"Syntax: {verb}:<address>, the closing '>' is missing")
     path, parameters = rest[1:at], rest[at + 1 :]
-    if _CONTROL.search(path):
-        raise Refused(501, enhanced, "Bad address syntax: control characters are not allowed in an address")
+    try:
+        checkHeaderValue("address", path)
+    except InvalidMessage:
+        raise Refused(501, enhanced, "Bad address syntax: control characters are not allowed in an address") from None
     if len(path) + 2 > MAX_PATH:
         raise Refused(501, enhanced, f"Bad address syntax: a path has {MAX_PATH} characters at most")
     if parameters and not parameters.startswith(" "):
@@ -170,7 +171,7 @@ def parameters(text: str) -> list[tuple[str, str | None]]:
             continue
         keyword, equals, value = item.partition("=")
         if not _KEYWORD.match(keyword) or (equals and not _VALUE.match(value)):
-            raise Refused(501, "5.5.4", f"Bad parameter syntax: {_shown(item)}")
+            raise Refused(501, "5.5.4", f"Bad parameter syntax: {replyText(item)}")
         found.append((keyword.upper(), value if equals else None))
     return found
 
@@ -197,7 +198,7 @@ def _mailbox(path: str, enhanced: str, utf8: bool, what: str) -> str:
     try:
         checkAddress(what, path)
     except InvalidMessage:
-        raise Refused(553, enhanced, f"Bad {what} address syntax: {_shown(path)}") from None
+        raise Refused(553, enhanced, f"Bad {what} address syntax: {replyText(path)}") from None
     return path
 
 
@@ -253,7 +254,7 @@ def mailArguments(argument: str, *, maxSize: int) -> MailArguments:
             # submission server may ignore it
             mail.auth = value
         else:
-            raise Refused(555, "5.5.4", f"Unsupported MAIL FROM parameter {_shown(keyword)}")
+            raise Refused(555, "5.5.4", f"Unsupported MAIL FROM parameter {replyText(keyword)}")
     if path == "":
         return mail
     mail.sender = _mailbox(path, "5.1.7", mail.smtputf8, "sender")
@@ -297,11 +298,14 @@ def rcptArguments(argument: str, *, smtputf8: bool) -> RcptArguments:
                 )
             rcpt.orcpt = value
         else:
-            raise Refused(555, "5.5.4", f"Unsupported RCPT TO parameter {_shown(keyword)}")
+            raise Refused(555, "5.5.4", f"Unsupported RCPT TO parameter {replyText(keyword)}")
     return rcpt
 
 
-def _shown(text: str, limit: int = 40) -> str:
-    """C{text} for a reply: printable, cut at C{limit} characters."""
-    shown = "".join(char if char.isprintable() else "?" for char in text[:limit])
+def replyText(text: str, limit: int = 40) -> str:
+    """
+    C{text} in a reply line: printable ASCII (any other character a C{?}),
+    cut at C{limit} characters.
+    """
+    shown = "".join(char if " " <= char <= "~" else "?" for char in text[:limit])
     return shown + ("..." if len(text) > limit else "")
