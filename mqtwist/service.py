@@ -89,15 +89,19 @@ _LIVE_SETTINGS = frozenset({"pools", "defaultIps"})
 _LIVE_SUBMISSION_SETTINGS = frozenset({"submissionUsers", "submissionTrustedNetworks", "submissionMessagesPerMinute"})
 
 
-def submissionAccess(config: Config) -> Access:
+def submissionAccess(config: Config, parseSettings: ParseSettings) -> Access:
     """
     Who may submit over SMTP under C{config}: its trusted networks and what
-    its users file holds.
+    its users file holds, each account's defaults checked as the outbox
+    reads jobs under C{parseSettings}.
 
     @raise ValueError: naming the users file and what is wrong in it.
     """
     return Access.fromSettings(
-        config.submissionTrustedNetworks, config.submissionUsers, config.submissionMessagesPerMinute
+        config.submissionTrustedNetworks,
+        config.submissionUsers,
+        config.submissionMessagesPerMinute,
+        parseSettings,
     )
 
 
@@ -383,7 +387,9 @@ class MailerService(MultiService):
         access: Access | None = None
         if self.submission is not None:
             # read before anything changes: a bad users file changes nothing
-            access = submissionAccess(config)
+            access = submissionAccess(
+                config, dataclasses.replace(self.parseSettings, **_sourceAddresses(config))
+            )
             live = live | _LIVE_SUBMISSION_SETTINGS
         waiting = [
             kebab(field.name)
@@ -456,7 +462,7 @@ class MailerService(MultiService):
                 "--submission-tls required needs a certificate: give --submission-tls-certificate "
                 "(and --submission-tls-key)"
             )
-        access = submissionAccess(config)
+        access = submissionAccess(config, self.parseSettings)
         settings = ServerSettings(
             hostname=config.submissionHostname or config.ehloName,
             maxSize=config.submissionMaxSize,
@@ -471,6 +477,8 @@ class MailerService(MultiService):
             tls=tls,
             authCleartext=config.submissionAuthCleartext,
             requireTls=config.submissionTls == "required",
+            authThreads=config.submissionAuthThreads,
+            maxMemory=config.submissionMaxMemory,
         )
         self.submission = SubmissionServer(settings, access, self._queueSubmission, self.reactor, self.metrics)
         cluster = self.cluster

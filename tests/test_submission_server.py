@@ -20,7 +20,7 @@ from helpers_submission import HOSTNAME, inThread, startServer, stopServer, swak
 from prometheus_client import generate_latest
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
-from mqtwist.config import Config
+from mqtwist.config import Config, PoolRule
 from mqtwist.service import MailerService
 from mqtwist.submission.access import Access, hashPassword
 from mqtwist.submission.envelope import Recipient
@@ -385,3 +385,23 @@ async def test_timedOutClientThatDoesNotReadIsDisconnected() -> None:
     finally:
         client.close()
         await stopServer(running)
+
+
+def test_serviceGivesTheServerItsSettingsAndChecksDefaultsWithItsPools(tmp_path: Path) -> None:
+    # a network's default naming a configured IP pool: a job the outbox
+    # reads under this service's settings, not under bare ones
+    users = tmp_path / "users.toml"
+    users.write_text('[[networks]]\nnetwork = "10.0.0.0/8"\ndefaults = { pool = "bulk" }\n')
+    service = _service(
+        tmp_path,
+        submissionUsers=str(users),
+        submissionAuthThreads=3,
+        submissionMaxMemory=64 * 1024 * 1024,
+        pools=[PoolRule("bulk", ("127.0.0.1",))],
+    )
+    assert service.submission is not None
+    assert (service.submission.settings.authThreads, service.submission.settings.maxMemory) == (3, 64 * 1024 * 1024)
+    assert service.submission.access.network("10.1.2.3").defaults == {"pool": "bulk"}
+    with pytest.raises(ValueError) as info:
+        _service(tmp_path, submissionUsers=str(users))
+    assert "bulk" in str(info.value)
