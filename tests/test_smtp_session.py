@@ -248,7 +248,8 @@ async def test_refusedRecipientButDataAccepted(smtpServer) -> None:
 # -- IPv6 ----------------------------------------------------------------------
 
 
-def _hasIPv6Loopback() -> bool:
+def hasIPv6Loopback() -> bool:
+    """Whether this host can bind ::1 (some containers have no IPv6)."""
     try:
         with socket.socket(socket.AF_INET6) as probe:
             probe.bind(("::1", 0))
@@ -257,7 +258,7 @@ def _hasIPv6Loopback() -> bool:
         return False
 
 
-@pytest.mark.skipif(not _hasIPv6Loopback(), reason="this host has no IPv6 loopback (::1)")
+@pytest.mark.skipif(not hasIPv6Loopback(), reason="this host has no IPv6 loopback (::1)")
 @pytest_twisted.ensureDeferred
 async def test_ipv6(startSMTPServer) -> None:
     smtp = await startSMTPServer(host="::1")

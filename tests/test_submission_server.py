@@ -18,6 +18,7 @@ import pytest
 import pytest_twisted
 from helpers_submission import HOSTNAME, inThread, startServer, stopServer, swaks, swaksMissing
 from prometheus_client import generate_latest
+from test_smtp_session import hasIPv6Loopback
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 
 from mqtwist.config import Config, PoolRule
@@ -287,21 +288,12 @@ async def test_eightBitDSNAndABigMessage() -> None:
         await stopServer(running)
 
 
-def _hasIPv6Loopback() -> bool:
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::1", 0))
-        return True
-    except OSError:
-        return False
-
-
 def _sendOverIPv6(port: int) -> dict[str, object]:
     with smtplib.SMTP("::1", port, local_hostname="six.example", timeout=30) as client:
         return dict(client.sendmail("a@example.com", ["b@example.org"], MESSAGE))
 
 
-@pytest.mark.skipif(not _hasIPv6Loopback(), reason="no IPv6 loopback here")
+@pytest.mark.skipif(not hasIPv6Loopback(), reason="no IPv6 loopback here")
 @pytest_twisted.ensureDeferred
 async def test_ipv6Client() -> None:
     """A tcp6 endpoint without interface= listens on ::1, trusted by default."""
