@@ -286,6 +286,7 @@ class MailerService(MultiService):
         cluster.onBackoff = policy.applyShared
         cluster.onMembers = lambda members: policy.setMembers(members, cluster.me)
         self.controls.announce = self._announceAdmin
+        cluster.inForce = self.controls.inForce
         cluster.onAdmin = self._adminFromPeer
         return cluster
 

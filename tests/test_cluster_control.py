@@ -304,3 +304,39 @@ def test_control_messages_and_members_are_metrics() -> None:
     assert value("mqtwist_cluster_messages_total", direction="received", type="hello") == 1
     assert value("mqtwist_cluster_messages_total", direction="received", type="other") == 1
     assert b"\nmqtwist_cluster_members 2.0\n" in generate_latest(cluster.metrics.registry)
+
+
+def test_a_member_that_says_hello_is_told_the_actions_in_force_by_one_member() -> None:
+    cluster, wire, clock, _ = control("host:2")
+    cluster.controlReady(consumers=0)
+    pause = {"action": "pause", "selector": {"domain": "a.test"}, "seconds": 60.0, "reason": "r", "by": "ops"}
+    cluster.inForce = lambda: [pause]
+    cluster.controlReceived(said("host:3", "hello"))
+    assert wire.sent[-1]["type"] == "state"
+    assert (wire.sent[-1]["target"], wire.sent[-1]["actions"]) == ("host:3", [pause])
+    # host:1 comes: host:2 is still the first of the others, and answers
+    cluster.controlReceived(said("host:1", "hello"))
+    assert (wire.sent[-1]["type"], wire.sent[-1]["target"]) == ("state", "host:1")
+    # host:0 says hello: host:1 is the first of the others, not host:2
+    count = len(wire.sent)
+    cluster.controlReceived(said("host:0", "hello"))
+    assert [m["type"] for m in wire.sent[count:]] == ["heartbeat"]
+
+
+def test_the_state_told_to_this_member_reaches_its_controls() -> None:
+    clock = Clock()
+    there = Controls(clock)
+    there.pause(Selector(domain="a.test"), 60, "bounces", "ops")
+    there.cancel(Selector(tag="spam"), float("inf"), "stop", "ops")
+    clock.advance(20)
+    cluster, _, _, _ = control("host:3")
+    here = Controls(clock)
+    cluster.onAdmin = lambda member, action: here.fromPeer(action)
+    cluster.controlReceived(said("host:1", "state", target="host:9", actions=there.inForce()))
+    assert here.pauses() == []
+    cluster.controlReceived(said("host:1", "state", target="host:3", actions=there.inForce()))
+    assert [(c.selector, c.until - clock.seconds()) for c in here.pauses()] == [(Selector(domain="a.test"), 40)]
+    assert [(c.selector, c.until) for c in here.cancels()] == [(Selector(tag="spam"), float("inf"))]
+    with capturedLogs() as events:
+        cluster.controlReceived(said("host:1", "state", target="host:3", actions="pause everything"))
+    assert any("ignored the state told by host:1" in formatEvent(e) for e in events)

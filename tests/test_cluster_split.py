@@ -16,7 +16,7 @@ from twisted.internet import reactor
 from twisted.internet.task import deferLater
 from twisted.protocols.portforward import ProxyFactory
 
-from mqtwist.admin.controls import NotTold
+from mqtwist.admin.controls import NotTold, Selector
 from mqtwist.service import MailerService
 
 
@@ -114,3 +114,19 @@ async def test_a_starting_member_publishes_while_it_listens_for_the_others(rabbi
         await service.broker.publish(queues["results"], b'{"published": "while settling"}')
     finally:
         await service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_member_started_later_holds_the_pauses_in_force(rabbitmq, startSMTPServer, queues):
+    server = await startSMTPServer()
+    first = MailerService(makeConfig(rabbitmq, server, queues, clusterMember="a", deliveryJournal=""), plugins=[])
+    later = MailerService(makeConfig(rabbitmq, server, queues, clusterMember="b", deliveryJournal=""), plugins=[])
+    async with running(first):
+        first.controls.pause(Selector(domain="paused.test"), 600, "complaints", "ops")
+        first.controls.cancel(Selector(tag="old"), float("inf"), "stale list", "ops")
+        async with running(later):
+            await until(lambda: later.controls.pauses() != [], "b told of the pause")
+            assert [(c.selector, c.reason, c.by) for c in later.controls.pauses()] == [
+                (Selector(domain="paused.test"), "complaints", "ops")
+            ]
+            assert [(c.selector, c.until) for c in later.controls.cancels()] == [(Selector(tag="old"), float("inf"))]

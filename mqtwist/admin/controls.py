@@ -277,6 +277,27 @@ class Controls:
         self._announce(told, "uncancel", selector)
         return self._cancels.pop(selector, None)
 
+    def inForce(self) -> list[dict[str, Any]]:
+        """
+        The pauses and cancels in force, as L{announce} says them (with the
+        seconds left), for a process that starts while they are.
+        """
+        now = self.reactor.seconds()
+        said = []
+        for kind, controls in (("pause", self.pauses()), ("cancel", self.cancels())):
+            for control in controls:
+                left = control.until - now
+                said.append(
+                    {
+                        "action": kind,
+                        "selector": control.selector.toJSON(),
+                        "seconds": left if math.isfinite(left) else None,
+                        "reason": control.reason,
+                        "by": control.by,
+                    }
+                )
+        return said
+
     def fromPeer(self, action: Mapping[str, Any]) -> Control | None:
         """
         Make here a pause, resume, cancel or lifted cancel that another

@@ -17,7 +17,10 @@ sending C{"member"}:
     drained or undrained (the action as the admin API took it);
   - C{usage}: the messages that accounts of the SMTP submission server
     submitted here, gathered over L{USAGE_DELAY} seconds, so that their
-    rates hold for all the processes.
+    rates hold for all the processes;
+  - C{state}: the operators' pauses and cancels in force, for a member
+    that said hello (from the first of the others in name order), so that
+    a process started later, or restarted, holds them too.
 
 A process starts consuming the outbox only once it knows the others, so
 that it takes its share of each limit, not the whole of it: at once when
@@ -56,7 +59,7 @@ SHARED_ACTIONS = frozenset({"pause", "down", "reduce"})
 MAX_TEXT = 1000
 
 #: the types of control messages
-_KINDS = frozenset({"hello", "heartbeat", "bye", "backoff", "admin", "usage"})
+_KINDS = frozenset({"hello", "heartbeat", "bye", "backoff", "admin", "usage", "state"})
 
 #: the longest backoff told, in seconds (a year): a longer one is ill-formed
 MAX_SECONDS = 366 * 24 * 3600.0
@@ -156,6 +159,9 @@ class ClusterControl:
         operator's action another member took.
     @ivar onUsage: called with the kind and name of an account of the
         submission server and the messages it submitted to another member.
+    @ivar inForce: gives the operators' actions in force here (pauses and
+        cancels, as C{admin} messages say them), for a member that says
+        hello; they reach it through its L{onAdmin}.
     """
 
     log = Logger()
@@ -181,6 +187,7 @@ class ClusterControl:
         self.onBackoff: Callable[[SharedBackoff], None] | None = None
         self.onAdmin: Callable[[str, dict[str, Any]], None] | None = None
         self.onUsage: Callable[[str, str, int], None] | None = None
+        self.inForce: Callable[[], list[dict[str, Any]]] | None = None
         self._usage: dict[tuple[str, str], int] = {}
         self._usageTimer: IDelayedCall | None = None
         self.settled = False
@@ -269,6 +276,7 @@ class ClusterControl:
         if kind == "hello":
             # the newcomer learns of this member now, not a heartbeat later
             self._send("heartbeat")
+            self._welcome(member)
         elif kind == "backoff":
             try:
                 backoff = SharedBackoff.fromJSON(event)
@@ -282,6 +290,31 @@ class ClusterControl:
                 self.onAdmin(member, event)
         elif kind == "usage":
             self._usageReceived(member, event.get("accounts"))
+        elif kind == "state" and event.get("target") == self.me:
+            actions = event.get("actions")
+            if not isinstance(actions, list) or not all(isinstance(action, dict) for action in actions):
+                self.log.warn(
+                    "cluster: ignored the state told by {member}: 'actions' is not a list of objects: {actions}",
+                    member=member,
+                    actions=excerpt(actions),
+                )
+                return
+            if self.onAdmin is not None:
+                for action in actions:
+                    self.onAdmin(member, action)
+
+    def _welcome(self, member: str) -> None:
+        """
+        Tell C{member}, which said hello, the operators' actions in force,
+        when this member is the first of the others in name order (one
+        answer, not one from each).
+        """
+        others = [name for name in self.members.live if name != member]
+        if self.inForce is None or not others or others[0] != self.me:
+            return
+        actions = self.inForce()
+        if actions:
+            self._send("state", target=member, actions=actions)
 
     def _usageReceived(self, member: str, accounts: object) -> None:
         if not isinstance(accounts, list) or not all(
