@@ -267,6 +267,8 @@ async def test_networkOfTheUsersFileWithItsDefaults(usersFile: str, certificates
         ('[users.bob]\npassword = "{hash}"\nsecret = 1\n', "unknown key(s) secret"),
         ('[users.bob]\npassword = "{hash}"\nmessages-per-minute = -1\n', "messages-per-minute"),
         ('[users.bob]\npassword = "{hash}"\ndefaults = 3\n', "defaults must be a table"),
+        ('[users.bob]\npassword = "{hash}"\nsenders = "bob@example.com"\n', "senders must be a list"),
+        ('[users.bob]\npassword = "{hash}"\nsenders = ["bob @example.com"]\n', "has a space or a control"),
         ('[[networks]]\nnetwork = "10.0.0.300/8"\n', "is no network"),
         ("[[networks]]\n", 'needs network = "CIDR"'),
         ("passwords = 1\n", "unknown key(s) passwords"),
@@ -361,3 +363,17 @@ def test_hashPasswordCommand(tmp_path: Path) -> None:
     empty = _hashPasswordCommand(stdin="\n")
     assert (empty.returncode, empty.stdout) == (1, "")
     assert "the password is empty" in empty.stderr
+
+
+def test_usersFileSenders(tmp_path: Path) -> None:
+    path = tmp_path / "users.toml"
+    path.write_text(
+        '[users.bob]\npassword = "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$' + "A" * 43 + '"\n'
+        'senders = ["Bob@Example.com", "*@bob.example"]\n'
+        '[[networks]]\nnetwork = "10.0.0.0/8"\nsenders = ["noreply@example.com"]\n'
+    )
+    users, networks = readUsersFile(str(path))
+    bob = users["bob"].account
+    assert bob.senders == ("bob@example.com", "*@bob.example")
+    assert [bob.mayUse(s) for s in ("BOB@example.com", "x@bob.example", "x@example.com", "")] == [True, True, False, True]
+    assert networks[0][1].senders == ("noreply@example.com",)

@@ -8,6 +8,7 @@ and AUTH against accounts that need no thread.
 from __future__ import annotations
 
 import base64
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -790,3 +791,21 @@ def test_shutdownClosesIdleSessionsAndWaitsForTheQueue() -> None:
     busy.protocol.connectionLost(None)
     assert closed.called
     assert Session(server=server).greeting.startswith("421 4.3.2 ")
+
+
+def test_anAccountSendsOnlyAsItsSenders() -> None:
+    """
+    An account with C{senders} may use only those envelope senders (and
+    the null sender of a bounce); another gets 553 5.7.1 at MAIL.
+    """
+    access = FakeAccess(["127.0.0.1/32"])
+    network, account = access.networks[0]
+    access.networks[0] = (network, replace(account, senders=("*@example.com", "billing@example.org")))
+    server = SubmissionServer(settings(), access, RecordingQueue(), MemoryReactorClock(), Metrics())
+    session = Session(server=server)
+    session.send("EHLO client.example\r\n")
+    assert session.replies(
+        "MAIL FROM:<boss@example.net>\r\nMAIL FROM:<Ann@Example.COM>\r\nRSET\r\n"
+        "MAIL FROM:<billing@example.org>\r\nRSET\r\nMAIL FROM:<>\r\nRSET\r\n"
+    ) == ["553 5.7.1", "250 2.1.0", "250 2.0.0", "250 2.1.0", "250 2.0.0", "250 2.1.0", "250 2.0.0"]
+    assert session.server.metrics.value("mqtwist_submission_refused_total", stage="mail", reason="sender") == 1

@@ -25,6 +25,7 @@ import ipaddress
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -46,12 +47,26 @@ class Account:
         sets them (C{tags}, C{queues}, C{dkim}, ...).
     @ivar messagesPerMinute: 0 for no limit, else the messages this
         account may submit per minute (in all the processes of a cluster).
+    @ivar senders: the envelope senders this account may use, as
+        case-insensitive glob patterns (C{*@example.com}); none: any.
     """
 
     name: str
     kind: str
     defaults: Mapping[str, Any] = field(default_factory=dict)
     messagesPerMinute: int = 0
+    senders: tuple[str, ...] = ()
+
+    def mayUse(self, sender: str) -> bool:
+        """
+        Whether this account may send with the envelope sender C{sender}:
+        the null sender (bounces) always, another when no C{senders} are
+        given or one matches.
+        """
+        if not sender or not self.senders:
+            return True
+        folded = sender.lower()
+        return any(fnmatchcase(folded, pattern) for pattern in self.senders)
 
 
 @dataclass(frozen=True)
@@ -81,6 +96,17 @@ def _rate(value: object, where: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 0:
         raise ValueError(f"{where}: messages-per-minute must be a whole number, 0 or more")
     return value
+
+
+def _senders(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(item, str) and item for item in value):
+        raise ValueError(
+            f'{where}: senders must be a list of addresses or patterns, e.g. senders = ["*@example.com"]'
+        )
+    for item in value:
+        if any(not char.isprintable() or char.isspace() for char in item):
+            raise ValueError(f"{where}: senders: {item!r} has a space or a control character")
+    return tuple(item.lower() for item in value)
 
 
 def _defaults(value: object, where: str, parseSettings: ParseSettings | None) -> dict[str, Any]:
@@ -263,7 +289,7 @@ def readUsersFile(
         where = f"{path}: [users.{name}]"
         if not isinstance(entry, dict):
             raise ValueError(f"{where} must be a table")
-        extra = set(entry) - {"password", "messages-per-minute", "defaults"}
+        extra = set(entry) - {"password", "messages-per-minute", "defaults", "senders"}
         if extra:
             raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
         hashed = entry.get("password")
@@ -284,6 +310,7 @@ def readUsersFile(
                 "user",
                 _defaults(entry.get("defaults", {}), where, parseSettings),
                 _rate(entry.get("messages-per-minute", messagesPerMinute), where),
+                _senders(entry.get("senders", []), where),
             ),
             hashed,
         )
@@ -295,7 +322,7 @@ def readUsersFile(
         where = f"{path}: [[networks]] number {number}"
         if not isinstance(entry, dict) or not isinstance(entry.get("network"), str):
             raise ValueError(f"{where} needs network = \"CIDR\"")
-        extra = set(entry) - {"network", "messages-per-minute", "defaults"}
+        extra = set(entry) - {"network", "messages-per-minute", "defaults", "senders"}
         if extra:
             raise ValueError(f"{where}: unknown key(s) {', '.join(sorted(extra))}")
         try:
@@ -310,6 +337,7 @@ def readUsersFile(
                     "network",
                     _defaults(entry.get("defaults", {}), where, parseSettings),
                     _rate(entry.get("messages-per-minute", messagesPerMinute), where),
+                    _senders(entry.get("senders", []), where),
                 ),
             )
         )

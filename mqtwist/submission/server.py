@@ -594,6 +594,14 @@ class SubmissionProtocol(Protocol):
         except Refused as refused:
             return self._refused(refused, "mail")
         account = self.account or self.network
+        if account is not None and not account.mayUse(mail.sender):
+            self.log.info(
+                "submission: {account} from {client} may not send as <{sender}>",
+                account=account.name,
+                client=self.clientAddress,
+                sender=shownName(mail.sender),
+            )
+            return self._badCommand(553, "5.7.1", "Sender address not allowed for this account", "sender", "mail")
         if account is not None and not self.server.limiter.allows(account):
             self.metrics.submissionRefused("mail", "rate")
             self.log.info(
