@@ -114,8 +114,9 @@ async def test_smtplib_dsn_parameters_and_incoming_properties_are_in_the_jobs(ra
     config = submissionConfig(rabbitmq, smtpServer, queues, submissionQueue=inbox, submissionHostname="mx.submission.test")
     service = MailerService(config, plugins=[])
     async with running(service):
+        port = portOf(service)
         await sendmail(
-            portOf(service),
+            port,
             "sender@example.org",
             ["a@example.com", "b@example.net"],
             MESSAGE,
@@ -134,6 +135,7 @@ async def test_smtplib_dsn_parameters_and_incoming_properties_are_in_the_jobs(ra
         assert b"mx.submission.test" in header
         assert job["hostname"] == "mx.submission.test"
         assert job["connection"]["remote-ip"] == "127.0.0.1"
+        assert (job["connection"]["local-ip"], job["connection"]["local-port"]) == ("127.0.0.1", port)
         assert job["connection"]["helo"] == "smtplib.client.test"
         assert job["connection"]["secure"] is False
         assert "user" not in job["connection"]

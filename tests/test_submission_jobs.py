@@ -39,6 +39,8 @@ def submission(**changes: Any) -> Submission:
         clientPort=40123,
         heloName="client.example",
         received=1_796_600_400.75,
+        localAddress="192.0.2.1",
+        localPort=587,
     )
     return replace(base, **changes)
 
@@ -65,7 +67,14 @@ def test_one_job_per_recipient_with_the_incoming_properties():
         "hostname": "mx.example.net",
         "received": "2026-12-06 23:40:00",
         "message-id": "id0",
-        "connection": {"remote-ip": "192.0.2.7", "remote-port": 40123, "helo": "client.example", "secure": False},
+        "connection": {
+            "local-ip": "192.0.2.1",
+            "local-port": 587,
+            "remote-ip": "192.0.2.7",
+            "remote-port": 40123,
+            "helo": "client.example",
+            "secure": False,
+        },
     }
     assert second["recipient"] == "c@example.net"
     assert second["message-id"] == "id1"
@@ -95,6 +104,8 @@ def test_null_sender_is_an_empty_envelope():
 def test_tls_and_authenticated_user_are_connection_properties():
     (job,) = buildJobs(submission(tls=True, user="alice", recipients=(Recipient("b@example.com"),)), "h", ids())
     assert json.loads(job.body)["connection"] == {
+        "local-ip": "192.0.2.1",
+        "local-port": 587,
         "remote-ip": "192.0.2.7",
         "remote-port": 40123,
         "helo": "client.example",

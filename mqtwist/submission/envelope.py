@@ -48,6 +48,8 @@ class Submission:
     @ivar user: the name the client authenticated as, or C{None}.
     @ivar clientAddress: the client's IP address.
     @ivar clientPort: the client's TCP port.
+    @ivar localAddress: the server's address the client connected to.
+    @ivar localPort: the server's TCP port the client connected to.
     @ivar heloName: what the client said in EHLO/HELO.
     @ivar tls: the session was encrypted (STARTTLS or implicit TLS).
     @ivar received: when the final dot arrived (seconds since the epoch).
@@ -63,6 +65,8 @@ class Submission:
     clientPort: int
     heloName: str
     received: float
+    localAddress: str = ""
+    localPort: int = 0
     tls: bool = False
     user: str | None = None
     ret: str | None = None

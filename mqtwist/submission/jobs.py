@@ -85,8 +85,9 @@ def buildJobs(
     C{orcpt} of the recipient, C{ret} and C{envid} of the message; ORCPT's
     xtext decoded, as the delivery side encodes it again), C{hostname},
     C{received} (UTC C{YYYY-MM-DD HH:MM:SS}), C{message-id} and
-    C{connection} (C{remote-ip}, C{remote-port}, C{helo}, C{secure}, and
-    C{user} when the client authenticated).  The submission's C{defaults}
+    C{connection} (C{local-ip}, C{local-port}, C{remote-ip},
+    C{remote-port}, C{helo}, C{secure}, and C{user} when the client
+    authenticated).  The submission's C{defaults}
     fill in every top-level property the job does not set itself.
 
     @param hostname: the C{hostname} of the jobs: the server that took the
@@ -100,6 +101,8 @@ def buildJobs(
     if submission.sender:
         _check("the sender", submission.sender)
     connection: dict[str, Any] = {
+        "local-ip": submission.localAddress,
+        "local-port": submission.localPort,
         "remote-ip": submission.clientAddress,
         "remote-port": submission.clientPort,
         "helo": submission.heloName,

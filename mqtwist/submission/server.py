@@ -203,6 +203,8 @@ class SubmissionProtocol(Protocol):
         self._counted = False
         self.clientAddress = ""
         self.clientPort = 0
+        self.localAddress = ""
+        self.localPort = 0
         self.tls = implicitTLS
         self.heloName: str | None = None
         self.esmtp = False
@@ -234,6 +236,9 @@ class SubmissionProtocol(Protocol):
         peer = self.transport.getPeer()
         self.clientAddress = _canonical(getattr(peer, "host", "") or "")
         self.clientPort = int(getattr(peer, "port", 0) or 0)
+        local = self.transport.getHost()
+        self.localAddress = _canonical(getattr(local, "host", "") or "")
+        self.localPort = int(getattr(local, "port", 0) or 0)
         if self.implicitTLS or ISSLTransport.providedBy(self.transport):
             self.tls = True
         server, settings = self.server, self.settings
@@ -969,6 +974,8 @@ class SubmissionProtocol(Protocol):
             mime=self._received(ident, now) + b"".join(self._data),
             clientAddress=self.clientAddress,
             clientPort=self.clientPort,
+            localAddress=self.localAddress,
+            localPort=self.localPort,
             heloName=self.heloName or "",
             received=now,
             tls=self.tls,
