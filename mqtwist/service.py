@@ -470,6 +470,7 @@ class MailerService(MultiService):
             maxRecipients=config.submissionMaxRecipients,
             maxConnections=config.submissionMaxConnections,
             maxConnectionsPerClient=config.submissionMaxConnectionsPerClient,
+            ipv6ClientPrefix=config.submissionIpv6ClientPrefix,
             commandTimeout=config.submissionCommandTimeout,
             dataTimeout=config.submissionDataTimeout,
             queueTimeout=config.submissionQueueTimeout,

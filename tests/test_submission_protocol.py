@@ -643,6 +643,22 @@ def test_connectionLimits() -> None:
     assert server.openConnections() == 3
 
 
+def test_anIPv6ClientIsItsNetwork() -> None:
+    """
+    The addresses of one IPv6 /64 are one client for the per-client
+    limit (a host may use any of them); with a prefix of 128, each is one.
+    """
+    first = Session(client="2001:db8:1:2::1", maxConnectionsPerClient=1)
+    assert first.greeting.startswith("220 ")
+    sameNetwork = Session(server=first.server, client="2001:db8:1:2:ffff::9")
+    assert sameNetwork.greeting == f"421 4.7.0 {HOSTNAME} Too many connections from 2001:db8:1:2::/64; try again later\r\n"
+    assert Session(server=first.server, client="2001:db8:1:3::1").greeting.startswith("220 ")
+    each = Session(client="2001:db8:1:2::1", maxConnectionsPerClient=1, ipv6ClientPrefix=128)
+    assert Session(server=each.server, client="2001:db8:1:2::2").greeting.startswith("220 ")
+    first.protocol.connectionLost(None)
+    assert Session(server=first.server, client="2001:db8:1:2::7").greeting.startswith("220 ")
+
+
 def test_relayRefusedForUntrustedClient() -> None:
     session = Session(client="192.0.2.7")
     session.send("EHLO c\r\n")

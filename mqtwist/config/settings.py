@@ -110,6 +110,11 @@ def _queueType(value: str) -> None:
         raise ValueError(f"{value!r} is neither classic nor quorum")
 
 
+def _ipv6Prefix(value: int) -> None:
+    if not 1 <= value <= 128:
+        raise ValueError(f"{value} is not an IPv6 prefix length; give 1-128")
+
+
 def _cluster(value: str) -> None:
     if value not in ("shared", "off"):
         raise ValueError(f"{value!r} is neither shared nor off")
@@ -737,6 +742,12 @@ class Config:
         50,
         help="submission connections open at once from one client address; more are refused with 421",
         check=positive,
+    )
+    submissionIpv6ClientPrefix: int = setting(
+        64,
+        help="bits of an IPv6 client address that make one client for --submission-max-connections-per-client "
+        "(64: a host's whole /64 counts as one, as it may use any address of it; 128: each address)",
+        check=_ipv6Prefix,
     )
     submissionCommandTimeout: float = setting(
         300.0,

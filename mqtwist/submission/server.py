@@ -90,6 +90,9 @@ class ServerSettings:
     maxRecipients: int = 1000
     maxConnections: int = 1000
     maxConnectionsPerClient: int = 50
+    #: the prefix length of the IPv6 networks counted as one client (a
+    #: host is given a whole /64, and may use any address of it)
+    ipv6ClientPrefix: int = 64
     commandTimeout: float = 300.0
     dataTimeout: float = 300.0
     queueTimeout: float = 120.0
@@ -202,6 +205,8 @@ class SubmissionProtocol(Protocol):
         self._abortTimer: Any = None
         self._counted = False
         self.clientAddress = ""
+        #: what its connections are counted by (the address, or its IPv6 network)
+        self.clientKey = ""
         self.clientPort = 0
         self.localAddress = ""
         self.localPort = 0
@@ -247,9 +252,10 @@ class SubmissionProtocol(Protocol):
             return self._refuseConnection("4.3.2", "Service shutting down", "shutdown")
         if len(server.connections) >= settings.maxConnections:
             return self._refuseConnection("4.7.0", "Too many connections; try again later", "connections")
-        if server.byClient.get(self.clientAddress, 0) >= settings.maxConnectionsPerClient:
+        self.clientKey = _clientKey(self.clientAddress, settings.ipv6ClientPrefix)
+        if server.byClient.get(self.clientKey, 0) >= settings.maxConnectionsPerClient:
             return self._refuseConnection(
-                "4.7.0", f"Too many connections from {self.clientAddress}; try again later", "client-connections"
+                "4.7.0", f"Too many connections from {self.clientKey}; try again later", "client-connections"
             )
         self._counted = True
         # the transport pauses this producer while its write buffer is
@@ -257,7 +263,7 @@ class SubmissionProtocol(Protocol):
         # gets no more answers until it does (see L{pauseProducing})
         self.transport.registerProducer(self, True)
         server.connections.add(self)
-        server.byClient[self.clientAddress] = server.byClient.get(self.clientAddress, 0) + 1
+        server.byClient[self.clientKey] = server.byClient.get(self.clientKey, 0) + 1
         self.network = server.access.network(self.clientAddress)
         self.log.debug(
             "submission: connection from {client}:{port}{tls}{trusted}",
@@ -300,11 +306,11 @@ class SubmissionProtocol(Protocol):
             )
             server = self.server
             server.connections.discard(self)
-            left = server.byClient.get(self.clientAddress, 1) - 1
+            left = server.byClient.get(self.clientKey, 1) - 1
             if left:
-                server.byClient[self.clientAddress] = left
+                server.byClient[self.clientKey] = left
             else:
-                server.byClient.pop(self.clientAddress, None)
+                server.byClient.pop(self.clientKey, None)
         if self._shutdown is not None and self._waiting is None:
             shutdown, self._shutdown = self._shutdown, None
             shutdown.callback(None)
@@ -1102,6 +1108,20 @@ def _canonical(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
+
+
+def _clientKey(address: str, ipv6Prefix: int) -> str:
+    """
+    What the connections of one client are counted by: its IPv4 address,
+    or its IPv6 network of C{ipv6Prefix} bits.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        return str(ipaddress.ip_network(f"{ip}/{ipv6Prefix}", strict=False))
+    return address
 
 
 def _isLoopback(address: str) -> bool:
