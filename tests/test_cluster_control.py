@@ -340,3 +340,14 @@ def test_the_state_told_to_this_member_reaches_its_controls() -> None:
     with capturedLogs() as events:
         cluster.controlReceived(said("host:1", "state", target="host:3", actions="pause everything"))
     assert any("ignored the state told by host:1" in formatEvent(e) for e in events)
+
+
+def test_messages_that_wait_for_the_members_are_not_found_stuck() -> None:
+    # nothing has ever ended there, and nothing may start: waiting, not stuck
+    p, clock = policy(destinationBacklog=1, stuckAfter=1)
+    p.holdUntilSettled()
+    waiting = [p.admit(route("a.test", "mx.a.test")) for _ in range(3)]
+    clock.advance(5)
+    assert not any(w.called for w in waiting)
+    p.setMembers(("host:1",), "host:1")
+    assert all(w.called for w in waiting)

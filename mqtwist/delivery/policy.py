@@ -491,6 +491,9 @@ class DeliveryPolicy:
         as its time-outs, and one much slower than the others, or held back
         by its own rate limit, would keep the outbox at its own pace.
         """
+        if not self._settled:
+            # it waits for the cluster's members to be known, not for a server
+            return ""
         quiet = now - max(state.lastDone, state.busySince)
         if quiet >= self.config.stuckAfter:
             return f"nothing ended for {quiet:.1f}s"
