@@ -287,6 +287,7 @@ class MailerService(MultiService):
         cluster.onMembers = lambda members: policy.setMembers(members, cluster.me)
         self.controls.announce = self._announceAdmin
         cluster.inForce = self.controls.inForce
+        cluster.backoffsInForce = policy.backoffsInForce
         cluster.onAdmin = self._adminFromPeer
         return cluster
 

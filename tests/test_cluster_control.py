@@ -351,3 +351,33 @@ def test_messages_that_wait_for_the_members_are_not_found_stuck() -> None:
     assert not any(w.called for w in waiting)
     p.setMembers(("host:1",), "host:1")
     assert all(w.called for w in waiting)
+
+
+def test_the_backoffs_in_force_are_told_to_a_member_that_says_hello() -> None:
+    # here: a destination paused by a reply, and one told by another member
+    p, clock = policy()
+    p.setMembers(("host:2", "host:3"), "host:2")
+    permit = p.admit(route("a.test", "mx.a.test")).result
+    p.release(permit)
+    p.failed(permit, AttemptFailed("mailfrom", "421", "421 4.7.0 try later", code=421, status="4.7.0"))
+    p.applyShared(SharedBackoff("host:3", "mx mx.b.test", "down", 300, "down: 3 connections failed", "connection"))
+    clock.advance(10)
+    cluster, wire, _, _ = control("host:2")
+    cluster.backoffsInForce = p.backoffsInForce
+    cluster.controlReady(consumers=0)
+    cluster.controlReceived(said("host:4", "hello"))
+    state = wire.sent[-1]
+    assert (state["type"], state["target"], state["actions"]) == ("state", "host:4", [])
+    assert [(b["destination"], b["action"], b["seconds"]) for b in state["backoffs"]] == [
+        ("mx mx.a.test", "pause", 50.0),
+        ("mx mx.b.test", "down", 290.0),
+    ]
+    # the newcomer applies them, as if told by the member that answered
+    newcomer, _, _, _ = control("host:4")
+    heard: list[SharedBackoff] = []
+    newcomer.onBackoff = heard.append
+    newcomer.controlReceived(json.dumps(state).encode())
+    assert [(b.member, b.destination, b.action, b.seconds) for b in heard] == [
+        ("host:2", "mx mx.a.test", "pause", 50.0),
+        ("host:2", "mx mx.b.test", "down", 290.0),
+    ]

@@ -17,6 +17,7 @@ from twisted.internet.task import deferLater
 from twisted.protocols.portforward import ProxyFactory
 
 from mqtwist.admin.controls import NotTold, Selector
+from mqtwist.cluster.control import SharedBackoff
 from mqtwist.service import MailerService
 
 
@@ -124,9 +125,14 @@ async def test_a_member_started_later_holds_the_pauses_in_force(rabbitmq, startS
     async with running(first):
         first.controls.pause(Selector(domain="paused.test"), 600, "complaints", "ops")
         first.controls.cancel(Selector(tag="old"), float("inf"), "stale list", "ops")
+        # and a destination a reply paused
+        first.engine.policy.applyShared(SharedBackoff("c", "mx mx.b.test", "pause", 600, "421 try later", None))
         async with running(later):
             await until(lambda: later.controls.pauses() != [], "b told of the pause")
             assert [(c.selector, c.reason, c.by) for c in later.controls.pauses()] == [
                 (Selector(domain="paused.test"), "complaints", "ops")
             ]
             assert [(c.selector, c.until) for c in later.controls.cancels()] == [(Selector(tag="old"), float("inf"))]
+            assert [(b.destination, b.action) for b in later.engine.policy.backoffsInForce()] == [
+                ("mx mx.b.test", "pause")
+            ]

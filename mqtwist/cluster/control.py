@@ -18,9 +18,10 @@ sending C{"member"}:
   - C{usage}: the messages that accounts of the SMTP submission server
     submitted here, gathered over L{USAGE_DELAY} seconds, so that their
     rates hold for all the processes;
-  - C{state}: the operators' pauses and cancels in force, for a member
-    that said hello (from the first of the others in name order), so that
-    a process started later, or restarted, holds them too.
+  - C{state}: the operators' pauses and cancels and the backoffs in
+    force, for a member that said hello (from the first of the others in
+    name order), so that a process started later, restarted, or back from a
+    lost connection, holds them too.
 
 A process starts consuming the outbox only once it knows the others, so
 that it takes its share of each limit, not the whole of it: at once when
@@ -162,6 +163,8 @@ class ClusterControl:
     @ivar inForce: gives the operators' actions in force here (pauses and
         cancels, as C{admin} messages say them), for a member that says
         hello; they reach it through its L{onAdmin}.
+    @ivar backoffsInForce: gives the backoffs in force here, for a member
+        that says hello; they reach it through its L{onBackoff}.
     """
 
     log = Logger()
@@ -188,6 +191,7 @@ class ClusterControl:
         self.onAdmin: Callable[[str, dict[str, Any]], None] | None = None
         self.onUsage: Callable[[str, str, int], None] | None = None
         self.inForce: Callable[[], list[dict[str, Any]]] | None = None
+        self.backoffsInForce: Callable[[], list[SharedBackoff]] | None = None
         self._usage: dict[tuple[str, str], int] = {}
         self._usageTimer: IDelayedCall | None = None
         self.settled = False
@@ -291,17 +295,32 @@ class ClusterControl:
         elif kind == "usage":
             self._usageReceived(member, event.get("accounts"))
         elif kind == "state" and event.get("target") == self.me:
-            actions = event.get("actions")
-            if not isinstance(actions, list) or not all(isinstance(action, dict) for action in actions):
+            self._stateReceived(member, event)
+
+    def _stateReceived(self, member: str, event: dict[str, Any]) -> None:
+        actions, backoffs = event.get("actions", []), event.get("backoffs", [])
+        for name, items in (("actions", actions), ("backoffs", backoffs)):
+            if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
                 self.log.warn(
-                    "cluster: ignored the state told by {member}: 'actions' is not a list of objects: {actions}",
+                    "cluster: ignored the state told by {member}: '{name}' is not a list of objects: {items}",
                     member=member,
-                    actions=excerpt(actions),
+                    name=name,
+                    items=excerpt(items),
                 )
                 return
-            if self.onAdmin is not None:
-                for action in actions:
-                    self.onAdmin(member, action)
+        if self.onAdmin is not None:
+            for action in actions:
+                self.onAdmin(member, action)
+        for told in backoffs:
+            try:
+                backoff = SharedBackoff.fromJSON(dict(told, member=member))
+            except ValueError as e:
+                self.log.warn(
+                    "cluster: ignored a backoff in the state told by {member}: {error}", member=member, error=e
+                )
+                continue
+            if self.onBackoff is not None:
+                self.onBackoff(backoff)
 
     def _welcome(self, member: str) -> None:
         """
@@ -310,11 +329,12 @@ class ClusterControl:
         answer, not one from each).
         """
         others = [name for name in self.members.live if name != member]
-        if self.inForce is None or not others or others[0] != self.me:
+        if not others or others[0] != self.me:
             return
-        actions = self.inForce()
-        if actions:
-            self._send("state", target=member, actions=actions)
+        actions = self.inForce() if self.inForce is not None else []
+        backoffs = [b.toJSON() for b in self.backoffsInForce()] if self.backoffsInForce is not None else []
+        if actions or backoffs:
+            self._send("state", target=member, actions=actions, backoffs=backoffs)
 
     def _usageReceived(self, member: str, accounts: object) -> None:
         if not isinstance(accounts, list) or not all(

@@ -23,6 +23,7 @@ all (L{onBackoff}, L{applyShared}).  Alone, a process has the whole limits.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections import deque
 from collections.abc import Callable
@@ -176,6 +177,8 @@ class _State:
     pausedUntil: float = 0.0
     pauseReason: str = ""
     pauseCategory: str | None = None
+    #: C{pause} or C{down}: what made the pause
+    pauseAction: str = "pause"
     #: the connections a reply reduced the destination to, in this
     #: process (its share of the reduction, in a cluster)
     reducedTo: int = 0
@@ -791,6 +794,7 @@ class DeliveryPolicy:
             state.pausedUntil = until
             state.pauseReason = reason
             state.pauseCategory = category
+            state.pauseAction = action
             (self.log.warn if new else self.log.debug)(
                 "destination {destination} {action} until {until}: {reason}",
                 destination=state.name,
@@ -815,6 +819,38 @@ class DeliveryPolicy:
                 continue
             return rule
         return None
+
+    def backoffsInForce(self) -> list[SharedBackoff]:
+        """
+        The pauses, marks and reductions in force here, with the time they
+        have left, those told by other members for destinations this one
+        has no state for included: for a member that starts, or comes back,
+        while they last.
+        """
+        now = self.reactor.seconds()
+        told = []
+        for state in self._states.values():
+            if state.pausedUntil > now:
+                told.append(
+                    SharedBackoff(
+                        self._me,
+                        state.name,
+                        state.pauseAction,
+                        state.pausedUntil - now,
+                        state.pauseReason,
+                        state.pauseCategory,
+                    )
+                )
+            if state.reducedUntil > now and state.reducedTotal:
+                told.append(
+                    SharedBackoff(
+                        self._me, state.name, "reduce", state.reducedUntil - now, "reduced", None, state.reducedTotal
+                    )
+                )
+        for backoff, until in self._shared.values():
+            if until > now:
+                told.append(dataclasses.replace(backoff, seconds=until - now))
+        return told
 
     def destinationStates(self) -> list[DestinationState]:
         """
