@@ -22,7 +22,6 @@ import argparse
 import datetime
 import json
 import os
-import subprocess
 import sys
 import uuid
 from typing import Any
@@ -32,6 +31,7 @@ sys.path.insert(0, os.path.dirname(HERE))
 # the cluster the tests start (tests/fixtures_cluster.py), not a copy of it
 sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
 
+import report  # noqa: E402
 from broker import BenchBroker  # noqa: E402
 from components import (  # noqa: E402
     POSTFIX_INSTALL,
@@ -162,31 +162,20 @@ async def oneRun(reactor: Any, broker: Broker, sinkPort: int, processes: int, co
     }
 
 
-def machine() -> dict[str, str]:
-    def run(*argv: str) -> str:
-        try:
-            return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError) as e:
-            return f"({' '.join(argv)} failed: {e})"
-
-    return {"nproc": run("nproc"), "lscpu": run("lscpu"), "loadavg": open("/proc/loadavg").read().strip(),
-            "rabbitmq": run("dpkg-query", "-W", "-f", "${Version}", "rabbitmq-server")}
-
-
-def writeReport(runs: list[dict[str, Any]], options: argparse.Namespace, about: dict[str, str],
-                loadAfter: str) -> str:
+def writeReport(runs: list[dict[str, Any]], options: argparse.Namespace, about: dict[str, Any]) -> str:
     now = datetime.datetime.now(datetime.UTC)
     name = os.path.join(HERE, "results", f"cluster-{now:%Y%m%d-%H%M}")
+    loadAfter = os.getloadavg()
     with open(name + ".json", "w") as f:
-        json.dump({"date": now.isoformat(timespec="seconds"), "machine": about, "loadavgAfter": loadAfter,
+        json.dump({"date": now.isoformat(timespec="seconds"), "machine": about, "loadAverageAfter": loadAfter,
                    "note": options.note, "runs": runs}, f, indent=2)
-    model = next((line.partition(":")[2].strip() for line in about["lscpu"].splitlines()
-                  if line.startswith("Model name")), "unknown CPU")
     lines = [
         f"# mqtwist on one RabbitMQ node and on a 3-node cluster ({now:%Y-%m-%d %H:%M} UTC)",
         "",
-        f"Machine: {about['nproc']} CPUs ({model}); RabbitMQ {about['rabbitmq']}; load average before "
-        f"{about['loadavg']}, after {loadAfter}. {options.count} jobs of {options.size} bytes a run, "
+        f"Machine: {about['nproc']} CPUs ({about['cpu']}), {about['memoryGB']} GB; Linux {about['kernel']}; "
+        f"RabbitMQ {about['rabbitmq']}; mqtwist {about['mqtwistCommit']}; load average before "
+        f"{' '.join(f'{x:.2f}' for x in about['loadAverageAtStart'])}, after "
+        f"{' '.join(f'{x:.2f}' for x in loadAfter)}. {options.count} jobs of {options.size} bytes a run, "
         f"delivered to Postfix's smtp-sink on loopback. The three nodes of the cluster, the mqtwist "
         f"processes, smtp-sink and the benchmark all share these {about['nproc']} CPUs: with 4 "
         f"processes on a cluster, 7 busy programs compete for them, so what more processes gain "
@@ -203,7 +192,7 @@ def writeReport(runs: list[dict[str, Any]], options: argparse.Namespace, about: 
     for run in runs:
         lines.append(f"| {run['setup']} | {run['processes']} | {run['rate']:.0f} | "
                      f"{run['mqtwistCPUMicrosecondsPerMessage']} | {run['machineCPUMicrosecondsPerMessage']} |")
-    lines += ["", "lscpu:", "", "```", about["lscpu"], "```", ""]
+    lines.append("")
     with open(name + ".md", "w") as f:
         f.write("\n".join(lines))
     return name + ".md"
@@ -218,7 +207,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
     parser.add_argument("--note", default="", help="a remark for the report")
     options = parser.parse_args(argv)
     requireProgram("smtp-sink", POSTFIX_INSTALL)
-    about = machine()
+    about = await report.machine(reactor, REPOSITORY)
     directory = workDirectory("mqtwist-bench-cluster-")
     sink = SmtpSink(reactor)
     sinkPort = await sink.start()
@@ -236,7 +225,7 @@ async def main(reactor: Any, argv: list[str]) -> None:
                 await broker.stop()
     finally:
         await sink.stop()
-    print(writeReport(runs, options, about, open("/proc/loadavg").read().strip()))
+    print(writeReport(runs, options, about))
 
 
 if __name__ == "__main__":
